@@ -1,0 +1,117 @@
+"""Binding call arguments to a function's parameters, fast for plain signatures."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from ._exceptions import ParameterBindError, ReservedArgumentError
+
+_RESERVED = ("wait_for", "return_state")
+_POK = inspect.Parameter.POSITIONAL_OR_KEYWORD
+_KW = inspect.Parameter.KEYWORD_ONLY
+_VAR_POS = inspect.Parameter.VAR_POSITIONAL
+_VAR_KW = inspect.Parameter.VAR_KEYWORD
+_EMPTY = inspect.Parameter.empty
+
+
+class Binder:
+    """Turns `(args, kwargs)` into a parameters dict (defaults applied) and back."""
+
+    def __init__(self, fn: Callable[..., Any], label: str) -> None:
+        self.label = label
+        self.signature = inspect.signature(fn)
+        params = list(self.signature.parameters.values())
+        for p in params:
+            if p.name in _RESERVED:
+                raise ReservedArgumentError(
+                    f"'{p.name}' is a reserved argument name and cannot be used: {label} has a parameter "
+                    f"named '{p.name}'. Rename it (asyncflow uses `{p.name}=` on every call).")
+        self.names = tuple(p.name for p in params)
+        self.simple = all(p.kind in (_POK, _KW) for p in params)
+        self.positional = tuple(p.name for p in params if p.kind == _POK)
+        self.defaults = {p.name: p.default for p in params if p.default is not _EMPTY}
+        self.var_positional = next((p.name for p in params if p.kind == _VAR_POS), None)
+        self.var_keyword = next((p.name for p in params if p.kind == _VAR_KW), None)
+        self.needs_positional_call = any(
+            p.kind in (inspect.Parameter.POSITIONAL_ONLY, _VAR_POS) for p in params)
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        if self.simple and len(args) <= len(self.positional):
+            params = dict(zip(self.positional, args))
+            for key, value in kwargs.items():
+                if key in params or key not in self.names:
+                    return self._slow_bind(args, kwargs)
+                params[key] = value
+            if len(params) < len(self.names):
+                for name, default in self.defaults.items():
+                    if name not in params:
+                        params[name] = default
+                if len(params) < len(self.names):
+                    return self._slow_bind(args, kwargs)
+            return params
+        return self._slow_bind(args, kwargs)
+
+    def _slow_bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ParameterBindError(f"Cannot call {self.label} with these arguments: {exc}.") from None
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    def to_call(self, params: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The `(args, kwargs)` that call the function with these parameters."""
+        if self.simple:
+            return (), params
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        for p in self.signature.parameters.values():
+            if p.name not in params:
+                continue
+            value = params[p.name]
+            if p.kind == _VAR_POS:
+                args.extend(value)
+            elif p.kind == _VAR_KW:
+                kwargs.update(value)
+            elif p.kind == inspect.Parameter.POSITIONAL_ONLY or (p.kind == _POK and self.needs_positional_call):
+                args.append(value)
+            else:
+                kwargs[p.name] = value
+        return tuple(args), kwargs
+
+
+def callable_name(fn: Any) -> str:
+    if hasattr(fn, "__name__"):
+        return fn.__name__
+    inner = getattr(fn, "func", None)  # functools.partial
+    if inner is not None:
+        return callable_name(inner)
+    return type(fn).__name__
+
+
+def validate_hooks(hooks: Any, option: str, decorator: str) -> list[Callable[..., Any]]:
+    if hooks is None:
+        return []
+    if callable(hooks) or not hasattr(hooks, "__iter__") or isinstance(hooks, (str, bytes)):
+        raise TypeError(
+            f"Expected iterable for '{option}'; got {type(hooks).__name__} instead. Please provide a list "
+            f"of hooks to '{option}':\n\n@{decorator}({option}=[hook1, hook2])\ndef my_{decorator}():\n\tpass")
+    hooks = list(hooks)
+    for hook in hooks:
+        if not callable(hook):
+            raise TypeError(
+                f"Expected callables in '{option}'; got {type(hook).__name__} instead. Please provide a list "
+                f"of hooks to '{option}':\n\n@{decorator}({option}=[hook1, hook2])\ndef my_{decorator}():\n\tpass")
+    return hooks
+
+
+class HookList(list):  # type: ignore[type-arg]
+    """A run's hooks. Also a decorator: `@my_task.on_failure` appends the decorated function."""
+
+    def __call__(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        if not callable(fn):
+            raise TypeError(f"A hook must be callable; got {fn!r}.")
+        self.append(fn)
+        return fn

@@ -1,0 +1,105 @@
+"""Run context lives in contextvars only: the current run and the tags of `with tags(...)`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._engine.scope import Scope
+    from ._runs import FlowRun, TaskRun
+
+current_run: ContextVar[RunContext | None] = ContextVar("asyncflow_current_run", default=None)
+current_tags: ContextVar[frozenset[str]] = ContextVar("asyncflow_tags", default=frozenset())
+
+
+@contextlib.contextmanager
+def tags(*new_tags: str) -> Iterator[frozenset[str]]:
+    """Add tags to every run created inside the block (nested blocks add up)."""
+    for tag in new_tags:
+        if not isinstance(tag, str):
+            raise TypeError(f"tags() takes strings; got {tag!r} of type {type(tag).__name__}.")
+    merged = current_tags.get() | frozenset(new_tags)
+    token = current_tags.set(merged)
+    try:
+        yield merged
+    finally:
+        current_tags.reset(token)
+
+
+class RunContext:
+    """What the engine knows about the run that is executing user code right now."""
+
+    __slots__ = ("parent", "log_prints", "scope", "children", "flow_context", "_logger")
+
+    def __init__(self, parent: RunContext | None, log_prints: bool, scope: Scope | None) -> None:
+        self.parent = parent
+        self.log_prints = log_prints
+        self.scope = scope
+        self.children: Any = None  # a ChildTracker, created at the first submit
+        self.flow_context: FlowRunContext | None = parent.flow_context if parent is not None else None
+        self._logger: Any = None
+
+    @property
+    def logger(self) -> Any:
+        raise NotImplementedError
+
+
+class FlowRunContext(RunContext):
+    __slots__ = ("flow", "flow_run", "task_runner", "run_counters")
+
+    def __init__(self, flow: Any, flow_run: FlowRun, parent: RunContext | None, log_prints: bool,
+                 scope: Scope | None, task_runner: Any) -> None:
+        super().__init__(parent, log_prints, scope)
+        self.flow_context = self
+        self.flow = flow
+        self.flow_run = flow_run
+        self.task_runner = task_runner
+        self.run_counters: dict[str, int] = {}
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        return self.flow_run.parameters
+
+    @property
+    def logger(self) -> Any:
+        if self._logger is None:
+            from ._logging import base_logger
+
+            self._logger = base_logger().bind(
+                label=f"Flow run '{self.flow_run.name}'", flow_run_id=str(self.flow_run.id))
+        return self._logger
+
+
+class TaskRunContext(RunContext):
+    __slots__ = ("task", "task_run", "parameters")
+
+    def __init__(self, task: Any, task_run: TaskRun, parameters: dict[str, Any], parent: RunContext | None,
+                 log_prints: bool, scope: Scope | None) -> None:
+        super().__init__(parent, log_prints, scope)
+        self.task = task
+        self.task_run = task_run
+        self.parameters = parameters
+
+    @property
+    def logger(self) -> Any:
+        if self._logger is None:
+            from ._logging import base_logger
+
+            run = self.task_run
+            self._logger = base_logger().bind(
+                label=f"Task run '{run.name}'", task_run_id=str(run.id),
+                flow_run_id=str(run.flow_run_id) if run.flow_run_id else None)
+        return self._logger
+
+
+def get_run_context() -> RunContext:
+    """The innermost run (task run preferred over its flow run); raises outside any run."""
+    from ._exceptions import MissingContextError
+
+    ctx = current_run.get()
+    if ctx is None:
+        raise MissingContextError("No flow or task run is active. Call this inside a @flow or @task.")
+    return ctx

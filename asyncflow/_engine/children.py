@@ -1,0 +1,44 @@
+"""Children of a run: the futures it submitted. A run waits for all of them before it ends, and
+reports failures that nobody observed (errors never vanish)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._futures import TaskRunFuture
+
+
+class ChildTracker:
+    __slots__ = ("pending", "failed")
+
+    def __init__(self) -> None:
+        self.pending: dict[TaskRunFuture[Any], None] = {}
+        self.failed: list[TaskRunFuture[Any]] = []
+
+    def add(self, future: TaskRunFuture[Any]) -> None:
+        self.pending[future] = None
+
+    def finished(self, future: TaskRunFuture[Any]) -> None:
+        self.pending.pop(future, None)
+        if future._final is not None and future._final.type.value in ("FAILED", "CRASHED"):
+            self.failed.append(future)
+
+    def _next_pending(self) -> TaskRunFuture[Any] | None:
+        while True:
+            try:
+                return next(iter(self.pending), None)
+            except RuntimeError:  # resized by another thread while we looked
+                continue
+
+    async def wait_all(self) -> None:
+        while (future := self._next_pending()) is not None:
+            await future.wait_async()
+            self.pending.pop(future, None)
+
+    def wait_all_blocking(self) -> None:
+        while (future := self._next_pending()) is not None:
+            future._block(None, "wait")
+            self.pending.pop(future, None)
+
+    def unobserved_failures(self) -> list[TaskRunFuture[Any]]:
+        return [f for f in self.failed if not f._observed]

@@ -1,0 +1,254 @@
+"""The flow-run engine. A flow run is a structured scope: it ends only after every run it started
+has finished, and every failure inside it is either returned, observed or reported."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from .. import _states
+from .._clock import get_clock
+from .._context import FlowRunContext, TaskRunContext, current_run, current_tags
+from .._exceptions import FlowRunTimeoutError, UpstreamTaskError
+from .._futures import TaskRunFuture, TaskRunFutureList
+from .._logging import base_logger, ensure_print_capture, get_engine_logger
+from .._names import generate_flow_run_name
+from .._runs import FlowRun
+from .._states import State, StateDetails, StateType
+from .._store import get_store
+from .children import ChildTracker
+from .common import exception_message, log_final_state, run_hooks
+from .resolve import Resolver, collect_unfinished
+from .scope import LazyLoopScope, Scope
+from .task_run import report_unobserved
+
+
+class FlowCall:
+    __slots__ = ("flow", "run", "parameters", "wait_for", "parent", "details", "label", "ids")
+
+    def __init__(self, flow: Any, parameters: dict[str, Any], wait_for: Any) -> None:
+        parent = current_run.get()
+        run_id = uuid.uuid4()
+        self.details = StateDetails(flow_run_id=run_id)
+        parent_flow = parent.flow_context if parent is not None else None
+        self.run = FlowRun(
+            id=run_id, name="", flow_name=flow.name, flow_version=flow.version, parameters=parameters,
+            tags=tuple(sorted(current_tags.get())), state=State(StateType.PENDING, "Pending", None, None, self.details),
+            parent_flow_run_id=parent_flow.flow_run.id if parent_flow is not None else None,
+            parent_task_run_id=parent.task_run.id if isinstance(parent, TaskRunContext) else None)
+        self.flow = flow
+        self.parameters = parameters
+        self.wait_for = wait_for
+        self.parent = parent
+        self.label = ""
+        self.ids = {"flow_run_id": str(run_id)}
+
+
+def _set(call: FlowCall, type_: StateType, name: str, message: str | None = None, data: Any = None,
+         details: StateDetails | None = None) -> State[Any]:
+    state = State(type_, name, message, data, details or call.details)
+    call.run.state = state
+    get_store().record_state(call.run.id, state)
+    return state
+
+
+async def run_flow(call: FlowCall, sync: bool) -> State[Any]:
+    flow, run = call.flow, call.run
+    store = get_store()
+    parent = call.parent
+    log_prints = flow.log_prints if flow.log_prints is not None else (
+        parent.log_prints if parent is not None else flow.default_log_prints())
+    if log_prints:
+        ensure_print_capture()
+    ctx = FlowRunContext(flow, run, parent, log_prints, None, flow.task_runner.duplicate())
+    token = current_run.set(ctx)
+    state: State[Any] | None = None
+    try:
+        run.name = flow.render_run_name(call.parameters) if flow.flow_run_name is not None else generate_flow_run_name()
+        call.label = f"Flow run '{run.name}'"
+        store.record_flow_run(run)
+        store.record_state(run.id, run.state)
+        get_engine_logger().info(f"Created flow run '{run.name}' for flow '{flow.name}'")
+        if call.wait_for:
+            try:
+                await _wait_for_upstream(call, sync)
+            except UpstreamTaskError as exc:
+                state = _set(call, StateType.PENDING, "NotReady", str(exc))
+                log_final_state(state, call.label, call.ids)
+                return state
+        try:
+            parameters = flow.validate(call.parameters)
+        except Exception as exc:
+            state = _set(call, StateType.FAILED, "Failed",
+                         f"Validation of flow parameters failed with error: {type(exc).__name__}: {exc}", exc)
+            base_logger().error(f"Parameter validation failed for flow {flow.name!r}: {exc}", label=call.label,
+                                **call.ids)
+        else:
+            run.parameters = parameters
+            state = await _attempts(call, ctx, parameters, sync)
+        log_final_state(state, call.label, call.ids)
+        await _final_hooks(call, state, sync)
+        return state
+    except BaseException as exc:
+        state = _set(call, StateType.CRASHED, "Crashed", f"Execution was aborted by an interrupt: {exc!r}", exc)
+        log_final_state(state, call.label or f"Flow run '{run.name}'", call.ids)
+        raise
+    finally:
+        current_run.reset(token)
+
+
+async def _wait_for_upstream(call: FlowCall, sync: bool) -> None:
+    unfinished: list[TaskRunFuture[Any]] = []
+    collect_unfinished(call.wait_for, unfinished)
+    for future in unfinished:
+        if sync:
+            future._block(None, "wait")
+        else:
+            await future.wait_async()
+    Resolver(None).resolve(list(call.wait_for))
+
+
+async def _attempts(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, Any], sync: bool) -> State[Any]:
+    flow, run = call.flow, call.run
+    attempt = 0
+    while True:
+        attempt += 1
+        run.run_count = attempt
+        ctx.children = None
+        running = _set(call, StateType.RUNNING, "Running")
+        if attempt == 1:
+            run.start_time = running.ts
+        if flow.on_running:
+            await run_hooks(flow.on_running, flow, run, running, sync, call.label, call.ids)
+        state = await _one_attempt(call, ctx, parameters, sync)
+        if state.type is StateType.FAILED and attempt <= flow.retries:
+            delay = flow.retry_delay_seconds
+            base_logger().info(
+                "Received non-final state 'AwaitingRetry' when proposing final state "
+                f"{state.name!r} and will attempt to run again...", label=call.label, **call.ids)
+            clock = get_clock()
+            when = dt.datetime.fromtimestamp(clock.time() + delay, tz=dt.timezone.utc)
+            _set(call, StateType.SCHEDULED, "AwaitingRetry",
+                 details=StateDetails(flow_run_id=run.id, scheduled_time=when))
+            if delay > 0:
+                if sync:
+                    clock.sleep_blocking(delay)
+                else:
+                    await clock.sleep(delay)
+            continue
+        run.end_time = state.ts
+        call.run.state = state
+        get_store().record_state(run.id, state)
+        return state
+
+
+async def _one_attempt(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, Any], sync: bool) -> State[Any]:
+    flow = call.flow
+    args, kwargs = flow.binder.to_call(parameters)
+    if sync:
+        scope = call.parent.scope if call.parent is not None and call.parent.scope is not None else LazyLoopScope()
+        ctx.scope = scope
+        try:
+            return await _body(call, ctx, args, kwargs, sync)
+        finally:
+            if scope is not (call.parent.scope if call.parent is not None else None):
+                scope.close()
+    timeout = flow.timeout_seconds
+    with anyio.CancelScope() as deadline:
+        if timeout:
+            deadline.deadline = anyio.current_time() + timeout
+        async with anyio.create_task_group() as tg:
+            ctx.scope = Scope(tg)
+            state = await _body(call, ctx, args, kwargs, sync)
+    if deadline.cancelled_caught:
+        exc = FlowRunTimeoutError(f"Flow run exceeded timeout of {timeout:g} second(s)")
+        return State(StateType.FAILED, "TimedOut", str(exc), exc, call.details)
+    return state
+
+
+async def _body(call: FlowCall, ctx: FlowRunContext, args: tuple[Any, ...], kwargs: dict[str, Any],
+                sync: bool) -> State[Any]:
+    flow = call.flow
+    try:
+        if flow.isasync:
+            value = await flow.fn(*args, **kwargs)
+        elif sync:
+            value = flow.fn(*args, **kwargs)
+        else:
+            def body() -> Any:
+                return flow.fn(*args, **kwargs)
+
+            value = await anyio.to_thread.run_sync(body, limiter=anyio.CapacityLimiter(1))
+        value = await _futures_to_states(value, sync)
+    except Exception as exc:
+        base_logger().error(f"Encountered exception during execution: {exc!r}", label=call.label,
+                            exc_info=exc, **call.ids)
+        await _settle_children(call, ctx, sync)
+        return State(StateType.FAILED, "Failed", exception_message("Flow", exc), exc, call.details)
+    await _settle_children(call, ctx, sync)
+    state = _states.return_value_to_state(value)
+    if state.state_details.flow_run_id is None and state.state_details.task_run_id is None:
+        state = State(state.type, state.name, state.message, state.data, call.details, state.ts)
+    return state
+
+
+async def _settle_children(call: FlowCall, ctx: FlowRunContext, sync: bool) -> None:
+    tracker: ChildTracker | None = ctx.children
+    if tracker is None:
+        return
+    if sync:
+        tracker.wait_all_blocking()
+    else:
+        await tracker.wait_all()
+    report_unobserved(tracker, call.label, call.ids)
+
+
+async def _futures_to_states(value: Any, sync: bool) -> Any:
+    """Futures in a flow's return value become their final states (Prefect's rule)."""
+    if isinstance(value, TaskRunFutureList):
+        value = list(value)
+    unfinished: list[TaskRunFuture[Any]] = []
+    collect_unfinished(value, unfinished)
+    for future in unfinished:
+        if sync:
+            future._block(None, "wait")
+        else:
+            await future.wait_async()
+    return _StateResolver(None).resolve(value)
+
+
+class _StateResolver(Resolver):
+    def resolve(self, value: Any, allow_failed: bool = False, memo: dict[int, Any] | None = None) -> Any:
+        if isinstance(value, TaskRunFuture):
+            return value.state
+        if isinstance(value, (State, _states_quote())):
+            return value
+        if isinstance(value, TaskRunFutureList):
+            value = list(value)
+        return self._container(value, allow_failed, memo) if not isinstance(value, (int, str, float, bytes, bool,
+                                                                                    type(None))) else value
+
+
+def _states_quote() -> type:
+    from .._annotations import BaseAnnotation
+
+    return BaseAnnotation
+
+
+async def _final_hooks(call: FlowCall, state: State[Any], sync: bool) -> None:
+    flow = call.flow
+    hooks: list[Any] = []
+    if state.type is StateType.COMPLETED:
+        hooks = flow.on_completion
+    elif state.type is StateType.FAILED:
+        hooks = flow.on_failure
+    elif state.type in (StateType.CANCELLED, StateType.CANCELLING):
+        hooks = flow.on_cancellation
+    elif state.type is StateType.CRASHED:
+        hooks = flow.on_crashed
+    if hooks:
+        await run_hooks(hooks, flow, call.run, state, sync, call.label, call.ids)

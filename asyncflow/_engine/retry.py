@@ -1,0 +1,82 @@
+"""Retry policy: how many retries, how long to wait before each, and whether to retry at all."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+MAX_DELAYS = 50
+
+
+def exponential_backoff(backoff_factor: float) -> Callable[[int], list[float]]:
+    """Retry delays `backoff_factor * 2**i`: with factor 10 and 3 retries, 10, 20 and 40 seconds."""
+
+    def retry_backoff_callable(retries: int) -> list[float]:
+        return [backoff_factor * 2**i for i in range(min(retries, MAX_DELAYS))]
+
+    return retry_backoff_callable
+
+
+def clamped_poisson_interval(average: float, clamping_factor: float) -> float:
+    """A random delay with mean ≈ `average`, never above `average * (1 + clamping_factor)`."""
+    upper = average * (1 + clamping_factor)
+    k = 1 + clamping_factor
+    lower = average * math.log2(2**k / (2**k - 1))
+    while True:
+        value = random.expovariate(1 / average)
+        if lower <= value <= upper:
+            return value
+
+
+@attrs.frozen
+class RetryPolicy:
+    retries: int = 0
+    delays: tuple[float, ...] = ()
+    jitter_factor: float | None = None
+    condition_fn: Callable[..., Any] | None = None
+
+    def delay_for(self, attempt_index: int) -> float:
+        """Seconds to wait before retry number `attempt_index + 1` (the last delay repeats)."""
+        if not self.delays:
+            return 0.0
+        delay = self.delays[min(attempt_index, len(self.delays) - 1)]
+        if delay > 0 and self.jitter_factor:
+            delay = clamped_poisson_interval(delay, self.jitter_factor)
+        return delay
+
+
+def build_retry_policy(owner: str, retries: Any, retry_delay_seconds: Any, jitter: Any, condition_fn: Any,
+                       default_retries: int, default_delay: Any) -> RetryPolicy:
+    """Validate retry options at decoration time; every error names the option and the fix."""
+    if retries is None:
+        retries = default_retries
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"{owner}: `retries` must be an integer >= 0; got {retries!r}.")
+    if retry_delay_seconds is None:
+        retry_delay_seconds = default_delay
+    if callable(retry_delay_seconds):
+        retry_delay_seconds = retry_delay_seconds(retries)
+    if isinstance(retry_delay_seconds, bool) or not isinstance(retry_delay_seconds, (int, float, Sequence)) \
+            or isinstance(retry_delay_seconds, (str, bytes)):
+        raise TypeError(
+            f"Invalid `retry_delay_seconds` provided for {owner}; must be a number, a list of numbers or a "
+            f"callable returning a list of numbers; got {type(retry_delay_seconds).__name__}.")
+    delays = [retry_delay_seconds] if isinstance(retry_delay_seconds, (int, float)) else list(retry_delay_seconds)
+    if len(delays) > MAX_DELAYS:
+        raise ValueError(f"{owner}: can not configure more than {MAX_DELAYS} retry delays per task; got {len(delays)}.")
+    for delay in delays:
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+            raise TypeError(f"Invalid `retry_delay_seconds` provided for {owner}: {delay!r} is not a number.")
+        if delay < 0:
+            raise ValueError(f"{owner}: `retry_delay_seconds` must be >= 0; got {delay!r}.")
+    if jitter is not None and (isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or jitter < 0):
+        raise ValueError(f"{owner}: `retry_jitter_factor` must be >= 0; got {jitter!r}.")
+    if condition_fn is not None and not callable(condition_fn):
+        raise TypeError(
+            f"{owner}: `retry_condition_fn` must be a callable `(task, task_run, state) -> bool`; "
+            f"got {type(condition_fn).__name__}.")
+    return RetryPolicy(retries, tuple(float(d) for d in delays), jitter, condition_fn)

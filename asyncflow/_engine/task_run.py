@@ -1,0 +1,349 @@
+"""The task-run engine: one async code path for every task run.
+
+Async mode (an event loop runs this coroutine): user coroutines are awaited, sync functions go to a
+worker thread. Sync mode (`drive_sync`, no loop in this thread): sync functions are called inline and
+every wait blocks, so the coroutine never suspends.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import inspect
+import uuid
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from .. import _states
+from .._clock import get_clock
+from .._context import RunContext, TaskRunContext, current_run, current_tags
+from .._exceptions import TaskRunTimeoutError, UpstreamTaskError
+from .._futures import TaskRunFuture
+from .._logging import base_logger, ensure_print_capture, get_engine_logger
+from .._runs import TaskRun
+from .._states import State, StateDetails, StateType
+from .._store import get_store
+from .children import ChildTracker
+from .common import exception_message, log_final_state, maybe_await, run_hooks
+from .resolve import Resolver, collect_unfinished
+from .scope import LazyLoopScope, Scope
+
+_global_counters: dict[str, int] = {}
+
+
+class TaskCall:
+    """One task run in the making: everything captured at call or submit time."""
+
+    __slots__ = ("task", "run", "parameters", "wait_for", "parent", "details", "future", "submitted",
+                 "label", "ids")
+
+    def __init__(self, task: Any, parameters: dict[str, Any], wait_for: Any, submitted: bool) -> None:
+        parent = current_run.get()
+        flow_ctx = parent.flow_context if parent is not None else None
+        tags = task.tags | current_tags.get()
+        if flow_ctx is not None:
+            counters = flow_ctx.run_counters
+            flow_run_id = flow_ctx.flow_run.id
+        else:
+            counters = _global_counters
+            flow_run_id = None
+        key = task.task_key
+        n = counters.get(key, 0)
+        counters[key] = n + 1
+        run_id = uuid.uuid4()
+        self.details = StateDetails(flow_run_id=flow_run_id, task_run_id=run_id)
+        self.run = TaskRun(
+            id=run_id, name=f"{task.name}-{n}", task_name=task.name, task_key=key, flow_run_id=flow_run_id,
+            parent_task_run_id=parent.task_run.id if isinstance(parent, TaskRunContext) else None,
+            tags=tuple(sorted(tags)), parameters=parameters,
+            state=State(StateType.PENDING, "Pending", None, None, self.details),
+            task_version=task.version)
+        self.task = task
+        self.parameters = parameters
+        self.wait_for = wait_for
+        self.parent = parent
+        self.future: TaskRunFuture[Any] | None = None
+        self.submitted = submitted
+        self.label = ""
+        self.ids: dict[str, Any] = {}
+
+    @property
+    def runner(self) -> Any:
+        flow_ctx = self.parent.flow_context if self.parent is not None else None
+        return flow_ctx.task_runner if flow_ctx is not None else None
+
+
+# -- entry points --------------------------------------------------------------------------------
+async def run_task(call: TaskCall, sync: bool) -> State[Any]:
+    """Run a task to its final state. A run with no parent owns the scope its children run in."""
+    if call.parent is not None:
+        return await _run(call, sync, call.parent.scope)
+    if sync:
+        scope = LazyLoopScope()
+        try:
+            return await _run(call, sync, scope)
+        finally:
+            scope.close()
+    async with anyio.create_task_group() as tg:
+        return await _run(call, sync, Scope(tg))
+
+
+async def run_submitted(call: TaskCall) -> None:
+    """Body of a submitted run inside its scope's task group."""
+    await run_task(call, sync=False)
+
+
+# -- the engine ----------------------------------------------------------------------------------
+def set_state(call: TaskCall, state: State[Any]) -> State[Any]:
+    call.run.state = state
+    get_store().record_state(call.run.id, state)
+    return state
+
+
+def _new_state(call: TaskCall, type_: StateType, name: str, message: str | None = None, data: Any = None
+               ) -> State[Any]:
+    return State(type_, name, message, data, call.details)
+
+
+async def _run(call: TaskCall, sync: bool, scope: Any) -> State[Any]:
+    task, run = call.task, call.run
+    store = get_store()
+    store.record_task_run(run)
+    store.record_state(run.id, run.state)
+    parent = call.parent
+    log_prints = task.log_prints if task.log_prints is not None else (parent.log_prints if parent else False)
+    ctx = TaskRunContext(task, run, call.parameters, parent, log_prints, scope)
+    if log_prints:
+        ensure_print_capture()
+    token = current_run.set(ctx)
+    state: State[Any] | None = None
+    try:
+        if task.task_run_name is not None:
+            run.name = task.render_run_name(call.parameters)
+        call.label = f"Task run '{run.name}'"
+        call.ids = {"task_run_id": str(run.id), "flow_run_id": str(run.flow_run_id) if run.flow_run_id else None}
+        _log_created(call)
+        try:
+            parameters = await resolve_inputs(call, sync)
+        except UpstreamTaskError as exc:
+            state = set_state(call, _new_state(call, StateType.PENDING, "NotReady", str(exc)))
+            log_final_state(state, call.label, call.ids)
+            return state
+        ctx.parameters = parameters
+        if call.submitted and call.runner is not None:
+            async with call.runner.execution_slot():
+                state = await _attempts(call, ctx, parameters, sync)
+        else:
+            state = await _attempts(call, ctx, parameters, sync)
+        if ctx.children is not None:
+            await _wait_children(ctx, call, sync)
+        log_final_state(state, call.label, call.ids)
+        await _final_hooks(call, state, sync)
+        return state
+    except BaseException as exc:
+        state = set_state(call, _new_state(
+            call, StateType.CRASHED, "Crashed", f"Execution was aborted by an interrupt: {exc!r}", exc))
+        log_final_state(state, call.label or f"Task run '{run.name}'", call.ids)
+        raise
+    finally:
+        current_run.reset(token)
+        if call.future is not None and state is not None:
+            call.future._set_final(state)
+
+
+def _log_created(call: TaskCall) -> None:
+    parent = call.parent
+    message = f"Created task run '{call.run.name}' for task '{call.task.name}'"
+    if parent is not None and parent.flow_context is not None:
+        flow_run = parent.flow_context.flow_run
+        base_logger().info(message, label=f"Flow run '{flow_run.name}'", flow_run_id=str(flow_run.id))
+    else:
+        get_engine_logger().info(message)
+
+
+async def resolve_inputs(call: TaskCall, sync: bool) -> dict[str, Any]:
+    """Wait for upstream futures (without holding a thread slot), then substitute their results."""
+    parameters, wait_for = call.parameters, call.wait_for
+    unfinished: list[TaskRunFuture[Any]] = []
+    for value in parameters.values():
+        collect_unfinished(value, unfinished)
+    if wait_for:
+        collect_unfinished(wait_for, unfinished)
+    for future in unfinished:
+        if future.task_run.id == call.run.id:
+            raise ValueError(f"Task run '{call.run.name}' depends on its own future. Raising to avoid a deadlock.")
+        if sync:
+            future._block(None, "wait")
+        else:
+            await future.wait_async()
+    resolver = Resolver(call.run.id)
+    if wait_for:
+        _resolve_wait_for(resolver, wait_for)
+    return {name: resolver.resolve(value) for name, value in parameters.items()}
+
+
+def _resolve_wait_for(resolver: Resolver, wait_for: Any) -> None:
+    """`wait_for` only orders runs: its values are dropped, a failure still blocks the downstream."""
+    before = {id(f): f._observed for f in wait_for if isinstance(f, TaskRunFuture)}
+    try:
+        resolver.resolve(list(wait_for))
+    finally:  # waiting is not observing: an upstream failure is still reported at flow end
+        for f in wait_for:
+            if isinstance(f, TaskRunFuture):
+                f._observed = before[id(f)]
+
+
+async def _attempts(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, Any], sync: bool) -> State[Any]:
+    task, run = call.task, call.run
+    policy = task.retry_policy
+    args, kwargs = task.binder.to_call(parameters)
+    attempt = 0
+    while True:
+        attempt += 1
+        run.run_count = attempt
+        if attempt == 1:
+            running = set_state(call, _new_state(call, StateType.RUNNING, "Running"))
+            run.start_time = running.ts
+        else:
+            running = set_state(call, _new_state(call, StateType.RUNNING, "Retrying"))
+        if task.on_running:
+            await run_hooks(task.on_running, task, run, running, sync, call.label, call.ids)
+        state = await _one_attempt(call, args, kwargs, sync)
+        if state.type is StateType.FAILED and attempt <= policy.retries and await _should_retry(call, state, sync):
+            delay = policy.delay_for(attempt - 1)
+            _log_retry(call, state, attempt, policy.retries, delay)
+            if delay > 0:
+                clock = get_clock()
+                when = dt.datetime.fromtimestamp(clock.time() + delay, tz=dt.timezone.utc)
+                details = StateDetails(flow_run_id=run.flow_run_id, task_run_id=run.id, scheduled_time=when)
+                set_state(call, State(StateType.SCHEDULED, "AwaitingRetry", None, None, details))
+                if sync:
+                    clock.sleep_blocking(delay)
+                else:
+                    await clock.sleep(delay)
+            continue
+        if state.type is StateType.FAILED:
+            _log_failure(call, state, policy.retries)
+        return set_state(call, state)
+
+
+async def _one_attempt(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any], sync: bool) -> State[Any]:
+    try:
+        value = await _call_fn(call, args, kwargs, sync)
+        if inspect.isgenerator(value):
+            value = list(value)
+        elif inspect.isasyncgen(value):
+            value = [item async for item in value]
+        state = _states.return_value_to_state(value)
+        if state.state_details is not call.details and state.state_details.task_run_id is None:
+            state = State(state.type, state.name, state.message, state.data, call.details, state.ts)
+        return state
+    except TaskRunTimeoutError as exc:
+        return _new_state(call, StateType.FAILED, "TimedOut", str(exc), exc)
+    except TimeoutError as exc:
+        return _new_state(call, StateType.FAILED, "TimedOut", f"Task run failed due to timeout: {exc!r}", exc)
+    except Exception as exc:
+        return _new_state(call, StateType.FAILED, "Failed", exception_message("Task", exc), exc)
+
+
+async def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any], sync: bool) -> Any:
+    task = call.task
+    fn = task.fn
+    if task.isasync:
+        timeout = task.timeout_seconds
+        if timeout:
+            with anyio.move_on_after(timeout) as scope:
+                return await fn(*args, **kwargs)
+            if scope.cancelled_caught:
+                raise TaskRunTimeoutError(f"Task run exceeded timeout of {timeout:g} second(s)")
+        return await fn(*args, **kwargs)
+    if sync:
+        return fn(*args, **kwargs)
+    runner = call.runner
+    bound = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
+    if runner is not None:
+        return await runner.run_sync(bound)
+    return await anyio.to_thread.run_sync(bound)
+
+
+async def _should_retry(call: TaskCall, state: State[Any], sync: bool) -> bool:
+    condition = call.task.retry_policy.condition_fn
+    if condition is None:
+        return True
+    try:
+        return bool(await maybe_await(condition(call.task, call.run, state), sync))
+    except Exception:
+        base_logger().error("An error was encountered while running `retry_condition_fn`; not retrying.",
+                            label=call.label, exc_info=True, **call.ids)
+        return False
+
+
+def _describe_failure(state: State[Any]) -> str:
+    if isinstance(state.data, BaseException):
+        return f"exception: {state.data!r}"
+    return f"state: {state!r}"
+
+
+def _log_retry(call: TaskCall, state: State[Any], attempt: int, retries: int, delay: float) -> None:
+    when = "immediately" if delay <= 0 else f"{delay:g} second(s) from now"
+    base_logger().warning(
+        f"Task run failed with {_describe_failure(state)} - Retry {attempt}/{retries} will start {when}",
+        label=call.label, **call.ids)
+
+
+def _log_failure(call: TaskCall, state: State[Any], retries: int) -> None:
+    suffix = " - Retries are exhausted" if retries else ""
+    exc = state.data if isinstance(state.data, BaseException) else None
+    base_logger().error(f"Task run failed with {_describe_failure(state)}{suffix}", label=call.label,
+                        exc_info=exc if exc is not None else False, **call.ids)
+
+
+async def _final_hooks(call: TaskCall, state: State[Any], sync: bool) -> None:
+    task = call.task
+    if state.type is StateType.COMPLETED and task.on_completion:
+        await run_hooks(task.on_completion, task, call.run, state, sync, call.label, call.ids)
+    elif state.type is StateType.FAILED and task.on_failure:
+        await run_hooks(task.on_failure, task, call.run, state, sync, call.label, call.ids)
+
+
+async def _wait_children(ctx: RunContext, call: TaskCall, sync: bool) -> None:
+    tracker: ChildTracker = ctx.children
+    if sync:
+        tracker.wait_all_blocking()
+    else:
+        await tracker.wait_all()
+    report_unobserved(tracker, call.label, call.ids)
+
+
+def report_unobserved(tracker: ChildTracker, label: str, ids: dict[str, Any]) -> None:
+    for future in tracker.unobserved_failures():
+        future._observed = True
+        state = future._final
+        base_logger().warning(
+            f"Task run '{future.task_run.name}' ended in state {state!r} and nothing observed it "
+            f"(no .result(), await or downstream use). Its error: {getattr(state, 'data', None)!r}",
+            label=label, **ids)
+
+
+def submit(task: Any, parameters: dict[str, Any], wait_for: Any) -> TaskRunFuture[Any]:
+    """Start a task run in the current run's scope and return its future at once."""
+    call = TaskCall(task, parameters, wait_for, submitted=True)
+    parent = call.parent
+    if parent is None or parent.scope is None:
+        from .._exceptions import MissingContextError
+
+        raise MissingContextError(
+            f"{task.name}.submit() was called outside of a flow or task run, so no run owns the future. "
+            f"Call it inside a function decorated with @flow (or @task), call the task directly, or use "
+            f"`.delay()` to hand the run to a task worker.")
+    future: TaskRunFuture[Any] = TaskRunFuture(call.run)
+    call.future = future
+    if parent.children is None:
+        parent.children = ChildTracker()
+    tracker = parent.children
+    tracker.add(future)
+    future.add_done_callback(tracker.finished)
+    parent.scope.spawn(run_submitted, call)
+    return future

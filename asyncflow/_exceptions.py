@@ -1,0 +1,67 @@
+"""One exception tree for asyncflow. Every error names the culprit and the fix."""
+
+from __future__ import annotations
+
+
+class AsyncflowError(Exception):
+    """Base class of every error raised by asyncflow itself."""
+
+
+class ReservedArgumentError(AsyncflowError, TypeError):
+    """A task or flow function uses a parameter name that asyncflow reserves."""
+
+
+class InvalidNameError(AsyncflowError, ValueError):
+    """A flow or task name contains characters that are not allowed."""
+
+
+class ParameterBindError(AsyncflowError, TypeError):
+    """The arguments of a call do not fit the function's signature."""
+
+
+class MappingMissingIterable(AsyncflowError, ValueError):
+    """`.map()` was called without any iterable argument."""
+
+
+class MappingLengthMismatch(AsyncflowError, ValueError):
+    """`.map()` was called with iterables of different lengths."""
+
+
+class MissingContextError(AsyncflowError, RuntimeError):
+    """A run-scoped API was used outside of any flow or task run."""
+
+
+class UpstreamTaskError(AsyncflowError):
+    """An upstream run did not complete, so this run cannot start."""
+
+
+class BlockingResultError(AsyncflowError, RuntimeError):
+    """A blocking wait was attempted on the event-loop thread."""
+
+
+class RunStateError(AsyncflowError):
+    """Base for errors raised by `State.result()` when no user exception is available."""
+
+
+class FailedRun(RunStateError):
+    """The run failed and its state carries no exception object."""
+
+
+class CrashedRun(RunStateError):
+    """The run was interrupted (KeyboardInterrupt, cancellation, a BaseException)."""
+
+
+class CancelledRun(RunStateError):
+    """The run was cancelled."""
+
+
+class UnfinishedRun(RunStateError):
+    """The run has not reached a final state, so it has no result yet."""
+
+
+class TaskRunTimeoutError(AsyncflowError, TimeoutError):
+    """A task run exceeded its `timeout_seconds`."""
+
+
+class FlowRunTimeoutError(AsyncflowError, TimeoutError):
+    """A flow run exceeded its `timeout_seconds`."""

@@ -1,0 +1,262 @@
+"""`@flow` and `Flow`: a function whose runs are tracked scopes for task runs."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+
+from . import _settings
+from ._callables import Binder, HookList, validate_hooks
+from ._engine.common import drive_sync
+from ._engine.loop import in_async_context
+from ._exceptions import InvalidNameError
+from ._names import flow_name_from_function
+from ._tasks import render_run_name
+from .task_runners import TaskRunner, coerce_task_runner
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_BANNED_NAME_CHARACTERS = ("/", "%", "&", ">", "<")
+_file_hashes: dict[str, str | None] = {}
+
+
+def _file_hash(path: str | None) -> str | None:
+    if not path:
+        return None
+    if path not in _file_hashes:
+        try:
+            with open(path, "rb") as fh:
+                _file_hashes[path] = hashlib.md5(fh.read()).hexdigest()
+        except OSError:
+            _file_hashes[path] = None
+    return _file_hashes[path]
+
+
+class Flow(Generic[P, R]):
+    """A function wrapped as a flow. Calling it creates a flow run."""
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        version: str | None = None,
+        flow_run_name: str | Callable[..., str] | None = None,
+        retries: int | None = None,
+        retry_delay_seconds: float | None = None,
+        task_runner: TaskRunner | type[TaskRunner] | None = None,
+        description: str | None = None,
+        timeout_seconds: float | None = None,
+        validate_parameters: bool = True,
+        persist_result: bool | None = None,
+        result_storage: Any = None,
+        result_serializer: Any = None,
+        cache_result_in_memory: bool = True,
+        log_prints: bool | None = None,
+        on_completion: list[Callable[..., Any]] | None = None,
+        on_failure: list[Callable[..., Any]] | None = None,
+        on_cancellation: list[Callable[..., Any]] | None = None,
+        on_crashed: list[Callable[..., Any]] | None = None,
+        on_running: list[Callable[..., Any]] | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(
+                f"@flow must decorate a function or another callable; got {fn!r} of type {type(fn).__name__}.")
+        self.fn = fn
+        if name is None:
+            name = flow_name_from_function(getattr(fn, "__name__", type(fn).__name__))
+        if not isinstance(name, str):
+            raise TypeError(f"Flow name must be a string; got {name!r}.")
+        bad = [c for c in _BANNED_NAME_CHARACTERS if c in name]
+        if bad:
+            raise InvalidNameError(f"Flow name {name!r} contains {''.join(bad)!r}; names cannot contain any of "
+                                   f"{' '.join(_BANNED_NAME_CHARACTERS)}.")
+        self.name = name
+        self._version = version
+        self.description = description if description is not None else inspect.getdoc(fn)
+        if flow_run_name is not None and not isinstance(flow_run_name, str) and not callable(flow_run_name):
+            raise TypeError(f"Expected string or callable for 'flow_run_name'; got {type(flow_run_name).__name__} instead.")
+        self.flow_run_name = flow_run_name
+        if retries is None:
+            retries = _settings.FLOW_DEFAULT_RETRIES.value()
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"flow {name!r}: `retries` must be an integer >= 0; got {retries!r}.")
+        self.retries = retries
+        if retry_delay_seconds is None:
+            retry_delay_seconds = _settings.FLOW_DEFAULT_RETRY_DELAY_SECONDS.value()
+        if isinstance(retry_delay_seconds, bool) or not isinstance(retry_delay_seconds, (int, float)) \
+                or retry_delay_seconds < 0:
+            raise ValueError(f"flow {name!r}: `retry_delay_seconds` must be a number >= 0; got {retry_delay_seconds!r}.")
+        self.retry_delay_seconds = float(retry_delay_seconds)
+        self.task_runner = coerce_task_runner(task_runner)
+        if timeout_seconds is not None and (isinstance(timeout_seconds, bool)
+                                            or not isinstance(timeout_seconds, (int, float)) or timeout_seconds < 0):
+            raise ValueError(f"flow {name!r}: `timeout_seconds` must be a number >= 0; got {timeout_seconds!r}.")
+        self.timeout_seconds = timeout_seconds or None
+        self.should_validate_parameters = validate_parameters
+        self.persist_result = persist_result
+        self.result_storage = result_storage
+        self.result_serializer = result_serializer
+        self.cache_result_in_memory = cache_result_in_memory
+        self.log_prints = log_prints
+        self.on_completion = HookList(validate_hooks(on_completion, "on_completion", "flow"))
+        self.on_failure = HookList(validate_hooks(on_failure, "on_failure", "flow"))
+        self.on_cancellation = HookList(validate_hooks(on_cancellation, "on_cancellation", "flow"))
+        self.on_crashed = HookList(validate_hooks(on_crashed, "on_crashed", "flow"))
+        self.on_running = HookList(validate_hooks(on_running, "on_running", "flow"))
+        self.binder = Binder(fn, f"flow {name!r}")
+        self.isasync = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+        self._validator: Any = None
+        self.__doc__ = getattr(fn, "__doc__", None)
+        self.__name__ = name
+        self.__wrapped__ = fn
+
+    @property
+    def version(self) -> str | None:
+        """The given version, else a hash of the file that defines the flow (None if unknown)."""
+        if self._version is not None:
+            return self._version
+        try:
+            path = inspect.getsourcefile(self.fn)
+        except TypeError:
+            path = None
+        return _file_hash(path)
+
+    @staticmethod
+    def default_log_prints() -> bool:
+        return bool(_settings.LOGGING_LOG_PRINTS.value())
+
+    # -- calling ---------------------------------------------------------------------------------
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return_state = kwargs.pop("return_state", False)
+        wait_for = kwargs.pop("wait_for", None)
+        parameters = self.binder.bind(args, kwargs)
+        from ._engine.flow_run import FlowCall, run_flow
+
+        call = FlowCall(self, parameters, wait_for)
+        if self.isasync or in_async_context():
+            return _await_flow(call, return_state)  # type: ignore[return-value]
+        state = drive_sync(run_flow(call, sync=True))
+        return state if return_state else state.result()
+
+    def validate(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """Coerce parameters to the annotated types (with pydantic, when it is installed)."""
+        if not self.should_validate_parameters or not parameters:
+            return parameters
+        if self._validator is None:
+            self._validator = _build_validator(self.fn)
+        return self._validator(parameters) if self._validator else parameters
+
+    def with_options(self, **options: Any) -> Flow[P, R]:
+        current = {name: getattr(self, name) for name in _FLOW_OPTIONS if name not in ("version",)}
+        current["version"] = self._version
+        current["validate_parameters"] = self.should_validate_parameters
+        for hooks in ("on_completion", "on_failure", "on_cancellation", "on_crashed", "on_running"):
+            current[hooks] = list(current[hooks])
+        unknown = set(options) - set(_FLOW_OPTIONS)
+        if unknown:
+            raise TypeError(f"with_options() got unknown option(s) {sorted(unknown)}; valid: {sorted(_FLOW_OPTIONS)}.")
+        current.update(options)
+        return Flow(self.fn, **current)
+
+    def render_run_name(self, parameters: dict[str, Any]) -> str:
+        return render_run_name(self.flow_run_name, parameters, "flow_run_name")
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if instance is None:
+            return self
+        from ._tasks import BoundTask
+
+        return BoundTask(self, instance)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"Flow(name={self.name!r}, fn={getattr(self.fn, '__qualname__', self.fn)!r})"
+
+
+_FLOW_OPTIONS = (
+    "name", "version", "flow_run_name", "retries", "retry_delay_seconds", "task_runner", "description",
+    "timeout_seconds", "validate_parameters", "persist_result", "result_storage", "result_serializer",
+    "cache_result_in_memory", "log_prints", "on_completion", "on_failure", "on_cancellation", "on_crashed",
+    "on_running",
+)
+
+
+def _build_validator(fn: Callable[..., Any]) -> Any:
+    try:
+        hints = {k: v for k, v in inspect.signature(fn).parameters.items()
+                 if v.annotation is not inspect.Parameter.empty
+                 and v.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    except (TypeError, ValueError):
+        return False
+    if not hints:
+        return False
+    try:
+        import pydantic
+    except ImportError:
+        return False
+    adapters = {}
+    for name, param in hints.items():
+        try:
+            adapters[name] = pydantic.TypeAdapter(param.annotation, config=pydantic.ConfigDict(arbitrary_types_allowed=True))
+        except Exception:  # an annotation pydantic cannot handle is passed through unchanged
+            continue
+
+    def validate(parameters: dict[str, Any]) -> dict[str, Any]:
+        out = dict(parameters)
+        for name, adapter in adapters.items():
+            if name in out:
+                out[name] = adapter.validate_python(out[name])
+        return out
+
+    return validate
+
+
+async def _await_flow(call: Any, return_state: bool) -> Any:
+    from ._engine.flow_run import run_flow
+
+    state = await run_flow(call, sync=False)
+    return state if return_state else state.result()
+
+
+@overload
+def flow(__fn: Callable[P, R]) -> Flow[P, R]: ...
+
+
+@overload
+def flow(
+    *,
+    name: str | None = None,
+    version: str | None = None,
+    flow_run_name: str | Callable[..., str] | None = None,
+    retries: int | None = None,
+    retry_delay_seconds: float | None = None,
+    task_runner: TaskRunner | type[TaskRunner] | None = None,
+    description: str | None = None,
+    timeout_seconds: float | None = None,
+    validate_parameters: bool = True,
+    persist_result: bool | None = None,
+    result_storage: Any = None,
+    result_serializer: Any = None,
+    cache_result_in_memory: bool = True,
+    log_prints: bool | None = None,
+    on_completion: list[Callable[..., Any]] | None = None,
+    on_failure: list[Callable[..., Any]] | None = None,
+    on_cancellation: list[Callable[..., Any]] | None = None,
+    on_crashed: list[Callable[..., Any]] | None = None,
+    on_running: list[Callable[..., Any]] | None = None,
+) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+
+
+def flow(__fn: Any = None, **options: Any) -> Any:
+    """Make a function a flow: `@flow` or `@flow(retries=3, log_prints=True, ...)`."""
+    if __fn is not None:
+        return Flow(__fn, **options)
+
+    def decorator(fn: Callable[P, R]) -> Flow[P, R]:
+        return Flow(fn, **options)
+
+    return decorator

@@ -1,0 +1,199 @@
+"""Futures: handles on submitted task runs. Awaitable in async code, blocking in sync code."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, NamedTuple, TypeVar
+
+import anyio
+
+from ._engine.loop import in_async_context
+from ._exceptions import BlockingResultError
+from ._runs import TaskRun
+from ._states import State
+
+R = TypeVar("R")
+
+_lock = threading.Lock()  # guards the hand-over between a completing run and a thread about to block
+
+
+class TaskRunFuture(Generic[R]):
+    """The eventual state and result of a submitted task run."""
+
+    __slots__ = ("task_run", "_final", "_callbacks", "_event", "_thread_event", "_observed", "__weakref__")
+
+    def __init__(self, task_run: TaskRun) -> None:
+        self.task_run = task_run
+        self._final: State[R] | None = None
+        self._callbacks: list[Callable[[TaskRunFuture[R]], Any]] | None = None
+        self._event: anyio.Event | None = None
+        self._thread_event: threading.Event | None = None
+        self._observed = False
+
+    # -- reading ---------------------------------------------------------------------------------
+    @property
+    def task_run_id(self) -> Any:
+        return self.task_run.id
+
+    @property
+    def state(self) -> State[R]:
+        """The final state if the run finished, else its current state."""
+        self._observed = True
+        return self._final if self._final is not None else self.task_run.state
+
+    def done(self) -> bool:
+        return self._final is not None
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the run finishes or `timeout` seconds pass (then return quietly)."""
+        self._observed = True
+        if self._final is None:
+            self._block(timeout, "wait")
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
+        """The run's result; raises its exception if it failed (unless `raise_on_failure=False`)."""
+        self._observed = True
+        if self._final is None and not self._block(timeout, "result"):
+            raise TimeoutError(f"Task run {self.task_run.id} did not complete within {timeout} seconds")
+        assert self._final is not None
+        return self._final.result(raise_on_failure=raise_on_failure)
+
+    def __await__(self) -> Any:
+        return self._await_result().__await__()
+
+    async def _await_result(self) -> R:
+        self._observed = True
+        if self._final is None:
+            await self.wait_async()
+        assert self._final is not None
+        return self._final.result()
+
+    def add_done_callback(self, fn: Callable[[TaskRunFuture[R]], Any]) -> None:
+        """Call `fn(future)` when the run finishes (at once if it already has)."""
+        if self._final is not None:
+            fn(self)
+            return
+        with _lock:
+            if self._final is None:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    # -- waiting ---------------------------------------------------------------------------------
+    async def wait_async(self) -> None:
+        if self._final is not None:
+            return
+        if self._event is None:
+            self._event = anyio.Event()
+        if self._final is None:
+            await self._event.wait()
+
+    def _block(self, timeout: float | None, what: str) -> bool:
+        if in_async_context():
+            raise BlockingResultError(
+                f"future.{what}() would block the event loop while task run '{self.task_run.name}' is "
+                f"still running. In async code, use `await future` (or `await future.wait_async()`)."
+            )
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"'timeout' must be a non-negative number, got {timeout}")
+        with _lock:
+            if self._final is not None:
+                return True
+            if self._thread_event is None:
+                self._thread_event = threading.Event()
+            event = self._thread_event
+        return event.wait(timeout)
+
+    # -- completion (engine only) ----------------------------------------------------------------
+    def _set_final(self, state: State[R]) -> None:
+        with _lock:
+            self._final = state
+            callbacks, self._callbacks = self._callbacks, None
+            thread_event = self._thread_event
+        if self._event is not None:
+            self._event.set()
+        if thread_event is not None:
+            thread_event.set()
+        if callbacks:
+            for fn in callbacks:
+                fn(self)
+
+    def __repr__(self) -> str:
+        return f"TaskRunFuture({self.task_run.name!r}, state={self.state!r})"
+
+
+class TaskRunFutureList(list):  # type: ignore[type-arg]
+    """The futures returned by `.map()`: a list with `.wait()` and `.result()` for all of them."""
+
+    def wait(self, timeout: float | None = None) -> None:
+        wait(self, timeout=timeout)
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list[Any]:
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"'timeout' must be a non-negative number, got {timeout}")
+        try:
+            for future in as_completed(self, timeout=timeout):
+                if raise_on_failure and not future.state.is_completed():
+                    future.result()
+        except TimeoutError:
+            raise TimeoutError(
+                f"Timed out waiting for all futures to complete within {timeout} seconds") from None
+        return [future.result(raise_on_failure=raise_on_failure) for future in self]
+
+
+class DoneAndNotDoneFutures(NamedTuple):
+    done: set[TaskRunFuture[Any]]
+    not_done: set[TaskRunFuture[Any]]
+
+
+def wait(futures: Iterable[TaskRunFuture[Any]], timeout: float | None = None) -> DoneAndNotDoneFutures:
+    """Wait until every future is done or `timeout` passes; never raises on timeout."""
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"'timeout' must be a non-negative number, got {timeout}")
+    pending = set(futures)
+    done: set[TaskRunFuture[Any]] = set()
+    try:
+        for future in as_completed(pending, timeout=timeout):
+            done.add(future)
+    except TimeoutError:
+        pass
+    return DoneAndNotDoneFutures(done, pending - done)
+
+
+def as_completed(futures: Iterable[TaskRunFuture[Any]], timeout: float | None = None
+                 ) -> Iterator[TaskRunFuture[Any]]:
+    """Yield futures as they finish (already finished ones first); TimeoutError after `timeout`."""
+    unique = list(dict.fromkeys(futures))
+    for future in unique:
+        future._observed = True
+    ready = threading.Condition(threading.Lock())
+    finished: list[TaskRunFuture[Any]] = []
+
+    def on_done(future: TaskRunFuture[Any]) -> None:
+        with ready:
+            finished.append(future)
+            ready.notify()
+
+    for future in unique:
+        future.add_done_callback(on_done)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    yielded = 0
+    while yielded < len(unique):
+        with ready:
+            while not finished:
+                if in_async_context():
+                    raise BlockingResultError(
+                        "as_completed()/wait() would block the event loop. In async code, await the "
+                        "futures instead (for example `await future` in an anyio task group).")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"{len(unique) - yielded} (of {len(unique)}) futures unfinished")
+                ready.wait(remaining)
+            batch, finished[:] = list(finished), []
+        for future in batch:
+            yielded += 1
+            yield future

@@ -1,0 +1,305 @@
+"""`@task` and `Task`: a plain function made into a tracked, retryable unit of work."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+
+from . import _settings
+from ._callables import Binder, HookList, validate_hooks
+from ._context import current_run
+from ._engine.common import drive_sync
+from ._engine.loop import in_async_context
+from ._engine.retry import build_retry_policy
+from ._futures import TaskRunFuture, TaskRunFutureList
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_NOTSET: Any = object()
+
+
+def _task_key(fn: Callable[..., Any], name: str) -> str:
+    qualname = getattr(fn, "__qualname__", type(fn).__name__)
+    code = getattr(fn, "__code__", None)
+    digest = hashlib.md5(f"{name}|{qualname}".encode())
+    if code is not None:
+        digest.update(code.co_code)
+    return f"{qualname.split('.')[-1]}-{digest.hexdigest()[:8]}"
+
+
+def _kind(fn: Callable[..., Any]) -> str:
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)
+    if inspect.isasyncgenfunction(target):
+        return "asyncgen"
+    if inspect.isgeneratorfunction(target):
+        return "generator"
+    if inspect.iscoroutinefunction(target):
+        return "async"
+    return "sync"
+
+
+class Task(Generic[P, R]):
+    """A function wrapped as a task. Call it, `.submit()` it, or `.map()` it over iterables."""
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        tags: Iterable[str] | None = None,
+        version: str | None = None,
+        cache_policy: Any = None,
+        cache_key_fn: Callable[..., Any] | None = None,
+        cache_expiration: dt.timedelta | None = None,
+        task_run_name: str | Callable[..., str] | None = None,
+        retries: int | None = None,
+        retry_delay_seconds: Any = None,
+        retry_jitter_factor: float | None = None,
+        retry_condition_fn: Callable[..., Any] | None = None,
+        persist_result: bool | None = None,
+        result_storage: Any = None,
+        result_serializer: Any = None,
+        result_storage_key: str | None = None,
+        cache_result_in_memory: bool = True,
+        timeout_seconds: float | None = None,
+        log_prints: bool | None = None,
+        refresh_cache: bool | None = None,
+        on_completion: list[Callable[..., Any]] | None = None,
+        on_failure: list[Callable[..., Any]] | None = None,
+        on_running: list[Callable[..., Any]] | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(
+                f"@task must decorate a function or another callable; got {fn!r} of type {type(fn).__name__}.")
+        self.fn = fn
+        self.name = name if name is not None else getattr(fn, "__name__", type(fn).__name__)
+        if not isinstance(self.name, str):
+            raise TypeError(f"Task name must be a string; got {self.name!r}.")
+        self.description = description if description is not None else inspect.getdoc(fn)
+        if isinstance(tags, str):
+            raise TypeError(f"tags must be a list of strings, not a single string: use tags=[{tags!r}].")
+        self.tags = frozenset(tags or ())
+        self.version = version
+        self.cache_policy = cache_policy
+        self.cache_key_fn = cache_key_fn
+        self.cache_expiration = cache_expiration
+        if task_run_name is not None and not isinstance(task_run_name, str) and not callable(task_run_name):
+            raise TypeError(f"Expected string or callable for 'task_run_name'; got {type(task_run_name).__name__} instead.")
+        self.task_run_name = task_run_name
+        self.retries = retries
+        self.retry_delay_seconds = retry_delay_seconds
+        self.retry_jitter_factor = retry_jitter_factor
+        self.retry_condition_fn = retry_condition_fn
+        self.retry_policy = build_retry_policy(
+            f"task {self.name!r}", retries, retry_delay_seconds, retry_jitter_factor, retry_condition_fn,
+            _settings.TASK_DEFAULT_RETRIES.value(), _settings.TASK_DEFAULT_RETRY_DELAY_SECONDS.value())
+        self.persist_result = persist_result
+        self.result_storage = result_storage
+        self.result_serializer = result_serializer
+        self.result_storage_key = result_storage_key
+        self.cache_result_in_memory = cache_result_in_memory
+        if timeout_seconds is not None and (isinstance(timeout_seconds, bool)
+                                            or not isinstance(timeout_seconds, (int, float)) or timeout_seconds < 0):
+            raise ValueError(f"task {self.name!r}: `timeout_seconds` must be a number >= 0; got {timeout_seconds!r}.")
+        self.timeout_seconds = timeout_seconds or None
+        self.log_prints = log_prints
+        self.refresh_cache = refresh_cache
+        self.on_completion = HookList(validate_hooks(on_completion, "on_completion", "task"))
+        self.on_failure = HookList(validate_hooks(on_failure, "on_failure", "task"))
+        self.on_running = HookList(validate_hooks(on_running, "on_running", "task"))
+        self.binder = Binder(fn, f"task {self.name!r}")
+        self.kind = _kind(fn)
+        self.isasync = self.kind == "async"
+        self.task_key = _task_key(fn, self.name)
+        try:
+            self.source_code: str | None = inspect.getsource(fn)
+        except (OSError, TypeError):
+            self.source_code = None
+        self.__doc__ = getattr(fn, "__doc__", None)
+        self.__name__ = self.name
+        self.__wrapped__ = fn
+
+    # -- calling ---------------------------------------------------------------------------------
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return_state = kwargs.pop("return_state", False)
+        wait_for = kwargs.pop("wait_for", None)
+        parameters = self.binder.bind(args, kwargs)
+        from ._engine import generators, task_run
+
+        if self.kind in ("generator", "asyncgen"):
+            if return_state:
+                raise ValueError("The return_type for a generator task must be 'result'; "
+                                 "return_state=True is not supported for generator tasks.")
+            return generators.call_generator_task(self, parameters, wait_for)  # type: ignore[return-value]
+        call = task_run.TaskCall(self, parameters, wait_for, submitted=False)
+        if self.isasync or in_async_context():
+            return _await_task(call, return_state)  # type: ignore[return-value]
+        state = drive_sync(task_run.run_task(call, sync=True))
+        return state if return_state else state.result()
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskRunFuture[R]:
+        """Start a run concurrently and return its future at once."""
+        return_state = kwargs.pop("return_state", False)
+        wait_for = kwargs.pop("wait_for", None)
+        parameters = self.binder.bind(args, kwargs)
+        from ._engine import task_run
+
+        future = task_run.submit(self, parameters, wait_for)
+        if return_state:
+            if in_async_context():
+                return _await_state(future)  # type: ignore[return-value]
+            future.wait()
+            return future.state  # type: ignore[return-value]
+        return future
+
+    def map(self, *args: Any, **kwargs: Any) -> TaskRunFutureList:
+        """Submit one run per item of the iterable arguments; other arguments are broadcast."""
+        from ._engine.mapping import map_task
+
+        return map_task(self, args, kwargs)
+
+    def with_options(self, **options: Any) -> Task[P, R]:
+        """A copy of this task with some options changed."""
+        current = {name: getattr(self, name) for name in _TASK_OPTIONS}
+        current["tags"] = set(self.tags)
+        for hooks in ("on_completion", "on_failure", "on_running"):
+            current[hooks] = list(current[hooks])
+        unknown = set(options) - set(_TASK_OPTIONS)
+        if unknown:
+            raise TypeError(f"with_options() got unknown option(s) {sorted(unknown)}; valid: {sorted(_TASK_OPTIONS)}.")
+        current.update(options)
+        return Task(self.fn, **current)
+
+    # -- methods ---------------------------------------------------------------------------------
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if instance is None:
+            return self
+        return BoundTask(self, instance)
+
+    def render_run_name(self, parameters: dict[str, Any]) -> str:
+        return render_run_name(self.task_run_name, parameters, "task_run_name")
+
+    def __repr__(self) -> str:
+        return f"Task(name={self.name!r}, fn={getattr(self.fn, '__qualname__', self.fn)!r})"
+
+
+_TASK_OPTIONS = (
+    "name", "description", "tags", "version", "cache_policy", "cache_key_fn", "cache_expiration", "task_run_name",
+    "retries", "retry_delay_seconds", "retry_jitter_factor", "retry_condition_fn", "persist_result",
+    "result_storage", "result_serializer", "result_storage_key", "cache_result_in_memory", "timeout_seconds",
+    "log_prints", "refresh_cache", "on_completion", "on_failure", "on_running",
+)
+
+
+class BoundTask:
+    """A task accessed through an instance: `self` is passed as the first argument."""
+
+    __slots__ = ("_task", "_instance")
+
+    def __init__(self, task: Task[Any, Any], instance: Any) -> None:
+        self._task = task
+        self._instance = instance
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._task(self._instance, *args, **kwargs)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        return self._task.submit(self._instance, *args, **kwargs)
+
+    def map(self, *args: Any, **kwargs: Any) -> Any:
+        from ._annotations import unmapped
+
+        return self._task.map(unmapped(self._instance), *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._task, name)
+
+    def __repr__(self) -> str:
+        return f"<bound {self._task!r} of {self._instance!r}>"
+
+
+def render_run_name(template: Any, parameters: dict[str, Any], option: str) -> str:
+    if callable(template):
+        try:
+            signature = inspect.signature(template)
+        except (TypeError, ValueError):
+            signature = None
+        if signature is not None and "parameters" in signature.parameters:
+            name = template(parameters=parameters)
+        else:
+            name = template()
+        if not isinstance(name, str):
+            raise TypeError(f"Callable {template} for '{option}' returned type {type(name).__name__} but a "
+                            f"string is required.")
+        return name
+    try:
+        return template.format(**parameters)
+    except KeyError as exc:
+        raise ValueError(
+            f"'{option}' template {template!r} names {exc.args[0]!r}, which is not a parameter of this call "
+            f"(parameters: {sorted(parameters)}). Use one of the parameter names, or a callable.") from None
+
+
+async def _await_task(call: Any, return_state: bool) -> Any:
+    from ._engine.task_run import run_task
+
+    state = await run_task(call, sync=False)
+    return state if return_state else state.result()
+
+
+async def _await_state(future: TaskRunFuture[Any]) -> Any:
+    await future.wait_async()
+    return future.state
+
+
+@overload
+def task(__fn: Callable[P, R]) -> Task[P, R]: ...
+
+
+@overload
+def task(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    tags: Iterable[str] | None = None,
+    version: str | None = None,
+    cache_policy: Any = None,
+    cache_key_fn: Callable[..., Any] | None = None,
+    cache_expiration: dt.timedelta | None = None,
+    task_run_name: str | Callable[..., str] | None = None,
+    retries: int | None = None,
+    retry_delay_seconds: Any = None,
+    retry_jitter_factor: float | None = None,
+    retry_condition_fn: Callable[..., Any] | None = None,
+    persist_result: bool | None = None,
+    result_storage: Any = None,
+    result_serializer: Any = None,
+    result_storage_key: str | None = None,
+    cache_result_in_memory: bool = True,
+    timeout_seconds: float | None = None,
+    log_prints: bool | None = None,
+    refresh_cache: bool | None = None,
+    on_completion: list[Callable[..., Any]] | None = None,
+    on_failure: list[Callable[..., Any]] | None = None,
+    on_running: list[Callable[..., Any]] | None = None,
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def task(__fn: Any = None, **options: Any) -> Any:
+    """Make a function a task: `@task` or `@task(retries=2, ...)`."""
+    if __fn is not None:
+        return Task(__fn, **options)
+
+    def decorator(fn: Callable[P, R]) -> Task[P, R]:
+        return Task(fn, **options)
+
+    return decorator
+
+
+__all__ = ["Task", "task", "current_run"]

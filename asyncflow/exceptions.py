@@ -1,0 +1,26 @@
+"""Every exception asyncflow raises."""
+
+from ._exceptions import AsyncflowError as AsyncflowError
+from ._exceptions import BlockingResultError as BlockingResultError
+from ._exceptions import CancelledRun as CancelledRun
+from ._exceptions import CrashedRun as CrashedRun
+from ._exceptions import FailedRun as FailedRun
+from ._exceptions import FlowRunTimeoutError as FlowRunTimeoutError
+from ._exceptions import InvalidNameError as InvalidNameError
+from ._exceptions import MappingLengthMismatch as MappingLengthMismatch
+from ._exceptions import MappingMissingIterable as MappingMissingIterable
+from ._exceptions import MissingContextError as MissingContextError
+from ._exceptions import ParameterBindError as ParameterBindError
+from ._exceptions import ReservedArgumentError as ReservedArgumentError
+from ._exceptions import RunStateError as RunStateError
+from ._exceptions import TaskRunTimeoutError as TaskRunTimeoutError
+from ._exceptions import UnfinishedRun as UnfinishedRun
+from ._exceptions import UpstreamTaskError as UpstreamTaskError
+from ._settings import SettingError as SettingError
+
+__all__ = [
+    "AsyncflowError", "BlockingResultError", "CancelledRun", "CrashedRun", "FailedRun", "FlowRunTimeoutError",
+    "InvalidNameError", "MappingLengthMismatch", "MappingMissingIterable", "MissingContextError",
+    "ParameterBindError", "ReservedArgumentError", "RunStateError", "SettingError", "TaskRunTimeoutError",
+    "UnfinishedRun", "UpstreamTaskError",
+]

@@ -1,0 +1,129 @@
+"""Task runners decide where a submitted run's user code executes and how many run at once.
+
+The engine drives every run as a coroutine on the flow's event loop; a runner supplies three things:
+
+- `run_sync(fn)`: execute a zero-argument sync callable (the user's function bound to its arguments);
+- `run_async(fn)`: execute a zero-argument async callable;
+- `execution_slot()`: an async context manager held while a submitted run executes (after its
+  inputs are resolved, so a slot is never held by a run that waits for another run).
+
+A runner for another engine (Dask, Ray, processes) implements the same three methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from . import _settings
+
+R = TypeVar("R")
+
+
+class TaskRunner:
+    """Base class. Each flow run works on its own `duplicate()` of the flow's runner."""
+
+    def __init__(self) -> None:
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__.lower().replace("taskrunner", "")
+
+    def duplicate(self) -> TaskRunner:
+        return type(self)()
+
+    def _thread_limit(self) -> int:
+        return int(_settings.THREAD_LIMIT.value())
+
+    def _get_limiter(self) -> anyio.CapacityLimiter:
+        if self._limiter is None:  # created lazily: anyio primitives need a running loop
+            self._limiter = anyio.CapacityLimiter(self._thread_limit())
+        return self._limiter
+
+    async def run_sync(self, fn: Callable[[], R]) -> R:
+        """Run sync user code in a worker thread (never on the event-loop thread)."""
+        return await anyio.to_thread.run_sync(fn, limiter=self._get_limiter())
+
+    async def run_async(self, fn: Callable[[], Awaitable[R]]) -> R:
+        return await fn()
+
+    @contextlib.asynccontextmanager
+    async def execution_slot(self) -> AsyncIterator[None]:
+        yield
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class ThreadPoolTaskRunner(TaskRunner):
+    """Runs submitted tasks concurrently: coroutines on the loop, sync code in up to `max_workers` threads."""
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        super().__init__()
+        if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
+            raise ValueError(f"max_workers must be a positive integer or None; got {max_workers!r}.")
+        self.max_workers = max_workers
+
+    def _thread_limit(self) -> int:
+        return self.max_workers if self.max_workers is not None else super()._thread_limit()
+
+    def duplicate(self) -> ThreadPoolTaskRunner:
+        return type(self)(max_workers=self.max_workers)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.max_workers == self.max_workers  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.max_workers))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(max_workers={self.max_workers})"
+
+
+class ConcurrentTaskRunner(ThreadPoolTaskRunner):
+    """The default runner: submitted runs execute concurrently (an alias of ThreadPoolTaskRunner)."""
+
+
+class SequentialTaskRunner(TaskRunner):
+    """Submitted runs execute one at a time, in submission order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock: anyio.Lock | None = None
+
+    @contextlib.asynccontextmanager
+    async def execution_slot(self) -> AsyncIterator[None]:
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        async with self._lock:
+            yield
+
+
+def default_task_runner() -> TaskRunner:
+    return ConcurrentTaskRunner()
+
+
+def coerce_task_runner(value: Any) -> TaskRunner:
+    if value is None:
+        return default_task_runner()
+    if isinstance(value, type) and issubclass(value, TaskRunner):
+        return value()
+    if isinstance(value, TaskRunner):
+        return value
+    raise TypeError(
+        f"task_runner must be a TaskRunner instance or class (for example ThreadPoolTaskRunner(max_workers=4)); "
+        f"got {value!r}.")
+
+
+__all__ = ["ConcurrentTaskRunner", "SequentialTaskRunner", "TaskRunner", "ThreadPoolTaskRunner"]
