@@ -152,7 +152,8 @@ class Flow(Generic[P, R]):
         return self._validator(parameters) if self._validator else parameters
 
     def with_options(self, **options: Any) -> Flow[P, R]:
-        current = {name: getattr(self, name) for name in _FLOW_OPTIONS if name not in ("version",)}
+        current = {name: getattr(self, name) for name in _FLOW_OPTIONS
+                   if name not in ("version", "validate_parameters")}
         current["version"] = self._version
         current["validate_parameters"] = self.should_validate_parameters
         for hooks in ("on_completion", "on_failure", "on_cancellation", "on_crashed", "on_running"):

@@ -1,0 +1,95 @@
+"""Helpers for testing code that uses asyncflow: an isolated store, a fake clock, state histories.
+
+    from asyncflow.testing import isolated_store, state_names
+
+    def test_my_flow():
+        with isolated_store() as store:
+            state = my_flow(return_state=True)
+            assert state_names(store, state.state_details.flow_run_id) == ["Pending", "Running", "Completed"]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+
+from ._clock import Clock, set_clock
+from ._store import MemoryStore, RunStore, set_store
+
+
+@contextlib.contextmanager
+def isolated_store(store: RunStore | None = None) -> Iterator[Any]:
+    """Record runs in a fresh in-memory store for the duration of the block."""
+    store = store if store is not None else MemoryStore()
+    previous = set_store(store)
+    try:
+        yield store
+    finally:
+        set_store(previous)
+
+
+def state_names(store: Any, run_id: Any) -> list[str]:
+    """The names of the states a run went through, in order."""
+    return [state.name for state in store.read_states(run_id)]
+
+
+class FakeClock(Clock):
+    """Virtual time: `sleep` returns at once and advances the clock; `slept` records every sleep."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = start if start is not None else time.time()
+        self.slept: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        await anyio.lowlevel.checkpoint()
+
+    def sleep_blocking(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+@contextlib.contextmanager
+def fake_clock(start: float | None = None) -> Iterator[FakeClock]:
+    """Install a `FakeClock` for the duration of the block."""
+    clock = FakeClock(start)
+    previous = set_clock(clock)
+    try:
+        yield clock
+    finally:
+        set_clock(previous)
+
+
+@contextlib.contextmanager
+def temporary_settings(**values: Any) -> Iterator[None]:
+    """Set `ASYNCFLOW_*` environment variables for the block: `temporary_settings(ASYNCFLOW_LOGGING_LEVEL="DEBUG")`."""
+    from ._logging import reset_logging
+
+    saved = {name: os.environ.get(name) for name in values}
+    try:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = str(value)
+        reset_logging()
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        reset_logging()
+
+
+__all__ = ["FakeClock", "fake_clock", "isolated_store", "state_names", "temporary_settings"]
