@@ -1,0 +1,217 @@
+"""Generator tasks and methods as tasks (seed 000)."""
+
+import anyio
+import pytest
+
+from asyncflow import flow, task
+from asyncflow.testing import state_names
+
+
+def test_generator_task_yields_values_that_feed_other_tasks(store):
+    @task
+    def generator():
+        for i in range(3):
+            yield i
+
+    @task
+    def consumer(x):
+        return x * 10
+
+    assert [consumer(v) for v in generator()] == [0, 10, 20]
+    runs = {r.task_name: r for r in store.read_task_runs()}
+    assert state_names(store, runs["generator"].id) == ["Pending", "Running", "Completed"]
+
+
+def test_generator_task_is_running_while_it_yields(store):
+    @task
+    def gen():
+        yield 1
+        yield 2
+
+    iterator = gen()
+    assert next(iterator) == 1
+    run = store.read_task_runs()[0]
+    assert run.state.name == "Running"
+    assert list(iterator) == [2]
+    assert run.state.name == "Completed"
+
+
+def test_generator_task_failure_is_raised_and_recorded(store):
+    @task
+    def gen():
+        yield 1
+        raise ValueError("mid-stream")
+
+    with pytest.raises(ValueError, match="mid-stream"):
+        list(gen())
+    assert store.read_task_runs()[0].state.is_failed()
+
+
+def test_generator_retries_replay_from_the_start():
+    attempts = []
+
+    @task(retries=2)
+    def gen():
+        attempts.append(1)
+        yield 1
+        yield 2
+        raise ValueError("again")
+
+    seen = []
+    with pytest.raises(ValueError):
+        for value in gen():
+            seen.append(value)
+    assert seen == [1, 2, 1, 2, 1, 2] and len(attempts) == 3
+
+
+def test_generator_return_value_lands_in_stop_iteration():
+    @task
+    def gen():
+        yield 1
+        return "done"
+
+    iterator = gen()
+    next(iterator)
+    with pytest.raises(StopIteration) as info:
+        next(iterator)
+    assert info.value.value == "done"
+
+
+def test_return_state_is_refused_for_generator_tasks():
+    @task
+    def gen():
+        yield 1
+
+    with pytest.raises(ValueError, match="generator task must be 'result'"):
+        gen(return_state=True)
+
+
+def test_returned_generator_is_consumed_into_a_list():
+    consumed = []
+
+    def inner():
+        yield from [1, 2, 3]
+        consumed.append(True)
+
+    @task
+    def f():
+        return inner()
+
+    assert f() == [1, 2, 3] and consumed == [True]
+
+
+def test_yielded_generator_is_not_consumed():
+    consumed = []
+
+    def inner():
+        yield from [1, 2, 3]
+        consumed.append(True)
+
+    @task
+    def f():
+        yield inner()
+
+    generator = next(f())
+    assert consumed == []
+    assert list(generator) == [1, 2, 3] and consumed == [True]
+
+
+@pytest.mark.anyio
+async def test_async_generator_task(store):
+    @task
+    async def agen():
+        for i in range(3):
+            await anyio.sleep(0)
+            yield i
+
+    assert [v async for v in agen()] == [0, 1, 2]
+    assert store.read_task_runs()[0].state.name == "Completed"
+
+
+@pytest.mark.anyio
+async def test_sync_generator_task_in_async_code_runs_its_steps_off_the_loop():
+    import threading
+
+    loop_thread = threading.get_ident()
+
+    @task
+    def gen():
+        for _ in range(2):
+            yield threading.get_ident()
+
+    threads = [t async for t in gen()]
+    assert len(threads) == 2 and loop_thread not in threads
+
+
+class Greeter:
+    def __init__(self, greeting):
+        self.greeting = greeting
+
+    @task
+    def greet(self, name):
+        return f"{self.greeting}, {name}"
+
+    @task(task_run_name="{self.greeting}-{name}")
+    def named(self, name):
+        from asyncflow.runtime import task_run
+
+        return task_run.name
+
+    @classmethod
+    @task
+    def make(cls, greeting):
+        return cls(greeting)
+
+    @staticmethod
+    @task
+    def shout(text):
+        return text.upper()
+
+    @task
+    async def greet_async(self, name):
+        return f"{self.greeting}, {name}!"
+
+
+def test_instance_class_and_static_methods_are_tasks():
+    greeter = Greeter("Hello")
+    assert greeter.greet("Marvin") == "Hello, Marvin"
+    assert Greeter.make("Hi").greeting == "Hi"
+    assert Greeter.shout("hey") == "HEY"
+    assert Greeter.greet(greeter, "Arthur") == "Hello, Arthur"
+
+
+def test_instance_is_passed_by_identity_and_usable_in_run_names():
+    greeter = Greeter("Hey")
+    assert greeter.named("you") == "Hey-you"
+
+    @task
+    def identity(obj):
+        return obj
+
+    assert identity(greeter) is greeter
+
+
+def test_methods_can_be_submitted_in_flows():
+    greeter = Greeter("Yo")
+
+    @flow
+    def f():
+        return greeter.greet.submit("a").result()
+
+    assert f() == "Yo, a"
+
+
+@pytest.mark.anyio
+async def test_async_instance_method_task():
+    assert await Greeter("Hi").greet_async("there") == "Hi, there!"
+
+
+def test_flows_can_be_methods():
+    class Pipeline:
+        factor = 3
+
+        @flow
+        def run(self, x):
+            return x * self.factor
+
+    assert Pipeline().run(2) == 6
