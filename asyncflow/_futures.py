@@ -106,7 +106,7 @@ class TaskRunFuture(Generic[R]):
             if self._thread_event is None:
                 self._thread_event = threading.Event()
             event = self._thread_event
-        return event.wait(timeout)
+        return _blocking_wait(event.wait, timeout)
 
     # -- completion (engine only) ----------------------------------------------------------------
     def _set_final(self, state: State[R]) -> None:
@@ -124,6 +124,20 @@ class TaskRunFuture(Generic[R]):
 
     def __repr__(self) -> str:
         return f"TaskRunFuture({self.task_run.name!r}, state={self.state!r})"
+
+
+def _blocking_wait(wait: Callable[[float | None], bool], timeout: float | None) -> bool:
+    """Block this thread; a worker thread hands its runner slot back while it waits (no pool deadlock)."""
+    from .task_runners import current_thread_slot
+
+    slot = current_thread_slot()
+    if slot is None:
+        return wait(timeout)
+    slot.release_while_blocked()
+    try:
+        return wait(timeout)
+    finally:
+        slot.reacquire()
 
 
 class TaskRunFutureList(list):  # type: ignore[type-arg]
@@ -192,7 +206,7 @@ def as_completed(futures: Iterable[TaskRunFuture[Any]], timeout: float | None = 
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"{len(unique) - yielded} (of {len(unique)}) futures unfinished")
-                ready.wait(remaining)
+                _blocking_wait(ready.wait, remaining)
             batch, finished[:] = list(finished), []
         for future in batch:
             yielded += 1

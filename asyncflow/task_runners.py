@@ -13,10 +13,13 @@ A runner for another engine (Dask, Ray, processes) implements the same three met
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 
 from . import _settings
@@ -46,8 +49,20 @@ class TaskRunner:
         return self._limiter
 
     async def run_sync(self, fn: Callable[[], R]) -> R:
-        """Run sync user code in a worker thread (never on the event-loop thread)."""
-        return await anyio.to_thread.run_sync(fn, limiter=self._get_limiter())
+        """Run sync user code in a worker thread (never on the event-loop thread).
+
+        The thread holds one of the runner's slots while it runs user code; if that code blocks on
+        another run (`future.result()`), the slot is handed back until the wait is over, so a
+        bounded runner can never deadlock on nested submissions.
+        """
+        limiter = self._get_limiter()
+        slot = ThreadSlot(limiter)
+        await limiter.acquire_on_behalf_of(slot)
+        try:
+            return await anyio.to_thread.run_sync(slot.run, fn, limiter=_thread_limiter())
+        finally:
+            if slot.held:
+                limiter.release_on_behalf_of(slot)
 
     async def run_async(self, fn: Callable[[], Awaitable[R]]) -> R:
         return await fn()
@@ -64,6 +79,52 @@ class TaskRunner:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+_threads: threading.local = threading.local()  # which runner slot this OS thread holds (not run context)
+_thread_limiter_var: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar("asyncflow_threads")
+
+
+def _thread_limiter() -> anyio.CapacityLimiter:
+    """Threads themselves are not the scarce resource (runner slots are): allow plenty per event loop."""
+    try:
+        return _thread_limiter_var.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(10_000)
+        _thread_limiter_var.set(limiter)
+        return limiter
+
+
+class ThreadSlot:
+    """A runner slot held by one worker thread, released while the thread waits on another run."""
+
+    __slots__ = ("limiter", "held", "__weakref__")
+
+    def __init__(self, limiter: anyio.CapacityLimiter) -> None:
+        self.limiter = limiter
+        self.held = True
+
+    def run(self, fn: Callable[[], R]) -> R:
+        previous = getattr(_threads, "slot", None)
+        _threads.slot = self
+        try:
+            return fn()
+        finally:
+            _threads.slot = previous
+
+    def release_while_blocked(self) -> None:
+        if self.held:
+            anyio.from_thread.run_sync(self.limiter.release_on_behalf_of, self)
+            self.held = False
+
+    def reacquire(self) -> None:
+        if not self.held:
+            anyio.from_thread.run(self.limiter.acquire_on_behalf_of, self)
+            self.held = True
+
+
+def current_thread_slot() -> ThreadSlot | None:
+    return getattr(_threads, "slot", None)
 
 
 class ThreadPoolTaskRunner(TaskRunner):

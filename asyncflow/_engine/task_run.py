@@ -18,7 +18,7 @@ import anyio.to_thread
 
 from .. import _states
 from .._clock import get_clock
-from .._context import RunContext, TaskRunContext, current_run, current_tags
+from .._context import FlowRunContext, RunContext, TaskRunContext, current_run, current_tags
 from .._exceptions import TaskRunTimeoutError, UpstreamTaskError
 from .._futures import TaskRunFuture
 from .._logging import base_logger, ensure_print_capture, get_engine_logger
@@ -133,7 +133,8 @@ async def _run(call: TaskCall, sync: bool, scope: Any) -> State[Any]:
             log_final_state(state, call.label, call.ids)
             return state
         ctx.parameters = parameters
-        if call.submitted and call.runner is not None:
+        if call.submitted and call.runner is not None and isinstance(parent, FlowRunContext):
+            # runs submitted by a flow take a runner slot; runs submitted by a task run inside its slot
             async with call.runner.execution_slot():
                 state = await _attempts(call, ctx, parameters, sync)
         else:

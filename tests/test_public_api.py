@@ -1,0 +1,45 @@
+"""The public surface is explicit: these names, at Prefect's import paths, and nothing private leaks."""
+
+import importlib
+
+import pytest
+
+import asyncflow
+
+PUBLIC = {
+    "asyncflow": {"Flow", "State", "Task", "allow_failure", "flow", "get_run_logger", "tags", "task", "unmapped"},
+    "asyncflow.tasks": {"Task", "exponential_backoff", "task", "task_input_hash"},
+    "asyncflow.flows": {"Flow", "flow"},
+    "asyncflow.logging": {"get_logger", "get_run_logger"},
+    "asyncflow.futures": {"DoneAndNotDoneFutures", "TaskRunFuture", "TaskRunFutureList", "as_completed", "wait"},
+    "asyncflow.task_runners": {"ConcurrentTaskRunner", "SequentialTaskRunner", "TaskRunner", "ThreadPoolTaskRunner"},
+    "asyncflow.utilities.annotations": {"BaseAnnotation", "allow_failure", "opaque", "quote", "unmapped"},
+    "asyncflow.testing": {"FakeClock", "fake_clock", "isolated_store", "state_names", "temporary_settings"},
+}
+
+
+@pytest.mark.parametrize("module_name", sorted(PUBLIC))
+def test_public_names_are_exactly_the_declared_ones(module_name):
+    module = importlib.import_module(module_name)
+    assert set(module.__all__) == PUBLIC[module_name]
+    for name in module.__all__:
+        assert getattr(module, name) is not None
+
+
+def test_states_module_has_every_state_constructor():
+    from asyncflow import states
+
+    for name in ["State", "StateType", "Completed", "Failed", "Crashed", "Cancelled", "Pending", "Running",
+                 "Scheduled", "Retrying", "AwaitingRetry", "TimedOut", "Cached"]:
+        assert name in states.__all__
+
+
+def test_runtime_modules_expose_run_attributes():
+    from asyncflow.runtime import flow_run, task_run
+
+    assert {"id", "name", "flow_name", "parameters", "tags"} <= set(dir(flow_run))
+    assert {"id", "name", "task_name", "parameters", "tags", "run_count"} <= set(dir(task_run))
+
+
+def test_version_is_a_string():
+    assert isinstance(asyncflow.__version__, str)
