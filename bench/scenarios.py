@@ -1,0 +1,362 @@
+"""Benchmark scenarios. Each runs in a fresh process and returns {"per_task_us": ..., ...}.
+
+Every scenario has a plain-Python baseline doing the same work without asyncflow, so each figure
+is also a ratio to the physical limit. `lib` is `asyncflow` or, for `--compare prefect`, `prefect`
+(the APIs are the same).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import resource
+import sys
+import time
+from typing import Any
+
+import anyio
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed(fn: Any, n: int) -> dict[str, float]:
+    start = time.perf_counter()
+    fn()
+    elapsed = time.perf_counter() - start
+    return {"per_task_us": elapsed / n * 1e6, "total_s": elapsed}
+
+
+# -- a. sync flow calls a sync task N times -------------------------------------------------------
+def a_sync_calls(lib: Any, n: int) -> dict[str, float]:
+    @lib.task
+    def inc(x: int) -> int:
+        return x + 1
+
+    @lib.flow
+    def main() -> None:
+        for i in range(n):
+            inc(i)
+
+    return _timed(main, n)
+
+
+def a_sync_calls_baseline(n: int) -> dict[str, float]:
+    def inc(x: int) -> int:
+        return x + 1
+
+    def main() -> None:
+        for i in range(n):
+            inc(i)
+
+    return _timed(main, n)
+
+
+# -- b. async flow awaits an async task N times ---------------------------------------------------
+def b_async_calls(lib: Any, n: int) -> dict[str, float]:
+    @lib.task
+    async def inc(x: int) -> int:
+        return x + 1
+
+    @lib.flow
+    async def main() -> None:
+        for i in range(n):
+            await inc(i)
+
+    return _timed(lambda: anyio.run(main), n)
+
+
+def b_async_calls_baseline(n: int) -> dict[str, float]:
+    async def inc(x: int) -> int:
+        return x + 1
+
+    async def main() -> None:
+        for i in range(n):
+            await inc(i)
+
+    return _timed(lambda: anyio.run(main), n)
+
+
+# -- c. submit N trivial tasks and collect the results --------------------------------------------
+def c_submit_async(lib: Any, n: int) -> dict[str, float]:
+    @lib.task
+    async def inc(x: int) -> int:
+        return x + 1
+
+    @lib.flow
+    def main() -> int:
+        futures = [inc.submit(i) for i in range(n)]
+        return sum(f.result() for f in futures)
+
+    return _timed(main, n)
+
+
+def c_submit_async_baseline(n: int) -> dict[str, float]:
+    async def inc(x: int, out: list[int]) -> None:
+        out.append(x + 1)
+
+    async def main() -> int:
+        out: list[int] = []
+        async with anyio.create_task_group() as tg:
+            for i in range(n):
+                tg.start_soon(inc, i, out)
+        return sum(out)
+
+    return _timed(lambda: anyio.run(main), n)
+
+
+def c_submit_sync(lib: Any, n: int) -> dict[str, float]:
+    @lib.task
+    def inc(x: int) -> int:
+        return x + 1
+
+    @lib.flow
+    def main() -> int:
+        futures = [inc.submit(i) for i in range(n)]
+        return sum(f.result() for f in futures)
+
+    return _timed(main, n)
+
+
+def c_submit_sync_baseline(n: int) -> dict[str, float]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def inc(x: int) -> int:
+        return x + 1
+
+    def main() -> int:
+        with ThreadPoolExecutor() as pool:
+            futures = [pool.submit(inc, i) for i in range(n)]
+            return sum(f.result() for f in futures)
+
+    return _timed(main, n)
+
+
+# -- d. map over N items --------------------------------------------------------------------------
+def d_map(lib: Any, n: int) -> dict[str, float]:
+    @lib.task
+    async def inc(x: int) -> int:
+        return x + 1
+
+    @lib.flow
+    def main() -> int:
+        return sum(inc.map(range(n)).result())
+
+    return _timed(main, n)
+
+
+d_map_baseline = c_submit_async_baseline
+
+
+# -- e. N cache hits ------------------------------------------------------------------------------
+def e_cache_hits(lib: Any, n: int) -> dict[str, float]:
+    key_fn = importlib.import_module(f"{lib.__name__}.tasks").task_input_hash
+
+    @lib.task(cache_key_fn=key_fn)
+    def square(x: int) -> int:
+        return x * x
+
+    @lib.flow
+    def main() -> None:
+        square(7)  # the miss that fills the cache
+        for _ in range(n):
+            square(7)
+
+    return _timed(main, n)
+
+
+def e_cache_hits_baseline(n: int) -> dict[str, float]:
+    import functools
+
+    @functools.lru_cache
+    def square(x: int) -> int:
+        return x * x
+
+    def main() -> None:
+        for _ in range(n):
+            square(7)
+
+    return _timed(main, n)
+
+
+# -- f. fails twice, then succeeds (retries=2, no delay) ------------------------------------------
+def f_retries(lib: Any, n: int) -> dict[str, float]:
+    attempts = {"count": 0}
+
+    @lib.task(retries=2)
+    def flaky() -> int:
+        attempts["count"] += 1
+        if attempts["count"] % 3:
+            raise ValueError("transient")
+        return 1
+
+    @lib.flow
+    def main() -> None:
+        for _ in range(n):
+            flaky()
+
+    return _timed(main, n)
+
+
+def f_retries_baseline(n: int) -> dict[str, float]:
+    attempts = {"count": 0}
+
+    def flaky() -> int:
+        attempts["count"] += 1
+        if attempts["count"] % 3:
+            raise ValueError("transient")
+        return 1
+
+    def main() -> None:
+        for _ in range(n):
+            for _attempt in range(3):
+                try:
+                    flaky()
+                    break
+                except ValueError:
+                    continue
+
+    return _timed(main, n)
+
+
+# -- g. cold start --------------------------------------------------------------------------------
+_ONE_FLOW = """
+import {lib}
+@{lib}.task
+def hello(): return 1
+@{lib}.flow
+def main(): return hello()
+main()
+"""
+
+
+def _wall_of(argv: list[str], env: dict[str, str] | None = None) -> float:
+    import subprocess
+
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    return time.perf_counter() - start
+
+
+def g_cold_start(lib: Any, n: int) -> dict[str, float]:
+    name = lib.__name__
+    import_ms = min(_wall_of([sys.executable, "-c", f"import {name}"]) for _ in range(3)) * 1e3
+    script_ms = min(_wall_of([sys.executable, "-c", _ONE_FLOW.format(lib=name)]) for _ in range(3)) * 1e3
+    return {"import_ms": import_ms, "one_flow_script_ms": script_ms}
+
+
+def g_cold_start_baseline(n: int) -> dict[str, float]:
+    python_ms = min(_wall_of([sys.executable, "-c", "pass"]) for _ in range(3)) * 1e3
+    anyio_ms = min(_wall_of([sys.executable, "-c", "import anyio"]) for _ in range(3)) * 1e3
+    return {"import_ms": anyio_ms, "one_flow_script_ms": python_ms}
+
+
+# -- h. memory ------------------------------------------------------------------------------------
+def h_memory(lib: Any, n: int) -> dict[str, float]:
+    @lib.task
+    async def inc(x: int) -> int:
+        return x + 1
+
+    @lib.flow
+    def main() -> int:
+        futures = [inc.submit(i) for i in range(n)]
+        return sum(f.result() for f in futures)
+
+    gc.collect()
+    before = _rss_mb()
+    main()
+    gc.collect()
+    return {"baseline_rss_mb": before, "peak_rss_mb": _peak_mb(), "rss_after_mb": _rss_mb()}
+
+
+def h_memory_baseline(n: int) -> dict[str, float]:
+    gc.collect()
+    before = _rss_mb()
+    anyio.run(_spawn_n, n)
+    gc.collect()
+    return {"baseline_rss_mb": before, "peak_rss_mb": _peak_mb(), "rss_after_mb": _rss_mb()}
+
+
+async def _spawn_n(n: int) -> None:
+    async def inc(x: int) -> int:
+        return x + 1
+
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(inc, i)
+
+
+# -- i. cancellation ------------------------------------------------------------------------------
+def i_cancellation(lib: Any, n: int) -> dict[str, float]:
+    timeout = 1.0
+    started_after: list[float] = []
+    state: dict[str, float] = {}
+
+    @lib.task
+    async def wait_forever() -> None:
+        now = time.perf_counter()
+        if now > state["deadline"]:
+            started_after.append(now)
+        await anyio.sleep(3600)
+
+    @lib.flow(timeout_seconds=timeout)
+    async def main() -> None:
+        for _ in range(n):
+            wait_forever.submit()
+        await anyio.sleep(3600)
+
+    async def run() -> float:
+        state["deadline"] = time.perf_counter() + timeout
+        await main(return_state=True)
+        return time.perf_counter()
+
+    ended = anyio.run(run)
+    return {"cancel_ms": (ended - state["deadline"]) * 1e3, "started_after_deadline": len(started_after)}
+
+
+def i_cancellation_baseline(n: int) -> dict[str, float]:
+    timeout = 1.0
+
+    async def run() -> float:
+        deadline = time.perf_counter() + timeout
+        with anyio.move_on_after(timeout):
+            async with anyio.create_task_group() as tg:
+                for _ in range(n):
+                    tg.start_soon(anyio.sleep, 3600)
+        return time.perf_counter() - deadline
+
+    return {"cancel_ms": anyio.run(run) * 1e3, "started_after_deadline": 0}
+
+
+SCENARIOS: dict[str, tuple[str, int]] = {
+    "a": ("sync flow calls a sync task in sequence", 5000),
+    "b": ("async flow awaits an async task in sequence", 5000),
+    "c_async": ("flow submits async tasks, collects results", 5000),
+    "c_sync": ("flow submits sync tasks, collects results", 2000),
+    "d": ("map over N items", 5000),
+    "e": ("cache hits (task_input_hash)", 5000),
+    "f": ("task fails twice then succeeds (retries=2)", 2000),
+    "g": ("cold start: import, and a one-flow script", 1),
+    "h": ("memory: N submitted tasks in one flow", 100_000),
+    "i": ("cancellation: N running tasks hit the flow timeout", 10_000),
+}
+
+FUNCTIONS = {
+    "a": (a_sync_calls, a_sync_calls_baseline),
+    "b": (b_async_calls, b_async_calls_baseline),
+    "c_async": (c_submit_async, c_submit_async_baseline),
+    "c_sync": (c_submit_sync, c_submit_sync_baseline),
+    "d": (d_map, d_map_baseline),
+    "e": (e_cache_hits, e_cache_hits_baseline),
+    "f": (f_retries, f_retries_baseline),
+    "g": (g_cold_start, g_cold_start_baseline),
+    "h": (h_memory, h_memory_baseline),
+    "i": (i_cancellation, i_cancellation_baseline),
+}

@@ -1,0 +1,15 @@
+"""Seed: flow and task configuration tutorial, "Basic flow configuration" — a flow `description`.
+
+The seed's body is only a comment; this variant fills it with a print and runs the flow.
+"""
+from asyncflow import flow
+
+@flow(name="My Example Flow", 
+      description="An example flow for a tutorial.")
+def my_flow():
+    # run tasks and subflows
+    print("running 'My Example Flow'")
+
+if __name__ == "__main__":
+    my_flow()
+    print(f"flow description: {my_flow.description}")

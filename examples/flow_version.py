@@ -1,0 +1,16 @@
+"""Seed: flow and task configuration tutorial, "Basic flow configuration" — a flow `version`.
+
+The seed's body is only a comment; this variant fills it with a print and runs the flow.
+"""
+from asyncflow import flow
+
+@flow(name="My Example Flow", 
+      description="An example flow for a tutorial.",
+      version="tutorial_02")
+def my_flow():
+    # run tasks and subflows
+    print("running 'My Example Flow'")
+
+if __name__ == "__main__":
+    my_flow()
+    print(f"flow version: {my_flow.version}")
