@@ -102,24 +102,30 @@ class Resolver:
             return state.data
         raise UpstreamTaskError(f"Upstream task run '{name}' did not reach a 'COMPLETED' state.")
 
+    def _future_result(self, future: TaskRunFuture[Any], allow_failed: bool) -> Any:
+        if future.task_run.id == self.current_run_id:
+            raise ValueError(
+                f"Task run '{future.task_run.name}' depends on its own future. Raising to avoid a deadlock.")
+        if allow_failed:
+            future._observed = True  # the downstream receives the exception
+        self.upstream.append(future.task_run.id)
+        return self.leaf(future._final or future.task_run.state, future.task_run.name, allow_failed)
+
     def resolve(self, value: Any, allow_failed: bool = False, memo: dict[int, Any] | None = None) -> Any:
         if isinstance(value, _ATOMS):
             return value
         if isinstance(value, TaskRunFuture):
-            if value.task_run.id == self.current_run_id:
-                raise ValueError(
-                    f"Task run '{value.task_run.name}' depends on its own future. Raising to avoid a deadlock.")
-            value._observed = True
-            self.upstream.append(value.task_run.id)
-            return self.leaf(value.state, value.task_run.name, allow_failed)
+            return self.resolve(self._future_result(value, allow_failed), allow_failed, memo)
         if isinstance(value, State):
-            return self.leaf(value, value.name, allow_failed)
+            return self.resolve(self.leaf(value, value.name, allow_failed), allow_failed, memo)
         if isinstance(value, quote):
             return value.value
-        if isinstance(value, opaque):
+        if isinstance(value, opaque):  # resolve the top level only, never look inside the result
             inner = value.value
-            if isinstance(inner, (TaskRunFuture, State)):
-                return self.resolve(inner, allow_failed, memo)
+            if isinstance(inner, TaskRunFuture):
+                return self._future_result(inner, allow_failed)
+            if isinstance(inner, State):
+                return self.leaf(inner, inner.name, allow_failed)
             return inner
         if isinstance(value, allow_failure):
             return self.resolve(value.value, True, memo)

@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from .. import _states
@@ -92,8 +93,45 @@ async def run_task(call: TaskCall, sync: bool) -> State[Any]:
 
 
 async def run_submitted(call: TaskCall) -> None:
-    """Body of a submitted run inside its scope's task group."""
+    """Body of a submitted run inside its scope's task group. A run whose scope was cancelled
+    before it got to start (its flow timed out, failed or was cancelled) never starts."""
+    try:
+        await check_not_cancelled()
+    except anyio.get_cancelled_exc_class():
+        store = get_store()
+        store.record_task_run(call.run)
+        store.record_state(call.run.id, call.run.state)
+        state = set_state(call, _new_state(call, StateType.CANCELLED, "Cancelled",
+                                           "The run was cancelled before it started."))
+        _release(call, state)
+        raise
     await run_task(call, sync=False)
+
+
+async def check_not_cancelled() -> None:
+    """Raise the backend's cancellation if this scope is cancelled or its deadline has passed
+    (on asyncio the deadline timer may not have fired yet: nothing may start after a deadline)."""
+    await anyio.lowlevel.checkpoint_if_cancelled()
+    if anyio.current_effective_deadline() <= anyio.current_time():
+        raise anyio.get_cancelled_exc_class()()
+
+
+def summarise_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """What a finished run keeps of its arguments: small plain values, else the type's name."""
+    return {name: value if isinstance(value, (int, float, bool, type(None))) or
+            (isinstance(value, str) and len(value) <= 200) else f"<{type(value).__name__}>"
+            for name, value in parameters.items()}
+
+
+def _release(call: TaskCall, state: State[Any]) -> None:
+    """Hand the final state to the future and keep O(1) state on the run: no result, no arguments."""
+    if call.future is not None:
+        call.future._set_final(state)
+    run = call.run
+    run.end_time = state.ts
+    if state.data is not None:
+        run.state = State(state.type, state.name, state.message, None, state.state_details, state.ts)
+    run.parameters = summarise_parameters(run.parameters)
 
 
 # -- the engine ----------------------------------------------------------------------------------
@@ -145,14 +183,18 @@ async def _run(call: TaskCall, sync: bool, scope: Any) -> State[Any]:
         await _final_hooks(call, state, sync)
         return state
     except BaseException as exc:
-        state = set_state(call, _new_state(
-            call, StateType.CRASHED, "Crashed", f"Execution was aborted by an interrupt: {exc!r}", exc))
+        if not sync and isinstance(exc, anyio.get_cancelled_exc_class()):
+            state = set_state(call, _new_state(call, StateType.CANCELLED, "Cancelled",
+                                               "The run was cancelled while it was running.", exc))
+        else:
+            state = set_state(call, _new_state(
+                call, StateType.CRASHED, "Crashed", f"Execution was aborted by an interrupt: {exc!r}", exc))
         log_final_state(state, call.label or f"Task run '{run.name}'", call.ids)
         raise
     finally:
         current_run.reset(token)
-        if call.future is not None and state is not None:
-            call.future._set_final(state)
+        if state is not None:
+            _release(call, state)
 
 
 def _log_created(call: TaskCall) -> None:
@@ -187,14 +229,9 @@ async def resolve_inputs(call: TaskCall, sync: bool) -> dict[str, Any]:
 
 
 def _resolve_wait_for(resolver: Resolver, wait_for: Any) -> None:
-    """`wait_for` only orders runs: its values are dropped, a failure still blocks the downstream."""
-    before = {id(f): f._observed for f in wait_for if isinstance(f, TaskRunFuture)}
-    try:
-        resolver.resolve(list(wait_for))
-    finally:  # waiting is not observing: an upstream failure is still reported at flow end
-        for f in wait_for:
-            if isinstance(f, TaskRunFuture):
-                f._observed = before[id(f)]
+    """`wait_for` only orders runs: its values are dropped, a failure still blocks the downstream
+    (and, unless wrapped in `allow_failure`, is still reported at flow end: waiting is not observing)."""
+    resolver.resolve(list(wait_for))
 
 
 async def _attempts(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, Any], sync: bool) -> State[Any]:
@@ -279,6 +316,8 @@ async def _one_attempt(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, 
 async def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any], sync: bool) -> Any:
     task = call.task
     fn = task.fn
+    if call.submitted:
+        await check_not_cancelled()
     if task.isasync:
         timeout = task.timeout_seconds
         if timeout:

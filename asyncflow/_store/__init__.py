@@ -10,12 +10,13 @@ from .base import LogRecord, RunStore, StateRecord
 from .memory import MemoryStore
 
 _store: RunStore | None = None
+DEFAULT_MAX_RUNS = 10_000  # the process-wide default store keeps the newest runs only
 
 
 def get_store() -> RunStore:
     global _store
     if _store is None:
-        _store = MemoryStore()
+        _store = MemoryStore(max_runs=DEFAULT_MAX_RUNS)
     return _store
 
 

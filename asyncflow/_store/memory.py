@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections import deque
 from typing import Any
 
 from .._runs import FlowRun, TaskRun
@@ -12,18 +13,35 @@ from .base import LogRecord, StateRecord
 
 
 class MemoryStore:
-    def __init__(self) -> None:
+    """Runs, states and logs in dicts. `max_runs` bounds memory: past it, the oldest runs (with their
+    states) are forgotten, and only the newest `10 * max_runs` log lines are kept."""
+
+    def __init__(self, max_runs: int | None = None) -> None:
+        self.max_runs = max_runs
         self._flow_runs: dict[uuid.UUID, FlowRun] = {}
         self._task_runs: dict[uuid.UUID, TaskRun] = {}
         self._states: dict[uuid.UUID, list[StateRecord]] = {}
-        self._logs: list[LogRecord] = []
+        self._logs: deque[LogRecord] = deque(maxlen=10 * max_runs if max_runs else None)
         self._lock = threading.Lock()  # dict/list ops are atomic; the lock guards multi-step reads
+
+    def _evict(self, runs: dict[uuid.UUID, Any]) -> None:
+        while self.max_runs is not None and len(runs) > self.max_runs:
+            try:
+                oldest = next(iter(runs))
+            except (StopIteration, RuntimeError):
+                return
+            runs.pop(oldest, None)
+            self._states.pop(oldest, None)
 
     def record_flow_run(self, run: FlowRun) -> None:
         self._flow_runs[run.id] = run
+        if self.max_runs is not None and len(self._flow_runs) > self.max_runs:
+            self._evict(self._flow_runs)
 
     def record_task_run(self, run: TaskRun) -> None:
         self._task_runs[run.id] = run
+        if self.max_runs is not None and len(self._task_runs) > self.max_runs:
+            self._evict(self._task_runs)
 
     def record_state(self, run_id: uuid.UUID, state: State[Any]) -> None:
         record = StateRecord(run_id, state.type, state.name, state.message, state.ts)
