@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -126,18 +127,25 @@ class TaskRunFuture(Generic[R]):
         return f"TaskRunFuture({self.task_run.name!r}, state={self.state!r})"
 
 
-def _blocking_wait(wait: Callable[[float | None], bool], timeout: float | None) -> bool:
-    """Block this thread; a worker thread hands its runner slot back while it waits (no pool deadlock)."""
+@contextlib.contextmanager
+def _slot_handed_back() -> Iterator[None]:
+    """Around a blocking wait: a worker thread hands its runner slot back meanwhile (no pool deadlock)."""
     from .task_runners import current_thread_slot
 
     slot = current_thread_slot()
     if slot is None:
-        return wait(timeout)
+        yield
+        return
     slot.release_while_blocked()
     try:
-        return wait(timeout)
+        yield
     finally:
         slot.reacquire()
+
+
+def _blocking_wait(wait: Callable[[float | None], bool], timeout: float | None) -> bool:
+    with _slot_handed_back():
+        return wait(timeout)
 
 
 class TaskRunFutureList(list):  # type: ignore[type-arg]
@@ -198,16 +206,20 @@ def as_completed(futures: Iterable[TaskRunFuture[Any]], timeout: float | None = 
     yielded = 0
     while yielded < len(unique):
         with ready:
-            while not finished:
-                if in_async_context():
-                    raise BlockingResultError(
-                        "as_completed()/wait() would block the event loop. In async code, await the "
-                        "futures instead (for example `await future` in an anyio task group).")
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"{len(unique) - yielded} (of {len(unique)}) futures unfinished")
-                _blocking_wait(ready.wait, remaining)
             batch, finished[:] = list(finished), []
+        if not batch:
+            if in_async_context():
+                raise BlockingResultError(
+                    "as_completed()/wait() would block the event loop. In async code, await the "
+                    "futures instead (for example `await future` in an anyio task group).")
+            with _slot_handed_back():  # never while holding `ready`: the loop needs it to report
+                with ready:
+                    while not finished:
+                        remaining = None if deadline is None else deadline - time.monotonic()
+                        if remaining is not None and remaining <= 0:
+                            raise TimeoutError(f"{len(unique) - yielded} (of {len(unique)}) futures unfinished")
+                        ready.wait(remaining)
+                    batch, finished[:] = list(finished), []
         for future in batch:
             yielded += 1
             yield future

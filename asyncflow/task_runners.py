@@ -4,8 +4,9 @@ The engine drives every run as a coroutine on the flow's event loop; a runner su
 
 - `run_sync(fn)`: execute a zero-argument sync callable (the user's function bound to its arguments);
 - `run_async(fn)`: execute a zero-argument async callable;
-- `execution_slot()`: an async context manager held while a submitted run executes (after its
-  inputs are resolved, so a slot is never held by a run that waits for another run).
+- `execution_slot(ticket)`: an async context manager held while a run submitted by a flow executes
+  (after its inputs are resolved, so a slot is never held by a run that waits for another run);
+  `ticket()` is called at submit time, and `release(ticket)` once the run is over, whatever happened.
 
 A runner for another engine (Dask, Ray, processes) implements the same three methods.
 """
@@ -67,9 +68,16 @@ class TaskRunner:
     async def run_async(self, fn: Callable[[], Awaitable[R]]) -> R:
         return await fn()
 
+    def ticket(self) -> Any:
+        """Called when a flow submits a run, in submission order."""
+        return None
+
     @contextlib.asynccontextmanager
-    async def execution_slot(self) -> AsyncIterator[None]:
+    async def execution_slot(self, ticket: Any) -> AsyncIterator[None]:
         yield
+
+    def release(self, ticket: Any) -> None:
+        """Called when the run holding `ticket` is over (also if it never got to execute)."""
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self)
@@ -157,18 +165,38 @@ class ConcurrentTaskRunner(ThreadPoolTaskRunner):
 
 
 class SequentialTaskRunner(TaskRunner):
-    """Submitted runs execute one at a time, in submission order."""
+    """Submitted runs execute one at a time, in submission order (tickets served in order)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._lock: anyio.Lock | None = None
+        self._issued = 0
+        self._serving = 0
+        self._finished: set[int] = set()
+        self._waiters: dict[int, anyio.Event] = {}
+        self._lock = threading.Lock()
+
+    def ticket(self) -> int:
+        with self._lock:
+            self._issued += 1
+            return self._issued - 1
 
     @contextlib.asynccontextmanager
-    async def execution_slot(self) -> AsyncIterator[None]:
-        if self._lock is None:
-            self._lock = anyio.Lock()
-        async with self._lock:
-            yield
+    async def execution_slot(self, ticket: int) -> AsyncIterator[None]:
+        if ticket != self._serving:
+            event = self._waiters[ticket] = anyio.Event()
+            if ticket != self._serving:
+                await event.wait()
+        yield
+
+    def release(self, ticket: int) -> None:
+        """Runs on the loop thread; advances past every finished ticket and wakes the next run."""
+        self._finished.add(ticket)
+        while self._serving in self._finished:
+            self._finished.discard(self._serving)
+            self._serving += 1
+        waiter = self._waiters.pop(self._serving, None)
+        if waiter is not None:
+            waiter.set()
 
 
 def default_task_runner() -> TaskRunner:

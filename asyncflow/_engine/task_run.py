@@ -39,7 +39,7 @@ class TaskCall:
     """One task run in the making: everything captured at call or submit time."""
 
     __slots__ = ("task", "run", "parameters", "wait_for", "parent", "details", "future", "submitted",
-                 "label", "ids")
+                 "label", "ids", "ticket")
 
     def __init__(self, task: Any, parameters: dict[str, Any], wait_for: Any, submitted: bool) -> None:
         parent = current_run.get()
@@ -70,6 +70,7 @@ class TaskCall:
         self.submitted = submitted
         self.label = ""
         self.ids: dict[str, Any] = {}
+        self.ticket: Any = None  # the runner's ticket, for runs a flow submits
 
     @property
     def runner(self) -> Any:
@@ -104,6 +105,8 @@ async def run_submitted(call: TaskCall) -> None:
         state = set_state(call, _new_state(call, StateType.CANCELLED, "Cancelled",
                                            "The run was cancelled before it started."))
         _release(call, state)
+        if call.ticket is not None:
+            call.runner.release(call.ticket)
         raise
     await run_task(call, sync=False)
 
@@ -171,9 +174,9 @@ async def _run(call: TaskCall, sync: bool, scope: Any) -> State[Any]:
             log_final_state(state, call.label, call.ids)
             return state
         ctx.parameters = parameters
-        if call.submitted and call.runner is not None and isinstance(parent, FlowRunContext):
+        if call.ticket is not None:
             # runs submitted by a flow take a runner slot; runs submitted by a task run inside its slot
-            async with call.runner.execution_slot():
+            async with call.runner.execution_slot(call.ticket):
                 state = await _attempts(call, ctx, parameters, sync)
         else:
             state = await _attempts(call, ctx, parameters, sync)
@@ -195,6 +198,8 @@ async def _run(call: TaskCall, sync: bool, scope: Any) -> State[Any]:
         current_run.reset(token)
         if state is not None:
             _release(call, state)
+        if call.ticket is not None:
+            call.runner.release(call.ticket)
 
 
 def _log_created(call: TaskCall) -> None:
@@ -412,5 +417,7 @@ def submit(task: Any, parameters: dict[str, Any], wait_for: Any) -> TaskRunFutur
     tracker = parent.children
     tracker.add(future)
     future.add_done_callback(tracker.finished)
+    if isinstance(parent, FlowRunContext):
+        call.ticket = parent.task_runner.ticket()
     parent.scope.spawn(run_submitted, call)
     return future
