@@ -39,7 +39,7 @@ class Binder:
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         if self.simple and len(args) <= len(self.positional):
-            params = dict(zip(self.positional, args))
+            params = dict(zip(self.positional, args, strict=False))  # fewer args than names is fine
             for key, value in kwargs.items():
                 if key in params or key not in self.names:
                     return self._slow_bind(args, kwargs)

@@ -7,7 +7,6 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-
 from . import _settings
 from ._callables import Binder, HookList, validate_hooks
 from ._engine.common import drive_sync
@@ -109,7 +108,7 @@ class Flow(Generic[P, R]):
         self.on_crashed = HookList(validate_hooks(on_crashed, "on_crashed", "flow"))
         self.on_running = HookList(validate_hooks(on_running, "on_running", "flow"))
         self.binder = Binder(fn, f"flow {name!r}")
-        self.isasync = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+        self.isasync = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
         self._validator: Any = None
         self.__doc__ = getattr(fn, "__doc__", None)
         self.__name__ = name

@@ -8,7 +8,6 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-
 from . import _settings
 from ._callables import Binder, HookList, validate_hooks
 from ._context import current_run
@@ -44,7 +43,8 @@ def _update_with_code(digest: Any, code: Any) -> None:
 
 
 def _kind(fn: Callable[..., Any]) -> str:
-    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)
+    # a callable object's kind is the kind of its class's __call__
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn).__call__
     if inspect.isasyncgenfunction(target):
         return "asyncgen"
     if inspect.isgeneratorfunction(target):

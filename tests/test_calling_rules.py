@@ -5,6 +5,7 @@ import inspect
 import threading
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from asyncflow import flow, task
@@ -18,7 +19,7 @@ def double(x):
 
 @task
 async def double_async(x):
-    await anyio.sleep(0)
+    await anyio.lowlevel.checkpoint()
     return 2 * x
 
 

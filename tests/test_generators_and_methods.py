@@ -1,6 +1,7 @@
 """Generator tasks and methods as tasks (seed 000)."""
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from asyncflow import flow, task
@@ -10,8 +11,7 @@ from asyncflow.testing import state_names
 def test_generator_task_yields_values_that_feed_other_tasks(store):
     @task
     def generator():
-        for i in range(3):
-            yield i
+        yield from range(3)
 
     @task
     def consumer(x):
@@ -121,7 +121,7 @@ async def test_async_generator_task(store):
     @task
     async def agen():
         for i in range(3):
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             yield i
 
     assert [v async for v in agen()] == [0, 1, 2]

@@ -1,4 +1,3 @@
-import anyio
 import pytest
 
 from asyncflow import flow, task

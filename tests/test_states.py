@@ -1,11 +1,21 @@
 import pytest
 
+from asyncflow._states import aggregate_states, return_value_to_state
 from asyncflow.exceptions import CrashedRun, FailedRun, UnfinishedRun
 from asyncflow.states import (
-    Cached, Cancelled, Completed, Crashed, Failed, NotReady, Pending, Running, State, StateDetails, StateType,
+    Cached,
+    Cancelled,
+    Completed,
+    Crashed,
+    Failed,
+    NotReady,
+    Pending,
+    Running,
+    State,
+    StateDetails,
+    StateType,
     TimedOut,
 )
-from asyncflow._states import aggregate_states, return_value_to_state
 
 
 def test_repr_is_short_and_names_the_type_only_when_it_differs():

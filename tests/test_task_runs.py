@@ -1,6 +1,7 @@
 """Task runs: names, tags, runtime info, retries (fake clock), hooks, async timeouts, crashes."""
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from asyncflow import flow, tags, task
@@ -237,7 +238,7 @@ async def test_async_hooks_are_awaited():
     seen = []
 
     async def hook(task, run, state):
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         seen.append(state.name)
 
     @task(on_completion=[hook])

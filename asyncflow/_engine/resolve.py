@@ -147,7 +147,7 @@ class Resolver:
     def _rebuild(self, value: Any, allow_failed: bool, memo: dict[int, Any]) -> Any:
         if isinstance(value, (list, tuple, set, frozenset)):
             items = [self.resolve(item, allow_failed, memo) for item in value]
-            if all(new is old for new, old in zip(items, value)):
+            if all(new is old for new, old in zip(items, value, strict=True)):
                 return value
             if isinstance(value, tuple) and hasattr(type(value), "_make"):
                 return type(value)._make(items)  # named tuple
@@ -155,7 +155,7 @@ class Resolver:
         if isinstance(value, dict):
             pairs = [(self.resolve(k, allow_failed, memo), self.resolve(v, allow_failed, memo))
                      for k, v in value.items()]
-            if all(nk is k and nv is v for (nk, nv), (k, v) in zip(pairs, value.items())):
+            if all(nk is k and nv is v for (nk, nv), (k, v) in zip(pairs, value.items(), strict=True)):
                 return value
             rebuilt = type(value)() if type(value) is not dict else {}
             rebuilt.update(pairs)
