@@ -48,7 +48,7 @@ class RunContext:
 
 
 class FlowRunContext(RunContext):
-    __slots__ = ("flow", "flow_run", "task_runner", "run_counters")
+    __slots__ = ("flow", "flow_run", "task_runner", "run_counters", "label", "ids")
 
     def __init__(self, flow: Any, flow_run: FlowRun, parent: RunContext | None, log_prints: bool,
                  scope: Scope | None, task_runner: Any) -> None:
@@ -58,6 +58,8 @@ class FlowRunContext(RunContext):
         self.flow_run = flow_run
         self.task_runner = task_runner
         self.run_counters: dict[str, int] = {}
+        self.label = f"Flow run '{flow_run.name}'"  # set again once the run is named
+        self.ids = {"flow_run_id": str(flow_run.id)}
 
     @property
     def parameters(self) -> dict[str, Any]:

@@ -1,4 +1,7 @@
-"""Logging: structlog loggers that write Prefect-shaped console lines (or JSON) and keep run logs.
+"""Logging: Prefect-shaped console lines (or JSON), kept as run logs in the store.
+
+`get_run_logger()` returns a structlog logger; its events, and the engine's own lines, go to one
+`Sink` that records run logs and writes the line.
 
     09:55:55.412 | INFO    | asyncflow.engine - Created flow run 'great-ammonite' for flow 'get-repo-info'
     09:55:55.499 | INFO    | Flow run 'great-ammonite' - Created task run 'get_url-0' for task 'get_url'
@@ -27,36 +30,11 @@ from ._exceptions import MissingContextError
 
 _LEVELS = {"debug": "DEBUG", "info": "INFO", "warning": "WARNING", "warn": "WARNING", "error": "ERROR",
            "critical": "CRITICAL", "exception": "ERROR", "fatal": "CRITICAL", "msg": "INFO"}
+DEBUG, INFO, WARNING, ERROR = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
+_NAMES = {DEBUG: "DEBUG", INFO: "INFO", WARNING: "WARNING", ERROR: "ERROR", logging.CRITICAL: "CRITICAL"}
 
 
-class _StderrLogger:
-    """Writes rendered lines to whatever `sys.stderr` is at the time of the call."""
-
-    def msg(self, line: str) -> None:
-        stream = sys.stderr
-        if stream is not None:
-            stream.write(line + "\n")
-
-    debug = info = warning = warn = error = critical = exception = fatal = log = msg
-
-
-def _record_to_store(_: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    run_id = event_dict.get("task_run_id") or event_dict.get("flow_run_id")
-    if run_id is not None:
-        from ._store import get_store
-
-        get_store().record_log(
-            flow_run_id=event_dict.get("flow_run_id"),
-            task_run_id=event_dict.get("task_run_id"),
-            level=_LEVELS.get(method_name, method_name.upper()),
-            message=str(event_dict.get("event", "")),
-            ts=event_dict.get("ts") or time.time(),
-        )
-    return event_dict
-
-
-def _exc_text(event_dict: dict[str, Any]) -> str | None:
-    exc_info = event_dict.pop("exc_info", None)
+def _exc_text(exc_info: Any) -> str | None:
     if not exc_info:
         return None
     if exc_info is True:
@@ -68,71 +46,123 @@ def _exc_text(event_dict: dict[str, Any]) -> str | None:
     return "".join(traceback.format_exception(*exc_info)).rstrip()
 
 
-def _render_console(_: Any, method_name: str, event_dict: dict[str, Any]) -> str:
-    ts = event_dict.get("ts") or time.time()
-    stamp = time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts % 1 * 1000):03d}"
-    level = _LEVELS.get(method_name, method_name.upper())
-    where = event_dict.get("label") or event_dict.get("logger_name") or "asyncflow"
-    line = f"{stamp} | {level:<7} | {where} - {event_dict.get('event', '')}"
-    exc = _exc_text(event_dict)
-    return f"{line}\n{exc}" if exc else line
+class Sink:
+    """Where every asyncflow log line goes: the run store (run logs) and stderr (console or JSON)."""
+
+    def __init__(self) -> None:
+        self.level = getattr(logging, _settings.LOGGING_LEVEL.value())
+        self.json = _settings.LOGGING_FORMAT.value() == "json"
+        self._second = -1
+        self._stamp = ""
+
+    def _time(self, ts: float) -> str:
+        second = int(ts)
+        if second != self._second:  # one strftime per second, not per line
+            self._stamp = time.strftime("%H:%M:%S", time.localtime(second))
+            self._second = second
+        return f"{self._stamp}.{int((ts - second) * 1000):03d}"
+
+    def emit(self, level: int, where: str, message: str, flow_run_id: str | None = None,
+             task_run_id: str | None = None, exc_info: Any = None, extra: dict[str, Any] | None = None) -> None:
+        if level < self.level:
+            return
+        ts = time.time()
+        levelname = _NAMES.get(level, "INFO")
+        if flow_run_id is not None or task_run_id is not None:
+            _get_store().record_log(flow_run_id=flow_run_id, task_run_id=task_run_id, level=levelname,
+                                    message=message, ts=ts)
+        exc = _exc_text(exc_info)
+        if self.json:
+            record = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z",
+                      "level": levelname, "logger": where, "event": message,
+                      "flow_run_id": flow_run_id, "task_run_id": task_run_id}
+            if extra:
+                record.update({k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
+                               for k, v in extra.items()})
+            if exc:
+                record["exception"] = exc
+            line = json.dumps(record, ensure_ascii=False)
+        else:
+            line = f"{self._time(ts)} | {levelname:<7} | {where} - {message}"
+            if exc:
+                line = f"{line}\n{exc}"
+        stream = sys.stderr
+        if stream is not None:
+            stream.write(line + "\n")
 
 
-def _render_json(_: Any, method_name: str, event_dict: dict[str, Any]) -> str:
-    ts = event_dict.pop("ts", None) or time.time()
-    out = {
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z",
-        "level": _LEVELS.get(method_name, method_name.upper()),
-    }
-    exc = _exc_text(event_dict)
-    for key, value in event_dict.items():
-        out[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
-    if exc:
-        out["exception"] = exc
-    return json.dumps(out, ensure_ascii=False)
+def _get_store() -> Any:
+    from ._store import get_store
+
+    return get_store()
+
+
+_sink: Sink | None = None
+
+
+def sink() -> Sink:
+    global _sink
+    if _sink is None:
+        _sink = Sink()
+    return _sink
+
+
+def log(level: int, where: str, message: str, ids: dict[str, Any] | None = None, exc_info: Any = None) -> None:
+    """The engine's own lines: `where` is `Flow run 'x'`, `Task run 'y'` or a logger name."""
+    target = _sink if _sink is not None else sink()
+    if level >= target.level:
+        if ids:
+            target.emit(level, where, message, ids.get("flow_run_id"), ids.get("task_run_id"), exc_info)
+        else:
+            target.emit(level, where, message, None, None, exc_info)
+
+
+def _to_sink(_: Any, method_name: str, event_dict: dict[str, Any]) -> Any:
+    """structlog's last processor: hand the event to the sink (and stop structlog there)."""
+    level = getattr(logging, _LEVELS.get(method_name, "INFO"))
+    message = str(event_dict.pop("event", ""))
+    where = event_dict.pop("label", None) or event_dict.pop("logger_name", "asyncflow")
+    exc_info = event_dict.pop("exc_info", None)
+    if method_name == "exception" and exc_info is None:
+        exc_info = True
+    sink().emit(level, where, message, event_dict.pop("flow_run_id", None), event_dict.pop("task_run_id", None),
+                exc_info, event_dict)
+    raise structlog.DropEvent
+
+
+class _NullLogger:
+    def msg(self, *args: Any, **kwargs: Any) -> None:  # never reached: _to_sink drops every event
+        pass
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
 _base_logger: Any = None
 
 
-def _build_base_logger() -> Any:
-    level = getattr(logging, _settings.LOGGING_LEVEL.value())
-    renderer = _render_json if _settings.LOGGING_FORMAT.value() == "json" else _render_console
-    return structlog.wrap_logger(
-        _StderrLogger(),
-        processors=[_record_to_store, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        context_class=dict,
-        cache_logger_on_first_use=True,
-    )
-
-
 def base_logger() -> Any:
+    """The structlog logger behind `get_run_logger()` and `get_logger()`."""
     global _base_logger
     if _base_logger is None:
-        _base_logger = _build_base_logger()
+        _base_logger = structlog.wrap_logger(
+            _NullLogger(),
+            processors=[_to_sink],
+            wrapper_class=structlog.make_filtering_bound_logger(sink().level),
+            context_class=dict,
+            cache_logger_on_first_use=True,
+        )
     return _base_logger
 
 
 def reset_logging() -> None:
-    """Rebuild the loggers from the settings (after the environment changed)."""
-    global _base_logger, engine_logger
+    """Rebuild the sink and loggers from the settings (after the environment changed)."""
+    global _base_logger, _sink
     _base_logger = None
-    engine_logger = None
-
-
-engine_logger: Any = None
-
-
-def get_engine_logger() -> Any:
-    global engine_logger
-    if engine_logger is None:
-        engine_logger = base_logger().bind(logger_name="asyncflow.engine")
-    return engine_logger
+    _sink = None
 
 
 def get_logger(name: str = "asyncflow") -> Any:
-    """A structlog logger for asyncflow's own messages (not tied to a run)."""
+    """A structlog logger for messages not tied to a run (lines show `name`)."""
     return base_logger().bind(logger_name=name)
 
 

@@ -129,5 +129,5 @@ def test_json_log_format(capsys):
         get_url("x")
     records = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert records[-1]["event"] == "Finished in state Completed()"
-    assert records[-1]["level"] == "INFO" and re.fullmatch(r"Task run 'get_url-\d+'", records[-1]["label"])
+    assert records[-1]["level"] == "INFO" and re.fullmatch(r"Task run 'get_url-\d+'", records[-1]["logger"])
     assert "task_run_id" in records[-1]

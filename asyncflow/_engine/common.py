@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 
 from .._callables import callable_name
-from .._logging import base_logger
+from .._logging import ERROR, INFO, log
 from .._states import State, StateType
 
 _INFO_TYPES = (StateType.COMPLETED, StateType.RUNNING, StateType.SCHEDULED, StateType.PENDING)
@@ -44,21 +44,16 @@ async def maybe_await(value: Any, sync: bool) -> Any:
 async def run_hooks(hooks: list[Any], owner: Any, run: Any, state: State[Any], sync: bool, label: str,
                     ids: dict[str, Any]) -> None:
     """Call each hook as `hook(owner, run, state)`; a failing hook is logged and changes nothing."""
-    log = base_logger()
     for hook in hooks:
-        name = callable_name(hook)
         try:
             await maybe_await(hook(owner, run, state), sync)
         except Exception:
-            log.error(f"An error was encountered while running hook {name!r}", label=label, exc_info=True, **ids)
+            log(ERROR, label, f"An error was encountered while running hook {callable_name(hook)!r}", ids,
+                exc_info=True)
 
 
 def log_final_state(state: State[Any], label: str, ids: dict[str, Any]) -> None:
-    log = base_logger()
-    if state.type in _INFO_TYPES:
-        log.info(f"Finished in state {state!r}", label=label, **ids)
-    else:
-        log.error(f"Finished in state {state!r}", label=label, **ids)
+    log(INFO if state.type in _INFO_TYPES else ERROR, label, f"Finished in state {state!r}", ids)
 
 
 def exception_message(kind: str, exc: BaseException) -> str:

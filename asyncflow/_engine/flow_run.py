@@ -15,7 +15,7 @@ from .._clock import get_clock
 from .._context import FlowRunContext, TaskRunContext, current_run, current_tags
 from .._exceptions import FlowRunTimeoutError, UpstreamTaskError
 from .._futures import TaskRunFuture, TaskRunFutureList
-from .._logging import base_logger, ensure_print_capture, get_engine_logger
+from .._logging import ERROR, INFO, ensure_print_capture, log
 from .._names import generate_flow_run_name
 from .._runs import FlowRun
 from .._states import State, StateDetails, StateType
@@ -69,10 +69,11 @@ async def run_flow(call: FlowCall, sync: bool) -> State[Any]:
     state: State[Any] | None = None
     try:
         run.name = flow.render_run_name(call.parameters) if flow.flow_run_name is not None else generate_flow_run_name()
-        call.label = f"Flow run '{run.name}'"
+        call.label = ctx.label = f"Flow run '{run.name}'"
+        ctx.ids = call.ids
         store.record_flow_run(run)
         store.record_state(run.id, run.state)
-        get_engine_logger().info(f"Created flow run '{run.name}' for flow '{flow.name}'")
+        log(INFO, "asyncflow.engine", f"Created flow run '{run.name}' for flow '{flow.name}'")
         if call.wait_for:
             try:
                 await _wait_for_upstream(call, sync)
@@ -85,8 +86,7 @@ async def run_flow(call: FlowCall, sync: bool) -> State[Any]:
         except Exception as exc:
             state = _set(call, StateType.FAILED, "Failed",
                          f"Validation of flow parameters failed with error: {type(exc).__name__}: {exc}", exc)
-            base_logger().error(f"Parameter validation failed for flow {flow.name!r}: {exc}", label=call.label,
-                                **call.ids)
+            log(ERROR, call.label, f"Parameter validation failed for flow {flow.name!r}: {exc}", call.ids)
         else:
             run.parameters = parameters
             state = await _attempts(call, ctx, parameters, sync)
@@ -127,9 +127,8 @@ async def _attempts(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, A
         state = await _one_attempt(call, ctx, parameters, sync)
         if state.type is StateType.FAILED and attempt <= flow.retries:
             delay = flow.retry_delay_seconds
-            base_logger().info(
-                "Received non-final state 'AwaitingRetry' when proposing final state "
-                f"{state.name!r} and will attempt to run again...", label=call.label, **call.ids)
+            log(INFO, call.label, "Received non-final state 'AwaitingRetry' when proposing final state "
+                f"{state.name!r} and will attempt to run again...", call.ids)
             clock = get_clock()
             when = dt.datetime.fromtimestamp(clock.time() + delay, tz=dt.timezone.utc)
             _set(call, StateType.SCHEDULED, "AwaitingRetry",
@@ -185,8 +184,7 @@ async def _body(call: FlowCall, ctx: FlowRunContext, args: tuple[Any, ...], kwar
             value = await anyio.to_thread.run_sync(body, limiter=anyio.CapacityLimiter(1))
         value = await _futures_to_states(value, sync)
     except Exception as exc:
-        base_logger().error(f"Encountered exception during execution: {exc!r}", label=call.label,
-                            exc_info=exc, **call.ids)
+        log(ERROR, call.label, f"Encountered exception during execution: {exc!r}", call.ids, exc_info=exc)
         await _settle_children(call, ctx, sync)
         return State(StateType.FAILED, "Failed", exception_message("Flow", exc), exc, call.details)
     await _settle_children(call, ctx, sync)

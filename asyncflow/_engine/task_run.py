@@ -22,7 +22,7 @@ from .._clock import get_clock
 from .._context import FlowRunContext, RunContext, TaskRunContext, current_run, current_tags
 from .._exceptions import TaskRunTimeoutError, UpstreamTaskError
 from .._futures import TaskRunFuture
-from .._logging import base_logger, ensure_print_capture, get_engine_logger
+from .._logging import ERROR, INFO, WARNING, ensure_print_capture, log
 from .._runs import TaskRun
 from .._states import State, StateDetails, StateType
 from .._store import get_store
@@ -205,11 +205,11 @@ async def _run(call: TaskCall, sync: bool, scope: Any) -> State[Any]:
 def _log_created(call: TaskCall) -> None:
     parent = call.parent
     message = f"Created task run '{call.run.name}' for task '{call.task.name}'"
-    if parent is not None and parent.flow_context is not None:
-        flow_run = parent.flow_context.flow_run
-        base_logger().info(message, label=f"Flow run '{flow_run.name}'", flow_run_id=str(flow_run.id))
+    flow_ctx = parent.flow_context if parent is not None else None
+    if flow_ctx is not None:
+        log(INFO, flow_ctx.label, message, flow_ctx.ids)
     else:
-        get_engine_logger().info(message)
+        log(INFO, "asyncflow.engine", message)
 
 
 async def resolve_inputs(call: TaskCall, sync: bool) -> dict[str, Any]:
@@ -292,9 +292,8 @@ def _cache_key(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, Any]) 
     try:
         key = call.task.cache_key_fn(ctx, parameters)
     except Exception as exc:
-        base_logger().warning(
-            f"cache_key_fn {call.task.cache_key_fn!r} raised {exc!r}; caching is disabled for this run.",
-            label=call.label, **call.ids)
+        log(WARNING, call.label,
+            f"cache_key_fn {call.task.cache_key_fn!r} raised {exc!r}; caching is disabled for this run.", call.ids)
         return None
     return None if key is None else str(key)
 
@@ -347,8 +346,8 @@ async def _should_retry(call: TaskCall, state: State[Any], sync: bool) -> bool:
     try:
         return bool(await maybe_await(condition(call.task, call.run, state), sync))
     except Exception:
-        base_logger().error("An error was encountered while running `retry_condition_fn`; not retrying.",
-                            label=call.label, exc_info=True, **call.ids)
+        log(ERROR, call.label, "An error was encountered while running `retry_condition_fn`; not retrying.",
+            call.ids, exc_info=True)
         return False
 
 
@@ -360,16 +359,14 @@ def _describe_failure(state: State[Any]) -> str:
 
 def _log_retry(call: TaskCall, state: State[Any], attempt: int, retries: int, delay: float) -> None:
     when = "immediately" if delay <= 0 else f"{delay:g} second(s) from now"
-    base_logger().warning(
-        f"Task run failed with {_describe_failure(state)} - Retry {attempt}/{retries} will start {when}",
-        label=call.label, **call.ids)
+    log(WARNING, call.label,
+        f"Task run failed with {_describe_failure(state)} - Retry {attempt}/{retries} will start {when}", call.ids)
 
 
 def _log_failure(call: TaskCall, state: State[Any], retries: int) -> None:
     suffix = " - Retries are exhausted" if retries else ""
     exc = state.data if isinstance(state.data, BaseException) else None
-    base_logger().error(f"Task run failed with {_describe_failure(state)}{suffix}", label=call.label,
-                        exc_info=exc if exc is not None else False, **call.ids)
+    log(ERROR, call.label, f"Task run failed with {_describe_failure(state)}{suffix}", call.ids, exc_info=exc)
 
 
 async def _final_hooks(call: TaskCall, state: State[Any], sync: bool) -> None:
@@ -393,10 +390,9 @@ def report_unobserved(tracker: ChildTracker, label: str, ids: dict[str, Any]) ->
     for future in tracker.unobserved_failures():
         future._observed = True
         state = future._final
-        base_logger().warning(
+        log(WARNING, label,
             f"Task run '{future.task_run.name}' ended in state {state!r} and nothing observed it "
-            f"(no .result(), await or downstream use). Its error: {getattr(state, 'data', None)!r}",
-            label=label, **ids)
+            f"(no .result(), await or downstream use). Its error: {getattr(state, 'data', None)!r}", ids)
 
 
 def submit(task: Any, parameters: dict[str, Any], wait_for: Any) -> TaskRunFuture[Any]:
