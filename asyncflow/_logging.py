@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from . import _settings
+from . import _settings, _store
 from ._context import current_run
 from ._exceptions import MissingContextError
 
@@ -69,7 +69,7 @@ class Sink:
         ts = time.time()
         levelname = _NAMES.get(level, "INFO")
         if flow_run_id is not None or task_run_id is not None:
-            _get_store().record_log(flow_run_id=flow_run_id, task_run_id=task_run_id, level=levelname,
+            _store.get_store().record_log(flow_run_id=flow_run_id, task_run_id=task_run_id, level=levelname,
                                     message=message, ts=ts)
         exc = _exc_text(exc_info)
         if self.json:
@@ -89,12 +89,6 @@ class Sink:
         stream = sys.stderr
         if stream is not None:
             stream.write(line + "\n")
-
-
-def _get_store() -> Any:
-    from ._store import get_store
-
-    return get_store()
 
 
 _sink: Sink | None = None

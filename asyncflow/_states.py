@@ -64,15 +64,11 @@ class State(Generic[R]):
     """
 
     type: StateType
-    name: str = attrs.field(default=None)
+    name: str = attrs.field(default=attrs.Factory(lambda self: self.type.value.capitalize(), takes_self=True))
     message: str | None = None
     data: Any = None
     state_details: StateDetails = _NO_DETAILS
     ts: float = attrs.field(factory=time.time)
-
-    def __attrs_post_init__(self) -> None:
-        if self.name is None:
-            object.__setattr__(self, "name", self.type.value.capitalize())
 
     @property
     def timestamp(self) -> _dt.datetime:

@@ -11,6 +11,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from . import _settings
 from ._callables import Binder, HookList, validate_hooks
 from ._context import current_run
+from ._engine import generators, task_run
 from ._engine.common import drive_sync
 from ._engine.loop import in_async_context
 from ._engine.retry import build_retry_policy
@@ -138,11 +139,9 @@ class Task(Generic[P, R]):
 
     # -- calling ---------------------------------------------------------------------------------
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return_state = kwargs.pop("return_state", False)
-        wait_for = kwargs.pop("wait_for", None)
+        return_state = kwargs.pop("return_state", False) if kwargs else False
+        wait_for = kwargs.pop("wait_for", None) if kwargs else None
         parameters = self.binder.bind(args, kwargs)
-        from ._engine import generators, task_run
-
         if self.kind in ("generator", "asyncgen"):
             if return_state:
                 raise ValueError("The return_type for a generator task must be 'result'; "
@@ -156,11 +155,9 @@ class Task(Generic[P, R]):
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskRunFuture[R]:
         """Start a run concurrently and return its future at once."""
-        return_state = kwargs.pop("return_state", False)
-        wait_for = kwargs.pop("wait_for", None)
+        return_state = kwargs.pop("return_state", False) if kwargs else False
+        wait_for = kwargs.pop("wait_for", None) if kwargs else None
         parameters = self.binder.bind(args, kwargs)
-        from ._engine import task_run
-
         future = task_run.submit(self, parameters, wait_for)
         if return_state:
             if in_async_context():
@@ -258,9 +255,7 @@ def render_run_name(template: Any, parameters: dict[str, Any], option: str) -> s
 
 
 async def _await_task(call: Any, return_state: bool) -> Any:
-    from ._engine.task_run import run_task
-
-    state = await run_task(call, sync=False)
+    state = await task_run.run_task(call, sync=False)
     return state if return_state else state.result()
 
 

@@ -33,6 +33,7 @@ from .resolve import Resolver, collect_unfinished
 from .scope import LazyLoopScope, Scope
 
 _global_counters: dict[str, int] = {}
+_PLAIN_RESULTS = frozenset({int, float, str, bytes, bool, type(None), dict, tuple})
 
 
 class TaskCall:
@@ -165,7 +166,9 @@ async def _run(call: TaskCall, sync: bool, scope: Any) -> State[Any]:
         if task.task_run_name is not None:
             run.name = task.render_run_name(call.parameters)
         call.label = f"Task run '{run.name}'"
-        call.ids = {"task_run_id": str(run.id), "flow_run_id": str(run.flow_run_id) if run.flow_run_id else None}
+        flow_ctx = parent.flow_context if parent is not None else None
+        call.ids = {"task_run_id": str(run.id),
+                    "flow_run_id": flow_ctx.ids["flow_run_id"] if flow_ctx is not None else None}
         _log_created(call)
         try:
             parameters = await resolve_inputs(call, sync)
@@ -301,14 +304,17 @@ def _cache_key(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, Any]) 
 async def _one_attempt(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any], sync: bool) -> State[Any]:
     try:
         value = await _call_fn(call, args, kwargs, sync)
-        if inspect.isgenerator(value):
-            value = list(value)
-        elif inspect.isasyncgen(value):
-            value = [item async for item in value]
-        state = _states.return_value_to_state(value)
-        if state.state_details is not call.details and state.state_details.task_run_id is None:
-            state = State(state.type, state.name, state.message, state.data, call.details, state.ts)
-        return state
+        if type(value) not in _PLAIN_RESULTS:
+            if inspect.isgenerator(value):
+                value = list(value)
+            elif inspect.isasyncgen(value):
+                value = [item async for item in value]
+            elif isinstance(value, State) or _states.is_state_iterable(value):
+                state = _states.return_value_to_state(value)
+                if state.state_details.task_run_id is None:
+                    state = State(state.type, state.name, state.message, state.data, call.details, state.ts)
+                return state
+        return State(StateType.COMPLETED, "Completed", None, value, call.details)
     except TaskRunTimeoutError as exc:
         return _new_state(call, StateType.FAILED, "TimedOut", str(exc), exc)
     except TimeoutError as exc:

@@ -20,7 +20,7 @@ class MemoryStore:
         self.max_runs = max_runs
         self._flow_runs: dict[uuid.UUID, FlowRun] = {}
         self._task_runs: dict[uuid.UUID, TaskRun] = {}
-        self._states: dict[uuid.UUID, list[StateRecord]] = {}
+        self._states: dict[uuid.UUID, list[tuple[Any, ...]]] = {}
         self._logs: deque[LogRecord] = deque(maxlen=10 * max_runs if max_runs else None)
         self._lock = threading.Lock()  # dict/list ops are atomic; the lock guards multi-step reads
 
@@ -44,7 +44,7 @@ class MemoryStore:
             self._evict(self._task_runs)
 
     def record_state(self, run_id: uuid.UUID, state: State[Any]) -> None:
-        record = StateRecord(run_id, state.type, state.name, state.message, state.ts)
+        record = (state.type, state.name, state.message, state.ts)  # StateRecord built on read
         history = self._states.get(run_id)
         if history is None:
             self._states[run_id] = [record]
@@ -78,7 +78,8 @@ class MemoryStore:
                     if flow_run_id is None or r.flow_run_id == _as_uuid(flow_run_id)]
 
     def read_states(self, run_id: uuid.UUID) -> list[State[Any]]:
-        return [record.to_state() for record in self._states.get(_as_uuid(run_id), [])]
+        key = _as_uuid(run_id)
+        return [StateRecord(key, *record).to_state() for record in self._states.get(key, [])]
 
     def read_logs(self, *, flow_run_id: str | None = None, task_run_id: str | None = None) -> list[LogRecord]:
         with self._lock:
