@@ -13,7 +13,7 @@ from ._engine.common import drive_sync
 from ._engine.loop import in_async_context
 from ._exceptions import InvalidNameError
 from ._names import flow_name_from_function
-from ._tasks import render_run_name
+from ._tasks import check_run_name_template, render_run_name, warn_unimplemented
 from .task_runners import TaskRunner, coerce_task_runner
 
 P = ParamSpec("P")
@@ -108,6 +108,9 @@ class Flow(Generic[P, R]):
         self.on_crashed = HookList(validate_hooks(on_crashed, "on_crashed", "flow"))
         self.on_running = HookList(validate_hooks(on_running, "on_running", "flow"))
         self.binder = Binder(fn, f"flow {name!r}")
+        check_run_name_template(flow_run_name, self.binder, "flow_run_name", f"flow {name!r}")
+        warn_unimplemented(f"flow {name!r}", {"persist_result": persist_result, "result_storage": result_storage,
+                                               "result_serializer": result_serializer})
         self.isasync = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
         self._validator: Any = None
         self.__doc__ = getattr(fn, "__doc__", None)

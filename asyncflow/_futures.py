@@ -48,8 +48,9 @@ class TaskRunFuture(Generic[R]):
         return self._final is not None
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until the run finishes or `timeout` seconds pass (then return quietly)."""
-        self._observed = True
+        """Block until the run finishes or `timeout` seconds pass (then return quietly).
+
+        Waiting is not observing: a failure is still reported at flow end unless something reads it."""
         if self._final is None:
             self._block(timeout, "wait")
 
@@ -123,8 +124,9 @@ class TaskRunFuture(Generic[R]):
             for fn in callbacks:
                 fn(self)
 
-    def __repr__(self) -> str:
-        return f"TaskRunFuture({self.task_run.name!r}, state={self.state!r})"
+    def __repr__(self) -> str:  # looking at a future in a debugger or a log is not observing its failure
+        state = self._final if self._final is not None else self.task_run.state
+        return f"TaskRunFuture({self.task_run.name!r}, state={state!r})"
 
 
 @contextlib.contextmanager
@@ -190,8 +192,6 @@ def as_completed(futures: Iterable[TaskRunFuture[Any]], timeout: float | None = 
                  ) -> Iterator[TaskRunFuture[Any]]:
     """Yield futures as they finish (already finished ones first); TimeoutError after `timeout`."""
     unique = list(dict.fromkeys(futures))
-    for future in unique:
-        future._observed = True
     ready = threading.Condition(threading.Lock())
     finished: list[TaskRunFuture[Any]] = []
 

@@ -29,7 +29,10 @@ def _parse_bool(raw: str) -> bool:
 
 
 def _parse_nonneg_int(raw: str) -> int:
-    value = int(raw)
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
     if value < 0:
         raise ValueError("expected an integer >= 0")
     return value
@@ -38,13 +41,19 @@ def _parse_nonneg_int(raw: str) -> int:
 def _parse_delays(raw: str) -> float | list[float]:
     raw = raw.strip()
     if raw.startswith("["):
-        values = json.loads(raw)
-        if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
-            raise ValueError("expected a number or a JSON list of numbers")
+        try:
+            values = json.loads(raw)
+        except ValueError:
+            values = None
+        if not isinstance(values, list) or not all(isinstance(v, (int, float)) and v >= 0 for v in values):
+            raise ValueError("expected a number >= 0 or a JSON list of numbers >= 0")
         return [float(v) for v in values]
-    value = float(raw)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
     if value < 0:
-        raise ValueError("expected a number >= 0")
+        raise ValueError("expected a number >= 0 or a JSON list of numbers >= 0")
     return value
 
 
@@ -78,7 +87,7 @@ class Setting:
             return self.default() if callable(self.default) else self.default
         try:
             return self.parse(raw)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
             raise SettingError(f"Setting {self.name}={raw!r} is invalid: {exc}.") from None
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import inspect
+import re
+import string
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -126,6 +129,10 @@ class Task(Generic[P, R]):
         self.on_failure = HookList(validate_hooks(on_failure, "on_failure", "task"))
         self.on_running = HookList(validate_hooks(on_running, "on_running", "task"))
         self.binder = Binder(fn, f"task {self.name!r}")
+        check_run_name_template(task_run_name, self.binder, "task_run_name", f"task {self.name!r}")
+        warn_unimplemented(f"task {self.name!r}", {
+            "cache_policy": cache_policy, "persist_result": persist_result, "result_storage": result_storage,
+            "result_serializer": result_serializer, "result_storage_key": result_storage_key})
         self.kind = _kind(fn)
         self.isasync = self.kind == "async"
         self.task_key = _task_key(fn, self.name)
@@ -230,6 +237,36 @@ class BoundTask:
 
     def __repr__(self) -> str:
         return f"<bound {self._task!r} of {self._instance!r}>"
+
+
+def check_run_name_template(template: Any, binder: Binder, option: str, owner: str) -> None:
+    """A template naming something that is not a parameter fails at decoration time."""
+    if not isinstance(template, str) or binder.var_keyword is not None:
+        return
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field]
+    except ValueError as exc:
+        raise ValueError(f"{owner}: '{option}' template {template!r} is not a valid format string: {exc}.") from None
+    for field in fields:
+        root = re.split(r"[.\[]", field, maxsplit=1)[0]
+        if root not in binder.names:
+            raise ValueError(
+                f"{owner}: '{option}' template {template!r} names {root!r}, which is not a parameter "
+                f"(parameters: {list(binder.names)}). Use one of the parameter names, or a callable.")
+
+
+_UNIMPLEMENTED_OPTIONS = ("cache_policy", "persist_result", "result_storage", "result_serializer",
+                          "result_storage_key")
+
+
+def warn_unimplemented(owner: str, options: dict[str, Any]) -> None:
+    """Options of Prefect's API that this version accepts but cannot honour yet say so, once each."""
+    for name in _UNIMPLEMENTED_OPTIONS:
+        if options.get(name) is not None:
+            warnings.warn(
+                f"{owner}: `{name}` is accepted for compatibility but has no effect in asyncflow "
+                f"{__import__('asyncflow').__version__}: results are not persisted yet and caching works by "
+                f"`cache_key_fn` within one process.", UserWarning, stacklevel=4)
 
 
 def render_run_name(template: Any, parameters: dict[str, Any], option: str) -> str:

@@ -68,9 +68,21 @@ class TaskRunner:
     async def run_async(self, fn: Callable[[], Awaitable[R]]) -> R:
         return await fn()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.overrides_run_async = cls.run_async is not TaskRunner.run_async
+        cls.uses_slots = cls.execution_slot is not TaskRunner.execution_slot
+
+    overrides_run_async = False  # the engine awaits coroutines directly unless a runner says otherwise
+    uses_slots = False
+
     def ticket(self) -> Any:
-        """Called when a flow submits a run, in submission order."""
-        return None
+        """Called when a flow submits a run, in submission order; `None` means no slot is needed."""
+        if not self.uses_slots:
+            return None
+        with _ticket_lock:
+            self._tickets = getattr(self, "_tickets", 0) + 1
+            return self._tickets - 1
 
     @contextlib.asynccontextmanager
     async def execution_slot(self, ticket: Any) -> AsyncIterator[None]:
@@ -89,6 +101,7 @@ class TaskRunner:
         return f"{type(self).__name__}()"
 
 
+_ticket_lock = threading.Lock()
 _threads: threading.local = threading.local()  # which runner slot this OS thread holds (not run context)
 _thread_limiter_var: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar("asyncflow_threads")
 

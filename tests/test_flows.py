@@ -59,13 +59,11 @@ def test_flow_run_name_template_and_generated_names(store):
     assert adjective and animal
 
 
-def test_flow_run_name_template_naming_missing_parameter_is_a_clear_error():
-    @flow(flow_run_name="run-{missing}")
-    def named(x):
-        return x
-
-    with pytest.raises(ValueError, match="'missing'.*not a parameter"):
-        named(1)
+def test_flow_run_name_template_naming_missing_parameter_fails_at_decoration():
+    with pytest.raises(ValueError, match="'missing', which is not a parameter"):
+        @flow(flow_run_name="run-{missing}")
+        def named(x):
+            return x
 
 
 def test_parameters_are_coerced_to_annotated_types():
@@ -330,3 +328,41 @@ def test_flow_state_details_carry_the_run_id():
     state = flow(lambda: 1)(return_state=True)
     assert isinstance(state.state_details.flow_run_id, uuid.UUID)
     assert state == state and Completed() is not Completed()
+
+
+@pytest.mark.anyio
+async def test_cancelled_flow_ends_cancelled_and_runs_its_cancellation_hook(store):
+    seen = []
+
+    @task
+    async def forever():
+        await anyio.sleep(3600)
+
+    @flow(on_cancellation=[lambda f, r, s: seen.append(s.name)])
+    async def f():
+        await forever()
+
+    with anyio.move_on_after(0.05):
+        await f()
+    [flow_run_record] = store.read_flow_runs()
+    assert flow_run_record.state.name == "Cancelled" and seen == ["Cancelled"]
+    assert [r.state.name for r in store.read_task_runs()] == ["Cancelled"]
+
+
+def test_crashed_flow_runs_its_crash_hook():
+    seen = []
+
+    @flow(on_crashed=[lambda f, r, s: seen.append(s.name)])
+    def f():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        f()
+    assert seen == ["Crashed"]
+
+
+def test_options_not_implemented_yet_warn_instead_of_being_silently_ignored():
+    with pytest.warns(UserWarning, match="`persist_result` is accepted for compatibility but has no effect"):
+        @flow(persist_result=True)
+        def f():
+            pass

@@ -1228,3 +1228,16 @@ async def test_awaited_failure_in_async_flow_is_not_reported_as_unobserved(capsy
         assert await f() == "done"
     err = capsys.readouterr().err
     assert not _warning_lines_about(err, "unobserved_failure"), err
+
+
+def test_repr_of_a_future_does_not_count_as_observing_its_failure(capsys):
+    @task
+    def boom():
+        raise ValueError("seen only in the warning")
+
+    @flow
+    def f():
+        print(repr(boom.submit()))
+
+    f()
+    assert "nothing looked at its outcome" in capsys.readouterr().err

@@ -444,3 +444,17 @@ async def test_map_errors_are_raised_in_async_flow():
 
     with anyio.fail_after(10):
         assert await f() == "ok"
+
+
+@pytest.mark.anyio
+async def test_map_with_return_state_is_awaitable_in_async_code():
+    @task
+    def double(x):
+        return 2 * x
+
+    @flow
+    async def f():
+        states = await double.map([1, 2], return_state=True)
+        return [s.result() for s in states]
+
+    assert await f() == [2, 4]

@@ -525,3 +525,32 @@ def test_a_runner_instance_can_be_shared_by_several_flow_runs():
 
     assert run_in_thread(lambda: [f(1), f(2)]) == [1, 2]
     assert runner.max_workers == 2
+
+
+def test_a_custom_runner_overriding_run_async_and_execution_slot_is_used():
+    import contextlib
+
+    from asyncflow.task_runners import TaskRunner
+
+    calls = []
+
+    class Recording(TaskRunner):
+        async def run_async(self, fn):
+            calls.append("run_async")
+            return await fn()
+
+        @contextlib.asynccontextmanager
+        async def execution_slot(self, ticket):
+            calls.append(f"slot {ticket}")
+            yield
+
+    @task
+    async def t():
+        return 1
+
+    @flow(task_runner=Recording())
+    def f():
+        return t.submit().result()
+
+    assert f() == 1
+    assert calls == ["slot 0", "run_async"]

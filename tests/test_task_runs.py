@@ -57,13 +57,51 @@ def test_task_run_name_callable_must_return_a_string():
         t()
 
 
-def test_task_run_name_template_naming_a_missing_parameter():
-    @task(task_run_name="hello-{nope}")
-    def t(name):
-        pass
+def test_task_run_name_template_naming_a_missing_parameter_fails_at_decoration():
+    with pytest.raises(ValueError, match="'nope', which is not a parameter"):
+        @task(task_run_name="hello-{nope}")
+        def t(name):
+            pass
 
-    with pytest.raises(ValueError, match="'nope'.*not a parameter"):
-        t("x")
+
+def test_task_run_name_template_may_use_attributes_and_items():
+    @task(task_run_name="{config[env]}-{user.name}")
+    def t(config, user):
+        return task_run.name
+
+    class User:
+        name = "ada"
+
+    assert t({"env": "prod"}, User()) == "prod-ada"
+
+
+def test_a_run_name_that_cannot_be_rendered_fails_the_run_instead_of_crashing_it():
+    @task(task_run_name="{config[missing]}")
+    def t(config):
+        return 1
+
+    state = t({}, return_state=True)
+    assert state.name == "Failed" and "could not start" in state.message
+
+
+@pytest.mark.anyio
+async def test_sync_hooks_of_async_runs_never_run_on_the_event_loop_thread():
+    import threading
+
+    loop_thread = threading.get_ident()
+    hook_threads = []
+
+    @task(on_completion=[lambda t, r, s: hook_threads.append(threading.get_ident())])
+    async def t():
+        return 1
+
+    await t()
+    assert hook_threads and hook_threads[0] != loop_thread
+
+
+def test_cache_policy_warns_that_it_is_not_implemented_yet():
+    with pytest.warns(UserWarning, match="`cache_policy` is accepted for compatibility"):
+        task(cache_policy=object())(lambda: 0)
 
 
 def test_task_run_tags_are_decorator_tags_plus_context_tags():
@@ -203,11 +241,14 @@ def test_default_retries_come_from_the_settings():
     assert always.retry_policy.retries == 2 and explicit.retry_policy.retries == 0
 
 
-def test_bad_setting_value_names_the_setting():
+def test_bad_setting_value_names_the_setting_and_what_it_accepts():
     from asyncflow.exceptions import SettingError
 
     with temporary_settings(ASYNCFLOW_TASK_DEFAULT_RETRIES="many"):
-        with pytest.raises(SettingError, match="ASYNCFLOW_TASK_DEFAULT_RETRIES='many' is invalid"):
+        with pytest.raises(SettingError, match="ASYNCFLOW_TASK_DEFAULT_RETRIES='many' is invalid: expected an integer >= 0"):
+            task(lambda: 0)
+    with temporary_settings(ASYNCFLOW_TASK_DEFAULT_RETRY_DELAY_SECONDS="[1, oops]"):
+        with pytest.raises(SettingError, match="expected a number >= 0 or a JSON list"):
             task(lambda: 0)
 
 

@@ -30,6 +30,16 @@ def drive_sync(coro: Coroutine[Any, Any, Any]) -> Any:
     raise RuntimeError("asyncflow internal error: the engine tried to suspend during a sync call.")
 
 
+async def call_user(fn: Any, sync: bool, *args: Any) -> Any:
+    """Call a user callback (hook, retry condition): in async runs a sync callback goes to a worker
+    thread, so it can never block the event loop; a coroutine it returns is awaited."""
+    if sync or inspect.iscoroutinefunction(fn):
+        return await maybe_await(fn(*args), sync)
+    import anyio.to_thread
+
+    return await maybe_await(await anyio.to_thread.run_sync(lambda: fn(*args)), sync)
+
+
 async def maybe_await(value: Any, sync: bool) -> Any:
     if inspect.isawaitable(value):
         if sync:  # a coroutine returned to sync code: run it on a short-lived loop of its own
@@ -46,7 +56,7 @@ async def run_hooks(hooks: list[Any], owner: Any, run: Any, state: State[Any], s
     """Call each hook as `hook(owner, run, state)`; a failing hook is logged and changes nothing."""
     for hook in hooks:
         try:
-            await maybe_await(hook(owner, run, state), sync)
+            await call_user(hook, sync, owner, run, state)
         except Exception:
             log(ERROR, label, f"An error was encountered while running hook {callable_name(hook)!r}", ids,
                 exc_info=True)

@@ -94,8 +94,16 @@ async def run_flow(call: FlowCall, sync: bool) -> State[Any]:
         await _final_hooks(call, state, sync)
         return state
     except BaseException as exc:
-        state = _set(call, StateType.CRASHED, "Crashed", f"Execution was aborted by an interrupt: {exc!r}", exc)
+        if not sync and isinstance(exc, anyio.get_cancelled_exc_class()):
+            state = _set(call, StateType.CANCELLED, "Cancelled", "The flow run was cancelled while it was running.", exc)
+        else:
+            state = _set(call, StateType.CRASHED, "Crashed", f"Execution was aborted by an interrupt: {exc!r}", exc)
         log_final_state(state, call.label or f"Flow run '{run.name}'", call.ids)
+        if sync:
+            await _final_hooks(call, state, sync)
+        else:
+            with anyio.CancelScope(shield=True):  # hooks of a cancelled run still get to run
+                await _final_hooks(call, state, sync)
         raise
     finally:
         current_run.reset(token)

@@ -8,6 +8,7 @@ from .._annotations import BaseAnnotation, quote, unmapped
 from .._exceptions import MappingLengthMismatch, MappingMissingIterable
 from .._futures import TaskRunFuture, TaskRunFutureList
 from .._states import State
+from .loop import in_async_context
 from .task_run import submit
 
 
@@ -86,9 +87,17 @@ def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskRu
         parameters = binder.bind(args_i, kwargs_i)
         futures.append(submit(task, parameters, wait_for))
     if return_state:
+        if in_async_context():
+            return _await_states(futures)  # type: ignore[return-value]
         futures.wait()
         return [f.state for f in futures]  # type: ignore[return-value]
     return futures
+
+
+async def _await_states(futures: TaskRunFutureList) -> list[State[Any]]:
+    for future in futures:
+        await future.wait_async()
+    return [future.state for future in futures]
 
 
 def _split_var_keyword(binder: Any, call_kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -28,7 +28,7 @@ from .._states import State, StateDetails, StateType
 from .._store import get_store
 from .cache import MISSING, get_cache
 from .children import ChildTracker
-from .common import exception_message, log_final_state, maybe_await, run_hooks
+from .common import call_user, exception_message, log_final_state, run_hooks
 from .resolve import Resolver, collect_unfinished
 from .scope import LazyLoopScope, Scope
 
@@ -188,6 +188,11 @@ async def _run(call: TaskCall, sync: bool, scope: Any) -> State[Any]:
         log_final_state(state, call.label, call.ids)
         await _final_hooks(call, state, sync)
         return state
+    except Exception as exc:  # before user code ran: a bad run name template, an unresolvable input...
+        state = set_state(call, _new_state(call, StateType.FAILED, "Failed",
+                                           f"Task run could not start: {type(exc).__name__}: {exc}", exc))
+        log_final_state(state, call.label or f"Task run '{run.name}'", call.ids)
+        return state
     except BaseException as exc:
         if not sync and isinstance(exc, anyio.get_cancelled_exc_class()):
             state = set_state(call, _new_state(call, StateType.CANCELLED, "Cancelled",
@@ -329,13 +334,10 @@ async def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any]
     if call.submitted:
         await check_not_cancelled()
     if task.isasync:
-        timeout = task.timeout_seconds
-        if timeout:
-            with anyio.move_on_after(timeout) as scope:
-                return await fn(*args, **kwargs)
-            if scope.cancelled_caught:
-                raise TaskRunTimeoutError(f"Task run exceeded timeout of {timeout:g} second(s)")
-        return await fn(*args, **kwargs)
+        runner = call.runner if call.submitted else None
+        if runner is not None and runner.overrides_run_async:
+            return await runner.run_async(functools.partial(_call_async, fn, args, kwargs, task.timeout_seconds))
+        return await _call_async(fn, args, kwargs, task.timeout_seconds)
     if sync:
         return fn(*args, **kwargs)
     runner = call.runner
@@ -345,12 +347,21 @@ async def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any]
     return await anyio.to_thread.run_sync(bound)
 
 
+async def _call_async(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
+    if timeout:
+        with anyio.move_on_after(timeout) as scope:
+            return await fn(*args, **kwargs)
+        if scope.cancelled_caught:
+            raise TaskRunTimeoutError(f"Task run exceeded timeout of {timeout:g} second(s)")
+    return await fn(*args, **kwargs)
+
+
 async def _should_retry(call: TaskCall, state: State[Any], sync: bool) -> bool:
     condition = call.task.retry_policy.condition_fn
     if condition is None:
         return True
     try:
-        return bool(await maybe_await(condition(call.task, call.run, state), sync))
+        return bool(await call_user(condition, sync, call.task, call.run, state))
     except Exception:
         log(ERROR, call.label, "An error was encountered while running `retry_condition_fn`; not retrying.",
             call.ids, exc_info=True)
@@ -397,8 +408,9 @@ def report_unobserved(tracker: ChildTracker, label: str, ids: dict[str, Any]) ->
         future._observed = True
         state = future._final
         log(WARNING, label,
-            f"Task run '{future.task_run.name}' ended in state {state!r} and nothing observed it "
-            f"(no .result(), await or downstream use). Its error: {getattr(state, 'data', None)!r}", ids)
+            f"Task run '{future.task_run.name}' ended in state {state!r} and nothing looked at its outcome "
+            f"(no .result(), .state, await or allow_failure; downstream runs it stopped do not count). "
+            f"Its error: {getattr(state, 'data', None)!r}", ids)
 
 
 def submit(task: Any, parameters: dict[str, Any], wait_for: Any) -> TaskRunFuture[Any]:
