@@ -10,7 +10,8 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 import anyio
 
-from ._engine.loop import in_async_context
+from ._engine.loop import in_async_context, threadsafe_caller
+from ._engine.threads import current_thread_slot
 from ._exceptions import BlockingResultError
 from ._runs import TaskRun
 from ._states import State
@@ -23,13 +24,16 @@ _lock = threading.Lock()  # guards the hand-over between a completing run and a 
 class TaskRunFuture(Generic[R]):
     """The eventual state and result of a submitted task run."""
 
-    __slots__ = ("task_run", "_final", "_callbacks", "_event", "_thread_event", "_observed", "__weakref__")
+    __slots__ = ("task_run", "_final", "_callbacks", "_event", "_event_thread", "_event_call", "_thread_event",
+                 "_observed", "__weakref__")
 
     def __init__(self, task_run: TaskRun) -> None:
         self.task_run = task_run
         self._final: State[R] | None = None
         self._callbacks: list[Callable[[TaskRunFuture[R]], Any]] | None = None
         self._event: anyio.Event | None = None
+        self._event_thread = 0
+        self._event_call: Callable[..., Any] | None = None
         self._thread_event: threading.Event | None = None
         self._observed = False
 
@@ -89,10 +93,15 @@ class TaskRunFuture(Generic[R]):
     async def wait_async(self) -> None:
         if self._final is not None:
             return
-        if self._event is None:
-            self._event = anyio.Event()
-        if self._final is None:
-            await self._event.wait()
+        with _lock:
+            if self._final is not None:
+                return
+            if self._event is None:
+                self._event = anyio.Event()
+                self._event_thread = threading.get_ident()
+                self._event_call = threadsafe_caller()
+            event = self._event
+        await event.wait()
 
     def _block(self, timeout: float | None, what: str) -> bool:
         if in_async_context():
@@ -116,8 +125,12 @@ class TaskRunFuture(Generic[R]):
             self._final = state
             callbacks, self._callbacks = self._callbacks, None
             thread_event = self._thread_event
-        if self._event is not None:
-            self._event.set()
+            event = self._event
+        if event is not None:
+            if threading.get_ident() == self._event_thread:
+                event.set()
+            else:  # finished in a pool thread: wake the awaiting task on its own loop
+                self._event_call(event.set)  # type: ignore[misc]
         if thread_event is not None:
             thread_event.set()
         if callbacks:
@@ -132,8 +145,6 @@ class TaskRunFuture(Generic[R]):
 @contextlib.contextmanager
 def _slot_handed_back() -> Iterator[None]:
     """Around a blocking wait: a worker thread hands its runner slot back meanwhile (no pool deadlock)."""
-    from .task_runners import current_thread_slot
-
     slot = current_thread_slot()
     if slot is None:
         yield

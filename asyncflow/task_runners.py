@@ -24,6 +24,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from . import _settings
+from ._engine.threads import ThreadDispatcher, set_thread_slot
 
 R = TypeVar("R")
 
@@ -33,6 +34,7 @@ class TaskRunner:
 
     def __init__(self) -> None:
         self._limiter: anyio.CapacityLimiter | None = None
+        self._dispatcher: ThreadDispatcher | None = None
 
     @property
     def name(self) -> str:
@@ -71,10 +73,21 @@ class TaskRunner:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.overrides_run_async = cls.run_async is not TaskRunner.run_async
+        cls.overrides_run_sync = cls.run_sync is not TaskRunner.run_sync
         cls.uses_slots = cls.execution_slot is not TaskRunner.execution_slot
 
     overrides_run_async = False  # the engine awaits coroutines directly unless a runner says otherwise
+    overrides_run_sync = False
     uses_slots = False
+
+    def dispatcher(self) -> ThreadDispatcher | None:
+        """Where submitted sync runs execute whole (engine and user code) in one pool thread, without
+        a round trip through the event loop; None for runners that place sync code themselves."""
+        if self.overrides_run_sync or self.uses_slots:
+            return None
+        if self._dispatcher is None:
+            self._dispatcher = ThreadDispatcher(self._thread_limit())
+        return self._dispatcher
 
     def ticket(self) -> Any:
         """Called when a flow submits a run, in submission order; `None` means no slot is needed."""
@@ -102,7 +115,6 @@ class TaskRunner:
 
 
 _ticket_lock = threading.Lock()
-_threads: threading.local = threading.local()  # which runner slot this OS thread holds (not run context)
 _thread_limiter_var: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar("asyncflow_threads")
 
 
@@ -126,12 +138,11 @@ class ThreadSlot:
         self.held = True
 
     def run(self, fn: Callable[[], R]) -> R:
-        previous = getattr(_threads, "slot", None)
-        _threads.slot = self
+        previous = set_thread_slot(self)
         try:
             return fn()
         finally:
-            _threads.slot = previous
+            set_thread_slot(previous)
 
     def release_while_blocked(self) -> None:
         if self.held:
@@ -142,10 +153,6 @@ class ThreadSlot:
         if not self.held:
             anyio.from_thread.run(self.limiter.acquire_on_behalf_of, self)
             self.held = True
-
-
-def current_thread_slot() -> ThreadSlot | None:
-    return getattr(_threads, "slot", None)
 
 
 class ThreadPoolTaskRunner(TaskRunner):

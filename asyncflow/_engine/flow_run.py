@@ -4,6 +4,7 @@ has finished, and every failure inside it is either returned, observed or report
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from typing import Any
 
@@ -169,8 +170,13 @@ async def _one_attempt(call: FlowCall, ctx: FlowRunContext, parameters: dict[str
         if timeout:
             deadline.deadline = anyio.current_time() + timeout
         async with anyio.create_task_group() as tg:
-            ctx.scope = Scope(tg)
-            state = await _body(call, ctx, args, kwargs, sync)
+            ctx.scope = scope = Scope(tg)
+            if timeout:
+                scope.wall_deadline = time.monotonic() + timeout
+            try:
+                state = await _body(call, ctx, args, kwargs, sync)
+            finally:
+                scope.closed = True
     if deadline.cancelled_caught:
         exc = FlowRunTimeoutError(f"Flow run exceeded timeout of {timeout:g} second(s)")
         return State(StateType.FAILED, "TimedOut", str(exc), exc, call.details)

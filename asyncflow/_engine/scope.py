@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
@@ -42,6 +43,8 @@ class Scope:
                                  contextvars.Context]] = deque()
         self._free = 0  # workers that will take the next queued run without waiting for one to finish
         self._inbox: list[Any] = []  # runs submitted from other threads, not yet queued
+        self.closed = False  # set by the engine when the scope's task group has exited (any reason)
+        self.wall_deadline: float | None = None  # the flow's deadline on time.monotonic(), for threads
         self._inbox_lock = threading.Lock()
         self._inbox_scheduled = False
 
@@ -112,6 +115,13 @@ class Scope:
             self._free += 1
             coro.close()
 
+    def may_start(self) -> bool:
+        """From any thread: False once the scope has closed or its deadline passed. (Cancel scopes
+        themselves cannot be read off the loop thread on trio.)"""
+        if self.closed:
+            return False
+        return self.wall_deadline is None or time.monotonic() < self.wall_deadline
+
     def cancel(self) -> None:
         if threading.get_ident() == self._thread:
             self.task_group.cancel_scope.cancel()
@@ -152,6 +162,9 @@ class LazyLoopScope:
             task_status.started((Scope(tg), stop))
             await stop.wait()
             tg.cancel_scope.cancel()  # only reached after every child finished, or on cancel
+
+    def may_start(self) -> bool:
+        return self._scope is None or self._scope.may_start()
 
     def cancel(self) -> None:
         if self._scope is not None:

@@ -7,9 +7,11 @@ every wait blocks, so the coroutine never suspends.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import functools
 import inspect
+import threading
 import uuid
 from typing import Any
 
@@ -28,7 +30,7 @@ from .._states import State, StateDetails, StateType
 from .._store import get_store
 from .cache import MISSING, get_cache
 from .children import ChildTracker
-from .common import call_user, exception_message, log_final_state, run_hooks
+from .common import call_user, drive_sync, exception_message, log_final_state, run_hooks
 from .resolve import Resolver, collect_unfinished
 from .scope import LazyLoopScope, Scope
 
@@ -100,16 +102,19 @@ async def run_submitted(call: TaskCall) -> None:
     try:
         await check_not_cancelled()
     except anyio.get_cancelled_exc_class():
-        store = get_store()
-        store.record_task_run(call.run)
-        store.record_state(call.run.id, call.run.state)
-        state = set_state(call, _new_state(call, StateType.CANCELLED, "Cancelled",
-                                           "The run was cancelled before it started."))
-        _release(call, state)
-        if call.ticket is not None:
-            call.runner.release(call.ticket)
+        _cancel_before_start(call)
         raise
     await run_task(call, sync=False)
+
+
+def _cancel_before_start(call: TaskCall) -> None:
+    store = get_store()
+    store.record_task_run(call.run)
+    store.record_state(call.run.id, call.run.state)
+    state = set_state(call, _new_state(call, StateType.CANCELLED, "Cancelled", "The run was cancelled before it started."))
+    _release(call, state)
+    if call.ticket is not None:
+        call.runner.release(call.ticket)
 
 
 async def check_not_cancelled() -> None:
@@ -331,8 +336,8 @@ async def _one_attempt(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, 
 async def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any], sync: bool) -> Any:
     task = call.task
     fn = task.fn
-    if call.submitted:
-        await check_not_cancelled()
+    if call.submitted and not sync:
+        await check_not_cancelled()  # (runs in pool threads checked `scope.may_start()` already)
     if task.isasync:
         runner = call.runner if call.submitted else None
         if runner is not None and runner.overrides_run_async:
@@ -433,5 +438,49 @@ def submit(task: Any, parameters: dict[str, Any], wait_for: Any) -> TaskRunFutur
     future.add_done_callback(tracker.finished)
     if isinstance(parent, FlowRunContext):
         call.ticket = parent.task_runner.ticket()
-    parent.scope.spawn(run_submitted, call)
+    runner = call.runner
+    dispatcher = runner.dispatcher() if runner is not None and task.kind == "sync" else None
+    if dispatcher is not None:
+        _dispatch_when_ready(call, dispatcher, parent.scope)
+    else:
+        parent.scope.spawn(run_submitted, call)
     return future
+
+
+def _dispatch_when_ready(call: TaskCall, dispatcher: Any, scope: Any) -> None:
+    """A sync run goes to a pool thread once its upstream runs are done (no thread waits for them)."""
+    context = contextvars.copy_context()
+
+    def job() -> None:
+        context.run(_run_in_thread, call, scope)
+
+    unfinished: list[TaskRunFuture[Any]] = []
+    for value in call.parameters.values():
+        collect_unfinished(value, unfinished)
+    if call.wait_for:
+        collect_unfinished(call.wait_for, unfinished)
+    if not unfinished:
+        dispatcher.submit(job)
+        return
+    remaining = [len(unfinished)]
+    lock = threading.Lock()
+
+    def upstream_done(_: TaskRunFuture[Any]) -> None:
+        with lock:
+            remaining[0] -= 1
+            ready = remaining[0] == 0
+        if ready:
+            dispatcher.submit(job)
+
+    for future in unfinished:
+        future.add_done_callback(upstream_done)
+
+
+def _run_in_thread(call: TaskCall, scope: Any) -> None:
+    if not scope.may_start():
+        _cancel_before_start(call)
+        return
+    try:
+        drive_sync(run_task(call, sync=True))
+    except BaseException:  # the run is Crashed and recorded; the pool thread lives on
+        pass
