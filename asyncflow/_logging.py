@@ -22,8 +22,6 @@ import time
 import traceback
 from typing import Any
 
-import structlog
-
 from . import _settings, _store
 from ._context import current_run
 from ._exceptions import MissingContextError
@@ -121,6 +119,8 @@ def _to_sink(_: Any, method_name: str, event_dict: dict[str, Any]) -> Any:
         exc_info = True
     sink().emit(level, where, message, event_dict.pop("flow_run_id", None), event_dict.pop("task_run_id", None),
                 exc_info, event_dict)
+    import structlog
+
     raise structlog.DropEvent
 
 
@@ -138,6 +138,8 @@ def base_logger() -> Any:
     """The structlog logger behind `get_run_logger()` and `get_logger()`."""
     global _base_logger
     if _base_logger is None:
+        import structlog  # imported on first use: the engine's own lines do not need it
+
         _base_logger = structlog.wrap_logger(
             _NullLogger(),
             processors=[_to_sink],

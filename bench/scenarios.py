@@ -270,18 +270,20 @@ def h_memory(lib: Any, n: int) -> dict[str, float]:
         return sum(f.result() for f in futures)
 
     gc.collect()
-    before = _rss_mb()
+    before, blocks = _rss_mb(), sys.getallocatedblocks()
     main()
     gc.collect()
-    return {"baseline_rss_mb": before, "peak_rss_mb": _peak_mb(), "rss_after_mb": _rss_mb()}
+    return {"baseline_rss_mb": before, "peak_rss_mb": _peak_mb(), "rss_after_mb": _rss_mb(),
+            "live_blocks_after_k": (sys.getallocatedblocks() - blocks) / 1000}
 
 
 def h_memory_baseline(n: int) -> dict[str, float]:
     gc.collect()
-    before = _rss_mb()
+    before, blocks = _rss_mb(), sys.getallocatedblocks()
     anyio.run(_spawn_n, n)
     gc.collect()
-    return {"baseline_rss_mb": before, "peak_rss_mb": _peak_mb(), "rss_after_mb": _rss_mb()}
+    return {"baseline_rss_mb": before, "peak_rss_mb": _peak_mb(), "rss_after_mb": _rss_mb(),
+            "live_blocks_after_k": (sys.getallocatedblocks() - blocks) / 1000}
 
 
 async def _spawn_n(n: int) -> None:
