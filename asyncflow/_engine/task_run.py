@@ -36,6 +36,7 @@ from .scope import LazyLoopScope, Scope
 
 _global_counters: dict[str, int] = {}
 _PLAIN_RESULTS = frozenset({int, float, str, bytes, bool, type(None), dict, tuple})
+_ATOM_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 
 class TaskCall:
@@ -47,7 +48,8 @@ class TaskCall:
     def __init__(self, task: Any, parameters: dict[str, Any], wait_for: Any, submitted: bool) -> None:
         parent = current_run.get()
         flow_ctx = parent.flow_context if parent is not None else None
-        tags = task.tags | current_tags.get()
+        context_tags = current_tags.get()
+        tags = task.tags | context_tags if context_tags else task.tags
         if flow_ctx is not None:
             counters = flow_ctx.run_counters
             flow_run_id = flow_ctx.flow_run.id
@@ -62,7 +64,7 @@ class TaskCall:
         self.run = TaskRun(
             id=run_id, name=f"{task.name}-{n}", task_name=task.name, task_key=key, flow_run_id=flow_run_id,
             parent_task_run_id=parent.task_run.id if isinstance(parent, TaskRunContext) else None,
-            tags=tuple(sorted(tags)), parameters=parameters,
+            tags=tuple(sorted(tags)) if tags else (), parameters=parameters,
             state=State(StateType.PENDING, "Pending", None, None, self.details),
             task_version=task.version)
         self.task = task
@@ -191,7 +193,8 @@ async def _run(call: TaskCall, sync: bool, scope: Any) -> State[Any]:
         if ctx.children is not None:
             await _wait_children(ctx, call, sync)
         log_final_state(state, call.label, call.ids)
-        await _final_hooks(call, state, sync)
+        if task.on_completion or task.on_failure:
+            await _final_hooks(call, state, sync)
         return state
     except Exception as exc:  # before user code ran: a bad run name template, an unresolvable input...
         state = set_state(call, _new_state(call, StateType.FAILED, "Failed",
@@ -228,6 +231,8 @@ def _log_created(call: TaskCall) -> None:
 async def resolve_inputs(call: TaskCall, sync: bool) -> dict[str, Any]:
     """Wait for upstream futures (without holding a thread slot), then substitute their results."""
     parameters, wait_for = call.parameters, call.wait_for
+    if not wait_for and all(type(value) in _ATOM_TYPES for value in parameters.values()):
+        return parameters  # plain values: nothing to wait for or substitute
     unfinished: list[TaskRunFuture[Any]] = []
     for value in parameters.values():
         collect_unfinished(value, unfinished)
