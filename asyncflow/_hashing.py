@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from typing import Any
 
 import cloudpickle
@@ -23,8 +24,14 @@ def hash_objects(*args: Any, **kwargs: Any) -> str | None:
         return None
 
 
+_task_prefixes: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
 def task_input_hash(context: Any, arguments: dict[str, Any]) -> str | None:
     """The classic cache key function: the task's key, its code and its inputs."""
     task = context.task
-    code = getattr(getattr(task.fn, "__code__", None), "co_code", b"")
-    return hash_objects(task.task_key, code.hex(), arguments)
+    prefix = _task_prefixes.get(task)
+    if prefix is None:  # the task's part of the key, computed once per task
+        code = getattr(getattr(task.fn, "__code__", None), "co_code", b"")
+        prefix = _task_prefixes[task] = hashlib.md5(f"{task.task_key}|{code.hex()}".encode()).hexdigest()
+    return hash_objects(prefix, arguments)
