@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-import uuid
 from typing import Any
 
 import anyio
@@ -16,6 +15,7 @@ from .._clock import get_clock
 from .._context import FlowRunContext, TaskRunContext, current_run, current_tags
 from .._exceptions import FlowRunTimeoutError, UpstreamTaskError
 from .._futures import TaskRunFuture, TaskRunFutureList
+from .._ids import new_id
 from .._logging import ERROR, INFO, ensure_print_capture, log
 from .._names import generate_flow_run_name
 from .._runs import FlowRun
@@ -33,7 +33,7 @@ class FlowCall:
 
     def __init__(self, flow: Any, parameters: dict[str, Any], wait_for: Any) -> None:
         parent = current_run.get()
-        run_id = uuid.uuid4()
+        run_id = new_id()
         self.details = StateDetails(flow_run_id=run_id)
         parent_flow = parent.flow_context if parent is not None else None
         self.run = FlowRun(

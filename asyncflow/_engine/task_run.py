@@ -12,7 +12,6 @@ import datetime as dt
 import functools
 import inspect
 import threading
-import uuid
 from typing import Any
 
 import anyio
@@ -24,6 +23,7 @@ from .._clock import get_clock
 from .._context import FlowRunContext, RunContext, TaskRunContext, current_run, current_tags
 from .._exceptions import TaskRunTimeoutError, UpstreamTaskError
 from .._futures import TaskRunFuture
+from .._ids import new_id
 from .._logging import ERROR, INFO, WARNING, ensure_print_capture, log
 from .._runs import TaskRun
 from .._states import State, StateDetails, StateType
@@ -59,7 +59,7 @@ class TaskCall:
         key = task.task_key
         n = counters.get(key, 0)
         counters[key] = n + 1
-        run_id = uuid.uuid4()
+        run_id = new_id()
         self.details = StateDetails(flow_run_id=flow_run_id, task_run_id=run_id)
         self.run = TaskRun(
             id=run_id, name=f"{task.name}-{n}", task_name=task.name, task_key=key, flow_run_id=flow_run_id,
@@ -358,12 +358,12 @@ async def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any]
     return await anyio.to_thread.run_sync(bound)
 
 
-async def _call_async(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
-    if timeout:
-        with anyio.move_on_after(timeout) as scope:
+async def _call_async(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], limit: float | None) -> Any:
+    if limit:
+        with anyio.move_on_after(limit) as scope:
             return await fn(*args, **kwargs)
         if scope.cancelled_caught:
-            raise TaskRunTimeoutError(f"Task run exceeded timeout of {timeout:g} second(s)")
+            raise TaskRunTimeoutError(f"Task run exceeded timeout of {limit:g} second(s)")
     return await fn(*args, **kwargs)
 
 
