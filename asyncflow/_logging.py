@@ -13,11 +13,14 @@ asyncflow never calls `structlog.configure`: an application's own structlog setu
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import io
 import json
 import logging
+import os
 import sys
+import threading
 import time
 import traceback
 from typing import Any
@@ -45,13 +48,88 @@ def _exc_text(exc_info: Any) -> str | None:
 
 
 class Sink:
-    """Where every asyncflow log line goes: the run store (run logs) and stderr (console or JSON)."""
+    """Where every asyncflow log line goes: the run store (run logs) and stderr (console or JSON).
+
+    Writing a line is a system call that releases the GIL; with an event loop in another thread that
+    cost a GIL hand-over per line (3x the cost of a run, measured). So when stderr goes somewhere of
+    its own (a file, a pipe, /dev/null), lines are queued and a small writer thread writes them in
+    batches; WARNING and above, the end of every root run, and interpreter exit flush at once. When
+    stderr is a terminal or shares its file with stdout, every line is written at once, so log lines
+    and prints never appear out of order.
+    """
 
     def __init__(self) -> None:
         self.level = getattr(logging, _settings.LOGGING_LEVEL.value())
         self.json = _settings.LOGGING_FORMAT.value() == "json"
         self._second = -1
         self._stamp = ""
+        self._lines: list[str] = []
+        self._lock = threading.Lock()  # keeps batches in order when two threads flush
+        self._wake: threading.Event | None = None
+        self._armed = False
+        self._tty_stream: Any = None
+        self._tty = False
+
+    def _in_order(self, stream: Any) -> bool:
+        """Write at once when a person could see lines out of order: stderr is a terminal, or the
+        same file as stdout (`2>&1`, CI and container logs). Asked once per stream object."""
+        if stream is not self._tty_stream:
+            self._tty_stream = stream
+            try:
+                err = os.fstat(stream.fileno())
+                out = os.fstat(sys.stdout.fileno()) if sys.stdout is not None else None
+                self._tty = bool(stream.isatty()) or (
+                    out is not None and (err.st_dev, err.st_ino) == (out.st_dev, out.st_ino))
+            except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
+                self._tty = False  # an in-memory stream (captured output): flushed at each root run's end
+        return self._tty
+
+    def write(self, line: str, urgent: bool) -> None:
+        stream = sys.stderr
+        if stream is None:
+            return
+        if urgent or self._in_order(stream):
+            with self._lock:
+                self._lines.append(line)
+                self._write_all(stream)
+            return
+        self._lines.append(line)
+        if not self._armed:
+            self._armed = True
+            if self._wake is None:
+                self._start_writer()
+            self._wake.set()  # type: ignore[union-attr]
+
+    def flush(self) -> None:
+        if self._lines:
+            stream = sys.stderr
+            if stream is not None:
+                with self._lock:
+                    self._write_all(stream)
+
+    def _write_all(self, stream: Any) -> None:
+        lines, self._lines = self._lines, []
+        if lines:
+            try:
+                stream.write("\n".join(lines) + "\n")
+                stream.flush()
+            except (ValueError, OSError):  # a closed stream (interpreter shutdown, captured output)
+                pass
+
+    def _start_writer(self) -> None:
+        self._wake = threading.Event()
+        threading.Thread(target=self._writer, name="asyncflow-log-writer", daemon=True).start()
+        atexit.register(self.flush)
+
+    def _writer(self) -> None:
+        wake = self._wake
+        assert wake is not None
+        while True:
+            wake.wait()
+            wake.clear()
+            time.sleep(0.005)  # let a burst of lines gather into one write
+            self._armed = False
+            self.flush()
 
     def _time(self, ts: float) -> str:
         second = int(ts)
@@ -84,9 +162,7 @@ class Sink:
             line = f"{self._time(ts)} | {levelname:<7} | {where} - {message}"
             if exc:
                 line = f"{line}\n{exc}"
-        stream = sys.stderr
-        if stream is not None:
-            stream.write(line + "\n")
+        self.write(line, level >= WARNING)
 
 
 _sink: Sink | None = None
@@ -97,6 +173,12 @@ def sink() -> Sink:
     if _sink is None:
         _sink = Sink()
     return _sink
+
+
+def flush() -> None:
+    """Write out queued log lines (the engine calls this when a root run ends)."""
+    if _sink is not None:
+        _sink.flush()
 
 
 def log(level: int, where: str, message: str, ids: dict[str, Any] | None = None, exc_info: Any = None) -> None:
@@ -153,6 +235,8 @@ def base_logger() -> Any:
 def reset_logging() -> None:
     """Rebuild the sink and loggers from the settings (after the environment changed)."""
     global _base_logger, _sink
+    if _sink is not None:
+        _sink.flush()
     _base_logger = None
     _sink = None
 

@@ -17,6 +17,7 @@ from .._exceptions import FlowRunTimeoutError, UpstreamTaskError
 from .._futures import TaskRunFuture, TaskRunFutureList
 from .._ids import new_id
 from .._logging import ERROR, INFO, ensure_print_capture, log
+from .._logging import flush as flush_logs
 from .._names import generate_flow_run_name
 from .._runs import FlowRun
 from .._states import State, StateDetails, StateType
@@ -108,6 +109,8 @@ async def run_flow(call: FlowCall, sync: bool) -> State[Any]:
         raise
     finally:
         current_run.reset(token)
+        if parent is None:
+            flush_logs()  # a root run's lines are all out when the caller gets its result
 
 
 async def _wait_for_upstream(call: FlowCall, sync: bool) -> None:

@@ -25,6 +25,7 @@ from .._exceptions import TaskRunTimeoutError, UpstreamTaskError
 from .._futures import TaskRunFuture
 from .._ids import new_id
 from .._logging import ERROR, INFO, WARNING, ensure_print_capture, log
+from .._logging import flush as flush_logs
 from .._runs import TaskRun
 from .._states import State, StateDetails, StateType
 from .._store import get_store
@@ -88,14 +89,17 @@ async def run_task(call: TaskCall, sync: bool) -> State[Any]:
     """Run a task to its final state. A run with no parent owns the scope its children run in."""
     if call.parent is not None:
         return await _run(call, sync, call.parent.scope)
-    if sync:
-        scope = LazyLoopScope()
-        try:
-            return await _run(call, sync, scope)
-        finally:
-            scope.close()
-    async with anyio.create_task_group() as tg:
-        return await _run(call, sync, Scope(tg))
+    try:
+        if sync:
+            scope = LazyLoopScope()
+            try:
+                return await _run(call, sync, scope)
+            finally:
+                scope.close()
+        async with anyio.create_task_group() as tg:
+            return await _run(call, sync, Scope(tg))
+    finally:
+        flush_logs()  # a root run's lines are all out when the caller gets its result
 
 
 async def run_submitted(call: TaskCall) -> None:
