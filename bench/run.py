@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE))
 
 from scenarios import FUNCTIONS, SCENARIOS  # noqa: E402
 
-COMPARABLE = ("a", "b", "c_async", "c_sync", "d", "e", "f")
+COMPARABLE = ("a", "b", "c_async", "c_async_flow", "c_sync", "d", "e", "f")
 
 
 def run_worker(scenario: str, lib: str, n: int) -> dict[str, float]:

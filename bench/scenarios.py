@@ -112,6 +112,19 @@ def c_submit_async_baseline(n: int) -> dict[str, float]:
     return _timed(lambda: anyio.run(main), n)
 
 
+def c_submit_async_in_async_flow(lib: Any, n: int) -> dict[str, float]:
+    @lib.task
+    async def inc(x: int) -> int:
+        return x + 1
+
+    @lib.flow
+    async def main() -> int:
+        futures = [inc.submit(i) for i in range(n)]
+        return sum([await f for f in futures])
+
+    return _timed(lambda: anyio.run(main), n)
+
+
 def c_submit_sync(lib: Any, n: int) -> dict[str, float]:
     @lib.task
     def inc(x: int) -> int:
@@ -340,8 +353,9 @@ def i_cancellation_baseline(n: int) -> dict[str, float]:
 SCENARIOS: dict[str, tuple[str, int]] = {
     "a": ("sync flow calls a sync task in sequence", 5000),
     "b": ("async flow awaits an async task in sequence", 5000),
-    "c_async": ("flow submits async tasks, collects results", 5000),
-    "c_sync": ("flow submits sync tasks, collects results", 2000),
+    "c_async": ("sync flow submits async tasks, collects results", 5000),
+    "c_async_flow": ("async flow submits async tasks, awaits results", 5000),
+    "c_sync": ("flow submits sync tasks, collects results", 5000),
     "d": ("map over N items", 5000),
     "e": ("cache hits (task_input_hash)", 5000),
     "f": ("task fails twice then succeeds (retries=2)", 2000),
@@ -354,6 +368,7 @@ FUNCTIONS = {
     "a": (a_sync_calls, a_sync_calls_baseline),
     "b": (b_async_calls, b_async_calls_baseline),
     "c_async": (c_submit_async, c_submit_async_baseline),
+    "c_async_flow": (c_submit_async_in_async_flow, c_submit_async_baseline),
     "c_sync": (c_submit_sync, c_submit_sync_baseline),
     "d": (d_map, d_map_baseline),
     "e": (e_cache_hits, e_cache_hits_baseline),
