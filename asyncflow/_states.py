@@ -38,6 +38,7 @@ class StateType(str, enum.Enum):
     __str__ = __repr__
 
 
+_PLAIN_NAMES = {t: t.value.capitalize() for t in StateType}
 FINAL_TYPES = frozenset({StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
 _FAILURE_TYPES = frozenset({StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
 
@@ -124,6 +125,8 @@ class State(Generic[R]):
         return attrs.evolve(self, state_details=attrs.evolve(self.state_details, **changes))
 
     def __repr__(self) -> str:
+        if self.message is None and self.name == _PLAIN_NAMES.get(self.type):
+            return f"{self.name}()"
         parts = []
         if self.message is not None:
             parts.append(repr(self.message))

@@ -38,6 +38,7 @@ from .scope import LazyLoopScope, Scope
 _global_counters: dict[str, int] = {}
 _PLAIN_RESULTS = frozenset({int, float, str, bytes, bool, type(None), dict, tuple})
 _ATOM_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
+_SMALL_TYPES = frozenset({int, float, bool, type(None)})
 
 
 class TaskCall:
@@ -134,6 +135,8 @@ async def check_not_cancelled() -> None:
 
 def summarise_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     """What a finished run keeps of its arguments: small plain values, else the type's name."""
+    if all(type(value) in _SMALL_TYPES for value in parameters.values()):
+        return parameters
     return {name: value if isinstance(value, (int, float, bool, type(None))) or
             (isinstance(value, str) and len(value) <= 200) else f"<{type(value).__name__}>"
             for name, value in parameters.items()}
