@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import selectors
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -58,6 +60,44 @@ class FakeClock(Clock):
         self.now += seconds
 
 
+class _VirtualSelector(selectors.DefaultSelector):
+    """Polls for I/O without blocking; when nothing is ready, jumps the loop's clock to its next timer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop: VirtualTimeLoop | None = None
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        events = super().select(0)
+        if events or timeout is None or timeout <= 0 or self.loop is None:
+            if not events and timeout is None:
+                return super().select(None)  # waiting for I/O or a thread: real time passes
+            return events
+        self.loop.advance(timeout)
+        return events
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An asyncio loop on virtual time (like trio's `MockClock(autojump_threshold=0)`): whenever every
+    task is waiting on a timer, time jumps to the next timer. Timeouts, sleeps and deadlines in tests
+    take no real time and happen at exact virtual times.
+
+        anyio.run(main, backend="asyncio", backend_options={"loop_factory": VirtualTimeLoop})
+    """
+
+    def __init__(self) -> None:
+        selector = _VirtualSelector()
+        super().__init__(selector=selector)
+        selector.loop = self
+        self._virtual_now = 0.0
+
+    def time(self) -> float:
+        return self._virtual_now
+
+    def advance(self, seconds: float) -> None:
+        self._virtual_now += seconds
+
+
 @contextlib.contextmanager
 def fake_clock(start: float | None = None) -> Iterator[FakeClock]:
     """Install a `FakeClock` for the duration of the block."""
@@ -92,4 +132,4 @@ def temporary_settings(**values: Any) -> Iterator[None]:
         reset_logging()
 
 
-__all__ = ["FakeClock", "fake_clock", "isolated_store", "state_names", "temporary_settings"]
+__all__ = ["FakeClock", "VirtualTimeLoop", "fake_clock", "isolated_store", "state_names", "temporary_settings"]

@@ -6,8 +6,18 @@ from asyncflow.testing import isolated_store
 
 
 @pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """Every async test runs on asyncio and on trio."""
+def anyio_backend(request: pytest.FixtureRequest):
+    """Every async test runs on asyncio and on trio. Tests that parametrize it indirectly with
+    "virtual_asyncio" / "virtual_trio" run on virtual time: asyncflow's VirtualTimeLoop for asyncio,
+    trio's MockClock(autojump_threshold=0) for trio: sleeps and deadlines take no real time."""
+    if request.param == "virtual_asyncio":
+        from asyncflow.testing import VirtualTimeLoop
+
+        return ("asyncio", {"loop_factory": VirtualTimeLoop})
+    if request.param == "virtual_trio":
+        import trio.testing
+
+        return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
     return request.param
 
 
@@ -16,3 +26,4 @@ def store():
     """Each test records into its own in-memory store."""
     with isolated_store() as store:
         yield store
+

@@ -4,6 +4,7 @@ has finished, and every failure inside it is either returned, observed or report
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from typing import Any
 
@@ -24,9 +25,10 @@ from .._states import State, StateDetails, StateType
 from .._store import get_store
 from .children import ChildTracker
 from .common import exception_message, log_final_state, run_hooks
+from .open_runs import OPEN
 from .resolve import Resolver, collect_unfinished
 from .scope import LazyLoopScope, Scope
-from .task_run import report_unobserved
+from .task_run import call_sync_with_deadline, report_unobserved
 
 
 class FlowCall:
@@ -75,6 +77,7 @@ async def run_flow(call: FlowCall, sync: bool) -> State[Any]:
         ctx.ids = call.ids
         store.record_flow_run(run)
         store.record_state(run.id, run.state)
+        OPEN[run.id] = run
         log(INFO, "asyncflow.engine", f"Created flow run '{run.name}' for flow '{flow.name}'")
         if call.wait_for:
             try:
@@ -109,6 +112,7 @@ async def run_flow(call: FlowCall, sync: bool) -> State[Any]:
         raise
     finally:
         current_run.reset(token)
+        OPEN.pop(run.id, None)
         if parent is None:
             flush_logs()  # a root run's lines are all out when the caller gets its result
 
@@ -192,6 +196,13 @@ async def _body(call: FlowCall, ctx: FlowRunContext, args: tuple[Any, ...], kwar
     try:
         if flow.isasync:
             value = await flow.fn(*args, **kwargs)
+        elif flow.timeout_seconds:
+            try:
+                value = await call_sync_with_deadline(
+                    functools.partial(flow.fn, *args, **kwargs), flow.timeout_seconds, sync, "Flow")
+            except FlowRunTimeoutError as exc:
+                ctx.scope.cancel()  # runs it submitted stop too
+                return State(StateType.FAILED, "TimedOut", str(exc), exc, call.details)
         elif sync:
             value = flow.fn(*args, **kwargs)
         else:

@@ -21,7 +21,7 @@ import anyio.to_thread
 from .. import _states
 from .._clock import get_clock
 from .._context import FlowRunContext, RunContext, TaskRunContext, current_run, current_tags
-from .._exceptions import TaskRunTimeoutError, UpstreamTaskError
+from .._exceptions import FlowRunTimeoutError, TaskRunTimeoutError, UpstreamTaskError
 from .._futures import TaskRunFuture
 from .._ids import new_id
 from .._logging import ERROR, INFO, WARNING, ensure_print_capture, log
@@ -32,6 +32,9 @@ from .._store import get_store
 from .cache import MISSING, get_cache
 from .children import ChildTracker
 from .common import call_user, drive_sync, exception_message, log_final_state, run_hooks
+from .interrupt import SyncRunAborted, ThreadCall
+from .loop import threadsafe_caller
+from .open_runs import OPEN
 from .resolve import Resolver, collect_unfinished
 from .scope import LazyLoopScope, Scope
 
@@ -147,6 +150,7 @@ def _release(call: TaskCall, state: State[Any]) -> None:
     if call.future is not None:
         call.future._set_final(state)
     run = call.run
+    OPEN.pop(run.id, None)
     run.end_time = state.ts
     if state.data is not None:
         run.state = State(state.type, state.name, state.message, None, state.state_details, state.ts)
@@ -170,6 +174,7 @@ async def _run(call: TaskCall, sync: bool, scope: Any) -> State[Any]:
     store = get_store()
     store.record_task_run(run)
     store.record_state(run.id, run.state)
+    OPEN[run.id] = run
     parent = call.parent
     log_prints = task.log_prints if task.log_prints is not None else (parent.log_prints if parent else False)
     ctx = TaskRunContext(task, run, call.parameters, parent, log_prints, scope)
@@ -210,7 +215,10 @@ async def _run(call: TaskCall, sync: bool, scope: Any) -> State[Any]:
         log_final_state(state, call.label or f"Task run '{run.name}'", call.ids)
         return state
     except BaseException as exc:
-        if not sync and isinstance(exc, anyio.get_cancelled_exc_class()):
+        if isinstance(exc, SyncRunAborted):  # its flow's deadline stopped the thread it ran in
+            state = set_state(call, _new_state(call, StateType.CANCELLED, "Cancelled",
+                                               "The run was stopped because its flow run timed out.", exc))
+        elif not sync and isinstance(exc, anyio.get_cancelled_exc_class()):
             state = set_state(call, _new_state(call, StateType.CANCELLED, "Cancelled",
                                                "The run was cancelled while it was running.", exc))
         else:
@@ -356,6 +364,8 @@ async def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any]
         if runner is not None and runner.overrides_run_async:
             return await runner.run_async(functools.partial(_call_async, fn, args, kwargs, task.timeout_seconds))
         return await _call_async(fn, args, kwargs, task.timeout_seconds)
+    if task.timeout_seconds:
+        return await call_sync_with_deadline(functools.partial(fn, *args, **kwargs), task.timeout_seconds, sync, "Task")
     if sync:
         return fn(*args, **kwargs)
     runner = call.runner
@@ -365,12 +375,42 @@ async def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any]
     return await anyio.to_thread.run_sync(bound)
 
 
+SYNC_ENFORCEMENT = ("the function was stopped at the deadline: the caller moved on at once, and its thread "
+                    "raises SyncRunAborted before it runs any more of the function's code")
+
+
+async def call_sync_with_deadline(fn: Any, limit: float, sync: bool, kind: str) -> Any:
+    """Run sync user code in a thread of its own; stop it at the deadline (or when cancelled)."""
+    thread_call = ThreadCall(fn, contextvars.copy_context())
+    if sync:
+        thread_call.start()
+        finished = thread_call.done.wait(limit)
+    else:
+        finished_event = anyio.Event()
+        call_soon = threadsafe_caller()
+        thread_call.start(lambda: call_soon(finished_event.set))
+        finished = False
+        try:
+            with anyio.move_on_after(limit):
+                await finished_event.wait()
+                finished = True
+        except BaseException:  # cancelled from outside (its flow timed out or was cancelled)
+            thread_call.abandon()
+            raise
+    if not finished:
+        thread_call.abandon()
+        error = TaskRunTimeoutError if kind == "Task" else FlowRunTimeoutError
+        raise error(f"{kind} run exceeded timeout of {limit:g} second(s); {SYNC_ENFORCEMENT}")
+    return thread_call.outcome()
+
+
 async def _call_async(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], limit: float | None) -> Any:
     if limit:
         with anyio.move_on_after(limit) as scope:
             return await fn(*args, **kwargs)
         if scope.cancelled_caught:
-            raise TaskRunTimeoutError(f"Task run exceeded timeout of {limit:g} second(s)")
+            raise TaskRunTimeoutError(
+                f"Task run exceeded timeout of {limit:g} second(s); the coroutine was cancelled at the deadline")
     return await fn(*args, **kwargs)
 
 
@@ -401,6 +441,9 @@ def _log_retry(call: TaskCall, state: State[Any], attempt: int, retries: int, de
 def _log_failure(call: TaskCall, state: State[Any], retries: int) -> None:
     suffix = " - Retries are exhausted" if retries else ""
     exc = state.data if isinstance(state.data, BaseException) else None
+    if isinstance(exc, TaskRunTimeoutError):  # our own timeout: the message says it all, no traceback
+        log(ERROR, call.label, f"{exc}{suffix}", call.ids)
+        return
     log(ERROR, call.label, f"Task run failed with {_describe_failure(state)}{suffix}", call.ids, exc_info=exc)
 
 
@@ -452,7 +495,8 @@ def submit(task: Any, parameters: dict[str, Any], wait_for: Any) -> TaskRunFutur
     if isinstance(parent, FlowRunContext):
         call.ticket = parent.task_runner.ticket()
     runner = call.runner
-    dispatcher = runner.dispatcher() if runner is not None and task.kind == "sync" else None
+    # sync runs go whole to a pool thread, except time-limited ones: those need a thread of their own
+    dispatcher = runner.dispatcher() if runner is not None and task.kind == "sync" and not task.timeout_seconds else None
     if dispatcher is not None:
         _dispatch_when_ready(call, dispatcher, parent.scope)
     else:

@@ -1,0 +1,249 @@
+"""Timeouts that stop work (SPEC §4): async code is cancelled at the deadline; sync code is
+abandoned at the deadline and its thread runs no further user code. Async timeouts run on virtual
+time (exact times, no sleeping); sync timeouts use real threads with short real times."""
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import anyio
+import pytest
+
+from asyncflow import flow, task
+from asyncflow.testing import state_names
+
+
+# -- async code, virtual time ----------------------------------------------------------------------
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["virtual_asyncio", "virtual_trio"], indirect=True)
+async def test_async_task_times_out_exactly_at_its_deadline(store):
+    @task(timeout_seconds=2.5)
+    async def slow():
+        await anyio.sleep(100)
+
+    start = anyio.current_time()
+    state = await slow(return_state=True)
+    assert anyio.current_time() - start == pytest.approx(2.5)
+    assert state.name == "TimedOut" and "the coroutine was cancelled at the deadline" in state.message
+    assert state_names(store, state.state_details.task_run_id) == ["Pending", "Running", "TimedOut"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["virtual_asyncio", "virtual_trio"], indirect=True)
+async def test_a_task_never_outlives_its_flows_deadline(store):
+    @task(timeout_seconds=60)
+    async def slow():
+        await anyio.sleep(100)
+
+    @flow(timeout_seconds=3)
+    async def f():
+        return await slow(return_state=True)
+
+    start = anyio.current_time()
+    state = await f(return_state=True)
+    assert anyio.current_time() - start == pytest.approx(3)
+    assert state.name == "TimedOut" and "exceeded timeout of 3 second(s)" in state.message
+    assert [r.state.name for r in store.read_task_runs()] == ["Cancelled"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["virtual_asyncio", "virtual_trio"], indirect=True)
+async def test_no_submitted_run_starts_after_the_flow_deadline(store):
+    started = []
+
+    @task
+    async def step(i):
+        started.append((i, anyio.current_time()))
+        await anyio.sleep(1)
+
+    @flow(timeout_seconds=2.5)
+    async def f():
+        deadline = anyio.current_effective_deadline()
+        for i in range(5):
+            await step(i)  # each takes 1 s: the third is cut off, the others never start
+        return deadline
+
+    state = await f(return_state=True)
+    assert state.name == "TimedOut"
+    assert [i for i, _ in started] == [0, 1, 2]
+    assert [r.state.name for r in store.read_task_runs()] == ["Completed", "Completed", "Cancelled"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["virtual_asyncio", "virtual_trio"], indirect=True)
+async def test_timed_out_async_task_is_retried_with_exact_delays(store):
+    attempts = []
+
+    @task(timeout_seconds=1, retries=2, retry_delay_seconds=[10, 20])
+    async def flaky():
+        attempts.append(anyio.current_time())
+        if len(attempts) < 3:
+            await anyio.sleep(5)
+        return "ok"
+
+    from asyncflow.testing import fake_clock
+
+    with fake_clock() as clock:
+        state = await flaky(return_state=True)
+    assert state.result() == "ok" and clock.slept == [10.0, 20.0]
+    assert state_names(store, state.state_details.task_run_id) == [
+        "Pending", "Running", "AwaitingRetry", "Retrying", "AwaitingRetry", "Retrying", "Completed"]
+
+
+# -- sync code, real threads -------------------------------------------------------------------------
+def test_sync_task_timeout_stops_the_function_and_the_caller_moves_on(store):
+    """The seed's example: the line after time.sleep must never execute."""
+    reached = threading.Event()
+
+    @task(timeout_seconds=0.2)
+    def show_timeouts():
+        time.sleep(0.6)
+        reached.set()  # "I will not execute"
+
+    start = time.monotonic()
+    state = show_timeouts(return_state=True)
+    waited = time.monotonic() - start
+    assert state.name == "TimedOut" and state.is_failed()
+    assert "stopped at the deadline" in state.message and "SyncRunAborted" in state.message
+    assert waited < 0.5  # the caller did not wait for the sleep to end
+    assert not reached.wait(1.0)  # ... and the function never went on after it
+
+
+def test_user_code_cannot_swallow_the_stop(store):
+    reached = threading.Event()
+
+    @task(timeout_seconds=0.1)
+    def stubborn():
+        for _ in range(50):
+            try:
+                time.sleep(0.05)
+            except Exception:  # noqa: BLE001 - what a careless task might do
+                pass
+            except BaseException:  # even a bare except
+                pass
+        reached.set()
+
+    assert stubborn(return_state=True).name == "TimedOut"
+    assert not reached.wait(1.0)
+
+
+def test_timed_out_sync_task_can_be_retried(store):
+    attempts = []
+
+    @task(timeout_seconds=0.2, retries=1)
+    def slow_then_fast():
+        attempts.append(1)
+        if len(attempts) == 1:
+            time.sleep(1)
+        return "ok"
+
+    state = slow_then_fast(return_state=True)
+    assert state.result() == "ok" and len(attempts) == 2
+    assert state_names(store, state.state_details.task_run_id) == ["Pending", "Running", "Retrying", "Completed"]
+
+
+def test_stopping_a_timed_out_task_never_hits_other_runs(store):
+    """Many runs finish right around their deadline, next to untimed runs in the same pool."""
+
+    @task(timeout_seconds=0.05)
+    def around_the_deadline(i):
+        time.sleep(0.045 + (i % 3) * 0.005)
+        return i
+
+    @task
+    def bystander(i):
+        total = 0
+        for k in range(20000):
+            total += k
+        return i
+
+    @flow
+    def f():
+        timed = [around_the_deadline.submit(i) for i in range(30)]
+        others = [bystander.submit(i) for i in range(200)]
+        results = [o.result() for o in others]
+        for t in timed:
+            t.wait()
+        return results, [t.state.name for t in timed]
+
+    others, timed = f()
+    assert others == list(range(200))
+    assert set(timed) <= {"Completed", "TimedOut"}
+
+
+@pytest.mark.anyio
+async def test_sync_task_timeout_in_async_code(store):
+    reached = threading.Event()
+
+    @task(timeout_seconds=0.1)
+    def slow():
+        time.sleep(0.5)
+        reached.set()
+
+    state = await slow(return_state=True)
+    assert state.name == "TimedOut"
+    assert not reached.wait(0.8)
+
+
+def test_sync_flow_timeout_stops_the_body(store):
+    after = threading.Event()
+
+    @task
+    def quick():
+        return 1
+
+    @flow(timeout_seconds=0.2)
+    def f():
+        quick()
+        time.sleep(0.5)
+        after.set()
+        quick()
+
+    state = f(return_state=True)
+    assert state.name == "TimedOut" and "Flow run exceeded timeout of 0.2 second(s)" in state.message
+    assert not after.wait(0.8)
+    assert [r.state.name for r in store.read_task_runs()] == ["Completed"]
+
+
+@pytest.mark.anyio
+async def test_cancelling_an_async_flow_stops_its_running_sync_task(store):
+    reached = threading.Event()
+
+    @task(timeout_seconds=30)
+    def slow():
+        time.sleep(0.4)
+        reached.set()
+
+    @flow
+    async def f():
+        await slow()
+
+    with anyio.move_on_after(0.1):
+        await f()
+    assert not reached.wait(0.8)
+    assert [r.state.name for r in store.read_task_runs()] == ["Cancelled"]
+
+
+def test_a_run_still_open_at_interpreter_exit_is_recorded_crashed(tmp_path):
+    script = textwrap.dedent("""
+        import atexit, threading, time
+
+        def report():  # registered before asyncflow is imported: atexit runs it after asyncflow's handler
+            from asyncflow._store import get_store
+            [run] = get_store().read_flow_runs()
+            print("FINAL", run.state.name, run.state.message)
+
+        atexit.register(report)
+        from asyncflow import flow
+
+        @flow
+        def forever():
+            time.sleep(3600)
+
+        threading.Thread(target=forever, daemon=True).start()
+        time.sleep(0.3)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert "FINAL Crashed The process exited while the run was still open." in out.stdout, out.stderr
