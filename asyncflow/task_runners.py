@@ -62,7 +62,7 @@ class TaskRunner:
         slot = ThreadSlot(limiter)
         await limiter.acquire_on_behalf_of(slot)
         try:
-            return await anyio.to_thread.run_sync(slot.run, fn, limiter=_thread_limiter())
+            return await anyio.to_thread.run_sync(slot.run, fn, limiter=_thread_limiter(), abandon_on_cancel=True)
         finally:
             if slot.held:
                 limiter.release_on_behalf_of(slot)

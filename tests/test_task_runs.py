@@ -329,3 +329,45 @@ def test_keyboard_interrupt_crashes_the_run_and_is_reraised(store):
     task_runs = store.read_task_runs()
     assert [r.state.name for r in task_runs] == ["Crashed"]
     assert "Execution was aborted" in task_runs[0].state.message
+
+
+def test_exponential_backoff_delays_in_a_run():
+    from asyncflow.tasks import exponential_backoff
+
+    @task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=10))
+    def always():
+        raise ValueError("x")
+
+    with fake_clock() as clock:
+        always(return_state=True)
+    assert clock.slept == [10.0, 20.0, 40.0]
+
+
+def test_jittered_retry_delays_stay_within_the_documented_bounds():
+    from asyncflow.tasks import exponential_backoff
+
+    @task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_jitter_factor=1)
+    def always():
+        raise ValueError("x")
+
+    with fake_clock() as clock:
+        for _ in range(30):
+            always(return_state=True)
+    for i, delay in enumerate(clock.slept):
+        base = [10, 20, 40][i % 3]
+        assert base * 0.4 <= delay <= base * 2  # up to delay * (1 + factor), mean kept near delay
+
+
+def test_async_retry_condition_fn_is_awaited():
+    calls = []
+
+    async def never(task, run, state):
+        return False
+
+    @task(retries=3, retry_condition_fn=never)
+    def failing():
+        calls.append(1)
+        raise ValueError("x")
+
+    failing(return_state=True)
+    assert len(calls) == 1

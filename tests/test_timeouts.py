@@ -247,3 +247,89 @@ def test_a_run_still_open_at_interpreter_exit_is_recorded_crashed(tmp_path):
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert "FINAL Crashed The process exited while the run was still open." in out.stdout, out.stderr
+
+
+# -- a failure or an interrupt ends the scope: its runs stop ---------------------------------------
+@pytest.mark.anyio
+async def test_a_failing_async_flow_cancels_its_running_tasks(store):
+    @task
+    async def forever():
+        await anyio.sleep(3600)
+
+    @flow
+    async def f():
+        forever.submit()
+        await anyio.sleep(0.01)
+        raise RuntimeError("the flow fails")
+
+    with anyio.fail_after(5):
+        state = await f(return_state=True)
+    assert state.is_failed() and "the flow fails" in state.message
+    assert [r.state.name for r in store.read_task_runs()] == ["Cancelled"]
+
+
+def test_a_failing_sync_flow_stops_its_running_sync_and_async_tasks(store):
+    reached = threading.Event()
+
+    @task
+    def slow_sync():
+        time.sleep(0.3)
+        reached.set()
+
+    @task
+    async def forever():
+        await anyio.sleep(3600)
+
+    @flow
+    def f():
+        slow_sync.submit()
+        forever.submit()
+        time.sleep(0.05)
+        raise RuntimeError("the flow fails")
+
+    start = time.monotonic()
+    state = f(return_state=True)
+    assert state.is_failed() and time.monotonic() - start < 5
+    assert not reached.wait(0.6)
+    assert sorted(r.state.name for r in store.read_task_runs()) == ["Cancelled", "Cancelled"]
+
+
+def test_a_failing_subflow_does_not_cancel_its_parents_runs(store):
+    @task
+    def slow():
+        time.sleep(0.2)
+        return "finished"
+
+    @flow
+    def child():
+        raise RuntimeError("child fails")
+
+    @flow
+    def parent():
+        future = slow.submit()
+        child(return_state=True)
+        return future.result()
+
+    assert parent() == "finished"
+
+
+def test_ctrl_c_in_a_sync_flow_crashes_it_and_stops_its_runs(store):
+    reached = threading.Event()
+
+    @task
+    def slow():
+        time.sleep(0.3)
+        reached.set()
+
+    @flow
+    def f():
+        slow.submit()
+        time.sleep(0.05)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        f()
+    assert not reached.wait(0.6)
+    [flow_record] = store.read_flow_runs()
+    assert flow_record.state.name == "Crashed"
+    assert [r.state.name for r in store.read_task_runs()] == ["Cancelled"]

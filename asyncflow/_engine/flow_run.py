@@ -165,13 +165,16 @@ async def _one_attempt(call: FlowCall, ctx: FlowRunContext, parameters: dict[str
     flow = call.flow
     args, kwargs = flow.binder.to_call(parameters)
     if sync:
-        scope = call.parent.scope if call.parent is not None and call.parent.scope is not None else LazyLoopScope()
-        ctx.scope = scope
+        # a scope of its own (its loop starts only if the flow submits): cancelling it on failure
+        # stops this flow's runs and nobody else's
+        ctx.scope = scope = LazyLoopScope()
         try:
             return await _body(call, ctx, args, kwargs, sync)
+        except BaseException:
+            scope.cancel()  # an interrupt (Ctrl-C) stops the runs it started
+            raise
         finally:
-            if scope is not (call.parent.scope if call.parent is not None else None):
-                scope.close()
+            scope.close()
     timeout = flow.timeout_seconds
     with anyio.CancelScope() as deadline:
         if timeout:
@@ -213,7 +216,7 @@ async def _body(call: FlowCall, ctx: FlowRunContext, args: tuple[Any, ...], kwar
         value = await _futures_to_states(value, sync)
     except Exception as exc:
         log(ERROR, call.label, f"Encountered exception during execution: {exc!r}", call.ids, exc_info=exc)
-        await _settle_children(call, ctx, sync)
+        await _settle_children(call, ctx, sync, cancel=True)  # a failure ends the scope: its runs stop
         return State(StateType.FAILED, "Failed", exception_message("Flow", exc), exc, call.details)
     await _settle_children(call, ctx, sync)
     state = _states.return_value_to_state(value)
@@ -222,12 +225,17 @@ async def _body(call: FlowCall, ctx: FlowRunContext, args: tuple[Any, ...], kwar
     return state
 
 
-async def _settle_children(call: FlowCall, ctx: FlowRunContext, sync: bool) -> None:
+async def _settle_children(call: FlowCall, ctx: FlowRunContext, sync: bool, cancel: bool = False) -> None:
     tracker: ChildTracker | None = ctx.children
     if tracker is None:
         return
+    if cancel and tracker.pending:
+        ctx.scope.cancel()  # type: ignore[union-attr]
     if sync:
         tracker.wait_all_blocking()
+    elif cancel:
+        with anyio.CancelScope(shield=True):  # the scope is cancelled; its runs still need to settle
+            await tracker.wait_all()
     else:
         await tracker.wait_all()
     report_unobserved(tracker, call.label, call.ids)

@@ -44,6 +44,7 @@ class Scope:
         self._free = 0  # workers that will take the next queued run without waiting for one to finish
         self._inbox: list[Any] = []  # runs submitted from other threads, not yet queued
         self.closed = False  # set by the engine when the scope's task group has exited (any reason)
+        self.guards: set[Any] = set()  # sync user code of this scope's runs, running in threads
         self.wall_deadline: float | None = None  # the flow's deadline on time.monotonic(), for threads
         self._inbox_lock = threading.Lock()
         self._inbox_scheduled = False
@@ -123,6 +124,9 @@ class Scope:
         return self.wall_deadline is None or time.monotonic() < self.wall_deadline
 
     def cancel(self) -> None:
+        """Cancel every run in the scope: tasks on the loop, and sync code running in threads."""
+        for guard in list(self.guards):
+            guard.abort()
         if threading.get_ident() == self._thread:
             self.task_group.cancel_scope.cancel()
         else:
@@ -137,6 +141,8 @@ class LazyLoopScope:
 
     def __init__(self) -> None:
         self._scope: Scope | None = None
+        self.closed = False
+        self.guards: set[Any] = set()
         self._portal_cm: Any = None
         self._portal: Any = None
         self._stop: anyio.Event | None = None
@@ -164,9 +170,12 @@ class LazyLoopScope:
             tg.cancel_scope.cancel()  # only reached after every child finished, or on cancel
 
     def may_start(self) -> bool:
-        return self._scope is None or self._scope.may_start()
+        return not self.closed and (self._scope is None or self._scope.may_start())
 
     def cancel(self) -> None:
+        self.closed = True
+        for guard in list(self.guards):
+            guard.abort()
         if self._scope is not None:
             self._scope.cancel()
 

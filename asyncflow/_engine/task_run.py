@@ -32,7 +32,7 @@ from .._store import get_store
 from .cache import MISSING, get_cache
 from .children import ChildTracker
 from .common import call_user, drive_sync, exception_message, log_final_state, run_hooks
-from .interrupt import SyncRunAborted, ThreadCall
+from .interrupt import SyncRunAborted, ThreadCall, UserCode
 from .loop import threadsafe_caller
 from .open_runs import OPEN
 from .resolve import Resolver, collect_unfinished
@@ -48,7 +48,7 @@ class TaskCall:
     """One task run in the making: everything captured at call or submit time."""
 
     __slots__ = ("task", "run", "parameters", "wait_for", "parent", "details", "future", "submitted",
-                 "label", "ids", "ticket")
+                 "label", "ids", "ticket", "guard")
 
     def __init__(self, task: Any, parameters: dict[str, Any], wait_for: Any, submitted: bool) -> None:
         parent = current_run.get()
@@ -81,6 +81,7 @@ class TaskCall:
         self.label = ""
         self.ids: dict[str, Any] = {}
         self.ticket: Any = None  # the runner's ticket, for runs a flow submits
+        self.guard: UserCode | None = None  # set when the user code runs in a pool thread
 
     @property
     def runner(self) -> Any:
@@ -367,12 +368,25 @@ async def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any]
     if task.timeout_seconds:
         return await call_sync_with_deadline(functools.partial(fn, *args, **kwargs), task.timeout_seconds, sync, "Task")
     if sync:
+        if call.guard is not None:  # in a pool thread: its scope may stop it
+            return call.guard.run(functools.partial(fn, *args, **kwargs))
         return fn(*args, **kwargs)
     runner = call.runner
     bound = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
-    if runner is not None:
-        return await runner.run_sync(bound)
-    return await anyio.to_thread.run_sync(bound)
+    guard = UserCode()
+    guards = call.parent.scope.guards if call.parent is not None and call.parent.scope is not None else None
+    if guards is not None:
+        guards.add(guard)
+    try:
+        if runner is not None:
+            return await runner.run_sync(lambda: guard.run(bound))
+        return await anyio.to_thread.run_sync(guard.run, bound, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        guard.abort()  # the thread stops at its next bytecode; this run ends Cancelled
+        raise
+    finally:
+        if guards is not None:
+            guards.discard(guard)
 
 
 SYNC_ENFORCEMENT = ("the function was stopped at the deadline: the caller moved on at once, and its thread "
@@ -537,7 +551,11 @@ def _run_in_thread(call: TaskCall, scope: Any) -> None:
     if not scope.may_start():
         _cancel_before_start(call)
         return
+    call.guard = guard = UserCode()
+    scope.guards.add(guard)
     try:
         drive_sync(run_task(call, sync=True))
-    except BaseException:  # the run is Crashed and recorded; the pool thread lives on
+    except BaseException:  # the run is recorded (Cancelled or Crashed); the pool thread lives on
         pass
+    finally:
+        scope.guards.discard(guard)
