@@ -120,3 +120,12 @@ FLOW_DEFAULT_RETRY_DELAY_SECONDS = _declare(
     "Retry delay in seconds of a flow that does not set `retry_delay_seconds`.")
 THREAD_LIMIT = _declare("ASYNCFLOW_TASK_RUNNER_THREAD_LIMIT", _parse_nonneg_int, 64,
                         "How many sync task runs the default runner executes in threads at once.")
+LOCAL_STORAGE_PATH = _declare(
+    "ASYNCFLOW_LOCAL_STORAGE_PATH", lambda raw: Path(raw).expanduser(), lambda: HOME.value() / "storage",
+    "Directory for persisted results and cache records (default: ASYNCFLOW_HOME/storage).")
+RESULTS_PERSIST_BY_DEFAULT = _declare(
+    "ASYNCFLOW_RESULTS_PERSIST_BY_DEFAULT", _parse_bool, False,
+    "Persist every task's result (and cache with the DEFAULT policy) unless a task says otherwise.")
+TASKS_REFRESH_CACHE = _declare(
+    "ASYNCFLOW_TASKS_REFRESH_CACHE", _parse_bool, False,
+    "Recompute and overwrite cached results for every task that does not set `refresh_cache`.")
