@@ -13,7 +13,7 @@ from ._engine.common import drive_sync
 from ._engine.loop import in_async_context
 from ._exceptions import InvalidNameError
 from ._names import flow_name_from_function
-from ._tasks import check_run_name_template, render_run_name, warn_unimplemented
+from ._tasks import check_run_name_template, render_run_name
 from .task_runners import TaskRunner, coerce_task_runner
 
 P = ParamSpec("P")
@@ -109,8 +109,14 @@ class Flow(Generic[P, R]):
         self.on_running = HookList(validate_hooks(on_running, "on_running", "flow"))
         self.binder = Binder(fn, f"flow {name!r}")
         check_run_name_template(flow_run_name, self.binder, "flow_run_name", f"flow {name!r}")
-        warn_unimplemented(f"flow {name!r}", {"persist_result": persist_result, "result_storage": result_storage,
-                                               "result_serializer": result_serializer})
+        if persist_result is not None and not isinstance(persist_result, bool):
+            raise TypeError(f"flow {name!r}: persist_result must be True, False or None; got {persist_result!r}.")
+        from . import _results
+
+        if result_storage is not None:
+            _results.storage_root(result_storage)  # the defaults for this flow's tasks: checked now
+        if result_serializer is not None:
+            _results.get_serializer(result_serializer)
         self.isasync = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
         self._validator: Any = None
         self.__doc__ = getattr(fn, "__doc__", None)

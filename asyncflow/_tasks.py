@@ -88,6 +88,8 @@ class Task(Generic[P, R]):
         on_completion: list[Callable[..., Any]] | None = None,
         on_failure: list[Callable[..., Any]] | None = None,
         on_running: list[Callable[..., Any]] | None = None,
+        on_commit: list[Callable[..., Any]] | None = None,
+        on_rollback: list[Callable[..., Any]] | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(
@@ -119,6 +121,8 @@ class Task(Generic[P, R]):
         self.result_serializer = result_serializer
         self.result_storage_key = result_storage_key
         self.cache_result_in_memory = cache_result_in_memory
+        self.caching = resolve_caching(self.name, fn, cache_policy, cache_key_fn, cache_expiration, persist_result,
+                                       result_storage, result_serializer, result_storage_key, refresh_cache)
         if timeout_seconds is not None and (isinstance(timeout_seconds, bool)
                                             or not isinstance(timeout_seconds, (int, float)) or timeout_seconds < 0):
             raise ValueError(f"task {self.name!r}: `timeout_seconds` must be a number >= 0; got {timeout_seconds!r}.")
@@ -128,11 +132,10 @@ class Task(Generic[P, R]):
         self.on_completion = HookList(validate_hooks(on_completion, "on_completion", "task"))
         self.on_failure = HookList(validate_hooks(on_failure, "on_failure", "task"))
         self.on_running = HookList(validate_hooks(on_running, "on_running", "task"))
+        self.on_commit = HookList(validate_hooks(on_commit, "on_commit", "task"))
+        self.on_rollback = HookList(validate_hooks(on_rollback, "on_rollback", "task"))
         self.binder = Binder(fn, f"task {self.name!r}")
         check_run_name_template(task_run_name, self.binder, "task_run_name", f"task {self.name!r}")
-        warn_unimplemented(f"task {self.name!r}", {
-            "cache_policy": cache_policy, "persist_result": persist_result, "result_storage": result_storage,
-            "result_serializer": result_serializer, "result_storage_key": result_storage_key})
         self.kind = _kind(fn)
         self.isasync = self.kind == "async"
         self.task_key = _task_key(fn, self.name)
@@ -183,7 +186,7 @@ class Task(Generic[P, R]):
         """A copy of this task with some options changed."""
         current = {name: getattr(self, name) for name in _TASK_OPTIONS}
         current["tags"] = set(self.tags)
-        for hooks in ("on_completion", "on_failure", "on_running"):
+        for hooks in ("on_completion", "on_failure", "on_running", "on_commit", "on_rollback"):
             current[hooks] = list(current[hooks])
         unknown = set(options) - set(_TASK_OPTIONS)
         if unknown:
@@ -208,7 +211,7 @@ _TASK_OPTIONS = (
     "name", "description", "tags", "version", "cache_policy", "cache_key_fn", "cache_expiration", "task_run_name",
     "retries", "retry_delay_seconds", "retry_jitter_factor", "retry_condition_fn", "persist_result",
     "result_storage", "result_serializer", "result_storage_key", "cache_result_in_memory", "timeout_seconds",
-    "log_prints", "refresh_cache", "on_completion", "on_failure", "on_running",
+    "log_prints", "refresh_cache", "on_completion", "on_failure", "on_running", "on_commit", "on_rollback",
 )
 
 
@@ -255,18 +258,55 @@ def check_run_name_template(template: Any, binder: Binder, option: str, owner: s
                 f"(parameters: {list(binder.names)}). Use one of the parameter names, or a callable.")
 
 
-_UNIMPLEMENTED_OPTIONS = ("cache_policy", "persist_result", "result_storage", "result_serializer",
-                          "result_storage_key")
+class CachingOptions:
+    """A task's caching and result options, checked and resolved once, at decoration time."""
+
+    __slots__ = ("policy", "explicit", "persist", "expiration", "storage", "serializer", "storage_key", "refresh")
+
+    def __init__(self, policy: Any, explicit: bool, persist: bool | None, expiration: Any, storage: Any,
+                 serializer: Any, storage_key: str | None, refresh: bool) -> None:
+        self.policy = policy
+        self.explicit = explicit
+        self.persist = persist
+        self.expiration = expiration
+        self.storage = storage
+        self.serializer = serializer
+        self.storage_key = storage_key
+        self.refresh = refresh
 
 
-def warn_unimplemented(owner: str, options: dict[str, Any]) -> None:
-    """Options of Prefect's API that this version accepts but cannot honour yet say so, once each."""
-    for name in _UNIMPLEMENTED_OPTIONS:
-        if options.get(name) is not None:
-            warnings.warn(
-                f"{owner}: `{name}` is accepted for compatibility but has no effect in asyncflow "
-                f"{__import__('asyncflow').__version__}: results are not persisted yet and caching works by "
-                f"`cache_key_fn` within one process.", UserWarning, stacklevel=4)
+def resolve_caching(name: str, fn: Any, cache_policy: Any, cache_key_fn: Any, cache_expiration: Any,
+                    persist_result: Any, result_storage: Any, result_serializer: Any, result_storage_key: Any,
+                    refresh_cache: Any) -> CachingOptions:
+    from . import _caching, _results
+
+    owner = f"task {name!r}"
+    if cache_policy is not None and not isinstance(cache_policy, _caching.CachePolicy):
+        raise TypeError(f"{owner}: cache_policy must be a CachePolicy (INPUTS, TASK_SOURCE, ... from "
+                        f"asyncflow.cache_policies); got {cache_policy!r}.")
+    if cache_key_fn is not None and not callable(cache_key_fn):
+        raise TypeError(f"{owner}: cache_key_fn must be a callable (context, parameters) -> str; got {cache_key_fn!r}.")
+    if cache_expiration is not None and not isinstance(cache_expiration, dt.timedelta):
+        raise TypeError(f"{owner}: cache_expiration must be a datetime.timedelta; got {cache_expiration!r}.")
+    if persist_result is not None and not isinstance(persist_result, bool):
+        raise TypeError(f"{owner}: persist_result must be True, False or None; got {persist_result!r}.")
+    if result_storage_key is not None and not isinstance(result_storage_key, str):
+        raise TypeError(f"{owner}: result_storage_key must be a template string; got {result_storage_key!r}.")
+    if result_storage is not None:
+        _results.storage_root(result_storage)  # raises for anything but a path
+    if result_serializer is not None:
+        _results.get_serializer(result_serializer)  # raises for an unknown serializer
+    if cache_key_fn is not None and cache_policy is not None:
+        warnings.warn(f"{owner}: both cache_policy and cache_key_fn are set; cache_key_fn will be used.",
+                      UserWarning, stacklevel=4)
+    policy = _caching.CacheKeyFnPolicy(fn=cache_key_fn) if cache_key_fn is not None else cache_policy
+    explicit = (cache_key_fn is not None or (cache_policy is not None and not isinstance(cache_policy, _caching.NoCache))
+                or result_storage_key is not None or result_storage is not None or result_serializer is not None)
+    if persist_result is False and cache_policy is not None and not isinstance(cache_policy, _caching.NoCache):
+        warnings.warn(f"{owner}: ignoring cache_policy because persist_result is False.", UserWarning, stacklevel=4)
+    refresh = refresh_cache if refresh_cache is not None else bool(_settings.TASKS_REFRESH_CACHE.value())
+    return CachingOptions(policy, explicit, persist_result, cache_expiration, result_storage, result_serializer,
+                          result_storage_key, refresh)
 
 
 def render_run_name(template: Any, parameters: dict[str, Any], option: str) -> str:

@@ -22,8 +22,14 @@ def anyio_backend(request: pytest.FixtureRequest):
 
 
 @pytest.fixture(autouse=True)
-def store():
-    """Each test records into its own in-memory store."""
+def store(tmp_path, monkeypatch):
+    """Each test records into its own in-memory store, with its own ASYNCFLOW_HOME (persisted results,
+    cache records) in a temporary directory."""
+    from asyncflow._results import clear_memory
+
+    monkeypatch.setenv("ASYNCFLOW_HOME", str(tmp_path / "asyncflow-home"))
+    monkeypatch.delenv("ASYNCFLOW_LOCAL_STORAGE_PATH", raising=False)
+    clear_memory()
     with isolated_store() as store:
         yield store
 

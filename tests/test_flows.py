@@ -361,8 +361,8 @@ def test_crashed_flow_runs_its_crash_hook():
     assert seen == ["Crashed"]
 
 
-def test_options_not_implemented_yet_warn_instead_of_being_silently_ignored():
-    with pytest.warns(UserWarning, match="`persist_result` is accepted for compatibility but has no effect"):
-        @flow(persist_result=True)
-        def f():
-            pass
+def test_flow_result_options_are_checked_at_decoration():
+    with pytest.raises(ValueError, match="result_serializer must be 'pickle', 'json'"):
+        flow(result_serializer="yaml")(lambda: None)
+    with pytest.raises(TypeError, match="persist_result must be True, False or None"):
+        flow(persist_result="yes")(lambda: None)

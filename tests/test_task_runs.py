@@ -99,8 +99,8 @@ async def test_sync_hooks_of_async_runs_never_run_on_the_event_loop_thread():
     assert hook_threads and hook_threads[0] != loop_thread
 
 
-def test_cache_policy_warns_that_it_is_not_implemented_yet():
-    with pytest.warns(UserWarning, match="`cache_policy` is accepted for compatibility"):
+def test_cache_policy_must_be_a_cache_policy():
+    with pytest.raises(TypeError, match="cache_policy must be a CachePolicy"):
         task(cache_policy=object())(lambda: 0)
 
 

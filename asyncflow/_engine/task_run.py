@@ -29,7 +29,7 @@ from .._logging import flush as flush_logs
 from .._runs import TaskRun
 from .._states import State, StateDetails, StateType
 from .._store import get_store
-from .cache import MISSING, get_cache
+from . import caching
 from .children import ChildTracker
 from .common import call_user, drive_sync, exception_message, log_final_state, run_hooks
 from .interrupt import SyncRunAborted, ThreadCall, UserCode
@@ -278,7 +278,7 @@ async def _attempts(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, A
     task, run = call.task, call.run
     policy = task.retry_policy
     args, kwargs = task.binder.to_call(parameters)
-    cache_key: str | None = None
+    plan: Any = None
     attempt = 0
     while True:
         attempt += 1
@@ -290,20 +290,15 @@ async def _attempts(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, A
             running = set_state(call, _new_state(call, StateType.RUNNING, "Retrying"))
         if task.on_running:
             await run_hooks(task.on_running, task, run, running, sync, call.label, call.ids)
-        if attempt == 1 and task.cache_key_fn is not None:
-            cache_key = _cache_key(call, ctx, parameters)
-            if cache_key is not None and not task.refresh_cache:
-                cached = get_cache().get(cache_key)
-                if cached is not MISSING:
-                    details = StateDetails(flow_run_id=run.flow_run_id, task_run_id=run.id, cache_key=cache_key)
-                    return set_state(call, State(StateType.COMPLETED, "Cached", None, cached, details))
+        if attempt == 1:
+            plan = await caching.plan(call, ctx, parameters, sync)
+            if plan is not None:
+                cached = await plan.lookup(sync)
+                if cached is not None:
+                    return set_state(call, cached)
         state = await _one_attempt(call, args, kwargs, sync)
-        if cache_key is not None and state.type is StateType.COMPLETED:
-            expires = get_cache().put(cache_key, state.data, task.cache_expiration)
-            state = State(state.type, state.name, state.message, state.data, StateDetails(
-                flow_run_id=run.flow_run_id, task_run_id=run.id, cache_key=cache_key,
-                cache_expiration=dt.datetime.fromtimestamp(expires, tz=dt.timezone.utc) if expires else None),
-                state.ts)
+        if state.type is StateType.COMPLETED:
+            state = await caching.completed(call, plan, state, sync)
         if state.type is StateType.FAILED and attempt <= policy.retries and await _should_retry(call, state, sync):
             delay = policy.delay_for(attempt - 1)
             _log_retry(call, state, attempt, policy.retries, delay)
@@ -318,19 +313,10 @@ async def _attempts(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, A
                     await clock.sleep(delay)
             continue
         if state.type is StateType.FAILED:
+            if plan is not None:
+                plan.release()
             _log_failure(call, state, policy.retries)
         return set_state(call, state)
-
-
-def _cache_key(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, Any]) -> str | None:
-    """The run's cache key; a key function that fails disables caching for this run, loudly."""
-    try:
-        key = call.task.cache_key_fn(ctx, parameters)
-    except Exception as exc:
-        log(WARNING, call.label,
-            f"cache_key_fn {call.task.cache_key_fn!r} raised {exc!r}; caching is disabled for this run.", call.ids)
-        return None
-    return None if key is None else str(key)
 
 
 async def _one_attempt(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any], sync: bool) -> State[Any]:

@@ -1,0 +1,167 @@
+"""Caching decisions for one task run: the key, where its result lives, whether to serve a hit,
+and what to write (now, or when the enclosing transaction commits)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from typing import Any
+
+import anyio.to_thread
+
+from .. import _caching, _results, _settings
+from .._clock import get_clock
+from .._logging import WARNING, log
+from .._states import State, StateDetails, StateType
+from .._store import get_store
+from .._transactions import (
+    Transaction,
+    TransactionState,
+    _run_hooks_async,
+    _run_hooks_sync,
+    current_transaction,
+)
+
+
+class CachePlan:
+    __slots__ = ("call", "store", "key", "lock", "refresh")
+
+    def __init__(self, call: Any, store: _results.ResultStore, key: str, lock: _results.KeyLock | None,
+                 refresh: bool) -> None:
+        self.call = call
+        self.store = store
+        self.key = key
+        self.lock = lock
+        self.refresh = refresh
+
+    def _details(self, expires: float | None = None) -> StateDetails:
+        run = self.call.run
+        return StateDetails(flow_run_id=run.flow_run_id, task_run_id=run.id, cache_key=self.key,
+                            cache_expiration=dt.datetime.fromtimestamp(expires, tz=dt.timezone.utc) if expires else None)
+
+    async def lookup(self, sync: bool) -> State[Any] | None:
+        """A `Cached` state if an unexpired record exists (and the run does not refresh), else None."""
+        if self.lock is not None:  # SERIALIZABLE: one run per key computes; the others then hit
+            if sync:
+                self.lock.acquire()
+            else:
+                await self.lock.acquire_async()
+        if self.refresh:
+            return None
+        value = self.store.memory_get(self.key)
+        if value is _results.MISSING:
+            value, warning = self.store.read(self.key) if sync else await self.store.read_async(self.key)
+            if warning is not None:
+                log(WARNING, self.call.label, f"Cache miss: {warning}.", self.call.ids)
+            if value is _results.MISSING:
+                return None
+        self.release()
+        return State(StateType.COMPLETED, "Cached", None, value, self._details())
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def _persist(task: Any, flow: Any) -> bool:
+    options = task.caching
+    if options.persist is not None:
+        return options.persist
+    if options.explicit:
+        return True
+    if flow is not None and flow.persist_result is not None:
+        return flow.persist_result
+    return bool(_settings.RESULTS_PERSIST_BY_DEFAULT.value())
+
+
+async def plan(call: Any, ctx: Any, parameters: dict[str, Any], sync: bool) -> CachePlan | None:
+    task = call.task
+    options = task.caching
+    flow_ctx = ctx.flow_context
+    flow = flow_ctx.flow if flow_ctx is not None else None
+    if not _persist(task, flow):
+        return None
+    policy = options.policy if options.policy is not None else _caching.DEFAULT
+    try:
+        if options.storage_key is not None:
+            from ..runtime import flow_run, task_run
+
+            key: str | None = options.storage_key.format(parameters=parameters, flow_run=flow_run, task_run=task_run)
+        else:
+            key = policy.compute_key(_caching.KeyContext(
+                task, call.run, parameters, flow_ctx.parameters if flow_ctx is not None else None, ctx))
+    except _caching.UnhashableKeyPart as exc:
+        fix = (f"exclude it from the key (cache_policy=INPUTS - {exc.what.split(chr(39))[1]!r})"
+               if exc.what.startswith("parameter") else "give the task a cache_key_fn")
+        log(WARNING, call.label, f"Caching is disabled for this run: {exc}. To cache this task, {fix}.", call.ids)
+        return None
+    except Exception as exc:
+        log(WARNING, call.label, f"The cache key could not be computed ({exc!r}); caching is disabled for this run.",
+            call.ids)
+        return None
+    if key is None:
+        return None
+    storage = options.storage if options.storage is not None else (flow.result_storage if flow is not None else None)
+    serializer = options.serializer if options.serializer is not None else (
+        flow.result_serializer if flow is not None else None)
+    store = _results.ResultStore(_results.storage_root(storage), _results.get_serializer(serializer),
+                                 task.cache_result_in_memory)
+    txn = current_transaction.get()
+    serializable = policy.isolation_level == "SERIALIZABLE" or (txn is not None and txn.serializable)
+    lock = _results.KeyLock(store.lock_path(key)) if serializable else None
+    return CachePlan(call, store, key, lock, options.refresh)
+
+
+async def completed(call: Any, plan: CachePlan | None, state: State[Any], sync: bool) -> State[Any]:
+    """After a completed attempt: write the result (or stage it in the open transaction), and run or
+    stage the task's commit and rollback hooks."""
+    task = call.task
+    txn = current_transaction.get()
+    in_txn = txn is not None and txn.active
+    write = None
+    if plan is not None:
+        expiration = task.caching.expiration
+        expires = get_clock().time() + expiration.total_seconds() if expiration is not None else None
+        try:
+            data = plan.store.encode(state.data, expires, task.name)
+        except _results.SerializationError as exc:
+            plan.release()
+            return State(StateType.FAILED, "Failed", str(exc), exc, call.details)
+        write = functools.partial(plan.store.write, plan.key, state.data, data, expires)
+        state = State(state.type, state.name, state.message, state.data, plan._details(expires), state.ts)
+    if in_txn:
+        assert txn is not None
+        txn.stage(write or _nothing, list(task.on_commit), list(task.on_rollback),
+                  rolled_back=functools.partial(_record_rolled_back, call),
+                  release=plan.release if plan is not None else None)
+        return state
+    if write is not None:
+        try:
+            if sync:
+                write()
+            else:
+                await anyio.to_thread.run_sync(write)
+        finally:
+            plan.release()  # type: ignore[union-attr]
+    if task.on_commit:  # the run's own transaction commits at once
+        own = Transaction(plan.key if plan is not None else None)
+        own.state = TransactionState.COMMITTED
+        hooks = [("commit", hook, own) for hook in task.on_commit]
+        if sync:
+            _run_hooks_sync(hooks)
+        else:
+            await _run_hooks_async(hooks)
+    return state
+
+
+def _nothing() -> None:
+    pass
+
+
+def _record_rolled_back(call: Any) -> None:
+    """The transaction this completed run belonged to rolled back: its history says so."""
+    run = call.run
+    state = State(StateType.COMPLETED, "RolledBack", "Its transaction rolled back; its result was not written.",
+                  None, run.state.state_details)
+    run.state = state
+    get_store().record_state(run.id, state)
