@@ -261,10 +261,12 @@ def check_run_name_template(template: Any, binder: Binder, option: str, owner: s
 class CachingOptions:
     """A task's caching and result options, checked and resolved once, at decoration time."""
 
-    __slots__ = ("policy", "explicit", "persist", "expiration", "storage", "serializer", "storage_key", "refresh")
+    __slots__ = ("policy", "explicit", "persist", "expiration", "storage", "serializer", "storage_key", "refresh",
+                 "persist_by_default")
 
     def __init__(self, policy: Any, explicit: bool, persist: bool | None, expiration: Any, storage: Any,
                  serializer: Any, storage_key: str | None, refresh: bool) -> None:
+        self.persist_by_default = bool(_settings.RESULTS_PERSIST_BY_DEFAULT.value())  # read once, not per run
         self.policy = policy
         self.explicit = explicit
         self.persist = persist

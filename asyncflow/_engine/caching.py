@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from .. import _caching, _results, _settings
+from .. import _caching, _results
 from .._clock import get_clock
 from .._logging import WARNING, log
 from .._states import State, StateDetails, StateType
@@ -63,6 +63,21 @@ class CachePlan:
             self.lock.release()
 
 
+def _result_store(task: Any, flow: Any) -> _results.ResultStore:
+    """The task's result store (its options, else its flow's), reused while the location is the same."""
+    options = task.caching
+    storage = options.storage if options.storage is not None else (flow.result_storage if flow is not None else None)
+    serializer = options.serializer if options.serializer is not None else (
+        flow.result_serializer if flow is not None else None)
+    root = _results.storage_root(storage)
+    cached = task.__dict__.get("_result_store")
+    if cached is not None and cached.root == root and cached.serializer is _results.get_serializer(serializer):
+        return cached
+    store = _results.ResultStore(root, _results.get_serializer(serializer), task.cache_result_in_memory)
+    task.__dict__["_result_store"] = store
+    return store
+
+
 def _persist(task: Any, flow: Any) -> bool:
     options = task.caching
     if options.persist is not None:
@@ -71,7 +86,7 @@ def _persist(task: Any, flow: Any) -> bool:
         return True
     if flow is not None and flow.persist_result is not None:
         return flow.persist_result
-    return bool(_settings.RESULTS_PERSIST_BY_DEFAULT.value())
+    return options.persist_by_default
 
 
 async def plan(call: Any, ctx: Any, parameters: dict[str, Any], sync: bool) -> CachePlan | None:
@@ -87,6 +102,9 @@ async def plan(call: Any, ctx: Any, parameters: dict[str, Any], sync: bool) -> C
             from ..runtime import flow_run, task_run
 
             key: str | None = options.storage_key.format(parameters=parameters, flow_run=flow_run, task_run=task_run)
+        elif type(policy) is _caching.CacheKeyFnPolicy:  # the common case, without building a KeyContext
+            key = policy.fn(ctx, parameters)
+            key = None if key is None else str(key)
         else:
             key = policy.compute_key(_caching.KeyContext(
                 task, call.run, parameters, flow_ctx.parameters if flow_ctx is not None else None, ctx))
@@ -101,11 +119,7 @@ async def plan(call: Any, ctx: Any, parameters: dict[str, Any], sync: bool) -> C
         return None
     if key is None:
         return None
-    storage = options.storage if options.storage is not None else (flow.result_storage if flow is not None else None)
-    serializer = options.serializer if options.serializer is not None else (
-        flow.result_serializer if flow is not None else None)
-    store = _results.ResultStore(_results.storage_root(storage), _results.get_serializer(serializer),
-                                 task.cache_result_in_memory)
+    store = _result_store(task, flow)
     txn = current_transaction.get()
     serializable = policy.isolation_level == "SERIALIZABLE" or (txn is not None and txn.serializable)
     lock = _results.KeyLock(store.lock_path(key)) if serializable else None
