@@ -113,7 +113,23 @@ def _global_names(code: types.CodeType) -> set[str]:
     return names
 
 
+_PLAIN = (int, float, complex, str, bytes, bool, type(None), dt.date, dt.time, dt.timedelta, uuid.UUID, enum.Enum)
+
+
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, _PLAIN):
+        return True
+    if isinstance(value, (tuple, frozenset)):
+        return all(_is_plain(item) for item in value)
+    return False
+
+
 def _value_part(name: str, value: Any, what: str) -> str:
+    """Immutable plain values count by value, code by its fingerprint, modules and classes by name;
+    anything mutable or opaque (a list the task appends to, a client, a lock) by its type only, so
+    the key neither churns with the object's state nor fails on objects that cannot be hashed."""
+    if _is_plain(value):
+        return f"{name}={stable_hash(value, what)}"
     if isinstance(value, types.ModuleType):
         return f"{name}=module:{value.__name__}"
     if isinstance(value, type):
@@ -124,12 +140,13 @@ def _value_part(name: str, value: Any, what: str) -> str:
         return f"{name}=task:{code_fingerprint(value.fn)}"
     if inspect.isbuiltin(value):
         return f"{name}=builtin:{getattr(value, '__qualname__', name)}"
-    return f"{name}={stable_hash(value, what)}"
+    return f"{name}=object:{type(value).__module__}.{type(value).__qualname__}"
 
 
 def source_key(fn: Any) -> str:
-    """TASK_SOURCE: code plus closure values plus the values of the globals the code reads, so two
-    functions with the same text but different closures or globals never share a key."""
+    """TASK_SOURCE: the code, plus what its closure captured and the globals it reads (see
+    `_value_part`), so two functions with the same text but different closures or globals never
+    share a key."""
     parts = [code_fingerprint(fn)]
     code = getattr(fn, "__code__", None)
     if code is not None:
