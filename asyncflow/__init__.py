@@ -9,7 +9,9 @@ from ._logging import get_run_logger as get_run_logger
 from ._states import State as State
 from ._tasks import Task as Task
 from ._tasks import task as task
+from ._transactions import transaction as transaction
 
 __version__ = "0.1.0"
 
-__all__ = ["Flow", "State", "Task", "allow_failure", "flow", "get_run_logger", "tags", "task", "unmapped"]
+__all__ = ["Flow", "State", "Task", "allow_failure", "flow", "get_run_logger", "tags", "task", "transaction",
+           "unmapped"]

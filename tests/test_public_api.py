@@ -7,7 +7,13 @@ import pytest
 import asyncflow
 
 PUBLIC = {
-    "asyncflow": {"Flow", "State", "Task", "allow_failure", "flow", "get_run_logger", "tags", "task", "unmapped"},
+    "asyncflow": {"Flow", "State", "Task", "allow_failure", "flow", "get_run_logger", "tags", "task", "transaction",
+                  "unmapped"},
+    "asyncflow.cache_policies": {"DEFAULT", "FLOW_PARAMETERS", "INPUTS", "NO_CACHE", "RUN_ID", "TASK_SOURCE",
+                                 "CacheKeyFnPolicy", "CachePolicy", "CompoundCachePolicy", "FlowParameters", "Inputs",
+                                 "NoCache", "RunId", "TaskSource"},
+    "asyncflow.transactions": {"CommitMode", "IsolationLevel", "Transaction", "TransactionState", "get_transaction",
+                               "transaction"},
     "asyncflow.tasks": {"Task", "exponential_backoff", "task", "task_input_hash"},
     "asyncflow.flows": {"Flow", "flow"},
     "asyncflow.logging": {"get_logger", "get_run_logger"},
