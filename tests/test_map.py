@@ -6,13 +6,13 @@ SPEC §2 and §11 (`.map` over iterables of different lengths or no iterable); r
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
+from helpers import run_in_thread
 
 from asyncflow import allow_failure, flow, task, unmapped
 from asyncflow.exceptions import MappingLengthMismatch, MappingMissingIterable
@@ -20,26 +20,6 @@ from asyncflow.futures import TaskRunFuture
 from asyncflow.states import State, StateType
 from asyncflow.utilities.annotations import quote
 from asyncflow.utilities.annotations import unmapped as unmapped_from_annotations
-
-
-def run_in_thread(fn: Any, *args: Any, timeout: float = 10.0) -> Any:
-    """Run `fn(*args)` in a daemon thread; fail the test (instead of hanging) if it does not finish."""
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        pytest.fail(f"{getattr(fn, '__name__', fn)} did not finish within {timeout} s (deadlock?)")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
 
 
 @task

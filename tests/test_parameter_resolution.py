@@ -9,7 +9,6 @@ D.68, D.71.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from typing import Any, NamedTuple
 
 import anyio
@@ -17,31 +16,12 @@ import anyio.lowlevel
 import attrs
 import pydantic
 import pytest
+from helpers import run_in_thread
 
 from asyncflow import allow_failure, flow, task
 from asyncflow.futures import TaskRunFuture
 from asyncflow.states import Completed, State
 from asyncflow.utilities.annotations import opaque, quote
-
-
-def run_in_thread(fn: Any, *args: Any, timeout: float = 10.0) -> Any:
-    """Run `fn(*args)` in a daemon thread; fail the test (instead of hanging) if it does not finish."""
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        pytest.fail(f"{getattr(fn, '__name__', fn)} did not finish within {timeout} s (deadlock?)")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
 
 
 @task

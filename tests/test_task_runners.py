@@ -15,6 +15,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 import sniffio
+from helpers import run_in_thread
 
 from asyncflow import flow, tags, task
 from asyncflow.runtime import task_run as runtime_task_run
@@ -29,24 +30,6 @@ from asyncflow.utilities.annotations import quote
 WAIT = 5.0  # upper bound for any barrier/event wait, so a broken runner fails instead of hanging
 
 
-def run_in_thread(fn: Any, *args: Any, timeout: float = 10.0) -> Any:
-    """Run `fn(*args)` in a daemon thread; fail the test (instead of hanging) if it does not finish."""
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        pytest.fail(f"{getattr(fn, '__name__', fn)} did not finish within {timeout} s (deadlock?)")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
 
 
 def run_async_in_thread(fn: Any, backend: str, timeout: float = 10.0) -> Any:

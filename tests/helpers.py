@@ -1,0 +1,28 @@
+"""Helpers shared by the test modules."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+
+def run_in_thread(fn: Any, *args: Any, timeout: float = 10.0) -> Any:
+    """Run `fn(*args)` in a daemon thread; fail the test (instead of hanging) if it does not finish."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        pytest.fail(f"{getattr(fn, '__name__', fn)} did not finish within {timeout} s (deadlock?)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
