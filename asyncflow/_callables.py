@@ -115,3 +115,17 @@ class HookList(list):  # type: ignore[type-arg]
             raise TypeError(f"A hook must be callable; got {fn!r}.")
         self.append(fn)
         return fn
+
+
+def check_count(owner: str, option: str, value: Any) -> int:
+    """An option that must be an integer >= 0 (`retries`)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{owner}: `{option}` must be an integer >= 0; got {value!r}.")
+    return value
+
+
+def check_seconds(owner: str, option: str, value: Any) -> float:
+    """An option that must be a number of seconds >= 0 (`timeout_seconds`, `retry_delay_seconds`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{owner}: `{option}` must be a number >= 0; got {value!r}.")
+    return float(value)

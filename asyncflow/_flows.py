@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from . import _settings
-from ._callables import Binder, HookList, validate_hooks
+from ._callables import Binder, HookList, check_count, check_seconds, validate_hooks
 from ._engine.common import drive_sync
 from ._engine.loop import in_async_context
 from ._exceptions import InvalidNameError
@@ -80,22 +80,15 @@ class Flow(Generic[P, R]):
         if flow_run_name is not None and not isinstance(flow_run_name, str) and not callable(flow_run_name):
             raise TypeError(f"Expected string or callable for 'flow_run_name'; got {type(flow_run_name).__name__} instead.")
         self.flow_run_name = flow_run_name
-        if retries is None:
-            retries = _settings.FLOW_DEFAULT_RETRIES.value()
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"flow {name!r}: `retries` must be an integer >= 0; got {retries!r}.")
-        self.retries = retries
-        if retry_delay_seconds is None:
-            retry_delay_seconds = _settings.FLOW_DEFAULT_RETRY_DELAY_SECONDS.value()
-        if isinstance(retry_delay_seconds, bool) or not isinstance(retry_delay_seconds, (int, float)) \
-                or retry_delay_seconds < 0:
-            raise ValueError(f"flow {name!r}: `retry_delay_seconds` must be a number >= 0; got {retry_delay_seconds!r}.")
-        self.retry_delay_seconds = float(retry_delay_seconds)
+        owner = f"flow {name!r}"
+        self.retries = check_count(
+            owner, "retries", _settings.FLOW_DEFAULT_RETRIES.value() if retries is None else retries)
+        self.retry_delay_seconds = check_seconds(owner, "retry_delay_seconds",
+                                                 _settings.FLOW_DEFAULT_RETRY_DELAY_SECONDS.value()
+                                                 if retry_delay_seconds is None else retry_delay_seconds)
         self.task_runner = coerce_task_runner(task_runner)
-        if timeout_seconds is not None and (isinstance(timeout_seconds, bool)
-                                            or not isinstance(timeout_seconds, (int, float)) or timeout_seconds < 0):
-            raise ValueError(f"flow {name!r}: `timeout_seconds` must be a number >= 0; got {timeout_seconds!r}.")
-        self.timeout_seconds = timeout_seconds or None
+        self.timeout_seconds = (check_seconds(owner, "timeout_seconds", timeout_seconds) or None
+                                if timeout_seconds is not None else None)
         self.should_validate_parameters = validate_parameters
         self.persist_result = persist_result
         self.result_storage = result_storage

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from . import _settings
-from ._callables import Binder, HookList, validate_hooks
+from ._callables import Binder, HookList, check_seconds, validate_hooks
 from ._context import current_run
 from ._engine import generators, task_run
 from ._engine.common import drive_sync
@@ -123,10 +123,8 @@ class Task(Generic[P, R]):
         self.cache_result_in_memory = cache_result_in_memory
         self.caching = resolve_caching(self.name, fn, cache_policy, cache_key_fn, cache_expiration, persist_result,
                                        result_storage, result_serializer, result_storage_key, refresh_cache)
-        if timeout_seconds is not None and (isinstance(timeout_seconds, bool)
-                                            or not isinstance(timeout_seconds, (int, float)) or timeout_seconds < 0):
-            raise ValueError(f"task {self.name!r}: `timeout_seconds` must be a number >= 0; got {timeout_seconds!r}.")
-        self.timeout_seconds = timeout_seconds or None
+        self.timeout_seconds = (check_seconds(f"task {self.name!r}", "timeout_seconds", timeout_seconds) or None
+                                if timeout_seconds is not None else None)
         self.log_prints = log_prints
         self.refresh_cache = refresh_cache
         self.on_completion = HookList(validate_hooks(on_completion, "on_completion", "task"))

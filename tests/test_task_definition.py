@@ -87,7 +87,7 @@ def test_hooks_must_be_a_list_of_callables():
         ({"retries": -1}, ValueError, "`retries` must be an integer >= 0"),
         ({"retry_delay_seconds": "5"}, TypeError, "Invalid `retry_delay_seconds`"),
         ({"retry_delay_seconds": [1] * 51}, ValueError, "more than 50 retry delays"),
-        ({"retry_delay_seconds": -1}, ValueError, "must be >= 0"),
+        ({"retry_delay_seconds": -1}, ValueError, "`retry_delay_seconds` must be a number >= 0"),
         ({"retry_jitter_factor": -0.5}, ValueError, "`retry_jitter_factor` must be >= 0"),
         ({"retry_condition_fn": "yes"}, TypeError, "`retry_condition_fn` must be a callable"),
         ({"timeout_seconds": -1}, ValueError, "`timeout_seconds` must be a number >= 0"),

@@ -9,6 +9,8 @@ from typing import Any
 
 import attrs
 
+from .._callables import check_count, check_seconds
+
 MAX_DELAYS = 50
 
 
@@ -52,10 +54,7 @@ class RetryPolicy:
 def build_retry_policy(owner: str, retries: Any, retry_delay_seconds: Any, jitter: Any, condition_fn: Any,
                        default_retries: int, default_delay: Any) -> RetryPolicy:
     """Validate retry options at decoration time; every error names the option and the fix."""
-    if retries is None:
-        retries = default_retries
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"{owner}: `retries` must be an integer >= 0; got {retries!r}.")
+    retries = check_count(owner, "retries", default_retries if retries is None else retries)
     if retry_delay_seconds is None:
         retry_delay_seconds = default_delay
     if callable(retry_delay_seconds):
@@ -71,8 +70,7 @@ def build_retry_policy(owner: str, retries: Any, retry_delay_seconds: Any, jitte
     for delay in delays:
         if isinstance(delay, bool) or not isinstance(delay, (int, float)):
             raise TypeError(f"Invalid `retry_delay_seconds` provided for {owner}: {delay!r} is not a number.")
-        if delay < 0:
-            raise ValueError(f"{owner}: `retry_delay_seconds` must be >= 0; got {delay!r}.")
+        check_seconds(owner, "retry_delay_seconds", delay)
     if jitter is not None and (isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or jitter < 0):
         raise ValueError(f"{owner}: `retry_jitter_factor` must be >= 0; got {jitter!r}.")
     if condition_fn is not None and not callable(condition_fn):
