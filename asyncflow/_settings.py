@@ -1,24 +1,43 @@
 """Settings: every setting asyncflow reads is declared here once, with its type, default and help.
 
-Values come from environment variables (`ASYNCFLOW_*`) over the defaults. A bad value fails at the
-first read with the setting's name and what it accepts.
+A setting's value comes from, highest first:
+
+1. the environment variable of the same name (`ASYNCFLOW_LOGGING_LEVEL=DEBUG`);
+2. the profile file, `ASYNCFLOW_HOME/profile.env`, which `asyncflow config set` writes: one
+   `NAME=VALUE` per line, `#` starts a comment line, the value is everything after the first `=`
+   (surrounding whitespace removed, no quoting);
+3. the declared default.
+
+A bad value fails at its first read with the setting's name, where the value came from and what the
+setting accepts; the first read of any setting checks every setting, so a bad value fails at start
+(when the first task or flow is defined) rather than in the middle of a run. Reading is cheap: one
+environment lookup, and the profile file is re-read only when it changes (checked at most once a second).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
 import os
-from collections.abc import Callable
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+PROFILE_FILE_NAME = "profile.env"
+
 
 class SettingError(ValueError):
-    """A setting has a value that cannot be used."""
+    """A setting has a value that cannot be used, or a setting name is unknown."""
 
 
+# -- parsers: each takes the raw string and returns the value, or raises ValueError("expected ...") --
 def _parse_bool(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -28,13 +47,26 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError("expected one of true/false/1/0/yes/no/on/off")
 
 
-def _parse_nonneg_int(raw: str) -> int:
+def _parse_int(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise ValueError(f"expected an integer >= {minimum}")
+        return value
+
+    return parse
+
+
+def _parse_seconds(raw: str) -> float:
     try:
-        value = int(raw)
+        value = float(raw.strip())
     except ValueError:
-        value = -1
-    if value < 0:
-        raise ValueError("expected an integer >= 0")
+        value = -1.0
+    if not value >= 0 or math.isinf(value):
+        raise ValueError("expected a number of seconds >= 0")
     return value
 
 
@@ -45,15 +77,23 @@ def _parse_delays(raw: str) -> float | list[float]:
             values = json.loads(raw)
         except ValueError:
             values = None
-        if not isinstance(values, list) or not all(isinstance(v, (int, float)) and v >= 0 for v in values):
+        if not isinstance(values, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values):
             raise ValueError("expected a number >= 0 or a JSON list of numbers >= 0")
         return [float(v) for v in values]
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if value < 0:
+    if not value >= 0:
         raise ValueError("expected a number >= 0 or a JSON list of numbers >= 0")
+    return value
+
+
+def _parse_flow_delay(raw: str) -> float:
+    value = _parse_delays(raw)
+    if isinstance(value, list):
+        raise ValueError("expected a number >= 0 (flows take one delay, not a list)")
     return value
 
 
@@ -74,58 +114,423 @@ def _parse_choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def _parse_broker_url(raw: str) -> str:
+    url = raw.strip()
+    if not url.startswith(("sqlite:///", "redis://", "rediss://", "unix://")):
+        raise ValueError("expected sqlite:///path/to/file.db or redis://host:port/db")
+    return url
+
+
+def _parse_positive_seconds(raw: str) -> float:
+    value = _parse_seconds(raw)
+    if value <= 0:
+        raise ValueError("expected a number of seconds > 0")
+    return value
+
+
+def _parse_path(raw: str) -> Path:
+    raw = raw.strip()
+    if "\x00" in raw:
+        raise ValueError("expected a directory path")
+    return Path(raw).expanduser().absolute()
+
+
+# -- declarations ----------------------------------------------------------------------------------
 @attrs.frozen
 class Setting:
     name: str
     parse: Callable[[str], Any]
-    default: Any
+    default: Any  # a value, or a function of nothing that computes it (defaults that depend on HOME)
     help: str
+    accepts: str  # what a value may be, for `config view --show-defaults` and the docs
+    in_profile: bool = True  # False for ASYNCFLOW_HOME: the profile lives under it
 
     def value(self) -> Any:
+        """The current value: environment, else profile, else default. Raises SettingError."""
+        if not _checked:
+            check_all()
         raw = os.environ.get(self.name)
-        if raw is None or raw == "":
-            return self.default() if callable(self.default) else self.default
+        if raw:
+            return self._parse(raw, "environment")
+        if self.in_profile:
+            raw = _profile().values.get(self.name)
+            if raw:
+                return self._parse(raw, "profile")
+        return self.default_value()
+
+    def default_value(self) -> Any:
+        return self.default() if callable(self.default) else self.default
+
+    def source(self) -> str:
+        """Where the current value comes from: "environment", "profile" or "default"."""
+        if os.environ.get(self.name):
+            return "environment"
+        if self.in_profile and _profile().values.get(self.name):
+            return "profile"
+        return "default"
+
+    def _parse(self, raw: str, source: str) -> Any:
+        key = (self.name, raw)
+        value = _parsed.get(key, _MISSING)
+        if value is not _MISSING:
+            return list(value) if type(value) is list else value
         try:
-            return self.parse(raw)
+            value = self.parse(raw)
+            if len(_parsed) < 1000:
+                _parsed[key] = value
+            return list(value) if type(value) is list else value
         except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
-            raise SettingError(f"Setting {self.name}={raw!r} is invalid: {exc}.") from None
+            where = "" if source == "environment" else (
+                f" (from the profile {_profile().path}; change it with `asyncflow config set {self.name}=...` "
+                f"or remove it with `asyncflow config unset {self.name}`)")
+            raise SettingError(f"Setting {self.name}={raw!r} is invalid: {exc}.{where}") from None
 
 
 SETTINGS: dict[str, Setting] = {}
+_parsed: dict[tuple[str, str], Any] = {}  # (name, raw) -> value: a value is parsed once
+_MISSING = object()
 
 
-def _declare(name: str, parse: Callable[[str], Any], default: Any, help: str) -> Setting:
-    setting = Setting(name, parse, default, help)
+def _declare(name: str, parse: Callable[[str], Any], default: Any, help: str, accepts: str,
+             in_profile: bool = True) -> Setting:
+    if name in SETTINGS:
+        raise RuntimeError(f"setting {name} is declared twice")
+    setting = Setting(name, parse, default, help, accepts, in_profile)
     SETTINGS[name] = setting
     return setting
 
 
-HOME = _declare("ASYNCFLOW_HOME", lambda raw: Path(raw).expanduser(), lambda: Path.home() / ".asyncflow",
-                "Directory for asyncflow's store, results and profile.")
-LOGGING_LEVEL = _declare("ASYNCFLOW_LOGGING_LEVEL", _parse_level, "INFO",
-                         "Lowest level of asyncflow log lines written to the console.")
-LOGGING_FORMAT = _declare("ASYNCFLOW_LOGGING_FORMAT", _parse_choice("console", "json"), "console",
-                          "`console` for Prefect-style lines, `json` for one JSON object per line.")
-LOGGING_LOG_PRINTS = _declare("ASYNCFLOW_LOGGING_LOG_PRINTS", _parse_bool, False,
-                              "Default of `log_prints` for flows that do not set it.")
-TASK_DEFAULT_RETRIES = _declare("ASYNCFLOW_TASK_DEFAULT_RETRIES", _parse_nonneg_int, 0,
-                                "Retries of a task that does not set `retries`.")
+_default_home: tuple[str | None, Path] | None = None
+
+
+def _home_default() -> Path:
+    global _default_home
+    user_home = os.environ.get("HOME")
+    cached = _default_home
+    if cached is None or cached[0] != user_home:
+        cached = _default_home = (user_home, Path.home() / ".asyncflow")
+    return cached[1]
+
+
+HOME = _declare(
+    "ASYNCFLOW_HOME", _parse_path, _home_default,
+    "Directory for asyncflow's run store (asyncflow.db), results and profile file. Environment only: the "
+    "profile file lives in it.", "a directory path", in_profile=False)
+STORE = _declare(
+    "ASYNCFLOW_STORE", _parse_choice("sqlite", "memory"), "sqlite",
+    "Where runs, states and logs are recorded: `sqlite` (ASYNCFLOW_HOME/asyncflow.db, shared by every "
+    "process with the same home) or `memory` (this process only, nothing on disk).", "sqlite or memory")
+STORE_QUEUE_SIZE = _declare(
+    "ASYNCFLOW_STORE_QUEUE_SIZE", _parse_int(1), 100_000,
+    "Records (runs, states, log lines) that may wait for the SQLite writer. When it is full, recording "
+    "waits up to 0.5 s for room, then drops records and warns with the count.", "an integer >= 1")
+STORE_FLUSH_TIMEOUT_SECONDS = _declare(
+    "ASYNCFLOW_STORE_FLUSH_TIMEOUT_SECONDS", _parse_seconds, 10.0,
+    "How long a flush (the end of an outermost flow run, process exit) waits for the database, e.g. while "
+    "other processes hold it, before it gives up with a warning (what is not written stays queued).",
+    "a number of seconds >= 0")
+LOCAL_STORAGE_PATH = _declare(
+    "ASYNCFLOW_LOCAL_STORAGE_PATH", _parse_path, lambda: HOME.value() / "storage",
+    "Directory for persisted results and cache records, shared by every process on the machine. "
+    "Default: ASYNCFLOW_HOME/storage.", "a directory path")
+LOGGING_LEVEL = _declare(
+    "ASYNCFLOW_LOGGING_LEVEL", _parse_level, "INFO",
+    "Lowest level of asyncflow log lines written to the console and recorded in the store.",
+    "DEBUG, INFO, WARNING, ERROR or CRITICAL")
+LOGGING_FORMAT = _declare(
+    "ASYNCFLOW_LOGGING_FORMAT", _parse_choice("console", "json"), "console",
+    "`console` for Prefect-style lines, `json` for one JSON object per line.", "console or json")
+LOGGING_LOG_PRINTS = _declare(
+    "ASYNCFLOW_LOGGING_LOG_PRINTS", _parse_bool, False,
+    "Default of `log_prints` for flows that do not set it.", "true or false (also 1/0, yes/no, on/off)")
+TASK_DEFAULT_RETRIES = _declare(
+    "ASYNCFLOW_TASK_DEFAULT_RETRIES", _parse_int(0), 0,
+    "Retries of a task that does not set `retries`.", "an integer >= 0")
 TASK_DEFAULT_RETRY_DELAY_SECONDS = _declare(
     "ASYNCFLOW_TASK_DEFAULT_RETRY_DELAY_SECONDS", _parse_delays, 0.0,
-    "Retry delay (a number or a JSON list) of a task that does not set `retry_delay_seconds`.")
-FLOW_DEFAULT_RETRIES = _declare("ASYNCFLOW_FLOW_DEFAULT_RETRIES", _parse_nonneg_int, 0,
-                                "Retries of a flow that does not set `retries`.")
+    "Retry delay of a task that does not set `retry_delay_seconds`.",
+    "a number >= 0 or a JSON list of numbers >= 0, such as [1, 10, 100]")
+FLOW_DEFAULT_RETRIES = _declare(
+    "ASYNCFLOW_FLOW_DEFAULT_RETRIES", _parse_int(0), 0,
+    "Retries of a flow that does not set `retries`.", "an integer >= 0")
 FLOW_DEFAULT_RETRY_DELAY_SECONDS = _declare(
-    "ASYNCFLOW_FLOW_DEFAULT_RETRY_DELAY_SECONDS", lambda raw: float(_parse_delays(raw)), 0.0,  # type: ignore[arg-type]
-    "Retry delay in seconds of a flow that does not set `retry_delay_seconds`.")
-THREAD_LIMIT = _declare("ASYNCFLOW_TASK_RUNNER_THREAD_LIMIT", _parse_nonneg_int, 64,
-                        "How many sync task runs the default runner executes in threads at once.")
-LOCAL_STORAGE_PATH = _declare(
-    "ASYNCFLOW_LOCAL_STORAGE_PATH", lambda raw: Path(raw).expanduser(), lambda: HOME.value() / "storage",
-    "Directory for persisted results and cache records (default: ASYNCFLOW_HOME/storage).")
+    "ASYNCFLOW_FLOW_DEFAULT_RETRY_DELAY_SECONDS", _parse_flow_delay, 0.0,
+    "Retry delay in seconds of a flow that does not set `retry_delay_seconds`.", "a number >= 0")
+THREAD_LIMIT = _declare(
+    "ASYNCFLOW_TASK_RUNNER_THREAD_LIMIT", _parse_int(0), 64,
+    "How many sync task runs the default runner executes in threads at once, per flow run.",
+    "an integer >= 0")
 RESULTS_PERSIST_BY_DEFAULT = _declare(
     "ASYNCFLOW_RESULTS_PERSIST_BY_DEFAULT", _parse_bool, False,
-    "Persist every task's result (and cache with the DEFAULT policy) unless a task says otherwise.")
+    "Persist every task's result (and cache with the DEFAULT policy) unless a task says otherwise.",
+    "true or false")
 TASKS_REFRESH_CACHE = _declare(
     "ASYNCFLOW_TASKS_REFRESH_CACHE", _parse_bool, False,
-    "Recompute and overwrite cached results for every task that does not set `refresh_cache`.")
+    "Recompute and overwrite cached results for every task that does not set `refresh_cache`.",
+    "true or false")
+
+TASK_WORKER_LEASE_SECONDS = _declare(
+    "ASYNCFLOW_TASK_WORKER_LEASE_SECONDS", _parse_positive_seconds, 30.0,
+    "How long a task worker holds a background run without renewing its lease; a run whose worker died "
+    "is delivered again after this.", "a number of seconds > 0")
+BROKER_URL = _declare(
+    "ASYNCFLOW_BROKER_URL", _parse_broker_url, None,
+    "Queue of background runs (`task.delay`): unset for the SQLite store under ASYNCFLOW_HOME (one "
+    "machine), `sqlite:///path` for another SQLite file, `redis://host:port/db` for many machines.",
+    "sqlite:///path/to/file.db or redis://host:port/db")
+
+
+def _similar(name: str, n: int) -> list[str]:
+    """Declared names close to `name` (compared without the common ASYNCFLOW_ prefix)."""
+    bare = {setting[len("ASYNCFLOW_"):]: setting for setting in SETTINGS}
+    wanted = name.strip().upper().removeprefix("ASYNCFLOW_")
+    return [bare[match] for match in difflib.get_close_matches(wanted, list(bare), n=n, cutoff=0.7)]
+
+
+def lookup(name: str) -> Setting:
+    """The declared setting called `name` (case-insensitive); the error suggests the closest names."""
+    setting = SETTINGS.get(name.strip().upper())
+    if setting is not None:
+        return setting
+    close = _similar(name, 3)
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    raise SettingError(f"Unknown setting {name!r}.{hint} `asyncflow config view --show-defaults` lists "
+                       f"every setting.")
+
+
+# -- the profile file ------------------------------------------------------------------------------
+@attrs.frozen
+class _Profile:
+    key: tuple[str | None, str | None]  # (ASYNCFLOW_HOME, HOME) from the environment: what the path depends on
+    path: Path
+    stamp: tuple[int, int] | None  # (mtime_ns, size) of the file read, None if it does not exist
+    values: Mapping[str, str]
+    checked: float  # time.monotonic() of the last look at the file
+
+
+_profile_cache: _Profile | None = None
+_profile_lock = threading.Lock()
+_PROFILE_RECHECK_SECONDS = 1.0
+
+
+def profile_path() -> Path:
+    return HOME.value() / PROFILE_FILE_NAME
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+def _profile() -> _Profile:
+    global _profile_cache
+    environ = os.environ
+    key = (environ.get("ASYNCFLOW_HOME"), environ.get("HOME"))
+    cached = _profile_cache
+    now = time.monotonic()
+    if cached is not None and cached.key == key and now - cached.checked < _PROFILE_RECHECK_SECONDS:
+        return cached
+    path = profile_path()
+    stamp = _stamp(path)
+    if cached is not None and cached.path == path and cached.stamp == stamp:
+        profile = attrs.evolve(cached, key=key, checked=now)
+    else:
+        profile = _Profile(key, path, stamp, _read_profile(path) if stamp is not None else {}, now)
+    _profile_cache = profile
+    return profile
+
+
+def _profile_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingError(f"Cannot read the profile file {path}: {exc}. Fix or delete the file.") from None
+
+
+def _parse_line(path: Path, number: int, line: str) -> tuple[str, str] | None:
+    stripped = line.strip()
+    if not stripped or stripped.startswith("#"):
+        return None
+    name, sep, raw = stripped.partition("=")
+    if not sep or not name.strip():
+        raise SettingError(f"{path} line {number}: expected NAME=VALUE, got {line!r}. Fix the line or delete it.")
+    return name.strip().upper(), raw.strip()
+
+
+def _parse_line_or_none(path: Path, number: int, line: str) -> tuple[str, str] | None:
+    try:
+        return _parse_line(path, number, line)
+    except SettingError:
+        return None
+
+
+def _read_profile(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for number, line in enumerate(_profile_lines(path), 1):
+        entry = _parse_line(path, number, line)
+        if entry is None:
+            continue
+        name, raw = entry
+        setting = SETTINGS.get(name)
+        if setting is None:
+            close = _similar(name, 1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            warnings.warn(f"{path} line {number}: unknown setting {name}{hint} is ignored; remove it with "
+                          f"`asyncflow config unset {name}`.", stacklevel=2)
+            continue
+        if not setting.in_profile:
+            raise SettingError(f"{path} line {number}: {name} cannot be set in the profile, which lives under it; "
+                               f"set the environment variable instead, and remove the line.")
+        values[name] = raw
+    return values
+
+
+def reload() -> None:
+    """Forget what was read from the profile file and re-check every setting at the next read."""
+    global _profile_cache, _checked
+    with _profile_lock:
+        _profile_cache = None
+        _checked = False
+
+
+def profile_values() -> dict[str, str]:
+    """The raw values the profile file sets (what `config view` shows as "profile")."""
+    return dict(_profile().values)
+
+
+def update_profile(set_values: Mapping[str, str] | None = None, unset: Iterable[str] = ()) -> Path:
+    """Write settings into the profile file (or remove them), keeping its other lines and comments.
+
+    Every name must be a declared setting that the profile can hold, and every value must parse:
+    nothing is written otherwise. Returns the profile's path."""
+    parsed: dict[str, str] = {}
+    for name, raw in (set_values or {}).items():
+        setting = lookup(name)
+        if not setting.in_profile:
+            raise SettingError(f"{setting.name} cannot be set in the profile, which lives under it; set the "
+                               f"environment variable instead (export {setting.name}=...).")
+        try:
+            setting.parse(raw)
+        except (ValueError, TypeError) as exc:
+            raise SettingError(f"Setting {setting.name}={raw!r} is invalid: {exc}. It accepts "
+                               f"{setting.accepts}.") from None
+        parsed[setting.name] = raw.strip()
+    path = profile_path()
+    in_file = {entry[0] for number, line in enumerate(_profile_lines(path), 1)
+               if (entry := _parse_line_or_none(path, number, line)) is not None}
+    removing = set()
+    for name in unset:
+        upper = name.strip().upper()
+        if upper not in SETTINGS and upper not in in_file:
+            lookup(name)  # neither declared nor in the file: raises with suggestions
+        removing.add(upper)
+    with _profile_lock:
+        lines = _profile_lines(path)
+        out: list[str] = []
+        for number, line in enumerate(lines, 1):
+            entry = _parse_line_or_none(path, number, line)
+            if entry is None:  # comments, blank lines, and malformed lines (kept for the user to fix)
+                out.append(line)
+            elif entry[0] in removing:
+                continue
+            elif entry[0] in parsed:
+                out.append(f"{entry[0]}={parsed.pop(entry[0])}")
+            else:
+                out.append(line)
+        if not lines:
+            out.append("# asyncflow profile: NAME=VALUE per line; environment variables override these.")
+        out.extend(f"{name}={raw}" for name, raw in parsed.items())
+        _atomic_write(path, "\n".join(out) + "\n")
+    reload()
+    return path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".profile-")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise SettingError(f"Cannot write the profile file {path}: {exc}. Set ASYNCFLOW_HOME to a writable "
+                           f"directory.") from None
+
+
+# -- the settings object ---------------------------------------------------------------------------
+@attrs.frozen
+class Settings:
+    """Every setting's current value and where it came from ("environment", "profile", "default")."""
+
+    values: Mapping[str, Any]
+    sources: Mapping[str, str]
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[lookup(name).name]
+
+
+_checked = False
+
+
+def check_all() -> None:
+    """Parse every setting; raise one SettingError that names each bad one."""
+    global _checked
+    get_settings()
+    _checked = True
+
+
+def get_settings() -> Settings:
+    """Resolve every setting now (environment < profile < default). Raises SettingError naming each
+    setting whose value is bad, where it came from and what it accepts."""
+    global _checked
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    errors: list[str] = []
+    was_checked, _checked = _checked, True  # the reads below must not recurse into check_all
+    try:
+        for name, setting in SETTINGS.items():
+            try:
+                values[name] = setting.value()
+                sources[name] = setting.source()
+            except SettingError as exc:
+                errors.append(str(exc))
+    finally:
+        _checked = was_checked
+    if errors:
+        raise SettingError(errors[0] if len(errors) == 1 else "Some settings are invalid:\n- " + "\n- ".join(errors))
+    return Settings(values, sources)
+
+
+def describe(name: str) -> dict[str, Any]:
+    """One setting for `config view`: value (or the error), source, default, accepts, help."""
+    setting = lookup(name)
+    entry: dict[str, Any] = {"name": setting.name, "accepts": setting.accepts, "help": setting.help}
+    try:
+        entry["default"] = _show(setting.default_value())
+    except SettingError as exc:  # a default computed from a bad setting (LOCAL_STORAGE_PATH from HOME)
+        entry["default"] = f"<{exc}>"
+    try:
+        entry["source"] = setting.source()
+        raw = os.environ.get(setting.name) if entry["source"] == "environment" else (
+            _profile().values.get(setting.name) if entry["source"] == "profile" else None)
+        entry["raw"] = raw
+        global _checked
+        was_checked, _checked = _checked, True
+        try:
+            entry["value"] = _show(setting.value())
+        finally:
+            _checked = was_checked
+        entry["error"] = None
+    except SettingError as exc:
+        entry["value"] = None
+        entry["error"] = str(exc)
+    return entry
+
+
+def _show(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
