@@ -174,6 +174,19 @@ class Task(Generic[P, R]):
             return future.state  # type: ignore[return-value]
         return future
 
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Hand a run to a task worker and return its future at once (see asyncflow.task_worker)."""
+        from ._workers.future import delay
+
+        return delay(self, args, kwargs)
+
+    def apply_async(self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None,
+                    wait_for: Any = None) -> Any:
+        """`.delay()` with explicit arguments and upstream futures to wait for."""
+        from ._workers.future import delay
+
+        return delay(self, tuple(args or ()), dict(kwargs or {}), wait_for)
+
     def map(self, *args: Any, **kwargs: Any) -> TaskRunFutureList:
         """Submit one run per item of the iterable arguments; other arguments are broadcast."""
         from ._engine.mapping import map_task

@@ -50,7 +50,8 @@ class TaskCall:
     __slots__ = ("task", "run", "parameters", "wait_for", "parent", "details", "future", "submitted",
                  "label", "ids", "ticket", "guard")
 
-    def __init__(self, task: Any, parameters: dict[str, Any], wait_for: Any, submitted: bool) -> None:
+    def __init__(self, task: Any, parameters: dict[str, Any], wait_for: Any, submitted: bool,
+                 run_id: Any = None) -> None:
         parent = current_run.get()
         flow_ctx = parent.flow_context if parent is not None else None
         context_tags = current_tags.get()
@@ -64,7 +65,7 @@ class TaskCall:
         key = task.task_key
         n = counters.get(key, 0)
         counters[key] = n + 1
-        run_id = new_id()
+        run_id = run_id or new_id()  # a background run arrives with the id its future knows
         self.details = StateDetails(flow_run_id=flow_run_id, task_run_id=run_id)
         self.run = TaskRun(
             id=run_id, name=f"{task.name}-{n}", task_name=task.name, task_key=key, flow_run_id=flow_run_id,

@@ -1,0 +1,1 @@
+"""Background tasks: `.delay()`, brokers, task workers."""

@@ -1,0 +1,197 @@
+"""Background tasks (SPEC §8): `.delay()` in one process, task workers in others, with the SQLite
+broker; at-least-once delivery with leases. Real subprocesses throughout."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import anyio
+import pytest
+
+TASKS = """
+import os, time
+from asyncflow import task
+
+@task
+def send_email(to: str, subject: str) -> str:
+    return f"sent {subject!r} to {to}"
+
+@task
+def slow(marker: str, seconds: float) -> str:
+    with open(marker, "a") as fh:
+        fh.write(f"{os.getpid()}\\n")
+    time.sleep(seconds)
+    return "slept"
+
+@task(retries=2)
+def flaky(marker: str) -> int:
+    with open(marker, "a") as fh:
+        fh.write("attempt\\n")
+    with open(marker) as fh:
+        attempts = fh.read().count("attempt")
+    if attempts < 3:
+        raise ValueError("not yet")
+    return attempts
+
+@task
+def boom() -> None:
+    raise KeyError("missing")
+"""
+
+
+@pytest.fixture()
+def app(tmp_path, monkeypatch):
+    """A module of tasks on disk (importable by the test and by worker processes), one home."""
+    (tmp_path / "bg_app.py").write_text(TASKS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("ASYNCFLOW_TASK_WORKER_LEASE_SECONDS", "1")
+    sys.modules.pop("bg_app", None)
+    import bg_app
+
+    yield bg_app
+    sys.modules.pop("bg_app", None)
+
+
+def worker(tmp_path, *tasks: str, limit: int = 10) -> subprocess.Popen:
+    """A worker process; its output goes to a file (a pipe nobody reads would fill up and block it)."""
+    env = {**os.environ, "ASYNCFLOW_HOME": os.environ["ASYNCFLOW_HOME"], "ASYNCFLOW_TASK_WORKER_LEASE_SECONDS": "1"}
+    log = open(tmp_path / f"worker-{time.monotonic_ns()}.log", "w+")  # noqa: SIM115 - closed in stop()
+    proc = subprocess.Popen([sys.executable, "-m", "asyncflow.task_worker", *[f"bg_app:{t}" for t in tasks],
+                             "--limit", str(limit)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> tuple[str, str]:
+    """SIGTERM the worker (if still running); returns (its output, its output)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    proc.log.seek(0)  # type: ignore[attr-defined]
+    output = proc.log.read()  # type: ignore[attr-defined]
+    proc.log.close()  # type: ignore[attr-defined]
+    return output, output
+
+
+def test_delay_returns_at_once_with_a_scheduled_run(app, store):
+    future = app.send_email.delay("ada@example.org", "Welcome!")
+    assert future.state.name == "Scheduled"
+    assert [s.name for s in store.read_states(future.task_run_id)] == ["Scheduled"]
+
+
+def test_a_run_delayed_here_is_run_by_a_worker_process(app, tmp_path):
+    future = app.send_email.delay("ada@example.org", "Welcome!")
+    proc = worker(tmp_path, "send_email")
+    try:
+        assert future.result(timeout=30) == "sent 'Welcome!' to ada@example.org"
+        assert future.state.name == "Completed"
+    finally:
+        stop(proc)
+
+
+def test_a_future_rebuilt_from_its_id_in_another_process_resolves(app, tmp_path):
+    future = app.send_email.delay("bob@example.org", "Hi")
+    proc = worker(tmp_path, "send_email")
+    try:
+        script = textwrap.dedent(f"""
+            from asyncflow.task_worker import DelayedFuture
+            print(DelayedFuture({str(future.task_run_id)!r}).result(timeout=30))
+        """)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert out.stdout.strip() == "sent 'Hi' to bob@example.org", out.stderr
+    finally:
+        stop(proc)
+
+
+def test_a_thousand_runs_spread_over_two_workers_all_complete(app, tmp_path):
+    futures = [app.send_email.delay(f"user{i}@example.org", "News") for i in range(1000)]
+    procs = [worker(tmp_path, "send_email", limit=20) for _ in range(2)]
+    try:
+        results = [f.result(timeout=120) for f in futures]
+    finally:
+        logs = [stop(p)[1] for p in procs]
+    assert results == [f"sent 'News' to user{i}@example.org" for i in range(1000)]
+    assert all("stopped after" in log for log in logs)
+
+
+def test_a_worker_killed_mid_run_has_its_run_delivered_again(app, tmp_path):
+    marker = tmp_path / "started.txt"
+    future = app.slow.delay(str(marker), 1.5)
+    first = worker(tmp_path, "slow")
+    deadline = time.monotonic() + 30
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert marker.exists()
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    second = worker(tmp_path, "slow")
+    try:
+        assert future.result(timeout=60) == "slept"
+    finally:
+        stop(second)
+    assert len(marker.read_text().split()) == 2  # delivered twice, recorded Completed once
+    assert future.state.name == "Completed"
+
+
+def test_sigterm_lets_the_running_run_finish_and_exits(app, tmp_path):
+    marker = tmp_path / "started.txt"
+    future = app.slow.delay(str(marker), 0.5)
+    proc = worker(tmp_path, "slow")
+    deadline = time.monotonic() + 30
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    out, err = stop(proc)
+    assert proc.returncode == 0, err
+    assert "stopping gracefully" in err
+    assert future.result(timeout=5) == "slept"
+
+
+def test_workers_honour_retries_and_report_failures(app, tmp_path):
+    retried = app.flaky.delay(str(tmp_path / "attempts.txt"))
+    failed = app.boom.delay()
+    proc = worker(tmp_path, "flaky", "boom")
+    try:
+        assert retried.result(timeout=30) == 3
+        with pytest.raises(KeyError, match="missing"):
+            failed.result(timeout=30)
+        assert failed.state.name == "Failed"
+    finally:
+        stop(proc)
+
+
+def test_a_worker_only_runs_the_tasks_it_serves(app, tmp_path):
+    other = app.boom.delay()
+    proc = worker(tmp_path, "send_email")
+    try:
+        app.send_email.delay("x", "y").result(timeout=30)
+        assert other.state.name == "Scheduled"
+    finally:
+        stop(proc)
+
+
+@pytest.mark.anyio
+async def test_an_async_worker_inside_an_app_and_awaited_futures(app):
+    from asyncflow.task_worker import TaskWorker
+
+    worker_in_app = TaskWorker(app.send_email, limit=5)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker_in_app.start)
+        futures = [await anyio.to_thread.run_sync(app.send_email.delay, f"u{i}", "s") for i in range(5)]
+        with anyio.fail_after(30):
+            results = [await f for f in futures]
+        worker_in_app.stop()
+    assert results == [f"sent 's' to u{i}" for i in range(5)]
+
+
+def test_bad_worker_arguments_are_clear_errors(app):
+    from asyncflow.task_worker import TaskWorker
+
+    with pytest.raises(ValueError, match="at least one task"):
+        TaskWorker()
+    with pytest.raises(TypeError, match="Decorate it with @task"):
+        TaskWorker(print)
+    with pytest.raises(ValueError, match="limit must be a positive integer"):
+        TaskWorker(app.send_email, limit=0)
