@@ -534,21 +534,3 @@ def describe(name: str) -> dict[str, Any]:
 
 def _show(value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
-
-
-def _positive_seconds(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise ValueError("expected a number of seconds > 0")
-    return value
-
-
-TASK_WORKER_LEASE_SECONDS = _declare(
-    "ASYNCFLOW_TASK_WORKER_LEASE_SECONDS", _positive_seconds, 30.0,
-    "How long a task worker holds a run before another worker may take it (renewed while it runs).")
-BROKER_URL = _declare(
-    "ASYNCFLOW_BROKER_URL", lambda raw: raw.strip(), None,
-    "Where background runs are queued: sqlite:///path (default: the store's database) or redis://host:port/db.")
