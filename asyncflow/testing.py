@@ -1,4 +1,4 @@
-"""Helpers for testing code that uses asyncflow: an isolated store, a fake clock, state histories.
+"""Helpers for testing code that uses asyncflow: an isolated store or home, a fake clock, state histories.
 
     from asyncflow.testing import isolated_store, state_names
 
@@ -6,6 +6,9 @@
         with isolated_store() as store:
             state = my_flow(return_state=True)
             assert state_names(store, state.state_details.flow_run_id) == ["Pending", "Running", "Completed"]
+
+`isolated_home()` goes further: a temporary ASYNCFLOW_HOME with its own SQLite store, for tests that
+need what users get (the database file, the CLI, other processes).
 """
 
 from __future__ import annotations
@@ -20,19 +23,52 @@ from typing import Any
 
 import anyio
 
+from . import _settings
 from ._clock import Clock, set_clock
 from ._store import MemoryStore, RunStore, set_store
 
 
 @contextlib.contextmanager
 def isolated_store(store: RunStore | None = None) -> Iterator[Any]:
-    """Record runs in a fresh in-memory store for the duration of the block."""
+    """Record runs in a fresh in-memory store (or in `store`) for the duration of the block."""
     store = store if store is not None else MemoryStore()
     previous = set_store(store)
     try:
         yield store
     finally:
         set_store(previous)
+
+
+@contextlib.contextmanager
+def isolated_home(path: str | os.PathLike[str] | None = None) -> Iterator[Any]:
+    """Run the block with ASYNCFLOW_HOME set to `path` (default: a new temporary directory, removed
+    afterwards) and a SQLite store at `ASYNCFLOW_HOME/asyncflow.db`; yields the store. Subprocesses
+    started in the block inherit the home, so they share the store."""
+    import tempfile
+
+    from ._store.sqlite import DB_FILE_NAME, SQLiteStore
+
+    temporary = tempfile.TemporaryDirectory(prefix="asyncflow-home-") if path is None else None
+    home = temporary.name if temporary is not None else os.fspath(path)
+    saved = os.environ.get("ASYNCFLOW_HOME")
+    os.environ["ASYNCFLOW_HOME"] = home
+    _settings.reload()
+    try:
+        store = SQLiteStore(os.path.join(home, DB_FILE_NAME))
+        previous = set_store(store)
+        try:
+            yield store
+        finally:
+            set_store(previous)
+            store.close()
+    finally:
+        if saved is None:
+            os.environ.pop("ASYNCFLOW_HOME", None)
+        else:
+            os.environ["ASYNCFLOW_HOME"] = saved
+        _settings.reload()
+        if temporary is not None:
+            temporary.cleanup()
 
 
 def state_names(store: Any, run_id: Any) -> list[str]:
@@ -121,6 +157,7 @@ def temporary_settings(**values: Any) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = str(value)
+        _settings.reload()
         reset_logging()
         yield
     finally:
@@ -129,7 +166,9 @@ def temporary_settings(**values: Any) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        _settings.reload()
         reset_logging()
 
 
-__all__ = ["FakeClock", "VirtualTimeLoop", "fake_clock", "isolated_store", "state_names", "temporary_settings"]
+__all__ = ["FakeClock", "VirtualTimeLoop", "fake_clock", "isolated_home", "isolated_store", "state_names",
+           "temporary_settings"]

@@ -20,8 +20,8 @@ PUBLIC = {
     "asyncflow.futures": {"DoneAndNotDoneFutures", "TaskRunFuture", "TaskRunFutureList", "as_completed", "wait"},
     "asyncflow.task_runners": {"ConcurrentTaskRunner", "SequentialTaskRunner", "TaskRunner", "ThreadPoolTaskRunner"},
     "asyncflow.utilities.annotations": {"BaseAnnotation", "allow_failure", "opaque", "quote", "unmapped"},
-    "asyncflow.testing": {"FakeClock", "VirtualTimeLoop", "fake_clock", "isolated_store", "state_names",
-                          "temporary_settings"},
+    "asyncflow.testing": {"FakeClock", "VirtualTimeLoop", "fake_clock", "isolated_home", "isolated_store",
+                          "state_names", "temporary_settings"},
 }
 
 

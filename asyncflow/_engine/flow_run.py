@@ -22,7 +22,7 @@ from .._logging import flush as flush_logs
 from .._names import generate_flow_run_name
 from .._runs import FlowRun
 from .._states import State, StateDetails, StateType
-from .._store import get_store
+from .._store import flush_root_flow_run, get_store
 from .children import ChildTracker
 from .common import exception_message, log_final_state, run_hooks
 from .open_runs import OPEN
@@ -115,6 +115,7 @@ async def run_flow(call: FlowCall, sync: bool) -> State[Any]:
         OPEN.pop(run.id, None)
         if parent is None:
             flush_logs()  # a root run's lines are all out when the caller gets its result
+            await flush_root_flow_run(sync)  # and everything it recorded is in the store
 
 
 async def _wait_for_upstream(call: FlowCall, sync: bool) -> None:

@@ -1,30 +1,81 @@
 """The run store: every run and every state it enters is recorded here.
 
-The engine only talks to the `RunStore` interface. This issue ships the in-memory store; the
-SQLite store (the default once it lands) implements the same methods.
+The engine only talks to the `RunStore` interface. The process's store is chosen by the settings:
+`ASYNCFLOW_STORE=sqlite` (the default) records into `ASYNCFLOW_HOME/asyncflow.db`, shared by every
+process with that home; `ASYNCFLOW_STORE=memory` keeps runs in this process's memory.
 """
 
 from __future__ import annotations
 
-from .base import LogRecord, RunStore, StateRecord
+import threading
+from typing import Any
+
+from .base import LogRecord, ObjectNotFound, RunStore, StateRecord, StoreError, StoreNotFoundError
 from .memory import MemoryStore
 
 _store: RunStore | None = None
-DEFAULT_MAX_RUNS = 10_000  # the process-wide default store keeps the newest runs only
+_lock = threading.Lock()
+DEFAULT_MAX_RUNS = 10_000  # the process-wide memory store keeps the newest runs only
 
 
 def get_store() -> RunStore:
+    store = _store
+    if store is None:
+        store = _create_default()
+    return store
+
+
+def _create_default() -> RunStore:
     global _store
-    if _store is None:
-        _store = MemoryStore(max_runs=DEFAULT_MAX_RUNS)
-    return _store
+    with _lock:
+        if _store is None:
+            _store = default_store()
+        return _store
+
+
+def default_store(create: bool = True) -> RunStore:
+    """A new store as the settings say: SQLite at ASYNCFLOW_HOME/asyncflow.db, or in memory."""
+    from .. import _settings
+
+    if _settings.STORE.value() == "memory":
+        return MemoryStore(max_runs=DEFAULT_MAX_RUNS)
+    from .sqlite import DB_FILE_NAME, SQLiteStore
+
+    return SQLiteStore(_settings.HOME.value() / DB_FILE_NAME, create=create,
+                       queue_size=_settings.STORE_QUEUE_SIZE.value(),
+                       flush_timeout=_settings.STORE_FLUSH_TIMEOUT_SECONDS.value())
 
 
 def set_store(store: RunStore | None) -> RunStore | None:
     """Install `store` as the process's store; returns the previous one."""
     global _store
-    previous, _store = _store, store
+    with _lock:
+        previous, _store = _store, store
     return previous
 
 
-__all__ = ["LogRecord", "MemoryStore", "RunStore", "StateRecord", "get_store", "set_store"]
+async def flush_root_flow_run(sync: bool) -> None:
+    """At the end of an outermost flow run: everything it recorded is written before its caller goes
+    on. Async callers wait in a worker thread (shielded from cancellation), so the loop never blocks
+    on the database."""
+    store = _store
+    if store is None or not store.pending():
+        return
+    if sync:
+        store.flush()
+        return
+    import anyio
+    import anyio.to_thread
+
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(store.flush)
+
+
+def flush() -> Any:
+    """Write everything recorded so far (the process's store, if one exists)."""
+    store = _store
+    return store.flush() if store is not None else True
+
+
+__all__ = ["LogRecord", "MemoryStore", "ObjectNotFound", "RunStore", "StateRecord", "StoreError",
+           "StoreNotFoundError", "default_store", "flush", "flush_root_flow_run", "get_store", "set_store"]

@@ -1,14 +1,31 @@
-"""The store interface."""
+"""The store interface, and what every store shares: records, errors, filters."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import attrs
 
 from .._runs import FlowRun, TaskRun
 from .._states import State, StateType
+
+
+class ObjectNotFound(KeyError):
+    """No run with this id in the store (a `KeyError`, like Prefect's `ObjectNotFound`)."""
+
+    def __str__(self) -> str:  # KeyError's str() is the repr of its argument: show the message itself
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or used (it does not exist, it is newer than this asyncflow...)."""
+
+
+class StoreNotFoundError(StoreError):
+    """There is no store at this path yet (nothing has run with this ASYNCFLOW_HOME)."""
 
 
 @attrs.frozen(slots=True)
@@ -27,14 +44,21 @@ class StateRecord:
 
 @attrs.frozen(slots=True)
 class LogRecord:
+    """One log line of a run, as recorded."""
+
     flow_run_id: str | None
     task_run_id: str | None
     level: str
     message: str
     ts: float
 
+    @property
+    def timestamp(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.ts, tz=dt.timezone.utc)
+
 
 class RunStore(Protocol):
+    # recording (the hot path: cheap, never blocks for long, never raises)
     def record_flow_run(self, run: FlowRun) -> None: ...
 
     def record_task_run(self, run: TaskRun) -> None: ...
@@ -44,14 +68,69 @@ class RunStore(Protocol):
     def record_log(self, *, flow_run_id: str | None, task_run_id: str | None, level: str, message: str,
                    ts: float) -> None: ...
 
+    # durability
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything recorded so far is stored; False if `timeout` ran out first."""
+        ...
+
+    def pending(self) -> bool:
+        """True while some records are not stored yet (a cheap check)."""
+        ...
+
+    def close(self) -> None: ...
+
+    # reading (sees everything this process recorded: reads flush first)
     def read_flow_run(self, run_id: uuid.UUID) -> FlowRun: ...
 
     def read_task_run(self, run_id: uuid.UUID) -> TaskRun: ...
 
-    def read_flow_runs(self, *, flow_name: str | None = None, limit: int | None = None) -> list[FlowRun]: ...
+    def read_flow_runs(self, *, flow_name: str | None = None, state: str | Iterable[str] | None = None,
+                       limit: int | None = None) -> list[FlowRun]: ...
 
-    def read_task_runs(self, *, flow_run_id: uuid.UUID | None = None) -> list[TaskRun]: ...
+    def read_task_runs(self, *, flow_run_id: uuid.UUID | None = None, limit: int | None = None) -> list[TaskRun]: ...
 
     def read_states(self, run_id: uuid.UUID) -> list[State[Any]]: ...
 
     def read_logs(self, *, flow_run_id: str | None = None, task_run_id: str | None = None) -> list[LogRecord]: ...
+
+
+# -- argument checks shared by the stores and the client ------------------------------------------
+def as_uuid(value: Any, what: str = "run id") -> uuid.UUID:
+    """`value` as a UUID; a clear error names the argument and what it accepts."""
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value.strip())
+        except ValueError:
+            pass
+        raise ValueError(f"{what} {value!r} is not a valid id: expected a UUID such as "
+                         f"'0b8e2f4c-5d1a-4c3e-9f7a-2b6d8e1c4a90'.")
+    raise TypeError(f"{what} must be a UUID or a string; got {type(value).__name__}.")
+
+
+def state_filter(state: str | StateType | Iterable[str | StateType] | None) -> frozenset[str] | None:
+    """Normalise a `state=` filter: names or types, matched without regard to case."""
+    if state is None:
+        return None
+    values = [state] if isinstance(state, (str, StateType)) else state
+    try:
+        wanted = frozenset((v.value if isinstance(v, StateType) else v).strip().lower() for v in values)
+    except (TypeError, AttributeError):
+        raise TypeError(f"state must be a state name or type (such as 'Completed', 'Failed', 'CRASHED') or a "
+                        f"list of them; got {state!r}.") from None
+    if not wanted:
+        raise ValueError("state filter is an empty list: give at least one state name or type.")
+    return wanted
+
+
+def state_matches(wanted: frozenset[str] | None, state: State[Any]) -> bool:
+    return wanted is None or state.name.lower() in wanted or state.type.value.lower() in wanted
+
+
+def check_limit(limit: Any) -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"limit must be an integer >= 0 or None; got {limit!r}.")
+    return limit

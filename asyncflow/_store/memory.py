@@ -14,7 +14,7 @@ from typing import Any
 
 from .._runs import FlowRun, TaskRun
 from .._states import State
-from .base import LogRecord, StateRecord
+from .base import LogRecord, ObjectNotFound, StateRecord, as_uuid, check_limit, state_filter, state_matches
 
 _FLOW, _TASK, _STATE, _LOG = range(4)
 
@@ -50,6 +50,16 @@ class MemoryStore:
         if self.max_runs is not None and self._since_fold > 20 * self.max_runs:
             self._fold()  # nobody reads: keep the queue itself bounded
 
+    # -- durability: nothing to write -------------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def pending(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
     # -- folding the queue into indexes -----------------------------------------------------------
     def _fold(self) -> None:
         with self._lock:
@@ -84,40 +94,47 @@ class MemoryStore:
 
     # -- reading ----------------------------------------------------------------------------------
     def read_flow_run(self, run_id: uuid.UUID) -> FlowRun:
+        key = as_uuid(run_id, "flow_run_id")
         self._fold()
         try:
-            return self._flow_runs[_as_uuid(run_id)]
+            return self._flow_runs[key]
         except KeyError:
-            raise KeyError(f"No flow run with id {run_id} in the store.") from None
+            raise ObjectNotFound(f"No flow run with id {key} in the memory store.") from None
 
     def read_task_run(self, run_id: uuid.UUID) -> TaskRun:
+        key = as_uuid(run_id, "task_run_id")
         self._fold()
         try:
-            return self._task_runs[_as_uuid(run_id)]
+            return self._task_runs[key]
         except KeyError:
-            raise KeyError(f"No task run with id {run_id} in the store.") from None
+            raise ObjectNotFound(f"No task run with id {key} in the memory store.") from None
 
-    def read_flow_runs(self, *, flow_name: str | None = None, limit: int | None = None) -> list[FlowRun]:
+    def read_flow_runs(self, *, flow_name: str | None = None, state: Any = None,
+                       limit: int | None = None) -> list[FlowRun]:
+        """Newest first."""
+        wanted, limit = state_filter(state), check_limit(limit)
         self._fold()
-        runs = [r for r in list(self._flow_runs.values()) if flow_name is None or r.flow_name == flow_name]
+        runs = [r for r in reversed(list(self._flow_runs.values()))
+                if (flow_name is None or r.flow_name == flow_name) and state_matches(wanted, r.state)]
         return runs[:limit] if limit is not None else runs
 
-    def read_task_runs(self, *, flow_run_id: uuid.UUID | None = None) -> list[TaskRun]:
+    def read_task_runs(self, *, flow_run_id: uuid.UUID | None = None, limit: int | None = None) -> list[TaskRun]:
+        """In the order they were created."""
+        wanted = as_uuid(flow_run_id, "flow_run_id") if flow_run_id is not None else None
+        limit = check_limit(limit)
         self._fold()
-        wanted = _as_uuid(flow_run_id) if flow_run_id is not None else None
-        return [r for r in list(self._task_runs.values()) if wanted is None or r.flow_run_id == wanted]
+        runs = [r for r in list(self._task_runs.values()) if wanted is None or r.flow_run_id == wanted]
+        return runs[:limit] if limit is not None else runs
 
     def read_states(self, run_id: uuid.UUID) -> list[State[Any]]:
+        key = as_uuid(run_id)
         self._fold()
-        key = _as_uuid(run_id)
         return [StateRecord(key, *record).to_state() for record in self._states.get(key, [])]
 
     def read_logs(self, *, flow_run_id: str | None = None, task_run_id: str | None = None) -> list[LogRecord]:
+        flow_key = str(as_uuid(flow_run_id, "flow_run_id")) if flow_run_id is not None else None
+        task_key = str(as_uuid(task_run_id, "task_run_id")) if task_run_id is not None else None
         self._fold()
         return [log for log in list(self._logs)
-                if (flow_run_id is None or log.flow_run_id == str(flow_run_id))
-                and (task_run_id is None or log.task_run_id == str(task_run_id))]
-
-
-def _as_uuid(value: Any) -> uuid.UUID:
-    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+                if (flow_key is None or log.flow_run_id == flow_key)
+                and (task_key is None or log.task_run_id == task_key)]

@@ -1,0 +1,414 @@
+"""The SQLite store: what it records, how it reads back, its schema, and how it behaves when the
+database is busy, full or broken. Real SQLite files in tmp_path; a plain `sqlite3` connection plays
+the other process that reads the file."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from asyncflow import flow, tags, task
+from asyncflow._states import State, StateType
+from asyncflow._store import ObjectNotFound, StoreError, StoreNotFoundError, get_store
+from asyncflow._store import sqlite as sqlite_module
+from asyncflow._store.sqlite import SCHEMA_VERSION, SQLiteStore
+from asyncflow.testing import isolated_store
+
+
+@pytest.fixture
+def db(tmp_path):
+    store = SQLiteStore(tmp_path / "asyncflow.db")
+    with isolated_store(store):
+        yield store
+    store.close()
+
+
+def raw(store: SQLiteStore, sql: str, *params):
+    """Read the file as another process would: a connection of its own, no flush."""
+    conn = sqlite3.connect(store.path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+@task
+def double(x):
+    return 2 * x
+
+
+@flow
+def doubling(n=3):
+    return [double(i) for i in range(n)]
+
+
+def test_a_flow_is_on_disk_when_it_returns(db):
+    state = doubling(return_state=True)
+    flow_run_id = str(state.state_details.flow_run_id)
+    assert raw(db, "SELECT name, flow_name, state_name, run_count FROM flow_runs WHERE id = ?", flow_run_id) == [
+        (db.read_flow_run(flow_run_id).name, "doubling", "Completed", 1)]
+    assert raw(db, "SELECT name FROM task_runs WHERE flow_run_id = ? ORDER BY created", flow_run_id) == [
+        ("double-0",), ("double-1",), ("double-2",)]
+    assert raw(db, "SELECT count(*) FROM states") == [(4 * 3,)]  # 3 per task run, 3 for the flow run
+    assert raw(db, "SELECT name FROM flows") == [("doubling",)]
+    messages = [m for (m,) in raw(db, "SELECT message FROM logs WHERE flow_run_id = ? ORDER BY seq", flow_run_id)]
+    assert "Created task run 'double-0' for task 'double'" in messages
+    assert messages[-1] == "Finished in state Completed()"
+
+
+@pytest.mark.anyio
+async def test_an_async_flow_is_on_disk_when_it_returns(db):
+    @task
+    async def fetch(i):
+        await anyio.lowlevel.checkpoint()
+        return i
+
+    @flow
+    async def gather():
+        return [await fetch(i) for i in range(3)]
+
+    state = await gather(return_state=True)
+    assert raw(db, "SELECT state_name FROM flow_runs WHERE id = ?", str(state.state_details.flow_run_id)) == [
+        ("Completed",)]
+    assert raw(db, "SELECT count(*) FROM task_runs WHERE state_type = 'COMPLETED'") == [(3,)]
+
+
+def test_a_task_run_keeps_name_key_tags_summarised_parameters_parent_and_timing(db):
+    class Opaque:
+        pass
+
+    @task(task_run_name="inner-{label}", tags=["deco"])
+    def inner(label, payload, blob, numbers):
+        return label
+
+    @task
+    def outer():
+        return inner("x" * 5, Opaque(), "y" * 500, [1, 2.5, None, "z"])
+
+    @flow
+    def nesting():
+        with tags("ctx"):
+            return outer()
+
+    state = nesting(return_state=True)
+    runs = {run.task_name: run for run in db.read_task_runs(flow_run_id=state.state_details.flow_run_id)}
+    run = runs["inner"]
+    assert run.name == "inner-xxxxx"  # the rendered name, not the default one
+    assert run.task_key == inner.task_key and run.tags == ("ctx", "deco")
+    assert run.parameters == {"label": "xxxxx", "payload": "<Opaque>", "blob": "y" * 200 + "…",
+                              "numbers": [1, 2.5, None, "z"]}
+    assert run.parent_task_run_id == runs["outer"].id and run.flow_run_id == state.state_details.flow_run_id
+    assert run.start_time <= run.end_time and run.state.is_completed() and run.run_count == 1
+
+
+def test_parameters_summaries_never_run_user_code():
+    class Loud(list):
+        def __iter__(self):
+            raise AssertionError("user code ran in the writer")
+
+        def __repr__(self):
+            raise AssertionError("user code ran in the writer")
+
+    summary = json.loads(sqlite_module.summarise_parameters(
+        {"loud": Loud([1]), "big": list(range(1000)), "nan": float("nan"), "nested": {"a": {"b": {"c": 1}}}}))
+    assert summary == {"loud": "<Loud>", "big": "<list of 1000 items>", "nan": "nan",
+                       "nested": {"a": {"b": "<dict of 1 items>"}}}
+
+
+def test_state_history_with_messages_details_and_retries(db):
+    attempts = []
+
+    @task(retries=2, retry_delay_seconds=0.01)
+    def flaky():
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise ValueError(f"attempt {len(attempts)}")
+        return "ok"
+
+    state = flaky(return_state=True)
+    run_id = state.state_details.task_run_id
+    history = db.read_states(run_id)
+    assert [s.name for s in history] == ["Pending", "Running", "AwaitingRetry", "Retrying", "AwaitingRetry",
+                                         "Retrying", "Completed"]
+    assert [s.ts for s in history] == sorted(s.ts for s in history)
+    assert history[2].state_details.scheduled_time is not None
+    assert all(s.state_details.task_run_id == run_id for s in history)
+    run = db.read_task_run(str(run_id))
+    assert run.run_count == 3 and run.state.name == "Completed" and run.end_time == history[-1].ts
+
+    failing = task(retries=0)(lambda: 1 / 0)
+    failed = failing(return_state=True)
+    last = db.read_states(failed.state_details.task_run_id)[-1]
+    assert last.type is StateType.FAILED and "ZeroDivisionError" in last.message
+
+
+def test_reads_filter_and_order_flow_runs(db):
+    @flow
+    def good():
+        return 1
+
+    @flow
+    def bad():
+        raise ValueError("no")
+
+    first, second = good(return_state=True), good(return_state=True)
+    bad(return_state=True)
+    names = [run.flow_name for run in db.read_flow_runs()]
+    assert names == ["bad", "good", "good"]  # newest first
+    assert [r.id for r in db.read_flow_runs(flow_name="good")] == [
+        second.state_details.flow_run_id, first.state_details.flow_run_id]
+    assert [r.flow_name for r in db.read_flow_runs(state="failed")] == ["bad"]
+    assert len(db.read_flow_runs(state=["COMPLETED", "Failed"])) == 3
+    assert len(db.read_flow_runs(limit=2)) == 2
+    with pytest.raises(ValueError, match="limit must be an integer >= 0"):
+        db.read_flow_runs(limit=-1)
+    with pytest.raises(TypeError, match="state must be a state name or type"):
+        db.read_flow_runs(state=3)
+
+
+def test_another_store_on_the_same_file_reads_what_was_flushed(db):
+    doubling()
+    other = SQLiteStore(db.path, create=False)
+    try:
+        [run] = other.read_flow_runs()
+        assert run.state.is_completed() and [s.name for s in other.read_states(run.id)] == [
+            "Pending", "Running", "Completed"]
+        assert len(other.read_task_runs(flow_run_id=run.id)) == 3
+        assert [log.level for log in other.read_logs(flow_run_id=run.id)][:1] == ["INFO"]
+    finally:
+        other.close()
+
+
+def test_unknown_and_malformed_ids_are_clear_errors(db):
+    missing = uuid.uuid4()
+    with pytest.raises(ObjectNotFound, match=f"No flow run with id {missing} in the store {db.path}"):
+        db.read_flow_run(missing)
+    with pytest.raises(ObjectNotFound, match="No task run with id"):
+        db.read_task_run(str(missing))
+    with pytest.raises(ValueError, match="flow_run_id 'abc' is not a valid id: expected a UUID"):
+        db.read_flow_run("abc")
+    assert db.read_states(missing) == []
+
+
+def test_a_store_that_does_not_exist_is_not_created_by_readers(tmp_path):
+    path = tmp_path / "home" / "asyncflow.db"
+    with pytest.raises(StoreNotFoundError, match=f"No asyncflow store at {path} yet"):
+        SQLiteStore(path, create=False)
+    assert not path.exists()
+
+
+def test_a_file_that_is_not_a_store_is_a_clear_error(tmp_path):
+    path = tmp_path / "asyncflow.db"
+    path.write_bytes(b"definitely not sqlite" * 100)
+    with pytest.raises(StoreError, match="Cannot open the asyncflow store .* move it away or set ASYNCFLOW_HOME"):
+        SQLiteStore(path)
+
+
+def test_schema_migrates_forward_and_keeps_the_data(tmp_path, monkeypatch):
+    path = tmp_path / "asyncflow.db"
+    store = SQLiteStore(path)
+    with isolated_store(store):
+        doubling()
+    store.close()
+    assert raw(store, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    migrations = [*sqlite_module.MIGRATIONS, ["ALTER TABLE flow_runs ADD COLUMN note TEXT",
+                                              "UPDATE flow_runs SET note = 'migrated'"]]
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", migrations)
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", len(migrations))
+    upgraded = SQLiteStore(path, create=False)
+    try:
+        assert raw(upgraded, "SELECT version FROM schema_version") == [(SCHEMA_VERSION + 1,)]
+        assert raw(upgraded, "SELECT flow_name, note FROM flow_runs") == [("doubling", "migrated")]
+        assert len(upgraded.read_task_runs()) == 3
+    finally:
+        upgraded.close()
+
+
+def test_a_store_newer_than_this_asyncflow_is_refused(tmp_path):
+    path = tmp_path / "asyncflow.db"
+    SQLiteStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE schema_version SET version = 99")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match=f"schema version 99, newer than this asyncflow understands \\({SCHEMA_VERSION}\\)"):
+        SQLiteStore(path)
+
+
+def hold_write_lock(path, seconds):
+    """Another process holding the database: an open write transaction on another connection."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO flows (name, version, created) VALUES ('holder', NULL, 0)")
+
+    def release():
+        time.sleep(seconds)
+        conn.execute("COMMIT")
+        conn.close()
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_busy_database_delays_writes_but_loses_nothing(tmp_path, capfd):
+    store = SQLiteStore(tmp_path / "asyncflow.db", busy_timeout=0.05)  # retries ourselves, not SQLite's wait
+    try:
+        holder = hold_write_lock(store.path, 0.4)
+        with isolated_store(store):
+            doubling(5)  # flushes at the end: waits for the holder, retrying, then writes
+        holder.join()
+        assert raw(store, "SELECT count(*) FROM task_runs") == [(5,)]
+        assert "locked" not in capfd.readouterr().err
+    finally:
+        store.close()
+
+
+def test_a_flush_gives_up_after_its_timeout_and_the_records_stay_queued(tmp_path, capfd):
+    store = SQLiteStore(tmp_path / "asyncflow.db", busy_timeout=0.02, flush_timeout=0.1)
+    try:
+        holder = hold_write_lock(store.path, 0.5)
+        run_id = uuid.uuid4()
+        store.record_state(run_id, State(StateType.RUNNING))
+        started = time.monotonic()
+        assert store.flush() is False
+        assert time.monotonic() - started < 0.4
+        assert "stayed busy for 0.1 s" in capfd.readouterr().err
+        holder.join()
+        assert store.flush(timeout=5) is True
+        assert raw(store, "SELECT run_id FROM states") == [(str(run_id),)]
+    finally:
+        store.close()
+
+
+def test_a_full_queue_waits_briefly_then_drops_with_a_counted_warning(tmp_path, capfd):
+    store = SQLiteStore(tmp_path / "asyncflow.db", queue_size=10, full_wait=0.05, busy_timeout=0.02)
+    try:
+        holder = hold_write_lock(store.path, 0.6)
+        time.sleep(0.05)
+        started = time.monotonic()
+        for _ in range(100):
+            store.record_state(uuid.uuid4(), State(StateType.RUNNING))
+        assert time.monotonic() - started < 0.5  # waited once, then dropped at once
+        assert store.dropped > 0
+        assert "record(s) dropped so far" in capfd.readouterr().err
+        holder.join()
+        assert store.flush(timeout=5)
+        kept = raw(store, "SELECT count(*) FROM states")[0][0]
+        assert kept + store.dropped == 100
+    finally:
+        store.close()
+
+
+def test_a_batch_that_cannot_be_written_is_reported_and_the_writer_goes_on(db, capfd):
+    db.record_log(flow_run_id=None, task_run_id=None, level="INFO", message=object(), ts=0.0)  # type: ignore[arg-type]
+    assert db.flush()
+    assert db.lost == 1
+    assert "could not write 1 record(s)" in capfd.readouterr().err
+    doubling()
+    assert len(db.read_flow_runs()) == 1
+
+
+def test_one_writer_thread_per_store_and_it_stops_on_close(tmp_path):
+    store = SQLiteStore(tmp_path / "asyncflow.db")
+    for _ in range(3):
+        store.record_state(uuid.uuid4(), State(StateType.RUNNING))
+    writers = [t for t in threading.enumerate() if t.name == "asyncflow-store-writer"]
+    assert store._thread in writers
+    store.close()
+    assert not store._thread and raw(store, "SELECT count(*) FROM states") == [(3,)]
+
+
+def test_records_are_written_soon_without_a_flush(db):
+    double(21)  # a task outside any flow: nothing waits for its records, the writer takes them
+    deadline = time.monotonic() + 5
+    while raw(db, "SELECT count(*) FROM states") != [(3,)]:
+        assert time.monotonic() < deadline, "the writer did not write within 5 s"
+        time.sleep(0.01)
+
+
+def test_the_default_store_follows_the_settings(tmp_path, monkeypatch):
+    from asyncflow import _settings
+    from asyncflow._store import MemoryStore, default_store
+
+    monkeypatch.setenv("ASYNCFLOW_HOME", str(tmp_path))
+    monkeypatch.delenv("ASYNCFLOW_STORE", raising=False)
+    _settings.reload()
+    store = default_store()
+    assert isinstance(store, SQLiteStore) and store.path == tmp_path / "asyncflow.db"
+    store.close()
+    monkeypatch.setenv("ASYNCFLOW_STORE", "memory")
+    assert isinstance(default_store(), MemoryStore)
+    _settings.reload()
+
+
+def test_an_unwritable_home_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match="Cannot create the store's directory .* Set ASYNCFLOW_HOME to a writable"):
+        SQLiteStore(blocker / "home" / "asyncflow.db")
+
+
+def run_script(code: str, home, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ASYNCFLOW_HOME": str(home), "ASYNCFLOW_STORE": "sqlite"}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_runs_still_open_at_exit_are_recorded_crashed(tmp_path):
+    proc = run_script("""
+        import threading
+        from asyncflow import flow
+        from asyncflow._store import get_store
+
+        started, never = threading.Event(), threading.Event()
+
+        @flow
+        def stuck():
+            started.set()
+            never.wait()
+
+        threading.Thread(target=stuck, daemon=True).start()
+        started.wait()
+        # the interpreter exits with the flow still running
+    """, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    store = SQLiteStore(tmp_path / "asyncflow.db", create=False)
+    try:
+        [run] = store.read_flow_runs()
+        assert run.state.is_crashed() and run.state.message == "The process exited while the run was still open."
+        assert [s.name for s in store.read_states(run.id)] == ["Pending", "Running", "Crashed"]
+    finally:
+        store.close()
+
+
+def test_a_forked_child_writes_its_own_records_only(db):
+    if not hasattr(os, "fork"):
+        pytest.skip("needs fork")
+    db.record_state(uuid.uuid4(), State(StateType.RUNNING))  # queued in the parent, not flushed
+    pid = os.fork()
+    if pid == 0:  # the child: its own writer; the parent's queue is the parent's to write
+        try:
+            db.record_state(uuid.uuid4(), State(StateType.COMPLETED))
+            ok = db.flush(timeout=10)
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    db.flush()
+    assert sorted(t for (t,) in raw(db, "SELECT type FROM states")) == ["COMPLETED", "RUNNING"]
+
+
+def test_get_store_is_the_installed_store(db):
+    assert get_store() is db
