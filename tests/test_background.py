@@ -42,9 +42,58 @@ def boom() -> None:
 """
 
 
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free loopback port, for the whole session."""
+    import shutil
+    import socket
+
+    server = shutil.which("redis-server")
+    if server is None:
+        if os.environ.get("ASYNCFLOW_REQUIRE_REDIS"):
+            pytest.fail("redis-server is not installed (apt-get install redis-server); .ci/run installs it")
+        pytest.skip("redis-server is not installed: apt-get install redis-server (CI installs it)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def broker_url(request, monkeypatch):
+    """Every background test runs with the embedded SQLite broker and with Redis."""
+    if request.param == "sqlite":
+        monkeypatch.delenv("ASYNCFLOW_BROKER_URL", raising=False)
+        return None
+    url = request.getfixturevalue("redis_url")
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+    monkeypatch.setenv("ASYNCFLOW_BROKER_URL", url)
+    return url
+
+
 @pytest.fixture()
-def app(tmp_path, monkeypatch):
-    """A module of tasks on disk (importable by the test and by worker processes), one home."""
+def app(tmp_path, monkeypatch, broker_url):
+    """A module of tasks on disk (importable by the test and by worker processes), one home, a broker."""
     (tmp_path / "bg_app.py").write_text(TASKS)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("ASYNCFLOW_TASK_WORKER_LEASE_SECONDS", "1")

@@ -1,0 +1,146 @@
+"""The Redis broker, for workers on many machines: one Redis stream per task, one consumer group.
+
+- enqueue: XADD to the task's stream, and a hash per run for its outcome;
+- claim: XAUTOCLAIM first (runs whose lease expired: their worker died), then XREADGROUP for new ones;
+- the lease is the pending entry's idle time: renewing is XCLAIM by the same worker (idle time reset);
+- complete: HSETNX on the run's `finished` field: only the first completion is recorded; then XACK.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from .broker import QueuedRun, RunOutcome
+
+_GROUP = "asyncflow-workers"
+_PREFIX = "asyncflow"
+
+
+class RedisBroker:
+    def __init__(self, url: str) -> None:
+        try:
+            import redis
+        except ImportError:
+            raise ImportError("The Redis broker needs the redis package: pip install 'asyncflow[redis]'.") from None
+        self.url = url
+        self._redis = redis.Redis.from_url(url)
+        self._errors = redis.exceptions
+        self._groups: set[str] = set()
+        self._claimed: dict[str, tuple[str, bytes]] = {}  # run id -> (stream, message id), for this worker
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _stream(task_key: str) -> str:
+        return f"{_PREFIX}:tasks:{task_key}"
+
+    @staticmethod
+    def _run_key(run_id: str) -> str:
+        return f"{_PREFIX}:run:{run_id}"
+
+    def _group(self, stream: str) -> None:
+        if stream in self._groups:
+            return
+        try:
+            self._redis.xgroup_create(stream, _GROUP, id="0", mkstream=True)
+        except self._errors.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(stream)
+
+    def enqueue(self, run: QueuedRun) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(self._run_key(run.id), mapping={"state_type": "SCHEDULED", "state_name": "Scheduled",
+                                                  "task_key": run.task_key, "created": time.time()})
+        pipe.xadd(self._stream(run.task_key), {"id": run.id, "task_key": run.task_key, "task_name": run.task_name,
+                                                "payload": run.payload})
+        pipe.execute()
+
+    def _queued(self, stream: str, message_id: bytes, fields: dict[bytes, bytes]) -> QueuedRun:
+        run_id = fields[b"id"].decode()
+        with self._lock:
+            self._claimed[run_id] = (stream, message_id)
+        return QueuedRun(run_id, fields[b"task_key"].decode(), fields[b"task_name"].decode(), fields[b"payload"])
+
+    def claim(self, task_keys: list[str], worker_id: str, lease_seconds: float, limit: int) -> list[QueuedRun]:
+        claimed: list[QueuedRun] = []
+        streams = [self._stream(key) for key in task_keys]
+        for stream in streams:
+            self._group(stream)
+        lease_ms = int(lease_seconds * 1000)
+        for stream in streams:  # runs whose worker stopped renewing (died) come back first
+            if len(claimed) >= limit:
+                break
+            _, messages, _ = self._redis.xautoclaim(stream, _GROUP, worker_id, min_idle_time=lease_ms,
+                                                    start_id="0-0", count=limit - len(claimed))
+            for message_id, fields in messages:
+                if fields and not self._finished(fields[b"id"].decode()):
+                    claimed.append(self._queued(stream, message_id, fields))
+                elif fields is not None:
+                    self._redis.xack(stream, _GROUP, message_id)
+        if len(claimed) < limit:
+            replies = self._redis.xreadgroup(_GROUP, worker_id, {s: ">" for s in streams},
+                                             count=limit - len(claimed)) or []
+            for stream, messages in replies:
+                name = stream.decode() if isinstance(stream, bytes) else stream
+                for message_id, fields in messages:
+                    claimed.append(self._queued(name, message_id, fields))
+        return claimed
+
+    def _finished(self, run_id: str) -> bool:
+        return bool(self._redis.hexists(self._run_key(run_id), "finished"))
+
+    def renew(self, run_ids: list[str], worker_id: str, lease_seconds: float) -> None:
+        with self._lock:
+            entries = [self._claimed[r] for r in run_ids if r in self._claimed]
+        for stream, message_id in entries:
+            self._redis.xclaim(stream, _GROUP, worker_id, min_idle_time=0, message_ids=[message_id], justid=True)
+
+    def set_state(self, run_id: str, worker_id: str, state_type: str, state_name: str) -> None:
+        if not self._finished(run_id):
+            self._redis.hset(self._run_key(run_id), mapping={"state_type": state_type, "state_name": state_name})
+
+    def complete(self, run_id: str, worker_id: str, state_type: str, state_name: str, message: str | None,
+                 result: bytes | None) -> bool:
+        key = self._run_key(run_id)
+        first = bool(self._redis.hsetnx(key, "finished", time.time()))
+        if first:
+            mapping: dict[str, Any] = {"state_type": state_type, "state_name": state_name, "worker": worker_id}
+            if message is not None:
+                mapping["message"] = message
+            if result is not None:
+                mapping["result"] = result
+            self._redis.hset(key, mapping=mapping)
+        with self._lock:
+            entry = self._claimed.pop(run_id, None)
+        if entry is not None:
+            self._redis.xack(entry[0], _GROUP, entry[1])
+        return first
+
+    def release(self, run_id: str, worker_id: str) -> None:
+        """Hand a run back at once (graceful stop): queue it again and acknowledge this delivery."""
+        with self._lock:
+            entry = self._claimed.pop(run_id, None)
+        if entry is None:
+            return
+        stream, message_id = entry
+        messages = self._redis.xrange(stream, min=message_id, max=message_id)
+        pipe = self._redis.pipeline(transaction=True)
+        if messages:
+            pipe.xadd(stream, messages[0][1])
+        pipe.hset(self._run_key(run_id), mapping={"state_type": "SCHEDULED", "state_name": "Scheduled"})
+        pipe.xack(stream, _GROUP, message_id)
+        pipe.execute()
+
+    def outcome(self, run_id: str) -> RunOutcome | None:
+        data = self._redis.hgetall(self._run_key(run_id))
+        if not data:
+            return None
+        message = data.get(b"message")
+        return RunOutcome(data[b"state_type"].decode(), data[b"state_name"].decode(),
+                          message.decode() if message is not None else None, data.get(b"result"),
+                          b"finished" in data)
+
+    def close(self) -> None:
+        self._redis.close()
