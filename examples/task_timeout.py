@@ -1,15 +1,26 @@
-"""Seed: tasks docs, "Timeouts" — `show_timeouts` has a `timeout_seconds` shorter than its work.
+"""Seed: tasks docs, "Timeouts" — `timeout_seconds=1` on a task that sleeps 5 seconds.
 
-Kept exactly as in the seed: the task is only defined, not called. asyncflow does not yet enforce
-`timeout_seconds` on *sync* tasks (the task would run its full sleep and finish Completed), so the
-example does not call it; see examples/README.md. Async tasks' timeouts already work.
+The task ends `TimedOut` after one second, and "I will not execute" is never printed: the sync
+function is stopped before it runs another line (the sleep is shortened here: 1.5 s).
 """
-from asyncflow import task
 import time
+
+from asyncflow import flow, task
 
 
 @task(timeout_seconds=1, log_prints=True)
 def show_timeouts():
     print("I will execute")
-    time.sleep(5)
+    time.sleep(1.5)
     print("I will not execute")
+
+
+@flow
+def timeouts_flow():
+    return show_timeouts(return_state=True)
+
+
+if __name__ == "__main__":
+    state = timeouts_flow(return_state=True)
+    print(f"the task ended {state.data!r}")
+    time.sleep(1)  # well past the end of the sleep: still nothing more from the task

@@ -106,7 +106,11 @@ EXAMPLES = [
     Example("task_tags_decorator.py", contains=["Hello, I'm a task", "task run tags: ['test']", FLOW_COMPLETED]),
     Example("tags_context.py", contains=["Hello, I'm a task", "task run tags: ['test']", FLOW_COMPLETED]),
     # Only defines the task, as in the seed (sync timeouts are not enforced yet): it must import cleanly.
-    Example("task_timeout.py", absent=["Traceback", "I will execute", "I will not execute"]),
+    Example("task_timeout.py", in_order=["I will execute", "Task run exceeded timeout of 1 second(s)",
+                                         "Finished in state TimedOut("], absent=["Traceback", "I will not execute"]),
+    Example("delay_task.py", in_order=["delayed task run", "Scheduled()", "sent 'Welcome!' to user@example.com"]),
+    Example("web_service.py", in_order=["3 signups answered in", "Completed - welcome email sent to user0@example.org",
+                                        "Completed - welcome email sent to user2@example.org"]),
     Example(
         "retry_task.py",
         in_order=["Retry 1/2 will start 0.1 second(s) from now", "Retry 2/2 will start 0.1 second(s) from now",
