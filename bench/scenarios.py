@@ -350,6 +350,56 @@ def i_cancellation_baseline(n: int) -> dict[str, float]:
     return {"cancel_ms": anyio.run(run) * 1e3, "started_after_deadline": 0}
 
 
+# -- k. background tasks: .delay() and one worker, SQLite broker -----------------------------------
+def k_background(lib: Any, n: int) -> dict[str, float]:
+    import threading
+
+    if lib.__name__ != "asyncflow":
+        raise SystemExit("scenario k is asyncflow's own")
+    from asyncflow.task_worker import TaskWorker
+
+    @lib.task
+    def inc(x: int) -> int:
+        return x + 1
+
+    start = time.perf_counter()
+    futures = [inc.delay(i) for i in range(n)]
+    delay_us = (time.perf_counter() - start) / n * 1e6
+    worker = TaskWorker(inc, limit=50)
+    thread = threading.Thread(target=anyio.run, args=(worker.start,), daemon=True)
+    start = time.perf_counter()
+    thread.start()
+    futures[-1].result(timeout=600)
+    for future in futures:
+        future.result(timeout=600)
+    elapsed = time.perf_counter() - start
+    worker.stop()
+    thread.join(30)
+    return {"delay_us": delay_us, "worker_runs_per_s": n / elapsed}
+
+
+def k_background_baseline(n: int) -> dict[str, float]:
+    import queue
+    import threading
+
+    q: queue.Queue[Any] = queue.Queue()
+    start = time.perf_counter()
+    for i in range(n):
+        q.put(i)
+    put_us = (time.perf_counter() - start) / n * 1e6
+    done = threading.Event()
+
+    def consume() -> None:
+        for _ in range(n):
+            q.get() + 1
+        done.set()
+
+    start = time.perf_counter()
+    threading.Thread(target=consume, daemon=True).start()
+    done.wait()
+    return {"delay_us": put_us, "worker_runs_per_s": n / (time.perf_counter() - start)}
+
+
 SCENARIOS: dict[str, tuple[str, int]] = {
     "a": ("sync flow calls a sync task in sequence", 5000),
     "b": ("async flow awaits an async task in sequence", 5000),
@@ -362,6 +412,7 @@ SCENARIOS: dict[str, tuple[str, int]] = {
     "g": ("cold start: import, and a one-flow script", 1),
     "h": ("memory: N submitted tasks in one flow", 100_000),
     "i": ("cancellation: N running tasks hit the flow timeout", 10_000),
+    "k": ("background: .delay() N runs, one worker runs them (SQLite broker)", 2000),
 }
 
 FUNCTIONS = {
@@ -376,4 +427,5 @@ FUNCTIONS = {
     "g": (g_cold_start, g_cold_start_baseline),
     "h": (h_memory, h_memory_baseline),
     "i": (i_cancellation, i_cancellation_baseline),
+    "k": (k_background, k_background_baseline),
 }
