@@ -10,8 +10,9 @@ from ._states import State as State
 from ._tasks import Task as Task
 from ._tasks import task as task
 from ._transactions import transaction as transaction
+from .client import get_client as get_client
 
 __version__ = "0.1.0"
 
-__all__ = ["Flow", "State", "Task", "allow_failure", "flow", "get_run_logger", "tags", "task", "transaction",
-           "unmapped"]
+__all__ = ["Flow", "State", "Task", "allow_failure", "flow", "get_client", "get_run_logger", "tags", "task",
+           "transaction", "unmapped"]

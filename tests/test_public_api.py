@@ -7,8 +7,10 @@ import pytest
 import asyncflow
 
 PUBLIC = {
-    "asyncflow": {"Flow", "State", "Task", "allow_failure", "flow", "get_run_logger", "tags", "task", "transaction",
-                  "unmapped"},
+    "asyncflow": {"Flow", "State", "Task", "allow_failure", "flow", "get_client", "get_run_logger", "tags", "task",
+                  "transaction", "unmapped"},
+    "asyncflow.client": {"AsyncflowClient", "LogRecord", "ObjectNotFound", "SyncAsyncflowClient", "get_client"},
+    "asyncflow.client.orchestration": {"AsyncflowClient", "SyncAsyncflowClient", "get_client"},
     "asyncflow.cache_policies": {"DEFAULT", "FLOW_PARAMETERS", "INPUTS", "NO_CACHE", "RUN_ID", "TASK_SOURCE",
                                  "CacheKeyFnPolicy", "CachePolicy", "CompoundCachePolicy", "FlowParameters", "Inputs",
                                  "NoCache", "RunId", "TaskSource"},
