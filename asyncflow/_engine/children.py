@@ -13,15 +13,17 @@ class ChildTracker:
 
     def __init__(self) -> None:
         self.pending: dict[TaskRunFuture[Any], None] = {}
-        self.failed: list[TaskRunFuture[Any]] = []
+        self.failed: dict[TaskRunFuture[Any], None] = {}
 
     def add(self, future: TaskRunFuture[Any]) -> None:
         self.pending[future] = None
 
     def finished(self, future: TaskRunFuture[Any]) -> None:
-        self.pending.pop(future, None)
+        """Called by the future's done-callback, and again by the waits below (idempotent): a waiter
+        can see a future done before its callbacks have run, and must still see its failure."""
         if future._final is not None and future._final.type.value in ("FAILED", "CRASHED"):
-            self.failed.append(future)
+            self.failed[future] = None
+        self.pending.pop(future, None)  # after recording: nobody sees it gone but its failure unrecorded
 
     def _next_pending(self) -> TaskRunFuture[Any] | None:
         while True:
@@ -33,12 +35,12 @@ class ChildTracker:
     async def wait_all(self) -> None:
         while (future := self._next_pending()) is not None:
             await future.wait_async()
-            self.pending.pop(future, None)
+            self.finished(future)
 
     def wait_all_blocking(self) -> None:
         while (future := self._next_pending()) is not None:
             future._block(None, "wait")
-            self.pending.pop(future, None)
+            self.finished(future)
 
     def unobserved_failures(self) -> list[TaskRunFuture[Any]]:
         return [f for f in self.failed if not f._observed]
