@@ -16,17 +16,15 @@ environment lookup, and the profile file is re-read only when it changes (checke
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import os
-import tempfile
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -35,6 +33,10 @@ PROFILE_FILE_NAME = "profile.env"
 
 class SettingError(ValueError):
     """A setting has a value that cannot be used, or a setting name is unknown."""
+
+
+class ProfileFileError(SettingError):
+    """The profile file cannot be read or has a line that is not NAME=VALUE."""
 
 
 # -- parsers: each takes the raw string and returns the value, or raises ValueError("expected ...") --
@@ -146,9 +148,14 @@ class Setting:
     in_profile: bool = True  # False for ASYNCFLOW_HOME: the profile lives under it
 
     def value(self) -> Any:
-        """The current value: environment, else profile, else default. Raises SettingError."""
+        """The current value: environment, else profile, else default. Raises SettingError (the first
+        read in a process checks every setting, so that a bad value anywhere fails at start)."""
         if not _checked:
             check_all()
+        return self.resolve()
+
+    def resolve(self) -> Any:
+        """The current value, checking this setting only."""
         raw = os.environ.get(self.name)
         if raw:
             return self._parse(raw, "environment")
@@ -230,7 +237,7 @@ STORE_FLUSH_TIMEOUT_SECONDS = _declare(
     "other processes hold it, before it gives up with a warning (what is not written stays queued).",
     "a number of seconds >= 0")
 LOCAL_STORAGE_PATH = _declare(
-    "ASYNCFLOW_LOCAL_STORAGE_PATH", _parse_path, lambda: HOME.value() / "storage",
+    "ASYNCFLOW_LOCAL_STORAGE_PATH", _parse_path, lambda: HOME.resolve() / "storage",
     "Directory for persisted results and cache records, shared by every process on the machine. "
     "Default: ASYNCFLOW_HOME/storage.", "a directory path")
 LOGGING_LEVEL = _declare(
@@ -282,6 +289,8 @@ BROKER_URL = _declare(
 
 def _similar(name: str, n: int) -> list[str]:
     """Declared names close to `name` (compared without the common ASYNCFLOW_ prefix)."""
+    import difflib  # only on errors: keep importing asyncflow cheap
+
     bare = {setting[len("ASYNCFLOW_"):]: setting for setting in SETTINGS}
     wanted = name.strip().upper().removeprefix("ASYNCFLOW_")
     return [bare[match] for match in difflib.get_close_matches(wanted, list(bare), n=n, cutoff=0.7)]
@@ -299,8 +308,7 @@ def lookup(name: str) -> Setting:
 
 
 # -- the profile file ------------------------------------------------------------------------------
-@attrs.frozen
-class _Profile:
+class _Profile(NamedTuple):
     key: tuple[str | None, str | None]  # (ASYNCFLOW_HOME, HOME) from the environment: what the path depends on
     path: Path
     stamp: tuple[int, int] | None  # (mtime_ns, size) of the file read, None if it does not exist
@@ -314,7 +322,7 @@ _PROFILE_RECHECK_SECONDS = 1.0
 
 
 def profile_path() -> Path:
-    return HOME.value() / PROFILE_FILE_NAME
+    return HOME.resolve() / PROFILE_FILE_NAME
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -336,7 +344,7 @@ def _profile() -> _Profile:
     path = profile_path()
     stamp = _stamp(path)
     if cached is not None and cached.path == path and cached.stamp == stamp:
-        profile = attrs.evolve(cached, key=key, checked=now)
+        profile = cached._replace(key=key, checked=now)
     else:
         profile = _Profile(key, path, stamp, _read_profile(path) if stamp is not None else {}, now)
     _profile_cache = profile
@@ -349,7 +357,7 @@ def _profile_lines(path: Path) -> list[str]:
     except FileNotFoundError:
         return []
     except (OSError, UnicodeDecodeError) as exc:
-        raise SettingError(f"Cannot read the profile file {path}: {exc}. Fix or delete the file.") from None
+        raise ProfileFileError(f"Cannot read the profile file {path}: {exc}. Fix or delete the file.") from None
 
 
 def _parse_line(path: Path, number: int, line: str) -> tuple[str, str] | None:
@@ -358,7 +366,7 @@ def _parse_line(path: Path, number: int, line: str) -> tuple[str, str] | None:
         return None
     name, sep, raw = stripped.partition("=")
     if not sep or not name.strip():
-        raise SettingError(f"{path} line {number}: expected NAME=VALUE, got {line!r}. Fix the line or delete it.")
+        raise ProfileFileError(f"{path} line {number}: expected NAME=VALUE, got {line!r}. Fix the line or delete it.")
     return name.strip().upper(), raw.strip()
 
 
@@ -384,7 +392,7 @@ def _read_profile(path: Path) -> dict[str, str]:
                           f"`asyncflow config unset {name}`.", stacklevel=2)
             continue
         if not setting.in_profile:
-            raise SettingError(f"{path} line {number}: {name} cannot be set in the profile, which lives under it; "
+            raise ProfileFileError(f"{path} line {number}: {name} cannot be set in the profile, which lives under it; "
                                f"set the environment variable instead, and remove the line.")
         values[name] = raw
     return values
@@ -451,6 +459,8 @@ def update_profile(set_values: Mapping[str, str] | None = None, unset: Iterable[
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    import tempfile
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".profile-")
@@ -491,14 +501,15 @@ def get_settings() -> Settings:
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     errors: list[str] = []
-    was_checked, _checked = _checked, True  # the reads below must not recurse into check_all
+    was_checked, _checked = _checked, True  # defaults computed from other settings must not recurse
     try:
         for name, setting in SETTINGS.items():
             try:
-                values[name] = setting.value()
+                values[name] = setting.resolve()
                 sources[name] = setting.source()
             except SettingError as exc:
-                errors.append(str(exc))
+                if str(exc) not in errors:  # a broken profile file is one error, not one per setting
+                    errors.append(str(exc))
     finally:
         _checked = was_checked
     if errors:
@@ -507,29 +518,40 @@ def get_settings() -> Settings:
 
 
 def describe(name: str) -> dict[str, Any]:
-    """One setting for `config view`: value (or the error), source, default, accepts, help."""
+    """One setting for `config view`: value (or the error), source, raw text, default, accepts, help.
+    Never raises for a bad value: the error is in the entry. A broken profile file counts as empty
+    here (`profile_error()` reports it once)."""
     setting = lookup(name)
-    entry: dict[str, Any] = {"name": setting.name, "accepts": setting.accepts, "help": setting.help}
+    entry: dict[str, Any] = {"name": setting.name, "accepts": setting.accepts, "help": setting.help,
+                             "source": "default", "raw": None, "value": None, "error": None}
     try:
         entry["default"] = _show(setting.default_value())
     except SettingError as exc:  # a default computed from a bad setting (LOCAL_STORAGE_PATH from HOME)
         entry["default"] = f"<{exc}>"
-    try:
-        entry["source"] = setting.source()
-        raw = os.environ.get(setting.name) if entry["source"] == "environment" else (
-            _profile().values.get(setting.name) if entry["source"] == "profile" else None)
-        entry["raw"] = raw
-        global _checked
-        was_checked, _checked = _checked, True
+    raw = os.environ.get(setting.name)
+    if raw:
+        entry["source"], entry["raw"] = "environment", raw
+    elif setting.in_profile:
         try:
-            entry["value"] = _show(setting.value())
-        finally:
-            _checked = was_checked
-        entry["error"] = None
+            raw = _profile().values.get(setting.name)
+        except ProfileFileError:
+            raw = None
+        if raw:
+            entry["source"], entry["raw"] = "profile", raw
+    try:
+        entry["value"] = _show(setting._parse(raw, entry["source"]) if raw else setting.default_value())
     except SettingError as exc:
-        entry["value"] = None
         entry["error"] = str(exc)
     return entry
+
+
+def profile_error() -> str | None:
+    """What is wrong with the profile file as a whole (None if nothing)."""
+    try:
+        _profile()
+    except ProfileFileError as exc:
+        return str(exc)
+    return None
 
 
 def _show(value: Any) -> Any:

@@ -118,12 +118,15 @@ class MemoryStore:
                 if (flow_name is None or r.flow_name == flow_name) and state_matches(wanted, r.state)]
         return runs[:limit] if limit is not None else runs
 
-    def read_task_runs(self, *, flow_run_id: uuid.UUID | None = None, limit: int | None = None) -> list[TaskRun]:
-        """In the order they were created."""
+    def read_task_runs(self, *, flow_run_id: uuid.UUID | None = None, limit: int | None = None,
+                       newest_first: bool = False) -> list[TaskRun]:
+        """In the order they were created (or the newest first)."""
         wanted = as_uuid(flow_run_id, "flow_run_id") if flow_run_id is not None else None
         limit = check_limit(limit)
         self._fold()
         runs = [r for r in list(self._task_runs.values()) if wanted is None or r.flow_run_id == wanted]
+        if newest_first:
+            runs.reverse()
         return runs[:limit] if limit is not None else runs
 
     def read_states(self, run_id: uuid.UUID) -> list[State[Any]]:

@@ -737,14 +737,15 @@ class SQLiteStore:
             params.append(limit)
         return [_flow_run(row) for row in self._query(sql, params)]
 
-    def read_task_runs(self, *, flow_run_id: uuid.UUID | None = None, limit: int | None = None) -> list[TaskRun]:
-        """In the order they were created."""
+    def read_task_runs(self, *, flow_run_id: uuid.UUID | None = None, limit: int | None = None,
+                       newest_first: bool = False) -> list[TaskRun]:
+        """In the order they were created (or the newest first)."""
         limit = check_limit(limit)
         sql, params = f"SELECT {_TASK_RUN_COLUMNS} FROM task_runs", []
         if flow_run_id is not None:
             sql += " WHERE flow_run_id = ?"
             params.append(str(as_uuid(flow_run_id, "flow_run_id")))
-        sql += " ORDER BY created, rowid"
+        sql += " ORDER BY created DESC, rowid DESC" if newest_first else " ORDER BY created, rowid"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)

@@ -1,0 +1,64 @@
+"""The `asyncflow` command (also `python -m asyncflow`).
+
+    asyncflow flow-run ls [--flow-name NAME] [--state STATE] [--limit N] [--json]
+    asyncflow flow-run inspect ID [--json]          asyncflow flow-run logs ID [--json]
+    asyncflow task-run ls [--flow-run-id ID] [--limit N] [--json]
+    asyncflow task-run inspect ID [--json]
+    asyncflow config set NAME=VALUE ... | unset NAME ... | view [--show-defaults] [--json]
+    asyncflow cache ls [--task NAME] [--json] | clear (--all | --task NAME | --expired)
+    asyncflow task-worker serve module:task ... [--limit N]
+    asyncflow version [--json]
+
+Exit status: 0 on success, 1 for a problem with the input or the store (an unknown id, no store yet,
+an invalid setting), 2 for a command line that does not parse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ._common import CLIError, close_stores
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import _config, _runs
+
+    parser = argparse.ArgumentParser(
+        prog="asyncflow", description="Inspect what ran (flow runs, task runs, states, logs), manage settings and "
+                                      "cached results, serve background tasks.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _runs.add_commands(commands)
+    _config.add_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except CLIError as exc:
+        return _fail(str(exc))
+    except BrokenPipeError:  # `asyncflow flow-run ls | head`
+        return 0
+    except Exception as exc:
+        from .._settings import SettingError
+        from .._store.base import ObjectNotFound, StoreError
+
+        if isinstance(exc, (ObjectNotFound, StoreError, SettingError)):
+            return _fail(str(exc))
+        if isinstance(exc, (ValueError, TypeError)) and getattr(args, "command", None) != "task-worker":
+            return _fail(str(exc))
+        raise
+    finally:
+        close_stores()
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"error: {message}\n")
+    return 1
+
+
+__all__ = ["build_parser", "main"]

@@ -1,0 +1,31 @@
+"""What the commands share: the store they read, and the error that ends a command."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CLIError(Exception):
+    """A problem the user can fix: printed as `error: ...`, exit status 1."""
+
+
+_opened: list[Any] = []
+
+
+def open_store() -> Any:
+    """The SQLite store under ASYNCFLOW_HOME, opened for reading (never created); closed by `main`."""
+    from .. import _settings
+    from .._store.sqlite import DB_FILE_NAME, SQLiteStore
+
+    if _settings.STORE.value() == "memory":
+        raise CLIError("ASYNCFLOW_STORE=memory: runs are kept in the memory of the process that ran them, so "
+                       "there is nothing here to read. Unset it (or `asyncflow config unset ASYNCFLOW_STORE`) to "
+                       "record runs in ASYNCFLOW_HOME/asyncflow.db.")
+    store = SQLiteStore(_settings.HOME.value() / DB_FILE_NAME, create=False)
+    _opened.append(store)
+    return store
+
+
+def close_stores() -> None:
+    while _opened:
+        _opened.pop().close()

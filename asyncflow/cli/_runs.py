@@ -1,0 +1,210 @@
+"""`asyncflow flow-run ...` and `asyncflow task-run ...`: read the store under ASYNCFLOW_HOME."""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from typing import Any
+
+from . import _output as out
+from ._common import CLIError, open_store
+
+
+def add_commands(commands: Any) -> None:
+    flow_run = commands.add_parser("flow-run", help="list and inspect flow runs",
+                                   description="List and inspect flow runs recorded under ASYNCFLOW_HOME.")
+    sub = flow_run.add_subparsers(dest="action", metavar="{ls,inspect,logs}", required=True)
+    ls = sub.add_parser("ls", help="list flow runs, newest first")
+    ls.add_argument("--flow-name", help="only runs of this flow")
+    ls.add_argument("--state", action="append", metavar="STATE",
+                    help="only runs in this state: a name (Completed, Cached, TimedOut...) or a type (COMPLETED, "
+                         "FAILED...), any case; repeat for several")
+    ls.add_argument("--limit", type=_limit, default=15, help="at most this many runs (default 15; 0 for all)")
+    _json(ls)
+    ls.set_defaults(run=flow_run_ls)
+    inspect = sub.add_parser("inspect", help="a flow run: details, state history, task runs")
+    inspect.add_argument("id", help="flow run id (or a unique prefix of it)")
+    _json(inspect)
+    inspect.set_defaults(run=flow_run_inspect)
+    logs = sub.add_parser("logs", help="a flow run's log lines (its task runs' included)")
+    logs.add_argument("id", help="flow run id (or a unique prefix of it)")
+    _json(logs)
+    logs.set_defaults(run=flow_run_logs)
+
+    task_run = commands.add_parser("task-run", help="list and inspect task runs",
+                                   description="List and inspect task runs recorded under ASYNCFLOW_HOME.")
+    sub = task_run.add_subparsers(dest="action", metavar="{ls,inspect}", required=True)
+    ls = sub.add_parser("ls", help="list task runs (of one flow run in the order they ran, else newest first)")
+    ls.add_argument("--flow-run-id", help="only the task runs of this flow run (id or unique prefix)")
+    ls.add_argument("--limit", type=_limit, default=None,
+                    help="at most this many runs (default: all of a flow run's, else 15; 0 for all)")
+    _json(ls)
+    ls.set_defaults(run=task_run_ls)
+    inspect = sub.add_parser("inspect", help="a task run: details and state history")
+    inspect.add_argument("id", help="task run id (or a unique prefix of it)")
+    _json(inspect)
+    inspect.set_defaults(run=task_run_inspect)
+
+
+def _json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def resolve_id(store: Any, text: str, table: str) -> uuid.UUID:
+    """A full id, or a prefix that names exactly one run."""
+    kind = "flow run" if table == "flow_runs" else "task run"
+    try:
+        return uuid.UUID(text.strip())
+    except ValueError:
+        pass
+    matches = store.find_run_ids(text, table)
+    if len(matches) == 1:
+        return uuid.UUID(matches[0])
+    if not matches:
+        raise CLIError(f"No {kind} with an id starting with {text!r} in {store.path}. "
+                       f"`asyncflow {kind.replace(' ', '-')} ls` lists them.")
+    raise CLIError(f"{text!r} is the start of several {kind} ids ({', '.join(m[:13] + '…' for m in matches[:5])}): "
+                   f"give more characters.")
+
+
+def _state_cell(state: Any) -> str:
+    return state.name if state.name.upper() == state.type.value else f"{state.name} ({state.type.value})"
+
+
+# -- flow runs ---------------------------------------------------------------------------------------
+def flow_run_ls(args: argparse.Namespace) -> int:
+    store = open_store()
+    runs = store.read_flow_runs(flow_name=args.flow_name, state=args.state, limit=args.limit or None)
+    if args.json:
+        out.dump_json([out.flow_run_json(run) for run in runs])
+        return 0
+    out.table(["ID", "FLOW", "NAME", "STATE", "STARTED", "DURATION"],
+              [(run.id, run.flow_name, run.name, _state_cell(run.state), out.local_time(run.start_time),
+                out.duration(run.start_time, run.end_time)) for run in runs],
+              empty="No flow runs" + (" match these filters." if args.flow_name or args.state else " yet."))
+    return 0
+
+
+def flow_run_inspect(args: argparse.Namespace) -> int:
+    store = open_store()
+    run = store.read_flow_run(resolve_id(store, args.id, "flow_runs"))
+    states = store.read_states(run.id)
+    task_runs = store.read_task_runs(flow_run_id=run.id)
+    if args.json:
+        out.dump_json({**out.flow_run_json(run), "states": [out.state_json(s) for s in states],
+                       "task_runs": [out.task_run_json(t) for t in task_runs]})
+        return 0
+    counts: dict[str, int] = {}
+    for task_run in task_runs:
+        counts[task_run.state.name] = counts.get(task_run.state.name, 0) + 1
+    print(f"Flow run '{run.name}' ({run.id})")
+    out.fields([
+        ("flow", run.flow_name + (f" (version {run.flow_version})" if run.flow_version else "")),
+        ("state", _state_cell(run.state) + (f": {run.state.message}" if run.state.message else "")),
+        ("parameters", _plain(run.parameters)),
+        ("tags", ", ".join(run.tags) or "-"),
+        ("started", out.local_time(run.start_time, millis=True)),
+        ("ended", out.local_time(run.end_time, millis=True)),
+        ("duration", out.duration(run.start_time, run.end_time)),
+        ("run count", run.run_count),
+        *([("parent flow run", run.parent_flow_run_id)] if run.parent_flow_run_id else []),
+        *([("parent task run", run.parent_task_run_id)] if run.parent_task_run_id else []),
+        ("task runs", f"{len(task_runs)}" + (" (" + ", ".join(f"{n} {name}" for name, n in counts.items()) + ")"
+                                              if counts else "")),
+    ])
+    print()
+    _history(states)
+    if task_runs:
+        print()
+        out.table(["TASK RUN", "ID", "STATE", "DURATION"],
+                  [(t.name, t.id, _state_cell(t.state), out.duration(t.start_time, t.end_time)) for t in task_runs],
+                  empty="")
+    return 0
+
+
+def flow_run_logs(args: argparse.Namespace) -> int:
+    store = open_store()
+    run = store.read_flow_run(resolve_id(store, args.id, "flow_runs"))
+    logs = store.read_logs(flow_run_id=str(run.id))
+    if args.json:
+        out.dump_json([out.log_json(log) for log in logs])
+        return 0
+    if not logs:
+        print(f"Flow run '{run.name}' has no log lines.")
+        return 0
+    names = {str(t.id): t.name for t in store.read_task_runs(flow_run_id=run.id)}
+    for log in logs:
+        where = (f"Task run '{names.get(log.task_run_id, log.task_run_id)}'" if log.task_run_id
+                 else f"Flow run '{run.name}'")
+        print(f"{out.local_time(log.ts, millis=True)} | {log.level:<7} | {where} - {log.message}")
+    return 0
+
+
+# -- task runs ---------------------------------------------------------------------------------------
+def task_run_ls(args: argparse.Namespace) -> int:
+    store = open_store()
+    if args.flow_run_id:
+        flow_run_id = resolve_id(store, args.flow_run_id, "flow_runs")
+        store.read_flow_run(flow_run_id)  # an unknown flow run is an error, not an empty list
+        runs = store.read_task_runs(flow_run_id=flow_run_id, limit=args.limit or None)
+    else:
+        runs = store.read_task_runs(limit=15 if args.limit is None else (args.limit or None), newest_first=True)
+    if args.json:
+        out.dump_json([out.task_run_json(run) for run in runs])
+        return 0
+    out.table(["ID", "TASK", "NAME", "STATE", "STARTED", "DURATION"],
+              [(run.id, run.task_name, run.name, _state_cell(run.state), out.local_time(run.start_time),
+                out.duration(run.start_time, run.end_time)) for run in runs],
+              empty="No task runs" + (" in this flow run." if args.flow_run_id else " yet."))
+    return 0
+
+
+def task_run_inspect(args: argparse.Namespace) -> int:
+    store = open_store()
+    run = store.read_task_run(resolve_id(store, args.id, "task_runs"))
+    states = store.read_states(run.id)
+    if args.json:
+        out.dump_json({**out.task_run_json(run), "states": [out.state_json(s) for s in states]})
+        return 0
+    print(f"Task run '{run.name}' ({run.id})")
+    out.fields([
+        ("task", run.task_name + (f" (version {run.task_version})" if run.task_version else "")),
+        ("task key", run.task_key),
+        ("state", _state_cell(run.state) + (f": {run.state.message}" if run.state.message else "")),
+        ("flow run", run.flow_run_id or "- (called outside a flow)"),
+        *([("parent task run", run.parent_task_run_id)] if run.parent_task_run_id else []),
+        ("parameters", _plain(run.parameters)),
+        ("tags", ", ".join(run.tags) or "-"),
+        ("started", out.local_time(run.start_time, millis=True)),
+        ("ended", out.local_time(run.end_time, millis=True)),
+        ("duration", out.duration(run.start_time, run.end_time)),
+        ("run count", run.run_count),
+    ])
+    print()
+    _history(states)
+    return 0
+
+
+def _history(states: list[Any]) -> None:
+    print("State history:")
+    out.table(["  TIME", "STATE", "TYPE", "MESSAGE"],
+              [("  " + out.local_time(s.ts, millis=True), s.name, s.type.value, out.short(s.message, 100))
+               for s in states], empty="  (no states recorded)")
+
+
+def _plain(parameters: dict[str, Any]) -> str:
+    if not parameters:
+        return "-"
+    import json
+
+    return ", ".join(f"{name}={json.dumps(value, ensure_ascii=False)}" for name, value in parameters.items())
