@@ -33,35 +33,53 @@ class UnhashableKeyPart(Exception):
         super().__init__(f"{what} of type {self.type_name} cannot be hashed{': ' + reason if reason else ''}")
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (set, frozenset)):
-        return sorted(value, key=repr)
+def _canonical(value: Any, what: str, depth: int = 0) -> Any:
+    """A JSON-able form of `value` that keeps types apart: `{1: 'a'}` and `{'1': 'a'}`, a tuple and a
+    list, a date and its ISO string never encode alike. Unknown objects are pickled (never repr'd:
+    two objects with the same repr are not the same input)."""
+    if depth > 100:
+        raise UnhashableKeyPart(what, value, "nested too deeply")
+    kind = type(value)
+    if value is None or kind in (bool, str):
+        return value
+    if kind is int:
+        return ["int", str(value)]  # ints as text: no float rounding, never equal to a float or str
+    if kind is float:
+        return ["float", repr(value)]
+    if kind in (list, tuple):
+        return [kind.__name__, [_canonical(v, what, depth + 1) for v in value]]
+    if kind in (set, frozenset):
+        items = [_canonical(v, what, depth + 1) for v in value]
+        return [kind.__name__, sorted(items, key=lambda i: json.dumps(i, sort_keys=True))]
+    if kind is dict:
+        pairs = [[_canonical(k, what, depth + 1), _canonical(v, what, depth + 1)] for k, v in value.items()]
+        return ["dict", sorted(pairs, key=lambda p: json.dumps(p[0], sort_keys=True))]
     if isinstance(value, (bytes, bytearray)):
-        return value.hex()
+        return [kind.__name__, value.hex()]
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
+        return [kind.__name__, value.isoformat()]
     if isinstance(value, (uuid.UUID, pathlib.PurePath, dt.timedelta)):
-        return str(value)
+        return [kind.__name__, str(value)]
     if isinstance(value, enum.Enum):
-        return value.value
+        return ["enum", f"{kind.__module__}.{kind.__qualname__}", _canonical(value.value, what, depth + 1)]
+    qualname = f"{kind.__module__}.{kind.__qualname__}"
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [type(value).__qualname__, dataclasses.asdict(value)]
-    if attrs.has(type(value)):
-        return [type(value).__qualname__, attrs.asdict(value)]
-    if hasattr(value, "model_dump") and hasattr(type(value), "model_fields"):
-        return [type(value).__qualname__, value.model_dump(mode="json")]
-    raise TypeError
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return ["dataclass", qualname, _canonical(fields, what, depth + 1)]
+    if attrs.has(kind):
+        fields = {a.name: getattr(value, a.name) for a in attrs.fields(kind)}
+        return ["attrs", qualname, _canonical(fields, what, depth + 1)]
+    if hasattr(value, "model_dump") and hasattr(kind, "model_fields"):
+        return ["pydantic", qualname, _canonical(value.model_dump(), what, depth + 1)]
+    try:
+        return ["pickle", qualname, hashlib.md5(cloudpickle.dumps(value)).hexdigest()]
+    except Exception as exc:  # locks, sockets, open files, generators...
+        raise UnhashableKeyPart(what, value, f"{type(exc).__name__}: {exc}") from None
 
 
 def stable_hash(value: Any, what: str) -> str:
-    """md5 of a stable encoding of `value` (JSON when possible, else cloudpickle)."""
-    try:
-        payload = json.dumps(value, sort_keys=True, default=_json_default, separators=(",", ":")).encode()
-    except (TypeError, ValueError):
-        try:
-            payload = cloudpickle.dumps(value)
-        except Exception as exc:  # locks, sockets, open files, generators...
-            raise UnhashableKeyPart(what, value, f"{type(exc).__name__}: {exc}") from None
+    """md5 of a canonical, type-keeping encoding of `value`; raises UnhashableKeyPart naming `what`."""
+    payload = json.dumps(_canonical(value, what), sort_keys=True, separators=(",", ":")).encode()
     return hashlib.md5(payload).hexdigest()
 
 

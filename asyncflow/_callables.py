@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -126,6 +127,6 @@ def check_count(owner: str, option: str, value: Any) -> int:
 
 def check_seconds(owner: str, option: str, value: Any) -> float:
     """An option that must be a number of seconds >= 0 (`timeout_seconds`, `retry_delay_seconds`)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"{owner}: `{option}` must be a number >= 0; got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{owner}: `{option}` must be a finite number >= 0; got {value!r}.")
     return float(value)

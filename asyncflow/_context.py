@@ -57,7 +57,7 @@ class FlowRunContext(RunContext):
         self.flow = flow
         self.flow_run = flow_run
         self.task_runner = task_runner
-        self.run_counters: dict[str, int] = {}
+        self.run_counters: dict[str, Any] = {}  # task key -> itertools.count
         self.label = f"Flow run '{flow_run.name}'"  # set again once the run is named
         self.ids = {"flow_run_id": str(flow_run.id)}
 

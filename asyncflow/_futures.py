@@ -44,9 +44,12 @@ class TaskRunFuture(Generic[R]):
 
     @property
     def state(self) -> State[R]:
-        """The final state if the run finished, else its current state."""
-        self._observed = True
-        return self._final if self._final is not None else self.task_run.state
+        """The final state if the run finished, else its current state. (Reading a final state counts
+        as looking at the outcome; reading `Running` does not.)"""
+        if self._final is not None:
+            self._observed = True
+            return self._final
+        return self.task_run.state
 
     def done(self) -> bool:
         return self._final is not None
@@ -135,7 +138,13 @@ class TaskRunFuture(Generic[R]):
             thread_event.set()
         if callbacks:
             for fn in callbacks:
-                fn(self)
+                try:
+                    fn(self)
+                except Exception as exc:  # a user's callback never breaks the run or its flow
+                    from ._logging import ERROR, log
+
+                    log(ERROR, "asyncflow.futures", f"A done callback of task run '{self.task_run.name}' raised "
+                        f"{exc!r}", exc_info=exc)
 
     def __repr__(self) -> str:  # looking at a future in a debugger or a log is not observing its failure
         state = self._final if self._final is not None else self.task_run.state

@@ -301,6 +301,8 @@ def resolve_caching(name: str, fn: Any, cache_policy: Any, cache_key_fn: Any, ca
         raise TypeError(f"{owner}: cache_key_fn must be a callable (context, parameters) -> str; got {cache_key_fn!r}.")
     if cache_expiration is not None and not isinstance(cache_expiration, dt.timedelta):
         raise TypeError(f"{owner}: cache_expiration must be a datetime.timedelta; got {cache_expiration!r}.")
+    if refresh_cache is not None and not isinstance(refresh_cache, bool):
+        raise TypeError(f"{owner}: refresh_cache must be True, False or None; got {refresh_cache!r}.")
     if persist_result is not None and not isinstance(persist_result, bool):
         raise TypeError(f"{owner}: persist_result must be True, False or None; got {persist_result!r}.")
     if result_storage_key is not None and not isinstance(result_storage_key, str):

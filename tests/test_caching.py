@@ -315,3 +315,64 @@ def test_flow_persist_result_is_the_default_for_its_tasks(store):
     f()
     assert calls == [1]
     assert Path  # (imported for the storage tests)
+
+
+def test_inputs_of_different_types_never_share_a_key():
+    import datetime as dt
+    import uuid
+
+    from asyncflow._caching import stable_hash
+
+    pairs = [({1: "a"}, {"1": "a"}), ((1, 2), [1, 2]), ({1, 2}, [1, 2]), (dt.date(2020, 1, 1), "2020-01-01"),
+             (b"ab", "6162"), (uuid.UUID(int=1), str(uuid.UUID(int=1))), (1, 1.0), (1, True)]
+    for a, b in pairs:
+        assert stable_hash(a, "x") != stable_hash(b, "x"), (a, b)
+
+    class Config:
+        def __init__(self, value):
+            self.value = value
+
+        def __repr__(self):
+            return "Config"  # equal reprs must not mean equal keys
+
+    assert stable_hash(Config(1), "x") != stable_hash(Config(2), "x")
+
+
+def test_task_input_hash_with_an_unhashable_input_warns_and_runs(store, capsys):
+    calls = []
+
+    @task(cache_key_fn=task_input_hash)
+    def uses_lock(lock):
+        calls.append(1)
+
+    uses_lock(threading.Lock()), uses_lock(threading.Lock())
+    assert len(calls) == 2
+    assert "Caching is disabled for this run" in capsys.readouterr().err
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["virtual_asyncio", "virtual_trio"], indirect=True)
+async def test_a_cancelled_serializable_run_releases_its_key_lock(store):
+    import anyio
+
+    @task(cache_policy=INPUTS.configure(isolation_level="SERIALIZABLE"), persist_result=True)
+    async def slow(x):
+        await anyio.sleep(10)
+        return x
+
+    @flow(timeout_seconds=1)
+    async def f():
+        return await slow(1)
+
+    assert (await f(return_state=True)).name == "TimedOut"
+    with anyio.fail_after(30):  # would hang forever on the leaked lock
+        assert (await f(return_state=True)).name == "TimedOut"
+
+
+def test_bad_refresh_cache_and_non_finite_seconds_fail_at_decoration():
+    with pytest.raises(TypeError, match="refresh_cache must be True, False or None"):
+        task(refresh_cache="no")(lambda: 0)
+    with pytest.raises(ValueError, match="finite number"):
+        task(timeout_seconds=float("nan"))(lambda: 0)
+    with pytest.raises(ValueError, match="finite number"):
+        task(retries=1, retry_delay_seconds=float("inf"))(lambda: 0)

@@ -1224,3 +1224,35 @@ def test_repr_of_a_future_does_not_count_as_observing_its_failure(capsys):
 
     f()
     assert "nothing looked at its outcome" in capsys.readouterr().err
+
+
+def test_a_raising_done_callback_is_logged_and_breaks_nothing(capsys):
+    def broken(future):
+        raise RuntimeError("callback bug")
+
+    @flow
+    def f() -> int:
+        future = add.submit(1, 2)
+        future.add_done_callback(broken)
+        return future.result()
+
+    assert f() == 3
+    assert "A done callback of task run 'add-0' raised RuntimeError('callback bug')" in capsys.readouterr().err
+
+
+def test_reading_a_running_state_is_not_observing_the_outcome(capsys):
+    gate = threading.Event()
+
+    @task
+    def fails_later():
+        gate.wait(5)
+        raise ValueError("later")
+
+    @flow
+    def f() -> None:
+        future = fails_later.submit()
+        assert future.state.name in ("Pending", "Running")
+        gate.set()
+
+    f()
+    assert "nothing looked at its outcome" in capsys.readouterr().err

@@ -27,6 +27,15 @@ _set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
 _REINJECT_SECONDS = 0.05
 
 
+_clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(
+    ("PyThreadState_SetAsyncExc", ctypes.pythonapi))
+
+
+def _clear_pending(thread_id: int) -> None:
+    """Drop an injected exception that has not fired yet (a NULL exception clears it)."""
+    _clear_async_exc(thread_id, None)
+
+
 class SyncRunAborted(BaseException):
     """Raised inside a sync task's thread after its deadline: the function must not go on."""
 
@@ -51,15 +60,20 @@ class UserCode:
         try:
             return fn()
         finally:
-            self._leave()
+            self.close()
 
-    def _leave(self) -> None:
-        while True:  # an abort injected just as the function returned may fire in here: absorb it
+    def close(self) -> None:
+        """Leave user code for good: no injection after this, and a pending one is cleared. Called when
+        the function returns, and again by whatever hosts the thread (an abort firing right at the
+        boundary of one call is caught by the next layer, which closes again)."""
+        for _ in range(1000):
             try:
                 with self._lock:
                     self._inside = False
+                    if self._thread_id == threading.get_ident():
+                        _clear_pending(self._thread_id)
                 return
-            except SyncRunAborted:
+            except SyncRunAborted:  # it fired in here: absorb it, and make sure the flag is down
                 continue
 
     def abort(self) -> None:
@@ -108,6 +122,7 @@ class ThreadCall:
         except BaseException as exc:  # delivered to the waiting caller
             self.error = exc
         finally:
+            self.user.close()
             self.done.set()
             on_done = self._on_done
             if on_done is not None:

@@ -11,6 +11,7 @@ import contextvars
 import datetime as dt
 import functools
 import inspect
+import itertools
 import threading
 from typing import Any
 
@@ -38,7 +39,7 @@ from .open_runs import OPEN
 from .resolve import Resolver, collect_unfinished
 from .scope import LazyLoopScope, Scope
 
-_global_counters: dict[str, int] = {}
+_global_counters: dict[str, Any] = {}
 _PLAIN_RESULTS = frozenset({int, float, str, bytes, bool, type(None), dict, tuple})
 _ATOM_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
 _SMALL_TYPES = frozenset({int, float, bool, type(None)})
@@ -63,8 +64,10 @@ class TaskCall:
             counters = _global_counters
             flow_run_id = None
         key = task.task_key
-        n = counters.get(key, 0)
-        counters[key] = n + 1
+        counter = counters.get(key)
+        if counter is None:
+            counter = counters.setdefault(key, itertools.count())
+        n = next(counter)  # atomic: runs created in several threads get distinct names
         run_id = run_id or new_id()  # a background run arrives with the id its future knows
         self.details = StateDetails(flow_run_id=flow_run_id, task_run_id=run_id)
         self.run = TaskRun(
@@ -276,6 +279,17 @@ def _resolve_wait_for(resolver: Resolver, wait_for: Any) -> None:
 
 
 async def _attempts(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, Any], sync: bool) -> State[Any]:
+    holder: list[Any] = [None]
+    try:
+        return await _attempt_loop(call, ctx, parameters, sync, holder)
+    except BaseException:  # cancelled or crashed: a SERIALIZABLE key lock must not outlive the run
+        if holder[0] is not None:
+            holder[0].release()
+        raise
+
+
+async def _attempt_loop(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, Any], sync: bool,
+                        holder: list[Any]) -> State[Any]:
     task, run = call.task, call.run
     policy = task.retry_policy
     args, kwargs = task.binder.to_call(parameters)
@@ -292,7 +306,7 @@ async def _attempts(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, A
         if task.on_running:
             await run_hooks(task.on_running, task, run, running, sync, call.label, call.ids)
         if attempt == 1:
-            plan = await caching.plan(call, ctx, parameters, sync)
+            plan = holder[0] = await caching.plan(call, ctx, parameters, sync)
             if plan is not None:
                 cached = await plan.lookup(sync)
                 if cached is not None:
@@ -545,4 +559,5 @@ def _run_in_thread(call: TaskCall, scope: Any) -> None:
     except BaseException:  # the run is recorded (Cancelled or Crashed); the pool thread lives on
         pass
     finally:
+        guard.close()  # whatever happened above, nothing may be injected into this pool thread now
         scope.guards.discard(guard)
