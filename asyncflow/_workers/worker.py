@@ -47,6 +47,7 @@ class TaskWorker:
         self._running: dict[str, anyio.CancelScope] = {}
         self._stopping = False
         self._wake: anyio.Event | None = None
+        self._all_done: anyio.Event | None = None  # set when the last running run ends (while draining)
         self.completed = 0
 
     def stop(self) -> None:
@@ -85,8 +86,9 @@ class TaskWorker:
 
     async def _drain(self) -> None:
         with anyio.move_on_after(self.shutdown_timeout):
-            while self._running:
-                await anyio.sleep(0.02)
+            if self._running:
+                self._all_done = anyio.Event()
+                await self._all_done.wait()
         for run_id, scope in list(self._running.items()):  # not done in time: hand them back
             scope.cancel()
             await anyio.to_thread.run_sync(self.broker.release, run_id, self.worker_id)
@@ -121,6 +123,8 @@ class TaskWorker:
                                _dumps(exc, False, task.name))
         finally:
             self._running.pop(queued.id, None)
+            if not self._running and self._all_done is not None:
+                self._all_done.set()
 
     async def _wait_for(self, waits: list[str]) -> str | None:
         for run_id in waits:
