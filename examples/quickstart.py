@@ -8,7 +8,7 @@ What it shows:
 1. concurrency: ``.map()`` fans one task out over a list and ``.submit()`` starts a run and returns a
    future at once; futures passed to another task are resolved before it starts;
 2. retries: ``flaky_fetch`` fails on its first attempt and succeeds on its retry — the same task run,
-   with ``AwaitingRetry``/``Retrying`` added to its state history;
+   with ``AwaitingRetry`` and ``Retrying`` added to its state history;
 3. caching: ``slow_lookup`` has ``cache_key_fn=task_input_hash``, so calling it a second time with the same
    input finishes in state ``Cached`` without running the function again;
 4. ``log_prints=True``: ``print`` inside the flow and its tasks becomes a log line of the run.

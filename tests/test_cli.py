@@ -114,7 +114,7 @@ def test_task_run_ls_and_inspect_with_state_history(home, capsys):
     code, out, _ = run(capsys, "task-run", "inspect", retried["id"])
     assert code == 0 and "run count:  2" in out and "parameters: i=1" in out
     history = [line.split()[2] for line in out.split("State history:")[1].strip().splitlines()[1:]]
-    assert history == ["Pending", "Running", "Retrying", "Completed"]
+    assert history == ["Pending", "Running", "AwaitingRetry", "Retrying", "Completed"]
     _, out, _ = run(capsys, "task-run", "inspect", retried["id"], "--json")
     assert [s["name"] for s in json.loads(out)["states"]] == history
 

@@ -244,7 +244,7 @@ def test_flow_retries_rerun_the_body_and_its_tasks(store):
     state = flaky(return_state=True)
     assert state.result() == 3 and calls == ["task"] * 3
     assert state_names(store, state.state_details.flow_run_id) == [
-        "Pending", "Running", "AwaitingRetry", "Running", "AwaitingRetry", "Running", "Completed"]
+        "Pending", "Running", "AwaitingRetry", "Retrying", "AwaitingRetry", "Retrying", "Completed"]
 
 
 def test_flow_retry_delay_uses_the_clock():

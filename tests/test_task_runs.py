@@ -142,7 +142,7 @@ def test_retries_add_states_to_the_same_run(store):
     state = flaky(return_state=True)
     assert state.result() == "ok" and attempts == [1, 2, 3]
     assert state_names(store, state.state_details.task_run_id) == [
-        "Pending", "Running", "Retrying", "Retrying", "Completed"]
+        "Pending", "Running", "AwaitingRetry", "Retrying", "AwaitingRetry", "Retrying", "Completed"]
 
 
 def test_retries_exhausted_end_failed_with_every_attempt_recorded(store):
@@ -153,7 +153,7 @@ def test_retries_exhausted_end_failed_with_every_attempt_recorded(store):
     state = always(return_state=True)
     assert state.is_failed() and state.message == "Task run encountered an exception ValueError: bad code"
     assert state_names(store, state.state_details.task_run_id) == [
-        "Pending", "Running", "Retrying", "Retrying", "Failed"]
+        "Pending", "Running", "AwaitingRetry", "Retrying", "AwaitingRetry", "Retrying", "Failed"]
 
 
 @pytest.mark.parametrize("delays, expected", [(1, [1, 1, 1]), ([1, 2, 3], [1, 2, 3]), ([1, 2], [1, 2, 2])])

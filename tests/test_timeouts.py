@@ -141,7 +141,8 @@ def test_timed_out_sync_task_can_be_retried(store):
 
     state = slow_then_fast(return_state=True)
     assert state.result() == "ok" and len(attempts) == 2
-    assert state_names(store, state.state_details.task_run_id) == ["Pending", "Running", "Retrying", "Completed"]
+    assert state_names(store, state.state_details.task_run_id) == [
+        "Pending", "Running", "AwaitingRetry", "Retrying", "Completed"]
 
 
 def test_stopping_a_timed_out_task_never_hits_other_runs(store):

@@ -136,7 +136,7 @@ async def _attempts(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, A
         attempt += 1
         run.run_count = attempt
         ctx.children = None
-        running = _set(call, StateType.RUNNING, "Running")
+        running = _set(call, StateType.RUNNING, "Running" if attempt == 1 else "Retrying")
         if attempt == 1:
             run.start_time = running.ts
         if flow.on_running:

@@ -47,6 +47,8 @@ def _begin(call: TaskCall) -> TaskRunContext:
 
 
 def _start_attempt(call: TaskCall, attempt: int) -> None:
+    if attempt > 1:
+        set_state(call, _new_state(call, StateType.SCHEDULED, "AwaitingRetry"))
     call.run.run_count = attempt
     set_state(call, _new_state(call, StateType.RUNNING, "Running" if attempt == 1 else "Retrying"))
 

@@ -317,11 +317,11 @@ async def _attempt_loop(call: TaskCall, ctx: TaskRunContext, parameters: dict[st
         if state.type is StateType.FAILED and attempt <= policy.retries and await _should_retry(call, state, sync):
             delay = policy.delay_for(attempt - 1)
             _log_retry(call, state, attempt, policy.retries, delay)
+            clock = get_clock()  # every retry is AwaitingRetry (until its scheduled time), then Retrying
+            when = dt.datetime.fromtimestamp(clock.time() + delay, tz=dt.timezone.utc)
+            details = StateDetails(flow_run_id=run.flow_run_id, task_run_id=run.id, scheduled_time=when)
+            set_state(call, State(StateType.SCHEDULED, "AwaitingRetry", None, None, details))
             if delay > 0:
-                clock = get_clock()
-                when = dt.datetime.fromtimestamp(clock.time() + delay, tz=dt.timezone.utc)
-                details = StateDetails(flow_run_id=run.flow_run_id, task_run_id=run.id, scheduled_time=when)
-                set_state(call, State(StateType.SCHEDULED, "AwaitingRetry", None, None, details))
                 if sync:
                     clock.sleep_blocking(delay)
                 else:
