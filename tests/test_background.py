@@ -244,3 +244,18 @@ def test_bad_worker_arguments_are_clear_errors(app):
         TaskWorker(print)
     with pytest.raises(ValueError, match="limit must be a positive integer"):
         TaskWorker(app.send_email, limit=0)
+
+
+def test_local_futures_cannot_be_passed_to_delay(app):
+    from asyncflow import flow
+
+    @flow
+    def f():
+        local = app.send_email.submit("x", "y")
+        with pytest.raises(TypeError, match="future of a run in this process"):
+            app.send_email.delay(local, "z")
+        with pytest.raises(TypeError, match="only futures of delayed runs"):
+            app.send_email.apply_async(("a", "b"), wait_for=[local])
+        return local.result()
+
+    assert f() == "sent 'y' to x"

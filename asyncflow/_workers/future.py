@@ -113,12 +113,26 @@ class DelayedFuture:
 def delay(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Any = None,
           broker: Any = None) -> DelayedFuture:
     """Queue a run of `task` for a task worker and return its future at once."""
+    from .._engine.resolve import collect_unfinished
     from .._engine.task_run import TaskCall, summarise_parameters
+    from .._futures import TaskRunFuture
     from .._ids import new_id
     from .._store import get_store
     from .broker import QueuedRun
 
     parameters = task.binder.bind(tuple(args), dict(kwargs or {}))
+    local: list[Any] = []
+    for value in parameters.values():
+        collect_unfinished(value, local)
+    if local or any(isinstance(v, TaskRunFuture) for v in parameters.values()):
+        raise TypeError(
+            f"{task.name}.delay(): an argument is the future of a run in this process, which a task worker "
+            f"cannot wait for. Pass its result (future.result()), or delay the upstream task too and pass "
+            f"that DelayedFuture.")
+    for future in wait_for or ():
+        if not isinstance(future, DelayedFuture):
+            raise TypeError(f"{task.name}.apply_async(wait_for=...): only futures of delayed runs "
+                            f"(DelayedFuture) can be waited for by a task worker; got {future!r}.")
     broker = broker if broker is not None else get_broker()
     run_id = new_id()
     waits = [str(f.task_run_id) for f in (wait_for or [])]

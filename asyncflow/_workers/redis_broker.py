@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 from .broker import QueuedRun, RunOutcome
 
 _GROUP = "asyncflow-workers"
+_COMPLETE = """
+if redis.call('HSETNX', KEYS[1], 'finished', ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'state_type', ARGV[2], 'state_name', ARGV[3], 'worker', ARGV[4])
+if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'message', ARGV[5]) end
+if ARGV[8] == '1' then redis.call('HSET', KEYS[1], 'result', ARGV[7]) end
+return 1
+"""
 _PREFIX = "asyncflow"
 
 
@@ -28,6 +34,7 @@ class RedisBroker:
         self._redis = redis.Redis.from_url(url)
         self._errors = redis.exceptions
         self._groups: set[str] = set()
+        self._complete_script = self._redis.register_script(_COMPLETE)
         self._claimed: dict[str, tuple[str, bytes]] = {}  # run id -> (stream, message id), for this worker
         self._lock = threading.Lock()
 
@@ -103,19 +110,18 @@ class RedisBroker:
 
     def complete(self, run_id: str, worker_id: str, state_type: str, state_name: str, message: str | None,
                  result: bytes | None) -> bool:
-        key = self._run_key(run_id)
-        first = bool(self._redis.hsetnx(key, "finished", time.time()))
-        if first:
-            mapping: dict[str, Any] = {"state_type": state_type, "state_name": state_name, "worker": worker_id}
-            if message is not None:
-                mapping["message"] = message
-            if result is not None:
-                mapping["result"] = result
-            self._redis.hset(key, mapping=mapping)
+        """Record the outcome if no one did before, atomically (one script: a crash cannot leave a run
+        marked finished without its state), then acknowledge and delete the stream entry."""
+        first = bool(self._complete_script(keys=[self._run_key(run_id)], args=[
+            time.time(), state_type, state_name, worker_id, message if message is not None else "",
+            1 if message is not None else 0, result if result is not None else b"", 1 if result is not None else 0]))
         with self._lock:
             entry = self._claimed.pop(run_id, None)
         if entry is not None:
-            self._redis.xack(entry[0], _GROUP, entry[1])
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.xack(entry[0], _GROUP, entry[1])
+            pipe.xdel(entry[0], entry[1])  # the payload is no longer needed: the stream does not grow
+            pipe.execute()
         return first
 
     def release(self, run_id: str, worker_id: str) -> None:

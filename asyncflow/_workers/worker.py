@@ -105,6 +105,10 @@ class TaskWorker:
         task = self.tasks[queued.task_key]
         try:
             with scope:
+                if queued.attempts > 1:  # delivered again: skip it if the first delivery did finish
+                    outcome = await anyio.to_thread.run_sync(self.broker.outcome, queued.id)
+                    if outcome is not None and outcome.finished:
+                        return
                 parameters, waits = cloudpickle.loads(queued.payload)
                 blocked = await self._wait_for(waits)
                 if blocked is not None:
