@@ -334,3 +334,21 @@ def test_ctrl_c_in_a_sync_flow_crashes_it_and_stops_its_runs(store):
     [flow_record] = store.read_flow_runs()
     assert flow_record.state.name == "Crashed"
     assert [r.state.name for r in store.read_task_runs()] == ["Cancelled"]
+
+
+@pytest.mark.anyio
+async def test_cancelling_the_code_awaiting_a_sync_flow_stops_its_body(store):
+    after = threading.Event()
+
+    @flow
+    def sync_flow():
+        time.sleep(0.4)
+        after.set()
+
+    start = time.monotonic()
+    with anyio.move_on_after(0.1):
+        await sync_flow()
+    assert time.monotonic() - start < 0.35  # the caller did not wait for the body
+    assert not after.wait(0.8)
+    [flow_record] = store.read_flow_runs()
+    assert flow_record.state.name == "Cancelled"

@@ -25,6 +25,7 @@ from .._states import State, StateDetails, StateType
 from .._store import flush_root_flow_run, get_store
 from .children import ChildTracker
 from .common import exception_message, log_final_state, run_hooks
+from .interrupt import UserCode
 from .open_runs import OPEN
 from .resolve import Resolver, collect_unfinished
 from .scope import LazyLoopScope, Scope
@@ -213,7 +214,13 @@ async def _body(call: FlowCall, ctx: FlowRunContext, args: tuple[Any, ...], kwar
             def body() -> Any:
                 return flow.fn(*args, **kwargs)
 
-            value = await anyio.to_thread.run_sync(body, limiter=anyio.CapacityLimiter(1))
+            guard = UserCode()  # cancelling the awaiting code stops the body at its next line
+            try:
+                value = await anyio.to_thread.run_sync(guard.run, body, limiter=anyio.CapacityLimiter(1),
+                                                       abandon_on_cancel=True)
+            except anyio.get_cancelled_exc_class():
+                guard.abort()
+                raise
         value = await _futures_to_states(value, sync)
     except Exception as exc:
         log(ERROR, call.label, f"Encountered exception during execution: {exc!r}", call.ids, exc_info=exc)
