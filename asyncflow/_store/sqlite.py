@@ -53,6 +53,12 @@ DB_FILE_NAME = "asyncflow.db"
 _FLOW, _TASK, _STATE, _LOG, _MARK = range(5)  # record kinds, the first item of each queued tuple
 _BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (extended codes keep them in the low byte)
 
+_V2_FLOW_RUN_COLUMNS = ("id, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id, "
+                        "created, state_type, state_name, state_message, state_ts, run_count, start_time, end_time")
+_V2_TASK_RUN_COLUMNS = ("id, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters, "
+                        "tags, created, state_type, state_name, state_message, state_ts, run_count, start_time, "
+                        "end_time")
+
 # -- the schema: one list of statements per version; a database at version n runs MIGRATIONS[n:] ---
 MIGRATIONS: list[list[str]] = [
     [  # version 1
@@ -118,21 +124,88 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX logs_by_flow_run ON logs (flow_run_id, seq)",
         "CREATE INDEX logs_by_task_run ON logs (task_run_id, seq)",
     ],
+    [  # version 2: cheaper writes. An index on random ids costs a random B-tree insert per row: logs are
+       # found by their flow run (task runs' lines through it), and only root task runs' lines by task
+       # run; the newest task runs are found by insertion order.
+        "DROP INDEX logs_by_task_run",
+        "CREATE INDEX logs_by_root_task_run ON logs (task_run_id, seq) WHERE flow_run_id IS NULL",
+        "DROP INDEX task_runs_by_created",
+    ],
+    [  # version 3: runs get a number (`ref`, shared by flow runs and task runs, increasing) and states point
+       # at it: their index grows at its end instead of taking a random insert per state (a random id).
+        "ALTER TABLE task_runs RENAME TO task_runs_v2",
+        "ALTER TABLE flow_runs RENAME TO flow_runs_v2",
+        "ALTER TABLE states RENAME TO states_v2",
+        """CREATE TABLE task_runs (
+            ref INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL,
+            task_name TEXT NOT NULL,
+            task_key TEXT NOT NULL,
+            task_version TEXT,
+            flow_run_id TEXT,
+            parent_task_run_id TEXT,
+            parameters TEXT NOT NULL,
+            tags TEXT NOT NULL,
+            created REAL NOT NULL,
+            state_type TEXT,
+            state_name TEXT,
+            state_message TEXT,
+            state_ts REAL,
+            run_count INTEGER NOT NULL DEFAULT 0,
+            start_time REAL,
+            end_time REAL)""",
+        """CREATE TABLE flow_runs (
+            ref INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL,
+            flow_name TEXT NOT NULL,
+            flow_version TEXT,
+            parameters TEXT NOT NULL,
+            tags TEXT NOT NULL,
+            parent_flow_run_id TEXT,
+            parent_task_run_id TEXT,
+            created REAL NOT NULL,
+            state_type TEXT,
+            state_name TEXT,
+            state_message TEXT,
+            state_ts REAL,
+            run_count INTEGER NOT NULL DEFAULT 0,
+            start_time REAL,
+            end_time REAL)""",
+        f"INSERT INTO task_runs (ref, {_V2_TASK_RUN_COLUMNS}) SELECT rowid, {_V2_TASK_RUN_COLUMNS} FROM task_runs_v2",
+        f"""INSERT INTO flow_runs (ref, {_V2_FLOW_RUN_COLUMNS})
+            SELECT rowid + (SELECT coalesce(max(ref), 0) FROM task_runs), {_V2_FLOW_RUN_COLUMNS} FROM flow_runs_v2""",
+        """CREATE TABLE states (
+            seq INTEGER PRIMARY KEY,
+            run_ref INTEGER,
+            run_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            name TEXT NOT NULL,
+            message TEXT,
+            ts REAL NOT NULL,
+            details TEXT)""",
+        """INSERT INTO states (seq, run_ref, run_id, type, name, message, ts, details)
+            SELECT s.seq, coalesce(t.ref, f.ref), s.run_id, s.type, s.name, s.message, s.ts, s.details
+            FROM states_v2 s LEFT JOIN task_runs t ON t.id = s.run_id LEFT JOIN flow_runs f ON f.id = s.run_id""",
+        "DROP TABLE states_v2",
+        "DROP TABLE task_runs_v2",
+        "DROP TABLE flow_runs_v2",
+        "CREATE INDEX states_by_run ON states (run_ref, seq)",
+        "CREATE INDEX task_runs_by_flow_run ON task_runs (flow_run_id, created)",
+        "CREATE INDEX flow_runs_by_created ON flow_runs (created)",
+        "CREATE INDEX flow_runs_by_flow ON flow_runs (flow_name, created)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_FLOW_RUN_COLUMNS = ("id, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id, "
-                     "created, state_type, state_name, state_message, state_ts, run_count, start_time, end_time")
-_TASK_RUN_COLUMNS = ("id, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters, "
-                     "tags, created, state_type, state_name, state_message, state_ts, run_count, start_time, end_time")
-
-
+_FLOW_RUN_COLUMNS = "ref, " + _V2_FLOW_RUN_COLUMNS  # in the order of a run row the writer builds
+_TASK_RUN_COLUMNS = "ref, " + _V2_TASK_RUN_COLUMNS
 _FINAL_IDS = frozenset(id(t) for t in FINAL_TYPES)  # identity checks: an Enum's hash runs Python code
-_FLOW_STATE_COLUMN, _TASK_STATE_COLUMN = 9, 10  # where the state columns start in a run row
-
-
-def _marks(n: int) -> str:
-    return ", ".join("?" * n)
+_FLOW_STATE_COLUMN, _TASK_STATE_COLUMN = 10, 11  # where the state columns start in a run row
+_MAX_REF = ("SELECT max(coalesce((SELECT max(ref) FROM flow_runs), 0), "
+            "coalesce((SELECT max(ref) FROM task_runs), 0))")
+_OPEN_RUNS_KEPT = 100_000  # runs the writer remembers (their ref) until their final state
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -180,14 +253,20 @@ def _summary(value: Any, depth: int = 0) -> Any:
     return f"<{kind.__name__}>"
 
 
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+_SIMPLE = frozenset({int, bool, type(None)})
+
+
 def summarise_parameters(parameters: Any) -> str:
     if not parameters:
         return "{}"
     try:
         items = list(parameters.items())
-        return json.dumps({str(name): _summary(value) for name, value in items}, ensure_ascii=False)
-    except Exception:  # a dict changed while we read it: keep the names at least
-        return json.dumps({"<parameters>": f"<{type(parameters).__name__}>"})
+        if all(type(value) in _SIMPLE for _, value in items):  # the common case, kept as is
+            return _encode(dict(items))
+        return _encode({str(name): _summary(value) for name, value in items})
+    except Exception:  # a dict changed while we read it
+        return _encode({"<parameters>": f"<{type(parameters).__name__}>"})
 
 
 def _details_json(details: StateDetails) -> str | None:
@@ -228,7 +307,26 @@ def _uuid_or_none(text: str | None) -> uuid.UUID | None:
 _STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
 
 
+_FORK_HELD: list[threading.Lock] = []
+_INHERITED: list[sqlite3.Connection] = []  # a forked child's copies of its parent's connections
+
+
+def _before_fork() -> None:
+    """A thread inside SQLite at the moment of a fork leaves SQLite's own mutexes locked in the child,
+    which then hangs at its first SQLite call: wait until no thread of ours is inside SQLite."""
+    for store in list(_STORES):
+        for lock in (store._lock, store._read_lock):
+            if lock.acquire(timeout=10):  # a batch being written, a busy database: bounded
+                _FORK_HELD.append(lock)
+
+
+def _after_fork_in_parent() -> None:
+    while _FORK_HELD:
+        _FORK_HELD.pop().release()
+
+
 def _reset_after_fork() -> None:
+    _FORK_HELD.clear()  # the child's copies of these locks are replaced
     for store in list(_STORES):
         store._reset_in_child()
 
@@ -239,7 +337,8 @@ def _flush_all_at_exit() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_reset_after_fork)
 # atexit runs handlers last-registered first: this one runs before the engine's, which records the runs
 # still open as Crashed and then flushes again.
 atexit.register(_flush_all_at_exit)
@@ -286,11 +385,14 @@ class SQLiteStore:
         self._read_lock = threading.Lock()
         self._dropping = False
         self._last_report = 0.0
-        self._watch: dict[uuid.UUID, list[Any]] = {}  # task runs whose name may still change
+        # runs written and not yet final: run id -> [ref, is a flow run, name watch or None]
+        self._open_runs: dict[uuid.UUID, list[Any]] = {}
 
     def _reset_in_child(self) -> None:
-        """After fork: the parent's writer thread and connections do not exist here; its queue is the
-        parent's to write."""
+        """After fork: the parent's writer thread does not exist here, its queue is the parent's to
+        write, and its connections are the parent's: SQLite says a child must not use them, not even
+        to close them, so they are kept (never closed) and new ones are opened on demand."""
+        _INHERITED.extend(c for c in (self._conn, self._reader) if c is not None)
         self._init_runtime()
 
     def __repr__(self) -> str:
@@ -301,6 +403,8 @@ class SQLiteStore:
         conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout, isolation_level=None,
                                check_same_thread=False)
         conn.execute("PRAGMA synchronous = NORMAL")  # with WAL: durable against a process crash
+        conn.execute("PRAGMA cache_size = -16000")  # 16 MB: index pages stay in memory between batches
+        conn.execute("PRAGMA wal_autocheckpoint = 8000")  # 32 MB of WAL between checkpoints (each syncs)
         return conn
 
     def _open(self, create: bool) -> None:
@@ -413,15 +517,18 @@ class SQLiteStore:
         self._event.set()
 
     def _overflow(self, record: tuple[Any, ...]) -> None:
-        """The queue is full: wait briefly for room, else drop (counted, warned)."""
+        """The queue is full: help write (a batch in this thread, when the writer is not already on
+        one) until there is room, for at most `full_wait` seconds; then drop (counted, warned)."""
         if not self._dropping:
             self._wake()
             deadline = time.monotonic() + self.full_wait
             while len(self._queue) >= self.queue_size:
-                if time.monotonic() >= deadline or self._thread is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     self._dropping = True  # until the writer catches up, drop at once: never block again
                     break
-                time.sleep(0.001)
+                if self._write_once(blocking=False, busy_timeout=left) is not True:
+                    time.sleep(0.001)  # the writer holds the batch, or the database is busy
             else:
                 self._queue.append(record)
                 return
@@ -467,32 +574,41 @@ class SQLiteStore:
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.5)
 
-    def _write_once(self) -> bool:
+    def _write_once(self, blocking: bool = True, busy_timeout: float | None = None) -> bool | None:
         """Write one batch (the one in flight, else the next off the queue). False if the database was
-        busy: the batch stays in flight, in order, for the next attempt."""
-        with self._lock:
-            self._writing = True
+        busy (the batch stays in flight, in order, for the next attempt); None if `blocking` is False
+        and another thread is writing. `busy_timeout` shortens the wait for a busy database."""
+        if not self._lock.acquire(blocking):
+            return None
+        self._writing = True
+        try:
+            batch = self._batch
+            if not batch:
+                queue = self._queue
+                take = min(len(queue), self.batch_size)
+                if not take:
+                    return True
+                popleft = queue.popleft
+                batch = self._batch = [popleft() for _ in range(take)]
             try:
-                batch = self._batch
-                if not batch:
-                    queue = self._queue
-                    take = min(len(queue), self.batch_size)
-                    if not take:
-                        return True
-                    popleft = queue.popleft
-                    batch = self._batch = [popleft() for _ in range(take)]
+                if busy_timeout is not None:
+                    self._writer_conn().execute(f"PRAGMA busy_timeout = {max(1, int(busy_timeout * 1000))}")
                 try:
                     self._write(batch)
-                except sqlite3.OperationalError as exc:
-                    if is_busy(exc):
-                        return False
-                    self._give_up(batch, exc)
-                except Exception as exc:  # any other error: this batch can never be written
-                    self._give_up(batch, exc)
-                self._batch = []
-                return True
-            finally:
-                self._writing = False
+                finally:
+                    if busy_timeout is not None and self._conn is not None:
+                        self._conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            except sqlite3.OperationalError as exc:
+                if is_busy(exc):
+                    return False
+                self._give_up(batch, exc)
+            except Exception as exc:  # any other error: this batch can never be written
+                self._give_up(batch, exc)
+            self._batch = []
+            return True
+        finally:
+            self._writing = False
+            self._lock.release()
 
     def _give_up(self, batch: list[tuple[Any, ...]], exc: BaseException) -> None:
         for record in batch:
@@ -518,32 +634,55 @@ class SQLiteStore:
         return conn
 
     def _write(self, batch: list[tuple[Any, ...]]) -> None:
-        """One transaction. A run's current state, attempt count and timing are folded from its states
-        here: into the run's row when the run is new in this batch, else into one UPDATE per run."""
+        """One transaction. New runs are numbered (`ref`) under the write lock, so processes never
+        collide; a run's current state, attempt count and timing are folded from its states here:
+        into the run's row when the run is new in this batch, else into one UPDATE per run."""
+        conn = self._writer_conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._write_in_transaction(conn, batch)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._open_runs.clear()  # it may hold refs of runs that were not committed: look them up again
+            raise
+        for record in batch:
+            if record[0] == _MARK:
+                record[1][0] = True
+
+    def _write_in_transaction(self, conn: sqlite3.Connection, batch: list[tuple[Any, ...]]) -> None:
         flows: list[tuple[Any, ...]] = []
         flow_runs: list[list[Any]] = []
         task_runs: list[list[Any]] = []
-        renames: list[tuple[str, str]] = []
+        renames: list[tuple[str, int]] = []
         states: list[tuple[Any, ...]] = []
         logs: list[tuple[Any, ...]] = []
-        marks: list[list[bool]] = []
-        updates: list[list[Any]] = []  # runs inserted by earlier batches: [state..., run_count delta, start, end, id]
-        watch = self._watch
-        # per run id seen in this batch: [id text, row holding its state columns, where they start, watch entry]
+        flow_updates: list[list[Any]] = []  # runs of earlier batches: [state..., run_count delta, start, end, ref]
+        task_updates: list[list[Any]] = []
+        open_runs = self._open_runs
+        # per run seen in this batch: [ref, id text, row holding its state columns, where they start, open entry]
         seen: dict[uuid.UUID, list[Any]] = {}
+        next_ref = conn.execute(_MAX_REF).fetchone()[0]
         running, final_ids = StateType.RUNNING, _FINAL_IDS
         for record in batch:
             kind = record[0]
             if kind == _STATE:
                 _, run_id, type_, name, message, ts, details = record
                 entry = seen.get(run_id)
-                if entry is None:  # a run inserted by an earlier batch
+                if entry is None:  # a run written by an earlier batch
+                    known = open_runs.get(run_id)
+                    if known is None:
+                        known = self._find_ref(conn, run_id)
                     key = str(run_id)
-                    row = [None, None, None, None, 0, None, None, key]
-                    updates.append(row)
-                    entry = seen[run_id] = [key, row, 0, watch.get(run_id)]
-                key, row, offset, watched = entry
-                states.append((key, type_, name, message, ts, _details_json(details)))  # type_ binds as its str
+                    if known is None:  # its run record never arrived (dropped): keep the state anyway
+                        entry = seen[run_id] = [None, key, [None, None, None, None, 0, None, None, None], 0, None]
+                    else:
+                        row = [None, None, None, None, 0, None, None, known[0]]
+                        (flow_updates if known[1] else task_updates).append(row)
+                        entry = seen[run_id] = [known[0], key, row, 0, known]
+                ref, key, row, offset, known = entry
+                states.append((ref, key, type_, name, message, ts, _details_json(details)))  # type_ binds as str
                 row[offset] = type_
                 row[offset + 1] = name
                 row[offset + 2] = message
@@ -554,82 +693,73 @@ class SQLiteStore:
                         row[offset + 5] = ts
                 elif id(type_) in final_ids:
                     row[offset + 6] = ts
-                if watched is not None:
+                    open_runs.pop(run_id, None)
+                if known is not None and known[2] is not None:
+                    watched = known[2]
                     if watched[2]:  # a second state: the run's name is final now (task_run_name rendered)
-                        watch.pop(run_id, None)
-                        entry[3] = None
+                        known[2] = None
                         current = watched[0].name
                         if current != watched[1]:
                             if offset:
-                                row[1] = current
+                                row[2] = current
                             else:
-                                renames.append((current, key))
+                                renames.append((current, ref))
                     else:
                         watched[2] = True
             elif kind == _LOG:
                 logs.append(record[1:])
             elif kind == _TASK:
                 _, run, created, parameters = record
+                next_ref += 1
                 key = str(run.id)
-                row = [key, run.name, run.task_name, run.task_key, run.task_version,
+                row = [next_ref, key, run.name, run.task_name, run.task_key, run.task_version,
                        str(run.flow_run_id) if run.flow_run_id is not None else None,
                        str(run.parent_task_run_id) if run.parent_task_run_id is not None else None,
                        summarise_parameters(parameters), json.dumps(list(run.tags)) if run.tags else "[]", created,
                        None, None, None, None, 0, None, None]
                 task_runs.append(row)
-                watched = watch[run.id] = [run, run.name, False]
-                seen[run.id] = [key, row, _TASK_STATE_COLUMN, watched]
-                if len(watch) > 10_000:
-                    del watch[next(iter(watch))]
+                known = open_runs[run.id] = [next_ref, False, [run, run.name, False]]
+                seen[run.id] = [next_ref, key, row, _TASK_STATE_COLUMN, known]
             elif kind == _FLOW:
                 _, run, created, parameters = record
+                next_ref += 1
                 key = str(run.id)
                 flows.append((run.flow_name, run.flow_version, created))
-                row = [key, run.name, run.flow_name, run.flow_version, summarise_parameters(parameters),
+                row = [next_ref, key, run.name, run.flow_name, run.flow_version, summarise_parameters(parameters),
                        json.dumps(list(run.tags)) if run.tags else "[]",
                        str(run.parent_flow_run_id) if run.parent_flow_run_id is not None else None,
                        str(run.parent_task_run_id) if run.parent_task_run_id is not None else None, created,
                        None, None, None, None, 0, None, None]
                 flow_runs.append(row)
-                seen[run.id] = [key, row, _FLOW_STATE_COLUMN, None]
-            else:
-                marks.append(record[1])
-        conn = self._writer_conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if flows:
-                conn.executemany("INSERT INTO flows (name, version, created) VALUES (?, ?, ?) "
-                                 "ON CONFLICT (name) DO UPDATE SET version = excluded.version", flows)
-            if flow_runs:
-                conn.executemany(
-                    f"INSERT INTO flow_runs ({_FLOW_RUN_COLUMNS}) VALUES ({_marks(16)}) ON CONFLICT (id) DO UPDATE "
-                    f"SET name = excluded.name, parameters = excluded.parameters, tags = excluded.tags", flow_runs)
-            if task_runs:
-                conn.executemany(
-                    f"INSERT INTO task_runs ({_TASK_RUN_COLUMNS}) VALUES ({_marks(17)}) ON CONFLICT (id) DO UPDATE "
-                    f"SET name = excluded.name, parameters = excluded.parameters, tags = excluded.tags", task_runs)
-            if renames:
-                conn.executemany("UPDATE task_runs SET name = ? WHERE id = ?", renames)
+                known = open_runs[run.id] = [next_ref, True, None]
+                seen[run.id] = [next_ref, key, row, _FLOW_STATE_COLUMN, known]
+        while len(open_runs) > _OPEN_RUNS_KEPT:  # runs that never end (NotReady...) are looked up if needed
+            del open_runs[next(iter(open_runs))]
+        if flows:
+            _insert(conn, "INSERT INTO flows (name, version, created)", 3, flows,
+                    " ON CONFLICT (name) DO UPDATE SET version = excluded.version")
+        if flow_runs:
+            _insert(conn, f"INSERT INTO flow_runs ({_FLOW_RUN_COLUMNS})", 17, flow_runs)
+        if task_runs:
+            _insert(conn, f"INSERT INTO task_runs ({_TASK_RUN_COLUMNS})", 18, task_runs)
+        if renames:
+            conn.executemany("UPDATE task_runs SET name = ? WHERE ref = ?", renames)
+        for table, updates in (("task_runs", task_updates), ("flow_runs", flow_updates)):
             if updates:
-                changes = updates
-                for table in ("task_runs", "flow_runs"):  # a run is in one of them: the other misses
-                    conn.executemany(
-                        f"UPDATE {table} SET state_type = ?, state_name = ?, state_message = ?, state_ts = ?, "
-                        f"run_count = run_count + ?, start_time = coalesce(start_time, ?), "
-                        f"end_time = coalesce(?, end_time) WHERE id = ?", changes)
-            if states:
-                conn.executemany("INSERT INTO states (run_id, type, name, message, ts, details) "
-                                 "VALUES (?, ?, ?, ?, ?, ?)", states)
-            if logs:
-                conn.executemany("INSERT INTO logs (flow_run_id, task_run_id, level, message, ts) "
-                                 "VALUES (?, ?, ?, ?, ?)", logs)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        for mark in marks:
-            mark[0] = True
+                conn.executemany(
+                    f"UPDATE {table} SET state_type = ?, state_name = ?, state_message = ?, state_ts = ?, "
+                    f"run_count = run_count + ?, start_time = coalesce(start_time, ?), "
+                    f"end_time = coalesce(?, end_time) WHERE ref = ?", updates)
+        if states:
+            _insert(conn, "INSERT INTO states (run_ref, run_id, type, name, message, ts, details)", 7, states)
+        if logs:
+            _insert(conn, "INSERT INTO logs (flow_run_id, task_run_id, level, message, ts)", 5, logs)
+
+    def _find_ref(self, conn: sqlite3.Connection, run_id: uuid.UUID) -> list[Any] | None:
+        """[ref, is a flow run, None] of a run written earlier, or None if it is not in the database."""
+        row = conn.execute("SELECT ref, 0 FROM task_runs WHERE id = ?1 UNION ALL SELECT ref, 1 FROM flow_runs "
+                           "WHERE id = ?1", (str(run_id),)).fetchone()
+        return None if row is None else [row[0], bool(row[1]), None]
 
     # -- durability ----------------------------------------------------------------------------------
     def pending(self) -> bool:
@@ -745,7 +875,10 @@ class SQLiteStore:
         if flow_run_id is not None:
             sql += " WHERE flow_run_id = ?"
             params.append(str(as_uuid(flow_run_id, "flow_run_id")))
-        sql += " ORDER BY created DESC, rowid DESC" if newest_first else " ORDER BY created, rowid"
+        if flow_run_id is not None:  # the index on (flow_run_id, created)
+            sql += " ORDER BY created DESC, rowid DESC" if newest_first else " ORDER BY created, rowid"
+        else:  # insertion order: no index to keep up to date
+            sql += " ORDER BY rowid DESC" if newest_first else " ORDER BY rowid"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
@@ -753,25 +886,37 @@ class SQLiteStore:
 
     def read_states(self, run_id: uuid.UUID) -> list[State[Any]]:
         key = str(as_uuid(run_id))
-        rows = self._query("SELECT type, name, message, ts, details FROM states WHERE run_id = ? ORDER BY seq", (key,))
-        if not rows:
+        owner = self._query("SELECT ref, flow_run_id, 0 FROM task_runs WHERE id = ?1 UNION ALL "
+                            "SELECT ref, NULL, 1 FROM flow_runs WHERE id = ?1", (key,))
+        if not owner:
             return []
-        owner = self._query("SELECT flow_run_id FROM task_runs WHERE id = ?", (key,))
-        if owner:
-            flow_run_id, task_run_id = _uuid_or_none(owner[0][0]), uuid.UUID(key)
-        else:
+        ref, flow_run_text, is_flow = owner[0]
+        if is_flow:
             flow_run_id, task_run_id = uuid.UUID(key), None
+        else:
+            flow_run_id, task_run_id = _uuid_or_none(flow_run_text), uuid.UUID(key)
+        rows = self._query("SELECT type, name, message, ts, details FROM states WHERE run_ref = ? ORDER BY seq", (ref,))
         return [State(StateType(type_), name, message, None, _details_from(details, flow_run_id, task_run_id), ts)
                 for type_, name, message, ts, details in rows]
 
     def read_logs(self, *, flow_run_id: str | None = None, task_run_id: str | None = None) -> list[LogRecord]:
         where, params = [], []
-        if flow_run_id is not None:
+        flow_key = str(as_uuid(flow_run_id, "flow_run_id")) if flow_run_id is not None else None
+        task_key = str(as_uuid(task_run_id, "task_run_id")) if task_run_id is not None else None
+        if task_key is not None and flow_key is None:
+            # a task run's lines are found through its flow run's (indexed), or, for a task run called
+            # outside any flow, through the index of such runs' lines
+            owner = self._query("SELECT flow_run_id FROM task_runs WHERE id = ?", (task_key,))
+            if owner and owner[0][0] is not None:
+                flow_key = owner[0][0]
+            elif owner:
+                where.append("flow_run_id IS NULL")
+        if flow_key is not None:
             where.append("flow_run_id = ?")
-            params.append(str(as_uuid(flow_run_id, "flow_run_id")))
-        if task_run_id is not None:
+            params.append(flow_key)
+        if task_key is not None:
             where.append("task_run_id = ?")
-            params.append(str(as_uuid(task_run_id, "task_run_id")))
+            params.append(task_key)
         sql = "SELECT flow_run_id, task_run_id, level, message, ts FROM logs"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -793,6 +938,32 @@ class SQLiteStore:
                 for table in ("flows", "flow_runs", "task_runs", "states", "logs")}
 
 
+_STATEMENTS: dict[tuple[str, int, int, str], str] = {}
+_MAX_VARIABLES = 32766  # SQLite's default limit since 3.32 (checked per connection where Python can)
+
+
+def _insert(conn: sqlite3.Connection, head: str, width: int, rows: list[Any], tail: str = "") -> None:
+    """Insert many rows with few statements (multi-row VALUES, a few cached sizes).
+
+    `executemany` releases and retakes the GIL for every row, and a thread that wants the GIL back
+    waits up to the switch interval (5 ms) while the engine's thread runs: row by row, the writer
+    hardly moves while runs keep the GIL busy. One statement per few thousand rows lets it keep up."""
+    limit = _MAX_VARIABLES // width
+    biggest = 1 << (limit.bit_length() - 1)  # the largest power of two that fits
+    start, total = 0, len(rows)
+    while start < total:
+        size = biggest
+        while size > total - start:
+            size >>= 3 if size >= 8 else 1
+        key = (head, width, size, tail)
+        sql = _STATEMENTS.get(key)
+        if sql is None:
+            one = "(" + ", ".join("?" * width) + ")"
+            sql = _STATEMENTS[key] = f"{head} VALUES {', '.join([one] * size)}{tail}"
+        conn.execute(sql, [value for row in rows[start:start + size] for value in row])
+        start += size
+
+
 def _schema_version(conn: sqlite3.Connection) -> int:
     try:
         row = conn.execute("SELECT version FROM schema_version").fetchone()
@@ -812,7 +983,7 @@ def _state_of(type_: str | None, name: str | None, message: str | None, ts: floa
 
 
 def _flow_run(row: tuple[Any, ...]) -> FlowRun:
-    (id_, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id, created,
+    (_, id_, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id, created,
      state_type, state_name, state_message, state_ts, run_count, start_time, end_time) = row
     run_id = uuid.UUID(id_)
     return FlowRun(
@@ -824,7 +995,7 @@ def _flow_run(row: tuple[Any, ...]) -> FlowRun:
 
 
 def _task_run(row: tuple[Any, ...]) -> TaskRun:
-    (id_, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters, tags, created,
+    (_, id_, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters, tags, created,
      state_type, state_name, state_message, state_ts, run_count, start_time, end_time) = row
     run_id = uuid.UUID(id_)
     flow_id = _uuid_or_none(flow_run_id)
