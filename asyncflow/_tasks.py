@@ -30,20 +30,11 @@ def _task_key(fn: Callable[..., Any], name: str) -> str:
     qualname = getattr(fn, "__qualname__", type(fn).__name__)
     code = getattr(fn, "__code__", None)
     digest = hashlib.md5(f"{name}|{qualname}".encode())
-    if code is not None:
-        _update_with_code(digest, code)
+    if code is not None:  # bytecode, constants and names, nested code included: bodies differ, keys differ
+        from ._caching import _code_digest
+
+        _code_digest(code, digest)
     return f"{qualname.split('.')[-1]}-{digest.hexdigest()[:8]}"
-
-
-def _update_with_code(digest: Any, code: Any) -> None:
-    """Bytecode, constants and names (nested code objects included): two bodies differ, keys differ."""
-    digest.update(code.co_code)
-    digest.update(repr(code.co_names).encode())
-    for const in code.co_consts:
-        if hasattr(const, "co_code"):
-            _update_with_code(digest, const)
-        else:
-            digest.update(repr(const).encode())
 
 
 def _kind(fn: Callable[..., Any]) -> str:
