@@ -350,6 +350,142 @@ def i_cancellation_baseline(n: int) -> dict[str, float]:
     return {"cancel_ms": anyio.run(run) * 1e3, "started_after_deadline": 0}
 
 
+# -- j. the SQLite run store ----------------------------------------------------------------------
+def _store_records(n: int) -> list[tuple[str, Any]]:
+    """What N trivial task runs record: the run, three states, two log lines each."""
+    import uuid
+
+    from asyncflow._runs import TaskRun
+    from asyncflow._states import State, StateDetails, StateType
+
+    flow_run_id = uuid.uuid4()
+    records: list[tuple[str, Any]] = []
+    for i in range(n):
+        run_id = uuid.uuid4()
+        details = StateDetails(flow_run_id=flow_run_id, task_run_id=run_id)
+        run = TaskRun(id=run_id, name=f"inc-{i}", task_name="inc", task_key="inc-0", flow_run_id=flow_run_id,
+                      parent_task_run_id=None, tags=(), parameters={"x": i},
+                      state=State(StateType.PENDING, "Pending", None, None, details))
+        records.append(("run", run))
+        records.append(("log", (str(flow_run_id), None, f"Created task run 'inc-{i}' for task 'inc'")))
+        for type_, name in ((StateType.PENDING, "Pending"), (StateType.RUNNING, "Running"),
+                            (StateType.COMPLETED, "Completed")):
+            records.append(("state", (run_id, State(type_, name, None, None, details))))
+        records.append(("log", (str(flow_run_id), str(run_id), "Finished in state Completed()")))
+    return records
+
+
+def _feed(store: Any, records: list[tuple[str, Any]]) -> None:
+    for kind, item in records:
+        if kind == "state":
+            store.record_state(*item)
+        elif kind == "run":
+            store.record_task_run(item)
+        else:
+            store.record_log(flow_run_id=item[0], task_run_id=item[1], level="INFO", message=item[2], ts=time.time())
+
+
+def j_store(lib: Any, n: int) -> dict[str, float]:
+    import tempfile
+    import uuid
+
+    if lib.__name__ != "asyncflow":
+        raise SystemExit("scenario j is asyncflow's own")
+    from asyncflow._states import State, StateType
+    from asyncflow._store import set_store
+    from asyncflow._store.memory import MemoryStore
+    from asyncflow._store.sqlite import SQLiteStore
+
+    home = tempfile.mkdtemp()
+    # hot path: what one state change costs the engine's thread (the writer is running meanwhile)
+    store = SQLiteStore(os.path.join(home, "hot.db"), queue_size=4 * n + 10)
+    run_id, state = uuid.uuid4(), State(StateType.RUNNING)
+    record = store.record_state
+    start = time.perf_counter()
+    for _ in range(n):
+        record(run_id, state)
+    record_us = (time.perf_counter() - start) / n * 1e6
+    store.close()
+    # the writer alone: N task runs' records queued, then written (what a flush writes, in one thread)
+    records = _store_records(n)
+    store = SQLiteStore(os.path.join(home, "writer.db"), queue_size=len(records) + 10)
+    store._sleeping = False  # keep the writer thread asleep: measure the writing, not the hand-over
+    _feed(store, records)
+    start = time.perf_counter()
+    store.flush()
+    writer_s = time.perf_counter() - start
+    store.close()
+
+    # end to end: a sync flow calling a trivial task N times, with each store
+    @lib.task
+    def inc(x: int) -> int:
+        return x + 1
+
+    @lib.flow
+    def main() -> None:
+        for i in range(n):
+            inc(i)
+
+    figures = {"record_state_us": record_us, "writer_states_per_s": 3 * n / writer_s,
+               "writer_records_per_s": len(records) / writer_s}
+    for name, store in (("memory", MemoryStore(max_runs=10_000)),
+                        ("sqlite", SQLiteStore(os.path.join(home, "flow.db")))):
+        previous = set_store(store)
+        try:
+            figures[f"task_run_{name}_us"] = _timed(main, n)["per_task_us"]  # the flow ends with a flush
+        finally:
+            set_store(previous)
+            store.close()
+    return figures
+
+
+def j_store_baseline(n: int) -> dict[str, float]:
+    import collections
+    import sqlite3
+    import tempfile
+    import uuid
+
+    queue: collections.deque[Any] = collections.deque()
+    item = (2, uuid.uuid4(), "RUNNING", "Running", None, time.time(), None)
+    start = time.perf_counter()
+    for _ in range(n):
+        queue.append(item)
+    append_us = (time.perf_counter() - start) / n * 1e6
+    # the physical limit: plain executemany of the same rows into indexed tables, one transaction per 5000
+    conn = sqlite3.connect(os.path.join(tempfile.mkdtemp(), "raw.db"), isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("CREATE TABLE runs (ref INTEGER PRIMARY KEY, id TEXT UNIQUE, name TEXT, parameters TEXT)")
+    conn.execute("CREATE TABLE states (seq INTEGER PRIMARY KEY, run_ref INTEGER, type TEXT, name TEXT, ts REAL)")
+    conn.execute("CREATE INDEX states_by_run ON states (run_ref, seq)")
+    conn.execute("CREATE TABLE logs (seq INTEGER PRIMARY KEY, flow_run_id TEXT, message TEXT, ts REAL)")
+    conn.execute("CREATE INDEX logs_by_flow ON logs (flow_run_id, seq)")
+    flow = str(uuid.uuid4())
+    start = time.perf_counter()
+    for first in range(0, n, 1000):
+        refs = range(first, min(n, first + 1000))
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO runs VALUES (?, ?, 'inc', '{}')", [(r, str(uuid.uuid4())) for r in refs])
+        conn.executemany("INSERT INTO states (run_ref, type, name, ts) VALUES (?, 'RUNNING', 'Running', 1.0)",
+                         [(r,) for r in refs for _ in range(3)])
+        conn.executemany("INSERT INTO logs (flow_run_id, message, ts) VALUES (?, 'line', 1.0)",
+                         [(flow,) for _ in refs for _ in range(2)])
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    conn.close()
+
+    def inc(x: int) -> int:
+        return x + 1
+
+    def main() -> None:
+        for i in range(n):
+            inc(i)
+
+    plain = _timed(main, n)["per_task_us"]
+    return {"record_state_us": append_us, "writer_states_per_s": 3 * n / elapsed,
+            "writer_records_per_s": 6 * n / elapsed, "task_run_memory_us": plain, "task_run_sqlite_us": plain}
+
+
 # -- k. background tasks: .delay() and one worker, SQLite broker -----------------------------------
 def k_background(lib: Any, n: int) -> dict[str, float]:
     import threading
@@ -412,6 +548,7 @@ SCENARIOS: dict[str, tuple[str, int]] = {
     "g": ("cold start: import, and a one-flow script", 1),
     "h": ("memory: N submitted tasks in one flow", 100_000),
     "i": ("cancellation: N running tasks hit the flow timeout", 10_000),
+    "j": ("run store: hot-path cost per state, SQLite writer throughput, task runs with each store", 20_000),
     "k": ("background: .delay() N runs, one worker runs them (SQLite broker)", 2000),
 }
 
@@ -427,5 +564,6 @@ FUNCTIONS = {
     "g": (g_cold_start, g_cold_start_baseline),
     "h": (h_memory, h_memory_baseline),
     "i": (i_cancellation, i_cancellation_baseline),
+    "j": (j_store, j_store_baseline),
     "k": (k_background, k_background_baseline),
 }

@@ -235,6 +235,42 @@ def test_schema_migrates_forward_and_keeps_the_data(tmp_path, monkeypatch):
         upgraded.close()
 
 
+def test_a_version_1_store_is_migrated_with_its_runs_states_and_logs(tmp_path):
+    path = tmp_path / "asyncflow.db"
+    flow_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in sqlite_module.MIGRATIONS[0]:  # what asyncflow wrote at schema version 1
+        conn.execute(statement)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version VALUES (1)")
+    conn.execute("INSERT INTO flow_runs (id, name, flow_name, parameters, tags, created, state_type, state_name, "
+                 "run_count, start_time, end_time) VALUES (?, 'old-run', 'old', '{}', '[]', 1.0, 'COMPLETED', "
+                 "'Completed', 1, 2.0, 3.0)", (flow_id,))
+    conn.execute("INSERT INTO task_runs (id, name, task_name, task_key, flow_run_id, parameters, tags, created, "
+                 "state_type, state_name, run_count) VALUES (?, 't-0', 't', 'k', ?, '{\"x\": 1}', '[\"a\"]', 1.5, "
+                 "'COMPLETED', 'Completed', 1)", (task_id, flow_id))
+    for run_id, name, ts in [(flow_id, "Pending", 1.0), (task_id, "Pending", 1.5), (task_id, "Completed", 2.5),
+                             (flow_id, "Completed", 3.0)]:
+        conn.execute("INSERT INTO states (run_id, type, name, ts) VALUES (?, ?, ?, ?)", (run_id, name.upper(), name, ts))
+    conn.execute("INSERT INTO logs (flow_run_id, task_run_id, level, message, ts) VALUES (?, ?, 'INFO', 'hello', 2.0)",
+                 (flow_id, task_id))
+    conn.close()
+    store = SQLiteStore(path, create=False)
+    try:
+        assert raw(store, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+        assert store.read_flow_run(flow_id).name == "old-run"
+        task_run = store.read_task_run(task_id)
+        assert task_run.parameters == {"x": 1} and task_run.tags == ("a",)
+        assert [s.name for s in store.read_states(task_id)] == ["Pending", "Completed"]
+        assert [s.name for s in store.read_states(flow_id)] == ["Pending", "Completed"]
+        assert [log.message for log in store.read_logs(task_run_id=task_id)] == ["hello"]
+        with isolated_store(store):
+            doubling()  # new runs are numbered after the migrated ones
+        assert len(store.read_flow_runs()) == 2 and store.counts()["task_runs"] == 4
+    finally:
+        store.close()
+
+
 def test_a_store_newer_than_this_asyncflow_is_refused(tmp_path):
     path = tmp_path / "asyncflow.db"
     SQLiteStore(path).close()
