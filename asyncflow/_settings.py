@@ -425,8 +425,7 @@ def update_profile(set_values: Mapping[str, str] | None = None, unset: Iterable[
         try:
             setting.parse(raw)
         except (ValueError, TypeError) as exc:
-            raise SettingError(f"Setting {setting.name}={raw!r} is invalid: {exc}. It accepts "
-                               f"{setting.accepts}.") from None
+            raise SettingError(f"Setting {setting.name}={raw!r} is invalid: {exc}. Nothing was written.") from None
         parsed[setting.name] = raw.strip()
     path = profile_path()
     in_file = {entry[0] for number, line in enumerate(_profile_lines(path), 1)

@@ -251,3 +251,19 @@ def test_the_console_script_and_python_m_asyncflow(home):
     proc = subprocess.run([sys.executable, "-m", "asyncflow", "flow-run", "inspect", "nope"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and proc.stderr.startswith("error: No flow run with an id starting with 'nope'")
+
+
+def test_every_command_is_documented_with_an_example():
+    import argparse
+    from pathlib import Path
+
+    from asyncflow.cli import build_parser
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text(encoding="utf-8")
+    parser = build_parser()
+    groups = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in groups.choices.items():
+        actions = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+        for action in actions[0].choices if actions else [""]:
+            usage = f"asyncflow {name} {action}".strip()
+            assert f"$ {usage}" in text, f"docs/cli.md has no example of `{usage}`"
