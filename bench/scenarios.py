@@ -416,23 +416,14 @@ def j_store(lib: Any, n: int) -> dict[str, float]:
     writer_s = time.perf_counter() - start
     store.close()
 
-    # end to end: a sync flow calling a trivial task N times, with each store
-    @lib.task
-    def inc(x: int) -> int:
-        return x + 1
-
-    @lib.flow
-    def main() -> None:
-        for i in range(n):
-            inc(i)
-
     figures = {"record_state_us": record_us, "writer_states_per_s": 3 * n / writer_s,
                "writer_records_per_s": len(records) / writer_s}
+    # end to end: scenario a (a sync flow calls a trivial task N times) with each store
     for name, store in (("memory", MemoryStore(max_runs=10_000)),
                         ("sqlite", SQLiteStore(os.path.join(home, "flow.db")))):
         previous = set_store(store)
         try:
-            figures[f"task_run_{name}_us"] = _timed(main, n)["per_task_us"]  # the flow ends with a flush
+            figures[f"task_run_{name}_us"] = a_sync_calls(lib, n)["per_task_us"]  # the flow ends with a flush
         finally:
             set_store(previous)
             store.close()
@@ -473,15 +464,7 @@ def j_store_baseline(n: int) -> dict[str, float]:
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - start
     conn.close()
-
-    def inc(x: int) -> int:
-        return x + 1
-
-    def main() -> None:
-        for i in range(n):
-            inc(i)
-
-    plain = _timed(main, n)["per_task_us"]
+    plain = a_sync_calls_baseline(n)["per_task_us"]
     return {"record_state_us": append_us, "writer_states_per_s": 3 * n / elapsed,
             "writer_records_per_s": 6 * n / elapsed, "task_run_memory_us": plain, "task_run_sqlite_us": plain}
 

@@ -84,6 +84,17 @@ async def test_an_async_flow_is_on_disk_when_it_returns(db):
     assert raw(db, "SELECT count(*) FROM task_runs WHERE state_type = 'COMPLETED'") == [(3,)]
 
 
+@pytest.mark.anyio
+async def test_a_cancelled_async_flow_is_on_disk_when_the_cancellation_arrives(db):
+    @flow
+    async def waits():
+        await anyio.sleep(10)
+
+    with anyio.move_on_after(0.05):
+        await waits()
+    assert raw(db, "SELECT state_name FROM flow_runs") == [("Cancelled",)]  # flushed, shielded from the cancel
+
+
 def test_a_task_run_keeps_name_key_tags_summarised_parameters_parent_and_timing(db):
     class Opaque:
         pass

@@ -22,14 +22,8 @@ def add_commands(commands: Any) -> None:
     ls.add_argument("--limit", type=_limit, default=15, help="at most this many runs (default 15; 0 for all)")
     _json(ls)
     ls.set_defaults(run=flow_run_ls)
-    inspect = sub.add_parser("inspect", help="a flow run: details, state history, task runs")
-    inspect.add_argument("id", help="flow run id (or a unique prefix of it)")
-    _json(inspect)
-    inspect.set_defaults(run=flow_run_inspect)
-    logs = sub.add_parser("logs", help="a flow run's log lines (its task runs' included)")
-    logs.add_argument("id", help="flow run id (or a unique prefix of it)")
-    _json(logs)
-    logs.set_defaults(run=flow_run_logs)
+    _one_run(sub, "inspect", "a flow run: details, state history, task runs", "flow run", flow_run_inspect)
+    _one_run(sub, "logs", "a flow run's log lines (its task runs' included)", "flow run", flow_run_logs)
 
     task_run = commands.add_parser("task-run", help="list and inspect task runs",
                                    description="List and inspect task runs recorded under ASYNCFLOW_HOME.")
@@ -40,10 +34,15 @@ def add_commands(commands: Any) -> None:
                     help="at most this many runs (default: all of a flow run's, else 15; 0 for all)")
     _json(ls)
     ls.set_defaults(run=task_run_ls)
-    inspect = sub.add_parser("inspect", help="a task run: details and state history")
-    inspect.add_argument("id", help="task run id (or a unique prefix of it)")
-    _json(inspect)
-    inspect.set_defaults(run=task_run_inspect)
+    _one_run(sub, "inspect", "a task run: details and state history", "task run", task_run_inspect)
+
+
+def _one_run(sub: Any, name: str, help: str, kind: str, run: Any) -> None:
+    """A command about one run: `NAME ID [--json]`."""
+    parser = sub.add_parser(name, help=help)
+    parser.add_argument("id", help=f"{kind} id (or a unique prefix of it)")
+    _json(parser)
+    parser.set_defaults(run=run)
 
 
 def _json(parser: argparse.ArgumentParser) -> None:
@@ -85,13 +84,17 @@ def _state_cell(state: Any) -> str:
 def flow_run_ls(args: argparse.Namespace) -> int:
     store = open_store()
     runs = store.read_flow_runs(flow_name=args.flow_name, state=args.state, limit=args.limit or None)
+    return _list(args, runs, out.flow_run_json, "FLOW", lambda run: run.flow_name,
+                 "No flow runs" + (" match these filters." if args.flow_name or args.state else " yet."))
+
+
+def _list(args: argparse.Namespace, runs: list[Any], to_json: Any, what: str, name_of: Any, empty: str) -> int:
     if args.json:
-        out.dump_json([out.flow_run_json(run) for run in runs])
+        out.dump_json([to_json(run) for run in runs])
         return 0
-    out.table(["ID", "FLOW", "NAME", "STATE", "STARTED", "DURATION"],
-              [(run.id, run.flow_name, run.name, _state_cell(run.state), out.local_time(run.start_time),
-                out.duration(run.start_time, run.end_time)) for run in runs],
-              empty="No flow runs" + (" match these filters." if args.flow_name or args.state else " yet."))
+    out.table(["ID", what, "NAME", "STATE", "STARTED", "DURATION"],
+              [(run.id, name_of(run), run.name, _state_cell(run.state), out.local_time(run.start_time),
+                out.duration(run.start_time, run.end_time)) for run in runs], empty=empty)
     return 0
 
 
@@ -111,12 +114,7 @@ def flow_run_inspect(args: argparse.Namespace) -> int:
     out.fields([
         ("flow", run.flow_name + (f" (version {run.flow_version})" if run.flow_version else "")),
         ("state", _state_cell(run.state) + (f": {run.state.message}" if run.state.message else "")),
-        ("parameters", _plain(run.parameters)),
-        ("tags", ", ".join(run.tags) or "-"),
-        ("started", out.local_time(run.start_time, millis=True)),
-        ("ended", out.local_time(run.end_time, millis=True)),
-        ("duration", out.duration(run.start_time, run.end_time)),
-        ("run count", run.run_count),
+        *_common_fields(run),
         *([("parent flow run", run.parent_flow_run_id)] if run.parent_flow_run_id else []),
         *([("parent task run", run.parent_task_run_id)] if run.parent_task_run_id else []),
         ("task runs", f"{len(task_runs)}" + (" (" + ", ".join(f"{n} {name}" for name, n in counts.items()) + ")"
@@ -159,14 +157,8 @@ def task_run_ls(args: argparse.Namespace) -> int:
         runs = store.read_task_runs(flow_run_id=flow_run_id, limit=args.limit or None)
     else:
         runs = store.read_task_runs(limit=15 if args.limit is None else (args.limit or None), newest_first=True)
-    if args.json:
-        out.dump_json([out.task_run_json(run) for run in runs])
-        return 0
-    out.table(["ID", "TASK", "NAME", "STATE", "STARTED", "DURATION"],
-              [(run.id, run.task_name, run.name, _state_cell(run.state), out.local_time(run.start_time),
-                out.duration(run.start_time, run.end_time)) for run in runs],
-              empty="No task runs" + (" in this flow run." if args.flow_run_id else " yet."))
-    return 0
+    return _list(args, runs, out.task_run_json, "TASK", lambda run: run.task_name,
+                 "No task runs" + (" in this flow run." if args.flow_run_id else " yet."))
 
 
 def task_run_inspect(args: argparse.Namespace) -> int:
@@ -183,16 +175,18 @@ def task_run_inspect(args: argparse.Namespace) -> int:
         ("state", _state_cell(run.state) + (f": {run.state.message}" if run.state.message else "")),
         ("flow run", run.flow_run_id or "- (called outside a flow)"),
         *([("parent task run", run.parent_task_run_id)] if run.parent_task_run_id else []),
-        ("parameters", _plain(run.parameters)),
-        ("tags", ", ".join(run.tags) or "-"),
-        ("started", out.local_time(run.start_time, millis=True)),
-        ("ended", out.local_time(run.end_time, millis=True)),
-        ("duration", out.duration(run.start_time, run.end_time)),
-        ("run count", run.run_count),
+        *_common_fields(run),
     ])
     print()
     _history(states)
     return 0
+
+
+def _common_fields(run: Any) -> list[tuple[str, Any]]:
+    return [("parameters", _plain(run.parameters)), ("tags", ", ".join(run.tags) or "-"),
+            ("started", out.local_time(run.start_time, millis=True)),
+            ("ended", out.local_time(run.end_time, millis=True)),
+            ("duration", out.duration(run.start_time, run.end_time)), ("run count", run.run_count)]
 
 
 def _history(states: list[Any]) -> None:
