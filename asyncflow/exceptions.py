@@ -17,10 +17,12 @@ from ._exceptions import TaskRunTimeoutError as TaskRunTimeoutError
 from ._exceptions import UnfinishedRun as UnfinishedRun
 from ._exceptions import UpstreamTaskError as UpstreamTaskError
 from ._settings import SettingError as SettingError
+from ._store.base import ObjectNotFound as ObjectNotFound
+from ._store.base import StoreError as StoreError
 
 __all__ = [
     "AsyncflowError", "BlockingResultError", "CancelledRun", "CrashedRun", "FailedRun", "FlowRunTimeoutError",
     "InvalidNameError", "MappingLengthMismatch", "MappingMissingIterable", "MissingContextError",
-    "ParameterBindError", "ReservedArgumentError", "RunStateError", "SettingError", "TaskRunTimeoutError",
-    "UnfinishedRun", "UpstreamTaskError",
+    "ObjectNotFound", "ParameterBindError", "ReservedArgumentError", "RunStateError", "SettingError",
+    "StoreError", "TaskRunTimeoutError", "UnfinishedRun", "UpstreamTaskError",
 ]

@@ -59,7 +59,9 @@ def get_broker(url: str | None = None) -> Any:
     the store's database under ASYNCFLOW_HOME) or `redis://host:port/db`. One per location and process."""
     import os
 
-    url = url or os.environ.get("ASYNCFLOW_BROKER_URL") or None
+    from .. import _settings
+
+    url = url or _settings.BROKER_URL.value() or None  # environment, profile file (config set), default
     key = (url, os.environ.get("ASYNCFLOW_HOME"))
     broker = _brokers.get(key)
     if broker is None:
