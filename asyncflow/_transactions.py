@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import copy
 import enum
-import inspect
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any
 
-import anyio
-
+from ._engine.common import drive_sync, maybe_await
 from ._logging import ERROR, INFO, log
 
 _NOTSET: Any = object()
@@ -174,14 +172,14 @@ class Transaction:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        _run_hooks_sync(self._end(exc_type is not None))
+        drive_sync(run_transaction_hooks(self._end(exc_type is not None), sync=True))
 
     async def __aenter__(self) -> Transaction:
         self.begin()
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        await _run_hooks_async(self._end(exc_type is not None))
+        await run_transaction_hooks(self._end(exc_type is not None), sync=False)
 
     def __repr__(self) -> str:
         return f"Transaction(key={self.key!r}, state={self.state.value})"
@@ -206,27 +204,12 @@ def _report(kind: str, hook: Any, exc: BaseException | None) -> None:
             exc_info=exc)
 
 
-def _run_hooks_sync(hooks: list[Any]) -> None:
+async def run_transaction_hooks(hooks: list[Any], sync: bool) -> None:
+    """Call commit/rollback hooks in order; one that raises is logged and the others still run.
+    In sync mode (driven with `drive_sync`) an async hook runs on a short-lived loop of its own."""
     for kind, hook, txn in hooks:
         try:
-            result = _call(kind, hook, txn)
-            if inspect.isawaitable(result):
-                async def _await(awaitable: Any = result) -> None:
-                    await awaitable
-
-                anyio.run(_await)
-        except Exception as exc:
-            _report(kind, hook, exc)
-        else:
-            _report(kind, hook, None)
-
-
-async def _run_hooks_async(hooks: list[Any]) -> None:
-    for kind, hook, txn in hooks:
-        try:
-            result = _call(kind, hook, txn)
-            if inspect.isawaitable(result):
-                await result
+            await maybe_await(_call(kind, hook, txn), sync)
         except Exception as exc:
             _report(kind, hook, exc)
         else:

@@ -17,9 +17,8 @@ from .._store import get_store
 from .._transactions import (
     Transaction,
     TransactionState,
-    _run_hooks_async,
-    _run_hooks_sync,
     current_transaction,
+    run_transaction_hooks,
 )
 
 
@@ -161,10 +160,7 @@ async def completed(call: Any, plan: CachePlan | None, state: State[Any], sync: 
         own = Transaction(plan.key if plan is not None else None)
         own.state = TransactionState.COMMITTED
         hooks = [("commit", hook, own) for hook in task.on_commit]
-        if sync:
-            _run_hooks_sync(hooks)
-        else:
-            await _run_hooks_async(hooks)
+        await run_transaction_hooks(hooks, sync)
     return state
 
 

@@ -27,7 +27,7 @@ from .children import ChildTracker
 from .common import exception_message, log_final_state, run_hooks
 from .interrupt import UserCode
 from .open_runs import OPEN
-from .resolve import Resolver, collect_unfinished
+from .resolve import Resolver, unfinished_in, wait_for_all
 from .scope import LazyLoopScope, Scope
 from .task_run import call_sync_with_deadline, report_unobserved
 
@@ -120,13 +120,7 @@ async def run_flow(call: FlowCall, sync: bool) -> State[Any]:
 
 
 async def _wait_for_upstream(call: FlowCall, sync: bool) -> None:
-    unfinished: list[TaskRunFuture[Any]] = []
-    collect_unfinished(call.wait_for, unfinished)
-    for future in unfinished:
-        if sync:
-            future._block(None, "wait")
-        else:
-            await future.wait_async()
+    await wait_for_all(unfinished_in(call.wait_for), sync)
     Resolver(None).resolve(list(call.wait_for))
 
 
@@ -253,13 +247,7 @@ async def _futures_to_states(value: Any, sync: bool) -> Any:
     """Futures in a flow's return value become their final states (Prefect's rule)."""
     if isinstance(value, TaskRunFutureList):
         value = list(value)
-    unfinished: list[TaskRunFuture[Any]] = []
-    collect_unfinished(value, unfinished)
-    for future in unfinished:
-        if sync:
-            future._block(None, "wait")
-        else:
-            await future.wait_async()
+    await wait_for_all(unfinished_in(value), sync)
     return _StateResolver(None).resolve(value)
 
 

@@ -36,7 +36,7 @@ from .common import call_user, drive_sync, exception_message, log_final_state, r
 from .interrupt import SyncRunAborted, ThreadCall, UserCode
 from .loop import threadsafe_caller
 from .open_runs import OPEN
-from .resolve import Resolver, collect_unfinished
+from .resolve import Resolver, unfinished_in, wait_for_all
 from .scope import LazyLoopScope, Scope
 
 _global_counters: dict[str, Any] = {}
@@ -254,18 +254,11 @@ async def resolve_inputs(call: TaskCall, sync: bool) -> dict[str, Any]:
     parameters, wait_for = call.parameters, call.wait_for
     if not wait_for and all(type(value) in _ATOM_TYPES for value in parameters.values()):
         return parameters  # plain values: nothing to wait for or substitute
-    unfinished: list[TaskRunFuture[Any]] = []
-    for value in parameters.values():
-        collect_unfinished(value, unfinished)
-    if wait_for:
-        collect_unfinished(wait_for, unfinished)
+    unfinished = unfinished_in(*parameters.values(), wait_for)
     for future in unfinished:
         if future.task_run.id == call.run.id:
             raise ValueError(f"Task run '{call.run.name}' depends on its own future. Raising to avoid a deadlock.")
-        if sync:
-            future._block(None, "wait")
-        else:
-            await future.wait_async()
+    await wait_for_all(unfinished, sync)
     resolver = Resolver(call.run.id)
     if wait_for:
         _resolve_wait_for(resolver, wait_for)
@@ -526,11 +519,7 @@ def _dispatch_when_ready(call: TaskCall, dispatcher: Any, scope: Any) -> None:
     def job() -> None:
         context.run(_run_in_thread, call, scope)
 
-    unfinished: list[TaskRunFuture[Any]] = []
-    for value in call.parameters.values():
-        collect_unfinished(value, unfinished)
-    if call.wait_for:
-        collect_unfinished(call.wait_for, unfinished)
+    unfinished = unfinished_in(*call.parameters.values(), call.wait_for)
     if not unfinished:
         dispatcher.submit(job)
         return

@@ -113,7 +113,7 @@ class DelayedFuture:
 def delay(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Any = None,
           broker: Any = None) -> DelayedFuture:
     """Queue a run of `task` for a task worker and return its future at once."""
-    from .._engine.resolve import collect_unfinished
+    from .._engine.resolve import unfinished_in
     from .._engine.task_run import TaskCall, summarise_parameters
     from .._futures import TaskRunFuture
     from .._ids import new_id
@@ -121,10 +121,7 @@ def delay(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: An
     from .broker import QueuedRun
 
     parameters = task.binder.bind(tuple(args), dict(kwargs or {}))
-    local: list[Any] = []
-    for value in parameters.values():
-        collect_unfinished(value, local)
-    if local or any(isinstance(v, TaskRunFuture) for v in parameters.values()):
+    if unfinished_in(*parameters.values()) or any(isinstance(v, TaskRunFuture) for v in parameters.values()):
         raise TypeError(
             f"{task.name}.delay(): an argument is the future of a run in this process, which a task worker "
             f"cannot wait for. Pass its result (future.result()), or delay the upstream task too and pass "
