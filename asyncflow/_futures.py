@@ -82,7 +82,7 @@ class TaskRunFuture(Generic[R]):
     def add_done_callback(self, fn: Callable[[TaskRunFuture[R]], Any]) -> None:
         """Call `fn(future)` when the run finishes (at once if it already has)."""
         if self._final is not None:
-            fn(self)
+            self._call_back(fn)
             return
         with _lock:
             if self._final is None:
@@ -90,7 +90,17 @@ class TaskRunFuture(Generic[R]):
                     self._callbacks = []
                 self._callbacks.append(fn)
                 return
-        fn(self)
+        self._call_back(fn)
+
+    def _call_back(self, fn: Callable[[TaskRunFuture[R]], Any]) -> None:
+        """Every done callback goes through here: one that raises is logged, and breaks nothing."""
+        try:
+            fn(self)
+        except Exception as exc:
+            from ._logging import ERROR, log
+
+            log(ERROR, "asyncflow.futures", f"A done callback of task run '{self.task_run.name}' raised {exc!r}",
+                exc_info=exc)
 
     # -- waiting ---------------------------------------------------------------------------------
     async def wait_async(self) -> None:
@@ -138,13 +148,7 @@ class TaskRunFuture(Generic[R]):
             thread_event.set()
         if callbacks:
             for fn in callbacks:
-                try:
-                    fn(self)
-                except Exception as exc:  # a user's callback never breaks the run or its flow
-                    from ._logging import ERROR, log
-
-                    log(ERROR, "asyncflow.futures", f"A done callback of task run '{self.task_run.name}' raised "
-                        f"{exc!r}", exc_info=exc)
+                self._call_back(fn)
 
     def __repr__(self) -> str:  # looking at a future in a debugger or a log is not observing its failure
         state = self._final if self._final is not None else self.task_run.state
