@@ -5,7 +5,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import anyio.lowlevel
 import pytest
+
+from asyncflow import task
 
 
 def run_in_thread(fn: Any, *args: Any, timeout: float = 10.0) -> Any:
@@ -26,3 +29,14 @@ def run_in_thread(fn: Any, *args: Any, timeout: float = 10.0) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+@task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task
+async def add_async(a: int, b: int) -> int:
+    await anyio.lowlevel.checkpoint()
+    return a + b

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from helpers import run_in_thread
+from helpers import add, add_async, run_in_thread
 
 from asyncflow import allow_failure, flow, task
 from asyncflow.exceptions import BlockingResultError
@@ -25,17 +25,6 @@ GATE_TIMEOUT = 5.0  # a gated task never blocks longer than this, so a broken te
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-@task
-def add(a: int, b: int) -> int:
-    return a + b
-
-
-@task
-async def add_async(a: int, b: int) -> int:
-    await anyio.lowlevel.checkpoint()
-    return a + b
 
 
 @task

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from helpers import run_in_thread
+from helpers import add, add_async, run_in_thread
 
 from asyncflow import allow_failure, flow, task, unmapped
 from asyncflow.exceptions import MappingLengthMismatch, MappingMissingIterable
@@ -20,17 +20,6 @@ from asyncflow.futures import TaskRunFuture
 from asyncflow.states import State, StateType
 from asyncflow.utilities.annotations import quote
 from asyncflow.utilities.annotations import unmapped as unmapped_from_annotations
-
-
-@task
-def add(a: int, b: int) -> int:
-    return a + b
-
-
-@task
-async def add_async(a: int, b: int) -> int:
-    await anyio.lowlevel.checkpoint()
-    return a + b
 
 
 @task
