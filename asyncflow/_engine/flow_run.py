@@ -25,11 +25,12 @@ from .._states import State, StateDetails, StateType
 from .._store import flush_root_flow_run, get_store
 from .children import ChildTracker
 from .common import exception_message, log_final_state, run_hooks
+from .deadline import call_sync_with_deadline
 from .interrupt import UserCode
 from .open_runs import OPEN
 from .resolve import Resolver, unfinished_in, wait_for_all
 from .scope import LazyLoopScope, Scope
-from .task_run import call_sync_with_deadline, report_unobserved
+from .task_run import report_unobserved
 
 
 class FlowCall:

@@ -22,7 +22,7 @@ import anyio.to_thread
 from .. import _states
 from .._clock import get_clock
 from .._context import FlowRunContext, RunContext, TaskRunContext, current_run, current_tags
-from .._exceptions import FlowRunTimeoutError, TaskRunTimeoutError, UpstreamTaskError
+from .._exceptions import TaskRunTimeoutError, UpstreamTaskError
 from .._futures import TaskRunFuture
 from .._ids import new_id
 from .._logging import ERROR, INFO, WARNING, ensure_print_capture, log
@@ -33,8 +33,8 @@ from .._store import get_store
 from . import caching
 from .children import ChildTracker
 from .common import call_user, drive_sync, exception_message, log_final_state, run_hooks
-from .interrupt import SyncRunAborted, ThreadCall, UserCode
-from .loop import threadsafe_caller
+from .deadline import call_sync_with_deadline
+from .interrupt import SyncRunAborted, UserCode
 from .open_runs import OPEN
 from .resolve import Resolver, unfinished_in, wait_for_all
 from .scope import LazyLoopScope, Scope
@@ -381,35 +381,6 @@ async def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any]
     finally:
         if guards is not None:
             guards.discard(guard)
-
-
-SYNC_ENFORCEMENT = ("the function was stopped at the deadline: the caller moved on at once, and its thread "
-                    "raises SyncRunAborted before it runs any more of the function's code")
-
-
-async def call_sync_with_deadline(fn: Any, limit: float, sync: bool, kind: str) -> Any:
-    """Run sync user code in a thread of its own; stop it at the deadline (or when cancelled)."""
-    thread_call = ThreadCall(fn, contextvars.copy_context())
-    if sync:
-        thread_call.start()
-        finished = thread_call.done.wait(limit)
-    else:
-        finished_event = anyio.Event()
-        call_soon = threadsafe_caller()
-        thread_call.start(lambda: call_soon(finished_event.set))
-        finished = False
-        try:
-            with anyio.move_on_after(limit):
-                await finished_event.wait()
-                finished = True
-        except BaseException:  # cancelled from outside (its flow timed out or was cancelled)
-            thread_call.abandon()
-            raise
-    if not finished:
-        thread_call.abandon()
-        error = TaskRunTimeoutError if kind == "Task" else FlowRunTimeoutError
-        raise error(f"{kind} run exceeded timeout of {limit:g} second(s); {SYNC_ENFORCEMENT}")
-    return thread_call.outcome()
 
 
 async def _call_async(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], limit: float | None) -> Any:
