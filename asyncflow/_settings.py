@@ -264,9 +264,10 @@ FLOW_DEFAULT_RETRY_DELAY_SECONDS = _declare(
     "ASYNCFLOW_FLOW_DEFAULT_RETRY_DELAY_SECONDS", _parse_flow_delay, 0.0,
     "Retry delay in seconds of a flow that does not set `retry_delay_seconds`.", "a number >= 0")
 THREAD_LIMIT = _declare(
-    "ASYNCFLOW_TASK_RUNNER_THREAD_LIMIT", _parse_int(0), 64,
-    "How many sync task runs the default runner executes in threads at once, per flow run.",
-    "an integer >= 0")
+    "ASYNCFLOW_TASK_RUNNER_THREAD_LIMIT", _parse_int(1), 64,
+    "How many sync task runs the default runner executes in threads at once, per flow run (0 would admit "
+    "none, and every flow would wait for ever).",
+    "an integer >= 1")
 RESULTS_PERSIST_BY_DEFAULT = _declare(
     "ASYNCFLOW_RESULTS_PERSIST_BY_DEFAULT", _parse_bool, False,
     "Persist every task's result (and cache with the DEFAULT policy) unless a task says otherwise.",

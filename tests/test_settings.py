@@ -145,8 +145,8 @@ def test_describe_shows_value_source_default_and_errors_without_raising(home, mo
     monkeypatch.setenv("ASYNCFLOW_TASK_RUNNER_THREAD_LIMIT", "lots")
     entry = _settings.describe("asyncflow_task_runner_thread_limit")
     assert entry["value"] is None and entry["source"] == "environment" and entry["raw"] == "lots"
-    assert "expected an integer >= 0" in entry["error"]
-    assert entry["default"] == 64 and entry["accepts"] == "an integer >= 0" and entry["help"]
+    assert "expected an integer >= 1" in entry["error"]
+    assert entry["default"] == 64 and entry["accepts"] == "an integer >= 1" and entry["help"]
 
 
 def test_every_declared_setting_has_help_accepts_and_a_valid_default(home):
@@ -167,3 +167,47 @@ def test_every_setting_is_documented():
     text = (PACKAGE.parent / "docs" / "settings.md").read_text(encoding="utf-8")
     missing = [name for name in _settings.SETTINGS if f"| `{name}` |" not in text]
     assert not missing, f"docs/settings.md does not document {missing}"
+
+
+def test_a_thread_limit_of_zero_is_rejected_at_the_first_read(home, monkeypatch):
+    monkeypatch.setenv("ASYNCFLOW_TASK_RUNNER_THREAD_LIMIT", "0")
+    _settings.reload()
+    with pytest.raises(SettingError, match=r"ASYNCFLOW_TASK_RUNNER_THREAD_LIMIT='0' is invalid: "
+                                           r"expected an integer >= 1"):
+        _settings.STORE.value()  # any first read checks every setting
+    assert _settings.THREAD_LIMIT.accepts == "an integer >= 1"
+    monkeypatch.setenv("ASYNCFLOW_TASK_RUNNER_THREAD_LIMIT", "1")
+    _settings.reload()
+    assert _settings.THREAD_LIMIT.value() == 1
+
+
+def test_a_flow_with_a_thread_limit_of_zero_fails_at_start_instead_of_hanging(home, tmp_path):
+    """The review's r8: the submitted run never started and the flow waited for it for ever."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        try:
+            from asyncflow import flow, task
+
+            @task
+            def one():
+                return 1
+
+            @flow
+            def f():
+                return one.submit().result(timeout=3)
+
+            print("result:", f())
+        except Exception as exc:
+            print("raised:", type(exc).__name__, exc)
+    """)
+    env = {**os.environ, "ASYNCFLOW_HOME": str(tmp_path), "ASYNCFLOW_TASK_RUNNER_THREAD_LIMIT": "0"}
+    try:
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the flow hung with ASYNCFLOW_TASK_RUNNER_THREAD_LIMIT=0")
+    assert out.stdout.startswith("raised: SettingError Setting ASYNCFLOW_TASK_RUNNER_THREAD_LIMIT='0' is invalid: "
+                                 "expected an integer >= 1"), (out.stdout, out.stderr)
