@@ -8,17 +8,29 @@
 
 Nested transactions hand their work to the outermost one (commit mode LAZY, the default) unless
 they commit eagerly (EAGER). Values set with `txn.set(name, value)` are visible to nested ones.
+
+Where the commit runs: the writes, the rollback records and the hooks never run on an event-loop
+thread. `async with` writes in a worker thread, runs sync hooks in worker threads and awaits async
+hooks. `with` in async code (an event loop runs in this thread) hands the whole commit to a worker
+thread, where async hooks run on a loop of the caller's backend, and waits for it: the loop is blocked
+while it waits, so async code should prefer `async with`. `with` in sync code commits in place.
 """
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import enum
+import inspect
+import threading
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any
 
-from ._engine.common import drive_sync, maybe_await
+import anyio
+import anyio.to_thread
+
+from ._engine.loop import in_async_context
 from ._logging import ERROR, INFO, log
 
 _NOTSET: Any = object()
@@ -117,20 +129,35 @@ class Transaction:
         self.state = TransactionState.ACTIVE
         self._token = current_transaction.set(self)
 
-    def _end(self, failed: bool) -> list[Callable[..., Any]]:
-        """Returns the hooks still to call (called by the sync or async exit)."""
+    def _leave(self) -> None:
+        """Make the parent current again (in the caller's context, before any hand-off to a thread)."""
         if self._token is not None:
             current_transaction.reset(self._token)
             self._token = None
+
+    def _settle(self, failed: bool) -> list[Any]:
+        """Commit, roll back or hand the work to the parent; returns the hooks still to call. Commits
+        write files and rollbacks record states: callers in async code run this in a worker thread."""
         if failed:
             return self._rollback()
         if self.commit_mode is CommitMode.OFF:
             return self._rollback()
-        if self.parent is not None and self.parent.active and self.commit_mode is CommitMode.LAZY:
+        if self._hands_over():
             self.state = TransactionState.STAGED
-            self.parent.children.append(self)
+            self.parent.children.append(self)  # type: ignore[union-attr]
             return []
         return self._commit()
+
+    def _hands_over(self) -> bool:
+        return self.parent is not None and self.parent.active and self.commit_mode is CommitMode.LAZY
+
+    def _settles_in_place(self, failed: bool) -> bool:
+        """True when settling does no I/O and calls nothing (a lazy child handing over, or nothing
+        staged): then there is no reason to hop to a worker thread."""
+        if not failed and self.commit_mode is not CommitMode.OFF and self._hands_over():
+            return True
+        return not (self._writes or self.children or self._on_commit or self._on_rollback
+                    or self._on_rollback_runs or self._finally)
 
     def _commit(self) -> list[Callable[..., Any]]:
         if self.state in (TransactionState.COMMITTED, TransactionState.ROLLED_BACK):
@@ -172,14 +199,27 @@ class Transaction:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        drive_sync(run_transaction_hooks(self._end(exc_type is not None), sync=True))
+        self._leave()
+        failed = exc_type is not None
+        if self._settles_in_place(failed):
+            _run_hooks_blocking(self._settle(failed), "asyncio")
+        elif in_async_context():  # sync form in async code: never commit on the loop thread
+            _in_worker_thread(_settle_and_run_hooks, self, failed, _current_backend())
+        else:
+            _settle_and_run_hooks(self, failed, "asyncio")
 
     async def __aenter__(self) -> Transaction:
         self.begin()
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        await run_transaction_hooks(self._end(exc_type is not None), sync=False)
+        self._leave()
+        failed = exc_type is not None
+        if self._settles_in_place(failed):
+            hooks = self._settle(failed)
+        else:  # not abandoned on cancellation: the commit (or rollback) always finishes
+            hooks = await anyio.to_thread.run_sync(self._settle, failed)
+        await _run_hooks_async(hooks)
 
     def __repr__(self) -> str:
         return f"Transaction(key={self.key!r}, state={self.state.value})"
@@ -206,14 +246,95 @@ def _report(kind: str, hook: Any, exc: BaseException | None) -> None:
 
 async def run_transaction_hooks(hooks: list[Any], sync: bool) -> None:
     """Call commit/rollback hooks in order; one that raises is logged and the others still run.
-    In sync mode (driven with `drive_sync`) an async hook runs on a short-lived loop of its own."""
+
+    `sync=True` (driven with `drive_sync`): blocks and never suspends; async hooks run on a short-lived
+    loop, and if an event loop runs in this thread everything runs in a worker thread instead.
+    `sync=False`: sync hooks run in worker threads and async hooks are awaited."""
+    if not sync:
+        await _run_hooks_async(hooks)
+    elif hooks and in_async_context():
+        _in_worker_thread(_run_hooks_blocking, hooks, _current_backend())
+    else:
+        _run_hooks_blocking(hooks, "asyncio")
+
+
+async def _run_hooks_async(hooks: list[Any]) -> None:
+    """On the loop: async hooks are awaited here, sync hooks run in a worker thread each."""
     for kind, hook, txn in hooks:
         try:
-            await maybe_await(_call(kind, hook, txn), sync)
+            if inspect.iscoroutinefunction(hook):  # else it may still return an awaitable
+                value = _call(kind, hook, txn)
+            else:
+                value = await anyio.to_thread.run_sync(_call, kind, hook, txn)
+            if inspect.isawaitable(value):
+                await value
         except Exception as exc:
             _report(kind, hook, exc)
         else:
             _report(kind, hook, None)
+
+
+def _run_hooks_blocking(hooks: list[Any], backend: str) -> None:
+    """In a thread with no running event loop: sync hooks are called here; a coroutine a hook returns
+    runs on a short-lived event loop of `backend` in this thread."""
+    for kind, hook, txn in hooks:
+        try:
+            value = _call(kind, hook, txn)
+            if inspect.isawaitable(value):
+                _await_on_own_loop(value, backend)
+        except Exception as exc:
+            _report(kind, hook, exc)
+        else:
+            _report(kind, hook, None)
+
+
+def _await_on_own_loop(awaitable: Any, backend: str) -> Any:
+    async def wait() -> Any:
+        return await awaitable
+
+    return anyio.run(wait, backend=backend)
+
+
+def _settle_and_run_hooks(txn: Transaction, failed: bool, backend: str) -> None:
+    _run_hooks_blocking(txn._settle(failed), backend)
+
+
+def _current_backend() -> str:
+    """The async library running in this thread ("asyncio" or "trio"), for loops started elsewhere."""
+    import sniffio
+
+    try:
+        return sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return "asyncio"
+
+
+def _in_worker_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call `fn(*args)` in a new thread (with the caller's context) and block until it returns; its
+    exception is raised here. For sync code that an event loop is running under: the work itself
+    (files, databases, user hooks, a loop for async hooks) must not run on the loop's thread."""
+    context = contextvars.copy_context()
+    outcome: list[Any] = []
+
+    def in_context() -> Any:
+        import sniffio
+
+        sniffio.current_async_library_cvar.set(None)  # copied from the caller's loop: not true here
+        return fn(*args)
+
+    def target() -> None:
+        try:
+            outcome.append((True, context.run(in_context)))
+        except BaseException as exc:  # handed to the caller
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=target, name="asyncflow-transaction", daemon=False)
+    thread.start()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 def transaction(key: str | None = None, *, isolation_level: IsolationLevel | str | None = None,
