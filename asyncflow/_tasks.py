@@ -166,7 +166,8 @@ class Task(Generic[P, R]):
         return future
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Any:
-        """Hand a run to a task worker and return its future at once (see asyncflow.task_worker)."""
+        """Hand a run to a task worker and return its future at once (see asyncflow.task_worker). In
+        async code the enqueue happens in a background thread, in order: the loop never waits for it."""
         from ._workers.future import delay
 
         return delay(self, args, kwargs)

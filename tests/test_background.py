@@ -259,3 +259,147 @@ def test_local_futures_cannot_be_passed_to_delay(app):
         return local.result()
 
     assert f() == "sent 'y' to x"
+
+
+def _hold_the_database(path, held, release, seconds=10.0):
+    """Another connection takes SQLite's write lock (BEGIN IMMEDIATE) until `release` is set (the review's r18)."""
+    import sqlite3
+
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        held.set()
+        release.wait(seconds)
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("broker_url", ["sqlite"], indirect=True)
+async def test_delay_in_async_code_returns_its_future_while_the_database_is_held(app, anyio_backend):
+    """B14: `.delay()` enqueued inline and stalled the event loop for as long as another connection held
+    the database (1.53 s in r18). The loop keeps ticking; the run reaches the queue and a worker after."""
+    import threading
+
+    from asyncflow._workers.broker import get_broker
+    from asyncflow.task_worker import TaskWorker
+    from asyncflow.testing import isolated_home, state_names
+
+    home = os.environ["ASYNCFLOW_HOME"]
+    with isolated_home(home) as store:  # a real SQLite store in the broker's database
+        get_broker()  # the queue table exists: what is held below is only the write lock
+        held, release = threading.Event(), threading.Event()
+        holder = threading.Thread(target=_hold_the_database, args=(os.path.join(home, "asyncflow.db"), held, release, 2.0))
+        holder.start()
+        try:
+            await anyio.to_thread.run_sync(held.wait, 10)
+            gaps = []
+
+            async def ticker():
+                last = time.monotonic()
+                while True:
+                    await anyio.sleep(0.01)
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ticker)
+                await anyio.sleep(0.05)
+                started = time.monotonic()
+                futures = [app.send_email.delay(f"user{i}@example.org", "Hi") for i in range(3)]
+                returned_after = time.monotonic() - started
+                assert [f.state.name for f in futures] == ["Scheduled"] * 3  # without asking the database
+                await anyio.sleep(0.5)  # the database is still held: the enqueues wait in their thread
+                tg.cancel_scope.cancel()
+        finally:
+            release.set()
+            holder.join(10)
+        assert returned_after < 0.1, f".delay() blocked the event loop for {returned_after:.2f}s"
+        assert max(gaps) < 0.25, f"longest event-loop stall: {max(gaps):.2f}s"
+
+        worker_in_app = TaskWorker(app.send_email, limit=3)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker_in_app.start)
+            with anyio.fail_after(30):
+                results = [await f for f in futures]
+            worker_in_app.stop()
+        assert results == [f"sent 'Hi' to user{i}@example.org" for i in range(3)]
+        store.flush()
+        assert [state_names(store, f.task_run_id)[0] for f in futures] == ["Scheduled"] * 3
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("broker_url", ["sqlite"], indirect=True)
+async def test_a_failed_enqueue_from_async_code_resolves_the_future_with_the_error(app, anyio_backend, monkeypatch):
+    """The hand-off to the queue happens after `.delay()` returned: its error is not lost, the future
+    (awaited, or asked for its result) raises it and says Failed."""
+    import sqlite3
+
+    from asyncflow._workers.sqlite_broker import SQLiteBroker
+
+    def enqueue(self, run):
+        raise sqlite3.OperationalError("the task queue stayed locked")
+
+    monkeypatch.setattr(SQLiteBroker, "enqueue", enqueue)
+    future = app.send_email.delay("ada@example.org", "Hi")
+    with anyio.fail_after(10), pytest.raises(sqlite3.OperationalError, match="stayed locked"):
+        await future
+    assert future.state.name == "Failed" and future.done()
+    with pytest.raises(sqlite3.OperationalError, match="stayed locked"):
+        await anyio.to_thread.run_sync(future.result, 1)
+
+    later = app.send_email.delay("bob@example.org", "Hi")  # from a thread without a loop: raises, as before
+    with pytest.raises(sqlite3.OperationalError):
+        await anyio.to_thread.run_sync(app.send_email.delay, "bob@example.org", "Hi")
+    assert (await anyio.to_thread.run_sync(lambda: later.wait(10) or later.state)).name == "Failed"
+
+
+ASYNC_DELAYS = """
+import os, sqlite3, sys, threading, time, anyio
+from asyncflow._workers.broker import get_broker
+import bg_app
+
+get_broker()
+
+def hold_the_database(seconds):
+    held = threading.Event()
+    def hold():
+        db = sqlite3.connect(os.path.join(os.environ["ASYNCFLOW_HOME"], "asyncflow.db"), isolation_level=None)
+        db.execute("BEGIN IMMEDIATE"); held.set(); time.sleep(seconds); db.execute("COMMIT"); db.close()
+    threading.Thread(target=hold, daemon=True).start()
+    held.wait()
+
+async def main(tag):
+    started = time.monotonic()
+    ids = [str(bg_app.send_email.delay(f"{tag}{i}", "s").task_run_id) for i in range(25)]
+    return ids, time.monotonic() - started
+
+hold_the_database(0.5)
+ids, first = anyio.run(main, "a", backend=sys.argv[1])
+ids.append(str(bg_app.send_email.delay("sync", "s").task_run_id))  # sync code: queued after them
+hold_the_database(0.5)
+more, second = anyio.run(main, "b", backend=sys.argv[1])
+print(" ".join(ids + more))
+print(f"{max(first, second):.3f}")
+# the process exits at once, the database still held: the pending enqueues must still reach the queue
+"""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("broker_url", ["sqlite"], indirect=True)
+def test_runs_delayed_from_async_code_keep_their_order_and_survive_process_exit(app, tmp_path, backend):
+    import sqlite3
+
+    (tmp_path / "delays.py").write_text(ASYNC_DELAYS)
+    out = subprocess.run([sys.executable, "delays.py", backend], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+                                            "ASYNCFLOW_STORE": "memory"})  # no store flush at exit to wait behind
+    assert out.returncode == 0, out.stderr
+    ids_line, elapsed = out.stdout.split("\n")[-3:-1]
+    assert float(elapsed) < 0.25, f"25 .delay() calls blocked the loop for {elapsed}s"
+    db = sqlite3.connect(os.path.join(os.environ["ASYNCFLOW_HOME"], "asyncflow.db"))
+    queued = [row[0] for row in db.execute("SELECT id FROM asyncflow_task_queue ORDER BY rowid")]
+    db.close()
+    assert queued == ids_line.split()

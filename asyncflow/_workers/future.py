@@ -1,7 +1,18 @@
-"""Futures of delayed runs: they resolve from any process, through the broker."""
+"""Futures of delayed runs: they resolve from any process, through the broker.
+
+`.delay()` in async code (an event loop runs in the calling thread) must not wait for the broker on
+the loop: the SQLite broker can wait up to 30 s for a busy database. There the enqueue (and the
+`Scheduled` record) is handed to one background thread that works through a FIFO queue, so runs
+reach the broker in the order they were delayed; the future returns at once. The hand-off is
+finished before the future is first waited on or asked for its result, before a later sync `.delay()`
+enqueues, and at process exit (the thread is not a daemon). If the enqueue fails, the future resolves
+Failed with that error. Sync callers enqueue in place, as before, and get the error raised.
+"""
 
 from __future__ import annotations
 
+import collections
+import os
 import threading
 import time
 import uuid
@@ -32,17 +43,165 @@ def outcome_to_state(outcome: RunOutcome | None, run_id: uuid.UUID) -> State[Any
     return State(StateType(outcome.state_type), outcome.state_name, outcome.message, data, details)
 
 
+class _Enqueue:
+    """One run on its way to the broker (and its `Scheduled` record to the store)."""
+
+    __slots__ = ("queued", "run", "state", "broker", "error", "done")
+
+    def __init__(self, queued: Any, run: Any, state: State[Any], broker: Any) -> None:
+        self.queued = queued
+        self.run = run
+        self.state = state
+        self.broker = broker  # None: the process's broker, looked up where the enqueue runs
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def __call__(self, in_background: bool) -> None:
+        """Enqueue, then record. In the background an enqueue error is kept for the future (and the
+        run recorded Failed); in place (sync callers) every error is raised, as it always was."""
+        from .._logging import ERROR, log
+        from .._store import get_store
+
+        try:
+            try:
+                broker = self.broker if self.broker is not None else get_broker()
+                broker.enqueue(self.queued)
+            except BaseException as exc:
+                self.error = exc
+                if not in_background:
+                    raise
+                log(ERROR, "asyncflow.task_worker", f"Task run {self.queued.id} ({self.queued.task_name}) could not "
+                    f"be queued for a task worker: {exc!r}; its future resolves Failed with this error.", exc_info=exc)
+                self._record(get_store(), State(StateType.FAILED, "Failed", f"Could not be queued: {exc!r}", None,
+                                                self.state.state_details), in_background)
+                return
+            self.broker = broker
+            self._record(get_store(), self.state, in_background)
+        finally:
+            self.done.set()
+
+    def _record(self, store: Any, state: State[Any], in_background: bool) -> None:
+        try:
+            self.run.state = state
+            store.record_task_run(self.run)
+            store.record_state(self.run.id, state)
+        except Exception as exc:
+            if not in_background:
+                raise
+            from .._logging import WARNING, log
+
+            log(WARNING, "asyncflow.task_worker", f"Task run {self.queued.id} was queued but its {state.name} state "
+                f"could not be recorded: {exc!r}")
+
+
+class _Enqueuer:
+    """One thread that takes `_Enqueue`s in order; it ends when there is nothing left, and it is not a
+    daemon, so the interpreter waits for the pending ones at exit."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: collections.deque[_Enqueue] = collections.deque()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: _Enqueue) -> None:
+        with self._lock:
+            self._jobs.append(job)
+            if self._thread is not None:
+                return
+            thread = self._thread = threading.Thread(target=self._work, name="asyncflow-delay", daemon=False)
+            try:
+                thread.start()
+                return
+            except RuntimeError:  # interpreter shutdown: no new threads; do it here (below, unlocked)
+                self._jobs.remove(job)
+                self._thread = None
+        job(in_background=True)
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                if not self._jobs:
+                    self._thread = None
+                    return
+                job = self._jobs[0]
+            try:
+                job(in_background=True)
+            except BaseException:  # kept on the job for its future; the thread goes on with the next
+                pass
+            with self._lock:
+                self._jobs.popleft()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far reached the broker (or failed); False on timeout."""
+        with self._lock:
+            last = self._jobs[-1] if self._jobs else None
+        return last is None or last.done.wait(timeout)
+
+    def _after_fork_in_child(self) -> None:
+        """The parent's thread enqueues the parent's runs; the child forgets them (new objects: a lock
+        may have been held at the fork) and lets their futures ask the broker."""
+        self._lock = threading.Lock()
+        for job in self._jobs:
+            job.done = threading.Event()
+            job.done.set()
+        self._jobs = collections.deque()
+        self._thread = None
+
+
+_enqueuer = _Enqueuer()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_enqueuer._after_fork_in_child)
+
+
 class DelayedFuture:
     """The future of a run handed to a task worker with `.delay()`; rebuild it anywhere with
     `DelayedFuture(task_run_id)`."""
 
     def __init__(self, task_run_id: uuid.UUID | str, broker: Any = None) -> None:
         self.task_run_id = task_run_id if isinstance(task_run_id, uuid.UUID) else uuid.UUID(str(task_run_id))
-        self._broker = broker if broker is not None else get_broker()
+        self._broker_or_none = broker if broker is not None else get_broker()
         self._final: State[Any] | None = None
+        self._job: _Enqueue | None = None  # the hand-off to the broker, while it may be pending
+
+    @classmethod
+    def _being_queued(cls, job: _Enqueue) -> DelayedFuture:
+        future = cls.__new__(cls)
+        future.task_run_id = job.run.id
+        future._broker_or_none = None  # known once the job ran (looking it up may touch the database)
+        future._final = None
+        future._job = job
+        return future
+
+    @property
+    def _broker(self) -> Any:
+        broker = self._broker_or_none
+        if broker is None:
+            broker = self._broker_or_none = get_broker()
+        return broker
+
+    def _queued(self, wait: bool, timeout: float | None = None) -> bool:
+        """Has the run reached the broker (or failed to)? With `wait`, wait for it first (and for every
+        run delayed before it: the queue is in order). A failed enqueue makes the future Failed."""
+        job = self._job
+        if job is None:
+            return True
+        if not job.done.is_set() and (not wait or not job.done.wait(timeout)):
+            return False
+        if job.error is not None:
+            self._final = State(StateType.FAILED, "Failed", f"The run could not be queued for a task worker: "
+                                f"{job.error!r}", job.error, job.state.state_details)
+        elif job.broker is not None:
+            self._broker_or_none = job.broker
+        self._job = None
+        return True
 
     @property
     def state(self) -> State[Any]:
+        if self._final is not None:
+            return self._final
+        job = self._job
+        if job is not None and not self._queued(wait=False):
+            return job.state  # still on its way: Scheduled, as .delay() promised, without blocking
         if self._final is not None:
             return self._final
         state = outcome_to_state(self._broker.outcome(str(self.task_run_id)), self.task_run_id)
@@ -60,6 +219,8 @@ class DelayedFuture:
         if in_async_context():
             raise BlockingResultError("future.wait() would block the event loop: use `await future` in async code.")
         deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._queued(wait=True, timeout=timeout):
+            return
         delay = 0.002
         while not self.done():
             if deadline is not None and time.monotonic() >= deadline:
@@ -74,6 +235,10 @@ class DelayedFuture:
         return self._final.result(raise_on_failure=raise_on_failure)
 
     async def wait_async(self) -> None:
+        if self._job is not None:  # the hand-off first, in a thread (cancellable: it goes on anyway)
+            await anyio.to_thread.run_sync(self._queued, True, abandon_on_cancel=True)
+        if self._final is not None:
+            return
         delay = 0.002
         while True:
             state = await anyio.to_thread.run_sync(lambda: self.state)
@@ -117,7 +282,6 @@ def delay(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: An
     from .._engine.task_run import TaskCall, summarise_parameters
     from .._futures import TaskRunFuture
     from .._ids import new_id
-    from .._store import get_store
     from .broker import QueuedRun
 
     parameters = task.binder.bind(tuple(args), dict(kwargs or {}))
@@ -130,7 +294,6 @@ def delay(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: An
         if not isinstance(future, DelayedFuture):
             raise TypeError(f"{task.name}.apply_async(wait_for=...): only futures of delayed runs "
                             f"(DelayedFuture) can be waited for by a task worker; got {future!r}.")
-    broker = broker if broker is not None else get_broker()
     run_id = new_id()
     waits = [str(f.task_run_id) for f in (wait_for or [])]
     try:
@@ -138,12 +301,14 @@ def delay(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: An
     except Exception as exc:
         raise TypeError(f"{task.name}.delay(): the arguments cannot be sent to a task worker "
                         f"({type(exc).__name__}: {exc}). Pass picklable values.") from None
-    broker.enqueue(QueuedRun(str(run_id), task.task_key, task.name, payload))
-    call = TaskCall(task, parameters, None, submitted=False, run_id=run_id)  # record it Scheduled here
+    call = TaskCall(task, parameters, None, submitted=False, run_id=run_id)  # recorded Scheduled here
     scheduled = State(StateType.SCHEDULED, "Scheduled", None, None, call.details)
     call.run.state = scheduled
     call.run.parameters = summarise_parameters(parameters)
-    store = get_store()
-    store.record_task_run(call.run)
-    store.record_state(run_id, scheduled)
-    return DelayedFuture(run_id, broker)
+    job = _Enqueue(QueuedRun(str(run_id), task.task_key, task.name, payload), call.run, scheduled, broker)
+    if in_async_context():  # never wait for the broker on the event loop
+        _enqueuer.submit(job)
+        return DelayedFuture._being_queued(job)
+    _enqueuer.flush()  # runs delayed earlier from async code go first
+    job(in_background=False)
+    return DelayedFuture(run_id, job.broker)
