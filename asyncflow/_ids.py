@@ -8,13 +8,13 @@ child, so parent and child never share a sequence; a user's `random.seed()` does
 
 from __future__ import annotations
 
-import os
 import random
 import uuid
 
+from . import _fork
+
 _rng = random.Random()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_rng.seed)
+_fork.register("ids", reset_in_child=_rng.seed)
 
 _getrandbits = _rng.getrandbits
 _UUID = uuid.UUID

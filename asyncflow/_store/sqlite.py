@@ -37,6 +37,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .. import _fork
 from .._runs import FlowRun, TaskRun
 from .._states import FINAL_TYPES, State, StateDetails, StateType
 from .base import (
@@ -313,10 +314,12 @@ _INHERITED: list[sqlite3.Connection] = []  # a forked child's copies of its pare
 
 def _before_fork() -> None:
     """A thread inside SQLite at the moment of a fork leaves SQLite's own mutexes locked in the child,
-    which then hangs at its first SQLite call: wait until no thread of ours is inside SQLite."""
+    which then hangs at its first SQLite call: wait until no thread of ours is inside SQLite. The wait
+    shares the fork's budget (`_fork.FORK_WAIT_SECONDS` for all of asyncflow, not per store or lock):
+    when it is spent, the fork goes on (and a child forked mid-write may hang at its first write)."""
     for store in list(_STORES):
         for lock in (store._lock, store._read_lock):
-            if lock.acquire(timeout=10):  # a batch being written, a busy database: bounded
+            if lock.acquire(timeout=_fork.remaining()):  # a batch being written, a busy database
                 _FORK_HELD.append(lock)
 
 
@@ -336,9 +339,8 @@ def _flush_all_at_exit() -> None:
         store._at_exit()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                        after_in_child=_reset_after_fork)
+_fork.register("store", reset_in_child=_reset_after_fork, before=_before_fork,
+               after_in_parent=_after_fork_in_parent)
 # atexit runs handlers last-registered first: this one runs before the engine's, which records the runs
 # still open as Crashed and then flushes again.
 atexit.register(_flush_all_at_exit)
