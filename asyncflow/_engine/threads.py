@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .. import _fork
+
 _IDLE_SECONDS = 30.0
 _threads = threading.local()  # which dispatcher slot this OS thread holds (resource accounting only)
 
@@ -58,8 +60,16 @@ class ThreadPool:
                         return
             job = me.job  # type: ignore[assignment]
 
+    def _reset_in_child(self) -> None:
+        """After fork: the idle threads are the parent's and do not exist here (a job handed to one
+        would never run), and the lock may have been held by one of them. trio's thread cache does the
+        same (`trio/_core/_thread_cache.py`)."""
+        self._lock = threading.Lock()
+        self._idle = []
+
 
 POOL = ThreadPool()
+_fork.register("thread pool", reset_in_child=lambda: POOL._reset_in_child())
 
 
 class ThreadDispatcher:
