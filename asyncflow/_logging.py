@@ -23,9 +23,11 @@ import sys
 import threading
 import time
 import traceback
+import weakref
+from collections import deque
 from typing import Any
 
-from . import _settings, _store
+from . import _fork, _settings, _store
 from ._context import current_run
 from ._exceptions import MissingContextError
 
@@ -63,12 +65,37 @@ class Sink:
         self.json = _settings.LOGGING_FORMAT.value() == "json"
         self._second = -1
         self._stamp = ""
-        self._lines: list[str] = []
-        self._lock = threading.Lock()  # keeps batches in order when two threads flush
-        self._wake: threading.Event | None = None
-        self._armed = False
+        self._atexit = False
+        self._init_runtime()
+        _SINKS.add(self)
         self._tty_stream: Any = None
         self._tty = False
+
+    def _init_runtime(self) -> None:
+        # Lines waiting for the writer. Producers only append (atomic), and only the holder of `_lock`
+        # takes lines off the front, so no line appended during a write is lost (L5).
+        self._lines: deque[str] = deque()
+        self._lock = threading.Lock()  # held while lines are taken and written: batches stay in order
+        self._start_lock = threading.Lock()  # one writer thread per sink (per process)
+        self._wake: threading.Event | None = None
+        self._armed = False
+        self._fork_held = False
+
+    # -- fork: the child gets fresh locks and starts its own writer (B8) ----------------------------
+    def _before_fork(self) -> None:
+        """Wait (bounded by the fork's budget) until our writer is not halfway through a write: a
+        child forked then would inherit the stream's own buffer lock held, and hang on its first line."""
+        self._fork_held = self._lock.acquire(timeout=_fork.remaining())
+
+    def _after_fork_in_parent(self) -> None:
+        if self._fork_held:
+            self._fork_held = False
+            self._lock.release()
+
+    def _reset_in_child(self) -> None:
+        """The parent's writer thread does not exist here and its queued lines are the parent's to
+        write: fresh locks, an empty queue, and a writer of our own when the first line is queued."""
+        self._init_runtime()
 
     def _in_order(self, stream: Any) -> bool:
         """Write at once when a person could see lines out of order: stderr is a terminal, or the
@@ -88,17 +115,17 @@ class Sink:
         stream = sys.stderr
         if stream is None:
             return
+        self._lines.append(line)
         if urgent or self._in_order(stream):
             with self._lock:
-                self._lines.append(line)
                 self._write_all(stream)
             return
-        self._lines.append(line)
         if not self._armed:
             self._armed = True
-            if self._wake is None:
-                self._start_writer()
-            self._wake.set()  # type: ignore[union-attr]
+            wake = self._wake
+            if wake is None:
+                wake = self._start_writer()
+            wake.set()
 
     def flush(self) -> None:
         if self._lines:
@@ -108,7 +135,10 @@ class Sink:
                     self._write_all(stream)
 
     def _write_all(self, stream: Any) -> None:
-        lines, self._lines = self._lines, []
+        """Write every queued line (the caller holds `_lock`: it alone takes lines off the queue)."""
+        queue = self._lines
+        popleft = queue.popleft
+        lines = [popleft() for _ in range(len(queue))]
         if lines:
             try:
                 stream.write("\n".join(lines) + "\n")
@@ -116,14 +146,21 @@ class Sink:
             except (ValueError, OSError):  # a closed stream (interpreter shutdown, captured output)
                 pass
 
-    def _start_writer(self) -> None:
-        self._wake = threading.Event()
-        threading.Thread(target=self._writer, name="asyncflow-log-writer", daemon=True).start()
-        atexit.register(self.flush)
+    def _start_writer(self) -> threading.Event:
+        """Start the writer thread once (two threads may queue their first line at the same time)."""
+        with self._start_lock:
+            wake = self._wake
+            if wake is None:
+                wake = threading.Event()
+                threading.Thread(target=self._writer, args=(wake,), name="asyncflow-log-writer",
+                                 daemon=True).start()
+                self._wake = wake
+                if not self._atexit:
+                    self._atexit = True
+                    atexit.register(self.flush)
+            return wake
 
-    def _writer(self) -> None:
-        wake = self._wake
-        assert wake is not None
+    def _writer(self, wake: threading.Event) -> None:
         while True:
             wake.wait()
             wake.clear()
@@ -173,6 +210,28 @@ def sink() -> Sink:
     if _sink is None:
         _sink = Sink()
     return _sink
+
+
+_SINKS: weakref.WeakSet[Sink] = weakref.WeakSet()  # every sink (an old one may still have queued lines)
+
+
+def _sink_before_fork() -> None:
+    for each in list(_SINKS):
+        each._before_fork()
+
+
+def _sink_after_fork_in_parent() -> None:
+    for each in list(_SINKS):
+        each._after_fork_in_parent()
+
+
+def _sink_reset_in_child() -> None:
+    for each in list(_SINKS):
+        each._reset_in_child()
+
+
+_fork.register("log sink", reset_in_child=_sink_reset_in_child, before=_sink_before_fork,
+               after_in_parent=_sink_after_fork_in_parent)
 
 
 def flush() -> None:
