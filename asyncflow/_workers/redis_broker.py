@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 
+from .. import _fork
 from .broker import QueuedRun, RunOutcome
 
 _GROUP = "asyncflow-workers"
@@ -22,6 +24,19 @@ if ARGV[8] == '1' then redis.call('HSET', KEYS[1], 'result', ARGV[7]) end
 return 1
 """
 _PREFIX = "asyncflow"
+_BROKERS: weakref.WeakSet[RedisBroker] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    """The runs the parent claimed are the parent's to renew and complete, and the lock guarding them
+    may have been held by a parent thread. (redis-py's connection pool notices the new pid itself and
+    opens new connections in the child.)"""
+    for broker in list(_BROKERS):
+        broker._lock = threading.Lock()
+        broker._claimed = {}
+
+
+_fork.register("redis broker", reset_in_child=_reset_after_fork)
 
 
 class RedisBroker:
@@ -37,6 +52,7 @@ class RedisBroker:
         self._complete_script = self._redis.register_script(_COMPLETE)
         self._claimed: dict[str, tuple[str, bytes]] = {}  # run id -> (stream, message id), for this worker
         self._lock = threading.Lock()
+        _BROKERS.add(self)
 
     @staticmethod
     def _stream(task_key: str) -> str:

@@ -8,8 +8,10 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from pathlib import Path
 
+from .. import _fork
 from .broker import QueuedRun, RunOutcome
 
 _SCHEMA = """
@@ -32,11 +34,32 @@ CREATE INDEX IF NOT EXISTS asyncflow_task_queue_ready ON asyncflow_task_queue (t
 """
 
 
+_BROKERS: weakref.WeakSet[SQLiteBroker] = weakref.WeakSet()
+_INHERITED: list[sqlite3.Connection] = []  # a forked child's copies of its parent's connections
+
+
+def _reset_after_fork() -> None:
+    """A connection opened before a fork must not be used in the child, not even to close it (SQLite's
+    rule; the store follows it too): the forking thread's connection is kept here, never closed, and
+    the child opens its own on first use (`_connect` also checks the pid). The parent's other threads'
+    connections went away with their threads' state at the fork (CPython clears it), which is out of
+    our hands."""
+    for broker in list(_BROKERS):
+        db = getattr(broker._local, "db", None)
+        if db is not None:
+            _INHERITED.append(db)
+        broker._local = threading.local()
+
+
+_fork.register("sqlite broker", reset_in_child=_reset_after_fork)
+
+
 class SQLiteBroker:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        _BROKERS.add(self)
         with self._connect() as db:
             db.executescript(_SCHEMA)
 
