@@ -280,9 +280,11 @@ def _hold_the_database(path, held, release, seconds=10.0):
 async def test_delay_in_async_code_returns_its_future_while_the_database_is_held(app, anyio_backend):
     """B14: `.delay()` enqueued inline and stalled the event loop for as long as another connection held
     the database (1.53 s in r18). The loop keeps ticking; the run reaches the queue and a worker after."""
+    import sqlite3
     import threading
 
     from asyncflow._workers.broker import get_broker
+    from asyncflow._workers.future import _enqueuer
     from asyncflow.task_worker import TaskWorker
     from asyncflow.testing import isolated_home, state_names
 
@@ -319,6 +321,15 @@ async def test_delay_in_async_code_returns_its_future_while_the_database_is_held
         assert returned_after < 0.1, f".delay() blocked the event loop for {returned_after:.2f}s"
         assert max(gaps) < 0.25, f"longest event-loop stall: {max(gaps):.2f}s"
 
+        # once the database is free, the runs reach the queue (in order) and the store
+        await anyio.to_thread.run_sync(_enqueuer.flush, 30)
+        await anyio.to_thread.run_sync(store.flush)
+        assert [state_names(store, f.task_run_id) for f in futures] == [["Scheduled"]] * 3
+        db = sqlite3.connect(os.path.join(home, "asyncflow.db"))
+        queued = [row[0] for row in db.execute("SELECT id FROM asyncflow_task_queue ORDER BY rowid")]
+        db.close()
+        assert queued == [str(f.task_run_id) for f in futures]
+
         worker_in_app = TaskWorker(app.send_email, limit=3)
         async with anyio.create_task_group() as tg:
             tg.start_soon(worker_in_app.start)
@@ -326,8 +337,6 @@ async def test_delay_in_async_code_returns_its_future_while_the_database_is_held
                 results = [await f for f in futures]
             worker_in_app.stop()
         assert results == [f"sent 'Hi' to user{i}@example.org" for i in range(3)]
-        store.flush()
-        assert [state_names(store, f.task_run_id)[0] for f in futures] == ["Scheduled"] * 3
 
 
 @pytest.mark.anyio
