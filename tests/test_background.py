@@ -412,3 +412,50 @@ def test_runs_delayed_from_async_code_keep_their_order_and_survive_process_exit(
     queued = [row[0] for row in db.execute("SELECT id FROM asyncflow_task_queue ORDER BY rowid")]
     db.close()
     assert queued == ids_line.split()
+
+
+FORK_WHILE_QUEUEING = """
+import os, sqlite3, sys, threading, time
+from asyncflow._workers.broker import get_broker
+from asyncflow._workers.future import _enqueuer
+import anyio, bg_app
+
+get_broker()
+held, release = threading.Event(), threading.Event()
+def hold():
+    db = sqlite3.connect(os.path.join(os.environ["ASYNCFLOW_HOME"], "asyncflow.db"), isolation_level=None)
+    db.execute("BEGIN IMMEDIATE"); held.set(); release.wait(10); db.execute("COMMIT"); db.close()
+threading.Thread(target=hold, daemon=True).start()
+held.wait()
+
+async def main():
+    futures = [bg_app.send_email.delay(f"u{i}", "s") for i in range(3)]
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's hand-offs are the parent's; nothing hangs, nothing is redone
+        ok = not _enqueuer._jobs and [f.state.name for f in futures] == ["Scheduled"] * 3
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    return futures, os.waitstatus_to_exitcode(status)
+
+futures, child = anyio.run(main)
+release.set()
+print(child, " ".join(str(f.task_run_id) for f in futures))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("broker_url", ["sqlite"], indirect=True)
+def test_a_child_forked_while_delayed_runs_are_being_queued_leaves_them_to_its_parent(app, tmp_path):
+    import sqlite3
+
+    (tmp_path / "fork_delays.py").write_text(FORK_WHILE_QUEUEING)
+    out = subprocess.run([sys.executable, "fork_delays.py"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+                              "ASYNCFLOW_STORE": "memory"})
+    assert out.returncode == 0, out.stderr
+    child, ids = out.stdout.strip().split("\n")[-1].split(" ", 1)
+    assert child == "0", out.stderr
+    db = sqlite3.connect(os.path.join(os.environ["ASYNCFLOW_HOME"], "asyncflow.db"))
+    queued = [row[0] for row in db.execute("SELECT id FROM asyncflow_task_queue ORDER BY rowid")]
+    db.close()
+    assert queued == ids.split()  # each once: the child did not queue them again

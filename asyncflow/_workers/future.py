@@ -12,7 +12,6 @@ Failed with that error. Sync callers enqueue in place, as before, and get the er
 from __future__ import annotations
 
 import collections
-import os
 import threading
 import time
 import uuid
@@ -22,6 +21,7 @@ from typing import Any
 import anyio
 import cloudpickle
 
+from .. import _fork
 from .._engine.loop import in_async_context
 from .._exceptions import BlockingResultError
 from .._states import State, StateType
@@ -149,8 +149,7 @@ class _Enqueuer:
 
 
 _enqueuer = _Enqueuer()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_enqueuer._after_fork_in_child)
+_fork.register("delay hand-off", reset_in_child=lambda: _enqueuer._after_fork_in_child())
 
 
 class DelayedFuture:
@@ -302,7 +301,7 @@ def delay(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: An
         raise TypeError(f"{task.name}.delay(): the arguments cannot be sent to a task worker "
                         f"({type(exc).__name__}: {exc}). Pass picklable values.") from None
     call = TaskCall(task, parameters, None, submitted=False, run_id=run_id)  # recorded Scheduled here
-    scheduled = State(StateType.SCHEDULED, "Scheduled", None, None, call.details)
+    scheduled: State[Any] = State(StateType.SCHEDULED, "Scheduled", None, None, call.details)
     call.run.state = scheduled
     call.run.parameters = summarise_parameters(parameters)
     job = _Enqueue(QueuedRun(str(run_id), task.task_key, task.name, payload), call.run, scheduled, broker)
