@@ -31,6 +31,10 @@ class MissingContextError(AsyncflowError, RuntimeError):
     """A run-scoped API was used outside of any flow or task run."""
 
 
+class ScopeClosedError(AsyncflowError, RuntimeError):
+    """A run was submitted into a flow run (or task run) that has already ended."""
+
+
 class UpstreamTaskError(AsyncflowError):
     """An upstream run did not complete, so this run cannot start."""
 

@@ -24,16 +24,15 @@ _lock = threading.Lock()  # guards the hand-over between a completing run and a 
 class TaskRunFuture(Generic[R]):
     """The eventual state and result of a submitted task run."""
 
-    __slots__ = ("task_run", "_final", "_callbacks", "_event", "_event_thread", "_event_call", "_thread_event",
-                 "_observed", "__weakref__")
+    __slots__ = ("task_run", "_final", "_settled", "_callbacks", "_events", "_thread_event", "_observed",
+                 "__weakref__")
 
     def __init__(self, task_run: TaskRun) -> None:
         self.task_run = task_run
-        self._final: State[R] | None = None
+        self._final: State[R] | None = None  # the final state, once the run has one
+        self._settled = False  # ... and its done callbacks have run: waiters wake only now
         self._callbacks: list[Callable[[TaskRunFuture[R]], Any]] | None = None
-        self._event: anyio.Event | None = None
-        self._event_thread = 0
-        self._event_call: Callable[..., Any] | None = None
+        self._events: list[tuple[int, anyio.Event, Callable[..., Any]]] | None = None  # one per awaiting loop
         self._thread_event: threading.Event | None = None
         self._observed = False
 
@@ -103,20 +102,23 @@ class TaskRunFuture(Generic[R]):
                 exc_info=exc)
 
     # -- waiting ---------------------------------------------------------------------------------
-    async def wait_async(self) -> None:
-        if self._final is not None:
+    async def wait_async(self, settled: bool = False) -> None:
+        """Until the run is final (`settled`: and its done callbacks have run, as its flow waits)."""
+        if self._settled or (not settled and self._final is not None):
             return
+        me = threading.get_ident()
         with _lock:
-            if self._final is not None:
+            if self._settled or (not settled and self._final is not None):
                 return
-            if self._event is None:
-                self._event = anyio.Event()
-                self._event_thread = threading.get_ident()
-                self._event_call = threadsafe_caller()
-            event = self._event
+            if self._events is None:
+                self._events = []
+            event = next((event for thread, event, _ in self._events if thread == me), None)
+            if event is None:  # the first task on this loop to wait (others share its event)
+                event = anyio.Event()
+                self._events.append((me, event, threadsafe_caller()))
         await event.wait()
 
-    def _block(self, timeout: float | None, what: str) -> bool:
+    def _block(self, timeout: float | None, what: str, settled: bool = False) -> bool:
         if in_async_context():
             raise BlockingResultError(
                 f"future.{what}() would block the event loop while task run '{self.task_run.name}' is "
@@ -125,7 +127,7 @@ class TaskRunFuture(Generic[R]):
         if timeout is not None and timeout < 0:
             raise ValueError(f"'timeout' must be a non-negative number, got {timeout}")
         with _lock:
-            if self._final is not None:
+            if self._settled or (not settled and self._final is not None):
                 return True
             if self._thread_event is None:
                 self._thread_event = threading.Event()
@@ -134,21 +136,32 @@ class TaskRunFuture(Generic[R]):
 
     # -- completion (engine only) ----------------------------------------------------------------
     def _set_final(self, state: State[R]) -> None:
+        """The first final state wins. Done callbacks run before any waiter wakes, so whoever waited
+        for this run (its flow, at its end) also waited for them."""
         with _lock:
+            if self._final is not None:
+                return
             self._final = state
             callbacks, self._callbacks = self._callbacks, None
-            thread_event = self._thread_event
-            event = self._event
-        if event is not None:
-            if threading.get_ident() == self._event_thread:
-                event.set()
-            else:  # finished in a pool thread: wake the awaiting task on its own loop
-                self._event_call(event.set)  # type: ignore[misc]
-        if thread_event is not None:
-            thread_event.set()
         if callbacks:
             for fn in callbacks:
                 self._call_back(fn)
+        with _lock:
+            self._settled = True
+            thread_event = self._thread_event
+            events = self._events
+        if thread_event is not None:
+            thread_event.set()
+        if events:
+            me = threading.get_ident()
+            for thread, event, call_soon in events:
+                try:
+                    if thread == me:
+                        event.set()
+                    else:  # finished in another thread: wake the awaiting task on its own loop
+                        call_soon(event.set)
+                except Exception:  # that loop is gone (closed, finished): nobody waits there any more
+                    pass
 
     def __repr__(self) -> str:  # looking at a future in a debugger or a log is not observing its failure
         state = self._final if self._final is not None else self.task_run.state

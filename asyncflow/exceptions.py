@@ -13,6 +13,7 @@ from ._exceptions import MissingContextError as MissingContextError
 from ._exceptions import ParameterBindError as ParameterBindError
 from ._exceptions import ReservedArgumentError as ReservedArgumentError
 from ._exceptions import RunStateError as RunStateError
+from ._exceptions import ScopeClosedError as ScopeClosedError
 from ._exceptions import TaskRunTimeoutError as TaskRunTimeoutError
 from ._exceptions import UnfinishedRun as UnfinishedRun
 from ._exceptions import UpstreamTaskError as UpstreamTaskError
@@ -23,6 +24,6 @@ from ._store.base import StoreError as StoreError
 __all__ = [
     "AsyncflowError", "BlockingResultError", "CancelledRun", "CrashedRun", "FailedRun", "FlowRunTimeoutError",
     "InvalidNameError", "MappingLengthMismatch", "MappingMissingIterable", "MissingContextError",
-    "ObjectNotFound", "ParameterBindError", "ReservedArgumentError", "RunStateError", "SettingError",
+    "ObjectNotFound", "ParameterBindError", "ReservedArgumentError", "RunStateError", "ScopeClosedError", "SettingError",
     "StoreError", "TaskRunTimeoutError", "UnfinishedRun", "UpstreamTaskError",
 ]

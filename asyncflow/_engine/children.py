@@ -34,12 +34,12 @@ class ChildTracker:
 
     async def wait_all(self) -> None:
         while (future := self._next_pending()) is not None:
-            await future.wait_async()
+            await future.wait_async(settled=True)  # a run has ended when its done callbacks have run
             self.finished(future)
 
     def wait_all_blocking(self) -> None:
         while (future := self._next_pending()) is not None:
-            future._block(None, "wait")
+            future._block(None, "wait", settled=True)
             self.finished(future)
 
     def unobserved_failures(self) -> list[TaskRunFuture[Any]]:

@@ -23,14 +23,15 @@ from .._names import generate_flow_run_name
 from .._runs import FlowRun
 from .._states import State, StateDetails, StateType
 from .._store import flush_root_flow_run, get_store
-from .children import ChildTracker
 from .common import exception_message, log_final_state, run_hooks
 from .deadline import call_sync_with_deadline
 from .interrupt import UserCode
 from .open_runs import OPEN
 from .resolve import Resolver, unfinished_in, wait_for_all
-from .scope import LazyLoopScope, Scope
-from .task_run import report_unobserved
+from .scope import Scope
+from .task_run import report_unobserved, resolve_cancelled, why_ended
+
+SHIELDED_HOOKS_SECONDS = 30.0  # the hooks of a cancelled flow run are shielded from it, this long at most
 
 
 class FlowCall:
@@ -108,9 +109,12 @@ async def run_flow(call: FlowCall, sync: bool) -> State[Any]:
         log_final_state(state, call.label or f"Flow run '{run.name}'", call.ids)
         if sync:
             await _final_hooks(call, state, sync)
-        else:
-            with anyio.CancelScope(shield=True):  # hooks of a cancelled run still get to run
+        else:  # hooks of a cancelled run still get to run, for a bounded time
+            with anyio.move_on_after(SHIELDED_HOOKS_SECONDS, shield=True) as hooks_scope:
                 await _final_hooks(call, state, sync)
+            if hooks_scope.cancelled_caught:
+                log(ERROR, call.label, f"The hooks of the cancelled flow run did not finish within "
+                    f"{SHIELDED_HOOKS_SECONDS:g} s; they were cancelled.", call.ids)
         raise
     finally:
         current_run.reset(token)
@@ -159,35 +163,50 @@ async def _attempts(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, A
 
 
 async def _one_attempt(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, Any], sync: bool) -> State[Any]:
+    """One attempt of the flow body, in a scope of its own that owns every run it starts: on every
+    way out (failure, deadline, outer cancellation, Ctrl-C, a signal) the scope is cancelled and
+    closed, so no run it started outlives it."""
     flow = call.flow
     args, kwargs = flow.binder.to_call(parameters)
+    timeout = flow.timeout_seconds
     if sync:
-        # a scope of its own (its loop starts only if the flow submits): cancelling it on failure
-        # stops this flow's runs and nobody else's
-        ctx.scope = scope = LazyLoopScope()
+        # its event loop (in a helper thread) starts only if the flow submits an async run
+        ctx.scope = scope = Scope(call.label, resolve_cancelled)
         try:
-            return await _body(call, ctx, args, kwargs, sync)
-        except BaseException:
-            scope.cancel()  # an interrupt (Ctrl-C) stops the runs it started
+            state = await _body(call, ctx, args, kwargs, sync)
+        except BaseException as exc:
+            scope.cancel(why_ended(exc))
             raise
         finally:
             scope.close()
-    timeout = flow.timeout_seconds
+            scope.stop_helper_loop()
+        _report_children(call, ctx)
+        return state
     with anyio.CancelScope() as deadline:
         if timeout:
             deadline.deadline = anyio.current_time() + timeout
         async with anyio.create_task_group() as tg:
-            ctx.scope = scope = Scope(tg)
-            if timeout:
-                scope.wall_deadline = time.monotonic() + timeout
+            ctx.scope = scope = Scope(call.label, resolve_cancelled, tg,
+                                      time.monotonic() + timeout if timeout else None)
             try:
                 state = await _body(call, ctx, args, kwargs, sync)
+            except BaseException as exc:
+                timed_out = timeout and anyio.current_time() >= deadline.deadline
+                scope.cancel("timed out" if timed_out else why_ended(exc))
+                raise
             finally:
-                scope.closed = True
+                scope.close()
+    _report_children(call, ctx)
     if deadline.cancelled_caught:
         exc = FlowRunTimeoutError(f"Flow run exceeded timeout of {timeout:g} second(s)")
         return State(StateType.FAILED, "TimedOut", str(exc), exc, call.details)
     return state
+
+
+def _report_children(call: FlowCall, ctx: FlowRunContext) -> None:
+    """Every run of the attempt is final now: report the failures nobody looked at."""
+    if ctx.children is not None:
+        report_unobserved(ctx.children, call.label, call.ids)
 
 
 async def _body(call: FlowCall, ctx: FlowRunContext, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -201,7 +220,7 @@ async def _body(call: FlowCall, ctx: FlowRunContext, args: tuple[Any, ...], kwar
                 value = await call_sync_with_deadline(
                     functools.partial(flow.fn, *args, **kwargs), flow.timeout_seconds, sync, "Flow")
             except FlowRunTimeoutError as exc:
-                ctx.scope.cancel()  # runs it submitted stop too
+                await _stop_children(ctx, sync, "timed out")  # the runs it submitted stop too
                 return State(StateType.FAILED, "TimedOut", str(exc), exc, call.details)
         elif sync:
             value = flow.fn(*args, **kwargs)
@@ -219,29 +238,28 @@ async def _body(call: FlowCall, ctx: FlowRunContext, args: tuple[Any, ...], kwar
         value = await _futures_to_states(value, sync)
     except Exception as exc:
         log(ERROR, call.label, f"Encountered exception during execution: {exc!r}", call.ids, exc_info=exc)
-        await _settle_children(call, ctx, sync, cancel=True)  # a failure ends the scope: its runs stop
+        await _stop_children(ctx, sync, "failed")  # a failure ends the scope: its runs stop
         return State(StateType.FAILED, "Failed", exception_message("Flow", exc), exc, call.details)
-    await _settle_children(call, ctx, sync)
+    if ctx.children is not None:  # the flow ends when every run it started has ended
+        if sync:
+            ctx.children.wait_all_blocking()
+        else:
+            await ctx.children.wait_all()
     state = _states.return_value_to_state(value)
     if state.state_details.flow_run_id is None and state.state_details.task_run_id is None:
         state = State(state.type, state.name, state.message, state.data, call.details, state.ts)
     return state
 
 
-async def _settle_children(call: FlowCall, ctx: FlowRunContext, sync: bool, cancel: bool = False) -> None:
-    tracker: ChildTracker | None = ctx.children
-    if tracker is None:
-        return
-    if cancel and tracker.pending:
-        ctx.scope.cancel()  # type: ignore[union-attr]
-    if sync:
-        tracker.wait_all_blocking()
-    elif cancel:
-        with anyio.CancelScope(shield=True):  # the scope is cancelled; its runs still need to settle
-            await tracker.wait_all()
-    else:
-        await tracker.wait_all()
-    report_unobserved(tracker, call.label, call.ids)
+async def _stop_children(ctx: FlowRunContext, sync: bool, reason: str) -> None:
+    """Cancel the attempt's scope. Queued runs and runs in pool threads are resolved at once; runs on
+    the event loop are cancelled: an async flow's task group waits for them as it exits, a sync flow
+    waits here (its helper loop is stopped next)."""
+    scope = ctx.scope
+    assert scope is not None
+    scope.cancel(reason)
+    if sync and ctx.children is not None:
+        ctx.children.wait_all_blocking()
 
 
 async def _futures_to_states(value: Any, sync: bool) -> Any:

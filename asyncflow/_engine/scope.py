@@ -1,15 +1,29 @@
-"""Scopes: where submitted runs execute. A scope is an anyio task group on some event loop,
-reachable from any thread (a sync task running in a worker thread can submit into its flow's scope).
+"""Scopes: the one owner of every run a flow attempt (or a root task run) starts.
+
+A submitted run lives in one of three places: queued (waiting for its turn, its upstream runs or a
+runner slot), executing as a task on the scope's event loop, or executing in a pool thread. Whatever
+the place, the run follows one protocol with its scope, trio's nursery rule extended to threads:
+
+- `register(call)` when it is submitted, before anything can start it: a closed scope refuses it
+  with a clear error (never an internal error of the event loop);
+- `claim_start(call)` right before its engine starts, from any thread: False once the scope was
+  cancelled or its deadline passed (the run is then resolved `Cancelled` and never starts);
+- `cancel(reason)`, idempotent, from any thread: queued runs are resolved `Cancelled` at once, runs in
+  pool threads have their user code stopped (it raises at its next bytecode) and are resolved at once,
+  and the event-loop tasks are cancelled, each recording its own final state;
+- `close()`: no new runs; the flow engine calls `cancel` and `close` from a `finally` on every exit
+  path (success, failure, deadline, outer cancellation, Ctrl-C, a signal).
+
+A run reaches its final state once: whoever finalizes it first (its own engine, or the scope's
+`cancel`) wins, and whatever the other side would record later is dropped (`Finals`).
 
 Spawning an anyio task costs ~30 µs, more than a whole trivial task run, so a scope does not spawn
 one task per run. Submitted runs wait in a FIFO; worker tasks drive them one after the other, and a
-worker whose run suspends (waits on I/O, a sleep, another run) first makes sure another worker is
-free to go on with the queue. So runs that never block cost no spawn at all, and runs that block
-never hold up the ones behind them: concurrency stays unbounded. Each run executes in a copy of the
-context it was submitted from, exactly like an asyncio task.
+worker whose run suspends first makes sure another worker is free to go on with the queue. So runs
+that never block cost no spawn at all, and runs that block never hold up the ones behind them.
 
-A sync flow called from a sync script has no loop until it submits something: `LazyLoopScope`
-starts an event loop in a helper thread on the first submit, and stops it when the run ends.
+A sync flow called from a sync script has no loop until it submits an async run: its scope starts an
+event loop in a helper thread on the first such submit, and stops it when the flow ends.
 """
 
 from __future__ import annotations
@@ -19,7 +33,7 @@ import threading
 import time
 import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 import anyio
@@ -27,47 +41,185 @@ import anyio.from_thread
 import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
+from .._exceptions import ScopeClosedError
 from .loop import threadsafe_caller
 
 _YIELD_EVERY = 64  # a worker lets other tasks run at least this often
 
+Finalize = Callable[[Any, str], None]  # resolve a run that will not run (or not on): (call, message)
+
 
 class Scope:
-    """A task group plus a queue of runs, fed from any thread."""
+    """Every run started by one flow attempt or root task run; see the module docstring."""
 
-    def __init__(self, task_group: TaskGroup) -> None:
+    def __init__(self, label: str, finalize: Finalize, task_group: TaskGroup | None = None,
+                 wall_deadline: float | None = None) -> None:
+        self.label = label  # "Flow run 'great-ammonite'": named in errors
+        self.wall_deadline = wall_deadline  # the deadline on time.monotonic(), readable from any thread
+        self.closed = False
+        self.cancelled: str | None = None  # why, once cancelled ("timed out", "failed", ...)
+        self._finalize = finalize
+        self._lock = threading.Lock()
+        self._runs: dict[Any, None] = {}  # registered, not yet final
+        self._loop: _LoopRuns | None = _LoopRuns(self, task_group) if task_group is not None else None
+        self._portal_cm: Any = None  # the helper loop of a sync flow, once it needs one
+        self._portal: Any = None
+        self._stop: anyio.Event | None = None
+
+    # -- the ownership protocol -----------------------------------------------------------------
+    def register(self, call: Any) -> None:
+        with self._lock:
+            if self.closed:
+                raise ScopeClosedError(
+                    f"{call.task.name}.submit() was called after {self.label} ended, so nothing would own the "
+                    f"run. Submit runs while the flow runs (a thread that outlives its flow cannot submit into "
+                    f"it), or call the task directly, or use `.delay()` to hand it to a task worker.")
+            self._runs[call] = None
+
+    def claim_start(self, call: Any) -> bool:
+        """From any thread, right before the run's engine starts: may it? (If not, it is resolved.)"""
+        with self._lock:
+            reason = self.cancelled
+            if reason is None and self.wall_deadline is not None and time.monotonic() >= self.wall_deadline:
+                reason = "timed out"
+            if reason is None:
+                call.started = True
+                return True
+        self._finalize(call, f"The run was cancelled before it started: its flow run {reason}.")
+        return False
+
+    def forget(self, call: Any) -> None:
+        """The run reached its final state."""
+        with self._lock:
+            self._runs.pop(call, None)
+
+    def cancel(self, reason: str) -> None:
+        """Stop every run of the scope (idempotent, any thread). `reason` completes "its flow run ..."."""
+        with self._lock:
+            if self.cancelled is None:
+                self.cancelled = reason
+            reason = self.cancelled
+            runs = list(self._runs)
+        for call in runs:
+            guard = call.guard
+            if not call.started:
+                self._finalize(call, f"The run was cancelled before it started: its flow run {reason}.")
+            elif guard is not None:  # in a pool thread: stop its user code, resolve it now
+                guard.abort()
+                self._finalize(call, f"The run was stopped because its flow run {reason}; its thread raises "
+                                     f"SyncRunAborted before it runs any more of the function's code.")
+        if self._loop is not None:
+            self._loop.cancel()
+
+    def close(self) -> None:
+        """No new runs from now on (runs already registered go on to their end)."""
+        with self._lock:
+            self.closed = True
+        if self._loop is not None:
+            self._loop.close()
+
+    def open_runs(self) -> int:
+        with self._lock:
+            return len(self._runs)
+
+    # -- event-loop tasks ---------------------------------------------------------------------------
+    def spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], call: Any) -> None:
+        """Run `fn(call)` as a task on the scope's event loop (a sync flow's starts on first use)."""
+        if self._loop is None:
+            self._start_helper_loop()
+        assert self._loop is not None
+        self._loop.spawn(fn, call)
+
+    def _start_helper_loop(self) -> None:
+        with self._lock:
+            if self._loop is not None:
+                return
+            self._portal_cm = anyio.from_thread.start_blocking_portal()
+            self._portal = self._portal_cm.__enter__()
+            _, (self._loop, self._stop) = self._portal.start_task(_serve, self)
+
+    def stop_helper_loop(self) -> None:
+        """At the end of a sync flow (every run is final by now): stop the helper loop, if one started."""
+        portal_cm, self._portal_cm = self._portal_cm, None
+        if portal_cm is None:
+            return
+        try:
+            self._portal.call(self._stop.set)
+        finally:
+            self._portal = None
+            portal_cm.__exit__(None, None, None)
+
+
+async def _serve(owner: Scope, *, task_status: TaskStatus[Any]) -> None:
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        task_status.started((_LoopRuns(owner, tg), stop))
+        await stop.wait()
+        tg.cancel_scope.cancel()  # only reached after every child finished
+
+
+class _LoopRuns:
+    """The runs of a scope that execute as tasks of one anyio task group, fed from any thread."""
+
+    def __init__(self, owner: Scope, task_group: TaskGroup) -> None:
+        self.owner = owner
         self.task_group = task_group
         self._thread = threading.get_ident()
         self._call_soon = threadsafe_caller()
-        self._queue: deque[tuple[Callable[..., Coroutine[Any, Any, Any]], tuple[Any, ...],
-                                 contextvars.Context]] = deque()
+        self._queue: deque[tuple[Callable[..., Coroutine[Any, Any, Any]], Any, contextvars.Context]] = deque()
         self._free = 0  # workers that will take the next queued run without waiting for one to finish
         self._inbox: list[Any] = []  # runs submitted from other threads, not yet queued
-        self.closed = False  # set by the engine when the scope's task group has exited (any reason)
-        self.guards: set[Any] = set()  # sync user code of this scope's runs, running in threads
-        self.wall_deadline: float | None = None  # the flow's deadline on time.monotonic(), for threads
         self._inbox_lock = threading.Lock()
         self._inbox_scheduled = False
+        self._closed = False
 
-    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        item = (fn, args, contextvars.copy_context())
+    def spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], call: Any) -> None:
+        item = (fn, call, contextvars.copy_context())
         if threading.get_ident() == self._thread:
-            self._enqueue(item)
+            if self._closed:
+                self._drop([item], "ended")
+            else:
+                self._enqueue(item)
             return
         # from another thread: one wake-up of the loop per burst of submissions, not one per run
         with self._inbox_lock:
-            self._inbox.append(item)
-            if self._inbox_scheduled:
-                return
-            self._inbox_scheduled = True
-        self._call_soon(self._take_inbox)
+            if self._closed:
+                closed = True
+            else:
+                closed = False
+                self._inbox.append(item)
+                if self._inbox_scheduled:
+                    return
+                self._inbox_scheduled = True
+        if closed:
+            self._drop([item], "ended")
+            return
+        try:
+            self._call_soon(self._take_inbox)
+        except Exception:  # the loop is gone (closed, finished): nothing will ever take them
+            self._drop(self._take_all(), "ended")
 
-    def _take_inbox(self) -> None:
+    def _take_all(self) -> list[Any]:
         with self._inbox_lock:
             items, self._inbox = self._inbox, []
             self._inbox_scheduled = False
+        return items
+
+    def _take_inbox(self) -> None:
+        """On the loop, outside any task: must never raise (trio would die of a TrioInternalError)."""
+        items = self._take_all()
+        if self._closed:
+            self._drop(items, "ended")
+            return
         for item in items:
-            self._enqueue(item)
+            try:
+                self._enqueue(item)
+            except Exception:  # the task group is no longer active
+                self._drop([item], "ended")
+
+    def _drop(self, items: list[Any], why: str) -> None:
+        for _, call, _ in items:
+            self.owner._finalize(call, f"The run was cancelled before it started: its flow run {why}.")
 
     def _enqueue(self, item: Any) -> None:
         self._queue.append(item)
@@ -76,20 +228,25 @@ class Scope:
             self.task_group.start_soon(self._worker)
 
     async def _worker(self) -> None:
-        cancelled: BaseException | None = None
         done = 0
-        while self._queue:
-            fn, args, context = self._queue.popleft()
-            try:
-                await self._drive(context, fn(*args))
-            except anyio.get_cancelled_exc_class() as exc:
-                cancelled = exc  # keep draining: every queued run must still reach a final state
-            done += 1
-            if done % _YIELD_EVERY == 0 and cancelled is None:
-                await anyio.lowlevel.checkpoint()
-        self._free -= 1
-        if cancelled is not None:
-            raise cancelled
+        try:
+            while self._queue:
+                fn, call, context = self._queue.popleft()
+                await self._drive(context, fn(call))
+                done += 1
+                if done % _YIELD_EVERY == 0:
+                    await anyio.lowlevel.checkpoint()
+        except anyio.get_cancelled_exc_class():
+            # the scope is cancelled: the runs still queued are resolved without starting
+            self._drop(self._drain(), self.owner.cancelled or "was cancelled")
+            raise
+        finally:
+            self._free -= 1
+
+    def _drain(self) -> list[Any]:
+        items = list(self._queue)
+        self._queue.clear()
+        return items
 
     @types.coroutine
     def _drive(self, context: contextvars.Context, coro: Coroutine[Any, Any, Any]) -> Generator[Any, Any, None]:
@@ -116,77 +273,19 @@ class Scope:
             self._free += 1
             coro.close()
 
-    def may_start(self) -> bool:
-        """From any thread: False once the scope has closed or its deadline passed. (Cancel scopes
-        themselves cannot be read off the loop thread on trio.)"""
-        if self.closed:
-            return False
-        return self.wall_deadline is None or time.monotonic() < self.wall_deadline
-
     def cancel(self) -> None:
-        """Cancel every run in the scope: tasks on the loop, and sync code running in threads."""
-        for guard in list(self.guards):
-            guard.abort()
         if threading.get_ident() == self._thread:
             self.task_group.cancel_scope.cancel()
-        else:
-            self._call_soon(self.task_group.cancel_scope.cancel)
-
-    def close(self, cancel: bool = False) -> None:
-        """Nothing to release: the task group closes with the `async with` that opened it."""
-
-
-class LazyLoopScope:
-    """A scope whose event loop (in a helper thread) starts at the first submit."""
-
-    def __init__(self) -> None:
-        self._scope: Scope | None = None
-        self.closed = False
-        self.guards: set[Any] = set()
-        self._portal_cm: Any = None
-        self._portal: Any = None
-        self._stop: anyio.Event | None = None
-        self._lock = threading.Lock()
-
-    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        if self._scope is None:
-            self._start()
-        assert self._scope is not None
-        self._scope.spawn(fn, *args)
-
-    def _start(self) -> None:
-        with self._lock:
-            if self._scope is not None:
-                return
-            self._portal_cm = anyio.from_thread.start_blocking_portal()
-            self._portal = self._portal_cm.__enter__()
-            _, (self._scope, self._stop) = self._portal.start_task(self._serve)
-
-    async def _serve(self, *, task_status: TaskStatus[Any]) -> None:
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            task_status.started((Scope(tg), stop))
-            await stop.wait()
-            tg.cancel_scope.cancel()  # only reached after every child finished, or on cancel
-
-    def may_start(self) -> bool:
-        return not self.closed and (self._scope is None or self._scope.may_start())
-
-    def cancel(self) -> None:
-        self.closed = True
-        for guard in list(self.guards):
-            guard.abort()
-        if self._scope is not None:
-            self._scope.cancel()
-
-    def close(self, cancel: bool = False) -> None:
-        """Stop the helper loop (the engine has already waited for every child run)."""
-        if self._portal is None:
             return
         try:
-            if cancel:
-                self._portal.call(self._scope.task_group.cancel_scope.cancel)  # type: ignore[union-attr]
-            self._portal.call(self._stop.set)  # type: ignore[union-attr]
-        finally:
-            self._portal_cm.__exit__(None, None, None)
-            self._portal = self._portal_cm = self._scope = None
+            self._call_soon(self.task_group.cancel_scope.cancel)
+        except Exception:  # the loop is gone: nothing of ours runs on it any more
+            pass
+
+    def close(self) -> None:
+        with self._inbox_lock:
+            self._closed = True
+        items = self._take_all()
+        if threading.get_ident() == self._thread:
+            items += self._drain()
+        self._drop(items, "ended")

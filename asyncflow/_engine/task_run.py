@@ -35,9 +35,10 @@ from .children import ChildTracker
 from .common import call_user, drive_sync, exception_message, log_final_state, run_hooks
 from .deadline import call_sync_with_deadline
 from .interrupt import SyncRunAborted, UserCode
+from .loop import in_async_context
 from .open_runs import OPEN
 from .resolve import Resolver, unfinished_in, wait_for_all
-from .scope import LazyLoopScope, Scope
+from .scope import Scope
 
 _global_counters: dict[str, Any] = {}
 _PLAIN_RESULTS = frozenset({int, float, str, bytes, bool, type(None), dict, tuple})
@@ -49,7 +50,7 @@ class TaskCall:
     """One task run in the making: everything captured at call or submit time."""
 
     __slots__ = ("task", "run", "parameters", "wait_for", "parent", "details", "future", "submitted",
-                 "label", "ids", "ticket", "guard")
+                 "label", "ids", "ticket", "guard", "scope", "started", "final")
 
     def __init__(self, task: Any, parameters: dict[str, Any], wait_for: Any, submitted: bool,
                  run_id: Any = None) -> None:
@@ -86,6 +87,9 @@ class TaskCall:
         self.ids: dict[str, Any] = {}
         self.ticket: Any = None  # the runner's ticket, for runs a flow submits
         self.guard: UserCode | None = None  # set when the user code runs in a pool thread
+        self.scope: Scope | None = None  # the owner of a submitted run
+        self.started = False  # its scope let it start (`Scope.claim_start`)
+        self.final: State[Any] | None = None  # set once, by whoever finalizes a submitted run first
 
     @property
     def runner(self) -> Any:
@@ -98,47 +102,78 @@ async def run_task(call: TaskCall, sync: bool) -> State[Any]:
     """Run a task to its final state. A run with no parent owns the scope its children run in."""
     if call.parent is not None:
         return await _run(call, sync, call.parent.scope)
+    label = f"Task run '{call.run.name}'"
     try:
         if sync:
-            scope = LazyLoopScope()
+            scope = Scope(label, resolve_cancelled)
             try:
                 return await _run(call, sync, scope)
+            except BaseException as exc:
+                scope.cancel(why_ended(exc))
+                raise
             finally:
                 scope.close()
+                scope.stop_helper_loop()
         async with anyio.create_task_group() as tg:
-            return await _run(call, sync, Scope(tg))
+            scope = Scope(label, resolve_cancelled, tg)
+            try:
+                return await _run(call, sync, scope)
+            except BaseException as exc:
+                scope.cancel(why_ended(exc))
+                raise
+            finally:
+                scope.close()
     finally:
         flush_logs()  # a root run's lines are all out when the caller gets its result
 
 
+def why_ended(exc: BaseException) -> str:
+    """How a scope's owner ended, for the message of the runs it stops: "<owner> <why>"."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return f"was interrupted ({type(exc).__name__})"
+    if in_async_context() and isinstance(exc, anyio.get_cancelled_exc_class()):
+        return "was cancelled"
+    if isinstance(exc, SyncRunAborted):
+        return "was stopped"
+    return f"ended with {type(exc).__name__}"
+
+
 async def run_submitted(call: TaskCall) -> None:
-    """Body of a submitted run inside its scope's task group. A run whose scope was cancelled
-    before it got to start (its flow timed out, failed or was cancelled) never starts."""
-    try:
-        await check_not_cancelled()
-    except anyio.get_cancelled_exc_class():
-        _cancel_before_start(call)
-        raise
+    """Body of a submitted run inside its scope's task group. A run whose scope was cancelled, or
+    whose deadline passed, before it got to start never starts: it is resolved Cancelled."""
+    scope = call.scope
+    assert scope is not None
+    if not scope.claim_start(call):
+        return
+    if deadline_passed():  # a deadline whose timer has not fired yet (asyncio): nothing starts after it
+        resolve_cancelled(call, f"The run was cancelled before it started: {scope.label} timed out or was cancelled.")
+        return
     await run_task(call, sync=False)
 
 
-def _cancel_before_start(call: TaskCall) -> None:
-    store = get_store()
-    store.record_task_run(call.run)
-    store.record_state(call.run.id, call.run.state)
-    state = set_state(call, _new_state(call, StateType.CANCELLED, "Cancelled", "The run was cancelled before it started."))
-    _release(call, state)
-    if call.ticket is not None:
-        call.runner.release(call.ticket)
+def deadline_passed() -> bool:
+    """In a cancelled scope the effective deadline is -inf, so one comparison covers both cases."""
+    return anyio.current_effective_deadline() <= anyio.current_time()
 
 
-async def check_not_cancelled() -> None:
-    """Raise the backend's cancellation if this scope is cancelled or its deadline has passed.
+_final_lock = threading.Lock()  # a submitted run's final state: its engine and its scope race for it
 
-    The effective deadline is -inf inside a cancelled scope, so one comparison covers both; and it
-    catches a deadline whose timer has not fired yet on asyncio (nothing may start after a deadline)."""
-    if anyio.current_effective_deadline() <= anyio.current_time():
-        raise anyio.get_cancelled_exc_class()()
+
+def resolve_cancelled(call: TaskCall, message: str) -> None:
+    """A scope resolves a run that will not start, or whose thread it stopped: Cancelled, once."""
+    resolve(call, _new_state(call, StateType.CANCELLED, "Cancelled", message))
+
+
+def resolve(call: TaskCall, state: State[Any]) -> None:
+    """Record `state` as the run's final state and hand it to its future, unless it already has one."""
+    with _final_lock:
+        if call.final is not None:
+            return
+        call.final = state
+        call.run.state = state
+        get_store().record_state(call.run.id, state)
+    log_final_state(state, call.label or f"Task run '{call.run.name}'", call.ids)
+    _after_final(call, state)
 
 
 def summarise_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +186,22 @@ def summarise_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
 
 
 def _release(call: TaskCall, state: State[Any]) -> None:
-    """Hand the final state to the future and keep O(1) state on the run: no result, no arguments."""
+    """The engine is done with the run: hand its final state over (unless its scope already did)."""
+    if call.submitted:
+        with _final_lock:
+            if call.final is not None:
+                return
+            call.final = state
+    _after_final(call, state)
+
+
+def _after_final(call: TaskCall, state: State[Any]) -> None:
+    """Hand the final state to the future, let the scope and the runner forget the run, and keep
+    O(1) state on the run: no result, no arguments."""
+    if call.ticket is not None:
+        call.runner.release(call.ticket)
+    if call.scope is not None:
+        call.scope.forget(call)
     if call.future is not None:
         call.future._set_final(state)
     run = call.run
@@ -164,6 +214,12 @@ def _release(call: TaskCall, state: State[Any]) -> None:
 
 # -- the engine ----------------------------------------------------------------------------------
 def set_state(call: TaskCall, state: State[Any]) -> State[Any]:
+    if call.guard is not None:  # a pool-thread run: its scope may have resolved it meanwhile
+        with _final_lock:
+            if call.final is None:
+                call.run.state = state
+                get_store().record_state(call.run.id, state)
+        return state
     call.run.state = state
     get_store().record_state(call.run.id, state)
     return state
@@ -176,10 +232,11 @@ def _new_state(call: TaskCall, type_: StateType, name: str, message: str | None 
 
 async def _run(call: TaskCall, sync: bool, scope: Any) -> State[Any]:
     task, run = call.task, call.run
-    store = get_store()
-    store.record_task_run(run)
-    store.record_state(run.id, run.state)
-    OPEN[run.id] = run
+    if not call.submitted:  # (a submitted run was recorded when it was submitted)
+        store = get_store()
+        store.record_task_run(run)
+        store.record_state(run.id, run.state)
+        OPEN[run.id] = run
     parent = call.parent
     log_prints = task.log_prints if task.log_prints is not None else (parent.log_prints if parent else False)
     ctx = TaskRunContext(task, run, call.parameters, parent, log_prints, scope)
@@ -235,8 +292,6 @@ async def _run(call: TaskCall, sync: bool, scope: Any) -> State[Any]:
         current_run.reset(token)
         if state is not None:
             _release(call, state)
-        if call.ticket is not None:
-            call.runner.release(call.ticket)
 
 
 def _log_created(call: TaskCall) -> None:
@@ -352,8 +407,8 @@ async def _one_attempt(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, 
 async def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any], sync: bool) -> Any:
     task = call.task
     fn = task.fn
-    if call.submitted and not sync:
-        await check_not_cancelled()  # (runs in pool threads checked `scope.may_start()` already)
+    if call.submitted and not sync and deadline_passed():
+        await anyio.lowlevel.checkpoint()  # the backend delivers the cancellation: no user code after a deadline
     if task.isasync:
         runner = call.runner if call.submitted else None
         if runner is not None and runner.overrides_run_async:
@@ -367,10 +422,7 @@ async def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any]
         return fn(*args, **kwargs)
     runner = call.runner
     bound = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
-    guard = UserCode()
-    guards = call.parent.scope.guards if call.parent is not None and call.parent.scope is not None else None
-    if guards is not None:
-        guards.add(guard)
+    guard = UserCode()  # cancelling this loop task (its scope's cancel does) stops the thread's user code
     try:
         if runner is not None:
             return await runner.run_sync(lambda: guard.run(bound))
@@ -378,9 +430,6 @@ async def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any]
     except anyio.get_cancelled_exc_class():
         guard.abort()  # the thread stops at its next bytecode; this run ends Cancelled
         raise
-    finally:
-        if guards is not None:
-            guards.discard(guard)
 
 
 async def _call_async(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], limit: float | None) -> Any:
@@ -464,6 +513,17 @@ def submit(task: Any, parameters: dict[str, Any], wait_for: Any) -> TaskRunFutur
             f"{task.name}.submit() was called outside of a flow or task run, so no run owns the future. "
             f"Call it inside a function decorated with @flow (or @task), call the task directly, or use "
             f"`.delay()` to hand the run to a task worker.")
+    runner = call.runner
+    # sync runs go whole to a pool thread, except time-limited ones: those need a thread of their own
+    dispatcher = runner.dispatcher() if runner is not None and task.kind == "sync" and not task.timeout_seconds else None
+    if dispatcher is not None:
+        call.guard = UserCode()  # before the scope knows the run: a cancel can always stop it
+    call.scope = scope = parent.scope
+    scope.register(call)  # a scope that has ended refuses it, with a clear error
+    store = get_store()
+    store.record_task_run(call.run)
+    store.record_state(call.run.id, call.run.state)
+    OPEN[call.run.id] = call.run
     future: TaskRunFuture[Any] = TaskRunFuture(call.run)
     call.future = future
     if parent.children is None:
@@ -473,22 +533,19 @@ def submit(task: Any, parameters: dict[str, Any], wait_for: Any) -> TaskRunFutur
     future.add_done_callback(tracker.finished)
     if isinstance(parent, FlowRunContext):
         call.ticket = parent.task_runner.ticket()
-    runner = call.runner
-    # sync runs go whole to a pool thread, except time-limited ones: those need a thread of their own
-    dispatcher = runner.dispatcher() if runner is not None and task.kind == "sync" and not task.timeout_seconds else None
     if dispatcher is not None:
-        _dispatch_when_ready(call, dispatcher, parent.scope)
+        _dispatch_when_ready(call, dispatcher)
     else:
-        parent.scope.spawn(run_submitted, call)
+        scope.spawn(run_submitted, call)
     return future
 
 
-def _dispatch_when_ready(call: TaskCall, dispatcher: Any, scope: Any) -> None:
+def _dispatch_when_ready(call: TaskCall, dispatcher: Any) -> None:
     """A sync run goes to a pool thread once its upstream runs are done (no thread waits for them)."""
     context = contextvars.copy_context()
 
     def job() -> None:
-        context.run(_run_in_thread, call, scope)
+        context.run(_run_in_thread, call)
 
     unfinished = unfinished_in(*call.parameters.values(), call.wait_for)
     if not unfinished:
@@ -508,16 +565,19 @@ def _dispatch_when_ready(call: TaskCall, dispatcher: Any, scope: Any) -> None:
         future.add_done_callback(upstream_done)
 
 
-def _run_in_thread(call: TaskCall, scope: Any) -> None:
-    if not scope.may_start():
-        _cancel_before_start(call)
+def _run_in_thread(call: TaskCall) -> None:
+    guard, scope = call.guard, call.scope
+    assert guard is not None and scope is not None
+    if call.final is not None or not scope.claim_start(call):
         return
-    call.guard = guard = UserCode()
-    scope.guards.add(guard)
     try:
         drive_sync(run_task(call, sync=True))
-    except BaseException:  # the run is recorded (Cancelled or Crashed); the pool thread lives on
+    except SyncRunAborted:  # its scope stopped it, and resolved it already
         pass
+    except BaseException as exc:  # the pool thread lives on; the run must still reach a final state
+        if call.final is None:
+            log(ERROR, f"Task run '{call.run.name}'", "asyncflow could not run this task run", call.ids, exc_info=exc)
+            resolve(call, _new_state(call, StateType.CRASHED, "Crashed",
+                                     f"asyncflow failed while running it: {type(exc).__name__}: {exc}", exc))
     finally:
         guard.close()  # whatever happened above, nothing may be injected into this pool thread now
-        scope.guards.discard(guard)
