@@ -376,3 +376,25 @@ def test_bad_refresh_cache_and_non_finite_seconds_fail_at_decoration():
         task(timeout_seconds=float("nan"))(lambda: 0)
     with pytest.raises(ValueError, match="finite number"):
         task(retries=1, retry_delay_seconds=float("inf"))(lambda: 0)
+
+
+@pytest.mark.parametrize("returned", ["Cancelled", "Crashed", "Pending"])
+def test_a_serializable_run_that_returns_a_non_completed_state_releases_its_key_lock(returned):
+    """B15: only a Failed attempt used to release the key lock; a returned Cancelled state leaked it
+    and the next run with the key, in any process, blocked for ever. (Real SQLite store: isolated_home.)"""
+    from asyncflow import states
+    from asyncflow.testing import isolated_home
+
+    @task(cache_policy=INPUTS.configure(isolation_level="SERIALIZABLE"))
+    def gives_up(x):
+        return getattr(states, returned)(message="nothing to do")
+
+    with isolated_home():
+        first = gives_up(1, return_state=True)
+        assert first.name == returned
+        second: list = []
+        thread = threading.Thread(target=lambda: second.append(gives_up(1, return_state=True)), daemon=True)
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive(), "the second run with the same key is blocked on a leaked lock"
+        assert second[0].name == returned

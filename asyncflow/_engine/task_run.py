@@ -375,9 +375,9 @@ async def _attempt_loop(call: TaskCall, ctx: TaskRunContext, parameters: dict[st
                 else:
                     await clock.sleep(delay)
             continue
+        if plan is not None and state.type is not StateType.COMPLETED:
+            plan.release()  # a SERIALIZABLE key lock ends with the run, whatever its final state
         if state.type is StateType.FAILED:
-            if plan is not None:
-                plan.release()
             _log_failure(call, state, policy.retries)
         return set_state(call, state)
 
