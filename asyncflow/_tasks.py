@@ -126,6 +126,10 @@ class Task(Generic[P, R]):
         self.binder = Binder(fn, f"task {self.name!r}")
         check_run_name_template(task_run_name, self.binder, "task_run_name", f"task {self.name!r}")
         self.kind = _kind(fn)
+        if self.kind in ("generator", "asyncgen"):
+            _reject_caching_of_generators(self.name, cache_policy=cache_policy, cache_key_fn=cache_key_fn,
+                                          cache_expiration=cache_expiration, persist_result=persist_result,
+                                          result_storage_key=result_storage_key, refresh_cache=refresh_cache)
         self.isasync = self.kind == "async"
         self.task_key = _task_key(fn, self.name)
         try:
@@ -278,6 +282,19 @@ class CachingOptions:
         self.serializer = serializer
         self.storage_key = storage_key
         self.refresh = refresh
+
+
+def _reject_caching_of_generators(name: str, **options: Any) -> None:
+    """A generator task hands its values out as it yields them: there is no result to cache or persist."""
+    from ._caching import NO_CACHE
+
+    for option, value in options.items():
+        if value is None or value is False or value is NO_CACHE:
+            continue
+        raise ValueError(
+            f"{option} cannot apply to generator task {name!r}: a generator task streams the values it "
+            f"yields and keeps no result to cache or persist. Remove {option}, or make the task return a "
+            f"list instead of yielding.")
 
 
 def resolve_caching(name: str, fn: Any, cache_policy: Any, cache_key_fn: Any, cache_expiration: Any,

@@ -1,157 +1,101 @@
-"""Generator tasks: the run is Running while it yields and Completed when the generator is exhausted.
+"""Generator tasks: the run is Running while it yields and ends when the generator is exhausted.
 
-Each step of the user's generator runs with the task run as the current run. A retry replays the
-generator from the start. In async code a sync generator task becomes an async generator whose
-steps run in a worker thread (sync code never runs on the event-loop thread).
+There is no second engine: a generator task's run is the task-run engine's own coroutine (attempt
+loop, timeouts, retries, hooks, crash recording), and its attempt steps the user's generator
+(`streaming.stream_attempt`). The engine suspends at each yielded value with an `Emit`; the drivers
+below hand the value to the consumer and resume the engine with what the consumer sends, throws or
+whether it closed the generator. The engine steps in a context of its own, so the run's context never
+leaks into the consumer's code between values.
+
+- From sync code, a sync generator task is a generator: the engine is driven with `send` (in sync
+  mode it never suspends but to emit).
+- In async code (and for async generator tasks) it is an async generator: whatever else the engine
+  awaits is passed through to the event loop; sync steps run in worker threads.
 """
 
 from __future__ import annotations
 
+import contextvars
+import types
 from collections.abc import AsyncGenerator, Generator
 from typing import Any
 
-import anyio.to_thread
-
-from .._context import TaskRunContext, current_run
-from .._logging import ensure_print_capture
-from .._states import State, StateType
-from .._store import get_store
-from .common import drive_sync, exception_message, log_final_state
 from .loop import in_async_context
-from .task_run import TaskCall, _final_hooks, _log_created, _new_state, resolve_inputs, set_state
+from .streaming import ConsumerClosed, Emit
+from .task_run import TaskCall, run_task
 
 
 def call_generator_task(task: Any, parameters: dict[str, Any], wait_for: Any) -> Any:
     call = TaskCall(task, parameters, wait_for, submitted=False)
-    if task.kind == "asyncgen":
-        return _async_generator(call)
-    if in_async_context():
-        return _sync_generator_in_threads(call)
-    return _sync_generator(call)
+    call.streaming = True
+    if task.kind == "asyncgen" or in_async_context():
+        return _drive_async(call)
+    return _drive_sync(call)
 
 
-def _begin(call: TaskCall) -> TaskRunContext:
-    task, run = call.task, call.run
-    store = get_store()
-    store.record_task_run(run)
-    store.record_state(run.id, run.state)
-    parent = call.parent
-    log_prints = task.log_prints if task.log_prints is not None else (parent.log_prints if parent else False)
-    if log_prints:
-        ensure_print_capture()
-    scope = parent.scope if parent is not None else None
-    ctx = TaskRunContext(task, run, call.parameters, parent, log_prints, scope)
-    call.label = f"Task run '{run.name}'"
-    call.ids = {"task_run_id": str(run.id), "flow_run_id": str(run.flow_run_id) if run.flow_run_id else None}
-    return ctx
-
-
-def _start_attempt(call: TaskCall, attempt: int) -> None:
-    if attempt > 1:
-        set_state(call, _new_state(call, StateType.SCHEDULED, "AwaitingRetry"))
-    call.run.run_count = attempt
-    set_state(call, _new_state(call, StateType.RUNNING, "Running" if attempt == 1 else "Retrying"))
-
-
-def _end(call: TaskCall, state: State[Any]) -> None:
-    set_state(call, state)
-    log_final_state(state, call.label, call.ids)
-    drive_sync(_final_hooks(call, state, sync=True))
-
-
-def _sync_generator(call: TaskCall) -> Generator[Any, Any, Any]:
-    ctx = _begin(call)
-    token = current_run.set(ctx)
-    try:
-        _log_created(call)
-        parameters = drive_sync(resolve_inputs(call, sync=True))
-    finally:
-        current_run.reset(token)
-    args, kwargs = call.task.binder.to_call(parameters)
-    retries = call.task.retry_policy.retries
-    attempt = 0
+def _drive_sync(call: TaskCall) -> Generator[Any, Any, Any]:
+    context = contextvars.copy_context()
+    engine = run_task(call, sync=True)
+    sent: Any = None
+    thrown: BaseException | None = None
+    closing = False
     while True:
-        attempt += 1
-        _start_attempt(call, attempt)
-        gen = call.task.fn(*args, **kwargs)
-        sent = None
         try:
-            while True:
-                token = current_run.set(ctx)
-                try:
-                    value = gen.send(sent)
-                finally:
-                    current_run.reset(token)
-                sent = yield value
+            out = context.run(engine.throw, thrown) if thrown is not None else context.run(engine.send, sent)
         except StopIteration as stop:
-            _end(call, _new_state(call, StateType.COMPLETED, "Completed", None, stop.value))
-            return stop.value
-        except GeneratorExit:
-            gen.close()
-            _end(call, _new_state(call, StateType.COMPLETED, "Completed"))
-            raise
-        except Exception as exc:
-            if attempt <= retries:
-                continue
-            _end(call, _new_state(call, StateType.FAILED, "Failed", exception_message("Task", exc), exc))
-            raise
-        except BaseException as exc:
-            _end(call, _new_state(call, StateType.CRASHED, "Crashed", f"Execution was aborted by an interrupt: {exc!r}", exc))
-            raise
-
-
-async def _sync_generator_in_threads(call: TaskCall) -> AsyncGenerator[Any, None]:
-    gen = _sync_generator(call)
-    done = object()
-
-    def step() -> Any:
-        return next(gen, done)
-
-    try:
-        while True:
-            value = await anyio.to_thread.run_sync(step)
-            if value is done:
-                return
-            yield value
-    finally:
-        gen.close()
-
-
-async def _async_generator(call: TaskCall) -> AsyncGenerator[Any, None]:
-    ctx = _begin(call)
-    token = current_run.set(ctx)
-    try:
-        _log_created(call)
-        parameters = await resolve_inputs(call, sync=False)
-    finally:
-        current_run.reset(token)
-    args, kwargs = call.task.binder.to_call(parameters)
-    retries = call.task.retry_policy.retries
-    attempt = 0
-    while True:
-        attempt += 1
-        _start_attempt(call, attempt)
-        agen = call.task.fn(*args, **kwargs)
+            state = stop.value
+            break
+        sent, thrown = None, None
+        if type(out) is not Emit:
+            engine.close()
+            raise RuntimeError("asyncflow internal error: a sync generator task tried to suspend.")
+        if closing:  # it yielded while being closed: tell it again
+            thrown = ConsumerClosed()
+            continue
         try:
-            while True:
-                token = current_run.set(ctx)
-                try:
-                    value = await agen.__anext__()
-                except StopAsyncIteration:
-                    _end(call, _new_state(call, StateType.COMPLETED, "Completed"))
-                    return
-                finally:
-                    current_run.reset(token)
-                yield value
+            sent = yield out.value
         except GeneratorExit:
-            await agen.aclose()
-            _end(call, _new_state(call, StateType.COMPLETED, "Completed"))
-            raise
-        except Exception as exc:
-            if attempt <= retries:
+            thrown, closing = ConsumerClosed(), True
+        except BaseException as exc:  # noqa: BLE001 - the consumer's throw() goes on into the generator
+            thrown = exc
+    if closing:
+        return None
+    return state.result()  # the generator's return value, or its failure raised
+
+
+@types.coroutine
+def _pass_to_loop(trap: Any) -> Generator[Any, Any, Any]:
+    """Suspend on whatever the engine awaited (a future, a trio trap): it is the event loop's business."""
+    return (yield trap)
+
+
+async def _drive_async(call: TaskCall) -> AsyncGenerator[Any, None]:
+    context = contextvars.copy_context()
+    engine = run_task(call, sync=False)
+    sent: Any = None
+    thrown: BaseException | None = None
+    closing = False
+    while True:
+        try:
+            out = context.run(engine.throw, thrown) if thrown is not None else context.run(engine.send, sent)
+        except StopIteration as stop:
+            state = stop.value
+            break
+        sent, thrown = None, None
+        if type(out) is Emit:
+            if closing:
+                thrown = ConsumerClosed()
                 continue
-            _end(call, _new_state(call, StateType.FAILED, "Failed", exception_message("Task", exc), exc))
-            raise
-        except BaseException as exc:
-            _end(call, _new_state(call, StateType.CRASHED, "Crashed", f"Execution was aborted by an interrupt: {exc!r}", exc))
-            raise
+            try:
+                sent = yield out.value
+            except GeneratorExit:
+                thrown, closing = ConsumerClosed(), True
+            except BaseException as exc:  # noqa: BLE001 - the consumer's athrow() goes on into the generator
+                thrown = exc
+        else:
+            try:
+                sent = await _pass_to_loop(out)
+            except BaseException as exc:  # noqa: BLE001 - cancellation and the like go into the engine
+                thrown = exc
+    if not closing:
+        state.result()  # a failure is raised (an async generator returns no value)

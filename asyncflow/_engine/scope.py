@@ -138,6 +138,9 @@ class Scope:
             self._portal = self._portal_cm.__enter__()
             _, (self._loop, self._stop) = self._portal.start_task(_serve, self)
 
+    def has_helper_loop(self) -> bool:
+        return self._portal_cm is not None
+
     def stop_helper_loop(self) -> None:
         """At the end of a sync flow (every run is final by now): stop the helper loop, if one started."""
         portal_cm, self._portal_cm = self._portal_cm, None

@@ -39,6 +39,7 @@ from .loop import in_async_context
 from .open_runs import OPEN
 from .resolve import Resolver, unfinished_in, wait_for_all
 from .scope import Scope
+from .streaming import stream_attempt
 
 _global_counters: dict[str, Any] = {}
 _PLAIN_RESULTS = frozenset({int, float, str, bytes, bool, type(None), dict, tuple})
@@ -50,7 +51,7 @@ class TaskCall:
     """One task run in the making: everything captured at call or submit time."""
 
     __slots__ = ("task", "run", "parameters", "wait_for", "parent", "details", "future", "submitted",
-                 "label", "ids", "ticket", "guard", "scope", "started", "final")
+                 "label", "ids", "ticket", "guard", "scope", "started", "final", "streaming")
 
     def __init__(self, task: Any, parameters: dict[str, Any], wait_for: Any, submitted: bool,
                  run_id: Any = None) -> None:
@@ -90,6 +91,7 @@ class TaskCall:
         self.scope: Scope | None = None  # the owner of a submitted run
         self.started = False  # its scope let it start (`Scope.claim_start`)
         self.final: State[Any] | None = None  # set once, by whoever finalizes a submitted run first
+        self.streaming = False  # a generator task called directly: its values are handed out as it yields
 
     @property
     def runner(self) -> Any:
@@ -104,7 +106,7 @@ async def run_task(call: TaskCall, sync: bool) -> State[Any]:
         return await _run(call, sync, call.parent.scope)
     label = f"Task run '{call.run.name}'"
     try:
-        if sync:
+        if sync or call.streaming:  # (a generator hands out values: no task group may span its yields)
             scope = Scope(label, resolve_cancelled)
             try:
                 return await _run(call, sync, scope)
@@ -113,7 +115,10 @@ async def run_task(call: TaskCall, sync: bool) -> State[Any]:
                 raise
             finally:
                 scope.close()
-                scope.stop_helper_loop()
+                if sync or not scope.has_helper_loop():
+                    scope.stop_helper_loop()
+                else:
+                    await anyio.to_thread.run_sync(scope.stop_helper_loop)
         async with anyio.create_task_group() as tg:
             scope = Scope(label, resolve_cancelled, tg)
             try:
@@ -353,7 +358,7 @@ async def _attempt_loop(call: TaskCall, ctx: TaskRunContext, parameters: dict[st
             running = set_state(call, _new_state(call, StateType.RUNNING, "Retrying"))
         if task.on_running:
             await run_hooks(task.on_running, task, run, running, sync, call.label, call.ids)
-        if attempt == 1:
+        if attempt == 1 and not call.streaming:  # (a generator's values are streamed, never cached)
             plan = holder[0] = await caching.plan(call, ctx, parameters, sync)
             if plan is not None:
                 cached = await plan.lookup(sync)
@@ -407,6 +412,8 @@ async def _one_attempt(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, 
 async def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any], sync: bool) -> Any:
     task = call.task
     fn = task.fn
+    if call.streaming:
+        return await stream_attempt(task, args, kwargs, sync)
     if call.submitted and not sync and deadline_passed():
         await anyio.lowlevel.checkpoint()  # the backend delivers the cancellation: no user code after a deadline
     if task.isasync:
