@@ -1,8 +1,26 @@
-"""Sync user code with a deadline: it runs in a thread of its own, and is stopped at the deadline."""
+"""Sync user code with a deadline: it runs in a thread of its own, and is stopped at the deadline.
+
+The deadline starts when the call is made, not when the caller starts waiting (a thread that grabs
+the GIL at once would otherwise push it back). The shared stopper thread (`interrupt`) stops the call
+at the deadline; the caller then reports how the timeout was enforced, in the exception message that
+the engine puts in the `TimedOut` state:
+
+- `SYNC_ENFORCEMENT`: stopped at the deadline, the usual case (the function was blocked or running
+  Python code);
+- `SYNC_GIL_ENFORCEMENT`: the function's thread held the GIL past the deadline (C code that does not
+  release it), so nothing could run until that call returned; it was stopped then (usually before the
+  next line: see `interrupt` for why that cannot be guaranteed);
+- `SYNC_LATE_RETURN`: the same, but the function returned (or raised) before the stop could land: its
+  result is discarded, the run is still `TimedOut`.
+
+A call that never returns cannot be stopped by any thread: see `interrupt` (and, for a hard stop,
+run the task in a process).
+"""
 
 from __future__ import annotations
 
 import contextvars
+import time
 from typing import Any
 
 import anyio
@@ -13,28 +31,44 @@ from .loop import threadsafe_caller
 
 SYNC_ENFORCEMENT = ("the function was stopped at the deadline: the caller moved on at once, and its thread "
                     "raises SyncRunAborted before it runs any more of the function's code")
+SYNC_GIL_ENFORCEMENT = ("the deadline passed while the function's thread held the GIL (C code that does not "
+                        "release it), so nothing could stop it on time; it was stopped {late:.2f} s late, when "
+                        "that call returned (its thread raised SyncRunAborted as soon as it let another thread "
+                        "run, which is usually before its next line)")
+SYNC_LATE_RETURN = ("the deadline passed while the function's thread held the GIL (C code that does not "
+                    "release it), so nothing could stop it on time; it returned {late:.2f} s late, before the "
+                    "stop could land, and its result was discarded")
+_GIL_LATE_SECONDS = 0.1  # a stop this late means the stopper could not run: the thread held the GIL
 
 
-async def call_sync_with_deadline(fn: Any, limit: float, sync: bool, kind: str) -> Any:
+async def call_sync_with_deadline(fn: Any, limit: float, sync: bool, kind: str, label: str | None = None) -> Any:
     """Run sync user code in a thread of its own; stop it at the deadline (or when cancelled)."""
-    thread_call = ThreadCall(fn, contextvars.copy_context())
+    deadline = time.monotonic() + limit
+    thread_call = ThreadCall(fn, contextvars.copy_context(), deadline, label)
     if sync:
         thread_call.start()
-        finished = thread_call.done.wait(limit)
+        thread_call.done.wait(max(0.0, deadline - time.monotonic()))
     else:
         finished_event = anyio.Event()
         call_soon = threadsafe_caller()
         thread_call.start(lambda: call_soon(finished_event.set))
-        finished = False
         try:
-            with anyio.move_on_after(limit):
+            with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
                 await finished_event.wait()
-                finished = True
         except BaseException:  # cancelled from outside (its flow timed out or was cancelled)
             thread_call.abandon()
             raise
-    if not finished:
-        thread_call.abandon()
-        error = TaskRunTimeoutError if kind == "Task" else FlowRunTimeoutError
-        raise error(f"{kind} run exceeded timeout of {limit:g} second(s); {SYNC_ENFORCEMENT}")
-    return thread_call.outcome()
+    if thread_call.done.is_set() and not thread_call.timed_out:
+        return thread_call.outcome()
+    thread_call.abandon()  # a no-op if the stopper got there first
+    error = TaskRunTimeoutError if kind == "Task" else FlowRunTimeoutError
+    raise error(f"{kind} run exceeded timeout of {limit:g} second(s); {_enforcement(thread_call, deadline)}")
+
+
+def _enforcement(thread_call: ThreadCall, deadline: float) -> str:
+    if thread_call.late:
+        return SYNC_LATE_RETURN.format(late=max(0.0, thread_call.returned_at - deadline))
+    late = thread_call.user.aborted_at - deadline
+    if late >= _GIL_LATE_SECONDS:
+        return SYNC_GIL_ENFORCEMENT.format(late=late)
+    return SYNC_ENFORCEMENT
