@@ -9,7 +9,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from . import _settings
 from ._callables import Binder, HookList, check_count, check_seconds, validate_hooks
-from ._engine.common import drive_sync
+from ._engine.bridge import AWAITING, BLOCKING, drive_sync
 from ._engine.loop import in_async_context
 from ._exceptions import InvalidNameError
 from ._names import flow_name_from_function
@@ -141,7 +141,7 @@ class Flow(Generic[P, R]):
         call = FlowCall(self, parameters, wait_for)
         if self.isasync or in_async_context():
             return _await_flow(call, return_state)  # type: ignore[return-value]
-        state = drive_sync(run_flow(call, sync=True))
+        state = drive_sync(run_flow(call, BLOCKING))
         return state if return_state else state.result()
 
     def validate(self, parameters: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +220,7 @@ def _build_validator(fn: Callable[..., Any]) -> Any:
 async def _await_flow(call: Any, return_state: bool) -> Any:
     from ._engine.flow_run import run_flow
 
-    state = await run_flow(call, sync=False)
+    state = await run_flow(call, AWAITING)
     return state if return_state else state.result()
 
 

@@ -175,12 +175,6 @@ class ResultStore:
             return MISSING, f"cannot read the cached result for key {key!r} ({exc}); computing it again"
         return self._decode(key, data)
 
-    async def read_async(self, key: str) -> tuple[Any, str | None]:
-        value = MEMORY.get(self._root_key, key)
-        if value is not MISSING:
-            return value, None
-        return await anyio.to_thread.run_sync(self.read, key)
-
     def _decode(self, key: str, data: bytes) -> tuple[Any, str | None]:
         try:
             header_line, _, payload = data.partition(b"\n")

@@ -15,7 +15,7 @@ from . import _settings
 from ._callables import Binder, HookList, check_seconds, validate_hooks
 from ._context import current_run
 from ._engine import generators, task_run
-from ._engine.common import drive_sync
+from ._engine.bridge import AWAITING, BLOCKING, drive_sync
 from ._engine.loop import in_async_context
 from ._engine.retry import build_retry_policy
 from ._futures import TaskRunFuture, TaskRunFutureList
@@ -153,7 +153,7 @@ class Task(Generic[P, R]):
         call = task_run.TaskCall(self, parameters, wait_for, submitted=False)
         if self.isasync or in_async_context():
             return _await_task(call, return_state)  # type: ignore[return-value]
-        state = drive_sync(task_run.run_task(call, sync=True))
+        state = drive_sync(task_run.run_task(call, BLOCKING))
         return state if return_state else state.result()
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskRunFuture[R]:
@@ -356,7 +356,7 @@ def render_run_name(template: Any, parameters: dict[str, Any], option: str) -> s
 
 
 async def _await_task(call: Any, return_state: bool) -> Any:
-    state = await task_run.run_task(call, sync=False)
+    state = await task_run.run_task(call, AWAITING)
     return state if return_state else state.result()
 
 

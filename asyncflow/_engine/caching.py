@@ -7,8 +7,6 @@ import datetime as dt
 import functools
 from typing import Any
 
-import anyio.to_thread
-
 from .. import _caching, _results
 from .._clock import get_clock
 from .._logging import WARNING, log
@@ -20,6 +18,7 @@ from .._transactions import (
     current_transaction,
     run_transaction_hooks,
 )
+from .bridge import Bridge
 
 
 class CachePlan:
@@ -38,18 +37,15 @@ class CachePlan:
         return StateDetails(flow_run_id=run.flow_run_id, task_run_id=run.id, cache_key=self.key,
                             cache_expiration=dt.datetime.fromtimestamp(expires, tz=dt.timezone.utc) if expires else None)
 
-    async def lookup(self, sync: bool) -> State[Any] | None:
+    async def lookup(self, bridge: Bridge) -> State[Any] | None:
         """A `Cached` state if an unexpired record exists (and the run does not refresh), else None."""
         if self.lock is not None:  # SERIALIZABLE: one run per key computes; the others then hit
-            if sync:
-                self.lock.acquire()
-            else:
-                await self.lock.acquire_async()
+            await bridge.lock(self.lock)
         if self.refresh:
             return None
         value = self.store.memory_get(self.key)
         if value is _results.MISSING:
-            value, warning = self.store.read(self.key) if sync else await self.store.read_async(self.key)
+            value, warning = await bridge.io(self.store.read, self.key)
             if warning is not None:
                 log(WARNING, self.call.label, f"Cache miss: {warning}.", self.call.ids)
             if value is _results.MISSING:
@@ -88,7 +84,7 @@ def _persist(task: Any, flow: Any) -> bool:
     return options.persist_by_default
 
 
-async def plan(call: Any, ctx: Any, parameters: dict[str, Any], sync: bool) -> CachePlan | None:
+async def plan(call: Any, ctx: Any, parameters: dict[str, Any], bridge: Bridge) -> CachePlan | None:
     task = call.task
     options = task.caching
     flow_ctx = ctx.flow_context
@@ -125,7 +121,7 @@ async def plan(call: Any, ctx: Any, parameters: dict[str, Any], sync: bool) -> C
     return CachePlan(call, store, key, lock, options.refresh)
 
 
-async def completed(call: Any, plan: CachePlan | None, state: State[Any], sync: bool) -> State[Any]:
+async def completed(call: Any, plan: CachePlan | None, state: State[Any], bridge: Bridge) -> State[Any]:
     """After a completed attempt: write the result (or stage it in the open transaction), and run or
     stage the task's commit and rollback hooks."""
     task = call.task
@@ -150,17 +146,14 @@ async def completed(call: Any, plan: CachePlan | None, state: State[Any], sync: 
         return state
     if write is not None:
         try:
-            if sync:
-                write()
-            else:
-                await anyio.to_thread.run_sync(write)
+            await bridge.io(write)
         finally:
             plan.release()  # type: ignore[union-attr]
     if task.on_commit:  # the run's own transaction commits at once
         own = Transaction(plan.key if plan is not None else None)
         own.state = TransactionState.COMMITTED
         hooks = [("commit", hook, own) for hook in task.on_commit]
-        await run_transaction_hooks(hooks, sync)
+        await run_transaction_hooks(hooks, bridge.blocking)
     return state
 
 

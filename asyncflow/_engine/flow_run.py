@@ -22,16 +22,18 @@ from .._logging import flush as flush_logs
 from .._names import generate_flow_run_name
 from .._runs import FlowRun
 from .._states import State, StateDetails, StateType
-from .._store import flush_root_flow_run, get_store
-from .common import exception_message, log_final_state, run_hooks
-from .deadline import call_sync_with_deadline
-from .interrupt import UserCode
+from .._store import flush as flush_store
+from .._store import get_store
+from .._store import pending as store_pending
+from .bridge import OWN_THREAD, Bridge, run_hooks
+from .common import exception_message, log_final_state
 from .open_runs import OPEN
-from .resolve import Resolver, unfinished_in, wait_for_all
+from .resolve import Resolver, unfinished_in
 from .scope import Scope
 from .task_run import report_unobserved, resolve_cancelled, why_ended
 
 SHIELDED_HOOKS_SECONDS = 30.0  # the hooks of a cancelled flow run are shielded from it, this long at most
+STORE_FLUSH_SHIELD_SECONDS = 120.0  # the store's own flush timeout (a setting) ends the wait before this
 
 
 class FlowCall:
@@ -63,7 +65,7 @@ def _set(call: FlowCall, type_: StateType, name: str, message: str | None = None
     return state
 
 
-async def run_flow(call: FlowCall, sync: bool) -> State[Any]:
+async def run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
     flow, run = call.flow, call.run
     store = get_store()
     parent = call.parent
@@ -84,7 +86,7 @@ async def run_flow(call: FlowCall, sync: bool) -> State[Any]:
         log(INFO, "asyncflow.engine", f"Created flow run '{run.name}' for flow '{flow.name}'")
         if call.wait_for:
             try:
-                await _wait_for_upstream(call, sync)
+                await _wait_for_upstream(call, bridge)
             except UpstreamTaskError as exc:
                 state = _set(call, StateType.PENDING, "NotReady", str(exc))
                 log_final_state(state, call.label, call.ids)
@@ -97,39 +99,36 @@ async def run_flow(call: FlowCall, sync: bool) -> State[Any]:
             log(ERROR, call.label, f"Parameter validation failed for flow {flow.name!r}: {exc}", call.ids)
         else:
             run.parameters = parameters
-            state = await _attempts(call, ctx, parameters, sync)
+            state = await _attempts(call, ctx, parameters, bridge)
         log_final_state(state, call.label, call.ids)
-        await _final_hooks(call, state, sync)
+        await _final_hooks(call, state, bridge)
         return state
     except BaseException as exc:
-        if not sync and isinstance(exc, anyio.get_cancelled_exc_class()):
+        if bridge.is_cancellation(exc):
             state = _set(call, StateType.CANCELLED, "Cancelled", "The flow run was cancelled while it was running.", exc)
         else:
             state = _set(call, StateType.CRASHED, "Crashed", f"Execution was aborted by an interrupt: {exc!r}", exc)
         log_final_state(state, call.label or f"Flow run '{run.name}'", call.ids)
-        if sync:
-            await _final_hooks(call, state, sync)
-        else:  # hooks of a cancelled run still get to run, for a bounded time
-            with anyio.move_on_after(SHIELDED_HOOKS_SECONDS, shield=True) as hooks_scope:
-                await _final_hooks(call, state, sync)
-            if hooks_scope.cancelled_caught:
-                log(ERROR, call.label, f"The hooks of the cancelled flow run did not finish within "
-                    f"{SHIELDED_HOOKS_SECONDS:g} s; they were cancelled.", call.ids)
+        # hooks of a cancelled run still get to run, for a bounded time
+        await bridge.shielded(_final_hooks(call, state, bridge), SHIELDED_HOOKS_SECONDS,
+                              f"{call.label}: the hooks of the ended flow run", call.ids)
         raise
     finally:
         current_run.reset(token)
         OPEN.pop(run.id, None)
         if parent is None:
             flush_logs()  # a root run's lines are all out when the caller gets its result
-            await flush_root_flow_run(sync)  # and everything it recorded is in the store
+            if store_pending():  # and everything it recorded is in the store (the store bounds the wait)
+                await bridge.shielded(bridge.io(flush_store), STORE_FLUSH_SHIELD_SECONDS,
+                                      f"{call.label}: writing its records to the store", call.ids)
 
 
-async def _wait_for_upstream(call: FlowCall, sync: bool) -> None:
-    await wait_for_all(unfinished_in(call.wait_for), sync)
+async def _wait_for_upstream(call: FlowCall, bridge: Bridge) -> None:
+    await bridge.wait_futures(unfinished_in(call.wait_for))
     Resolver(None).resolve(list(call.wait_for))
 
 
-async def _attempts(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, Any], sync: bool) -> State[Any]:
+async def _attempts(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, Any], bridge: Bridge) -> State[Any]:
     flow, run = call.flow, call.run
     attempt = 0
     while True:
@@ -140,8 +139,8 @@ async def _attempts(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, A
         if attempt == 1:
             run.start_time = running.ts
         if flow.on_running:
-            await run_hooks(flow.on_running, flow, run, running, sync, call.label, call.ids)
-        state = await _one_attempt(call, ctx, parameters, sync)
+            await run_hooks(bridge, flow.on_running, flow, run, running, call.label, call.ids)
+        state = await _one_attempt(call, ctx, parameters, bridge)
         if state.type is StateType.FAILED and attempt <= flow.retries:
             delay = flow.retry_delay_seconds
             log(INFO, call.label, "Received non-final state 'AwaitingRetry' when proposing final state "
@@ -151,10 +150,7 @@ async def _attempts(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, A
             _set(call, StateType.SCHEDULED, "AwaitingRetry",
                  details=StateDetails(flow_run_id=run.id, scheduled_time=when))
             if delay > 0:
-                if sync:
-                    clock.sleep_blocking(delay)
-                else:
-                    await clock.sleep(delay)
+                await bridge.sleep(clock, delay)
             continue
         run.end_time = state.ts
         call.run.state = state
@@ -162,18 +158,18 @@ async def _attempts(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, A
         return state
 
 
-async def _one_attempt(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, Any], sync: bool) -> State[Any]:
+async def _one_attempt(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, Any], bridge: Bridge) -> State[Any]:
     """One attempt of the flow body, in a scope of its own that owns every run it starts: on every
     way out (failure, deadline, outer cancellation, Ctrl-C, a signal) the scope is cancelled and
     closed, so no run it started outlives it."""
     flow = call.flow
     args, kwargs = flow.binder.to_call(parameters)
     timeout = flow.timeout_seconds
-    if sync:
+    if bridge.blocking:
         # its event loop (in a helper thread) starts only if the flow submits an async run
         ctx.scope = scope = Scope(call.label, resolve_cancelled)
         try:
-            state = await _body(call, ctx, args, kwargs, sync)
+            state = await _body(call, ctx, args, kwargs, bridge)
         except BaseException as exc:
             scope.cancel(why_ended(exc))
             raise
@@ -189,7 +185,7 @@ async def _one_attempt(call: FlowCall, ctx: FlowRunContext, parameters: dict[str
             ctx.scope = scope = Scope(call.label, resolve_cancelled, tg,
                                       time.monotonic() + timeout if timeout else None)
             try:
-                state = await _body(call, ctx, args, kwargs, sync)
+                state = await _body(call, ctx, args, kwargs, bridge)
             except BaseException as exc:
                 timed_out = timeout and anyio.current_time() >= deadline.deadline
                 scope.cancel("timed out" if timed_out else why_ended(exc))
@@ -210,63 +206,48 @@ def _report_children(call: FlowCall, ctx: FlowRunContext) -> None:
 
 
 async def _body(call: FlowCall, ctx: FlowRunContext, args: tuple[Any, ...], kwargs: dict[str, Any],
-                sync: bool) -> State[Any]:
+                bridge: Bridge) -> State[Any]:
     flow = call.flow
     try:
         if flow.isasync:
             value = await flow.fn(*args, **kwargs)
         elif flow.timeout_seconds:
             try:
-                value = await call_sync_with_deadline(
-                    functools.partial(flow.fn, *args, **kwargs), flow.timeout_seconds, sync, "Flow")
+                value = await bridge.call_with_deadline(
+                    functools.partial(flow.fn, *args, **kwargs), flow.timeout_seconds, "Flow")
             except FlowRunTimeoutError as exc:
-                await _stop_children(ctx, sync, "timed out")  # the runs it submitted stop too
+                await _stop_children(ctx, bridge, "timed out")  # the runs it submitted stop too
                 return State(StateType.FAILED, "TimedOut", str(exc), exc, call.details)
-        elif sync:
-            value = flow.fn(*args, **kwargs)
-        else:
-            def body() -> Any:
-                return flow.fn(*args, **kwargs)
-
-            guard = UserCode()  # cancelling the awaiting code stops the body at its next line
-            try:
-                value = await anyio.to_thread.run_sync(guard.run, body, limiter=anyio.CapacityLimiter(1),
-                                                       abandon_on_cancel=True)
-            except anyio.get_cancelled_exc_class():
-                guard.abort()
-                raise
-        value = await _futures_to_states(value, sync)
+        else:  # on a loop: in a thread of its own (cancelling the awaiting code stops it at its next line)
+            value = await bridge.call_sync(functools.partial(flow.fn, *args, **kwargs), runner=OWN_THREAD)
+        value = await _futures_to_states(value, bridge)
     except Exception as exc:
         log(ERROR, call.label, f"Encountered exception during execution: {exc!r}", call.ids, exc_info=exc)
-        await _stop_children(ctx, sync, "failed")  # a failure ends the scope: its runs stop
+        await _stop_children(ctx, bridge, "failed")  # a failure ends the scope: its runs stop
         return State(StateType.FAILED, "Failed", exception_message("Flow", exc), exc, call.details)
     if ctx.children is not None:  # the flow ends when every run it started has ended
-        if sync:
-            ctx.children.wait_all_blocking()
-        else:
-            await ctx.children.wait_all()
+        await bridge.wait_children(ctx.children)
     state = _states.return_value_to_state(value)
     if state.state_details.flow_run_id is None and state.state_details.task_run_id is None:
         state = State(state.type, state.name, state.message, state.data, call.details, state.ts)
     return state
 
 
-async def _stop_children(ctx: FlowRunContext, sync: bool, reason: str) -> None:
+async def _stop_children(ctx: FlowRunContext, bridge: Bridge, reason: str) -> None:
     """Cancel the attempt's scope. Queued runs and runs in pool threads are resolved at once; runs on
     the event loop are cancelled: an async flow's task group waits for them as it exits, a sync flow
     waits here (its helper loop is stopped next)."""
     scope = ctx.scope
     assert scope is not None
     scope.cancel(reason)
-    if sync and ctx.children is not None:
-        ctx.children.wait_all_blocking()
+    await bridge.settle_cancelled(ctx.children)
 
 
-async def _futures_to_states(value: Any, sync: bool) -> Any:
+async def _futures_to_states(value: Any, bridge: Bridge) -> Any:
     """Futures in a flow's return value become their final states (Prefect's rule)."""
     if isinstance(value, TaskRunFutureList):
         value = list(value)
-    await wait_for_all(unfinished_in(value), sync)
+    await bridge.wait_futures(unfinished_in(value))
     return _StateResolver(None).resolve(value)
 
 
@@ -288,7 +269,7 @@ def _states_quote() -> type:
     return BaseAnnotation
 
 
-async def _final_hooks(call: FlowCall, state: State[Any], sync: bool) -> None:
+async def _final_hooks(call: FlowCall, state: State[Any], bridge: Bridge) -> None:
     flow = call.flow
     hooks: list[Any] = []
     if state.type is StateType.COMPLETED:
@@ -300,4 +281,4 @@ async def _final_hooks(call: FlowCall, state: State[Any], sync: bool) -> None:
     elif state.type is StateType.CRASHED:
         hooks = flow.on_crashed
     if hooks:
-        await run_hooks(hooks, flow, call.run, state, sync, call.label, call.ids)
+        await run_hooks(bridge, hooks, flow, call.run, state, call.label, call.ids)

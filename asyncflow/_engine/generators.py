@@ -20,6 +20,7 @@ import types
 from collections.abc import AsyncGenerator, Generator
 from typing import Any
 
+from .bridge import AWAITING, BLOCKING
 from .loop import in_async_context
 from .streaming import ConsumerClosed, Emit
 from .task_run import TaskCall, run_task
@@ -35,7 +36,7 @@ def call_generator_task(task: Any, parameters: dict[str, Any], wait_for: Any) ->
 
 def _drive_sync(call: TaskCall) -> Generator[Any, Any, Any]:
     context = contextvars.copy_context()
-    engine = run_task(call, sync=True)
+    engine = run_task(call, BLOCKING)
     sent: Any = None
     thrown: BaseException | None = None
     closing = False
@@ -71,7 +72,7 @@ def _pass_to_loop(trap: Any) -> Generator[Any, Any, Any]:
 
 async def _drive_async(call: TaskCall) -> AsyncGenerator[Any, None]:
     context = contextvars.copy_context()
-    engine = run_task(call, sync=False)
+    engine = run_task(call, AWAITING)
     sent: Any = None
     thrown: BaseException | None = None
     closing = False

@@ -78,15 +78,6 @@ def unfinished_in(*values: Any) -> list[TaskRunFuture[Any]]:
     return found
 
 
-async def wait_for_all(futures: list[TaskRunFuture[Any]], sync: bool) -> None:
-    """Wait until every future is done: blocking in sync mode, on the loop (holding no thread) otherwise."""
-    for future in futures:
-        if sync:
-            future._block(None, "wait")
-        else:
-            await future.wait_async()
-
-
 def has_futures_or_states(value: Any, seen: set[int] | None = None) -> bool:
     if isinstance(value, _ATOMS):
         return False

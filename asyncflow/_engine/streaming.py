@@ -10,17 +10,14 @@ generator's own steps, summed over the attempt.
 
 from __future__ import annotations
 
-import time
 import types
 from collections.abc import Generator
 from typing import Any
 
 import anyio
-import anyio.to_thread
 
 from .._exceptions import TaskRunTimeoutError
-from .deadline import call_sync_with_deadline
-from .interrupt import UserCode
+from .bridge import Bridge
 
 
 class Emit:
@@ -42,12 +39,12 @@ def emit(value: Any) -> Generator[Emit, Any, Any]:
     return (yield Emit(value))
 
 
-async def stream_attempt(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], sync: bool) -> Any:
+async def stream_attempt(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], bridge: Bridge) -> Any:
     """Run one attempt of a generator task to its end; returns the generator's return value."""
     gen = task.fn(*args, **kwargs)
     limit = task.timeout_seconds
     is_async = task.kind == "asyncgen"
-    now = time.monotonic if sync else anyio.current_time  # (the loop's clock: virtual time in tests)
+    now = bridge.now  # (on a loop, the loop's clock: virtual time in tests)
     spent = 0.0
     sent: Any = None
     thrown: BaseException | None = None
@@ -59,7 +56,7 @@ async def stream_attempt(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any
         if is_async:
             done, value = await _async_step(gen, sent, thrown, remaining, limit)
         else:
-            done, value = await _sync_step(gen, sent, thrown, remaining, sync)
+            done, value = await _sync_step(gen, sent, thrown, remaining, bridge)
         spent += now() - started
         if done:
             return value
@@ -93,7 +90,7 @@ async def _async_step(gen: Any, sent: Any, thrown: BaseException | None, remaini
 
 
 async def _sync_step(gen: Any, sent: Any, thrown: BaseException | None, remaining: float | None,
-                     sync: bool) -> tuple[bool, Any]:
+                     bridge: Bridge) -> tuple[bool, Any]:
     def step() -> tuple[bool, Any]:  # StopIteration cannot cross a coroutine: it becomes a flag
         try:
             return False, gen.throw(thrown) if thrown is not None else gen.send(sent)
@@ -101,12 +98,5 @@ async def _sync_step(gen: Any, sent: Any, thrown: BaseException | None, remainin
             return True, stop.value
 
     if remaining is not None:
-        return await call_sync_with_deadline(step, remaining, sync, "Task")  # type: ignore[no-any-return]
-    if sync:
-        return step()
-    guard = UserCode()  # in async code a sync step runs in a worker thread; cancelling stops it
-    try:
-        return await anyio.to_thread.run_sync(guard.run, step, abandon_on_cancel=True)
-    except anyio.get_cancelled_exc_class():
-        guard.abort()
-        raise
+        return await bridge.call_with_deadline(step, remaining, "Task")  # type: ignore[no-any-return]
+    return await bridge.call_sync(step)  # type: ignore[no-any-return]

@@ -1,8 +1,9 @@
 """The task-run engine: one async code path for every task run.
 
-Async mode (an event loop runs this coroutine): user coroutines are awaited, sync functions go to a
-worker thread. Sync mode (`drive_sync`, no loop in this thread): sync functions are called inline and
-every wait blocks, so the coroutine never suspends.
+How each wait, sleep and call of user code happens is the business of the bridge the caller's edge
+picked (`bridge.py`): on an event loop (`AWAITING`) user coroutines are awaited and sync functions go
+to a worker thread; in a thread with no loop (`BLOCKING`, driven by `drive_sync`) sync functions are
+called inline and every wait blocks, so the coroutine never suspends.
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ from .._runs import TaskRun
 from .._states import State, StateDetails, StateType
 from .._store import get_store
 from . import caching
+from .bridge import AWAITING, BLOCKING, Bridge, drive_sync, run_hooks
 from .children import ChildTracker
-from .common import call_user, drive_sync, exception_message, log_final_state, run_hooks
-from .deadline import call_sync_with_deadline
+from .common import exception_message, log_final_state
 from .interrupt import SyncRunAborted, UserCode
 from .loop import in_async_context
 from .open_runs import OPEN
-from .resolve import Resolver, unfinished_in, wait_for_all
+from .resolve import Resolver, unfinished_in
 from .scope import Scope
 from .streaming import stream_attempt
 
@@ -100,29 +101,27 @@ class TaskCall:
 
 
 # -- entry points --------------------------------------------------------------------------------
-async def run_task(call: TaskCall, sync: bool) -> State[Any]:
+async def run_task(call: TaskCall, bridge: Bridge) -> State[Any]:
     """Run a task to its final state. A run with no parent owns the scope its children run in."""
     if call.parent is not None:
-        return await _run(call, sync, call.parent.scope)
+        return await _run(call, bridge, call.parent.scope)
     label = f"Task run '{call.run.name}'"
     try:
-        if sync or call.streaming:  # (a generator hands out values: no task group may span its yields)
+        if bridge.blocking or call.streaming:  # (a generator hands out values: no task group may span its yields)
             scope = Scope(label, resolve_cancelled)
             try:
-                return await _run(call, sync, scope)
+                return await _run(call, bridge, scope)
             except BaseException as exc:
                 scope.cancel(why_ended(exc))
                 raise
             finally:
                 scope.close()
-                if sync or not scope.has_helper_loop():
-                    scope.stop_helper_loop()
-                else:
-                    await anyio.to_thread.run_sync(scope.stop_helper_loop)
+                if scope.has_helper_loop():
+                    await bridge.io(scope.stop_helper_loop)
         async with anyio.create_task_group() as tg:
             scope = Scope(label, resolve_cancelled, tg)
             try:
-                return await _run(call, sync, scope)
+                return await _run(call, bridge, scope)
             except BaseException as exc:
                 scope.cancel(why_ended(exc))
                 raise
@@ -153,7 +152,7 @@ async def run_submitted(call: TaskCall) -> None:
     if deadline_passed():  # a deadline whose timer has not fired yet (asyncio): nothing starts after it
         resolve_cancelled(call, f"The run was cancelled before it started: {scope.label} timed out or was cancelled.")
         return
-    await run_task(call, sync=False)
+    await run_task(call, AWAITING)
 
 
 def deadline_passed() -> bool:
@@ -235,7 +234,7 @@ def _new_state(call: TaskCall, type_: StateType, name: str, message: str | None 
     return State(type_, name, message, data, call.details)
 
 
-async def _run(call: TaskCall, sync: bool, scope: Any) -> State[Any]:
+async def _run(call: TaskCall, bridge: Bridge, scope: Any) -> State[Any]:
     task, run = call.task, call.run
     if not call.submitted:  # (a submitted run was recorded when it was submitted)
         store = get_store()
@@ -258,7 +257,7 @@ async def _run(call: TaskCall, sync: bool, scope: Any) -> State[Any]:
                     "flow_run_id": flow_ctx.ids["flow_run_id"] if flow_ctx is not None else None}
         _log_created(call)
         try:
-            parameters = await resolve_inputs(call, sync)
+            parameters = await resolve_inputs(call, bridge)
         except UpstreamTaskError as exc:
             state = set_state(call, _new_state(call, StateType.PENDING, "NotReady", str(exc)))
             log_final_state(state, call.label, call.ids)
@@ -267,14 +266,14 @@ async def _run(call: TaskCall, sync: bool, scope: Any) -> State[Any]:
         if call.ticket is not None:
             # runs submitted by a flow take a runner slot; runs submitted by a task run inside its slot
             async with call.runner.execution_slot(call.ticket):
-                state = await _attempts(call, ctx, parameters, sync)
+                state = await _attempts(call, ctx, parameters, bridge)
         else:
-            state = await _attempts(call, ctx, parameters, sync)
+            state = await _attempts(call, ctx, parameters, bridge)
         if ctx.children is not None:
-            await _wait_children(ctx, call, sync)
+            await _wait_children(ctx, call, bridge)
         log_final_state(state, call.label, call.ids)
         if task.on_completion or task.on_failure:
-            await _final_hooks(call, state, sync)
+            await _final_hooks(call, state, bridge)
         return state
     except Exception as exc:  # before user code ran: a bad run name template, an unresolvable input...
         state = set_state(call, _new_state(call, StateType.FAILED, "Failed",
@@ -285,7 +284,7 @@ async def _run(call: TaskCall, sync: bool, scope: Any) -> State[Any]:
         if isinstance(exc, SyncRunAborted):  # its flow's deadline stopped the thread it ran in
             state = set_state(call, _new_state(call, StateType.CANCELLED, "Cancelled",
                                                "The run was stopped because its flow run timed out.", exc))
-        elif not sync and isinstance(exc, anyio.get_cancelled_exc_class()):
+        elif bridge.is_cancellation(exc):
             state = set_state(call, _new_state(call, StateType.CANCELLED, "Cancelled",
                                                "The run was cancelled while it was running.", exc))
         else:
@@ -309,7 +308,7 @@ def _log_created(call: TaskCall) -> None:
         log(INFO, "asyncflow.engine", message)
 
 
-async def resolve_inputs(call: TaskCall, sync: bool) -> dict[str, Any]:
+async def resolve_inputs(call: TaskCall, bridge: Bridge) -> dict[str, Any]:
     """Wait for upstream futures (without holding a thread slot), then substitute their results."""
     parameters, wait_for = call.parameters, call.wait_for
     if not wait_for and all(type(value) in _ATOM_TYPES for value in parameters.values()):
@@ -318,7 +317,7 @@ async def resolve_inputs(call: TaskCall, sync: bool) -> dict[str, Any]:
     for future in unfinished:
         if future.task_run.id == call.run.id:
             raise ValueError(f"Task run '{call.run.name}' depends on its own future. Raising to avoid a deadlock.")
-    await wait_for_all(unfinished, sync)
+    await bridge.wait_futures(unfinished)
     resolver = Resolver(call.run.id)
     if wait_for:
         _resolve_wait_for(resolver, wait_for)
@@ -331,17 +330,17 @@ def _resolve_wait_for(resolver: Resolver, wait_for: Any) -> None:
     resolver.resolve(list(wait_for))
 
 
-async def _attempts(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, Any], sync: bool) -> State[Any]:
+async def _attempts(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, Any], bridge: Bridge) -> State[Any]:
     holder: list[Any] = [None]
     try:
-        return await _attempt_loop(call, ctx, parameters, sync, holder)
+        return await _attempt_loop(call, ctx, parameters, bridge, holder)
     except BaseException:  # cancelled or crashed: a SERIALIZABLE key lock must not outlive the run
         if holder[0] is not None:
             holder[0].release()
         raise
 
 
-async def _attempt_loop(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, Any], sync: bool,
+async def _attempt_loop(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, Any], bridge: Bridge,
                         holder: list[Any]) -> State[Any]:
     task, run = call.task, call.run
     policy = task.retry_policy
@@ -357,17 +356,17 @@ async def _attempt_loop(call: TaskCall, ctx: TaskRunContext, parameters: dict[st
         else:
             running = set_state(call, _new_state(call, StateType.RUNNING, "Retrying"))
         if task.on_running:
-            await run_hooks(task.on_running, task, run, running, sync, call.label, call.ids)
+            await run_hooks(bridge, task.on_running, task, run, running, call.label, call.ids)
         if attempt == 1 and not call.streaming:  # (a generator's values are streamed, never cached)
-            plan = holder[0] = await caching.plan(call, ctx, parameters, sync)
+            plan = holder[0] = await caching.plan(call, ctx, parameters, bridge)
             if plan is not None:
-                cached = await plan.lookup(sync)
+                cached = await plan.lookup(bridge)
                 if cached is not None:
                     return set_state(call, cached)
-        state = await _one_attempt(call, args, kwargs, sync)
+        state = await _one_attempt(call, args, kwargs, bridge)
         if state.type is StateType.COMPLETED:
-            state = await caching.completed(call, plan, state, sync)
-        if state.type is StateType.FAILED and attempt <= policy.retries and await _should_retry(call, state, sync):
+            state = await caching.completed(call, plan, state, bridge)
+        if state.type is StateType.FAILED and attempt <= policy.retries and await _should_retry(call, state, bridge):
             delay = policy.delay_for(attempt - 1)
             _log_retry(call, state, attempt, policy.retries, delay)
             clock = get_clock()  # every retry is AwaitingRetry (until its scheduled time), then Retrying
@@ -375,10 +374,7 @@ async def _attempt_loop(call: TaskCall, ctx: TaskRunContext, parameters: dict[st
             details = StateDetails(flow_run_id=run.flow_run_id, task_run_id=run.id, scheduled_time=when)
             set_state(call, State(StateType.SCHEDULED, "AwaitingRetry", None, None, details))
             if delay > 0:
-                if sync:
-                    clock.sleep_blocking(delay)
-                else:
-                    await clock.sleep(delay)
+                await bridge.sleep(clock, delay)
             continue
         if plan is not None and state.type is not StateType.COMPLETED:
             plan.release()  # a SERIALIZABLE key lock ends with the run, whatever its final state
@@ -387,9 +383,9 @@ async def _attempt_loop(call: TaskCall, ctx: TaskRunContext, parameters: dict[st
         return set_state(call, state)
 
 
-async def _one_attempt(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any], sync: bool) -> State[Any]:
+async def _one_attempt(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any], bridge: Bridge) -> State[Any]:
     try:
-        value = await _call_fn(call, args, kwargs, sync)
+        value = await _call_fn(call, args, kwargs, bridge)
         if type(value) not in _PLAIN_RESULTS:
             if inspect.isgenerator(value):
                 value = list(value)
@@ -409,34 +405,23 @@ async def _one_attempt(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, 
         return _new_state(call, StateType.FAILED, "Failed", exception_message("Task", exc), exc)
 
 
-async def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any], sync: bool) -> Any:
+async def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any], bridge: Bridge) -> Any:
     task = call.task
     fn = task.fn
     if call.streaming:
-        return await stream_attempt(task, args, kwargs, sync)
-    if call.submitted and not sync and deadline_passed():
+        return await stream_attempt(task, args, kwargs, bridge)
+    if call.submitted and not bridge.blocking and deadline_passed():
         await anyio.lowlevel.checkpoint()  # the backend delivers the cancellation: no user code after a deadline
     if task.isasync:
         runner = call.runner if call.submitted else None
         if runner is not None and runner.overrides_run_async:
             return await runner.run_async(functools.partial(_call_async, fn, args, kwargs, task.timeout_seconds))
         return await _call_async(fn, args, kwargs, task.timeout_seconds)
-    if task.timeout_seconds:
-        return await call_sync_with_deadline(functools.partial(fn, *args, **kwargs), task.timeout_seconds, sync, "Task")
-    if sync:
-        if call.guard is not None:  # in a pool thread: its scope may stop it
-            return call.guard.run(functools.partial(fn, *args, **kwargs))
-        return fn(*args, **kwargs)
-    runner = call.runner
     bound = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
-    guard = UserCode()  # cancelling this loop task (its scope's cancel does) stops the thread's user code
-    try:
-        if runner is not None:
-            return await runner.run_sync(lambda: guard.run(bound))
-        return await anyio.to_thread.run_sync(guard.run, bound, abandon_on_cancel=True)
-    except anyio.get_cancelled_exc_class():
-        guard.abort()  # the thread stops at its next bytecode; this run ends Cancelled
-        raise
+    if task.timeout_seconds:
+        return await bridge.call_with_deadline(bound, task.timeout_seconds, "Task")
+    # a pool-thread run's guard lets its scope stop it; on a loop, cancelling the task stops the thread
+    return await bridge.call_sync(bound, call.guard, call.runner)
 
 
 async def _call_async(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], limit: float | None) -> Any:
@@ -449,12 +434,12 @@ async def _call_async(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], li
     return await fn(*args, **kwargs)
 
 
-async def _should_retry(call: TaskCall, state: State[Any], sync: bool) -> bool:
+async def _should_retry(call: TaskCall, state: State[Any], bridge: Bridge) -> bool:
     condition = call.task.retry_policy.condition_fn
     if condition is None:
         return True
     try:
-        return bool(await call_user(condition, sync, call.task, call.run, state))
+        return bool(await bridge.call_user(condition, call.task, call.run, state))
     except Exception:
         log(ERROR, call.label, "An error was encountered while running `retry_condition_fn`; not retrying.",
             call.ids, exc_info=True)
@@ -482,20 +467,17 @@ def _log_failure(call: TaskCall, state: State[Any], retries: int) -> None:
     log(ERROR, call.label, f"Task run failed with {_describe_failure(state)}{suffix}", call.ids, exc_info=exc)
 
 
-async def _final_hooks(call: TaskCall, state: State[Any], sync: bool) -> None:
+async def _final_hooks(call: TaskCall, state: State[Any], bridge: Bridge) -> None:
     task = call.task
     if state.type is StateType.COMPLETED and task.on_completion:
-        await run_hooks(task.on_completion, task, call.run, state, sync, call.label, call.ids)
+        await run_hooks(bridge, task.on_completion, task, call.run, state, call.label, call.ids)
     elif state.type is StateType.FAILED and task.on_failure:
-        await run_hooks(task.on_failure, task, call.run, state, sync, call.label, call.ids)
+        await run_hooks(bridge, task.on_failure, task, call.run, state, call.label, call.ids)
 
 
-async def _wait_children(ctx: RunContext, call: TaskCall, sync: bool) -> None:
+async def _wait_children(ctx: RunContext, call: TaskCall, bridge: Bridge) -> None:
     tracker: ChildTracker = ctx.children
-    if sync:
-        tracker.wait_all_blocking()
-    else:
-        await tracker.wait_all()
+    await bridge.wait_children(tracker)
     report_unobserved(tracker, call.label, call.ids)
 
 
@@ -578,7 +560,7 @@ def _run_in_thread(call: TaskCall) -> None:
     if call.final is not None or not scope.claim_start(call):
         return
     try:
-        drive_sync(run_task(call, sync=True))
+        drive_sync(run_task(call, BLOCKING))
     except SyncRunAborted:  # its scope stopped it, and resolved it already
         pass
     except BaseException as exc:  # the pool thread lives on; the run must still reach a final state

@@ -54,21 +54,10 @@ def set_store(store: RunStore | None) -> RunStore | None:
     return previous
 
 
-async def flush_root_flow_run(sync: bool) -> None:
-    """At the end of an outermost flow run: everything it recorded is written before its caller goes
-    on. Async callers wait in a worker thread (shielded from cancellation), so the loop never blocks
-    on the database."""
+def pending() -> bool:
+    """Is anything recorded and not yet written (in the process's store, if one exists)?"""
     store = _store
-    if store is None or not store.pending():
-        return
-    if sync:
-        store.flush()
-        return
-    import anyio
-    import anyio.to_thread
-
-    with anyio.CancelScope(shield=True):
-        await anyio.to_thread.run_sync(store.flush)
+    return store is not None and bool(store.pending())
 
 
 def flush() -> Any:
@@ -78,4 +67,4 @@ def flush() -> Any:
 
 
 __all__ = ["LogRecord", "MemoryStore", "ObjectNotFound", "RunStore", "StateRecord", "StoreError",
-           "StoreNotFoundError", "default_store", "flush", "flush_root_flow_run", "get_store", "set_store"]
+           "StoreNotFoundError", "default_store", "flush", "get_store", "pending", "set_store"]

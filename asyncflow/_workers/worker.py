@@ -14,6 +14,7 @@ import anyio.to_thread
 import cloudpickle
 
 from .. import _settings
+from .._engine.bridge import AWAITING
 from .._engine.task_run import TaskCall, run_task
 from .._logging import ERROR, INFO, WARNING, log
 from .._states import StateType
@@ -118,7 +119,7 @@ class TaskWorker:
                               for name, value in parameters.items()}
                 await anyio.to_thread.run_sync(self.broker.set_state, queued.id, self.worker_id, "RUNNING", "Running")
                 call = TaskCall(task, parameters, None, submitted=False, run_id=uuid.UUID(queued.id))
-                state = await run_task(call, sync=False)
+                state = await run_task(call, AWAITING)
                 payload = _dumps(state.data, state.type is StateType.COMPLETED, task.name)
                 await self._finish(queued, state.type.value, state.name, state.message, payload)
         except Exception as exc:  # the payload could not be loaded, or an upstream failed to load
