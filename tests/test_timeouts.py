@@ -239,12 +239,15 @@ def test_a_run_still_open_at_interpreter_exit_is_recorded_crashed(tmp_path):
         atexit.register(report)
         from asyncflow import flow
 
+        running = threading.Event()
+
         @flow
         def forever():
+            running.set()
             time.sleep(3600)
 
         threading.Thread(target=forever, daemon=True).start()
-        time.sleep(0.3)
+        running.wait(30)  # the run is open (whatever the machine's load), then the interpreter exits
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert "FINAL Crashed The process exited while the run was still open." in out.stdout, out.stderr
