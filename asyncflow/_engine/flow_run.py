@@ -194,8 +194,8 @@ async def _one_attempt(call: FlowCall, ctx: FlowRunContext, parameters: dict[str
                 scope.close()
     _report_children(call, ctx)
     if deadline.cancelled_caught:
-        exc = FlowRunTimeoutError(f"Flow run exceeded timeout of {timeout:g} second(s)")
-        return State(StateType.FAILED, "TimedOut", str(exc), exc, call.details)
+        error = FlowRunTimeoutError(f"Flow run exceeded timeout of {timeout:g} second(s)")
+        return State(StateType.FAILED, "TimedOut", str(error), error, call.details)
     return state
 
 

@@ -147,6 +147,7 @@ class Scope:
         if portal_cm is None:
             return
         try:
+            assert self._stop is not None
             self._portal.call(self._stop.set)
         finally:
             self._portal = None
