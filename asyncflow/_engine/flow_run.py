@@ -29,7 +29,7 @@ from .bridge import OWN_THREAD, Bridge, run_hooks
 from .common import exception_message, log_final_state
 from .open_runs import OPEN
 from .resolve import Resolver, unfinished_in
-from .scope import Scope
+from .scope import Scope, owning
 from .task_run import report_unobserved, resolve_cancelled, why_ended
 
 SHIELDED_HOOKS_SECONDS = 30.0  # the hooks of a cancelled flow run are shielded from it, this long at most
@@ -169,12 +169,8 @@ async def _one_attempt(call: FlowCall, ctx: FlowRunContext, parameters: dict[str
         # its event loop (in a helper thread) starts only if the flow submits an async run
         ctx.scope = scope = Scope(call.label, resolve_cancelled)
         try:
-            state = await _body(call, ctx, args, kwargs, bridge)
-        except BaseException as exc:
-            scope.cancel(why_ended(exc))
-            raise
+            state = await owning(scope, _body(call, ctx, args, kwargs, bridge), why_ended)
         finally:
-            scope.close()
             scope.stop_helper_loop()
         _report_children(call, ctx)
         return state
@@ -184,14 +180,11 @@ async def _one_attempt(call: FlowCall, ctx: FlowRunContext, parameters: dict[str
         async with anyio.create_task_group() as tg:
             ctx.scope = scope = Scope(call.label, resolve_cancelled, tg,
                                       time.monotonic() + timeout if timeout else None)
-            try:
-                state = await _body(call, ctx, args, kwargs, bridge)
-            except BaseException as exc:
-                timed_out = timeout and anyio.current_time() >= deadline.deadline
-                scope.cancel("timed out" if timed_out else why_ended(exc))
-                raise
-            finally:
-                scope.close()
+
+            def why(exc: BaseException) -> str:
+                return "timed out" if timeout and anyio.current_time() >= deadline.deadline else why_ended(exc)
+
+            state = await owning(scope, _body(call, ctx, args, kwargs, bridge), why)
     _report_children(call, ctx)
     if deadline.cancelled_caught:
         error = FlowRunTimeoutError(f"Flow run exceeded timeout of {timeout:g} second(s)")

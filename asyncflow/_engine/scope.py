@@ -34,7 +34,7 @@ import time
 import types
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -44,6 +44,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from .._exceptions import ScopeClosedError
 from .loop import threadsafe_caller
 
+T = TypeVar("T")
 _YIELD_EVERY = 64  # a worker lets other tasks run at least this often
 
 Finalize = Callable[[Any, str], None]  # resolve a run that will not run (or not on): (call, message)
@@ -152,6 +153,18 @@ class Scope:
         finally:
             self._portal = None
             portal_cm.__exit__(None, None, None)
+
+
+async def owning(scope: Scope, body: Coroutine[Any, Any, T], why: Callable[[BaseException], str]) -> T:
+    """Await `body` as the owner of `scope`: whichever way it ends, the scope is closed, and on an
+    exception (a failure, a deadline, a cancellation, an interrupt) every run in it is stopped."""
+    try:
+        return await body
+    except BaseException as exc:
+        scope.cancel(why(exc))
+        raise
+    finally:
+        scope.close()
 
 
 async def _serve(owner: Scope, *, task_status: TaskStatus[Any]) -> None:

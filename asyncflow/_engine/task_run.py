@@ -39,7 +39,7 @@ from .interrupt import SyncRunAborted, UserCode
 from .loop import in_async_context
 from .open_runs import OPEN
 from .resolve import Resolver, unfinished_in
-from .scope import Scope
+from .scope import Scope, owning
 from .streaming import stream_attempt
 
 _global_counters: dict[str, Any] = {}
@@ -110,23 +110,13 @@ async def run_task(call: TaskCall, bridge: Bridge) -> State[Any]:
         if bridge.blocking or call.streaming:  # (a generator hands out values: no task group may span its yields)
             scope = Scope(label, resolve_cancelled)
             try:
-                return await _run(call, bridge, scope)
-            except BaseException as exc:
-                scope.cancel(why_ended(exc))
-                raise
+                return await owning(scope, _run(call, bridge, scope), why_ended)
             finally:
-                scope.close()
                 if scope.has_helper_loop():
                     await bridge.io(scope.stop_helper_loop)
         async with anyio.create_task_group() as tg:
             scope = Scope(label, resolve_cancelled, tg)
-            try:
-                return await _run(call, bridge, scope)
-            except BaseException as exc:
-                scope.cancel(why_ended(exc))
-                raise
-            finally:
-                scope.close()
+            return await owning(scope, _run(call, bridge, scope), why_ended)
     finally:
         flush_logs()  # a root run's lines are all out when the caller gets its result
 
