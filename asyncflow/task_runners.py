@@ -64,8 +64,7 @@ class TaskRunner:
         try:
             return await anyio.to_thread.run_sync(slot.run, fn, limiter=_thread_limiter(), abandon_on_cancel=True)
         finally:
-            if slot.held:
-                limiter.release_on_behalf_of(slot)
+            slot.close()  # (an abandoned thread that lent its slot must not take it again later: L4)
 
     async def run_async(self, fn: Callable[[], Awaitable[R]]) -> R:
         return await fn()
@@ -129,13 +128,25 @@ def _thread_limiter() -> anyio.CapacityLimiter:
 
 
 class ThreadSlot:
-    """A runner slot held by one worker thread, released while the thread waits on another run."""
+    """A runner slot held by one worker thread, released while the thread waits on another run.
 
-    __slots__ = ("limiter", "held", "__weakref__")
+    `close()` (on the loop, when the run is over or abandoned) gives the slot back if it is held and
+    stops a thread that outlived its run from ever taking it again."""
+
+    __slots__ = ("__weakref__", "_lock", "closed", "held", "limiter")
 
     def __init__(self, limiter: anyio.CapacityLimiter) -> None:
         self.limiter = limiter
         self.held = True
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            held, self.held = self.held, False
+        if held:
+            self.limiter.release_on_behalf_of(self)
 
     def run(self, fn: Callable[[], R]) -> R:
         previous = set_thread_slot(self)
@@ -145,14 +156,24 @@ class ThreadSlot:
             set_thread_slot(previous)
 
     def release_while_blocked(self) -> None:
-        if self.held:
-            anyio.from_thread.run_sync(self.limiter.release_on_behalf_of, self)
+        with self._lock:
+            if not self.held or self.closed:
+                return
             self.held = False
+        anyio.from_thread.run_sync(self.limiter.release_on_behalf_of, self)
 
     def reacquire(self) -> None:
-        if not self.held:
-            anyio.from_thread.run(self.limiter.acquire_on_behalf_of, self)
-            self.held = True
+        if self.held or self.closed:
+            return
+        anyio.from_thread.run(self._acquire_unless_closed)
+
+    async def _acquire_unless_closed(self) -> None:
+        """On the loop (where `close` runs too): take the slot back only if the run is still on."""
+        await self.limiter.acquire_on_behalf_of(self)
+        if self.closed:
+            self.limiter.release_on_behalf_of(self)
+            return
+        self.held = True
 
 
 class ThreadPoolTaskRunner(TaskRunner):

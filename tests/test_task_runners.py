@@ -537,3 +537,35 @@ def test_a_custom_runner_overriding_run_async_and_execution_slot_is_used():
 
     assert f() == 1
     assert calls == ["slot 0", "run_async"]
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_sync_call_that_lent_its_slot_never_takes_it_back_later(store):
+    """L4: a sync call abandoned on cancellation while it waited on another run (its slot lent) took
+    the slot again when the wait ended, and nobody gave it back: a one-thread runner then hung."""
+    import time
+
+    from asyncflow.task_runners import ThreadPoolTaskRunner
+
+    @task
+    def other():
+        time.sleep(0.4)
+        return 1
+
+    @task
+    def waits_on_other():
+        return other.submit().result()
+
+    @task
+    def quick():
+        return "ran"
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=1))
+    async def f():
+        with anyio.move_on_after(0.1):
+            await waits_on_other()
+        await anyio.sleep(0.6)  # the abandoned wait ends meanwhile
+        with anyio.fail_after(10):
+            return [await quick(), await quick()]
+
+    assert await f() == ["ran", "ran"]
