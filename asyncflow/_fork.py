@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 
 FORK_WAIT_SECONDS = 5.0  # the longest all `before` hooks together may delay one fork
-ORDER = ("ids", "store", "thread pool", "log sink", "open runs", "sqlite broker", "redis broker")
+ORDER = ("ids", "store factory", "store", "thread pool", "log sink", "open runs", "sqlite broker", "redis broker")
 
 Hook = Callable[[], None]
 

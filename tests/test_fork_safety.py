@@ -76,8 +76,8 @@ def test_every_component_with_process_state_is_registered_in_the_reset_order():
     import asyncflow._workers.redis_broker  # noqa: F401
     import asyncflow._workers.sqlite_broker  # noqa: F401
 
-    assert _fork.names()[:7] == ["ids", "store", "thread pool", "log sink", "open runs", "sqlite broker",
-                                 "redis broker"]
+    assert _fork.names()[:8] == ["ids", "store factory", "store", "thread pool", "log sink", "open runs",
+                                 "sqlite broker", "redis broker"]
 
 
 def test_a_child_resets_components_in_order_and_a_failing_hook_does_not_stop_the_others(tmp_path):

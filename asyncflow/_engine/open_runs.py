@@ -56,7 +56,6 @@ OPEN: dict[Any, Any] = _FirstOpen()  # run id -> run record (task runs and flow 
 _lock = threading.Lock()
 _ended: set[Any] = set()  # runs recorded Crashed at exit or on a signal: later non-final states are dropped
 _foreign: set[Any] = set()  # in a forked child: the parent's runs that were open at the fork
-_guarded_store: Any = None
 
 
 def _first_open(open_runs: dict[Any, Any]) -> None:
@@ -73,9 +72,9 @@ def _first_open(open_runs: dict[Any, Any]) -> None:
     # hot path stays a plain dict. `asyncflow._signals.install()` can be called from the main thread.
 
 
-def _guard_store(store: Any) -> None:
-    """Filter what the store records, on this store instance only, and only once the process is
-    ending or is a forked child (the hot path of a running parent is untouched):
+class _GuardedStore:
+    """The process's store, once the process is ending or is a forked child, behind a filter (the hot
+    path of a running parent never goes through it):
 
     - a run recorded Crashed at exit or on a signal keeps that state unless it really ends: a thread
       that goes on during interpreter exit (L8) may still record Completed or Failed, which is then
@@ -83,41 +82,43 @@ def _guard_store(store: Any) -> None:
     - in a forked child, nothing is recorded for the parent's runs that were open at the fork: if the
       child goes on in the code of such a run (it forked inside a task and returned, or raised
       SystemExit), the run is still the parent's to end (B6).
-    """
-    global _guarded_store
-    if store is None or _guarded_store is store:
-        return
-    record_state, record_log = store.record_state, store.record_log
-    record_task_run, record_flow_run = store.record_task_run, store.record_flow_run
-    ended, foreign = _ended, _foreign
 
-    def guarded_record_state(run_id: Any, state: State[Any]) -> None:
-        if run_id in foreign or (run_id in ended and state.type not in FINAL_TYPES):
+    Everything else (reads, flush, the other records) goes straight to the store it wraps."""
+
+    def __init__(self, store: Any) -> None:
+        self.inner = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def record_state(self, run_id: Any, state: State[Any]) -> None:
+        if run_id in _foreign or (run_id in _ended and state.type not in FINAL_TYPES):
             return
-        record_state(run_id, state)
+        self.inner.record_state(run_id, state)
 
-    def guarded_record_log(*, flow_run_id: Any, task_run_id: Any, **fields: Any) -> None:
-        if foreign and ((task_run_id is not None and UUID(task_run_id) in foreign) or
-                        (task_run_id is None and flow_run_id is not None and UUID(flow_run_id) in foreign)):
+    def record_log(self, *, flow_run_id: Any, task_run_id: Any, **fields: Any) -> None:
+        if _foreign and ((task_run_id is not None and UUID(task_run_id) in _foreign) or
+                         (task_run_id is None and flow_run_id is not None and UUID(flow_run_id) in _foreign)):
             return
-        record_log(flow_run_id=flow_run_id, task_run_id=task_run_id, **fields)
+        self.inner.record_log(flow_run_id=flow_run_id, task_run_id=task_run_id, **fields)
 
-    def guarded_record_task_run(run: Any) -> None:
-        if run.id not in foreign:
-            record_task_run(run)
+    def record_task_run(self, run: Any) -> None:
+        if run.id not in _foreign:
+            self.inner.record_task_run(run)
 
-    def guarded_record_flow_run(run: Any) -> None:
-        if run.id not in foreign:
-            record_flow_run(run)
+    def record_flow_run(self, run: Any) -> None:
+        if run.id not in _foreign:
+            self.inner.record_flow_run(run)
 
-    try:
-        store.record_state = guarded_record_state
-        store.record_log = guarded_record_log
-        store.record_task_run = guarded_record_task_run
-        store.record_flow_run = guarded_record_flow_run
-    except (AttributeError, TypeError):  # a store class with slots: unguarded
-        return
-    _guarded_store = store
+
+def _guard_store() -> None:
+    """Put the process's store (if it has one) behind `_GuardedStore`, once."""
+    from .. import _store
+
+    with _store._lock:
+        store = _store._store
+        if store is not None and not isinstance(store, _GuardedStore):
+            _store._store = _GuardedStore(store)
 
 
 def _end_runs(runs: list[Any], message: str) -> int:
@@ -134,7 +135,7 @@ def _end_runs(runs: list[Any], message: str) -> int:
         store.record_state(run.id, state)
         ended += 1
     if ended:
-        _guard_store(store)
+        _guard_store()
     return ended
 
 
@@ -172,9 +173,7 @@ def _reset_in_child() -> None:
     _lock = threading.Lock()
     if foreign:
         _foreign.update(foreign)
-        from .. import _store
-
-        _guard_store(_store._store)
+        _guard_store()
 
 
 atexit.register(_record_open_runs_crashed)

@@ -10,12 +10,22 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from .. import _fork
 from .base import LogRecord, ObjectNotFound, RunStore, StateRecord, StoreError, StoreNotFoundError
 from .memory import MemoryStore
 
 _store: RunStore | None = None
 _lock = threading.Lock()
 DEFAULT_MAX_RUNS = 10_000  # the process-wide memory store keeps the newest runs only
+
+
+def _reset_in_child() -> None:
+    """A thread of the parent may have held the lock (creating the store) at the fork."""
+    global _lock
+    _lock = threading.Lock()
+
+
+_fork.register("store factory", reset_in_child=_reset_in_child)
 
 
 def get_store() -> RunStore:
