@@ -384,3 +384,131 @@ def test_a_sync_flows_failure_stops_runs_waiting_for_a_thread_slot(store):
     assert state.is_failed()
     assert started == [0]
     assert sorted(run.state.name for run in store.read_task_runs()) == ["Cancelled"] * 5
+
+
+# -- flows called inside the runs of a flow end with it (review of the ownership work) ----------------
+def _nested(ran_to_end: threading.Event):
+    @task
+    def leaf_sync():
+        time.sleep(1.0)
+        ran_to_end.set()
+
+    @task
+    async def leaf_async():
+        await anyio.sleep(1.0)
+        ran_to_end.set()
+
+    @flow
+    def sub():
+        a, b = leaf_sync.submit(), leaf_async.submit()
+        return a.result(), b.result()
+
+    @task
+    def mid():
+        return sub()
+
+    return mid
+
+
+def _all_runs(store):
+    store.flush()
+    return sorted([(r.flow_name, r.state.name) for r in store.read_flow_runs()] +
+                  [(r.task_name, r.state.name) for r in store.read_task_runs()])
+
+
+def test_a_subflow_called_in_a_pool_thread_task_ends_with_its_sync_flows_deadline(runs):
+    ran_to_end = threading.Event()
+    mid = _nested(ran_to_end)
+
+    @flow(timeout_seconds=0.3)
+    def outer():
+        return mid.submit().result()
+
+    assert outer(return_state=True).name == "TimedOut"
+    assert _all_runs(runs) == [("leaf_async", "Cancelled"), ("leaf_sync", "Cancelled"), ("mid", "Cancelled"),
+                               ("outer", "TimedOut"), ("sub", "Cancelled")]
+    [sub_run] = [r for r in runs.read_flow_runs() if r.flow_name == "sub"]
+    assert "because Flow run" in sub_run.state.message and "timed out" in sub_run.state.message
+    assert not ran_to_end.wait(1.0)
+
+
+@pytest.mark.anyio
+async def test_a_subflow_called_in_a_pool_thread_task_ends_with_its_async_flows_deadline(runs):
+    ran_to_end = threading.Event()
+    mid = _nested(ran_to_end)
+
+    @flow(timeout_seconds=0.3)
+    async def outer():
+        return await mid.submit()
+
+    assert (await outer(return_state=True)).name == "TimedOut"
+    assert _all_runs(runs) == [("leaf_async", "Cancelled"), ("leaf_sync", "Cancelled"), ("mid", "Cancelled"),
+                               ("outer", "TimedOut"), ("sub", "Cancelled")]
+    await anyio.to_thread.run_sync(ran_to_end.wait, 1.0)
+    assert not ran_to_end.is_set()
+
+
+@pytest.mark.anyio
+async def test_async_runs_of_a_sync_subflow_in_a_pool_thread_run_whatever_the_outer_backend(store):
+    """The pool thread's context must not say "trio" to the helper loop (which is asyncio)."""
+
+    @task
+    async def leaf():
+        await anyio.sleep(0.01)
+        return 1
+
+    @flow
+    def sub():
+        return leaf.submit().result(timeout=10)
+
+    @task
+    def mid():
+        return sub()
+
+    @flow
+    async def outer():
+        return await mid.submit()
+
+    with anyio.fail_after(20):
+        assert await outer() == 1
+
+
+@pytest.mark.anyio
+async def test_a_stopped_pool_thread_run_reports_its_final_state_once(runs):
+    after = threading.Event()
+    slow_sync = _slow_sync_task(after, 0.3)
+    ids = []
+
+    @flow
+    async def f():
+        ids.append(slow_sync.submit().task_run_id)
+        await anyio.sleep(10)
+
+    with anyio.move_on_after(0.1):
+        await f()
+    await anyio.to_thread.run_sync(after.wait, 0.6)  # the thread raises when its call returns
+    runs.flush()
+    finished = [line.message for line in runs.read_logs(task_run_id=str(ids[0])) if "Finished in state" in line.message]
+    assert len(finished) == 1 and "flow run was cancelled" in finished[0]
+    assert [s.name for s in runs.read_states(ids[0])] == ["Pending", "Running", "Cancelled"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("raised", [KeyboardInterrupt(), SystemExit(3)], ids=["ctrl-c", "exit"])
+async def test_an_interrupt_in_an_async_flow_propagates_as_itself_not_in_an_exception_group(store, raised):
+    @task
+    async def sleeper():
+        await anyio.sleep(10)
+
+    @flow
+    async def f():
+        sleeper.submit()
+        await anyio.sleep(0.01)
+        raise raised
+
+    with pytest.raises(type(raised)) as info:
+        await f()
+    assert info.value is raised
+    [flow_run] = store.read_flow_runs()
+    assert flow_run.state.name == "Crashed" and type(raised).__name__ in flow_run.state.message
+    assert [r.state.name for r in store.read_task_runs()] == ["Cancelled"]

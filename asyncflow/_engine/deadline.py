@@ -19,7 +19,6 @@ run the task in a process).
 
 from __future__ import annotations
 
-import contextvars
 import time
 from typing import Any
 
@@ -27,7 +26,7 @@ import anyio
 
 from .._exceptions import FlowRunTimeoutError, TaskRunTimeoutError
 from .interrupt import ThreadCall
-from .loop import threadsafe_caller
+from .loop import context_for_another_thread, threadsafe_caller
 
 SYNC_ENFORCEMENT = ("the function was stopped at the deadline: the caller moved on at once, and its thread "
                     "raises SyncRunAborted before it runs any more of the function's code")
@@ -44,7 +43,7 @@ _GIL_LATE_SECONDS = 0.1  # a stop this late means the stopper could not run: the
 async def call_sync_with_deadline(fn: Any, limit: float, sync: bool, kind: str, label: str | None = None) -> Any:
     """Run sync user code in a thread of its own; stop it at the deadline (or when cancelled)."""
     deadline = time.monotonic() + limit
-    thread_call = ThreadCall(fn, contextvars.copy_context(), deadline, label)
+    thread_call = ThreadCall(fn, context_for_another_thread(), deadline, label)
     if sync:
         thread_call.start()
         thread_call.done.wait(max(0.0, deadline - time.monotonic()))

@@ -17,7 +17,7 @@ from .._context import FlowRunContext, TaskRunContext, current_run, current_tags
 from .._exceptions import FlowRunTimeoutError, UpstreamTaskError
 from .._futures import TaskRunFuture, TaskRunFutureList
 from .._ids import new_id
-from .._logging import ERROR, INFO, ensure_print_capture, log
+from .._logging import ERROR, INFO, WARNING, ensure_print_capture, log
 from .._logging import flush as flush_logs
 from .._names import generate_flow_run_name
 from .._runs import FlowRun
@@ -27,12 +27,14 @@ from .._store import get_store
 from .._store import pending as store_pending
 from .bridge import OWN_THREAD, Bridge, run_hooks
 from .common import exception_message, log_final_state
+from .interrupt import SyncRunAborted
 from .open_runs import OPEN
 from .resolve import Resolver, unfinished_in
-from .scope import Scope, owning
+from .scope import BaseExceptionGroup, Scope, owning, raise_sole
 from .task_run import report_unobserved, resolve_cancelled, why_ended
 
 SHIELDED_HOOKS_SECONDS = 30.0  # the hooks of a cancelled flow run are shielded from it, this long at most
+SETTLE_SUBFLOWS_SECONDS = 5.0  # how long a cancelled flow waits for the subflows called in its runs to end
 STORE_FLUSH_SHIELD_SECONDS = 120.0  # the store's own flush timeout (a setting) ends the wait before this
 
 
@@ -104,8 +106,11 @@ async def run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
         await _final_hooks(call, state, bridge)
         return state
     except BaseException as exc:
-        if bridge.is_cancellation(exc):
-            state = _set(call, StateType.CANCELLED, "Cancelled", "The flow run was cancelled while it was running.", exc)
+        if bridge.is_cancellation(exc) or isinstance(exc, SyncRunAborted):
+            scope = ctx.scope
+            why = f"The flow run {scope.cancelled}." if scope is not None and scope.by_parent else (
+                "The flow run was cancelled while it was running.")
+            state = _set(call, StateType.CANCELLED, "Cancelled", why, exc)
         else:
             state = _set(call, StateType.CRASHED, "Crashed", f"Execution was aborted by an interrupt: {exc!r}", exc)
         log_final_state(state, call.label or f"Flow run '{run.name}'", call.ids)
@@ -116,6 +121,8 @@ async def run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
     finally:
         current_run.reset(token)
         OPEN.pop(run.id, None)
+        if ctx.scope is not None:  # the run has its final state: a flow it was called in may end now
+            ctx.scope.detach()
         if parent is None:
             flush_logs()  # a root run's lines are all out when the caller gets its result
             if store_pending():  # and everything it recorded is in the store (the store bounds the wait)
@@ -135,6 +142,8 @@ async def _attempts(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, A
         attempt += 1
         run.run_count = attempt
         ctx.children = None
+        if ctx.scope is not None:  # the previous attempt's scope: this run goes on in a new one
+            ctx.scope.detach()
         running = _set(call, StateType.RUNNING, "Running" if attempt == 1 else "Retrying")
         if attempt == 1:
             run.start_time = running.ts
@@ -165,31 +174,70 @@ async def _one_attempt(call: FlowCall, ctx: FlowRunContext, parameters: dict[str
     flow = call.flow
     args, kwargs = flow.binder.to_call(parameters)
     timeout = flow.timeout_seconds
+    state: State[Any] | None = None  # (stays None when a parent's cancel ends the task group)
     if bridge.blocking:
         # its event loop (in a helper thread) starts only if the flow submits an async run
-        ctx.scope = scope = Scope(call.label, resolve_cancelled)
+        ctx.scope = scope = Scope(call.label, resolve_cancelled, parent=_parent_scope(call))
         try:
             state = await owning(scope, _body(call, ctx, args, kwargs, bridge), why_ended)
         finally:
+            await _settle_subflows(call, scope, bridge)
             scope.stop_helper_loop()
         _report_children(call, ctx)
-        return state
+        return _attempt_state(call, scope, state)
     with anyio.CancelScope() as deadline:
         if timeout:
             deadline.deadline = anyio.current_time() + timeout
-        async with anyio.create_task_group() as tg:
-            ctx.scope = scope = Scope(call.label, resolve_cancelled, tg,
-                                      time.monotonic() + timeout if timeout else None)
+        scope = Scope(call.label, resolve_cancelled, None, time.monotonic() + timeout if timeout else None,
+                      _parent_scope(call))
+        try:
+            async with anyio.create_task_group() as tg:
+                ctx.scope = scope.on_loop(tg)
 
-            def why(exc: BaseException) -> str:
-                return "timed out" if timeout and anyio.current_time() >= deadline.deadline else why_ended(exc)
+                def why(exc: BaseException) -> str:
+                    return "timed out" if timeout and anyio.current_time() >= deadline.deadline else why_ended(exc)
 
-            state = await owning(scope, _body(call, ctx, args, kwargs, bridge), why)
+                state = await owning(scope, _body(call, ctx, args, kwargs, bridge), why)
+        except BaseExceptionGroup as group:
+            raise_sole(group)
+        finally:
+            await _settle_subflows(call, scope, bridge)
     _report_children(call, ctx)
     if deadline.cancelled_caught:
         error = FlowRunTimeoutError(f"Flow run exceeded timeout of {timeout:g} second(s)")
         return State(StateType.FAILED, "TimedOut", str(error), error, call.details)
+    return _attempt_state(call, scope, state)
+
+
+def _attempt_state(call: FlowCall, scope: Scope, state: State[Any] | None) -> State[Any]:
+    """A subflow whose caller's flow ended under it (its scope was cancelled from above: its body was
+    cancelled, or failed on a cancelled child) ends Cancelled, and is not retried."""
+    if scope.by_parent:
+        return State(StateType.CANCELLED, "Cancelled", f"The flow run {scope.cancelled}.", None, call.details)
+    assert state is not None  # (only a cancel from above ends the attempt's task group without a state)
     return state
+
+
+async def _settle_subflows(call: FlowCall, scope: Scope, bridge: Bridge) -> None:
+    """Flows called inside the attempt's runs end with it: their scopes were cancelled with this one
+    (a sync subflow in a stopped pool-thread task ends on that thread, moments later). Wait for them,
+    bounded, so that this flow does not end while one of them still runs."""
+    if not scope.has_children():
+        return
+    left: list[str] = []
+
+    async def settle() -> None:
+        left.extend(await bridge.io(scope.settle_children, SETTLE_SUBFLOWS_SECONDS))
+
+    await bridge.shielded(settle(), SETTLE_SUBFLOWS_SECONDS + 1, call.label, call.ids)
+    if left:
+        log(WARNING, call.label, f"Ended while flow runs called inside it had not ended within "
+            f"{SETTLE_SUBFLOWS_SECONDS:g} s of their cancellation: {', '.join(left)}", call.ids)
+
+
+def _parent_scope(call: FlowCall) -> Scope | None:
+    """The scope of the run this flow was called in (a subflow is cancelled with its caller's flow)."""
+    return call.parent.scope if call.parent is not None else None
 
 
 def _report_children(call: FlowCall, ctx: FlowRunContext) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,18 @@ _thread_local = sniffio.thread_local
 def in_async_context() -> bool:
     """True when an event loop (asyncio or trio) runs in the current thread."""
     return _thread_local.name is not None or _get_running_loop() is not None
+
+
+_library = sniffio.current_async_library_cvar
+
+
+def context_for_another_thread() -> contextvars.Context:
+    """A copy of the current context for code that runs in another thread (or on another loop):
+    everything but sniffio's note of which event loop runs here, which is not true over there."""
+    context = contextvars.copy_context()
+    if _library.get() is not None:
+        context.run(_library.set, None)
+    return context
 
 
 def threadsafe_caller() -> Callable[..., Any]:

@@ -29,12 +29,13 @@ event loop in a helper thread on the first such submit, and stops it when the fl
 from __future__ import annotations
 
 import contextvars
+import sys
 import threading
 import time
 import types
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -42,7 +43,12 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
 from .._exceptions import ScopeClosedError
-from .loop import threadsafe_caller
+
+if sys.version_info >= (3, 11):
+    from builtins import BaseExceptionGroup
+else:
+    from exceptiongroup import BaseExceptionGroup
+from .loop import context_for_another_thread, threadsafe_caller
 
 T = TypeVar("T")
 _YIELD_EVERY = 64  # a worker lets other tasks run at least this often
@@ -54,15 +60,21 @@ class Scope:
     """Every run started by one flow attempt or root task run; see the module docstring."""
 
     def __init__(self, label: str, finalize: Finalize, task_group: TaskGroup | None = None,
-                 wall_deadline: float | None = None) -> None:
+                 wall_deadline: float | None = None, parent: Scope | None = None) -> None:
         self.label = label  # "Flow run 'great-ammonite'": named in errors
         self.wall_deadline = wall_deadline  # the deadline on time.monotonic(), readable from any thread
         self.closed = False
         self.cancelled: str | None = None  # why, once cancelled ("timed out", "failed", ...)
+        self.by_parent = False  # cancelled because the scope of the run its flow was called in was
         self._finalize = finalize
         self._lock = threading.Lock()
+        self._children_changed = threading.Condition(self._lock)
         self._runs: dict[Any, None] = {}  # registered, not yet final
         self._loop: _LoopRuns | None = _LoopRuns(self, task_group) if task_group is not None else None
+        self._children: dict[Scope, None] = {}  # scopes of flows called inside this scope's runs
+        self._parent = parent
+        if parent is not None:
+            parent._adopt(self)
         self._portal_cm: Any = None  # the helper loop of a sync flow, once it needs one
         self._portal: Any = None
         self._stop: anyio.Event | None = None
@@ -94,13 +106,27 @@ class Scope:
         with self._lock:
             self._runs.pop(call, None)
 
-    def cancel(self, reason: str) -> None:
+    def _adopt(self, child: Scope) -> None:
+        """A flow called inside one of this scope's runs (a subflow in a task in a pool thread): its
+        scope is cancelled with this one, whatever thread it runs in."""
+        with self._lock:
+            reason = self.cancelled
+            if reason is None:
+                self._children[child] = None
+        if reason is not None:
+            child.cancel(f"was cancelled because {self.label} {reason}", by_parent=True)
+
+    def cancel(self, reason: str, by_parent: bool = False) -> None:
         """Stop every run of the scope (idempotent, any thread). `reason` completes "its flow run ..."."""
         with self._lock:
             if self.cancelled is None:
                 self.cancelled = reason
+                self.by_parent = by_parent
             reason = self.cancelled
             runs = list(self._runs)
+            children = list(self._children)
+        for child in children:  # first: their runs may be what a run of ours is blocked on
+            child.cancel(f"was cancelled because {self.label} {reason}", by_parent=True)
         for call in runs:
             guard = call.guard
             if not call.started:
@@ -118,6 +144,30 @@ class Scope:
             self.closed = True
         if self._loop is not None:
             self._loop.close()
+
+    def detach(self) -> None:
+        """The flow run that owned this scope has its final state: its caller's scope forgets it."""
+        parent = self._parent
+        if parent is not None:
+            with parent._lock:
+                parent._children.pop(self, None)
+                parent._children_changed.notify_all()
+
+    def has_children(self) -> bool:
+        return bool(self._children)
+
+    def settle_children(self, timeout: float) -> list[str]:
+        """Block until the flows called inside this scope's runs have ended (at most `timeout` s);
+        returns the labels of those still going. (A stopped pool-thread run's subflow ends on its own
+        thread, moments after the run was resolved.)"""
+        deadline = time.monotonic() + timeout
+        with self._children_changed:
+            while self._children:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._children_changed.wait(remaining)
+            return [child.label for child in self._children]
 
     def open_runs(self) -> int:
         with self._lock:
@@ -138,6 +188,11 @@ class Scope:
             self._portal_cm = anyio.from_thread.start_blocking_portal()
             self._portal = self._portal_cm.__enter__()
             _, (self._loop, self._stop) = self._portal.start_task(_serve, self)
+
+    def on_loop(self, task_group: TaskGroup) -> Scope:
+        """Run the scope's event-loop tasks in `task_group` (opened after the scope was made)."""
+        self._loop = _LoopRuns(self, task_group)
+        return self
 
     def has_helper_loop(self) -> bool:
         return self._portal_cm is not None
@@ -167,6 +222,24 @@ async def owning(scope: Scope, body: Coroutine[Any, Any, T], why: Callable[[Base
         scope.close()
 
 
+def raise_sole(group: BaseExceptionGroup) -> NoReturn:  # type: ignore[type-arg]
+    """A scope's task group wraps what its body raised (KeyboardInterrupt, SystemExit, a crash) in an
+    exception group, next to its tasks' cancellations. Raise that one exception as itself, so that
+    Ctrl-C is still a KeyboardInterrupt and `sys.exit(3)` still exits with 3; several real errors stay
+    a group."""
+    cancelled = anyio.get_cancelled_exc_class()
+    leaves = [exc for exc in _leaves(group) if not isinstance(exc, cancelled)]
+    if len(leaves) == 1:
+        raise leaves[0] from leaves[0].__cause__
+    raise group
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
 async def _serve(owner: Scope, *, task_status: TaskStatus[Any]) -> None:
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
@@ -191,14 +264,15 @@ class _LoopRuns:
         self._closed = False
 
     def spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], call: Any) -> None:
-        item = (fn, call, contextvars.copy_context())
         if threading.get_ident() == self._thread:
+            item = (fn, call, contextvars.copy_context())
             if self._closed:
                 self._drop([item], "ended")
             else:
                 self._enqueue(item)
             return
         # from another thread: one wake-up of the loop per burst of submissions, not one per run
+        item = (fn, call, context_for_another_thread())
         with self._inbox_lock:
             if self._closed:
                 closed = True

@@ -8,7 +8,6 @@ called inline and every wait blocks, so the coroutine never suspends.
 
 from __future__ import annotations
 
-import contextvars
 import datetime as dt
 import functools
 import inspect
@@ -36,10 +35,10 @@ from .bridge import AWAITING, BLOCKING, Bridge, drive_sync, run_hooks
 from .children import ChildTracker
 from .common import exception_message, log_final_state
 from .interrupt import SyncRunAborted, UserCode
-from .loop import in_async_context
+from .loop import context_for_another_thread, in_async_context
 from .open_runs import OPEN
 from .resolve import Resolver, unfinished_in
-from .scope import Scope, owning
+from .scope import BaseExceptionGroup, Scope, owning, raise_sole
 from .streaming import stream_attempt
 
 _global_counters: dict[str, Any] = {}
@@ -114,9 +113,12 @@ async def run_task(call: TaskCall, bridge: Bridge) -> State[Any]:
             finally:
                 if scope.has_helper_loop():
                     await bridge.io(scope.stop_helper_loop)
-        async with anyio.create_task_group() as tg:
-            scope = Scope(label, resolve_cancelled, tg)
-            return await owning(scope, _run(call, bridge, scope), why_ended)
+        try:
+            async with anyio.create_task_group() as tg:
+                scope = Scope(label, resolve_cancelled, tg)
+                return await owning(scope, _run(call, bridge, scope), why_ended)
+        except BaseExceptionGroup as group:
+            raise_sole(group)
     finally:
         flush_logs()  # a root run's lines are all out when the caller gets its result
 
@@ -261,6 +263,8 @@ async def _run(call: TaskCall, bridge: Bridge, scope: Any) -> State[Any]:
             state = await _attempts(call, ctx, parameters, bridge)
         if ctx.children is not None:
             await _wait_children(ctx, call, bridge)
+        if call.final is not None:  # its scope resolved it meanwhile (and said so): nothing more to say
+            return call.final
         log_final_state(state, call.label, call.ids)
         if task.on_completion or task.on_failure:
             await _final_hooks(call, state, bridge)
@@ -271,9 +275,11 @@ async def _run(call: TaskCall, bridge: Bridge, scope: Any) -> State[Any]:
         log_final_state(state, call.label or f"Task run '{run.name}'", call.ids)
         return state
     except BaseException as exc:
-        if isinstance(exc, SyncRunAborted):  # its flow's deadline stopped the thread it ran in
+        if call.final is not None:  # its scope stopped it and resolved it already
+            raise
+        if isinstance(exc, SyncRunAborted):  # the thread it ran in was stopped
             state = set_state(call, _new_state(call, StateType.CANCELLED, "Cancelled",
-                                               "The run was stopped because its flow run timed out.", exc))
+                                               "The run was stopped: its thread raised SyncRunAborted.", exc))
         elif bridge.is_cancellation(exc):
             state = set_state(call, _new_state(call, StateType.CANCELLED, "Cancelled",
                                                "The run was cancelled while it was running.", exc))
@@ -521,7 +527,7 @@ def submit(task: Any, parameters: dict[str, Any], wait_for: Any) -> TaskRunFutur
 
 def _dispatch_when_ready(call: TaskCall, dispatcher: Any) -> None:
     """A sync run goes to a pool thread once its upstream runs are done (no thread waits for them)."""
-    context = contextvars.copy_context()
+    context = context_for_another_thread()
 
     def job() -> None:
         context.run(_run_in_thread, call)
