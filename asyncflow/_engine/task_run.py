@@ -183,11 +183,15 @@ def summarise_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
 
 def _release(call: TaskCall, state: State[Any]) -> None:
     """The engine is done with the run: hand its final state over (unless its scope already did)."""
-    if call.submitted:
+    if call.guard is not None:  # a pool-thread run: its scope's cancel may resolve it from another thread
         with _final_lock:
             if call.final is not None:
                 return
             call.final = state
+    elif call.final is not None:  # (a started loop run is never resolved by its scope: no race)
+        return
+    else:
+        call.final = state
     _after_final(call, state)
 
 
