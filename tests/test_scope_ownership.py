@@ -154,10 +154,9 @@ async def test_a_sync_run_in_a_pool_thread_does_not_outlive_its_async_flows_dead
     assert final_names(runs, ids) == ["Cancelled"]
 
 
-@pytest.mark.anyio
-async def test_a_sync_run_in_a_pool_thread_does_not_outlive_the_cancellation_of_its_async_flow(runs):
-    after = threading.Event()
-    slow_sync = _slow_sync_task(after, 0.5)
+async def _cancel_a_flow_with_a_pool_thread_run(after: threading.Event, seconds: float) -> list:
+    """An async flow submits a sync task blocked for `seconds`; the code awaiting the flow is cancelled."""
+    slow_sync = _slow_sync_task(after, seconds)
     ids = []
 
     @flow
@@ -167,6 +166,13 @@ async def test_a_sync_run_in_a_pool_thread_does_not_outlive_the_cancellation_of_
 
     with anyio.move_on_after(0.1):
         await f()
+    return ids
+
+
+@pytest.mark.anyio
+async def test_a_sync_run_in_a_pool_thread_does_not_outlive_the_cancellation_of_its_async_flow(runs):
+    after = threading.Event()
+    ids = await _cancel_a_flow_with_a_pool_thread_run(after, 0.5)
     runs.flush()
     assert [r.state.name for r in runs.read_flow_runs()] == ["Cancelled"]
     assert final_names(runs, ids) == ["Cancelled"]
@@ -476,17 +482,9 @@ async def test_async_runs_of_a_sync_subflow_in_a_pool_thread_run_whatever_the_ou
 @pytest.mark.anyio
 async def test_a_stopped_pool_thread_run_reports_its_final_state_once(runs):
     after = threading.Event()
-    slow_sync = _slow_sync_task(after, 0.3)
-    ids = []
-
-    @flow
-    async def f():
-        ids.append(slow_sync.submit().task_run_id)
-        await anyio.sleep(10)
-
-    with anyio.move_on_after(0.1):
-        await f()
-    await anyio.to_thread.run_sync(after.wait, 0.6)  # the thread raises when its call returns
+    ids = await _cancel_a_flow_with_a_pool_thread_run(after, 0.3)
+    await anyio.to_thread.run_sync(after.wait, 0.6)  # its blocking call returns meanwhile, and it raises
+    assert not after.is_set()
     runs.flush()
     finished = [line.message for line in runs.read_logs(task_run_id=str(ids[0])) if "Finished in state" in line.message]
     assert len(finished) == 1 and "flow run was cancelled" in finished[0]
