@@ -34,34 +34,58 @@ def call_generator_task(task: Any, parameters: dict[str, Any], wait_for: Any) ->
     return _drive_sync(call)
 
 
-def _drive_sync(call: TaskCall) -> Generator[Any, Any, Any]:
-    context = contextvars.copy_context()
-    engine = run_task(call, BLOCKING)
-    sent: Any = None
-    thrown: BaseException | None = None
-    closing = False
-    while True:
+_DONE: Any = object()
+
+
+class _Stepper:
+    """The engine coroutine of one generator task run, resumed step by step in a context of its own."""
+
+    __slots__ = ("closing", "context", "engine", "sent", "state", "thrown")
+
+    def __init__(self, call: TaskCall, bridge: Any) -> None:
+        self.context = contextvars.copy_context()
+        self.engine = run_task(call, bridge)
+        self.sent: Any = None
+        self.thrown: BaseException | None = None
+        self.closing = False  # the consumer closed the generator: the engine is told, then finishes
+        self.state: Any = None
+
+    def step(self) -> Any:
+        """Resume the engine with what the consumer sent or threw; returns what it suspended with
+        (an `Emit`, or on a loop whatever it awaits), or `_DONE` once it has its final state."""
+        sent, thrown = self.sent, self.thrown
+        self.sent = self.thrown = None
         try:
-            out = context.run(engine.throw, thrown) if thrown is not None else context.run(engine.send, sent)
+            if thrown is not None:
+                return self.context.run(self.engine.throw, thrown)
+            return self.context.run(self.engine.send, sent)
         except StopIteration as stop:
-            state = stop.value
-            break
-        sent, thrown = None, None
+            self.state = stop.value
+            return _DONE
+
+    def consumer_raised(self, exc: BaseException) -> None:
+        """At a yielded value: closing goes to the engine as `ConsumerClosed`, a throw() goes on into
+        the generator; a value yielded while closing is answered with `ConsumerClosed` again."""
+        if isinstance(exc, GeneratorExit) or self.closing:
+            self.thrown, self.closing = ConsumerClosed(), True
+        else:
+            self.thrown = exc
+
+
+def _drive_sync(call: TaskCall) -> Generator[Any, Any, Any]:
+    stepper = _Stepper(call, BLOCKING)
+    while (out := stepper.step()) is not _DONE:
         if type(out) is not Emit:
-            engine.close()
+            stepper.engine.close()
             raise RuntimeError("asyncflow internal error: a sync generator task tried to suspend.")
-        if closing:  # it yielded while being closed: tell it again
-            thrown = ConsumerClosed()
+        if stepper.closing:
+            stepper.consumer_raised(GeneratorExit())
             continue
         try:
-            sent = yield out.value
-        except GeneratorExit:
-            thrown, closing = ConsumerClosed(), True
-        except BaseException as exc:  # noqa: BLE001 - the consumer's throw() goes on into the generator
-            thrown = exc
-    if closing:
-        return None
-    return state.result()  # the generator's return value, or its failure raised
+            stepper.sent = yield out.value
+        except BaseException as exc:  # noqa: BLE001 - close() and throw() go on into the engine
+            stepper.consumer_raised(exc)
+    return None if stepper.closing else stepper.state.result()  # its return value, or its failure raised
 
 
 @types.coroutine
@@ -71,32 +95,19 @@ def _pass_to_loop(trap: Any) -> Generator[Any, Any, Any]:
 
 
 async def _drive_async(call: TaskCall) -> AsyncGenerator[Any, None]:
-    context = contextvars.copy_context()
-    engine = run_task(call, AWAITING)
-    sent: Any = None
-    thrown: BaseException | None = None
-    closing = False
-    while True:
-        try:
-            out = context.run(engine.throw, thrown) if thrown is not None else context.run(engine.send, sent)
-        except StopIteration as stop:
-            state = stop.value
-            break
-        sent, thrown = None, None
-        if type(out) is Emit:
-            if closing:
-                thrown = ConsumerClosed()
-                continue
+    stepper = _Stepper(call, AWAITING)
+    while (out := stepper.step()) is not _DONE:
+        if type(out) is not Emit:
             try:
-                sent = yield out.value
-            except GeneratorExit:
-                thrown, closing = ConsumerClosed(), True
-            except BaseException as exc:  # noqa: BLE001 - the consumer's athrow() goes on into the generator
-                thrown = exc
+                stepper.sent = await _pass_to_loop(out)
+            except BaseException as exc:  # noqa: BLE001 - cancellation and the like go into the engine
+                stepper.thrown = exc
+        elif stepper.closing:
+            stepper.consumer_raised(GeneratorExit())
         else:
             try:
-                sent = await _pass_to_loop(out)
-            except BaseException as exc:  # noqa: BLE001 - cancellation and the like go into the engine
-                thrown = exc
-    if not closing:
-        state.result()  # a failure is raised (an async generator returns no value)
+                stepper.sent = yield out.value
+            except BaseException as exc:  # noqa: BLE001 - aclose() and athrow() go on into the engine
+                stepper.consumer_raised(exc)
+    if not stepper.closing:
+        stepper.state.result()  # a failure is raised (an async generator returns no value)
