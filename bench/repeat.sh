@@ -21,10 +21,15 @@ concurrency_files=(
   tests/test_signals.py
 )
 start=$(date +%s)
+log=$(mktemp)
+run() {  # the summary when it passes, the failures' details when it does not
+  if "$python" -m pytest -q -p no:randomly "$@" >"$log" 2>&1; then tail -n 1 "$log"; else
+    grep -E "^(E |FAILED|ERROR)|Error|passed|failed" "$log" | tail -n 60; echo "full output: $log"; exit 1; fi
+}
 echo "+ ${concurrency_files[*]} x $COUNT"
-"$python" -m pytest -q -p no:randomly --count "$COUNT" "${concurrency_files[@]}" | tail -3
+run --count "$COUNT" "${concurrency_files[@]}"
 for i in $(seq 1 "$SUITE"); do
   echo "+ whole suite, run $i of $SUITE"
-  "$python" -m pytest -q -p no:randomly | tail -3
+  run
 done
 echo "all passed in $(( $(date +%s) - start )) s"
