@@ -462,3 +462,45 @@ def test_a_forked_child_writes_its_own_records_only_even_if_forked_mid_write(db)
 
 def test_get_store_is_the_installed_store(db):
     assert get_store() is db
+
+
+def _task_run(run_id, state):
+    from asyncflow._runs import TaskRun
+
+    return TaskRun(id=run_id, name="send_email-0", task_name="send_email", task_key="send_email-k",
+                   flow_run_id=None, parent_task_run_id=None, tags=(), parameters={"to": "a@b.c"}, state=state)
+
+
+def test_a_run_recorded_again_by_another_writer_keeps_its_row_and_loses_nothing(tmp_path):
+    """B5: `.delay()` records a background run Scheduled in the caller's process; the worker records
+    the same run id again when it runs it. The second INSERT broke the UNIQUE id, and the worker's
+    whole batch was dropped, unrelated runs included: completed runs stayed Scheduled for ever."""
+    path = tmp_path / "asyncflow.db"
+    caller, worker = SQLiteStore(path), SQLiteStore(path)
+    try:
+        run_id, other_id = uuid.uuid4(), uuid.uuid4()
+        scheduled = State(StateType.SCHEDULED, "Scheduled")
+        caller.record_task_run(_task_run(run_id, scheduled))
+        caller.record_state(run_id, scheduled)
+        assert caller.flush(10)
+        # the worker: the same run from Pending to Completed, and a run of its own in the same batch
+        for rid in (run_id, other_id):
+            pending = State(StateType.PENDING, "Pending")
+            worker.record_task_run(_task_run(rid, pending))
+            worker.record_state(rid, pending)
+            worker.record_state(rid, State(StateType.RUNNING, "Running"))
+            worker.record_state(rid, State(StateType.COMPLETED, "Completed"))
+        assert worker.flush(10)
+        assert worker.lost == 0
+        run = caller.read_task_run(run_id)
+        assert run.state.name == "Completed" and run.run_count == 1
+        assert [s.name for s in caller.read_states(run_id)] == ["Scheduled", "Pending", "Running", "Completed"]
+        assert caller.read_task_run(other_id).state.name == "Completed"
+        assert raw(caller, "SELECT count(*) FROM task_runs WHERE id = ?", str(run_id)) == [(1,)]
+        # and a later batch of the worker for that run still reaches the existing row
+        worker.record_state(run_id, State(StateType.COMPLETED, "Cached"))
+        assert worker.flush(10)
+        assert caller.read_task_run(run_id).state.name == "Cached"
+    finally:
+        caller.close()
+        worker.close()

@@ -743,7 +743,12 @@ class SQLiteStore:
         if flow_runs:
             _insert(conn, f"INSERT INTO flow_runs ({_FLOW_RUN_COLUMNS})", 17, flow_runs)
         if task_runs:
-            _insert(conn, f"INSERT INTO task_runs ({_TASK_RUN_COLUMNS})", 18, task_runs)
+            before = conn.total_changes
+            _insert(conn, f"INSERT INTO task_runs ({_TASK_RUN_COLUMNS})", 18, task_runs, " ON CONFLICT (id) DO NOTHING")
+            if conn.total_changes - before < len(task_runs):  # some were written already (below)
+                remap = self._merge_known_task_runs(conn, task_runs, task_updates)
+                states = [(remap.get(state[0], state[0]), *state[1:]) for state in states]
+                renames = [(name, remap.get(ref, ref)) for name, ref in renames]
         if renames:
             conn.executemany("UPDATE task_runs SET name = ? WHERE ref = ?", renames)
         for table, updates in (("task_runs", task_updates), ("flow_runs", flow_updates)):
@@ -756,6 +761,33 @@ class SQLiteStore:
             _insert(conn, "INSERT INTO states (run_ref, run_id, type, name, message, ts, details)", 7, states)
         if logs:
             _insert(conn, "INSERT INTO logs (flow_run_id, task_run_id, level, message, ts)", 5, logs)
+
+    def _merge_known_task_runs(self, conn: sqlite3.Connection, task_runs: list[list[Any]],
+                               task_updates: list[list[Any]]) -> dict[int, int]:
+        """Task runs of this batch that another writer recorded first (a background run: `.delay()`
+        records it Scheduled in the caller's process, the worker records it again when it runs it, B5)
+        keep the row that exists: the batch's states for them go to that row, and its current state is
+        updated. Returns {ref this batch gave them: ref of the existing row}."""
+        remap: dict[int, int] = {}
+        keys = [row[1] for row in task_runs]
+        existing: dict[str, int] = {}
+        step = _MAX_VARIABLES
+        for start in range(0, len(keys), step):
+            chunk = keys[start:start + step]
+            existing.update(conn.execute(
+                f"SELECT id, ref FROM task_runs WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        for row in task_runs:
+            ref = existing.get(row[1])
+            if ref is None or ref == row[0]:
+                continue
+            remap[row[0]] = ref
+            known = self._open_runs.get(uuid.UUID(row[1]))
+            if known is not None:
+                known[0] = ref  # later batches' states for this run go to the existing row
+            state = row[_TASK_STATE_COLUMN:_TASK_STATE_COLUMN + 7]
+            if state[0] is not None:  # [type, name, message, ts, run_count, start, end]: written below
+                task_updates.append([*state, ref])
+        return remap
 
     def _find_ref(self, conn: sqlite3.Connection, run_id: uuid.UUID) -> list[Any] | None:
         """[ref, is a flow run, None] of a run written earlier, or None if it is not in the database."""
