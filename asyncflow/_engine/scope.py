@@ -124,8 +124,6 @@ class Scope:
             reason = self.cancelled
             runs = list(self._runs)
             children = list(self._children)
-        for child in children:  # first: their runs may be what a run of ours is blocked on
-            child.cancel(f"was cancelled because {self.label} {reason}", by_parent=True)
         for call in runs:
             guard = call.guard
             if not call.started:
@@ -134,6 +132,10 @@ class Scope:
                 guard.abort()
                 self._finalize(call, f"The run was stopped because its flow run {reason}; its thread raises "
                                      f"SyncRunAborted before it runs any more of the function's code.")
+        # then the flows called inside our runs: cancelling them unblocks those runs' threads, which must
+        # find their runs resolved already (not fail on the cancelled subflow's outcome)
+        for child in children:
+            child.cancel(f"was cancelled because {self.label} {reason}", by_parent=True)
         if self._loop is not None:
             self._loop.cancel()
 
