@@ -18,7 +18,6 @@ while it waits, so async code should prefer `async with`. `with` in sync code co
 
 from __future__ import annotations
 
-import contextvars
 import copy
 import enum
 import inspect
@@ -30,7 +29,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from ._engine.loop import in_async_context
+from ._engine.loop import context_for_another_thread, in_async_context
 from ._logging import ERROR, INFO, log
 
 _NOTSET: Any = object()
@@ -313,18 +312,12 @@ def _in_worker_thread(fn: Callable[..., Any], *args: Any) -> Any:
     """Call `fn(*args)` in a new thread (with the caller's context) and block until it returns; its
     exception is raised here. For sync code that an event loop is running under: the work itself
     (files, databases, user hooks, a loop for async hooks) must not run on the loop's thread."""
-    context = contextvars.copy_context()
+    context = context_for_another_thread()
     outcome: list[Any] = []
-
-    def in_context() -> Any:
-        import sniffio
-
-        sniffio.current_async_library_cvar.set(None)  # copied from the caller's loop: not true here
-        return fn(*args)
 
     def target() -> None:
         try:
-            outcome.append((True, context.run(in_context)))
+            outcome.append((True, context.run(fn, *args)))
         except BaseException as exc:  # handed to the caller
             outcome.append((False, exc))
 
