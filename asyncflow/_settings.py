@@ -230,7 +230,7 @@ STORE = _declare(
 STORE_QUEUE_SIZE = _declare(
     "ASYNCFLOW_STORE_QUEUE_SIZE", _parse_int(1), 100_000,
     "Records (runs, states, log lines) that may wait for the SQLite writer. When it is full, recording "
-    "waits up to 0.5 s for room, then drops records and warns with the count.", "an integer >= 1")
+    "waits for room (backpressure) while the writer makes progress; nothing is ever dropped.", "an integer >= 1")
 STORE_FLUSH_TIMEOUT_SECONDS = _declare(
     "ASYNCFLOW_STORE_FLUSH_TIMEOUT_SECONDS", _parse_seconds, 10.0,
     "How long a flush (the end of an outermost flow run, process exit) waits for the database, e.g. while "

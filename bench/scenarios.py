@@ -519,6 +519,54 @@ def k_background_baseline(n: int) -> dict[str, float]:
     return {"delay_us": put_us, "worker_runs_per_s": n / (time.perf_counter() - start)}
 
 
+# -- l. nothing lost: a flow of N submitted tasks and one of N sequential calls, default store -----------
+def l_no_loss(lib: Any, n: int) -> dict[str, float]:
+    """Every run reaches the store, however fast they come (issue 11): counts what the SQLite store
+    holds after each flow. `-n 1000000` for the million sequential calls of the issue."""
+    import tempfile
+
+    if lib.__name__ != "asyncflow":
+        raise SystemExit("scenario l is asyncflow's own")
+    from asyncflow._store import set_store
+    from asyncflow._store.sqlite import SQLiteStore
+
+    @lib.task
+    def inc(x: int) -> int:
+        return x + 1
+
+    @lib.flow
+    def submitted(n: int) -> int:
+        return len([f.result() for f in [inc.submit(i) for i in range(n)]])
+
+    @lib.flow
+    def sequential(n: int) -> int:
+        return len([inc(i) for i in range(n)])
+
+    figures: dict[str, float] = {}
+    for name, body in (("submitted", submitted), ("sequential", sequential)):
+        store = SQLiteStore(os.path.join(tempfile.mkdtemp(), "asyncflow.db"))
+        previous = set_store(store)
+        try:
+            start = time.perf_counter()
+            body(n)
+            figures[f"{name}_per_task_us"] = (time.perf_counter() - start) / n * 1e6
+            counts = store.counts()
+        finally:
+            set_store(previous)
+            store.close()
+        figures[f"{name}_missing_task_runs"] = n - counts["task_runs"]
+        figures[f"{name}_missing_states"] = 3 * (n + 1) - counts["states"]
+        figures[f"{name}_waits"] = store.waited
+    return figures
+
+
+def l_no_loss_baseline(n: int) -> dict[str, float]:
+    plain = a_sync_calls_baseline(n)["per_task_us"]
+    return {"submitted_per_task_us": plain, "sequential_per_task_us": plain, "submitted_missing_task_runs": 0,
+            "sequential_missing_task_runs": 0, "submitted_missing_states": 0, "sequential_missing_states": 0,
+            "submitted_waits": 0, "sequential_waits": 0}
+
+
 SCENARIOS: dict[str, tuple[str, int]] = {
     "a": ("sync flow calls a sync task in sequence", 5000),
     "b": ("async flow awaits an async task in sequence", 5000),
@@ -533,6 +581,7 @@ SCENARIOS: dict[str, tuple[str, int]] = {
     "i": ("cancellation: N running tasks hit the flow timeout", 10_000),
     "j": ("run store: hot-path cost per state, SQLite writer throughput, task runs with each store", 20_000),
     "k": ("background: .delay() N runs, one worker runs them (SQLite broker)", 2000),
+    "l": ("nothing lost: N submitted tasks, then N sequential calls, all in the SQLite store", 100_000),
 }
 
 FUNCTIONS = {
@@ -549,4 +598,5 @@ FUNCTIONS = {
     "i": (i_cancellation, i_cancellation_baseline),
     "j": (j_store, j_store_baseline),
     "k": (k_background, k_background_baseline),
+    "l": (l_no_loss, l_no_loss_baseline),
 }

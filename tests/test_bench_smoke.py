@@ -18,3 +18,15 @@ def test_benchmark_command_runs_and_writes_json(tmp_path):
     data = json.loads(out.read_text())
     assert set(data["scenarios"]) == {"a", "c_sync"}
     assert data["scenarios"]["a"]["asyncflow"]["per_task_us"]["median"] > 0
+
+
+def test_the_no_loss_benchmark_finds_every_run_in_the_store(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "-s", "l", "-n", "300", "-r", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(out.read_text())["scenarios"]["l"]["asyncflow"]
+    for name in ("submitted", "sequential"):
+        assert figures[f"{name}_missing_task_runs"]["median"] == 0
+        assert figures[f"{name}_missing_states"]["median"] == 0

@@ -126,7 +126,7 @@ KILLED = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.05, 0.2])
-def test_a_process_killed_mid_flow_loses_nothing_flushed_and_leaves_the_store_readable(tmp_path, delay,
+def test_a_process_killed_mid_flow_loses_nothing_flushed_and_its_open_runs_are_marked_crashed(tmp_path, delay,
                                                                                       monkeypatch):
     proc = subprocess.Popen([sys.executable, "-c", KILLED], env=env_for(tmp_path), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -153,7 +153,10 @@ def test_a_process_killed_mid_flow_loses_nothing_flushed_and_leaves_the_store_re
         assert finished.state.is_completed()
         assert len(store.read_task_runs(flow_run_id=finished.id)) == 50
         [endless] = store.read_flow_runs(flow_name="endless")
-        assert endless.state.is_running()  # killed: nobody could record its end
+        assert endless.state.is_crashed()  # killed: the first process to open the store marked it
+        assert f"pid {proc.pid} " in endless.state.message and "killed" in endless.state.message
+        assert [s.name for s in store.read_states(endless.id)][-1] == "Crashed"
+        assert store.recovered >= 1
         task_runs = store.read_task_runs()
         assert len(task_runs) >= int(flushed_line[1])  # everything flushed before the kill is there
         for run in task_runs:  # each batch is one transaction: a run is never there without its first state

@@ -222,7 +222,7 @@ def test_a_store_that_does_not_exist_is_not_created_by_readers(tmp_path):
 def test_a_file_that_is_not_a_store_is_a_clear_error(tmp_path):
     path = tmp_path / "asyncflow.db"
     path.write_bytes(b"definitely not sqlite" * 100)
-    with pytest.raises(StoreError, match="Cannot open the asyncflow store .* move it away or set ASYNCFLOW_HOME"):
+    with pytest.raises(StoreError, match="Cannot open the asyncflow store .* is not an asyncflow store: move .* away"):
         SQLiteStore(path)
 
 
@@ -339,30 +339,45 @@ def test_a_flush_gives_up_after_its_timeout_and_the_records_stay_queued(tmp_path
         store.close()
 
 
-def test_a_full_queue_waits_briefly_then_drops_with_a_counted_warning(tmp_path, capfd):
-    store = SQLiteStore(tmp_path / "asyncflow.db", queue_size=10, full_wait=0.05, busy_timeout=0.02)
+def test_a_full_queue_makes_recording_wait_and_nothing_is_dropped(tmp_path, capfd):
+    store = SQLiteStore(tmp_path / "asyncflow.db", queue_size=10, busy_timeout=0.02)
     try:
-        holder = hold_write_lock(store.path, 0.6)
+        holder = hold_write_lock(store.path, 0.4)
         time.sleep(0.05)
-        started = time.monotonic()
         for _ in range(100):
             store.record_state(uuid.uuid4(), State(StateType.RUNNING))
-        assert time.monotonic() - started < 0.5  # waited once, then dropped at once
-        assert store.dropped > 0
-        assert "record(s) dropped so far" in capfd.readouterr().err
+        assert store.waited > 0  # backpressure: the recording thread waited for room
         holder.join()
         assert store.flush(timeout=5)
-        kept = raw(store, "SELECT count(*) FROM states")[0][0]
-        assert kept + store.dropped == 100
+        assert raw(store, "SELECT count(*) FROM states")[0][0] == 100
+        assert "dropped" not in capfd.readouterr().err
     finally:
         store.close()
 
 
-def test_a_batch_that_cannot_be_written_is_reported_and_the_writer_goes_on(db, capfd):
+def test_a_stalled_writer_lets_the_queue_grow_with_one_warning_instead_of_blocking(tmp_path, capfd):
+    store = SQLiteStore(tmp_path / "asyncflow.db", queue_size=10, busy_timeout=0.02, stall_seconds=0.1)
+    try:
+        holder = hold_write_lock(store.path, 0.6)
+        time.sleep(0.05)
+        for _ in range(100):
+            store.record_state(uuid.uuid4(), State(StateType.RUNNING))
+        assert "has written nothing for 0.1 s" in capfd.readouterr().err
+        holder.join()
+        assert store.flush(timeout=5)
+        assert raw(store, "SELECT count(*) FROM states")[0][0] == 100
+    finally:
+        store.close()
+
+
+def test_a_record_that_cannot_be_written_is_left_out_alone_and_its_batch_is_written(db, capfd):
+    db.record_log(flow_run_id=None, task_run_id=None, level="INFO", message="before", ts=0.0)
     db.record_log(flow_run_id=None, task_run_id=None, level="INFO", message=object(), ts=0.0)  # type: ignore[arg-type]
+    db.record_log(flow_run_id=None, task_run_id=None, level="INFO", message="after", ts=0.0)
     assert db.flush()
     assert db.lost == 1
-    assert "could not write 1 record(s)" in capfd.readouterr().err
+    assert "it is left out, the rest of its batch is written" in capfd.readouterr().err
+    assert [log.message for log in db.read_logs()] == ["before", "after"]
     doubling()
     assert len(db.read_flow_runs()) == 1
 
@@ -403,7 +418,7 @@ def test_the_default_store_follows_the_settings(tmp_path, monkeypatch):
 def test_an_unwritable_home_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(StoreError, match="Cannot create the store's directory .* Set ASYNCFLOW_HOME to a writable"):
+    with pytest.raises(StoreError, match="Cannot create the asyncflow store .*Not a directory.* Set ASYNCFLOW_HOME to a writable"):
         SQLiteStore(blocker / "home" / "asyncflow.db")
 
 

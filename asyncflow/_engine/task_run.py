@@ -247,6 +247,7 @@ async def _run(call: TaskCall, bridge: Bridge, scope: Any) -> State[Any]:
     try:
         if task.task_run_name is not None:
             run.name = task.render_run_name(call.parameters)
+            get_store().record_task_run(run)  # recorded under its first name: record it again (an upsert)
         call.label = f"Task run '{run.name}'"
         flow_ctx = parent.flow_context if parent is not None else None
         call.ids = {"task_run_id": str(run.id),

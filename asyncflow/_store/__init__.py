@@ -36,10 +36,20 @@ def get_store() -> RunStore:
 
 
 def _create_default() -> RunStore:
+    """The process's store. One that cannot be opened (a full disk, a read-only or damaged home, a
+    newer schema) never stops a flow: one warning says why and what to do, and the process records
+    into memory."""
     global _store
     with _lock:
         if _store is None:
-            _store = default_store()
+            try:
+                _store = default_store()
+            except StoreError as exc:
+                from .writer import report
+
+                report(f"{exc} Until this process ends, its runs are kept in memory only (readable in this "
+                       f"process; the CLI and other processes will not see them).")
+                _store = MemoryStore(max_runs=DEFAULT_MAX_RUNS)
         return _store
 
 
@@ -52,7 +62,7 @@ def default_store(create: bool = True) -> RunStore:
     from .sqlite import DB_FILE_NAME, SQLiteStore
 
     return SQLiteStore(_settings.HOME.value() / DB_FILE_NAME, create=create,
-                       queue_size=_settings.STORE_QUEUE_SIZE.value(),
+                       queue_size=_settings.STORE_QUEUE_SIZE.value(), recover=True,
                        flush_timeout=_settings.STORE_FLUSH_TIMEOUT_SECONDS.value())
 
 

@@ -1,9 +1,9 @@
 """The SQLite store: runs, states and logs in `ASYNCFLOW_HOME/asyncflow.db`, shared by processes.
 
-The hot path only appends a tuple to a bounded in-memory queue (about a microsecond per record). One
-writer thread per store takes records off the queue and writes them in batches, each batch one
-transaction, so a run's records are stored whole or not at all. Several processes may write to the
-same file: the database runs in WAL mode (readers never wait for writers), and a writer that finds
+A dialect of the batching writer (`writer.py`: queue, backpressure, thread, flush, fork, exit,
+isolation of bad records, degrading to memory): this module says how a batch becomes one SQLite
+transaction, what an SQLite error means, and how runs are read back. Several processes may write to
+the same file: the database runs in WAL mode (readers never wait for writers), and a writer that finds
 the database busy waits (busy_timeout) and retries with backoff, so "database is locked" never
 reaches the user.
 
@@ -12,34 +12,31 @@ Guarantees:
 - Eventual consistency: a record is in the database a few milliseconds after it was recorded, and at
   the latest when `flush()` returns True. The engine flushes when an outermost flow run ends, and the
   store flushes at interpreter exit. A read through this store flushes first (read-your-writes).
+- Nothing is dropped under load (backpressure); a record the database refuses is left out alone.
+- A run's current state is its newest state by timestamp, whatever order the writes arrive in.
 - A process that dies (even SIGKILL) loses at most what it had not written yet; what was written
-  (every flushed record) stays, and the file stays readable (WAL, one transaction per batch).
-- When the queue is full (the database is unavailable for long, or recording outruns the writer),
-  recording waits up to `full_wait` seconds for room, then drops records, counts them, and warns
-  on stderr. It never blocks forever and never raises into the engine.
+  stays, and the file stays readable (WAL, one transaction per batch). Its runs still open are marked
+  `Crashed` the next time any process on the machine opens the store (`owners.py`).
+- A file deleted under a running process is noticed at the next batch, with a warning, and a new
+  store is started at that path.
 """
 
 from __future__ import annotations
 
-import atexit
+import errno as _errno
 import json
-import math
 import os
 import random
 import sqlite3
-import sys
-import threading
 import time
 import uuid
-import weakref
-from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .. import _fork
 from .._runs import FlowRun, TaskRun
 from .._states import FINAL_TYPES, State, StateDetails, StateType
+from . import owners as _owners
 from .base import (
     LogRecord,
     ObjectNotFound,
@@ -49,10 +46,13 @@ from .base import (
     check_limit,
     state_filter,
 )
+from .records import FLOW, LOG, STATE, TASK, details_json, parameters_json, parameters_snapshot
+from .writer import BAD_RECORD, BUSY, UNUSABLE, BatchWriter, describe_error, report
 
 DB_FILE_NAME = "asyncflow.db"
-_FLOW, _TASK, _STATE, _LOG, _MARK = range(5)  # record kinds, the first item of each queued tuple
 _BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (extended codes keep them in the low byte)
+# SQLITE_PERM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, AUTH, NOTADB: the database cannot be used
+_UNUSABLE_CODES = frozenset({3, 8, 10, 11, 13, 14, 23, 26})
 
 _V2_FLOW_RUN_COLUMNS = ("id, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id, "
                         "created, state_type, state_name, state_message, state_ts, run_count, start_time, end_time")
@@ -197,16 +197,42 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX flow_runs_by_created ON flow_runs (created)",
         "CREATE INDEX flow_runs_by_flow ON flow_runs (flow_name, created)",
     ],
+    [  # version 4: runs know the process that last wrote them, so a run whose process died can be marked
+       # Crashed (owners.py; their ids are never reused). Only open runs are in the partial indexes: a run that starts and ends within
+       # one batch never enters them.
+        """CREATE TABLE owners (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            host TEXT NOT NULL,
+            boot TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            started TEXT NOT NULL,
+            created REAL NOT NULL,
+            closed INTEGER NOT NULL DEFAULT 0)""",
+        "ALTER TABLE flow_runs ADD COLUMN owner INTEGER",
+        "ALTER TABLE task_runs ADD COLUMN owner INTEGER",
+        "CREATE INDEX flow_runs_open ON flow_runs (owner) WHERE end_time IS NULL",
+        "CREATE INDEX task_runs_open ON task_runs (owner) WHERE end_time IS NULL",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_FLOW_RUN_COLUMNS = "ref, " + _V2_FLOW_RUN_COLUMNS  # in the order of a run row the writer builds
+_FLOW_RUN_COLUMNS = "ref, " + _V2_FLOW_RUN_COLUMNS  # what reads select (`_flow_run` unpacks it)
 _TASK_RUN_COLUMNS = "ref, " + _V2_TASK_RUN_COLUMNS
+_FLOW_RUN_INSERT = _FLOW_RUN_COLUMNS + ", owner"  # the order of a run row the writer builds
+_TASK_RUN_INSERT = _TASK_RUN_COLUMNS + ", owner"
 _FINAL_IDS = frozenset(id(t) for t in FINAL_TYPES)  # identity checks: an Enum's hash runs Python code
 _FLOW_STATE_COLUMN, _TASK_STATE_COLUMN = 10, 11  # where the state columns start in a run row
 _MAX_REF = ("SELECT max(coalesce((SELECT max(ref) FROM flow_runs), 0), "
             "coalesce((SELECT max(ref) FROM task_runs), 0))")
 _OPEN_RUNS_KEPT = 100_000  # runs the writer remembers (their ref) until their final state
+# a state written to a run of an earlier batch: the newest state by time is the run's current state
+_UPDATE_RUN = """UPDATE {table} SET
+    state_type = CASE WHEN state_ts IS NULL OR state_ts <= ?4 THEN ?1 ELSE state_type END,
+    state_name = CASE WHEN state_ts IS NULL OR state_ts <= ?4 THEN ?2 ELSE state_name END,
+    state_message = CASE WHEN state_ts IS NULL OR state_ts <= ?4 THEN ?3 ELSE state_message END,
+    state_ts = CASE WHEN state_ts IS NULL OR state_ts <= ?4 THEN ?4 ELSE state_ts END,
+    run_count = run_count + ?5, start_time = coalesce(start_time, ?6), end_time = coalesce(?7, end_time),
+    owner = ?8 WHERE ref = ?9"""
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -218,72 +244,45 @@ def is_busy(exc: BaseException) -> bool:
     return "locked" in text or "busy" in text
 
 
-def _report(message: str) -> None:
-    """A warning on stderr, in the shape of asyncflow's log lines (never through the store itself)."""
-    now = time.time()
-    stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
-    try:
-        sys.stderr.write(f"{stamp} | WARNING | asyncflow.store - {message}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):  # stderr closed at exit
-        pass
+def classify(exc: BaseException) -> str:
+    """What an error while writing means: BUSY (retry later), UNUSABLE (the database or its file
+    system cannot be used: degrade), or BAD_RECORD (something in the batch: isolate it)."""
+    if isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
+        return BUSY
+    if isinstance(exc, (OSError, StoreError)):
+        return UNUSABLE
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return UNUSABLE if (code & 0xFF) in _UNUSABLE_CODES else BAD_RECORD
+    if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
+        return UNUSABLE
+    return BAD_RECORD
 
 
-# -- values as the store keeps them --------------------------------------------------------------
-_PLAIN = (int, float, bool, type(None))
-_MAX_STR = 200
-_MAX_ITEMS = 20
-
-
-def _summary(value: Any, depth: int = 0) -> Any:
-    """A JSON-safe summary of a parameter that runs no user code: plain values (long strings cut),
-    small lists/tuples/dicts of them, else `<TypeName>`. Exact types only: a subclass could run code."""
-    kind = type(value)
-    if kind in _PLAIN:
-        return value if kind is not float or math.isfinite(value) else repr(value)
-    if kind is str:
-        return value if len(value) <= _MAX_STR else value[:_MAX_STR] + "…"
-    if depth < 2 and kind in (list, tuple) and len(value) <= _MAX_ITEMS:
-        return [_summary(v, depth + 1) for v in list(value)]
-    if depth < 2 and kind is dict and len(value) <= _MAX_ITEMS:
-        items = list(value.items())
-        if all(type(k) is str for k, _ in items):
-            return {k: _summary(v, depth + 1) for k, v in items}
-    if kind in (list, tuple, dict, set, frozenset):
-        return f"<{kind.__name__} of {len(value)} items>"
-    return f"<{kind.__name__}>"
-
-
-_encode = json.JSONEncoder(ensure_ascii=False).encode
-_SIMPLE = frozenset({int, bool, type(None)})
+def advice(exc: BaseException, path: Path) -> str:
+    """The fix for an error that makes the store unusable, by its cause."""
+    code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+    number = getattr(exc, "errno", None)
+    text = str(exc).lower()
+    if code == 13 or number == _errno.ENOSPC or "full" in text:
+        return "The disk is full: free space on it, or set ASYNCFLOW_HOME to a directory on another disk."
+    if code in (11, 26) or "malformed" in text or "not a database" in text:
+        return (f"The file is damaged or is not an asyncflow store: move {path} away (a new store is created "
+                f"there), or set ASYNCFLOW_HOME to another directory.")
+    if code in (3, 8, 14, 23) or number in (_errno.EACCES, _errno.EPERM, _errno.EROFS) or "readonly" in text:
+        return (f"This process cannot write there: make {path.parent} and {path.name} writable by this user (or "
+                f"remount the file system read-write), or set ASYNCFLOW_HOME to a writable directory.")
+    if code == 10 or number == _errno.EIO:
+        return "The disk reported an I/O error: check it, or set ASYNCFLOW_HOME to a directory on another disk."
+    return "Set ASYNCFLOW_HOME to a writable directory, or ASYNCFLOW_STORE=memory to keep runs in memory."
 
 
 def summarise_parameters(parameters: Any) -> str:
-    if not parameters:
-        return "{}"
+    """Parameters as the store keeps them (JSON; see `records.parameters_snapshot`)."""
     try:
-        items = list(parameters.items())
-        if all(type(value) in _SIMPLE for _, value in items):  # the common case, kept as is
-            return _encode(dict(items))
-        return _encode({str(name): _summary(value) for name, value in items})
-    except Exception:  # a dict changed while we read it
-        return _encode({"<parameters>": f"<{type(parameters).__name__}>"})
-
-
-def _details_json(details: StateDetails) -> str | None:
-    if (details.cache_key is None and details.scheduled_time is None and details.cache_expiration is None
-            and details.child_flow_run_id is None):
-        return None
-    out: dict[str, Any] = {}
-    if details.cache_key is not None:
-        out["cache_key"] = details.cache_key
-    if details.cache_expiration is not None:
-        out["cache_expiration"] = details.cache_expiration.isoformat()
-    if details.scheduled_time is not None:
-        out["scheduled_time"] = details.scheduled_time.isoformat()
-    if details.child_flow_run_id is not None:
-        out["child_flow_run_id"] = str(details.child_flow_run_id)
-    return json.dumps(out)
+        return parameters_json(parameters_snapshot(parameters))
+    except Exception:
+        return json.dumps({"<parameters>": f"<{type(parameters).__name__}>"})
 
 
 def _details_from(text: str | None, flow_run_id: uuid.UUID | None, task_run_id: uuid.UUID | None) -> StateDetails:
@@ -304,104 +303,47 @@ def _uuid_or_none(text: str | None) -> uuid.UUID | None:
     return uuid.UUID(text) if text else None
 
 
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _tags(tags: Any) -> str:
+    return json.dumps(list(tags)) if tags else "[]"
+
+
 # -- the store -----------------------------------------------------------------------------------------
-_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
-
-
-_FORK_HELD: list[threading.Lock] = []
-_INHERITED: list[sqlite3.Connection] = []  # a forked child's copies of its parent's connections
-
-
-def _before_fork() -> None:
-    """A thread inside SQLite at the moment of a fork leaves SQLite's own mutexes locked in the child,
-    which then hangs at its first SQLite call: wait until no thread of ours is inside SQLite. The wait
-    shares the fork's budget (`_fork.FORK_WAIT_SECONDS` for all of asyncflow, not per store or lock):
-    when it is spent, the fork goes on (and a child forked mid-write may hang at its first write)."""
-    for store in list(_STORES):
-        for lock in (store._lock, store._read_lock):
-            if lock.acquire(timeout=_fork.remaining()):  # a batch being written, a busy database
-                _FORK_HELD.append(lock)
-
-
-def _after_fork_in_parent() -> None:
-    while _FORK_HELD:
-        _FORK_HELD.pop().release()
-
-
-def _reset_after_fork() -> None:
-    _FORK_HELD.clear()  # the child's copies of these locks are replaced
-    for store in list(_STORES):
-        store._reset_in_child()
-
-
-def _flush_all_at_exit() -> None:
-    for store in list(_STORES):
-        store._at_exit()
-
-
-_fork.register("store", reset_in_child=_reset_after_fork, before=_before_fork,
-               after_in_parent=_after_fork_in_parent)
-# atexit runs handlers last-registered first: this one runs before the engine's, which records the runs
-# still open as Crashed and then flushes again.
-atexit.register(_flush_all_at_exit)
-
-
-class SQLiteStore:
+class SQLiteStore(BatchWriter):
     """Runs, states and logs in one SQLite file, written in batches by one writer thread.
 
     `create=False` opens an existing store only (for readers such as the CLI): a missing file raises
-    `StoreNotFoundError`. `queue_size` bounds the records waiting for the writer; `full_wait` is how
-    long recording waits for room when the queue is full before it drops; `flush_timeout` bounds a
-    flush; `linger` is how long the writer lets a burst gather before it writes."""
+    `StoreNotFoundError`. `queue_size` bounds the records waiting for the writer (past it, recording
+    waits: backpressure); `stall_seconds` is how long it waits for a writer that makes no progress
+    before the queue grows past the bound; `flush_timeout` bounds a flush; `linger` is how long the
+    writer lets a burst gather before it writes."""
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True, queue_size: int = 100_000,
-                 full_wait: float = 0.5, flush_timeout: float = 10.0, linger: float = 0.005,
-                 batch_size: int = 5000, busy_timeout: float = 1.0) -> None:
+                 stall_seconds: float = 10.0, flush_timeout: float = 10.0, linger: float = 0.005,
+                 batch_size: int = 5000, busy_timeout: float = 1.0, recover: bool = True) -> None:
         self.path = Path(path).expanduser().absolute()
-        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-            raise ValueError(f"queue_size must be an integer >= 1; got {queue_size!r}.")
-        self.queue_size = queue_size
-        self.full_wait = full_wait
-        self.flush_timeout = flush_timeout
-        self.linger = linger
-        self.batch_size = batch_size
+        self.label = f"the store {self.path}"
         self.busy_timeout = busy_timeout
-        self.dropped = 0  # records dropped because the queue was full (warned on stderr)
-        self.lost = 0  # records that could not be written (an error other than "busy"; warned on stderr)
-        self._closed = False
-        self._init_runtime()
-        self._open(create)
-        _STORES.add(self)
+        self.recovered = 0  # runs this store marked Crashed when it opened (their process was gone)
+        super().__init__(queue_size=queue_size, flush_timeout=flush_timeout, linger=linger,
+                         batch_size=batch_size, stall_seconds=stall_seconds)
+        self._open(create, recover)
 
     def _init_runtime(self) -> None:
-        self._queue: deque[tuple[Any, ...]] = deque()
-        self._batch: list[tuple[Any, ...]] = []  # taken off the queue, not yet committed
-        self._writing = False
-        self._lock = threading.Lock()  # held while a batch is taken and written (writer thread or a flush)
-        self._event = threading.Event()
-        self._sleeping = True  # the writer waits for the event (or has not started)
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
+        super()._init_runtime()
         self._reader: sqlite3.Connection | None = None
-        self._read_lock = threading.Lock()
-        self._dropping = False
-        self._last_report = 0.0
-        # runs written and not yet final: run id -> [ref, is a flow run, name watch or None]
-        self._open_runs: dict[uuid.UUID, list[Any]] = {}
-
-    def _reset_in_child(self) -> None:
-        """After fork: the parent's writer thread does not exist here, its queue is the parent's to
-        write, and its connections are the parent's: SQLite says a child must not use them, not even
-        to close them, so they are kept (never closed) and new ones are opened on demand."""
-        _INHERITED.extend(c for c in (self._conn, self._reader) if c is not None)
-        self._init_runtime()
+        self._owner: int | None = None  # this process's row in `owners` (registered with its first run)
+        self._file_id: tuple[int, int] | None = None  # (device, inode) of the file the writer writes
+        self._open_runs: dict[uuid.UUID, list[Any]] = {}  # runs written, not yet final: id -> [ref, is flow]
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
 
     # -- opening, the schema ------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
+    def _sqlite_connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout, isolation_level=None,
                                check_same_thread=False)
         conn.execute("PRAGMA synchronous = NORMAL")  # with WAL: durable against a process crash
@@ -409,29 +351,43 @@ class SQLiteStore:
         conn.execute("PRAGMA wal_autocheckpoint = 8000")  # 32 MB of WAL between checkpoints (each syncs)
         return conn
 
-    def _open(self, create: bool) -> None:
-        if not self.path.exists():
+    def _create_file(self) -> None:
+        """The home (0700) and an empty database file (0600: it holds parameters); SQLite gives its
+        WAL and shared-memory files the database file's mode."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            pass
+
+    def _open(self, create: bool, recover: bool) -> None:
+        try:
+            exists = self.path.exists()
+        except OSError as exc:  # a directory on the way that this user cannot enter
+            raise StoreError(f"Cannot open the asyncflow store {self.path}: {describe_error(exc)}. "
+                             f"{advice(exc, self.path)}") from None
+        if not exists:
             if not create:
                 raise StoreNotFoundError(
                     f"No asyncflow store at {self.path} yet: it is created when the first flow or task runs "
                     f"with ASYNCFLOW_HOME={self.path.parent}. Check that ASYNCFLOW_HOME points at the home "
                     f"your runs use.")
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._create_file()
             except OSError as exc:
-                raise StoreError(
-                    f"Cannot create the store's directory {self.path.parent}: {exc}. Set ASYNCFLOW_HOME to a "
-                    f"writable directory, or ASYNCFLOW_STORE=memory to keep runs in memory.") from None
+                raise StoreError(f"Cannot create the asyncflow store {self.path}: {describe_error(exc)}. "
+                                 f"{advice(exc, self.path)}") from None
         try:
-            conn = self._connect()
+            conn = self._sqlite_connect()
             try:
                 self._with_retry(lambda: self._prepare(conn), deadline=time.monotonic() + 30)
+                if recover:
+                    self._recover(conn)
             finally:
                 conn.close()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"Cannot open the asyncflow store {self.path}: {exc}. If the file is not an asyncflow store, "
-                f"move it away or set ASYNCFLOW_HOME to another directory.") from None
+            raise StoreError(f"Cannot open the asyncflow store {self.path}: {describe_error(exc)}. "
+                             f"{advice(exc, self.path)}") from None
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         """WAL mode, and the schema at this version (forward migrations, one transaction)."""
@@ -474,184 +430,131 @@ class SQLiteStore:
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.25)
 
-    # -- recording: the hot path ------------------------------------------------------------------
-    def record_flow_run(self, run: FlowRun) -> None:
-        record = (_FLOW, run, run.state.ts, run.parameters)  # the engine later swaps parameters for a summary
-        if len(self._queue) < self.queue_size:
-            self._queue.append(record)
-        else:
-            self._overflow(record)
-        if self._sleeping:
-            self._wake()
-
-    def record_task_run(self, run: TaskRun) -> None:
-        record = (_TASK, run, run.state.ts, run.parameters)
-        if len(self._queue) < self.queue_size:
-            self._queue.append(record)
-        else:
-            self._overflow(record)
-        if self._sleeping:
-            self._wake()
-
-    def record_state(self, run_id: uuid.UUID, state: State[Any]) -> None:
-        record = (_STATE, run_id, state.type, state.name, state.message, state.ts, state.state_details)
-        if len(self._queue) < self.queue_size:
-            self._queue.append(record)
-        else:
-            self._overflow(record)
-        if self._sleeping:
-            self._wake()
-
-    def record_log(self, *, flow_run_id: str | None, task_run_id: str | None, level: str, message: str,
-                   ts: float) -> None:
-        record = (_LOG, flow_run_id, task_run_id, level, message, ts)
-        if len(self._queue) < self.queue_size:
-            self._queue.append(record)
-        else:
-            self._overflow(record)
-        if self._sleeping:
-            self._wake()
-
-    def _wake(self) -> None:
-        self._sleeping = False
-        if self._thread is None and not self._closed:
-            self._start_writer()
-        self._event.set()
-
-    def _overflow(self, record: tuple[Any, ...]) -> None:
-        """The queue is full: help write (a batch in this thread, when the writer is not already on
-        one) until there is room, for at most `full_wait` seconds; then drop (counted, warned)."""
-        if not self._dropping:
-            self._wake()
-            deadline = time.monotonic() + self.full_wait
-            while len(self._queue) >= self.queue_size:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._dropping = True  # until the writer catches up, drop at once: never block again
-                    break
-                if self._write_once(blocking=False, busy_timeout=left) is not True:
-                    time.sleep(0.001)  # the writer holds the batch, or the database is busy
-            else:
-                self._queue.append(record)
-                return
-        self.dropped += 1
-        now = time.monotonic()
-        if now - self._last_report >= 5.0:
-            self._last_report = now
-            _report(f"the store's queue is full ({self.queue_size} records waiting for {self.path}); "
-                    f"{self.dropped} record(s) dropped so far. The database may be held by another process, "
-                    f"or runs are recorded faster than it can write; ASYNCFLOW_STORE_QUEUE_SIZE sets the bound.")
-
-    # -- the writer ------------------------------------------------------------------------------------
-    def _start_writer(self) -> None:
-        with self._start_lock:
-            if self._thread is not None:
-                return
-            thread = threading.Thread(target=self._writer_main, name="asyncflow-store-writer", daemon=True)
-            self._thread = thread
-        thread.start()
-
-    def _writer_main(self) -> None:
-        delay = 0.005
-        while not self._closed:
-            if not self._queue and not self._batch:
-                self._sleeping = True
-                if not self._queue:  # re-check: a producer that saw _sleeping False did not wake us
-                    self._event.wait()
-                self._event.clear()
-                self._sleeping = False
-                if self._closed:
-                    break
-                time.sleep(self.linger)  # let a burst gather into one transaction
-            try:
-                written = self._write_once()
-            except Exception as exc:  # never let the writer die: report and go on
-                _report(f"the store writer hit an unexpected error: {type(exc).__name__}: {exc}")
-                written = True
-            if written:
-                delay = 0.005
-                if self._dropping and len(self._queue) < self.queue_size // 2:
-                    self._dropping = False
-            else:  # busy: another process holds the database; back off, keep the batch
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 0.5)
-
-    def _write_once(self, blocking: bool = True, busy_timeout: float | None = None) -> bool | None:
-        """Write one batch (the one in flight, else the next off the queue). False if the database was
-        busy (the batch stays in flight, in order, for the next attempt); None if `blocking` is False
-        and another thread is writing. `busy_timeout` shortens the wait for a busy database."""
-        if not self._lock.acquire(blocking):
-            return None
-        self._writing = True
+    # -- crash recovery ----------------------------------------------------------------------------------
+    def _recover(self, conn: sqlite3.Connection) -> int:
+        """Mark `Crashed` the open runs whose process (on this host) is gone; forget closed owners.
+        Best effort: a store this process cannot write (a read-only CLI) is left as it is."""
         try:
-            batch = self._batch
-            if not batch:
-                queue = self._queue
-                take = min(len(queue), self.batch_size)
-                if not take:
-                    return True
-                popleft = queue.popleft
-                batch = self._batch = [popleft() for _ in range(take)]
+            owners = conn.execute("SELECT id, host, boot, pid, started, closed FROM owners").fetchall()
+        except sqlite3.DatabaseError:
+            return 0
+        dead = [row for row in owners if _owners.is_gone(*row[1:5]) is True]
+        if not dead:
+            return 0
+        crashed = 0
+        try:
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                if busy_timeout is not None:
-                    self._writer_conn().execute(f"PRAGMA busy_timeout = {max(1, int(busy_timeout * 1000))}")
-                try:
-                    self._write(batch)
-                finally:
-                    if busy_timeout is not None and self._conn is not None:
-                        self._conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            except sqlite3.OperationalError as exc:
-                if is_busy(exc):
-                    return False
-                self._give_up(batch, exc)
-            except Exception as exc:  # any other error: this batch can never be written
-                self._give_up(batch, exc)
-            self._batch = []
-            return True
-        finally:
-            self._writing = False
-            self._lock.release()
-
-    def _give_up(self, batch: list[tuple[Any, ...]], exc: BaseException) -> None:
-        for record in batch:
-            if record[0] == _MARK:
-                record[1][0] = True  # the flush waiting on it must not wait forever
-        self.lost += len(batch)
-        _report(f"could not write {len(batch)} record(s) to {self.path} ({type(exc).__name__}: {exc}); "
-                f"{self.lost} record(s) lost so far.")
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None  # reconnect (and re-create the schema if the file was removed) next time
-
-    def _writer_conn(self) -> sqlite3.Connection:
-        conn = self._conn
-        if conn is None:
-            conn = self._connect()
-            try:
-                self._prepare(conn)
+                now = time.time()
+                for owner_id, host, boot, pid, started, _ in dead:
+                    if not conn.execute("SELECT 1 FROM owners WHERE id = ? AND pid = ? AND started = ?",
+                                        (owner_id, pid, started)).fetchone():
+                        continue  # another process recovered it meanwhile (ids are never reused)
+                    message = _owners.crashed_message((host, boot, pid, started))
+                    for table in ("task_runs", "flow_runs"):
+                        runs = conn.execute(f"SELECT ref, id FROM {table} WHERE owner = ? AND "
+                                            f"{_owners.OPEN_CONDITION}", (owner_id,)).fetchall()
+                        if not runs:
+                            continue
+                        conn.executemany(
+                            f"UPDATE {table} SET state_type = 'CRASHED', state_name = 'Crashed', state_message = ?, "
+                            f"state_ts = ?, end_time = ? WHERE ref = ?", [(message, now, now, ref) for ref, _ in runs])
+                        conn.executemany(
+                            "INSERT INTO states (run_ref, run_id, type, name, message, ts) "
+                            "VALUES (?, ?, 'CRASHED', 'Crashed', ?, ?)", [(ref, id_, message, now) for ref, id_ in runs])
+                        crashed += len(runs)
+                    conn.execute("DELETE FROM owners WHERE id = ?", (owner_id,))
+                conn.execute("COMMIT")
             except BaseException:
-                conn.close()
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
-            self._conn = conn
+        except sqlite3.DatabaseError:  # read-only, busy for long: the next process to open it will
+            return 0
+        if crashed:
+            report(f"marked {crashed} run(s) Crashed in {self.path}: the process that ran them is gone "
+                   f"(killed or crashed before they ended).")
+        self.recovered += crashed
+        return crashed
+
+    def _owner_id(self, conn: sqlite3.Connection) -> int:
+        """This process's row in `owners` (in the caller's transaction), registered once per file."""
+        if self._owner is None:
+            host, boot, pid, started = _owners.this_process()
+            cursor = conn.execute("INSERT INTO owners (host, boot, pid, started, created) VALUES (?, ?, ?, ?, ?)",
+                                  (host, boot, pid, started, time.time()))
+            self._owner = cursor.lastrowid
+        return self._owner  # type: ignore[return-value]
+
+    def _before_close(self, conn: sqlite3.Connection) -> None:
+        """A clean exit: every record is written; the next process to open the store forgets us."""
+        if self._owner is not None:
+            conn.execute("UPDATE owners SET closed = 1 WHERE id = ?", (self._owner,))
+
+    # -- the writer's dialect --------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            self._create_file()
+        conn = self._sqlite_connect()
+        try:
+            self._prepare(conn)
+            stat = os.stat(self.path)
+        except BaseException:
+            conn.close()
+            raise
+        self._file_id = (stat.st_dev, stat.st_ino)
         return conn
 
-    def _write(self, batch: list[tuple[Any, ...]]) -> None:
+    def _check_target(self) -> None:
+        """The file the writer writes to is still at its path (a deleted home: reconnect, which
+        creates a new store there, and say so)."""
+        if self._file_id is None:
+            return
+        try:
+            stat = os.stat(self.path)
+            now: tuple[int, int] | None = (stat.st_dev, stat.st_ino)
+        except OSError:
+            now = None
+        if now != self._file_id:
+            report(f"the store file {self.path} was deleted or replaced while this process was writing to it: "
+                   f"a new store is started at that path; runs recorded before are not in it.")
+            self._drop_connection()
+            self._file_id = None
+            self._owner = None
+            self._open_runs.clear()
+
+    def _classify(self, exc: BaseException) -> str:
+        return classify(exc)
+
+    def _advice(self, exc: BaseException) -> str:
+        return advice(exc, self.path)
+
+    def _close_connections(self) -> None:
+        super()._close_connections()
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+    def _write_batch(self, conn: sqlite3.Connection, batch: list[tuple[Any, ...]]) -> None:
         """One transaction. New runs are numbered (`ref`) under the write lock, so processes never
         collide; a run's current state, attempt count and timing are folded from its states here:
         into the run's row when the run is new in this batch, else into one UPDATE per run."""
-        conn = self._writer_conn()
+        registering = self._owner is None
         conn.execute("BEGIN IMMEDIATE")
         try:
             self._write_in_transaction(conn, batch)
             conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
             self._open_runs.clear()  # it may hold refs of runs that were not committed: look them up again
+            if registering:  # the rollback removed our owner row
+                self._owner = None
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
             raise
-        for record in batch:
-            if record[0] == _MARK:
-                record[1][0] = True
 
     def _write_in_transaction(self, conn: sqlite3.Connection, batch: list[tuple[Any, ...]]) -> None:
         flows: list[tuple[Any, ...]] = []
@@ -660,16 +563,17 @@ class SQLiteStore:
         renames: list[tuple[str, int]] = []
         states: list[tuple[Any, ...]] = []
         logs: list[tuple[Any, ...]] = []
-        flow_updates: list[list[Any]] = []  # runs of earlier batches: [state..., run_count delta, start, end, ref]
+        flow_updates: list[list[Any]] = []  # runs of earlier batches: [state..., count, start, end, owner, ref]
         task_updates: list[list[Any]] = []
         open_runs = self._open_runs
-        # per run seen in this batch: [ref, id text, row holding its state columns, where they start, open entry]
+        # per run seen in this batch: [ref, id text, row holding its state columns, where they start]
         seen: dict[uuid.UUID, list[Any]] = {}
         next_ref = conn.execute(_MAX_REF).fetchone()[0]
+        owner = self._owner_id(conn)
         running, final_ids = StateType.RUNNING, _FINAL_IDS
         for record in batch:
             kind = record[0]
-            if kind == _STATE:
+            if kind == STATE:
                 _, run_id, type_, name, message, ts, details = record
                 entry = seen.get(run_id)
                 if entry is None:  # a run written by an earlier batch
@@ -677,18 +581,20 @@ class SQLiteStore:
                     if known is None:
                         known = self._find_ref(conn, run_id)
                     key = str(run_id)
-                    if known is None:  # its run record never arrived (dropped): keep the state anyway
-                        entry = seen[run_id] = [None, key, [None, None, None, None, 0, None, None, None], 0, None]
+                    if known is None:  # its run record never arrived: keep the state anyway
+                        entry = seen[run_id] = [None, key, [None, None, None, None, 0, None, None, owner], 0]
                     else:
-                        row = [None, None, None, None, 0, None, None, known[0]]
+                        row = [None, None, None, None, 0, None, None, owner, known[0]]
                         (flow_updates if known[1] else task_updates).append(row)
-                        entry = seen[run_id] = [known[0], key, row, 0, known]
-                ref, key, row, offset, known = entry
-                states.append((ref, key, type_, name, message, ts, _details_json(details)))  # type_ binds as str
-                row[offset] = type_
-                row[offset + 1] = name
-                row[offset + 2] = message
-                row[offset + 3] = ts
+                        entry = seen[run_id] = [known[0], key, row, 0]
+                ref, key, row, offset = entry
+                states.append((ref, key, type_, name, message, ts, details_json(details)))  # type_ binds as str
+                current = row[offset + 3]
+                if current is None or current <= ts:  # the newest state by time is the current one
+                    row[offset] = type_
+                    row[offset + 1] = name
+                    row[offset + 2] = message
+                    row[offset + 3] = ts
                 if type_ is running:
                     row[offset + 4] += 1
                     if row[offset + 5] is None:
@@ -696,78 +602,72 @@ class SQLiteStore:
                 elif id(type_) in final_ids:
                     row[offset + 6] = ts
                     open_runs.pop(run_id, None)
-                if known is not None and known[2] is not None:
-                    watched = known[2]
-                    if watched[2]:  # a second state: the run's name is final now (task_run_name rendered)
-                        known[2] = None
-                        current = watched[0].name
-                        if current != watched[1]:
-                            if offset:
-                                row[2] = current
-                            else:
-                                renames.append((current, ref))
-                    else:
-                        watched[2] = True
-            elif kind == _LOG:
+            elif kind == LOG:
                 logs.append(record[1:])
-            elif kind == _TASK:
-                _, run, created, parameters = record
+            elif kind == TASK:
+                (_, run_id, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters,
+                 tags, created) = record
+                entry = seen.get(run_id)
+                if entry is not None and entry[3]:  # recorded again in this batch: a new name
+                    entry[2][2] = name
+                    continue
+                known = open_runs.get(run_id)
+                if known is not None:  # written by an earlier batch: a new name
+                    renames.append((name, known[0]))
+                    continue
                 next_ref += 1
-                key = str(run.id)
-                row = [next_ref, key, run.name, run.task_name, run.task_key, run.task_version,
-                       str(run.flow_run_id) if run.flow_run_id is not None else None,
-                       str(run.parent_task_run_id) if run.parent_task_run_id is not None else None,
-                       summarise_parameters(parameters), json.dumps(list(run.tags)) if run.tags else "[]", created,
-                       None, None, None, None, 0, None, None]
+                key = str(run_id)
+                row = [next_ref, key, name, task_name, task_key, task_version, _text(flow_run_id),
+                       _text(parent_task_run_id), parameters_json(parameters), _tags(tags), created,
+                       None, None, None, None, 0, None, None, owner]
                 task_runs.append(row)
-                known = open_runs[run.id] = [next_ref, False, [run, run.name, False]]
-                seen[run.id] = [next_ref, key, row, _TASK_STATE_COLUMN, known]
-            elif kind == _FLOW:
-                _, run, created, parameters = record
+                open_runs[run_id] = [next_ref, False]
+                seen[run_id] = [next_ref, key, row, _TASK_STATE_COLUMN]
+            elif kind == FLOW:
+                (_, run_id, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id,
+                 created) = record
+                if run_id in seen or run_id in open_runs:
+                    continue
                 next_ref += 1
-                key = str(run.id)
-                flows.append((run.flow_name, run.flow_version, created))
-                row = [next_ref, key, run.name, run.flow_name, run.flow_version, summarise_parameters(parameters),
-                       json.dumps(list(run.tags)) if run.tags else "[]",
-                       str(run.parent_flow_run_id) if run.parent_flow_run_id is not None else None,
-                       str(run.parent_task_run_id) if run.parent_task_run_id is not None else None, created,
-                       None, None, None, None, 0, None, None]
+                key = str(run_id)
+                flows.append((flow_name, flow_version, created))
+                row = [next_ref, key, name, flow_name, flow_version, parameters_json(parameters), _tags(tags),
+                       _text(parent_flow_run_id), _text(parent_task_run_id), created,
+                       None, None, None, None, 0, None, None, owner]
                 flow_runs.append(row)
-                known = open_runs[run.id] = [next_ref, True, None]
-                seen[run.id] = [next_ref, key, row, _FLOW_STATE_COLUMN, known]
+                open_runs[run_id] = [next_ref, True]
+                seen[run_id] = [next_ref, key, row, _FLOW_STATE_COLUMN]
         while len(open_runs) > _OPEN_RUNS_KEPT:  # runs that never end (NotReady...) are looked up if needed
             del open_runs[next(iter(open_runs))]
         if flows:
             _insert(conn, "INSERT INTO flows (name, version, created)", 3, flows,
                     " ON CONFLICT (name) DO UPDATE SET version = excluded.version")
         if flow_runs:
-            _insert(conn, f"INSERT INTO flow_runs ({_FLOW_RUN_COLUMNS})", 17, flow_runs)
+            _insert(conn, f"INSERT INTO flow_runs ({_FLOW_RUN_INSERT})", 18, flow_runs, " ON CONFLICT (id) DO NOTHING")
         if task_runs:
             before = conn.total_changes
-            _insert(conn, f"INSERT INTO task_runs ({_TASK_RUN_COLUMNS})", 18, task_runs, " ON CONFLICT (id) DO NOTHING")
+            _insert(conn, f"INSERT INTO task_runs ({_TASK_RUN_INSERT})", 19, task_runs, " ON CONFLICT (id) DO NOTHING")
             if conn.total_changes - before < len(task_runs):  # some were written already (below)
-                remap = self._merge_known_task_runs(conn, task_runs, task_updates)
+                remap = self._merge_known_task_runs(conn, task_runs, task_updates, renames)
                 states = [(remap.get(state[0], state[0]), *state[1:]) for state in states]
                 renames = [(name, remap.get(ref, ref)) for name, ref in renames]
         if renames:
             conn.executemany("UPDATE task_runs SET name = ? WHERE ref = ?", renames)
         for table, updates in (("task_runs", task_updates), ("flow_runs", flow_updates)):
             if updates:
-                conn.executemany(
-                    f"UPDATE {table} SET state_type = ?, state_name = ?, state_message = ?, state_ts = ?, "
-                    f"run_count = run_count + ?, start_time = coalesce(start_time, ?), "
-                    f"end_time = coalesce(?, end_time) WHERE ref = ?", updates)
+                conn.executemany(_UPDATE_RUN.format(table=table), updates)
         if states:
             _insert(conn, "INSERT INTO states (run_ref, run_id, type, name, message, ts, details)", 7, states)
         if logs:
             _insert(conn, "INSERT INTO logs (flow_run_id, task_run_id, level, message, ts)", 5, logs)
 
     def _merge_known_task_runs(self, conn: sqlite3.Connection, task_runs: list[list[Any]],
-                               task_updates: list[list[Any]]) -> dict[int, int]:
+                               task_updates: list[list[Any]], renames: list[tuple[str, int]]) -> dict[int, int]:
         """Task runs of this batch that another writer recorded first (a background run: `.delay()`
-        records it Scheduled in the caller's process, the worker records it again when it runs it, B5)
-        keep the row that exists: the batch's states for them go to that row, and its current state is
-        updated. Returns {ref this batch gave them: ref of the existing row}."""
+        records it Scheduled in the caller's process, the worker records it again when it runs it)
+        keep the row that exists: its name is updated, the batch's states for them go to that row,
+        and its current state is updated (the newest by time wins). Returns {ref this batch gave
+        them: ref of the existing row}."""
         remap: dict[int, int] = {}
         keys = [row[1] for row in task_runs]
         existing: dict[str, int] = {}
@@ -784,87 +684,36 @@ class SQLiteStore:
             known = self._open_runs.get(uuid.UUID(row[1]))
             if known is not None:
                 known[0] = ref  # later batches' states for this run go to the existing row
+            renames.append((row[2], ref))
             state = row[_TASK_STATE_COLUMN:_TASK_STATE_COLUMN + 7]
             if state[0] is not None:  # [type, name, message, ts, run_count, start, end]: written below
-                task_updates.append([*state, ref])
+                task_updates.append([*state, row[-1], ref])
         return remap
 
     def _find_ref(self, conn: sqlite3.Connection, run_id: uuid.UUID) -> list[Any] | None:
-        """[ref, is a flow run, None] of a run written earlier, or None if it is not in the database."""
+        """[ref, is a flow run] of a run written earlier, or None if it is not in the database."""
         row = conn.execute("SELECT ref, 0 FROM task_runs WHERE id = ?1 UNION ALL SELECT ref, 1 FROM flow_runs "
                            "WHERE id = ?1", (str(run_id),)).fetchone()
-        return None if row is None else [row[0], bool(row[1]), None]
-
-    # -- durability ----------------------------------------------------------------------------------
-    def pending(self) -> bool:
-        return bool(self._queue) or bool(self._batch) or self._writing
-
-    def flush(self, timeout: float | None = None) -> bool:
-        """Write everything recorded before this call, in this thread if the writer is not on it.
-        Waits for a busy database at most `timeout` seconds (default: the store's flush_timeout);
-        returns False (with a warning) if that ran out: the records stay queued for the writer."""
-        if not self.pending():
-            return True
-        mark = [False]
-        self._queue.append((_MARK, mark))  # past the bound on purpose: a flush never drops
-        deadline = time.monotonic() + (self.flush_timeout if timeout is None else timeout)
-        delay = 0.002
-        while not mark[0]:
-            if self._write_once():
-                delay = 0.002
-                continue
-            if time.monotonic() >= deadline:
-                _report(f"the store {self.path} stayed busy for {self.flush_timeout if timeout is None else timeout:g} s "
-                        f"(another process holds it); {len(self._queue) + len(self._batch)} record(s) are not written "
-                        f"yet and stay queued.")
-                if self._sleeping:
-                    self._wake()
-                return False
-            time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 0.25)
-        return True
-
-    def close(self) -> None:
-        """Write what is queued, stop the writer thread, close the connections. Records that arrive
-        later are written by the next flush (in the flushing thread)."""
-        self.flush()
-        self._closed = True
-        thread = self._thread
-        if thread is not None:
-            self._event.set()
-            if thread is not threading.current_thread():
-                thread.join(timeout=5)
-            self._thread = None
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-        with self._read_lock:
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
-
-    def _at_exit(self) -> None:
-        if not self._closed or self.pending():
-            try:
-                self.close()
-            except Exception as exc:  # exit goes on
-                _report(f"could not write the last records to {self.path}: {type(exc).__name__}: {exc}")
+        return None if row is None else [row[0], bool(row[1])]
 
     # -- reading -------------------------------------------------------------------------------------
-    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        self.flush()  # read-your-writes
+    def _query(self, sql: str, params: Iterable[Any] = (), flush: bool = True) -> list[tuple[Any, ...]]:
+        """Rows of a read. `flush=True` writes what this process recorded first (read-your-writes);
+        a reader that polls passes False and sees what is committed."""
+        if flush:
+            self.flush()
 
         def run() -> list[tuple[Any, ...]]:
             with self._read_lock:
                 if self._reader is None:
-                    self._reader = self._connect()
+                    self._reader = self._sqlite_connect()
                 return self._reader.execute(sql, tuple(params)).fetchall()
 
         try:
             return self._with_retry(run, deadline=time.monotonic() + 30)
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"Cannot read the asyncflow store {self.path}: {exc}.") from None
+            raise StoreError(f"Cannot read the asyncflow store {self.path}: {describe_error(exc)}. "
+                             f"{advice(exc, self.path)}") from None
 
     def read_flow_run(self, run_id: uuid.UUID) -> FlowRun:
         key = as_uuid(run_id, "flow_run_id")
@@ -929,7 +778,8 @@ class SQLiteStore:
             flow_run_id, task_run_id = uuid.UUID(key), None
         else:
             flow_run_id, task_run_id = _uuid_or_none(flow_run_text), uuid.UUID(key)
-        rows = self._query("SELECT type, name, message, ts, details FROM states WHERE run_ref = ? ORDER BY seq", (ref,))
+        rows = self._query("SELECT type, name, message, ts, details FROM states WHERE run_ref = ? ORDER BY ts, seq",
+                           (ref,))
         return [State(StateType(type_), name, message, None, _details_from(details, flow_run_id, task_run_id), ts)
                 for type_, name, message, ts, details in rows]
 
@@ -970,6 +820,7 @@ class SQLiteStore:
         """How many rows each table holds (for `asyncflow version` and the tests)."""
         return {table: self._query(f"SELECT count(*) FROM {table}")[0][0]
                 for table in ("flows", "flow_runs", "task_runs", "states", "logs")}
+
 
 
 _STATEMENTS: dict[tuple[str, int, int, str], str] = {}

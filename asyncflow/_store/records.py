@@ -1,0 +1,124 @@
+"""What a store writes: immutable snapshots of runs, states and log lines, made at record time.
+
+The hot path builds a tuple of values that nobody changes later (ids, names, tags, a state's fields,
+the parameters as they were), so the writer thread never reads a live run object while the engine
+changes it. Each tuple starts with its kind. Parameters are kept as given when every value is a plain
+immutable scalar (the common case: no work on the hot path), else summarised at once (`summary`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from .._runs import FlowRun, TaskRun
+from .._states import State, StateDetails
+
+FLOW, TASK, STATE, LOG, MARK = range(5)  # record kinds, the first item of each record
+
+# (FLOW, id, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id, created)
+# (TASK, id, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters, tags, created)
+# (STATE, run_id, type, name, message, ts, details)
+# (LOG, flow_run_id, task_run_id, level, message, ts)
+# (MARK, [done]): a flush waits until the writer has passed it
+
+_SCALARS = frozenset({int, bool, float, type(None)})  # exact types: immutable, no user code to run
+_PLAIN = (int, float, bool, type(None))
+_MAX_STR = 200
+_MAX_ITEMS = 20
+
+
+def parameters_snapshot(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The parameters as they are now: a copy when every value is an immutable scalar or a short
+    string, else a JSON-safe summary that runs no user code (see `summary`)."""
+    if not parameters:
+        return {}
+    try:
+        for value in parameters.values():
+            kind = type(value)
+            if kind not in _SCALARS and (kind is not str or len(value) > _MAX_STR):
+                return {str(name): summary(value) for name, value in parameters.items()}
+        return dict(parameters)
+    except Exception:  # changed while we read it
+        return {"<parameters>": f"<{type(parameters).__name__}>"}
+
+
+def summary(value: Any, depth: int = 0) -> Any:
+    """A JSON-safe summary of a value that runs no user code: plain values (long strings cut), small
+    lists/tuples/dicts of them, else `<TypeName>`. Exact types only: a subclass could run code."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value if kind is not float or math.isfinite(value) else repr(value)
+    if kind is str:
+        return value if len(value) <= _MAX_STR else value[:_MAX_STR] + "…"
+    if depth < 2 and kind in (list, tuple) and len(value) <= _MAX_ITEMS:
+        return [summary(v, depth + 1) for v in list(value)]
+    if depth < 2 and kind is dict and len(value) <= _MAX_ITEMS:
+        items = list(value.items())
+        if all(type(k) is str for k, _ in items):
+            return {k: summary(v, depth + 1) for k, v in items}
+    if kind in (list, tuple, dict, set, frozenset):
+        return f"<{kind.__name__} of {len(value)} items>"
+    return f"<{kind.__name__}>"
+
+
+def flow_run(run: FlowRun) -> tuple[Any, ...]:
+    return (FLOW, run.id, run.name, run.flow_name, run.flow_version, parameters_snapshot(run.parameters),
+            run.tags, run.parent_flow_run_id, run.parent_task_run_id, run.state.ts)
+
+
+def task_run(run: TaskRun) -> tuple[Any, ...]:
+    return (TASK, run.id, run.name, run.task_name, run.task_key, run.task_version, run.flow_run_id,
+            run.parent_task_run_id, parameters_snapshot(run.parameters), run.tags, run.state.ts)
+
+
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def parameters_json(parameters: dict[str, Any]) -> str:
+    """A snapshot's parameters as stored (non-finite floats as their repr)."""
+    if not parameters:
+        return "{}"
+    try:
+        return _encode(parameters)
+    except ValueError:  # nan/inf
+        return _encode({name: summary(value) for name, value in parameters.items()})
+
+
+def details_json(details: StateDetails) -> str | None:
+    if (details.cache_key is None and details.scheduled_time is None and details.cache_expiration is None
+            and details.child_flow_run_id is None):
+        return None
+    out: dict[str, Any] = {}
+    if details.cache_key is not None:
+        out["cache_key"] = details.cache_key
+    if details.cache_expiration is not None:
+        out["cache_expiration"] = details.cache_expiration.isoformat()
+    if details.scheduled_time is not None:
+        out["scheduled_time"] = details.scheduled_time.isoformat()
+    if details.child_flow_run_id is not None:
+        out["child_flow_run_id"] = str(details.child_flow_run_id)
+    return json.dumps(out)
+
+
+def to_run(record: tuple[Any, ...]) -> FlowRun | TaskRun:
+    """A run object made from its snapshot (Pending until its states are replayed)."""
+    from .._states import StateType
+
+    if record[0] == FLOW:
+        (_, id_, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id,
+         created) = record
+        return FlowRun(id=id_, name=name, flow_name=flow_name, flow_version=flow_version, parameters=parameters,
+                       tags=tags, state=State(StateType.PENDING, "Pending", ts=created),
+                       parent_flow_run_id=parent_flow_run_id, parent_task_run_id=parent_task_run_id)
+    (_, id_, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters, tags,
+     created) = record
+    return TaskRun(id=id_, name=name, task_name=task_name, task_key=task_key, flow_run_id=flow_run_id,
+                   parent_task_run_id=parent_task_run_id, tags=tags, parameters=parameters,
+                   state=State(StateType.PENDING, "Pending", ts=created), task_version=task_version)
+
+
+def to_state(record: tuple[Any, ...]) -> State[Any]:
+    _, run_id, type_, name, message, ts, details = record
+    return State(type_, name, message, None, details, ts)

@@ -1,0 +1,342 @@
+"""The run store keeps every record when something goes wrong (issue 11): backpressure instead of
+drops, states ordered by time, crash recovery by owner, a store that degrades to memory instead of
+stopping a flow, a deleted home noticed, private files. Real SQLite files, real processes and signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from asyncflow import flow, task
+from asyncflow._states import State, StateType
+from asyncflow._store import MemoryStore, get_store, set_store
+from asyncflow._store.sqlite import SQLiteStore
+from asyncflow.testing import isolated_store
+
+
+@task
+def double(x: int) -> int:
+    return 2 * x
+
+
+@flow
+def doubling(n: int = 3) -> list[int]:
+    return [double(i) for i in range(n)]
+
+
+def env_for(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCFLOW_")}
+    env.update(ASYNCFLOW_HOME=str(home), PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def run_script(code: str, home: Path, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env_for(home, **extra),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+FLOW_SCRIPT = """
+from asyncflow import flow, task
+from asyncflow._store import get_store
+
+@task
+def double(x):
+    return 2 * x
+
+@flow
+def doubling(n):
+    return sum(double(i) for i in range(n))
+
+print("result", doubling(10))
+print("runs", len(get_store().read_task_runs()))
+"""
+
+# The same flow, run as an ordinary user when started as root (root ignores file modes): every module is
+# imported (a warm-up flow in memory) before the process gives up root, as the interpreter itself lives
+# where that user cannot read.
+UNPRIVILEGED_FLOW_SCRIPT = """
+import os
+from asyncflow import _settings, flow, task
+from asyncflow._store import get_store, set_store
+import asyncflow._store.sqlite, asyncflow._store.memory
+
+@task
+def double(x):
+    return 2 * x
+
+@flow
+def doubling(n):
+    return sum(double(i) for i in range(n))
+
+os.environ["ASYNCFLOW_STORE"] = "memory"
+_settings.reload()
+doubling(2)
+set_store(None)
+os.environ["ASYNCFLOW_STORE"] = "sqlite"
+_settings.reload()
+if os.geteuid() == 0:
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+print("result", doubling(10))
+print("runs", len(get_store().read_task_runs()))
+"""
+
+
+# -- backpressure: nothing is dropped --------------------------------------------------------------
+def test_a_flow_of_many_submitted_tasks_leaves_every_run_in_the_store_through_a_small_queue(tmp_path):
+    store = SQLiteStore(tmp_path / "asyncflow.db", queue_size=50)
+
+    @flow
+    def many(n: int) -> int:
+        return sum(f.result() for f in double.map(range(n)))
+
+    with isolated_store(store):
+        assert many(2_000) == 2 * sum(range(2_000))
+        counts = store.counts()
+    store.close()
+    assert counts["task_runs"] == 2_000 and counts["flow_runs"] == 1
+    assert counts["states"] == 3 * 2_001  # Pending, Running, Completed for every run
+    assert store.waited > 0 and store.lost == 0  # the queue was full: recording waited, lost nothing
+
+
+# -- states in time order, not arrival order ---------------------------------------------------------
+def test_a_state_that_arrives_late_does_not_replace_a_newer_one(tmp_path):
+    from asyncflow._runs import TaskRun
+
+    store = SQLiteStore(tmp_path / "asyncflow.db")
+    run_id = uuid.uuid4()
+    run = TaskRun(id=run_id, name="r", task_name="t", task_key="k", flow_run_id=None, parent_task_run_id=None,
+                  tags=(), parameters={}, state=State(StateType.SCHEDULED, "Scheduled", ts=1.0))
+    try:
+        store.record_task_run(run)
+        store.record_state(run_id, State(StateType.RUNNING, "Running", ts=2.0))
+        store.record_state(run_id, State(StateType.COMPLETED, "Completed", ts=3.0))
+        assert store.flush()
+        store.record_state(run_id, State(StateType.SCHEDULED, "Scheduled", ts=1.0))  # another writer, late
+        assert store.flush()
+        assert store.read_task_run(run_id).state.name == "Completed"
+        assert [s.name for s in store.read_states(run_id)] == ["Scheduled", "Running", "Completed"]
+    finally:
+        store.close()
+
+
+# -- crash recovery ----------------------------------------------------------------------------------
+KILLED = """
+import sys, time
+from asyncflow import flow, task
+
+@task
+def stuck():
+    print("started", flush=True)
+    time.sleep(60)
+
+@flow
+def endless():
+    stuck()
+
+endless()
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGKILL", "SIGTERM"])
+def test_runs_of_a_killed_process_show_crashed_in_the_next_cli_command(tmp_path, signame, monkeypatch, capsys):
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(KILLED)], env=env_for(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "started", proc.stderr.read()
+        time.sleep(0.1)  # the writer's linger: the Running states reach the file
+    finally:
+        proc.send_signal(getattr(signal, signame))
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
+    from asyncflow import _settings
+    from asyncflow.cli import main
+
+    monkeypatch.setenv("ASYNCFLOW_HOME", str(tmp_path))
+    monkeypatch.delenv("ASYNCFLOW_STORE", raising=False)
+    _settings.reload()
+    assert main(["flow-run", "ls", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"Crashed"' in out and '"Running"' not in out
+    store = SQLiteStore(tmp_path / "asyncflow.db", create=False)
+    try:
+        [run] = store.read_flow_runs()
+        [task_run] = store.read_task_runs()
+        assert run.state.is_crashed() and task_run.state.is_crashed()
+        wanted = "received SIGTERM" if signame == "SIGTERM" else f"pid {proc.pid} "
+        assert wanted in run.state.message
+    finally:
+        store.close()
+
+
+def test_runs_of_a_live_process_are_never_marked_crashed(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(KILLED)], env=env_for(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "started", proc.stderr.read()
+        time.sleep(0.1)
+        for _ in range(3):
+            store = SQLiteStore(tmp_path / "asyncflow.db", create=False)
+            try:
+                assert store.recovered == 0
+                assert store.read_flow_runs()[0].state.is_running()
+            finally:
+                store.close()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+# -- an unusable home degrades to memory -------------------------------------------------------------
+def test_a_home_that_cannot_be_created_runs_the_flow_in_memory_with_one_warning(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_script(FLOW_SCRIPT, blocker / "home")
+    assert result.returncode == 0, result.stderr
+    assert "result 90" in result.stdout and "runs 10" in result.stdout  # read back from memory
+    assert result.stderr.count("asyncflow.store") == 1
+    assert "Not a directory" in result.stderr and "kept in memory only" in result.stderr
+
+
+def test_a_damaged_store_runs_the_flow_and_says_to_move_the_file_away(tmp_path):
+    (tmp_path / "asyncflow.db").write_bytes(b"not a database at all " * 200)
+    result = run_script(FLOW_SCRIPT, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "result 90" in result.stdout and "runs 10" in result.stdout
+    assert "is not an asyncflow store: move" in result.stderr and "kept in memory only" in result.stderr
+
+
+@pytest.fixture
+def public_dir():
+    """A directory every user can reach (pytest's tmp_path is private to its user)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="asyncflow-test-"))
+    path.chmod(0o755)
+    yield path
+    for sub in path.rglob("*"):
+        if sub.is_dir():
+            sub.chmod(0o755)
+    shutil.rmtree(path)
+
+
+@pytest.mark.parametrize("where", ["read-only home", "home out of reach"])
+def test_a_home_this_user_cannot_write_still_runs_the_flow(public_dir, where):
+    home = public_dir / "home"
+    home.mkdir()
+    store = SQLiteStore(home / "asyncflow.db")
+    with isolated_store(store):
+        doubling()
+    store.close()
+    for path in home.iterdir():
+        path.chmod(0o444)
+    home.chmod(0o555 if where == "read-only home" else 0o700)
+    try:
+        result = run_script(UNPRIVILEGED_FLOW_SCRIPT, home)
+    finally:
+        home.chmod(0o755)
+    assert result.returncode == 0, result.stderr
+    assert "result 90" in result.stdout and "runs 10" in result.stdout
+    assert "writable" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.count("kept in memory only") == 1
+
+
+def test_a_disk_that_fills_mid_run_degrades_to_memory_and_the_flow_completes(tmp_path, monkeypatch, capfd):
+    store = SQLiteStore(tmp_path / "asyncflow.db")
+    connect = store._sqlite_connect
+
+    def small_disk():  # a real SQLITE_FULL: the database may not grow past its current size
+        conn = connect()
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+        return conn
+
+    monkeypatch.setattr(store, "_sqlite_connect", small_disk)
+    store._drop_connection()
+    with isolated_store(store):
+        assert doubling(500) == [2 * i for i in range(500)]
+        runs = store.read_task_runs()  # this process still reads its runs (from memory)
+    store.close()
+    assert len(runs) >= 400 and all(run.state.is_completed() for run in runs[-100:])
+    err = capfd.readouterr().err
+    assert "full" in err and "free space" in err and err.count("kept in memory only") == 1
+
+
+# -- a deleted home ------------------------------------------------------------------------------------
+def test_a_store_deleted_under_a_running_process_is_noticed_and_started_again(tmp_path, capfd):
+    import shutil
+
+    home = tmp_path / "home"
+    store = SQLiteStore(home / "asyncflow.db")
+    with isolated_store(store):
+        doubling()
+        assert store.flush()
+        shutil.rmtree(home)
+        doubling()
+        assert store.flush()
+    store.close()
+    assert "was deleted or replaced while this process was writing to it" in capfd.readouterr().err
+    reader = SQLiteStore(home / "asyncflow.db", create=False)
+    try:
+        assert len(reader.read_flow_runs()) == 1 and len(reader.read_task_runs()) == 3
+    finally:
+        reader.close()
+
+
+# -- private files -------------------------------------------------------------------------------------
+def test_a_new_home_is_private_to_its_user(tmp_path):
+    home = tmp_path / "home"
+    store = SQLiteStore(home / "asyncflow.db")
+    with isolated_store(store):
+        doubling()
+    store.close()
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    for name in ("asyncflow.db", "asyncflow.db-wal", "asyncflow.db-shm"):
+        path = home / name
+        if path.exists():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
+
+
+def test_the_process_store_falls_back_to_memory_once(tmp_path, monkeypatch, capfd):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("ASYNCFLOW_HOME", str(blocker / "home"))
+    monkeypatch.setenv("ASYNCFLOW_STORE", "sqlite")
+    from asyncflow import _settings
+
+    _settings.reload()
+    previous = set_store(None)
+    try:
+        assert isinstance(get_store(), MemoryStore)
+        assert get_store() is get_store()
+        assert doubling() == [0, 2, 4]
+        assert capfd.readouterr().err.count("kept in memory only") == 1
+    finally:
+        set_store(previous)
+
+
+def test_sqlite_is_never_left_with_an_open_transaction_after_a_failed_batch(tmp_path):
+    store = SQLiteStore(tmp_path / "asyncflow.db")
+    try:
+        store.record_log(flow_run_id=None, task_run_id=None, level="INFO", message=object(), ts=0.0)  # type: ignore[arg-type]
+        assert store.flush()
+        with sqlite3.connect(store.path, timeout=0.5) as conn:
+            conn.execute("BEGIN IMMEDIATE")  # would fail with "database is locked" if a transaction hung
+            conn.execute("ROLLBACK")
+    finally:
+        store.close()
