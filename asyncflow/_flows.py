@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from . import _settings
@@ -13,6 +13,7 @@ from ._engine.bridge import AWAITING, BLOCKING, drive_sync
 from ._engine.loop import in_async_context
 from ._exceptions import InvalidNameError
 from ._names import flow_name_from_function
+from ._store.records import check_redacted
 from ._tasks import check_run_name_template, render_run_name
 from .task_runners import TaskRunner, coerce_task_runner
 
@@ -61,6 +62,7 @@ class Flow(Generic[P, R]):
         on_cancellation: list[Callable[..., Any]] | None = None,
         on_crashed: list[Callable[..., Any]] | None = None,
         on_running: list[Callable[..., Any]] | None = None,
+        redact_parameters: Iterable[str] | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(
@@ -101,6 +103,7 @@ class Flow(Generic[P, R]):
         self.on_crashed = HookList(validate_hooks(on_crashed, "on_crashed", "flow"))
         self.on_running = HookList(validate_hooks(on_running, "on_running", "flow"))
         self.binder = Binder(fn, f"flow {name!r}")
+        self.redact_parameters = check_redacted(redact_parameters, self.binder, f"flow {name!r}")
         check_run_name_template(flow_run_name, self.binder, "flow_run_name", f"flow {name!r}")
         if persist_result is not None and not isinstance(persist_result, bool):
             raise TypeError(f"flow {name!r}: persist_result must be True, False or None; got {persist_result!r}.")
@@ -183,7 +186,7 @@ _FLOW_OPTIONS = (
     "name", "version", "flow_run_name", "retries", "retry_delay_seconds", "task_runner", "description",
     "timeout_seconds", "validate_parameters", "persist_result", "result_storage", "result_serializer",
     "cache_result_in_memory", "log_prints", "on_completion", "on_failure", "on_cancellation", "on_crashed",
-    "on_running",
+    "on_running", "redact_parameters",
 )
 
 
@@ -250,6 +253,7 @@ def flow(
     on_cancellation: list[Callable[..., Any]] | None = None,
     on_crashed: list[Callable[..., Any]] | None = None,
     on_running: list[Callable[..., Any]] | None = None,
+    redact_parameters: Iterable[str] | None = None,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 

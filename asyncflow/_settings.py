@@ -106,6 +106,13 @@ def _parse_level(raw: str) -> str:
     return level
 
 
+def _parse_words(raw: str) -> tuple[str, ...]:
+    words = tuple(word.strip() for word in raw.split(","))
+    if any(not word.isidentifier() for word in words if word):
+        raise ValueError("expected a comma-separated list of words (letters, digits, underscores)")
+    return tuple(word for word in words if word)
+
+
 def _parse_choice(*choices: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -227,6 +234,15 @@ STORE = _declare(
     "ASYNCFLOW_STORE", _parse_choice("sqlite", "memory"), "sqlite",
     "Where runs, states and logs are recorded: `sqlite` (ASYNCFLOW_HOME/asyncflow.db, shared by every "
     "process with the same home) or `memory` (this process only, nothing on disk).", "sqlite or memory")
+STORE_PARAMETERS = _declare(
+    "ASYNCFLOW_STORE_PARAMETERS", _parse_choice("all", "none"), "all",
+    "What the run store keeps of runs' parameters: `all` (summarised: plain values, cut long strings, type names "
+    "for the rest) or `none` (no parameters on disk at all).", "all or none")
+STORE_REDACT = _declare(
+    "ASYNCFLOW_STORE_REDACT", _parse_words, ("password", "passwd", "secret", "token", "api_key", "apikey",
+                                             "credential", "private_key"),
+    "Parameters whose name contains one of these words (any case) are stored as `<redacted>`; a comma-separated "
+    "list, empty for none.", "a comma-separated list of words")
 STORE_QUEUE_SIZE = _declare(
     "ASYNCFLOW_STORE_QUEUE_SIZE", _parse_int(1), 100_000,
     "Records (runs, states, log lines) that may wait for the SQLite writer. When it is full, recording "

@@ -19,6 +19,7 @@ from ._engine.bridge import AWAITING, BLOCKING, drive_sync
 from ._engine.loop import in_async_context
 from ._engine.retry import build_retry_policy
 from ._futures import TaskRunFuture, TaskRunFutureList
+from ._store.records import check_redacted
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -81,6 +82,7 @@ class Task(Generic[P, R]):
         on_running: list[Callable[..., Any]] | None = None,
         on_commit: list[Callable[..., Any]] | None = None,
         on_rollback: list[Callable[..., Any]] | None = None,
+        redact_parameters: Iterable[str] | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(
@@ -124,6 +126,7 @@ class Task(Generic[P, R]):
         self.on_commit = HookList(validate_hooks(on_commit, "on_commit", "task"))
         self.on_rollback = HookList(validate_hooks(on_rollback, "on_rollback", "task"))
         self.binder = Binder(fn, f"task {self.name!r}")
+        self.redact_parameters = check_redacted(redact_parameters, self.binder, f"task {self.name!r}")
         check_run_name_template(task_run_name, self.binder, "task_run_name", f"task {self.name!r}")
         self.kind = _kind(fn)
         if self.kind in ("generator", "asyncgen"):
@@ -219,6 +222,7 @@ _TASK_OPTIONS = (
     "retries", "retry_delay_seconds", "retry_jitter_factor", "retry_condition_fn", "persist_result",
     "result_storage", "result_serializer", "result_storage_key", "cache_result_in_memory", "timeout_seconds",
     "log_prints", "refresh_cache", "on_completion", "on_failure", "on_running", "on_commit", "on_rollback",
+    "redact_parameters",
 )
 
 
@@ -395,6 +399,9 @@ def task(
     on_completion: list[Callable[..., Any]] | None = None,
     on_failure: list[Callable[..., Any]] | None = None,
     on_running: list[Callable[..., Any]] | None = None,
+    on_commit: list[Callable[..., Any]] | None = None,
+    on_rollback: list[Callable[..., Any]] | None = None,
+    redact_parameters: Iterable[str] | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 

@@ -340,3 +340,71 @@ def test_sqlite_is_never_left_with_an_open_transaction_after_a_failed_batch(tmp_
             conn.execute("ROLLBACK")
     finally:
         store.close()
+
+
+# -- parameters kept out of the store --------------------------------------------------------------------
+def _file_bytes(home: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in home.iterdir() if path.name.startswith("asyncflow.db"))
+
+
+def test_parameters_named_like_secrets_are_never_written(tmp_path):
+    @task
+    def login(user: str, password: str, api_key: str) -> str:
+        return user
+
+    @flow
+    def session(user: str, db_password: str) -> str:
+        return login(user, "hunter2-task", api_key="key-123")
+
+    store = SQLiteStore(tmp_path / "asyncflow.db")
+    with isolated_store(store):
+        assert session("alice", "hunter2-flow") == "alice"
+        [run] = store.read_task_runs()
+        [flow_run] = store.read_flow_runs()
+    store.close()
+    assert run.parameters == {"user": "alice", "password": "<redacted>", "api_key": "<redacted>"}
+    assert flow_run.parameters == {"user": "alice", "db_password": "<redacted>"}
+    data = _file_bytes(tmp_path)
+    assert b"hunter2" not in data and b"key-123" not in data
+
+
+def test_redact_parameters_keeps_named_parameters_out_of_runs_and_the_store(tmp_path):
+    @task(redact_parameters=["card"])
+    def charge(card: str, amount: int) -> int:
+        return amount
+
+    @flow(redact_parameters="customer")
+    def checkout(customer: str) -> int:
+        return charge("4111-1111", 10)
+
+    store = SQLiteStore(tmp_path / "asyncflow.db")
+    with isolated_store(store):
+        assert checkout("Ada Lovelace") == 10
+        [run] = store.read_task_runs()
+        [flow_run] = store.read_flow_runs()
+    store.close()
+    assert run.parameters == {"card": "<redacted>", "amount": 10}
+    assert flow_run.parameters == {"customer": "<redacted>"}
+    data = _file_bytes(tmp_path)
+    assert b"4111" not in data and b"Lovelace" not in data
+
+
+def test_a_store_can_keep_no_parameters_at_all(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASYNCFLOW_STORE_PARAMETERS", "none")
+    from asyncflow import _settings
+
+    _settings.reload()
+    store = SQLiteStore(tmp_path / "asyncflow.db")
+    with isolated_store(store):
+        doubling(2)
+        runs = store.read_task_runs()
+    store.close()
+    assert [run.parameters for run in runs] == [{}, {}]
+
+
+@pytest.mark.parametrize(("names", "error"), [(["nope"], ValueError), ([1], TypeError), (3, TypeError)])
+def test_redact_parameters_naming_no_parameter_is_a_clear_error_at_definition(names, error):
+    with pytest.raises(error, match="redact_parameters of task 'f'"):
+        @task(redact_parameters=names)
+        def f(x: int) -> int:
+            return x

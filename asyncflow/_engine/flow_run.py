@@ -25,6 +25,7 @@ from .._states import State, StateDetails, StateType
 from .._store import flush as flush_store
 from .._store import get_store
 from .._store import pending as store_pending
+from .._store.records import redact
 from .bridge import OWN_THREAD, Bridge, run_hooks
 from .common import exception_message, log_final_state
 from .interrupt import SyncRunAborted
@@ -47,7 +48,8 @@ class FlowCall:
         self.details = StateDetails(flow_run_id=run_id)
         parent_flow = parent.flow_context if parent is not None else None
         self.run = FlowRun(
-            id=run_id, name="", flow_name=flow.name, flow_version=flow.version, parameters=parameters,
+            id=run_id, name="", flow_name=flow.name, flow_version=flow.version,
+            parameters=redact(parameters, flow.redact_parameters) if flow.redact_parameters else parameters,
             tags=tuple(sorted(current_tags.get())), state=State(StateType.PENDING, "Pending", None, None, self.details),
             parent_flow_run_id=parent_flow.flow_run.id if parent_flow is not None else None,
             parent_task_run_id=parent.task_run.id if isinstance(parent, TaskRunContext) else None)
@@ -100,7 +102,7 @@ async def run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
                          f"Validation of flow parameters failed with error: {type(exc).__name__}: {exc}", exc)
             log(ERROR, call.label, f"Parameter validation failed for flow {flow.name!r}: {exc}", call.ids)
         else:
-            run.parameters = parameters
+            run.parameters = redact(parameters, flow.redact_parameters) if flow.redact_parameters else parameters
             state = await _attempts(call, ctx, parameters, bridge)
         log_final_state(state, call.label, call.ids)
         await _final_hooks(call, state, bridge)

@@ -30,6 +30,7 @@ from .._logging import flush as flush_logs
 from .._runs import TaskRun
 from .._states import State, StateDetails, StateType
 from .._store import get_store
+from .._store.records import redact
 from . import caching
 from .bridge import AWAITING, BLOCKING, Bridge, drive_sync, run_hooks
 from .children import ChildTracker
@@ -75,7 +76,8 @@ class TaskCall:
         self.run = TaskRun(
             id=run_id, name=f"{task.name}-{n}", task_name=task.name, task_key=key, flow_run_id=flow_run_id,
             parent_task_run_id=parent.task_run.id if isinstance(parent, TaskRunContext) else None,
-            tags=tuple(sorted(tags)) if tags else (), parameters=parameters,
+            tags=tuple(sorted(tags)) if tags else (),
+            parameters=redact(parameters, task.redact_parameters) if task.redact_parameters else parameters,
             state=State(StateType.PENDING, "Pending", None, None, self.details),
             task_version=task.version)
         self.task = task

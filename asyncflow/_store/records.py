@@ -63,6 +63,33 @@ def summary(value: Any, depth: int = 0) -> Any:
     return f"<{kind.__name__}>"
 
 
+REDACTED = "<redacted>"
+
+
+def check_redacted(names: Any, binder: Any, owner: str) -> frozenset[str]:
+    """`redact_parameters=` of a task or flow, checked at definition against its signature."""
+    if names is None:
+        return frozenset()
+    if isinstance(names, str):
+        names = [names]
+    try:
+        names = list(names)
+    except TypeError:
+        raise TypeError(f"redact_parameters of {owner} must be a list of parameter names; got {names!r}.") from None
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"redact_parameters of {owner} must be a list of parameter names; got {name!r} in it.")
+        if name not in binder.names:
+            raise ValueError(f"redact_parameters of {owner} names {name!r}, which is not one of its parameters "
+                             f"({', '.join(binder.names) or 'it has none'}).")
+    return frozenset(names)
+
+
+def redact(parameters: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
+    """The parameters a run shows and records: the named ones replaced by `<redacted>`."""
+    return {name: REDACTED if name in names else value for name, value in parameters.items()}
+
+
 def flow_run(run: FlowRun) -> tuple[Any, ...]:
     return (FLOW, run.id, run.name, run.flow_name, run.flow_version, parameters_snapshot(run.parameters),
             run.tags, run.parent_flow_run_id, run.parent_task_run_id, run.state.ts)
@@ -76,14 +103,45 @@ def task_run(run: TaskRun) -> tuple[Any, ...]:
 _encode = json.JSONEncoder(ensure_ascii=False).encode
 
 
-def parameters_json(parameters: dict[str, Any]) -> str:
-    """A snapshot's parameters as stored (non-finite floats as their repr)."""
-    if not parameters:
-        return "{}"
-    try:
-        return _encode(parameters)
-    except ValueError:  # nan/inf
-        return _encode({name: summary(value) for name, value in parameters.items()})
+class Privacy:
+    """What a store writes of parameters (the settings `ASYNCFLOW_STORE_PARAMETERS` and
+    `ASYNCFLOW_STORE_REDACT`): all of them, none, and which names are always redacted (a name that
+    contains one of `words`, in any case). Decided once per name, in the writer's thread."""
+
+    def __init__(self, keep: bool = True, words: tuple[str, ...] = ()) -> None:
+        self.keep = keep
+        self.words = tuple(word.lower() for word in words if word)
+        self._secret: dict[str, bool] = {}
+
+    @classmethod
+    def from_settings(cls) -> Privacy:
+        from .. import _settings
+
+        return cls(_settings.STORE_PARAMETERS.value() == "all", _settings.STORE_REDACT.value())
+
+    def is_secret(self, name: str) -> bool:
+        secret = self._secret.get(name)
+        if secret is None:
+            lowered = name.lower()
+            secret = self._secret[name] = any(word in lowered for word in self.words)
+            if len(self._secret) > 10_000:
+                self._secret.clear()
+        return secret
+
+    def json(self, parameters: dict[str, Any]) -> str:
+        """A snapshot's parameters as stored (non-finite floats as their repr)."""
+        if not parameters or not self.keep:
+            return "{}"
+        if self.words and any(self.is_secret(name) for name in parameters):
+            parameters = {name: REDACTED if self.is_secret(name) else value for name, value in parameters.items()}
+        try:
+            return _encode(parameters)
+        except ValueError:  # nan/inf
+            return _encode({name: summary(value) for name, value in parameters.items()})
+
+
+KEEP_ALL = Privacy()
+parameters_json = KEEP_ALL.json
 
 
 def details_json(details: StateDetails) -> str | None:

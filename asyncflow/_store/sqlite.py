@@ -46,7 +46,7 @@ from .base import (
     check_limit,
     state_filter,
 )
-from .records import FLOW, LOG, STATE, TASK, details_json, parameters_json, parameters_snapshot
+from .records import FLOW, LOG, STATE, TASK, Privacy, details_json, parameters_json, parameters_snapshot
 from .writer import BAD_RECORD, BUSY, UNUSABLE, BatchWriter, describe_error, report
 
 DB_FILE_NAME = "asyncflow.db"
@@ -323,8 +323,10 @@ class SQLiteStore(BatchWriter):
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True, queue_size: int = 100_000,
                  stall_seconds: float = 10.0, flush_timeout: float = 10.0, linger: float = 0.005,
-                 batch_size: int = 5000, busy_timeout: float = 1.0, recover: bool = True) -> None:
+                 batch_size: int = 5000, busy_timeout: float = 1.0, recover: bool = True,
+                 privacy: Privacy | None = None) -> None:
         self.path = Path(path).expanduser().absolute()
+        self.privacy = privacy or Privacy.from_settings()
         self.label = f"the store {self.path}"
         self.busy_timeout = busy_timeout
         self.recovered = 0  # runs this store marked Crashed when it opened (their process was gone)
@@ -571,6 +573,7 @@ class SQLiteStore(BatchWriter):
         next_ref = conn.execute(_MAX_REF).fetchone()[0]
         owner = self._owner_id(conn)
         running, final_ids = StateType.RUNNING, _FINAL_IDS
+        privacy = self.privacy.json
         for record in batch:
             kind = record[0]
             if kind == STATE:
@@ -618,7 +621,7 @@ class SQLiteStore(BatchWriter):
                 next_ref += 1
                 key = str(run_id)
                 row = [next_ref, key, name, task_name, task_key, task_version, _text(flow_run_id),
-                       _text(parent_task_run_id), parameters_json(parameters), _tags(tags), created,
+                       _text(parent_task_run_id), privacy(parameters), _tags(tags), created,
                        None, None, None, None, 0, None, None, owner]
                 task_runs.append(row)
                 open_runs[run_id] = [next_ref, False]
@@ -631,7 +634,7 @@ class SQLiteStore(BatchWriter):
                 next_ref += 1
                 key = str(run_id)
                 flows.append((flow_name, flow_version, created))
-                row = [next_ref, key, name, flow_name, flow_version, parameters_json(parameters), _tags(tags),
+                row = [next_ref, key, name, flow_name, flow_version, privacy(parameters), _tags(tags),
                        _text(parent_flow_run_id), _text(parent_task_run_id), created,
                        None, None, None, None, 0, None, None, owner]
                 flow_runs.append(row)
