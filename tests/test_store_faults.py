@@ -408,3 +408,77 @@ def test_redact_parameters_naming_no_parameter_is_a_clear_error_at_definition(na
         @task(redact_parameters=names)
         def f(x: int) -> int:
             return x
+
+
+# -- background runs, workers killed: every run's final state right in the store ------------------------
+BACKGROUND_TASKS = """
+import os, time
+from asyncflow import task
+
+@task
+def work(i: int, marker: str) -> int:
+    with open(marker, "a") as f:
+        f.write(f"{i}\\n")
+    time.sleep(0.05)
+    return i
+"""
+
+
+def test_delayed_runs_over_three_workers_with_a_sigkill_all_end_completed_in_the_sqlite_store(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (tmp_path / "bg_store_app.py").write_text(BACKGROUND_TASKS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("ASYNCFLOW_HOME", str(home))
+    monkeypatch.setenv("ASYNCFLOW_TASK_WORKER_LEASE_SECONDS", "1")
+    monkeypatch.delenv("ASYNCFLOW_BROKER_URL", raising=False)
+    from asyncflow import _settings
+
+    _settings.reload()
+    sys.modules.pop("bg_store_app", None)
+    import bg_store_app
+
+    marker = tmp_path / "marker.txt"
+    store = SQLiteStore(home / "asyncflow.db")
+    workers: list[subprocess.Popen[bytes]] = []
+    env = env_for(home, ASYNCFLOW_TASK_WORKER_LEASE_SECONDS="1")
+
+    def start_worker() -> subprocess.Popen[bytes]:
+        log = open(tmp_path / f"worker-{len(workers)}.log", "wb")  # noqa: SIM115 - closed with the test
+        proc = subprocess.Popen([sys.executable, "-m", "asyncflow.task_worker", "bg_store_app:work", "--limit", "5"],
+                                cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+        workers.append(proc)
+        return proc
+
+    try:
+        with isolated_store(store):
+            futures = [bg_store_app.work.delay(i, str(marker)) for i in range(150)]
+            for _ in range(3):
+                start_worker()
+            deadline = time.monotonic() + 60
+            while (not marker.exists() or len(marker.read_text().split()) < 20) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            workers[0].send_signal(signal.SIGKILL)  # mid-flight: up to 5 runs in its hands
+            workers[0].wait(10)
+            assert [f.result(timeout=120) for f in futures] == list(range(150))
+            for proc in workers[1:]:
+                proc.send_signal(signal.SIGTERM)
+            for proc in workers[1:]:
+                proc.wait(30)
+            reader = SQLiteStore(home / "asyncflow.db", create=False)
+            try:
+                runs = {run.id: run for run in reader.read_task_runs()}
+                histories = {f.task_run_id: [s.name for s in reader.read_states(f.task_run_id)] for f in futures}
+            finally:
+                reader.close()
+    finally:
+        for proc in workers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        store.close()
+        sys.modules.pop("bg_store_app", None)
+    assert len(runs) == 150
+    assert all(runs[f.task_run_id].state.name == "Completed" for f in futures), \
+        {run.state.name for run in runs.values()}
+    for history in histories.values():
+        assert history[0] == "Scheduled" and history[-1] == "Completed" and "Running" in history
