@@ -90,6 +90,11 @@ if os.geteuid() == 0:
     os.setuid(65534)
 print("result", doubling(10))
 print("runs", len(get_store().read_task_runs()))
+try:  # what the CLI reads
+    reader = asyncflow._store.sqlite.SQLiteStore(_settings.HOME.value() / "asyncflow.db", create=False)
+    print("on disk", len(reader.read_task_runs()))
+except asyncflow._store.StoreError as exc:
+    print("reader:", exc)
 """
 
 
@@ -252,6 +257,10 @@ def test_a_home_this_user_cannot_write_still_runs_the_flow(public_dir, where):
         home.chmod(0o755)
     assert result.returncode == 0, result.stderr
     assert "result 90" in result.stdout and "runs 10" in result.stdout
+    if where == "read-only home":
+        assert "on disk 3" in result.stdout  # the runs of before: a reader still reads a store it cannot write
+    else:
+        assert "reader: Cannot open the asyncflow store" in result.stdout and "Permission denied" in result.stdout
     assert "writable" in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.count("kept in memory only") == 1
 

@@ -98,4 +98,5 @@ def is_gone(host: str, boot: str, pid: int, started: str) -> bool | None:
 def crashed_message(owner: tuple[Any, ...]) -> str:
     host, _, pid, _ = owner
     return (f"The process that ran it (pid {pid} on {host}) ended before the run did: it was killed "
-            f"(SIGKILL, out of memory) or crashed. Marked Crashed by pid {os.getpid()} when it opened the store.")
+            f"(SIGKILL, out of memory) or crashed (or could no longer write to this store). Marked Crashed by "
+            f"pid {os.getpid()} when it opened the store.")

@@ -346,6 +346,9 @@ class SQLiteStore(BatchWriter):
 
     # -- opening, the schema ------------------------------------------------------------------------
     def _sqlite_connect(self) -> sqlite3.Connection:
+        if self._read_only:
+            return sqlite3.connect(f"{self.path.as_uri()}?mode=ro&immutable=1", uri=True, isolation_level=None,
+                                   check_same_thread=False)
         conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout, isolation_level=None,
                                check_same_thread=False)
         conn.execute("PRAGMA synchronous = NORMAL")  # with WAL: durable against a process crash
@@ -388,8 +391,29 @@ class SQLiteStore(BatchWriter):
             finally:
                 conn.close()
         except sqlite3.DatabaseError as exc:
+            if not create and classify(exc) == UNUSABLE and self._open_read_only():
+                return  # a reader (the CLI) of a store it cannot write: it reads a snapshot of the file
             raise StoreError(f"Cannot open the asyncflow store {self.path}: {describe_error(exc)}. "
                              f"{advice(exc, self.path)}") from None
+
+    def _open_read_only(self) -> bool:
+        """Read a store this process cannot write (a read-only home: SQLite cannot even create the
+        WAL's shared-memory file): as an immutable file. True if that works and the schema is ours."""
+        self._read_only = True
+        try:
+            conn = self._sqlite_connect()
+            try:
+                version = _schema_version(conn)
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError:
+            self._read_only = False
+            return False
+        if version > SCHEMA_VERSION:
+            raise StoreError(self._newer_message(version))
+        return version == SCHEMA_VERSION
+
+    _read_only = False
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         """WAL mode, and the schema at this version (forward migrations, one transaction)."""

@@ -13,15 +13,15 @@ _opened: list[Any] = []
 
 
 def open_store() -> Any:
-    """The SQLite store under ASYNCFLOW_HOME, opened for reading (never created); closed by `main`."""
-    from .. import _settings
-    from .._store.sqlite import DB_FILE_NAME, SQLiteStore
+    """The store the settings name (SQLite under ASYNCFLOW_HOME), opened for reading (never created);
+    opening it marks the runs of dead processes Crashed. Closed by `main`."""
+    from .._store import MemoryStore, default_store
 
-    if _settings.STORE.value() == "memory":
+    store = default_store(create=False)  # the one factory: the settings choose the backend
+    if isinstance(store, MemoryStore):
         raise CLIError("ASYNCFLOW_STORE=memory: runs are kept in the memory of the process that ran them, so "
                        "there is nothing here to read. Unset it (or `asyncflow config unset ASYNCFLOW_STORE`) to "
                        "record runs in ASYNCFLOW_HOME/asyncflow.db.")
-    store = SQLiteStore(_settings.HOME.value() / DB_FILE_NAME, create=False)
     _opened.append(store)
     return store
 
