@@ -491,3 +491,34 @@ def test_delayed_runs_over_three_workers_with_a_sigkill_all_end_completed_in_the
         {run.state.name for run in runs.values()}
     for history in histories.values():
         assert history[0] == "Scheduled" and history[-1] == "Completed" and "Running" in history
+
+
+def test_a_run_marked_crashed_and_then_finished_by_a_live_process_ends_finished(tmp_path):
+    """A background run whose worker was killed is delivered again: the Crashed that recovery
+    infers never hides the states the second worker records, whichever is written first."""
+    from asyncflow._runs import TaskRun
+
+    path = tmp_path / "asyncflow.db"
+    run_id = uuid.uuid4()
+    killed = SQLiteStore(path)
+    run = TaskRun(id=run_id, name="r", task_name="t", task_key="k", flow_run_id=None, parent_task_run_id=None,
+                  tags=(), parameters={}, state=State(StateType.PENDING, "Pending", ts=1.0))
+    killed.record_task_run(run)
+    killed.record_state(run_id, State(StateType.RUNNING, "Running", ts=2.0))
+    assert killed.flush()
+    with sqlite3.connect(path) as conn:  # its process is gone
+        conn.execute("UPDATE owners SET pid = 999999999, started = 'x'")
+    killed.close()
+    second = SQLiteStore(path, recover=False)
+    second.record_state(run_id, State(StateType.RUNNING, "Running", ts=3.0))
+    second.record_state(run_id, State(StateType.COMPLETED, "Completed", ts=4.0))
+    recovering = SQLiteStore(path)  # opens between the second worker's states and their write
+    assert recovering.recovered == 1
+    assert second.flush()
+    try:
+        done = recovering.read_task_run(run_id)
+        assert done.state.name == "Completed" and done.end_time == 4.0
+        assert [s.name for s in recovering.read_states(run_id)] == ["Running", "Crashed", "Running", "Completed"]
+    finally:
+        recovering.close()
+        second.close()

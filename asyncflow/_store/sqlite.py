@@ -231,8 +231,8 @@ _UPDATE_RUN = """UPDATE {table} SET
     state_name = CASE WHEN state_ts IS NULL OR state_ts <= ?4 THEN ?2 ELSE state_name END,
     state_message = CASE WHEN state_ts IS NULL OR state_ts <= ?4 THEN ?3 ELSE state_message END,
     state_ts = CASE WHEN state_ts IS NULL OR state_ts <= ?4 THEN ?4 ELSE state_ts END,
-    run_count = run_count + ?5, start_time = coalesce(start_time, ?6), end_time = coalesce(?7, end_time),
-    owner = ?8 WHERE ref = ?9"""
+    end_time = CASE WHEN state_ts IS NULL OR state_ts <= ?4 THEN ?7 ELSE end_time END,
+    run_count = run_count + ?5, start_time = coalesce(start_time, ?6), owner = ?8 WHERE ref = ?9"""
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -471,23 +471,25 @@ class SQLiteStore(BatchWriter):
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                now = time.time()
                 for owner_id, host, boot, pid, started, _ in dead:
                     if not conn.execute("SELECT 1 FROM owners WHERE id = ? AND pid = ? AND started = ?",
                                         (owner_id, pid, started)).fetchone():
                         continue  # another process recovered it meanwhile (ids are never reused)
                     message = _owners.crashed_message((host, boot, pid, started))
                     for table in ("task_runs", "flow_runs"):
-                        runs = conn.execute(f"SELECT ref, id FROM {table} WHERE owner = ? AND "
-                                            f"{_owners.OPEN_CONDITION}", (owner_id,)).fetchall()
+                        # the Crashed state takes the time of the run's last state: the process died after
+                        # it, and a live process that goes on with the run (a background run delivered
+                        # again) records newer states, which win
+                        runs = conn.execute(f"SELECT ref, id, coalesce(state_ts, created) FROM {table} WHERE owner = ? "
+                                            f"AND {_owners.OPEN_CONDITION}", (owner_id,)).fetchall()
                         if not runs:
                             continue
                         conn.executemany(
                             f"UPDATE {table} SET state_type = 'CRASHED', state_name = 'Crashed', state_message = ?, "
-                            f"state_ts = ?, end_time = ? WHERE ref = ?", [(message, now, now, ref) for ref, _ in runs])
+                            f"state_ts = ?, end_time = ? WHERE ref = ?", [(message, ts, ts, ref) for ref, _, ts in runs])
                         conn.executemany(
                             "INSERT INTO states (run_ref, run_id, type, name, message, ts) "
-                            "VALUES (?, ?, 'CRASHED', 'Crashed', ?, ?)", [(ref, id_, message, now) for ref, id_ in runs])
+                            "VALUES (?, ?, 'CRASHED', 'Crashed', ?, ?)", [(ref, id_, message, ts) for ref, id_, ts in runs])
                         crashed += len(runs)
                     conn.execute("DELETE FROM owners WHERE id = ?", (owner_id,))
                 conn.execute("COMMIT")
