@@ -325,3 +325,11 @@ def clear_records(root: Path | None = None, *, task: str | None = None, expired_
             removed += 1
     MEMORY.clear()
     return removed
+
+
+def lock_is_current(path: Path, fd: int) -> bool:  # stub: the test comes first
+    raise NotImplementedError
+
+
+def prune_locks(older_than_seconds: float, root: Path | None = None) -> int:  # stub: the test comes first
+    raise NotImplementedError
