@@ -349,7 +349,7 @@ async def test_an_async_task_never_serves_a_damaged_record(store, tmp_path, caps
     assert str(path) in err and "checksum" in err
 
 
-# -- stale lock files ------------------------------------------------------------------------------------------
+# -- stale lock files ----------------------------------------------------------------------------------
 def _age(path: Path, seconds: float) -> None:
     then = path.stat().st_mtime - seconds
     os.utime(path, (then, then))
