@@ -1,11 +1,11 @@
 """Persisted results: serializers, the on-disk result store, and per-key locks.
 
 A record is one file, named by its key, under the storage path (ASYNCFLOW_LOCAL_STORAGE_PATH,
-default ASYNCFLOW_HOME/storage): a JSON header line, then the serialized value. The header holds the
-expiration, the serializer, the task's name, the record format (2) and a SHA-256 checksum of the
-header's other fields and the payload:
+default ASYNCFLOW_HOME/storage): a JSON header line, then the serialized value. The header starts
+with a SHA-256 checksum of every byte after it (the rest of the header and the payload), then holds
+the expiration, the record format (2), the serializer and the task's name:
 
-    {"expiration": null, "format": 2, "serializer": "json", "sha256": "9f2c…", "task": "report"}
+    {"sha256": "9f2c…", "expiration": null, "format": 2, "serializer": "json", "task": "report"}
     {"amount": 12345, "user": "alice"}
 
 A record is served only if its checksum matches and it was written with the serializer of the task
@@ -52,6 +52,10 @@ from ._exceptions import ResultRecordError, ResultWriteError
 MISSING: Any = object()
 _MEMORY_RECORDS = 1000
 RECORD_FORMAT = 2  # 2: a SHA-256 checksum in the header; 1 (no "format" field): none
+# A record's header line starts with its checksum, which covers every byte after it (the rest of the
+# header and the payload), so checking it needs no re-encoding: {"sha256": "<64 hex>", "expiration": …}
+_CHECKSUM_FIELD = b'{"sha256": "'
+_COVERED_FROM = len(_CHECKSUM_FIELD) + 64
 
 
 class SerializationError(Exception):
@@ -230,6 +234,10 @@ class ResultStore:
     def _verify(self, path: Path, data: bytes) -> tuple[dict[str, Any], bytes]:
         """The header and payload of a record whose checksum matches and whose serializer is this
         store's; else ResultRecordError. Nothing is deserialized before both checks pass."""
+        if data.startswith(_CHECKSUM_FIELD):
+            checksum = data[len(_CHECKSUM_FIELD):_COVERED_FROM]
+            if checksum != hashlib.sha256(memoryview(data)[_COVERED_FROM:]).hexdigest().encode():
+                raise ResultRecordError(path, "is corrupt (its checksum does not match its content)")
         header_line, newline, payload = data.partition(b"\n")
         try:
             header = json.loads(header_line)
@@ -237,12 +245,11 @@ class ResultStore:
             header = None
         if not newline or not isinstance(header, dict):
             raise ResultRecordError(path, "is corrupt (its header is not a record header)")
-        checksum = header.pop("sha256", None)
-        if checksum is None:
-            raise ResultRecordError(path, "has no checksum (it was written by an asyncflow before checksums, "
-                                          "or its header is corrupt), so it is not trusted")
-        if checksum != _checksum(header, payload):  # (damage, not tampering: no secret)
-            raise ResultRecordError(path, "is corrupt (its checksum does not match its content)")
+        if not data.startswith(_CHECKSUM_FIELD):
+            if "sha256" in header or "format" in header:
+                raise ResultRecordError(path, "is corrupt (its checksum field is damaged)")
+            raise ResultRecordError(path, "has no checksum (it was written by an asyncflow before "
+                                          "checksums), so it is not trusted")
         written_with = header.get("serializer")
         if written_with != self.serializer.name:
             raise ResultRecordError(path, f"was written with the {written_with!r} serializer and this task "
@@ -266,10 +273,13 @@ class ResultStore:
                 f"{self.serializer.name!r} serializer cannot store ({type(exc).__name__}: {exc}). Return a "
                 f"serializable value, choose another result_serializer, or turn caching off for this task "
                 f"(cache_policy=NO_CACHE).") from exc
-        header: dict[str, Any] = {"expiration": expiration, "format": RECORD_FORMAT,
-                                  "serializer": self.serializer.name, "task": task_name}
-        header["sha256"] = _checksum(header, payload)
-        return json.dumps(header, sort_keys=True).encode() + b"\n" + payload
+        header = {"expiration": expiration, "format": RECORD_FORMAT, "serializer": self.serializer.name,
+                  "task": task_name}
+        # what the checksum covers: the header's other fields (after `{"sha256": "<hex>`), then the payload
+        covered = b'", ' + json.dumps(header, sort_keys=True).encode()[1:] + b"\n"
+        digest = hashlib.sha256(covered)
+        digest.update(payload)
+        return _CHECKSUM_FIELD + digest.hexdigest().encode() + covered + payload
 
     def write(self, key: str, value: Any, data: bytes, expiration: float | None) -> None:
         """Write a record atomically and durably; ResultWriteError (naming the path and the cause) if
@@ -293,14 +303,6 @@ class ResultStore:
     # locks
     def lock_path(self, key: str) -> Path:
         return self.root / ".locks" / (hashlib.md5(key.encode()).hexdigest() + ".lock")
-
-
-def _checksum(header: dict[str, Any], payload: bytes) -> str:
-    """SHA-256 of the header's fields (canonical JSON, without the checksum) and the payload."""
-    digest = hashlib.sha256(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
-    digest.update(b"\n")
-    digest.update(payload)
-    return digest.hexdigest()
 
 
 def _cause(exc: OSError) -> str:
