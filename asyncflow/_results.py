@@ -250,6 +250,9 @@ class ResultStore:
                 raise ResultRecordError(path, "is corrupt (its checksum field is damaged)")
             raise ResultRecordError(path, "has no checksum (it was written by an asyncflow before "
                                           "checksums), so it is not trusted")
+        expiration = header.get("expiration")
+        if expiration is not None and (type(expiration) not in (int, float) or math.isnan(expiration)):
+            raise ResultRecordError(path, f"is corrupt (its expiration is {expiration!r})")
         written_with = header.get("serializer")
         if written_with != self.serializer.name:
             raise ResultRecordError(path, f"was written with the {written_with!r} serializer and this task "
@@ -491,7 +494,6 @@ def clear_records(root: Path | None = None, *, task: str | None = None, expired_
             removed += 1
     MEMORY.clear()
     return removed
-
 
 
 def lock_is_current(path: Path, fd: int) -> bool:

@@ -411,3 +411,21 @@ def test_a_lock_file_pruned_under_a_waiter_is_never_shared(store, tmp_path):
             assert not lock_is_current(lock_path, waiter_fd)
     finally:
         os.close(waiter_fd)
+
+
+def test_a_record_with_a_valid_checksum_and_a_bad_expiration_is_a_miss_not_a_crash(store, tmp_path, capsys):
+    import hashlib
+
+    calls = []
+
+    @task(result_storage=tmp_path, cache_key_fn=lambda ctx, p: "k", cache_result_in_memory=False)
+    def work():
+        calls.append(1)
+        return 1
+
+    covered = b'", "expiration": "tomorrow", "format": 2, "serializer": "pickle", "task": "work"}\n'
+    payload = cloudpickle.dumps(2)
+    checksum = hashlib.sha256(covered + payload).hexdigest().encode()
+    (tmp_path / "k").write_bytes(b'{"sha256": "' + checksum + covered + payload)
+    assert work() == 1
+    assert "expiration" in capsys.readouterr().err
