@@ -69,3 +69,23 @@ class TaskRunTimeoutError(AsyncflowError, TimeoutError):
 
 class FlowRunTimeoutError(AsyncflowError, TimeoutError):
     """A flow run exceeded its `timeout_seconds`."""
+
+
+class ResultRecordError(AsyncflowError):
+    """A persisted result cannot be used: missing, unreadable, damaged, written with another serializer
+    or by an asyncflow without checksums. `path` is the record's file."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"The persisted result at {path} cannot be used: {reason}.")
+
+
+class ResultWriteError(AsyncflowError):
+    """A task's result could not be written to its storage path (full, read-only, no permission...).
+    `path` is the record's file, `errno` the cause's error number; the OSError is its `__cause__`."""
+
+    def __init__(self, path: object, message: str, errno: int | None = None) -> None:
+        self.path = path
+        self.errno = errno
+        super().__init__(message)

@@ -1,22 +1,41 @@
 """Persisted results: serializers, the on-disk result store, and per-key locks.
 
 A record is one file, named by its key, under the storage path (ASYNCFLOW_LOCAL_STORAGE_PATH,
-default ASYNCFLOW_HOME/storage): a JSON header line (expiration, serializer, task) and the payload.
-Writes are atomic (a temporary file, then a rename), so a reader sees a whole record or none; a
-corrupt or missing record is a cache miss with a warning, never a crash. Every process on the machine
-with the same storage path shares the records. A bounded in-memory layer serves repeated hits in this
-process without touching the disk.
+default ASYNCFLOW_HOME/storage): a JSON header line, then the serialized value. The header starts
+with a SHA-256 checksum of every byte after it (the rest of the header and the payload), then holds
+the expiration, the record format (2), the serializer and the task's name:
+
+    {"sha256": "9f2c…", "expiration": null, "format": 2, "serializer": "json", "task": "report"}
+    {"amount": 12345, "user": "alice"}
+
+A record is served only if its checksum matches and it was written with the serializer of the task
+reading it (the task decides, never the file: a planted pickle is not loaded for a JSON task). Anything
+else (damaged, truncated, another serializer, a record of the previous format, which had no checksum)
+is a cache miss with one warning naming the file; the run computes the value again and rewrites the
+record. `ResultStore.load` reads a value for which there is no miss to fall back on, and raises
+`ResultRecordError` naming the file instead. The checksum detects damage, not tampering: whoever can
+write the storage path can write a valid record (see the trust model in docs/caching.md).
+
+Writes are atomic and durable: a temporary file (mode 0600) is written, fsynced, renamed over the
+record, and the directory is fsynced; directories asyncflow creates are 0700. A write that fails raises
+`ResultWriteError` naming the record's path and the cause. Every process on the machine with the same
+storage path shares the records. A bounded in-memory layer serves repeated hits in this process
+without touching the disk. Key locks (SERIALIZABLE isolation) are files under `<storage>/.locks`;
+`prune_locks` removes the ones no run holds or has taken for a while.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,9 +47,15 @@ import cloudpickle
 
 from . import _settings
 from ._clock import get_clock
+from ._exceptions import ResultRecordError, ResultWriteError
 
 MISSING: Any = object()
 _MEMORY_RECORDS = 1000
+RECORD_FORMAT = 2  # 2: a SHA-256 checksum in the header; 1 (no "format" field): none
+# A record's header line starts with its checksum, which covers every byte after it (the rest of the
+# header and the payload), so checking it needs no re-encoding: {"sha256": "<64 hex>", "expiration": …}
+_CHECKSUM_FIELD = b'{"sha256": "'
+_COVERED_FROM = len(_CHECKSUM_FIELD) + 64
 
 
 class SerializationError(Exception):
@@ -38,6 +63,9 @@ class SerializationError(Exception):
 
 
 class Serializer:
+    """A result serializer. `name` is written in each record's header, and a record is only read by a
+    serializer of the same name: give a custom serializer a name of its own."""
+
     name = "?"
 
     def dumps(self, value: Any) -> bytes:
@@ -163,33 +191,80 @@ class ResultStore:
         return MEMORY.get(self._root_key, key)
 
     def read(self, key: str) -> tuple[Any, str | None]:
-        """(value or MISSING, warning or None) from memory, else from disk (blocking)."""
+        """(value or MISSING, warning or None) from memory, else from disk (blocking). A record that
+        cannot be used is a miss; the warning names its file and why."""
         value = MEMORY.get(self._root_key, key)
         if value is not MISSING:
             return value, None
+        path = self.path_for(key)
         try:
-            data = self.path_for(key).read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
             return MISSING, None
         except OSError as exc:
-            return MISSING, f"cannot read the cached result for key {key!r} ({exc}); computing it again"
-        return self._decode(key, data)
-
-    def _decode(self, key: str, data: bytes) -> tuple[Any, str | None]:
+            return MISSING, (f"the cached result for key {key!r} at {path} cannot be read: {_cause(exc)}; "
+                             f"computing it again")
         try:
-            header_line, _, payload = data.partition(b"\n")
-            header = json.loads(header_line)
+            header, payload = self._verify(path, data)
             expires = header.get("expiration")
             if expires is not None and get_clock().time() >= expires:
                 self._remove(key)  # expired records are not served, and are cleaned up
                 return MISSING, None
-            value = get_serializer(header.get("serializer", "pickle")).loads(payload)
-        except Exception as exc:
-            return MISSING, (f"the cached result for key {key!r} is corrupt ({type(exc).__name__}: {exc}); "
-                             f"computing it again")
+            value = self._loads(path, payload)
+        except ResultRecordError as exc:
+            return MISSING, f"the cached result for key {key!r} at {path} {exc.reason}; computing it again"
         if self.keep_in_memory:
             MEMORY.put(self._root_key, key, value, expires)
         return value, None
+
+    def load(self, key: str) -> Any:
+        """The value of the record at `key`, whatever its expiration, for a reader with no miss to fall
+        back on (a run's result read back later): raises `ResultRecordError` naming the file if the
+        record is missing, unreadable, damaged, of the previous format or of another serializer."""
+        path = self.path_for(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ResultRecordError(path, "does not exist") from None
+        except OSError as exc:
+            raise ResultRecordError(path, f"cannot be read: {_cause(exc)}") from exc
+        _header, payload = self._verify(path, data)
+        return self._loads(path, payload)
+
+    def _verify(self, path: Path, data: bytes) -> tuple[dict[str, Any], bytes]:
+        """The header and payload of a record whose checksum matches and whose serializer is this
+        store's; else ResultRecordError. Nothing is deserialized before both checks pass."""
+        if data.startswith(_CHECKSUM_FIELD):
+            checksum = data[len(_CHECKSUM_FIELD):_COVERED_FROM]
+            if checksum != hashlib.sha256(memoryview(data)[_COVERED_FROM:]).hexdigest().encode():
+                raise ResultRecordError(path, "is corrupt (its checksum does not match its content)")
+        header_line, newline, payload = data.partition(b"\n")
+        try:
+            header = json.loads(header_line)
+        except ValueError:
+            header = None
+        if not newline or not isinstance(header, dict):
+            raise ResultRecordError(path, "is corrupt (its header is not a record header)")
+        if not data.startswith(_CHECKSUM_FIELD):
+            if "sha256" in header or "format" in header:
+                raise ResultRecordError(path, "is corrupt (its checksum field is damaged)")
+            raise ResultRecordError(path, "has no checksum (it was written by an asyncflow before "
+                                          "checksums), so it is not trusted")
+        expiration = header.get("expiration")
+        if expiration is not None and (type(expiration) not in (int, float) or math.isnan(expiration)):
+            raise ResultRecordError(path, f"is corrupt (its expiration is {expiration!r})")
+        written_with = header.get("serializer")
+        if written_with != self.serializer.name:
+            raise ResultRecordError(path, f"was written with the {written_with!r} serializer and this task "
+                                          f"reads {self.serializer.name!r}, so it is not loaded")
+        return header, payload
+
+    def _loads(self, path: Path, payload: bytes) -> Any:
+        try:
+            return self.serializer.loads(payload)
+        except Exception as exc:  # intact, but not loadable here (a class this process cannot import...)
+            raise ResultRecordError(path, f"cannot be loaded by the {self.serializer.name!r} serializer "
+                                          f"({type(exc).__name__}: {exc})") from exc
 
     # writing
     def encode(self, value: Any, expiration: float | None, task_name: str) -> bytes:
@@ -201,21 +276,22 @@ class ResultStore:
                 f"{self.serializer.name!r} serializer cannot store ({type(exc).__name__}: {exc}). Return a "
                 f"serializable value, choose another result_serializer, or turn caching off for this task "
                 f"(cache_policy=NO_CACHE).") from exc
-        header = {"expiration": expiration, "serializer": self.serializer.name, "task": task_name}
-        return json.dumps(header).encode() + b"\n" + payload
+        header = {"expiration": expiration, "format": RECORD_FORMAT, "serializer": self.serializer.name,
+                  "task": task_name}
+        # what the checksum covers: the header's other fields (after `{"sha256": "<hex>`), then the payload
+        covered = b'", ' + json.dumps(header, sort_keys=True).encode()[1:] + b"\n"
+        digest = hashlib.sha256(covered)
+        digest.update(payload)
+        return _CHECKSUM_FIELD + digest.hexdigest().encode() + covered + payload
 
     def write(self, key: str, value: Any, data: bytes, expiration: float | None) -> None:
+        """Write a record atomically and durably; ResultWriteError (naming the path and the cause) if
+        it cannot be written."""
         path = self.path_for(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)  # atomic: readers see the old record or the new one
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+            _write_durably(path, data)
+        except OSError as exc:
+            raise ResultWriteError(path, _write_failure(path, exc), exc.errno) from exc
         if self.keep_in_memory:
             MEMORY.put(self._root_key, key, value, expiration)
 
@@ -232,38 +308,131 @@ class ResultStore:
         return self.root / ".locks" / (hashlib.md5(key.encode()).hexdigest() + ".lock")
 
 
+def _cause(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0)
+    text = exc.strerror or str(exc)
+    return f"{text} ({name})" if name else text
+
+
+def _write_failure(path: Path, exc: OSError) -> str:
+    where = f" (at {exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+    advice = {
+        errno.ENOSPC: "Free space on that disk, or",
+        errno.EDQUOT: "Free space within your disk quota, or",
+        errno.EROFS: "The file system is read-only:",
+        errno.EACCES: "This process may not write there: fix the directory's permissions, or",
+        errno.EPERM: "This process may not write there: fix the directory's permissions, or",
+        errno.ENOTDIR: "A file is in the way of a directory:",
+        errno.EEXIST: "A file is in the way of a directory:",
+    }.get(exc.errno or 0, "")
+    return (f"The task's result could not be written to {path}: {_cause(exc)}{where}. The function ran; this "
+            f"attempt counts as failed (retries apply). {advice + ' ' if advice else ''}set "
+            f"ASYNCFLOW_LOCAL_STORAGE_PATH (or the task's result_storage) to a writable directory, or turn "
+            f"persistence off for this task (persist_result=False).")
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """Create `directory` and its missing parents with mode 0700 (existing ones are left as they are)."""
+    if directory.is_dir():
+        return
+    try:
+        os.mkdir(directory, 0o700)
+    except FileNotFoundError:
+        if directory.parent == directory:
+            raise
+        _make_private_dirs(directory.parent)
+        with contextlib.suppress(FileExistsError):  # (another process made it meanwhile)
+            os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    if not directory.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(directory))
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Temporary file (0600) in the same directory, written and fsynced, then renamed over `path`; then
+    the directory is fsynced so the rename survives a power loss (where the file system allows it)."""
+    directory = path.parent
+    _make_private_dirs(directory)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)  # atomic: readers see the old record or the new one
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:  # some file systems cannot fsync a directory; the record itself is on disk
+        pass
+    finally:
+        os.close(dir_fd)
+
+
 # -- per-key locks (SERIALIZABLE isolation) ------------------------------------------------------------
 class KeyLock:
     """An exclusive lock on one key, between threads, coroutines and processes (flock); the OS
-    releases it if the process dies."""
+    releases it if the process dies. Taking it touches the file (its age is the time since a run last
+    took it), and a lock is only taken on the file that is still the key's lock file: `prune_locks`
+    may remove an old one while a waiter has it open, and the waiter then starts again."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
 
     def _open(self) -> int:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        _make_private_dirs(self.path.parent)
+        return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def _take(self, fd: int) -> bool:
+        """With the flock held on `fd`: keep it if `fd` is still the key's lock file, else let go."""
+        if not lock_is_current(self.path, fd):
+            os.close(fd)  # (closing releases the flock)
+            return False
+        with contextlib.suppress(OSError, NotImplementedError):
+            os.utime(fd)
+        self._fd = fd
+        return True
 
     def acquire(self) -> None:
-        fd = self._open()
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        self._fd = fd
-
-    async def acquire_async(self) -> None:
-        fd = self._open()
-        delay = 0.001
-        while True:  # poll without holding a thread while we wait
+        while True:
+            fd = self._open()
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 0.05)
+                fcntl.flock(fd, fcntl.LOCK_EX)
             except BaseException:
                 os.close(fd)
                 raise
-        self._fd = fd
+            if self._take(fd):
+                return
+
+    async def acquire_async(self) -> None:
+        delay = 0.001
+        while True:
+            fd = self._open()
+            while True:  # poll without holding a thread while we wait
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    try:
+                        await anyio.sleep(delay)
+                    except BaseException:
+                        os.close(fd)
+                        raise
+                    delay = min(delay * 2, 0.05)
+                except BaseException:
+                    os.close(fd)
+                    raise
+            if self._take(fd):
+                return
 
     def release(self) -> None:
         if self._fd is not None:
@@ -324,4 +493,54 @@ def clear_records(root: Path | None = None, *, task: str | None = None, expired_
             os.unlink(record["path"])
             removed += 1
     MEMORY.clear()
+    return removed
+
+
+def lock_is_current(path: Path, fd: int) -> bool:
+    """Whether the open file `fd` is still the lock file at `path` (not one pruned meanwhile)."""
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return held.st_nlink > 0 and (held.st_ino, held.st_dev) == (on_disk.st_ino, on_disk.st_dev)
+
+
+def prune_locks(older_than_seconds: float, root: Path | str | None = None) -> int:
+    """Remove the key-lock files under `<root>/.locks` (default root: the storage path) that no run
+    holds and no run has taken for `older_than_seconds`; returns how many were removed.
+
+    Safe while runs use the locks: a file is removed only while this function holds its flock, and a
+    run that opened it before then sees it is no longer the key's lock file and takes a new one.
+    Lock files of tasks with their own `result_storage` live under that path: pass it as `root`."""
+    if isinstance(older_than_seconds, bool) or not isinstance(older_than_seconds, (int, float)) or \
+            math.isnan(older_than_seconds) or older_than_seconds < 0:
+        raise ValueError(f"older_than_seconds must be a number of seconds >= 0; got {older_than_seconds!r}.")
+    directory = Path(root if root is not None else storage_root(None)) / ".locks"
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    cutoff = time.time() - older_than_seconds  # file times are wall-clock times
+    removed = 0
+    for entry in entries:
+        if not entry.name.endswith(".lock") or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held by a run
+                continue
+            path = Path(entry.path)
+            if os.fstat(fd).st_mtime < cutoff and lock_is_current(path, fd):
+                os.unlink(path)
+                removed += 1
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
     return removed

@@ -12,6 +12,8 @@ from ._exceptions import MappingMissingIterable as MappingMissingIterable
 from ._exceptions import MissingContextError as MissingContextError
 from ._exceptions import ParameterBindError as ParameterBindError
 from ._exceptions import ReservedArgumentError as ReservedArgumentError
+from ._exceptions import ResultRecordError as ResultRecordError
+from ._exceptions import ResultWriteError as ResultWriteError
 from ._exceptions import RunStateError as RunStateError
 from ._exceptions import ScopeClosedError as ScopeClosedError
 from ._exceptions import TaskRunTimeoutError as TaskRunTimeoutError
@@ -24,6 +26,7 @@ from ._store.base import StoreError as StoreError
 __all__ = [
     "AsyncflowError", "BlockingResultError", "CancelledRun", "CrashedRun", "FailedRun", "FlowRunTimeoutError",
     "InvalidNameError", "MappingLengthMismatch", "MappingMissingIterable", "MissingContextError",
-    "ObjectNotFound", "ParameterBindError", "ReservedArgumentError", "RunStateError", "ScopeClosedError", "SettingError",
+    "ObjectNotFound", "ParameterBindError", "ReservedArgumentError", "ResultRecordError",
+    "ResultWriteError", "RunStateError", "ScopeClosedError", "SettingError",
     "StoreError", "TaskRunTimeoutError", "UnfinishedRun", "UpstreamTaskError",
 ]

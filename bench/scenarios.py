@@ -199,6 +199,23 @@ def e_cache_hits_baseline(n: int) -> dict[str, float]:
     return _timed(main, n)
 
 
+def e_disk_cache_hits(lib: Any, n: int) -> dict[str, float]:
+    """Every hit read from the result file (no in-memory layer): the checksum's cost is here."""
+    key_fn = importlib.import_module(f"{lib.__name__}.tasks").task_input_hash
+
+    @lib.task(cache_key_fn=key_fn, cache_result_in_memory=False)
+    def square(x: int) -> int:
+        return x * x
+
+    @lib.flow
+    def main() -> None:
+        square(7)  # the miss that fills the cache
+        for _ in range(n):
+            square(7)
+
+    return _timed(main, n)
+
+
 # -- f. fails twice, then succeeds (retries=2, no delay) ------------------------------------------
 def f_retries(lib: Any, n: int) -> dict[str, float]:
     attempts = {"count": 0}
@@ -575,6 +592,7 @@ SCENARIOS: dict[str, tuple[str, int]] = {
     "c_sync": ("flow submits sync tasks, collects results", 5000),
     "d": ("map over N items", 5000),
     "e": ("cache hits (task_input_hash)", 5000),
+    "e_disk": ("cache hits read from the result file (cache_result_in_memory=False)", 2000),
     "f": ("task fails twice then succeeds (retries=2)", 2000),
     "g": ("cold start: import, and a one-flow script", 1),
     "h": ("memory: N submitted tasks in one flow", 100_000),
@@ -592,6 +610,7 @@ FUNCTIONS = {
     "c_sync": (c_submit_sync, c_submit_sync_baseline),
     "d": (d_map, d_map_baseline),
     "e": (e_cache_hits, e_cache_hits_baseline),
+    "e_disk": (e_disk_cache_hits, e_cache_hits_baseline),
     "f": (f_retries, f_retries_baseline),
     "g": (g_cold_start, g_cold_start_baseline),
     "h": (h_memory, h_memory_baseline),

@@ -145,10 +145,15 @@ async def completed(call: Any, plan: CachePlan | None, state: State[Any], bridge
                   release=plan.release if plan is not None else None)
         return state
     if write is not None:
+        assert plan is not None
         try:
             await bridge.io(write)
-        finally:
-            plan.release()  # type: ignore[union-attr]
+        except _results.ResultWriteError as exc:  # a failed attempt (retries apply); the key lock stays
+            return State(StateType.FAILED, "Failed", str(exc), exc, call.details)  # held until the run ends
+        except BaseException:
+            plan.release()
+            raise
+        plan.release()
     if task.on_commit:  # the run's own transaction commits at once
         own = Transaction(plan.key if plan is not None else None)
         own.state = TransactionState.COMMITTED
