@@ -510,6 +510,7 @@ def test_a_run_marked_crashed_and_then_finished_by_a_live_process_ends_finished(
         conn.execute("UPDATE owners SET pid = 999999999, started = 'x'")
     killed.close()
     second = SQLiteStore(path, recover=False)
+    second._sleeping = False  # its writer thread stays asleep: the records wait for the flush below
     second.record_state(run_id, State(StateType.RUNNING, "Running", ts=3.0))
     second.record_state(run_id, State(StateType.COMPLETED, "Completed", ts=4.0))
     recovering = SQLiteStore(path)  # opens between the second worker's states and their write
