@@ -183,18 +183,19 @@ async def test_a_sync_run_in_a_pool_thread_does_not_outlive_the_cancellation_of_
 
 def test_a_sync_flows_timeout_ends_its_submitted_runs_before_it_returns(runs):
     after = threading.Event()
-    slow_sync = _slow_sync_task(after, 0.5)
+    slow_sync = _slow_sync_task(after, 1.5)
     ids = []
 
-    @flow(timeout_seconds=0.1)
+    @flow(timeout_seconds=0.4)  # long enough for the body to submit on a loaded machine
     def f():
         ids.append(slow_sync.submit().task_run_id)
         time.sleep(5)
 
     state = f(return_state=True)
     assert state.name == "TimedOut"
+    assert len(ids) == 1
     assert final_names(runs, ids) == ["Cancelled"]
-    time.sleep(0.8)
+    time.sleep(1.6)
     assert not after.is_set()
     assert final_names(runs, ids) == ["Cancelled"]
 
