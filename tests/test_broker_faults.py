@@ -47,6 +47,10 @@ def fail_with_model() -> None:
 @task
 def unserved() -> None:
     return None
+
+@task
+def boom() -> None:
+    raise KeyError("missing")
 """
 
 WORKER_ONLY = """
@@ -120,7 +124,7 @@ def shared_redis(tmp_path_factory):
 
 
 @pytest.fixture(params=["sqlite", "redis"])
-def broker_url(request, monkeypatch, tmp_path):
+def broker_url(request, monkeypatch, app):
     """The embedded SQLite broker (a real file under ASYNCFLOW_HOME) and a real Redis."""
     if request.param == "sqlite":
         monkeypatch.delenv("ASYNCFLOW_BROKER_URL", raising=False)
@@ -132,8 +136,10 @@ def broker_url(request, monkeypatch, tmp_path):
 
 
 @pytest.fixture()
-def app(tmp_path, monkeypatch, broker_url):
-    """A module of tasks importable here and in workers; `wonly_models` importable only in workers."""
+def app(tmp_path, monkeypatch):
+    """A module of tasks importable here and in workers; `wonly_models` importable only in workers. The
+    SQLite broker unless the test asks for `broker_url` or sets ASYNCFLOW_BROKER_URL."""
+    monkeypatch.delenv("ASYNCFLOW_BROKER_URL", raising=False)
     (tmp_path / "faults_app.py").write_text(TASKS)
     (tmp_path / "worker_only").mkdir()
     (tmp_path / "worker_only" / "wonly_models.py").write_text(WORKER_ONLY)
@@ -291,6 +297,11 @@ def test_a_damaged_queued_payload_fails_the_run_saying_the_payload_is_damaged(ap
     finally:
         output = stop_worker(proc)
     assert proc.returncode == 0, output
+    from asyncflow.testing import isolated_home
+
+    with isolated_home(os.environ["ASYNCFLOW_HOME"]) as store:  # the worker's run store says it too
+        states = store.read_states(futures[0].task_run_id)
+    assert states[-1].name == "Failed" and "queued payload" in states[-1].message, states
 
 
 def test_a_damaged_stored_result_raises_a_clear_error_instead_of_a_value(app, tmp_path, broker_url):
@@ -399,6 +410,22 @@ def test_a_queued_run_that_no_worker_serves_yet_keeps_waiting(app, tmp_path, bro
     proc = start_worker(tmp_path, "double")
     try:
         assert future.result(timeout=60) == 8
+    finally:
+        stop_worker(proc)
+
+
+def test_a_run_whose_upstream_failed_resolves_instead_of_waiting(app, tmp_path, broker_url):
+    from asyncflow.exceptions import UpstreamTaskError
+
+    upstream = app.boom.delay()
+    downstream = app.double.apply_async((1,), wait_for=[upstream])
+    proc = start_worker(tmp_path, "boom", "double")
+    try:
+        with pytest.raises(KeyError, match="missing"):
+            upstream.result(timeout=60)
+        with pytest.raises(UpstreamTaskError, match=str(upstream.task_run_id)):
+            downstream.result(timeout=60)
+        assert downstream.state.name == "NotReady" and downstream.done()
     finally:
         stop_worker(proc)
 
@@ -513,12 +540,10 @@ def test_a_worker_survives_a_redis_restart_that_lost_the_data_and_lost_runs_fail
 
 
 # -- retention ----------------------------------------------------------------------------------------------
-def test_finished_redis_runs_expire_after_the_retention_setting(app, tmp_path, broker_url, monkeypatch):
-    if broker_url is None:
-        pytest.skip("Redis only: the SQLite broker is pruned (see the prune tests)")
-    import redis
-
-    client = redis.Redis.from_url(broker_url)
+def test_finished_redis_runs_expire_after_the_retention_setting(app, tmp_path, shared_redis, monkeypatch):
+    client = shared_redis.client()
+    client.flushdb()
+    monkeypatch.setenv("ASYNCFLOW_BROKER_URL", shared_redis.url)
     monkeypatch.setenv("ASYNCFLOW_BROKER_RETENTION_SECONDS", "3600")
     waiting = app.unserved.delay()
     proc = start_worker(tmp_path, "double", ASYNCFLOW_BROKER_RETENTION_SECONDS="3600")
@@ -574,9 +599,7 @@ def test_prune_removes_finished_runs_older_than_the_age_and_keeps_the_rest(app, 
         type(done[0])(done[0].task_run_id).result(timeout=60)
 
 
-def test_a_sqlite_worker_prunes_finished_runs_past_the_retention(app, tmp_path, broker_url):
-    if broker_url is not None:
-        pytest.skip("SQLite only: Redis expires finished runs itself")
+def test_a_sqlite_worker_prunes_finished_runs_past_the_retention(app, tmp_path):
     proc = start_worker(tmp_path, "double")
     try:
         done = app.double.delay(1)
