@@ -377,7 +377,10 @@ class DelayedFuture:
 
     def add_done_callback(self, fn: Callable[[DelayedFuture], Any]) -> None:
         def watch() -> None:
-            self.wait()
+            try:
+                self.wait()
+            except Exception:  # a damaged record, a broker gone for good: `fn` finds out from the future
+                pass
             fn(self)
 
         threading.Thread(target=watch, name="asyncflow-delayed-callback", daemon=True).start()
