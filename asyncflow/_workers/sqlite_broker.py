@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS asyncflow_task_queue (
     finished REAL
 );
 CREATE INDEX IF NOT EXISTS asyncflow_task_queue_ready ON asyncflow_task_queue (task_key, finished, created);
+CREATE INDEX IF NOT EXISTS asyncflow_task_queue_finished ON asyncflow_task_queue (finished);
 """
 
 
@@ -204,9 +205,14 @@ class SQLiteBroker:
         """Delete the rows of runs that finished more than `older_than_seconds` ago (their pickled
         arguments and results with them); return how many. Space is reused by later rows (no VACUUM)."""
         cutoff = time.time() - check_age(older_than_seconds)
+        removed = 0
         with self._errors():
-            return self._write("DELETE FROM asyncflow_task_queue WHERE finished IS NOT NULL AND finished < ?",
-                               (cutoff,))
+            while True:  # in batches: the write lock is held briefly, and .delay() is not kept waiting
+                count = self._write("DELETE FROM asyncflow_task_queue WHERE rowid IN (SELECT rowid FROM "
+                                    "asyncflow_task_queue WHERE finished < ? LIMIT 5000)", (cutoff,))
+                removed += count
+                if count < 5000:
+                    return removed
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
