@@ -89,3 +89,17 @@ class ResultWriteError(AsyncflowError):
         self.path = path
         self.errno = errno
         super().__init__(message)
+
+class BrokerUnavailableError(AsyncflowError, ConnectionError):
+    """The broker of background runs cannot be reached or opened (Redis down, a bad SQLite path).
+    The message names the broker (a Redis URL without its password, or the SQLite file) and the fix."""
+
+
+class BrokerDataError(AsyncflowError, RuntimeError):
+    """What the broker holds for a background run cannot be used: a damaged payload or result (its
+    checksum does not match), an unknown state, or a result that cannot be loaded in this process."""
+
+
+class LostRunError(AsyncflowError, RuntimeError):
+    """The broker does not know a background run (its record was deleted, pruned, or lost by a Redis
+    without persistence) for longer than ASYNCFLOW_TASK_WORKER_LOST_RUN_SECONDS."""

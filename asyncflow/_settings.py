@@ -302,6 +302,17 @@ BROKER_URL = _declare(
     "Queue of background runs (`task.delay`): unset for the SQLite store under ASYNCFLOW_HOME (one "
     "machine), `sqlite:///path` for another SQLite file, `redis://host:port/db` for many machines.",
     "sqlite:///path/to/file.db or redis://host:port/db")
+TASK_WORKER_LOST_RUN_SECONDS = _declare(
+    "ASYNCFLOW_TASK_WORKER_LOST_RUN_SECONDS", _parse_seconds, 60.0,
+    "How long the future of a background run waits while the broker does not know the run (its record "
+    "was deleted or pruned, or Redis restarted without persistence), or cannot be reached, before it "
+    "raises LostRunError (BrokerUnavailableError). A run that is queued, served or not, is never lost.",
+    "a number of seconds >= 0")
+BROKER_RETENTION_SECONDS = _declare(
+    "ASYNCFLOW_BROKER_RETENTION_SECONDS", _parse_seconds, 7 * 24 * 3600.0,
+    "How long the broker keeps a finished background run (state, result, pickled arguments): Redis "
+    "expires it, SQLite-broker workers prune it (at start, then hourly). 0 keeps finished runs for ever.",
+    "a number of seconds >= 0 (0: for ever)")
 
 
 def _similar(name: str, n: int) -> list[str]:

@@ -2,11 +2,14 @@
 
 from ._exceptions import AsyncflowError as AsyncflowError
 from ._exceptions import BlockingResultError as BlockingResultError
+from ._exceptions import BrokerDataError as BrokerDataError
+from ._exceptions import BrokerUnavailableError as BrokerUnavailableError
 from ._exceptions import CancelledRun as CancelledRun
 from ._exceptions import CrashedRun as CrashedRun
 from ._exceptions import FailedRun as FailedRun
 from ._exceptions import FlowRunTimeoutError as FlowRunTimeoutError
 from ._exceptions import InvalidNameError as InvalidNameError
+from ._exceptions import LostRunError as LostRunError
 from ._exceptions import MappingLengthMismatch as MappingLengthMismatch
 from ._exceptions import MappingMissingIterable as MappingMissingIterable
 from ._exceptions import MissingContextError as MissingContextError
@@ -24,9 +27,10 @@ from ._store.base import ObjectNotFound as ObjectNotFound
 from ._store.base import StoreError as StoreError
 
 __all__ = [
-    "AsyncflowError", "BlockingResultError", "CancelledRun", "CrashedRun", "FailedRun", "FlowRunTimeoutError",
-    "InvalidNameError", "MappingLengthMismatch", "MappingMissingIterable", "MissingContextError",
-    "ObjectNotFound", "ParameterBindError", "ReservedArgumentError", "ResultRecordError",
-    "ResultWriteError", "RunStateError", "ScopeClosedError", "SettingError",
-    "StoreError", "TaskRunTimeoutError", "UnfinishedRun", "UpstreamTaskError",
+    "AsyncflowError", "BlockingResultError", "BrokerDataError", "BrokerUnavailableError", "CancelledRun",
+    "CrashedRun", "FailedRun", "FlowRunTimeoutError", "InvalidNameError", "LostRunError",
+    "MappingLengthMismatch", "MappingMissingIterable", "MissingContextError", "ObjectNotFound",
+    "ParameterBindError", "ReservedArgumentError", "ResultRecordError", "ResultWriteError", "RunStateError",
+    "ScopeClosedError", "SettingError", "StoreError", "TaskRunTimeoutError", "UnfinishedRun",
+    "UpstreamTaskError",
 ]

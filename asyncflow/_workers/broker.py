@@ -3,10 +3,16 @@
 Delivery is at least once: a worker claims a run with a lease and renews it while the run is alive;
 if the worker dies, the lease expires and another worker claims the run again. The outcome is
 recorded once: `complete` only succeeds for the first worker to finish a run.
+
+Every broker method raises BrokerUnavailableError (naming the broker and the fix) when the broker
+cannot be reached or opened; callers that can wait (workers, futures) retry with `Backoff`. Payloads
+and results are sealed blobs (`blob.py`): the brokers store them as they are.
 """
 
 from __future__ import annotations
 
+import math
+import random
 from typing import Any, Protocol
 
 import attrs
@@ -17,7 +23,7 @@ class QueuedRun:
     id: str
     task_key: str
     task_name: str
-    payload: bytes  # cloudpickled (parameters, wait_for run ids)
+    payload: bytes  # sealed (blob.py) cloudpickle of (parameters, wait_for run ids)
     attempts: int = 0
 
 
@@ -28,8 +34,9 @@ class RunOutcome:
     state_type: str
     state_name: str
     message: str | None
-    result: bytes | None  # cloudpickled result (completed) or exception (failed)
+    result: bytes | None  # sealed (blob.py) cloudpickle of the result (completed) or exception (failed)
     finished: bool
+    task_name: str | None = None  # for messages (None: a record written before it was kept)
 
 
 class Broker(Protocol):
@@ -48,7 +55,37 @@ class Broker(Protocol):
 
     def outcome(self, run_id: str) -> RunOutcome | None: ...
 
+    def prune(self, older_than_seconds: float) -> int:
+        """Remove the finished runs that finished more than `older_than_seconds` ago (state, result,
+        pickled arguments); return how many. Queued and running runs are never removed."""
+        ...
+
     def close(self) -> None: ...
+
+
+def check_age(older_than_seconds: float) -> float:
+    if isinstance(older_than_seconds, bool) or not isinstance(older_than_seconds, (int, float)) \
+            or not math.isfinite(older_than_seconds) or older_than_seconds < 0:
+        raise ValueError(f"prune(older_than_seconds=...) takes a finite number of seconds >= 0; "
+                         f"got {older_than_seconds!r}.")
+    return float(older_than_seconds)
+
+
+class Backoff:
+    """Capped exponential backoff with jitter (each delay drawn from [d/2, d]), for reconnecting: many
+    workers that lost the same broker do not come back at the same instant."""
+
+    def __init__(self, base: float = 0.05, cap: float = 5.0) -> None:
+        self.base, self.cap = base, cap
+        self.failures = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.base * 2 ** min(self.failures, 32))
+        self.failures += 1
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self.failures = 0
 
 
 _brokers: dict[tuple[str | None, str | None], Any] = {}
@@ -76,7 +113,9 @@ def _make_broker(url: str | None) -> Any:
         from .sqlite_broker import SQLiteBroker
 
         path = url[len("sqlite:///"):] if url and url.startswith("sqlite:///") else None
-        return SQLiteBroker(path or (_settings.HOME.value() / "asyncflow.db"))
+        if path:
+            return SQLiteBroker(path, origin=f"ASYNCFLOW_BROKER_URL={url}")
+        return SQLiteBroker(_settings.HOME.value() / "asyncflow.db", origin="the default broker under ASYNCFLOW_HOME")
     if url.startswith(("redis://", "rediss://", "unix://")):
         from .redis_broker import RedisBroker
 

@@ -7,6 +7,12 @@ reach the broker in the order they were delayed; the future returns at once. The
 finished before the future is first waited on or asked for its result, before a later sync `.delay()`
 enqueues, and at process exit (the thread is not a daemon). If the enqueue fails, the future resolves
 Failed with that error. Sync callers enqueue in place, as before, and get the error raised.
+
+What the broker says is checked before it is believed: a result whose checksum fails, that cannot be
+unpickled here, or a state asyncflow does not know raise BrokerDataError naming the run, the task and
+the cause (never an exception object handed out as the value). A run the broker does not know for
+ASYNCFLOW_TASK_WORKER_LOST_RUN_SECONDS (deleted, pruned, lost by a Redis without persistence) ends
+`Crashed` with LostRunError; a broker that cannot be reached for as long raises BrokerUnavailableError.
 """
 
 from __future__ import annotations
@@ -19,28 +25,87 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import attrs
 import cloudpickle
 
-from .. import _fork
+from .. import _fork, _settings
 from .._engine.loop import in_async_context
-from .._exceptions import BlockingResultError
-from .._states import State, StateType
+from .._exceptions import (
+    BlockingResultError,
+    BrokerDataError,
+    BrokerUnavailableError,
+    LostRunError,
+    UpstreamTaskError,
+)
+from .._states import State, StateDetails, StateType
+from .blob import DamagedBlob, seal, unseal
 from .broker import RunOutcome, get_broker
 
 
-def outcome_to_state(outcome: RunOutcome | None, run_id: uuid.UUID) -> State[Any]:
-    from .._states import StateDetails
+@attrs.frozen(slots=True, repr=False, eq=False)
+class _UnloadableResult(State[Any]):
+    """A run that completed in the worker whose value cannot be handed out here: `.result()` raises why."""
 
+    error: BaseException | None = None
+
+    def result(self, raise_on_failure: bool = True) -> Any:
+        assert self.error is not None
+        raise self.error
+
+
+def _label(outcome: RunOutcome) -> str:
+    return f"task {outcome.task_name!r}" if outcome.task_name else "an unknown task"
+
+
+def _load(outcome: RunOutcome, run_id: uuid.UUID, state_type: StateType) -> tuple[Any, BrokerDataError | None]:
+    """The value (or exception) a finished run's outcome carries, or the error saying why it cannot be had."""
+    where = f"task run {run_id} ({_label(outcome)})"
+    completed = state_type is StateType.COMPLETED
+    what = "result" if completed else "exception"
+    if outcome.result is None:
+        return None, BrokerDataError(
+            f"The stored result of {where} is missing: the run ended {state_type.value} in the worker, but the "
+            f"broker's record has no value for it (the record was changed after it was written). Run it again.")
+    try:
+        raw = unseal(outcome.result, "result", str(run_id))
+    except DamagedBlob as exc:
+        return None, BrokerDataError(
+            f"The stored result of {where} is damaged: {exc}. The run ended {state_type.value} in the worker, "
+            f"but its {what} cannot be trusted; run it again.")
+    try:
+        return cloudpickle.loads(raw), None
+    except Exception as exc:
+        reported = "" if completed or not outcome.message else f" The worker reported: {outcome.message}"
+        return None, BrokerDataError(
+            f"The {what} of {where} cannot be loaded in this process: {type(exc).__name__}: {exc}. The run ended "
+            f"{state_type.value} in the worker; the {what}'s class must be importable here too (a module installed "
+            f"only where the worker runs is the usual cause): install it here, or return plain values.{reported}")
+
+
+def outcome_to_state(outcome: RunOutcome | None, run_id: uuid.UUID) -> State[Any]:
     details = StateDetails(task_run_id=run_id)
     if outcome is None:
         return State(StateType.SCHEDULED, "Scheduled", "Not in the broker (yet).", None, details)
-    data = None
-    if outcome.finished and outcome.result is not None:
-        try:
-            data = cloudpickle.loads(outcome.result)
-        except Exception as exc:  # e.g. the class of the result is not importable here
-            data = RuntimeError(f"the result of task run {run_id} cannot be loaded in this process: {exc!r}")
-    return State(StateType(outcome.state_type), outcome.state_name, outcome.message, data, details)
+    try:
+        state_type = StateType(outcome.state_type)
+    except ValueError:
+        raise BrokerDataError(
+            f"The broker's record of task run {run_id} ({_label(outcome)}) has an unknown state "
+            f"{outcome.state_type!r} (named {outcome.state_name!r}): the record is damaged, or was written by "
+            f"another program or a newer asyncflow. The run's outcome is unknown; run it again if you need it."
+        ) from None
+    if not outcome.finished or (outcome.result is None and state_type is not StateType.COMPLETED):
+        return State(state_type, outcome.state_name, outcome.message, None, details)
+    data, error = _load(outcome, run_id, state_type)
+    if error is None:
+        return State(state_type, outcome.state_name, outcome.message, data, details)
+    if state_type is StateType.COMPLETED:
+        return _UnloadableResult(state_type, outcome.state_name, str(error), None, details, error=error)
+    return State(state_type, outcome.state_name, outcome.message, error, details)
+
+
+def _grace() -> float:
+    return float(_settings.TASK_WORKER_LOST_RUN_SECONDS.value())
 
 
 class _Enqueue:
@@ -161,6 +226,8 @@ class DelayedFuture:
         self._broker_or_none = broker if broker is not None else get_broker()
         self._final: State[Any] | None = None
         self._job: _Enqueue | None = None  # the hand-off to the broker, while it may be pending
+        self._missing_since: float | None = None  # when the broker was first seen not to know the run
+        self._unreachable_since: float | None = None  # when the broker was first seen unreachable
 
     @classmethod
     def _being_queued(cls, job: _Enqueue) -> DelayedFuture:
@@ -169,6 +236,7 @@ class DelayedFuture:
         future._broker_or_none = None  # known once the job ran (looking it up may touch the database)
         future._final = None
         future._job = job
+        future._missing_since = future._unreachable_since = None
         return future
 
     @property
@@ -196,6 +264,8 @@ class DelayedFuture:
 
     @property
     def state(self) -> State[Any]:
+        """The run's state, asked from the broker. Raises BrokerUnavailableError if the broker cannot be
+        reached, BrokerDataError if its record is damaged."""
         if self._final is not None:
             return self._final
         job = self._job
@@ -203,13 +273,57 @@ class DelayedFuture:
             return job.state  # still on its way: Scheduled, as .delay() promised, without blocking
         if self._final is not None:
             return self._final
-        state = outcome_to_state(self._broker.outcome(str(self.task_run_id)), self.task_run_id)
-        if state.is_final():
+        outcome = self._broker.outcome(str(self.task_run_id))
+        if outcome is None:
+            return self._not_in_the_broker()
+        self._missing_since = None
+        state = outcome_to_state(outcome, self.task_run_id)
+        if state.is_final() or outcome.finished:  # finished without a final state: its upstream failed
             self._final = state
         return state
 
+    def _not_in_the_broker(self) -> State[Any]:
+        """Scheduled for a grace period (a rebuilt future may ask before the run reached the broker),
+        then Crashed with LostRunError."""
+        details = StateDetails(task_run_id=self.task_run_id)
+        now = time.monotonic()
+        if self._missing_since is None:
+            self._missing_since = now
+        grace = _grace()
+        if now - self._missing_since < grace:
+            return State(StateType.SCHEDULED, "Scheduled", "Not in the broker (yet).", None, details)
+        error = LostRunError(
+            f"The broker ({self._broker!r}) does not know task run {self.task_run_id}, and has not for "
+            f"{grace:g} s (ASYNCFLOW_TASK_WORKER_LOST_RUN_SECONDS): its record was deleted, or pruned after it "
+            f"finished (ASYNCFLOW_BROKER_RETENTION_SECONDS), or Redis restarted without persistence and lost "
+            f"it, or the id belongs to another broker. The run will not report here; delay it again if it still "
+            f"has to run.")
+        self._final = State(StateType.CRASHED, "Crashed", str(error), error, details)
+        return self._final
+
+    def _poll(self) -> State[Any] | None:
+        """The state; None while the broker cannot be reached, for up to the grace period (a Redis
+        restart), after which BrokerUnavailableError is raised."""
+        try:
+            state = self.state
+        except BrokerUnavailableError:
+            now = time.monotonic()
+            if self._unreachable_since is None:
+                self._unreachable_since = now
+                from .._logging import WARNING, log
+
+                log(WARNING, "asyncflow.task_worker", f"The broker is unreachable while waiting for task run "
+                    f"{self.task_run_id}; retrying for up to {_grace():g} s (ASYNCFLOW_TASK_WORKER_LOST_RUN_SECONDS).")
+            if now - self._unreachable_since >= _grace():
+                raise
+            return None
+        self._unreachable_since = None
+        return state
+
     def done(self) -> bool:
-        return self.state.is_final()
+        if self._final is None:
+            _ = self.state  # sets _final once the run finished
+        return self._final is not None
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the run finishes or `timeout` passes (then return quietly)."""
@@ -221,7 +335,10 @@ class DelayedFuture:
         if not self._queued(wait=True, timeout=timeout):
             return
         delay = 0.002
-        while not self.done():
+        while True:
+            self._poll()
+            if self._final is not None:
+                return
             if deadline is not None and time.monotonic() >= deadline:
                 return
             time.sleep(delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic())))
@@ -231,17 +348,22 @@ class DelayedFuture:
         self.wait(timeout)
         if self._final is None:
             raise TimeoutError(f"Task run {self.task_run_id} did not complete within {timeout} seconds")
-        return self._final.result(raise_on_failure=raise_on_failure)
+        return self._final_result(raise_on_failure)
+
+    def _final_result(self, raise_on_failure: bool = True) -> Any:
+        final = self._final
+        assert final is not None
+        if not final.is_final():  # the worker finished it without running it
+            raise UpstreamTaskError(f"Task run {self.task_run_id} did not run: {final.message or final.name}")
+        return final.result(raise_on_failure=raise_on_failure)
 
     async def wait_async(self) -> None:
         if self._job is not None:  # the hand-off first, in a thread (cancellable: it goes on anyway)
             await anyio.to_thread.run_sync(self._queued, True, abandon_on_cancel=True)
-        if self._final is not None:
-            return
         delay = 0.002
-        while True:
-            state = await anyio.to_thread.run_sync(lambda: self.state)
-            if state.is_final():
+        while self._final is None:
+            await anyio.to_thread.run_sync(self._poll)
+            if self._final is not None:
                 return
             await anyio.sleep(delay)
             delay = min(delay * 1.5, 0.1)
@@ -251,12 +373,14 @@ class DelayedFuture:
 
     async def _await_result(self) -> Any:
         await self.wait_async()
-        assert self._final is not None
-        return self._final.result()
+        return self._final_result()
 
     def add_done_callback(self, fn: Callable[[DelayedFuture], Any]) -> None:
         def watch() -> None:
-            self.wait()
+            try:
+                self.wait()
+            except Exception:  # a damaged record, a broker gone for good: `fn` finds out from the future
+                pass
             fn(self)
 
         threading.Thread(target=watch, name="asyncflow-delayed-callback", daemon=True).start()
@@ -296,7 +420,7 @@ def delay(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: An
     run_id = new_id()
     waits = [str(f.task_run_id) for f in (wait_for or [])]
     try:
-        payload = cloudpickle.dumps((parameters, waits))
+        payload = seal(cloudpickle.dumps((parameters, waits)), "payload", str(run_id))
     except Exception as exc:
         raise TypeError(f"{task.name}.delay(): the arguments cannot be sent to a task worker "
                         f"({type(exc).__name__}: {exc}). Pass picklable values.") from None

@@ -1,18 +1,24 @@
 """The embedded broker: the queue lives in a table of the SQLite database under ASYNCFLOW_HOME, so
 every process on the machine shares it. Claims take a write lock (BEGIN IMMEDIATE) so two workers
-never claim the same run at once; leases make delivery at least once."""
+never claim the same run at once; leases make delivery at least once.
+
+An unusable file (a bad path, a directory, no permission, a full or damaged disk, a lock held too long)
+raises BrokerUnavailableError naming the file and where its path came from."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 from .. import _fork
-from .broker import QueuedRun, RunOutcome
+from .._exceptions import BrokerUnavailableError
+from .broker import QueuedRun, RunOutcome, check_age
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS asyncflow_task_queue (
@@ -31,6 +37,7 @@ CREATE TABLE IF NOT EXISTS asyncflow_task_queue (
     finished REAL
 );
 CREATE INDEX IF NOT EXISTS asyncflow_task_queue_ready ON asyncflow_task_queue (task_key, finished, created);
+CREATE INDEX IF NOT EXISTS asyncflow_task_queue_finished ON asyncflow_task_queue (finished);
 """
 
 
@@ -55,13 +62,41 @@ _fork.register("sqlite broker", reset_in_child=_reset_after_fork)
 
 
 class SQLiteBroker:
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    expires_finished = False  # finished rows stay until prune() (workers call it, see worker.py)
+
+    def __init__(self, path: Path | str, origin: str = "the SQLite broker") -> None:
+        self.path = Path(path).absolute()
+        self.origin = origin  # where the path came from, for messages
         self._local = threading.local()
         _BROKERS.add(self)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
+        with self._errors():
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise self._unavailable(exc) from None
+            with self._connect() as db:
+                db.executescript(_SCHEMA)
+
+    def __repr__(self) -> str:
+        return f"SQLiteBroker({str(self.path)!r})"
+
+    def _unavailable(self, exc: BaseException) -> BrokerUnavailableError:
+        detail = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+            fix = "another process holds the database's write lock; try again, or find the process that holds it"
+        else:
+            fix = ("check that the path is a file in a directory that exists and that this user can write, "
+                   "that the disk is not full, or point ASYNCFLOW_BROKER_URL at another file "
+                   "(sqlite:////absolute/path.db)")
+        return BrokerUnavailableError(f"Cannot use the SQLite broker at {self.path} ({self.origin}): {detail}. "
+                                      f"Fix: {fix}.")
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from exc
 
     def _connect(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -85,13 +120,18 @@ class SQLiteBroker:
         raise sqlite3.OperationalError(f"the task queue in {self.path} stayed locked")
 
     def enqueue(self, run: QueuedRun) -> None:
-        self._write("INSERT INTO asyncflow_task_queue (id, task_key, task_name, payload, state_type, state_name, "
-                    "created) VALUES (?, ?, ?, ?, 'SCHEDULED', 'Scheduled', ?)",
-                    (run.id, run.task_key, run.task_name, run.payload, time.time()))
+        with self._errors():
+            self._write("INSERT INTO asyncflow_task_queue (id, task_key, task_name, payload, state_type, state_name, "
+                        "created) VALUES (?, ?, ?, ?, 'SCHEDULED', 'Scheduled', ?)",
+                        (run.id, run.task_key, run.task_name, run.payload, time.time()))
 
     def claim(self, task_keys: list[str], worker_id: str, lease_seconds: float, limit: int) -> list[QueuedRun]:
         if not task_keys or limit <= 0:
             return []
+        with self._errors():
+            return self._claim(task_keys, worker_id, lease_seconds, limit)
+
+    def _claim(self, task_keys: list[str], worker_id: str, lease_seconds: float, limit: int) -> list[QueuedRun]:
         db = self._connect()
         now = time.time()
         marks = ",".join("?" * len(task_keys))
@@ -103,6 +143,8 @@ class SQLiteBroker:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise
                 time.sleep(min(0.005 * 2**attempt, 0.5))
+        else:
+            raise sqlite3.OperationalError(f"the task queue in {self.path} stayed locked")
         try:
             rows = db.execute(
                 f"SELECT id, task_key, task_name, payload, attempts FROM asyncflow_task_queue "
@@ -113,38 +155,64 @@ class SQLiteBroker:
                            "WHERE id = ?", (worker_id, now + lease_seconds, row[0]))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         return [QueuedRun(r[0], r[1], r[2], r[3], r[4] + 1) for r in rows]
 
     def renew(self, run_ids: list[str], worker_id: str, lease_seconds: float) -> None:
         expires = time.time() + lease_seconds
-        for run_id in run_ids:
-            self._write("UPDATE asyncflow_task_queue SET lease_expires = ? WHERE id = ? AND lease_owner = ? "
-                        "AND finished IS NULL", (expires, run_id, worker_id))
+        with self._errors():
+            for run_id in run_ids:
+                self._write("UPDATE asyncflow_task_queue SET lease_expires = ? WHERE id = ? AND lease_owner = ? "
+                            "AND finished IS NULL", (expires, run_id, worker_id))
 
     def set_state(self, run_id: str, worker_id: str, state_type: str, state_name: str) -> None:
-        self._write("UPDATE asyncflow_task_queue SET state_type = ?, state_name = ? WHERE id = ? AND lease_owner = ? "
-                    "AND finished IS NULL", (state_type, state_name, run_id, worker_id))
+        with self._errors():
+            self._write("UPDATE asyncflow_task_queue SET state_type = ?, state_name = ? WHERE id = ? "
+                        "AND lease_owner = ? AND finished IS NULL", (state_type, state_name, run_id, worker_id))
 
     def complete(self, run_id: str, worker_id: str, state_type: str, state_name: str, message: str | None,
                  result: bytes | None) -> bool:
-        return self._write(
-            "UPDATE asyncflow_task_queue SET state_type = ?, state_name = ?, message = ?, result = ?, finished = ?, "
-            "lease_owner = ?, lease_expires = NULL WHERE id = ? AND finished IS NULL",
-            (state_type, state_name, message, result, time.time(), worker_id, run_id)) == 1
+        """Record the outcome unless another worker did first. True if this call recorded it, or if an
+        earlier attempt of the same worker did (a retried call after an error must not read as lost)."""
+        with self._errors():
+            if self._write(
+                    "UPDATE asyncflow_task_queue SET state_type = ?, state_name = ?, message = ?, result = ?, "
+                    "finished = ?, lease_owner = ?, lease_expires = NULL WHERE id = ? AND finished IS NULL",
+                    (state_type, state_name, message, result, time.time(), worker_id, run_id)) == 1:
+                return True
+            row = self._connect().execute("SELECT lease_owner FROM asyncflow_task_queue WHERE id = ?",
+                                          (run_id,)).fetchone()
+            return row is not None and row[0] == worker_id
 
     def release(self, run_id: str, worker_id: str) -> None:
-        self._write("UPDATE asyncflow_task_queue SET lease_owner = NULL, lease_expires = NULL, state_type = 'SCHEDULED', "
-                    "state_name = 'Scheduled' WHERE id = ? AND lease_owner = ? AND finished IS NULL", (run_id, worker_id))
+        with self._errors():
+            self._write("UPDATE asyncflow_task_queue SET lease_owner = NULL, lease_expires = NULL, "
+                        "state_type = 'SCHEDULED', state_name = 'Scheduled' WHERE id = ? AND lease_owner = ? "
+                        "AND finished IS NULL", (run_id, worker_id))
 
     def outcome(self, run_id: str) -> RunOutcome | None:
-        row = self._connect().execute(
-            "SELECT state_type, state_name, message, result, finished FROM asyncflow_task_queue WHERE id = ?",
-            (run_id,)).fetchone()
+        with self._errors():
+            row = self._connect().execute(
+                "SELECT state_type, state_name, message, result, finished, task_name FROM asyncflow_task_queue "
+                "WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             return None
-        return RunOutcome(row[0], row[1], row[2], row[3], row[4] is not None)
+        return RunOutcome(row[0], row[1], row[2], row[3], row[4] is not None, row[5])
+
+    def prune(self, older_than_seconds: float) -> int:
+        """Delete the rows of runs that finished more than `older_than_seconds` ago (their pickled
+        arguments and results with them); return how many. Space is reused by later rows (no VACUUM)."""
+        cutoff = time.time() - check_age(older_than_seconds)
+        removed = 0
+        with self._errors():
+            while True:  # in batches: the write lock is held briefly, and .delay() is not kept waiting
+                count = self._write("DELETE FROM asyncflow_task_queue WHERE rowid IN (SELECT rowid FROM "
+                                    "asyncflow_task_queue WHERE finished < ? LIMIT 5000)", (cutoff,))
+                removed += count
+                if count < 5000:
+                    return removed
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
