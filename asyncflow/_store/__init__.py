@@ -38,9 +38,14 @@ def get_store() -> RunStore:
 def _create_default() -> RunStore:
     global _store
     with _lock:
-        if _store is None:
-            _store = default_store()
-        return _store
+        if _store is not None:
+            return _store
+        _store = store = default_store()
+    if not isinstance(store, MemoryStore):  # ASYNCFLOW_STORE_RETENTION, in a background thread
+        from .retention import start_automatic
+
+        start_automatic(store)
+    return store
 
 
 def default_store(create: bool = True) -> RunStore:
