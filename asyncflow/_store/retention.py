@@ -324,11 +324,11 @@ def claim(home: Path, now: float | None = None, interval: float = INTERVAL_SECON
             last = float(os.read(fd, 64).decode("ascii").strip())
         except (ValueError, UnicodeDecodeError):
             last = -math.inf
-        if 0 <= now - last < interval:  # a stamp in the future (the clock went back) does not count
+        if abs(now - last) < interval:  # (a stamp more than that in the future: the clock went back)
             return False
         os.lseek(fd, 0, os.SEEK_SET)
         os.ftruncate(fd, 0)
-        os.write(fd, f"{now:.3f}\n".encode("ascii"))
+        os.write(fd, f"{now!r}\n".encode("ascii"))
         return True
     finally:
         os.close(fd)
