@@ -66,7 +66,7 @@ def test_flow_run_delete_with_yes_deletes_the_run_its_subflows_and_says_what(hom
     spared = etl(return_state=True).state_details.flow_run_id
     code, out, err = run(capsys, "flow-run", "delete", str(doomed)[:8], "--yes")
     assert code == 0 and err == ""
-    assert f"Deleted flow run '" in out and f"({doomed}) of flow 'etl'." in out
+    assert "Deleted flow run '" in out and f"({doomed}) of flow 'etl'." in out
     assert "Deleted 1 flow run(s) and 1 subflow run(s), 4 task run(s), 18 state(s) and 14 log line(s)" in out
     assert {r.id for r in home.read_flow_runs(flow_name="etl")} == {spared}
     assert len(home.read_flow_runs(flow_name="inner")) == 1 and len(home.read_task_runs()) == 4
@@ -77,7 +77,7 @@ def test_flow_run_delete_asks_in_a_terminal_and_deletes_nothing_without_a_yes(ho
     monkeypatch.setattr(sys, "stdin", Terminal("n\n"))
     code, out, err = run(capsys, "flow-run", "delete", run_id)
     assert code == 1 and out == ""
-    assert f"About to delete flow run '" in err and "Completed, with its subflow runs, task runs" in err
+    assert "About to delete flow run '" in err and "Completed, with its subflow runs, task runs" in err
     assert "Delete 1 flow run(s) from" in err and "[y/N]" in err and err.endswith("Nothing was deleted.\n")
     assert len(home.read_flow_runs()) == 2
     monkeypatch.setattr(sys, "stdin", Terminal("yes\n"))

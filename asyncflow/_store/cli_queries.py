@@ -16,7 +16,7 @@ def logs_after(conn: sqlite3.Connection, after: int, *, flow_run_id: Any = None,
     """(seq, line) of the lines after `after`, in order, at most `limit`. A task run's lines are found
     through its flow run's (indexed): pass both ids for a task run inside a flow run, only
     `task_run_id` for one called outside any flow run."""
-    where, params = ["seq > ?"], [int(after)]
+    where, params = ["seq > ?"], [int(after)]  # type: list[str], list[Any]
     if flow_run_id is not None:
         where.append("flow_run_id = ?")
         params.append(str(as_uuid(flow_run_id, "flow_run_id")))

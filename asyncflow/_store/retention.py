@@ -121,7 +121,7 @@ _TASK_RUNS, _FLOW_RUNS, _ORPHAN_STATES, _ORPHAN_LOGS, _FLOWS = range(5)
 def prune(conn: sqlite3.Connection, before_ts: float, *, dry_run: bool = False) -> dict[str, int]:
     """Prune everything final that ended before `before_ts`, batch after batch, in the caller's
     transaction (see the module's docstring for what goes). `dry_run` counts and deletes nothing."""
-    totals, cursor = zero_counts(), START
+    totals, cursor = zero_counts(), START  # type: dict[str, int], Cursor | None
     while cursor is not None:
         counts, cursor = prune_batch(conn, before_ts, cursor, dry_run=dry_run)
         add_counts(totals, counts)

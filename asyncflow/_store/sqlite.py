@@ -22,6 +22,7 @@ Guarantees:
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import math
 import os
@@ -977,7 +978,7 @@ class SQLiteStore:
         in one transaction; returns the rows deleted per table. Unknown ids are ignored."""
         from . import retention
 
-        ids, gone = list(ids), set()
+        ids, gone = list(ids), set[str]()
         self.flush()
         counts = self._in_write_transaction(lambda conn: retention.delete_flow_runs(conn, ids, gone))
         self._forget_runs(gone)
@@ -992,12 +993,8 @@ class SQLiteStore:
         self.flush()
         totals, cursor = retention.zero_counts(), retention.START
         while cursor is not None:
-            step = cursor
-            if dry_run:
-                counts, cursor = self._read_without_flush(
-                    lambda conn: retention.prune_batch(conn, before, step, dry_run=True))
-            else:
-                counts, cursor = self._in_write_transaction(lambda conn: retention.prune_batch(conn, before, step))
+            run = functools.partial(retention.prune_batch, before_ts=before, cursor=cursor, dry_run=dry_run)
+            counts, cursor = self._read_without_flush(run) if dry_run else self._in_write_transaction(run)
             retention.add_counts(totals, counts)
         if not dry_run:
             self._forget_runs()

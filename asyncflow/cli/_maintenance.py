@@ -43,7 +43,7 @@ def flow_run_delete(args: argparse.Namespace) -> int:
     from ._runs import resolve_id
 
     store = open_store()
-    runs = []
+    runs: list[Any] = []
     for text in args.ids:
         run = store.read_flow_run(resolve_id(store, text, "flow_runs"))
         if all(run.id != other.id for other in runs):
