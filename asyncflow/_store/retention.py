@@ -34,7 +34,7 @@ from .._states import FINAL_TYPES
 from .base import as_uuid
 
 TABLES = ("flow_runs", "task_runs", "states", "logs", "flows")
-BATCH_RUNS = 1000  # runs looked at (and at most removed) per batch: their states are a few thousand rows
+BATCH_RUNS = 500  # runs looked at (and at most removed) per batch: with their states, a few thousand rows
 BATCH_ROWS = 5000  # log lines or orphan states per batch
 _CHUNK = 500  # ids per IN (...) list
 WRITE_SLACK_SECONDS = DAY = 86400.0  # how much later than recorded a row may be written (see _next)
