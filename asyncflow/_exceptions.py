@@ -90,6 +90,7 @@ class ResultWriteError(AsyncflowError):
         self.errno = errno
         super().__init__(message)
 
+
 class BrokerUnavailableError(AsyncflowError, ConnectionError):
     """The broker of background runs cannot be reached or opened (Redis down, a bad SQLite path).
     The message names the broker (a Redis URL without its password, or the SQLite file) and the fix."""

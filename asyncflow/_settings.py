@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
 import time
 import warnings
@@ -137,6 +138,32 @@ def _parse_positive_seconds(raw: str) -> float:
     return value
 
 
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([smhd]?)", re.ASCII)
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+DURATION_FORMS = "a duration such as 30d, 12h, 90m, 45s or a number of seconds"
+
+
+def parse_duration(raw: str) -> float:
+    """`30d`, `12h`, `90m`, `45s` or a plain number of seconds (`3600`, `1.5`), in any case and with
+    spaces around: the number of seconds, a finite float >= 0. Raises ValueError("expected ...")."""
+    match = _DURATION.fullmatch(raw.strip().lower()) if isinstance(raw, str) else None
+    value = float(match.group(1)) * _DURATION_UNITS[match.group(2)] if match else -1.0
+    if not 0 <= value < math.inf:  # no sign, exponent, nan or inf; a number too big for a float
+        raise ValueError(f"expected {DURATION_FORMS}")
+    return value
+
+
+def _parse_retention(raw: str) -> float | None:
+    """A duration, or `0`/`off` (None: keep runs for ever)."""
+    if raw.strip().lower() in ("off", "never", "forever"):
+        return None
+    try:
+        value = parse_duration(raw)
+    except ValueError:
+        raise ValueError(f"expected {DURATION_FORMS}, or 0/off to keep runs for ever") from None
+    return value or None
+
+
 def _parse_path(raw: str) -> Path:
     raw = raw.strip()
     if "\x00" in raw:
@@ -252,6 +279,11 @@ STORE_FLUSH_TIMEOUT_SECONDS = _declare(
     "How long a flush (the end of an outermost flow run, process exit) waits for the database, e.g. while "
     "other processes hold it, before it gives up with a warning (what is not written stays queued).",
     "a number of seconds >= 0")
+STORE_RETENTION = _declare(
+    "ASYNCFLOW_STORE_RETENTION", _parse_retention, 30 * 86400.0,
+    "How long finished runs (with their states and logs) stay in the store: older ones are pruned "
+    "automatically, in a background thread, at most once an hour per home. 0 or off keeps them for ever.",
+    f"{DURATION_FORMS} (30d, 12h...), or 0/off")
 LOCAL_STORAGE_PATH = _declare(
     "ASYNCFLOW_LOCAL_STORAGE_PATH", _parse_path, lambda: HOME.resolve() / "storage",
     "Directory for persisted results and cache records, shared by every process on the machine. "

@@ -41,16 +41,21 @@ def _create_default() -> RunStore:
     into memory."""
     global _store
     with _lock:
-        if _store is None:
-            try:
-                _store = default_store()
-            except StoreError as exc:
-                from .writer import report
+        if _store is not None:
+            return _store
+        try:
+            _store = store = default_store()
+        except StoreError as exc:
+            from .writer import report
 
-                report(f"{exc} Until this process ends, its runs are kept in memory only (readable in this "
-                       f"process; the CLI and other processes will not see them).")
-                _store = MemoryStore(max_runs=DEFAULT_MAX_RUNS)
-        return _store
+            report(f"{exc} Until this process ends, its runs are kept in memory only (readable in this "
+                   f"process; the CLI and other processes will not see them).")
+            _store = store = MemoryStore(max_runs=DEFAULT_MAX_RUNS)
+    if not isinstance(store, MemoryStore):  # ASYNCFLOW_STORE_RETENTION, in a background thread
+        from .retention import start_automatic
+
+        start_automatic(store)
+    return store
 
 
 def default_store(create: bool = True) -> RunStore:

@@ -94,6 +94,18 @@ class RunStore(Protocol):
 
     def read_logs(self, *, flow_run_id: str | None = None, task_run_id: str | None = None) -> list[LogRecord]: ...
 
+    # retention (flush first; never called on the hot path)
+    def delete_flow_runs(self, ids: Iterable[uuid.UUID | str]) -> dict[str, int]:
+        """Delete these flow runs with their subflow runs (recursively), task runs, states and log lines;
+        returns the number of rows deleted per table (flow_runs, task_runs, states, logs, flows)."""
+        ...
+
+    def prune(self, older_than_seconds: float, *, dry_run: bool = False) -> dict[str, int]:
+        """Delete the runs in a final state that ended more than `older_than_seconds` ago (a flow run's
+        task runs go with it), with their states and log lines; runs not final are kept. Returns the
+        rows deleted per table (with `dry_run`, the rows that would be, and nothing is deleted)."""
+        ...
+
 
 # -- argument checks shared by the stores and the client ------------------------------------------
 def as_uuid(value: Any, what: str = "run id") -> uuid.UUID:

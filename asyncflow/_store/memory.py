@@ -13,7 +13,7 @@ from collections import deque
 from typing import Any
 
 from .._runs import FlowRun, TaskRun
-from .._states import State
+from .._states import FINAL_TYPES, State
 from .base import LogRecord, ObjectNotFound, StateRecord, as_uuid, check_limit, state_filter, state_matches
 
 _FLOW, _TASK, _STATE, _LOG = range(4)
@@ -141,3 +141,83 @@ class MemoryStore:
         return [log for log in list(self._logs)
                 if (flow_key is None or log.flow_run_id == flow_key)
                 and (task_key is None or log.task_run_id == task_key)]
+
+    # -- retention ----------------------------------------------------------------------------------
+    def delete_flow_runs(self, ids: Any) -> dict[str, int]:
+        """Delete these flow runs, their subflow runs (recursively), their task runs, states and logs."""
+        wanted = {as_uuid(value, "flow_run_id") for value in ids}
+        self._fold()
+        with self._lock:
+            children: dict[uuid.UUID, list[uuid.UUID]] = {}
+            for run in list(self._flow_runs.values()):
+                if run.parent_flow_run_id is not None:
+                    children.setdefault(run.parent_flow_run_id, []).append(run.id)
+            tree: set[uuid.UUID] = set()
+            frontier = [run_id for run_id in wanted if run_id in self._flow_runs]
+            while frontier:
+                run_id = frontier.pop()
+                if run_id not in tree:
+                    tree.add(run_id)
+                    frontier.extend(children.get(run_id, ()))
+            tasks = {run.id for run in list(self._task_runs.values()) if run.flow_run_id in tree}
+            return self._remove(tree, tasks, orphans_before=None, dry_run=False)
+
+    def prune(self, older_than_seconds: float, *, dry_run: bool = False) -> dict[str, int]:
+        """Delete the final runs that ended more than `older_than_seconds` ago (see RunStore.prune)."""
+        from .retention import cutoff
+
+        before = cutoff(older_than_seconds)
+
+        def old(run: Any) -> bool:
+            ended = run.end_time if run.end_time is not None else run.state.ts
+            return run.state.type in FINAL_TYPES and ended < before
+
+        self._fold()
+        with self._lock:
+            flows = {run.id for run in list(self._flow_runs.values()) if old(run)}
+            tasks = {run.id for run in list(self._task_runs.values())
+                     if run.flow_run_id in flows
+                     or ((run.flow_run_id is None or run.flow_run_id not in self._flow_runs) and old(run))}
+            return self._remove(flows, tasks, orphans_before=before, dry_run=dry_run)
+
+    def _remove(self, flows: set[uuid.UUID], tasks: set[uuid.UUID], orphans_before: float | None,
+                dry_run: bool) -> dict[str, int]:
+        """Remove these runs with their states and logs (and, with `orphans_before`, the states and
+        logs older than it whose run is not here). Called under the lock."""
+        counts = {"flow_runs": len(flows), "task_runs": len(tasks), "states": 0, "logs": 0, "flows": 0}
+        for run_id, history in list(self._states.items()):
+            if run_id in flows or run_id in tasks:
+                counts["states"] += len(history)
+                if not dry_run:
+                    del self._states[run_id]
+            elif orphans_before is not None and run_id not in self._flow_runs and run_id not in self._task_runs:
+                kept = [state for state in history if state[3] >= orphans_before]
+                counts["states"] += len(history) - len(kept)
+                if not dry_run:
+                    self._states[run_id] = kept
+                    if not kept:
+                        del self._states[run_id]
+        flow_keys, task_keys = {str(run_id) for run_id in flows}, {str(run_id) for run_id in tasks}
+        present_flows = {str(run_id) for run_id in self._flow_runs}
+        present_tasks = {str(run_id) for run_id in self._task_runs}
+
+        def goes(log: LogRecord) -> bool:
+            if log.flow_run_id in flow_keys or (log.flow_run_id is None and log.task_run_id in task_keys):
+                return True
+            if orphans_before is None or log.ts >= orphans_before:
+                return False
+            if log.flow_run_id is not None:
+                return log.flow_run_id not in present_flows
+            return log.task_run_id is None or log.task_run_id not in present_tasks
+
+        kept_logs = [log for log in list(self._logs) if not goes(log)]
+        counts["logs"] = len(self._logs) - len(kept_logs)
+        if not dry_run:
+            for run_id in flows:
+                self._flow_runs.pop(run_id, None)
+            for run_id in tasks:
+                self._task_runs.pop(run_id, None)
+            if counts["logs"]:
+                self._logs.clear()
+                self._logs.extend(kept_logs)
+        return counts

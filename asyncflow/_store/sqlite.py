@@ -24,6 +24,7 @@ Guarantees:
 from __future__ import annotations
 
 import errno as _errno
+import functools
 import json
 import os
 import random
@@ -850,6 +851,97 @@ class SQLiteStore(BatchWriter):
         return {table: self._query(f"SELECT count(*) FROM {table}")[0][0]
                 for table in ("flows", "flow_runs", "task_runs", "states", "logs")}
 
+    # -- retention and the CLI's reads (the SQL is in retention.py and cli_queries.py) ---------------------
+    def delete_flow_runs(self, ids: Iterable[Any]) -> dict[str, int]:
+        """Delete these flow runs, their subflow runs (recursively), their task runs, states and log lines,
+        in one transaction; returns the rows deleted per table. Unknown ids are ignored."""
+        from . import retention
+
+        ids, gone = list(ids), set[str]()
+        self.flush()
+        counts = self._in_write_transaction(lambda conn: retention.delete_flow_runs(conn, ids, gone))
+        self._forget_runs(gone)
+        return counts
+
+    def prune(self, older_than_seconds: float, *, dry_run: bool = False) -> dict[str, int]:
+        """Delete the runs that ended more than `older_than_seconds` ago, one short transaction per batch
+        (see retention.py for what goes); `dry_run` only counts. Returns the rows per table."""
+        from . import retention
+
+        before = retention.cutoff(older_than_seconds)
+        self.flush()
+        totals, cursor = retention.zero_counts(), retention.START
+        while cursor is not None:
+            run = functools.partial(retention.prune_batch, before_ts=before, cursor=cursor, dry_run=dry_run)
+            counts, cursor = self._read_without_flush(run) if dry_run else self._in_write_transaction(run)
+            retention.add_counts(totals, counts)
+        if not dry_run:
+            self._forget_runs()
+        return totals
+
+    def read_logs_after(self, after: int = 0, *, flow_run_id: Any = None, task_run_id: Any = None,
+                        limit: int = 10_000) -> list[tuple[int, LogRecord]]:
+        """(seq, line) of a run's log lines written after line number `after`: what is in the file now,
+        without flushing this process's queue (for following a live run from the CLI)."""
+        from . import cli_queries
+
+        return self._read_without_flush(lambda conn: cli_queries.logs_after(
+            conn, after, flow_run_id=flow_run_id, task_run_id=task_run_id, limit=limit))
+
+    def task_run_state_counts(self, flow_run_id: Any) -> list[tuple[str, int]]:
+        """[(state name, task runs in it)] of a flow run, in the order the states first appear."""
+        from . import cli_queries
+
+        self.flush()
+        return self._read_without_flush(lambda conn: cli_queries.task_run_state_counts(conn, flow_run_id))
+
+    def _in_write_transaction(self, fn: Any) -> Any:
+        """fn(writer connection) in one transaction under the write lock, retried while the database is busy."""
+        def attempt() -> Any:
+            with self._lock:
+                if self._closed:  # (the automatic retention's thread stops here at exit)
+                    raise StoreError(f"The store {self.path} is closed.")
+                conn = self._writer_conn()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                return result
+
+        try:
+            return self._with_retry(attempt, deadline=time.monotonic() + 30)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"Cannot write to the asyncflow store {self.path}: {exc}.") from None
+
+    def _read_without_flush(self, fn: Any) -> Any:
+        def attempt() -> Any:
+            with self._read_lock:
+                if self._reader is None:
+                    self._reader = self._sqlite_connect()
+                return fn(self._reader)
+
+        try:
+            return self._with_retry(attempt, deadline=time.monotonic() + 30)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"Cannot read the asyncflow store {self.path}: {exc}.") from None
+
+    def _forget_runs(self, ids: set[str] | None = None) -> None:
+        """Forget the refs cached for deleted runs (`ids`, else whichever cached runs are gone), so that
+        later records of theirs look their run up again instead of pointing at a deleted row."""
+        from . import retention
+
+        with self._lock:
+            if ids is None:
+                cached = [str(key) for key in list(self._open_runs)]
+                if not cached or self._closed:
+                    return
+                ids = set(cached) - retention.existing_run_ids(self._writer_conn(), cached)
+            for key in [key for key in list(self._open_runs) if str(key) in ids]:
+                del self._open_runs[key]
 
 
 _STATEMENTS: dict[tuple[str, int, int, str], str] = {}

@@ -1,9 +1,12 @@
 """The `asyncflow` command (also `python -m asyncflow`).
 
     asyncflow flow-run ls [--flow-name NAME] [--state STATE] [--limit N] [--json]
-    asyncflow flow-run inspect ID [--json]          asyncflow flow-run logs ID [--json]
+    asyncflow flow-run inspect ID [--limit N] [--json]
+    asyncflow flow-run logs ID [--follow] [--json]
+    asyncflow flow-run delete ID... [--yes] [--json]
     asyncflow task-run ls [--flow-run-id ID] [--limit N] [--json]
-    asyncflow task-run inspect ID [--json]
+    asyncflow task-run inspect ID [--json]          asyncflow task-run logs ID [--follow] [--json]
+    asyncflow store prune [--older-than DURATION] [--dry-run] [--json]
     asyncflow config set NAME=VALUE ... | unset NAME ... | view [--show-defaults] [--json]
     asyncflow cache ls [--task NAME] [--json] | clear (--all | --task NAME | --expired)
     asyncflow task-worker serve module:task ... [--limit N]
@@ -23,13 +26,14 @@ from ._common import CLIError, close_stores
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import _config, _runs
+    from . import _config, _maintenance, _runs
 
     parser = argparse.ArgumentParser(
-        prog="asyncflow", description="Inspect what ran (flow runs, task runs, states, logs), manage settings and "
-                                      "cached results, serve background tasks.")
+        prog="asyncflow", description="Inspect what ran (flow runs, task runs, states, logs), delete and prune "
+                                      "runs, manage settings and cached results, serve background tasks.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _runs.add_commands(commands)
+    _maintenance.add_commands(commands)
     _config.add_commands(commands)
     return parser
 

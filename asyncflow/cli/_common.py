@@ -29,3 +29,42 @@ def open_store() -> Any:
 def close_stores() -> None:
     while _opened:
         _opened.pop().close()
+
+
+# -- argument types: a clear error (exit status 2, naming the option) instead of a traceback or a
+# silently empty result (U7) --------------------------------------------------------------------------
+MAX_COUNT = 2**63 - 1  # SQLite's largest integer
+
+
+def count(text: str) -> int:
+    """An integer from 0 to MAX_COUNT (`--limit`)."""
+    import argparse
+
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_COUNT}, got {text!r}")
+    return value
+
+
+def nonempty(text: str) -> str:
+    """A value that is not empty or blank (`--flow-name ''` would match nothing)."""
+    import argparse
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a non-empty value, got {text!r}")
+    return text
+
+
+def duration(text: str) -> float:
+    """`30d`, `12h`, `90m`, `45s` or a number of seconds (`--older-than`)."""
+    import argparse
+
+    from .._settings import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, got {text!r}") from None

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from . import _output as out
-from ._common import CLIError
+from ._common import CLIError, nonempty
 
 
 def add_commands(commands: Any) -> None:
@@ -31,13 +31,13 @@ def add_commands(commands: Any) -> None:
     cache = commands.add_parser("cache", help="list and clear cached results (under ASYNCFLOW_LOCAL_STORAGE_PATH)")
     sub = cache.add_subparsers(dest="action", metavar="{ls,clear}", required=True)
     ls = sub.add_parser("ls", help="list cache records")
-    ls.add_argument("--task", help="only the records of this task (its name)")
+    ls.add_argument("--task", type=nonempty, help="only the records of this task (its name)")
     ls.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     ls.set_defaults(run=cache_ls)
     clear = sub.add_parser("clear", help="delete cache records: --all, --task NAME, or --expired")
     which = clear.add_mutually_exclusive_group(required=True)
     which.add_argument("--all", action="store_true", help="every record")
-    which.add_argument("--task", help="the records of this task (its name)")
+    which.add_argument("--task", type=nonempty, help="the records of this task (its name)")
     which.add_argument("--expired", action="store_true", help="only the records whose expiration has passed")
     clear.set_defaults(run=cache_clear)
 

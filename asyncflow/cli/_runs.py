@@ -7,56 +7,65 @@ import uuid
 from typing import Any
 
 from . import _output as out
-from ._common import CLIError, open_store
+from ._common import CLIError, count, nonempty, open_store
 
 
 def add_commands(commands: Any) -> None:
-    flow_run = commands.add_parser("flow-run", help="list and inspect flow runs",
-                                   description="List and inspect flow runs recorded under ASYNCFLOW_HOME.")
-    sub = flow_run.add_subparsers(dest="action", metavar="{ls,inspect,logs}", required=True)
+    from ._maintenance import add_delete_command
+
+    flow_run = commands.add_parser("flow-run", help="list, inspect, follow and delete flow runs",
+                                   description="List, inspect, follow and delete flow runs recorded under "
+                                               "ASYNCFLOW_HOME.")
+    sub = flow_run.add_subparsers(dest="action", metavar="{ls,inspect,logs,delete}", required=True)
     ls = sub.add_parser("ls", help="list flow runs, newest first")
-    ls.add_argument("--flow-name", help="only runs of this flow")
-    ls.add_argument("--state", action="append", metavar="STATE",
+    ls.add_argument("--flow-name", type=nonempty, help="only runs of this flow")
+    ls.add_argument("--state", action="append", metavar="STATE", type=nonempty,
                     help="only runs in this state: a name (Completed, Cached, TimedOut...) or a type (COMPLETED, "
                          "FAILED...), any case; repeat for several")
-    ls.add_argument("--limit", type=_limit, default=15, help="at most this many runs (default 15; 0 for all)")
+    ls.add_argument("--limit", type=count, default=15, help="at most this many runs (default 15; 0 for all)")
     _json(ls)
     ls.set_defaults(run=flow_run_ls)
-    _one_run(sub, "inspect", "a flow run: details, state history, task runs", "flow run", flow_run_inspect)
-    _one_run(sub, "logs", "a flow run's log lines (its task runs' included)", "flow run", flow_run_logs)
+    inspect = _one_run(sub, "inspect", "a flow run: details, state history, task runs", "flow run", flow_run_inspect)
+    inspect.add_argument("--limit", type=count, default=INSPECT_TASK_RUNS,
+                         help=f"show at most this many of its task runs (default {INSPECT_TASK_RUNS}; 0 for all)")
+    logs = _one_run(sub, "logs", "a flow run's log lines (its task runs' included)", "flow run", flow_run_logs)
+    _follow(logs, "flow run")
+    add_delete_command(sub)
 
-    task_run = commands.add_parser("task-run", help="list and inspect task runs",
-                                   description="List and inspect task runs recorded under ASYNCFLOW_HOME.")
-    sub = task_run.add_subparsers(dest="action", metavar="{ls,inspect}", required=True)
+    task_run = commands.add_parser("task-run", help="list, inspect and follow task runs",
+                                   description="List, inspect and follow task runs recorded under ASYNCFLOW_HOME.")
+    sub = task_run.add_subparsers(dest="action", metavar="{ls,inspect,logs}", required=True)
     ls = sub.add_parser("ls", help="list task runs (of one flow run in the order they ran, else newest first)")
-    ls.add_argument("--flow-run-id", help="only the task runs of this flow run (id or unique prefix)")
-    ls.add_argument("--limit", type=_limit, default=None,
+    ls.add_argument("--flow-run-id", type=nonempty, help="only the task runs of this flow run (id or unique prefix)")
+    ls.add_argument("--limit", type=count, default=None,
                     help="at most this many runs (default: all of a flow run's, else 15; 0 for all)")
     _json(ls)
     ls.set_defaults(run=task_run_ls)
     _one_run(sub, "inspect", "a task run: details and state history", "task run", task_run_inspect)
+    logs = _one_run(sub, "logs", "a task run's log lines", "task run", task_run_logs)
+    _follow(logs, "task run")
 
 
-def _one_run(sub: Any, name: str, help: str, kind: str, run: Any) -> None:
+INSPECT_TASK_RUNS = 100  # task runs `flow-run inspect` shows unless --limit says otherwise
+
+
+def _one_run(sub: Any, name: str, help: str, kind: str, run: Any) -> argparse.ArgumentParser:
     """A command about one run: `NAME ID [--json]`."""
     parser = sub.add_parser(name, help=help)
-    parser.add_argument("id", help=f"{kind} id (or a unique prefix of it)")
+    parser.add_argument("id", type=nonempty, help=f"{kind} id (or a unique prefix of it)")
     _json(parser)
     parser.set_defaults(run=run)
+    return parser
+
+
+def _follow(parser: argparse.ArgumentParser, kind: str) -> None:
+    parser.add_argument("--follow", "-f", action="store_true",
+                        help=f"keep printing new lines until the {kind} ends (Ctrl-C stops); with --json, one "
+                             f"JSON object per line")
 
 
 def _json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON (for scripts)")
-
-
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def resolve_id(store: Any, text: str, table: str) -> uuid.UUID:
@@ -102,14 +111,13 @@ def flow_run_inspect(args: argparse.Namespace) -> int:
     store = open_store()
     run = store.read_flow_run(resolve_id(store, args.id, "flow_runs"))
     states = store.read_states(run.id)
-    task_runs = store.read_task_runs(flow_run_id=run.id)
+    task_runs = store.read_task_runs(flow_run_id=run.id, limit=args.limit or None)
+    counts = store.task_run_state_counts(run.id)
+    total = sum(n for _, n in counts)
     if args.json:
         out.dump_json({**out.flow_run_json(run), "states": [out.state_json(s) for s in states],
-                       "task_runs": [out.task_run_json(t) for t in task_runs]})
+                       "task_run_count": total, "task_runs": [out.task_run_json(t) for t in task_runs]})
         return 0
-    counts: dict[str, int] = {}
-    for task_run in task_runs:
-        counts[task_run.state.name] = counts.get(task_run.state.name, 0) + 1
     print(f"Flow run '{run.name}' ({run.id})")
     out.fields([
         ("flow", run.flow_name + (f" (version {run.flow_version})" if run.flow_version else "")),
@@ -117,8 +125,7 @@ def flow_run_inspect(args: argparse.Namespace) -> int:
         *_common_fields(run),
         *([("parent flow run", run.parent_flow_run_id)] if run.parent_flow_run_id else []),
         *([("parent task run", run.parent_task_run_id)] if run.parent_task_run_id else []),
-        ("task runs", f"{len(task_runs)}" + (" (" + ", ".join(f"{n} {name}" for name, n in counts.items()) + ")"
-                                              if counts else "")),
+        ("task runs", f"{total}" + (" (" + ", ".join(f"{n} {name}" for name, n in counts) + ")" if counts else "")),
     ])
     print()
     _history(states)
@@ -127,25 +134,18 @@ def flow_run_inspect(args: argparse.Namespace) -> int:
         out.table(["TASK RUN", "ID", "STATE", "DURATION"],
                   [(t.name, t.id, _state_cell(t.state), out.duration(t.start_time, t.end_time)) for t in task_runs],
                   empty="")
+        if len(task_runs) < total:
+            print(f"(the first {len(task_runs)} of {total} task runs; --limit 0 shows all, "
+                  f"`asyncflow task-run ls --flow-run-id {str(run.id)[:8]}` lists them)")
     return 0
 
 
 def flow_run_logs(args: argparse.Namespace) -> int:
+    from . import _logs
+
     store = open_store()
     run = store.read_flow_run(resolve_id(store, args.id, "flow_runs"))
-    logs = store.read_logs(flow_run_id=str(run.id))
-    if args.json:
-        out.dump_json([out.log_json(log) for log in logs])
-        return 0
-    if not logs:
-        print(f"Flow run '{run.name}' has no log lines.")
-        return 0
-    names = {str(t.id): t.name for t in store.read_task_runs(flow_run_id=run.id)}
-    for log in logs:
-        where = (f"Task run '{names.get(log.task_run_id, log.task_run_id)}'" if log.task_run_id
-                 else f"Flow run '{run.name}'")
-        print(f"{out.local_time(log.ts, millis=True)} | {log.level:<7} | {where} - {log.message}")
-    return 0
+    return _logs.show(store, run, is_flow=True, as_json=args.json, follow=args.follow)
 
 
 # -- task runs ---------------------------------------------------------------------------------------
@@ -180,6 +180,14 @@ def task_run_inspect(args: argparse.Namespace) -> int:
     print()
     _history(states)
     return 0
+
+
+def task_run_logs(args: argparse.Namespace) -> int:
+    from . import _logs
+
+    store = open_store()
+    run = store.read_task_run(resolve_id(store, args.id, "task_runs"))
+    return _logs.show(store, run, is_flow=False, as_json=args.json, follow=args.follow)
 
 
 def _common_fields(run: Any) -> list[tuple[str, Any]]:
