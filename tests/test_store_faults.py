@@ -523,3 +523,18 @@ def test_a_run_marked_crashed_and_then_finished_by_a_live_process_ends_finished(
     finally:
         recovering.close()
         second.close()
+
+
+def test_run_numbers_are_never_reused_after_the_newest_runs_are_deleted(tmp_path):
+    store = SQLiteStore(tmp_path / "asyncflow.db")
+    try:
+        with isolated_store(store):
+            doubling(1)
+            [first] = store.read_flow_runs()
+            store.delete_flow_runs([first.id])
+            doubling(1)
+        with sqlite3.connect(store.path) as conn:
+            refs = [ref for (ref,) in conn.execute("SELECT ref FROM flow_runs UNION ALL SELECT ref FROM task_runs")]
+        assert min(refs) > 2  # the deleted flow run and its task run had 1 and 2
+    finally:
+        store.close()

@@ -213,6 +213,11 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE task_runs ADD COLUMN owner INTEGER",
         "CREATE INDEX flow_runs_open ON flow_runs (owner) WHERE end_time IS NULL",
         "CREATE INDEX task_runs_open ON task_runs (owner) WHERE end_time IS NULL",
+        # run numbers never go down, even when the newest runs are deleted: a process that still holds
+        # a deleted run's number must never find another run under it
+        "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        "INSERT INTO counters (name, value) SELECT 'ref', max(coalesce((SELECT max(ref) FROM flow_runs), 0), "
+        "coalesce((SELECT max(ref) FROM task_runs), 0))",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -223,8 +228,7 @@ _FLOW_RUN_INSERT = _FLOW_RUN_COLUMNS + ", owner"  # the order of a run row the w
 _TASK_RUN_INSERT = _TASK_RUN_COLUMNS + ", owner"
 _FINAL_IDS = frozenset(id(t) for t in FINAL_TYPES)  # identity checks: an Enum's hash runs Python code
 _FLOW_STATE_COLUMN, _TASK_STATE_COLUMN = 10, 11  # where the state columns start in a run row
-_MAX_REF = ("SELECT max(coalesce((SELECT max(ref) FROM flow_runs), 0), "
-            "coalesce((SELECT max(ref) FROM task_runs), 0))")
+_LAST_REF = "SELECT value FROM counters WHERE name = 'ref'"
 _OPEN_RUNS_KEPT = 100_000  # runs the writer remembers (their ref) until their final state
 # a state written to a run of an earlier batch: the newest state by time is the run's current state
 _UPDATE_RUN = """UPDATE {table} SET
@@ -597,7 +601,7 @@ class SQLiteStore(BatchWriter):
         open_runs = self._open_runs
         # per run seen in this batch: [ref, id text, row holding its state columns, where they start]
         seen: dict[uuid.UUID, list[Any]] = {}
-        next_ref = conn.execute(_MAX_REF).fetchone()[0]
+        first_ref = next_ref = conn.execute(_LAST_REF).fetchone()[0]
         owner = self._owner_id(conn)
         running, final_ids = StateType.RUNNING, _FINAL_IDS
         privacy = self.privacy.json
@@ -667,6 +671,8 @@ class SQLiteStore(BatchWriter):
                 flow_runs.append(row)
                 open_runs[run_id] = [next_ref, True]
                 seen[run_id] = [next_ref, key, row, _FLOW_STATE_COLUMN]
+        if next_ref != first_ref:
+            conn.execute("UPDATE counters SET value = ? WHERE name = 'ref'", (next_ref,))
         while len(open_runs) > _OPEN_RUNS_KEPT:  # runs that never end (NotReady...) are looked up if needed
             del open_runs[next(iter(open_runs))]
         if flows:
