@@ -45,9 +45,10 @@ def run_script(code: str, home: Path, timeout: float = 60, **extra: str) -> subp
                           capture_output=True, text=True, timeout=timeout)
 
 
-FLOW_SCRIPT = """
-from asyncflow import flow, task
-from asyncflow._store import get_store
+FLOW_DEFINITIONS = """
+import os
+from asyncflow import _settings, flow, task
+from asyncflow._store import get_store, set_store
 
 @task
 def double(x):
@@ -56,28 +57,18 @@ def double(x):
 @flow
 def doubling(n):
     return sum(double(i) for i in range(n))
-
+"""
+RUN_AND_READ = """
 print("result", doubling(10))
 print("runs", len(get_store().read_task_runs()))
 """
+FLOW_SCRIPT = FLOW_DEFINITIONS + RUN_AND_READ
 
 # The same flow, run as an ordinary user when started as root (root ignores file modes): every module is
 # imported (a warm-up flow in memory) before the process gives up root, as the interpreter itself lives
 # where that user cannot read.
-UNPRIVILEGED_FLOW_SCRIPT = """
-import os
-from asyncflow import _settings, flow, task
-from asyncflow._store import get_store, set_store
+UNPRIVILEGED_FLOW_SCRIPT = FLOW_DEFINITIONS + """
 import asyncflow._store.sqlite, asyncflow._store.memory
-
-@task
-def double(x):
-    return 2 * x
-
-@flow
-def doubling(n):
-    return sum(double(i) for i in range(n))
-
 os.environ["ASYNCFLOW_STORE"] = "memory"
 _settings.reload()
 doubling(2)
@@ -88,8 +79,7 @@ if os.geteuid() == 0:
     os.setgroups([])
     os.setgid(65534)
     os.setuid(65534)
-print("result", doubling(10))
-print("runs", len(get_store().read_task_runs()))
+""" + RUN_AND_READ + """
 try:  # what the CLI reads
     reader = asyncflow._store.sqlite.SQLiteStore(_settings.HOME.value() / "asyncflow.db", create=False)
     print("on disk", len(reader.read_task_runs()))

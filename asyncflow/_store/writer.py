@@ -124,7 +124,7 @@ class BatchWriter:
             self._conn.close()
             self._conn = None
 
-    # -- recording: the hot path ------------------------------------------------------------------
+    # -- recording: the hot path (each method inlines the append: a shared helper costs a call per record)
     def record_flow_run(self, run: Any) -> None:
         record = _records.flow_run(run)
         if len(self._queue) < self.queue_size:
