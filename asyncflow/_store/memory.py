@@ -13,8 +13,9 @@ from collections import deque
 from typing import Any
 
 from .._runs import FlowRun, TaskRun
-from .._states import State
-from .base import LogRecord, ObjectNotFound, StateRecord, as_uuid, check_limit, state_filter, state_matches
+from .._states import State, StateType
+from . import reads
+from .base import LogRecord, ObjectNotFound, as_uuid, check_limit, state_filter, state_matches
 
 _FLOW, _TASK, _STATE, _LOG = range(4)
 
@@ -27,18 +28,25 @@ class MemoryStore:
         self._task_runs: dict[uuid.UUID, TaskRun] = {}
         self._states: dict[uuid.UUID, list[tuple[Any, ...]]] = {}
         self._logs: deque[LogRecord] = deque(maxlen=10 * max_runs if max_runs else None)
+        # the read API: each run's (created, ref) as the SQLite store keeps them, and every state in the
+        # order stored, numbered (the change feed); logs are numbered too
+        self._positions: dict[uuid.UUID, tuple[float, int]] = {}
+        self._refs = 0
+        self._feed: deque[tuple[Any, ...]] = deque(maxlen=20 * max_runs if max_runs else None)
+        self._state_seq = 0
+        self._log_seq = 0
         self._lock = threading.Lock()
         self._since_fold = 0
 
     # -- recording: append only -------------------------------------------------------------------
     def record_flow_run(self, run: FlowRun) -> None:
-        self._append((_FLOW, run))
+        self._append((_FLOW, run, run.state.ts))
 
     def record_task_run(self, run: TaskRun) -> None:
-        self._append((_TASK, run))
+        self._append((_TASK, run, run.state.ts))
 
     def record_state(self, run_id: uuid.UUID, state: State[Any]) -> None:
-        self._append((_STATE, run_id, state.type, state.name, state.message, state.ts))
+        self._append((_STATE, run_id, state.type, state.name, state.message, state.ts, state.state_details))
 
     def record_log(self, *, flow_run_id: str | None, task_run_id: str | None, level: str, message: str,
                    ts: float) -> None:
@@ -72,25 +80,44 @@ class MemoryStore:
                     break
                 kind = record[0]
                 if kind == _STATE:
+                    entry = record[2:]
                     history = self._states.get(record[1])
                     if history is None:
-                        self._states[record[1]] = [record[2:]]
+                        self._states[record[1]] = [entry]
                     else:
-                        history.append(record[2:])
+                        history.append(entry)
+                    self._state_seq += 1
+                    self._feed.append((self._state_seq, record[1], self._owner(record[1]), entry))
                 elif kind == _LOG:
-                    self._logs.append(LogRecord(*record[1:]))
-                elif kind == _TASK:
-                    self._task_runs[record[1].id] = record[1]
-                    self._evict(self._task_runs)
+                    self._log_seq += 1
+                    self._logs.append(LogRecord(*record[1:], seq=self._log_seq))
                 else:
-                    self._flow_runs[record[1].id] = record[1]
-                    self._evict(self._flow_runs)
+                    run = record[1]
+                    if run.id not in self._positions:  # recorded again (a background run): keeps its place
+                        self._refs += 1
+                        self._positions[run.id] = (record[2], self._refs)
+                    if kind == _TASK:
+                        self._task_runs[run.id] = run
+                        self._evict(self._task_runs)
+                    else:
+                        self._flow_runs[run.id] = run
+                        self._evict(self._flow_runs)
+
+    def _owner(self, run_id: uuid.UUID) -> tuple[str | None, uuid.UUID | None]:
+        """(kind, flow run id) of a run, as the change feed says them (under the lock)."""
+        task_run = self._task_runs.get(run_id)
+        if task_run is not None:
+            return "task_run", task_run.flow_run_id
+        if run_id in self._flow_runs:
+            return "flow_run", run_id
+        return None, None
 
     def _evict(self, runs: dict[uuid.UUID, Any]) -> None:
         while self.max_runs is not None and len(runs) > self.max_runs:
             oldest = next(iter(runs))
             runs.pop(oldest, None)
             self._states.pop(oldest, None)
+            self._positions.pop(oldest, None)
 
     # -- reading ----------------------------------------------------------------------------------
     def read_flow_run(self, run_id: uuid.UUID) -> FlowRun:
@@ -132,7 +159,7 @@ class MemoryStore:
     def read_states(self, run_id: uuid.UUID) -> list[State[Any]]:
         key = as_uuid(run_id)
         self._fold()
-        return [StateRecord(key, *record).to_state() for record in self._states.get(key, [])]
+        return [_state(record) for record in self._states.get(key, [])]
 
     def read_logs(self, *, flow_run_id: str | None = None, task_run_id: str | None = None) -> list[LogRecord]:
         flow_key = str(as_uuid(flow_run_id, "flow_run_id")) if flow_run_id is not None else None
@@ -141,3 +168,130 @@ class MemoryStore:
         return [log for log in list(self._logs)
                 if (flow_key is None or log.flow_run_id == flow_key)
                 and (task_key is None or log.task_run_id == task_key)]
+
+    # -- the read API (reads.py): the SQLite store's semantics and order, in Python -------------------
+    def _keyed(self, runs: dict[uuid.UUID, Any]) -> list[tuple[float, int, Any]]:
+        positions, out = self._positions, []
+        for run_id, run in list(runs.items()):
+            position = positions.get(run_id)
+            if position is not None:  # None: forgotten (max_runs) while we read
+                out.append((position[0], position[1], run))
+        return out
+
+    def _page(self, kind: str, runs: dict[uuid.UUID, Any], f: reads.RunFilter, matches: Any, limit: Any,
+              cursor: Any, newest_first: bool) -> reads.Page[Any]:
+        limit = reads.check_page_limit(limit)
+        key = reads.query_key(kind, f, newest_first)
+        position = reads.decode_cursor(cursor, key)
+        self._fold()
+        rows = [row for row in self._keyed(runs)
+                if reads.after(position, row[0], row[1], newest_first) and matches(f, row[2], row[0])]
+        rows.sort(key=lambda row: (row[0], row[1]), reverse=newest_first)
+        return reads.page_of(rows[:limit + 1] if limit is not None else rows, limit, key)
+
+    def read_flow_runs_page(self, filter: Any = None, limit: int | None = 50, cursor: str | None = None,
+                            newest_first: bool = True) -> reads.Page[FlowRun]:
+        f = reads.check_flow_run_filter(reads.as_filter(filter))
+        return self._page("flow_runs", self._flow_runs, f, reads.flow_run_matches, limit, cursor, newest_first)
+
+    def read_task_runs_page(self, filter: Any = None, limit: int | None = 50, cursor: str | None = None,
+                            newest_first: bool = True) -> reads.Page[TaskRun]:
+        f = reads.as_filter(filter)
+        flow_runs = self._flow_runs
+
+        def flow_name_of(flow_run_id: Any) -> str | None:
+            run = flow_runs.get(flow_run_id)
+            return run.flow_name if run is not None else None
+
+        def matches(f: reads.RunFilter, run: TaskRun, created: float) -> bool:
+            return reads.task_run_matches(f, run, created, flow_name_of)
+
+        return self._page("task_runs", self._task_runs, f, matches, limit, cursor, newest_first)
+
+    def read_changes(self, since: int = 0, limit: int = 1000) -> tuple[list[reads.Change], int]:
+        since, limit = reads.check_since(since), reads.check_feed_limit(limit)
+        self._fold()
+        out = []
+        for seq, run_id, (kind, flow_run_id), (type_, name, message, ts, _) in _after(self._feed, since, _first):
+            run = (self._task_runs.get(run_id) if kind == "task_run" else
+                   self._flow_runs.get(run_id) if kind == "flow_run" else None)
+            out.append(reads.Change(seq, run_id, kind, flow_run_id, run.name if run is not None else None, type_,
+                                    name, message, ts))
+            if len(out) == limit:
+                break
+        return out, (out[-1].seq if out else since)
+
+    def read_logs_since(self, since: int = 0, *, flow_run_id: Any = None, task_run_id: Any = None, level: Any = None,
+                        limit: int = 1000) -> tuple[list[LogRecord], int]:
+        since, limit, levels = reads.check_since(since), reads.check_feed_limit(limit), reads.levels_from(level)
+        flow_key = str(as_uuid(flow_run_id, "flow_run_id")) if flow_run_id is not None else None
+        task_key = str(as_uuid(task_run_id, "task_run_id")) if task_run_id is not None else None
+        self._fold()
+        out = []
+        for log in _after(self._logs, since, _seq):
+            if ((flow_key is None or log.flow_run_id == flow_key) and (task_key is None or log.task_run_id == task_key)
+                    and (levels is None or log.level in levels)):
+                out.append(log)
+                if len(out) == limit:
+                    break
+        return out, (out[-1].seq if out else since)  # type: ignore[return-value]
+
+    def read_timeline(self, flow_run_id: Any) -> reads.Timeline:
+        root = as_uuid(flow_run_id, "flow_run_id")
+        self._fold()
+        flow_rows = self._keyed(self._flow_runs)
+        tree, frontier = {root}, [root]
+        children: dict[Any, list[uuid.UUID]] = {}
+        for _, _, run in flow_rows:
+            children.setdefault(run.parent_flow_run_id, []).append(run.id)
+        while frontier:
+            for child in children.get(frontier.pop(), []):
+                if child not in tree:
+                    tree.add(child)
+                    frontier.append(child)
+        flow_rows = [row for row in flow_rows if row[2].id in tree]
+        task_rows = [row for row in self._keyed(self._task_runs) if row[2].flow_run_id in tree]
+        states = {row[2].id: [_state(record) for record in self._states.get(row[2].id, [])]
+                  for row in (*flow_rows, *task_rows)}
+        found = reads.build_timeline(root, flow_rows, task_rows, states)
+        if found is None:
+            raise ObjectNotFound(f"No flow run with id {root} in the memory store.")
+        return found
+
+    def count_flow_runs_by_state(self, filter: Any = None, bucket_seconds: float = 3600) -> list[reads.StateCount]:
+        f = reads.check_flow_run_filter(reads.as_filter(filter))
+        bucket = reads.check_bucket(bucket_seconds)
+        self._fold()
+        counts: dict[tuple[int, str, str], int] = {}
+        for created, _, run in self._keyed(self._flow_runs):
+            if reads.flow_run_matches(f, run, created):
+                key = (reads.bucket_of(created, bucket), run.state.type.value, run.state.name)
+                counts[key] = counts.get(key, 0) + 1
+        return [reads.StateCount(number * bucket, StateType(type_), name, count)
+                for (number, type_, name), count in sorted(counts.items())]
+
+
+def _state(record: tuple[Any, ...]) -> State[Any]:
+    type_, name, message, ts, details = record
+    return State(type_, name, message, None, details, ts)
+
+
+def _first(item: tuple[Any, ...]) -> int:
+    return item[0]  # type: ignore[no-any-return]
+
+
+def _seq(item: LogRecord) -> int:
+    return item.seq  # type: ignore[return-value]
+
+
+def _after(items: deque[Any], since: int, seq_of: Any) -> list[Any]:
+    """The items numbered after `since` (numbers increase along the deque), oldest first."""
+    snapshot = list(items)
+    low, high = 0, len(snapshot)
+    while low < high:
+        middle = (low + high) // 2
+        if seq_of(snapshot[middle]) <= since:
+            low = middle + 1
+        else:
+            high = middle
+    return snapshot[low:]

@@ -197,6 +197,11 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX flow_runs_by_created ON flow_runs (created)",
         "CREATE INDEX flow_runs_by_flow ON flow_runs (flow_name, created)",
     ],
+    [  # version 4: subflows by their parent (a flow run's timeline, the read API's parent filter); partial:
+       # top-level runs, most of them, cost the writer nothing
+        "CREATE INDEX flow_runs_by_parent ON flow_runs (parent_flow_run_id, created) "
+        "WHERE parent_flow_run_id IS NOT NULL",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -852,8 +857,9 @@ class SQLiteStore:
                 _report(f"could not write the last records to {self.path}: {type(exc).__name__}: {exc}")
 
     # -- reading -------------------------------------------------------------------------------------
-    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        self.flush()  # read-your-writes
+    def _query(self, sql: str, params: Iterable[Any] = (), flush: bool = True) -> list[tuple[Any, ...]]:
+        if flush:
+            self.flush()  # read-your-writes (the read API passes False: it reads what is stored)
 
         def run() -> list[tuple[Any, ...]]:
             with self._read_lock:
@@ -970,6 +976,37 @@ class SQLiteStore:
         """How many rows each table holds (for `asyncflow version` and the tests)."""
         return {table: self._query(f"SELECT count(*) FROM {table}")[0][0]
                 for table in ("flows", "flow_runs", "task_runs", "states", "logs")}
+
+    # -- the read API (reads.py; SQL in sqlite_reads.py): never flushes the writer, a UI polls ---------
+    def _stored(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._query(sql, params, flush=False)
+
+    def read_flow_runs_page(self, filter: Any = None, limit: int | None = 50, cursor: str | None = None,
+                            newest_first: bool = True) -> Any:
+        from . import sqlite_reads
+        return sqlite_reads.flow_runs_page(self._stored, filter, limit, cursor, newest_first)
+
+    def read_task_runs_page(self, filter: Any = None, limit: int | None = 50, cursor: str | None = None,
+                            newest_first: bool = True) -> Any:
+        from . import sqlite_reads
+        return sqlite_reads.task_runs_page(self._stored, filter, limit, cursor, newest_first)
+
+    def read_changes(self, since: int = 0, limit: int = 1000) -> Any:
+        from . import sqlite_reads
+        return sqlite_reads.changes(self._stored, since, limit)
+
+    def read_logs_since(self, since: int = 0, *, flow_run_id: Any = None, task_run_id: Any = None, level: Any = None,
+                        limit: int = 1000) -> Any:
+        from . import sqlite_reads
+        return sqlite_reads.logs_since(self._stored, since, flow_run_id, task_run_id, level, limit)
+
+    def read_timeline(self, flow_run_id: Any) -> Any:
+        from . import sqlite_reads
+        return sqlite_reads.timeline(self._stored, flow_run_id, f"the store {self.path}")
+
+    def count_flow_runs_by_state(self, filter: Any = None, bucket_seconds: float = 3600) -> Any:
+        from . import sqlite_reads
+        return sqlite_reads.count_by_state(self._stored, filter, bucket_seconds)
 
 
 _STATEMENTS: dict[tuple[str, int, int, str], str] = {}
