@@ -90,7 +90,10 @@ def _time(field: str) -> Callable[[Any], float | None]:
             if value.tzinfo is None or value.utcoffset() is None:
                 raise ValueError(f"RunFilter {field} is a naive datetime: give it a timezone "
                                  f"(datetime.now(timezone.utc)), or a Unix timestamp.")
-            return value.timestamp()
+            try:
+                return value.timestamp()
+            except (OverflowError, ValueError, OSError):
+                raise ValueError(f"RunFilter {field} {value!r} is out of range for a timestamp.") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"RunFilter {field} must be a datetime with a timezone or a Unix timestamp (seconds); "
                             f"got {type(value).__name__}.")

@@ -66,13 +66,16 @@ NO_PAGING: Any = _NoPaging()  # the default of `cursor=`: a list comes back, as 
 DEFAULT_PAGE_SIZE = 50
 
 
+_ARGUMENTS = {"flow_names": "flow_name", "states": "state", "parent_flow_run_id": "flow_run_id"}
+
+
 def _merge(filter: Any, **fields: Any) -> RunFilter:
     """The filter with the plain arguments (flow_name=, state=, flow_run_id=) folded in."""
     merged = as_filter(filter)
     given = {name: value for name, value in fields.items() if value is not None}
     for name in given:
         if getattr(merged, name) is not None:
-            raise TypeError(f"{name} is given twice, as an argument and in filter=: give it once.")
+            raise TypeError(f"{_ARGUMENTS[name]}= and the filter's {name} both say it: give it once.")
     return attrs.evolve(merged, **given) if given else merged
 
 
