@@ -488,3 +488,17 @@ def test_the_read_queries_use_indexes(sqlite_store, monkeypatch):
             assert not any("TEMP B-TREE" in step for step in plan), (sql, plan)
     finally:
         conn.close()
+
+
+def test_the_memory_store_pages_only_the_runs_it_still_keeps():
+    store = MemoryStore(max_runs=10)
+    base = time.time()
+    runs = [add_flow_run(store, base + i) for i in range(25)]
+    seen, _ = read_all(store.read_flow_runs_page, limit=3)
+    assert ids(seen) == ids(reversed(runs[-10:]))
+    oldest, _ = read_all(store.read_flow_runs_page, limit=4, newest_first=False)
+    assert ids(oldest) == ids(runs[-10:])
+    with pytest.raises(ObjectNotFound):
+        store.read_timeline(runs[0].id)
+    assert store.read_timeline(runs[-1].id).flow_run.id == runs[-1].id
+    assert sum(c.count for c in store.count_flow_runs_by_state()) == 10

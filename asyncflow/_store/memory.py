@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 import uuid
+from bisect import bisect_left
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from .._runs import FlowRun, TaskRun
@@ -18,6 +20,7 @@ from . import reads
 from .base import LogRecord, ObjectNotFound, as_uuid, check_limit, state_filter, state_matches
 
 _FLOW, _TASK, _STATE, _LOG = range(4)
+_ANY = reads.RunFilter()
 
 
 class MemoryStore:
@@ -32,6 +35,12 @@ class MemoryStore:
         # order stored, numbered (the change feed); logs are numbered too
         self._positions: dict[uuid.UUID, tuple[float, int]] = {}
         self._refs = 0
+        # per kind of run, (created, ref, id) in that order (sorted when a read needs it: runs arrive
+        # nearly in order), so that a page walks from its cursor instead of sorting every run
+        self._order: dict[int, list[tuple[float, int, uuid.UUID]]] = {_FLOW: [], _TASK: []}
+        self._unsorted = {_FLOW: False, _TASK: False}
+        self._subflows: dict[uuid.UUID, list[uuid.UUID]] = {}  # flow run id -> its subflows' ids
+        self._tasks_of: dict[uuid.UUID, list[uuid.UUID]] = {}  # flow run id -> its task runs' ids
         self._feed: deque[tuple[Any, ...]] = deque(maxlen=20 * max_runs if max_runs else None)
         self._state_seq = 0
         self._log_seq = 0
@@ -94,14 +103,25 @@ class MemoryStore:
                 else:
                     run = record[1]
                     if run.id not in self._positions:  # recorded again (a background run): keeps its place
-                        self._refs += 1
-                        self._positions[run.id] = (record[2], self._refs)
+                        self._place(kind, run, record[2])
                     if kind == _TASK:
                         self._task_runs[run.id] = run
                         self._evict(self._task_runs)
                     else:
                         self._flow_runs[run.id] = run
                         self._evict(self._flow_runs)
+
+    def _place(self, kind: int, run: Any, created: float) -> None:
+        """Number a new run and put it in the read API's indexes (under the lock)."""
+        self._refs += 1
+        self._positions[run.id] = (created, self._refs)
+        order = self._order[kind]
+        if order and created < order[-1][0]:
+            self._unsorted[kind] = True
+        order.append((created, self._refs, run.id))
+        parent = run.flow_run_id if kind == _TASK else run.parent_flow_run_id
+        if parent is not None:
+            (self._tasks_of if kind == _TASK else self._subflows).setdefault(parent, []).append(run.id)
 
     def _owner(self, run_id: uuid.UUID) -> tuple[str | None, uuid.UUID | None]:
         """(kind, flow run id) of a run, as the change feed says them (under the lock)."""
@@ -113,11 +133,19 @@ class MemoryStore:
         return None, None
 
     def _evict(self, runs: dict[uuid.UUID, Any]) -> None:
-        while self.max_runs is not None and len(runs) > self.max_runs:
+        if self.max_runs is None or len(runs) <= self.max_runs:
+            return
+        while len(runs) > self.max_runs:
             oldest = next(iter(runs))
             runs.pop(oldest, None)
             self._states.pop(oldest, None)
             self._positions.pop(oldest, None)
+            self._subflows.pop(oldest, None)
+            self._tasks_of.pop(oldest, None)
+        order = self._order[_TASK if runs is self._task_runs else _FLOW]
+        if len(order) > 2 * len(runs) + 1024:  # forget the forgotten runs' places (amortised: seldom)
+            positions = self._positions
+            order[:] = [entry for entry in order if positions.get(entry[2]) == entry[:2]]
 
     # -- reading ----------------------------------------------------------------------------------
     def read_flow_run(self, run_id: uuid.UUID) -> FlowRun:
@@ -170,29 +198,71 @@ class MemoryStore:
                 and (task_key is None or log.task_run_id == task_key)]
 
     # -- the read API (reads.py): the SQLite store's semantics and order, in Python -------------------
-    def _keyed(self, runs: dict[uuid.UUID, Any]) -> list[tuple[float, int, Any]]:
-        positions, out = self._positions, []
-        for run_id, run in list(runs.items()):
-            position = positions.get(run_id)
-            if position is not None:  # None: forgotten (max_runs) while we read
-                out.append((position[0], position[1], run))
+    def _ordered(self, kind: int) -> list[tuple[float, int, uuid.UUID]]:
+        """A snapshot of the runs of this kind in (created, ref) order."""
+        with self._lock:
+            order = self._order[kind]
+            if self._unsorted[kind]:
+                order.sort()  # nearly sorted: linear; (created, ref) is unique, ids are never compared
+                self._unsorted[kind] = False
+            return order[:]
+
+    def _rows(self, order: list[tuple[float, int, uuid.UUID]], runs: dict[uuid.UUID, Any], f: reads.RunFilter,
+              matches: Any, position: tuple[float, int] | None, newest_first: bool,
+              want: int | None) -> list[tuple[float, int, Any]]:
+        """Walk `order` from the cursor's position, keeping the runs that match, until `want` are found."""
+        if newest_first:
+            end = bisect_left(order, position) if position is not None else len(order)
+            if f.until is not None:
+                end = min(end, bisect_left(order, (f.until,)))
+            indexes: range = range(end - 1, -1, -1)
+        else:
+            start = bisect_left(order, (position[0], position[1] + 1)) if position is not None else 0
+            if f.since is not None:
+                start = max(start, bisect_left(order, (f.since,)))
+            indexes = range(start, len(order))
+        positions, out, everything = self._positions, [], f == _ANY
+        for index in indexes:
+            created, ref, run_id = order[index]
+            if (f.since is not None and created < f.since) or (f.until is not None and created >= f.until):
+                break  # past the time range: nothing further on can match
+            run = runs.get(run_id)
+            if run is None or positions.get(run_id) != (created, ref):  # forgotten (max_runs)
+                continue
+            if everything or matches(f, run, created):
+                out.append((created, ref, run))
+                if len(out) == want:
+                    break
         return out
 
-    def _page(self, kind: str, runs: dict[uuid.UUID, Any], f: reads.RunFilter, matches: Any, limit: Any,
-              cursor: Any, newest_first: bool) -> reads.Page[Any]:
+    def _children_of(self, index: dict[uuid.UUID, list[uuid.UUID]],
+                     parent: uuid.UUID) -> list[tuple[float, int, uuid.UUID]]:
+        positions, out = self._positions, []
+        with self._lock:
+            ids = list(index.get(parent, ()))
+        for run_id in ids:
+            position = positions.get(run_id)
+            if position is not None:
+                out.append((position[0], position[1], run_id))
+        out.sort()
+        return out
+
+    def _page(self, kind: int, runs: dict[uuid.UUID, Any], index: dict[uuid.UUID, list[uuid.UUID]],
+              f: reads.RunFilter, matches: Any, limit: Any, cursor: Any, newest_first: bool) -> reads.Page[Any]:
         limit = reads.check_page_limit(limit)
-        key = reads.query_key(kind, f, newest_first)
+        key = reads.query_key("flow_runs" if kind == _FLOW else "task_runs", f, newest_first)
         position = reads.decode_cursor(cursor, key)
         self._fold()
-        rows = [row for row in self._keyed(runs)
-                if reads.after(position, row[0], row[1], newest_first) and matches(f, row[2], row[0])]
-        rows.sort(key=lambda row: (row[0], row[1]), reverse=newest_first)
-        return reads.page_of(rows[:limit + 1] if limit is not None else rows, limit, key)
+        order = (self._children_of(index, f.parent_flow_run_id) if f.parent_flow_run_id is not None
+                 else self._ordered(kind))
+        rows = self._rows(order, runs, f, matches, position, newest_first, limit + 1 if limit is not None else None)
+        return reads.page_of(rows, limit, key)
 
     def read_flow_runs_page(self, filter: Any = None, limit: int | None = 50, cursor: str | None = None,
                             newest_first: bool = True) -> reads.Page[FlowRun]:
         f = reads.check_flow_run_filter(reads.as_filter(filter))
-        return self._page("flow_runs", self._flow_runs, f, reads.flow_run_matches, limit, cursor, newest_first)
+        return self._page(_FLOW, self._flow_runs, self._subflows, f, reads.flow_run_matches, limit, cursor,
+                          newest_first)
 
     def read_task_runs_page(self, filter: Any = None, limit: int | None = 50, cursor: str | None = None,
                             newest_first: bool = True) -> reads.Page[TaskRun]:
@@ -206,13 +276,13 @@ class MemoryStore:
         def matches(f: reads.RunFilter, run: TaskRun, created: float) -> bool:
             return reads.task_run_matches(f, run, created, flow_name_of)
 
-        return self._page("task_runs", self._task_runs, f, matches, limit, cursor, newest_first)
+        return self._page(_TASK, self._task_runs, self._tasks_of, f, matches, limit, cursor, newest_first)
 
     def read_changes(self, since: int = 0, limit: int = 1000) -> tuple[list[reads.Change], int]:
         since, limit = reads.check_since(since), reads.check_feed_limit(limit)
         self._fold()
         out = []
-        for seq, run_id, (kind, flow_run_id), (type_, name, message, ts, _) in _after(self._feed, since, _first):
+        for seq, run_id, (kind, flow_run_id), (type_, name, message, ts, _) in _after(self._feed, since, _first, self._lock):
             run = (self._task_runs.get(run_id) if kind == "task_run" else
                    self._flow_runs.get(run_id) if kind == "flow_run" else None)
             out.append(reads.Change(seq, run_id, kind, flow_run_id, run.name if run is not None else None, type_,
@@ -228,7 +298,7 @@ class MemoryStore:
         task_key = str(as_uuid(task_run_id, "task_run_id")) if task_run_id is not None else None
         self._fold()
         out = []
-        for log in _after(self._logs, since, _seq):
+        for log in _after(self._logs, since, _seq, self._lock):
             if ((flow_key is None or log.flow_run_id == flow_key) and (task_key is None or log.task_run_id == task_key)
                     and (levels is None or log.level in levels)):
                 out.append(log)
@@ -239,19 +309,26 @@ class MemoryStore:
     def read_timeline(self, flow_run_id: Any) -> reads.Timeline:
         root = as_uuid(flow_run_id, "flow_run_id")
         self._fold()
-        flow_rows = self._keyed(self._flow_runs)
+        flow_runs, task_runs, positions, histories = self._flow_runs, self._task_runs, self._positions, self._states
+        flow_rows: list[tuple[float, int, FlowRun]] = []
+        task_rows: list[tuple[float, int, TaskRun]] = []
         tree, frontier = {root}, [root]
-        children: dict[Any, list[uuid.UUID]] = {}
-        for _, _, run in flow_rows:
-            children.setdefault(run.parent_flow_run_id, []).append(run.id)
         while frontier:
-            for child in children.get(frontier.pop(), []):
+            parent = frontier.pop()
+            run = flow_runs.get(parent)
+            position = positions.get(parent)
+            if run is None or position is None:
+                continue
+            flow_rows.append((*position, run))
+            for _, _, child in self._children_of(self._subflows, parent):
                 if child not in tree:
                     tree.add(child)
                     frontier.append(child)
-        flow_rows = [row for row in flow_rows if row[2].id in tree]
-        task_rows = [row for row in self._keyed(self._task_runs) if row[2].flow_run_id in tree]
-        states = {row[2].id: [_state(record) for record in self._states.get(row[2].id, [])]
+            for created, ref, task_run_id in self._children_of(self._tasks_of, parent):
+                task_run = task_runs.get(task_run_id)
+                if task_run is not None:
+                    task_rows.append((created, ref, task_run))
+        states = {row[1]: [_state(record) for record in histories.get(row[2].id, ())]
                   for row in (*flow_rows, *task_rows)}
         found = reads.build_timeline(root, flow_rows, task_rows, states)
         if found is None:
@@ -262,11 +339,12 @@ class MemoryStore:
         f = reads.check_flow_run_filter(reads.as_filter(filter))
         bucket = reads.check_bucket(bucket_seconds)
         self._fold()
+        order = (self._children_of(self._subflows, f.parent_flow_run_id) if f.parent_flow_run_id is not None
+                 else self._ordered(_FLOW))
         counts: dict[tuple[int, str, str], int] = {}
-        for created, _, run in self._keyed(self._flow_runs):
-            if reads.flow_run_matches(f, run, created):
-                key = (reads.bucket_of(created, bucket), run.state.type.value, run.state.name)
-                counts[key] = counts.get(key, 0) + 1
+        for created, _, run in self._rows(order, self._flow_runs, f, reads.flow_run_matches, None, False, None):
+            key = (reads.bucket_of(created, bucket), run.state.type.value, run.state.name)
+            counts[key] = counts.get(key, 0) + 1
         return [reads.StateCount(number * bucket, StateType(type_), name, count)
                 for (number, type_, name), count in sorted(counts.items())]
 
@@ -276,22 +354,29 @@ def _state(record: tuple[Any, ...]) -> State[Any]:
     return State(type_, name, message, None, details, ts)
 
 
+def _after(items: deque[Any], since: int, seq_of: Any, lock: threading.Lock) -> Iterator[Any]:
+    """The items numbered after `since`, oldest first. Numbers increase by one along the deque (only
+    its oldest items are dropped), so the first one is found by its number; read under the fold's
+    lock, a few at a time (a fold drops items at the left and shifts the indexes)."""
+    index = None
+    while True:
+        with lock:
+            if not items:
+                return
+            first = seq_of(items[0])
+            if index is None:
+                index = max(0, since - first + 1)
+            chunk = [items[i] for i in range(index, min(index + 256, len(items)))]
+        if not chunk:
+            return
+        yield from chunk
+        since = seq_of(chunk[-1])
+        index = None
+
+
 def _first(item: tuple[Any, ...]) -> int:
     return item[0]  # type: ignore[no-any-return]
 
 
 def _seq(item: LogRecord) -> int:
     return item.seq  # type: ignore[return-value]
-
-
-def _after(items: deque[Any], since: int, seq_of: Any) -> list[Any]:
-    """The items numbered after `since` (numbers increase along the deque), oldest first."""
-    snapshot = list(items)
-    low, high = 0, len(snapshot)
-    while low < high:
-        middle = (low + high) // 2
-        if seq_of(snapshot[middle]) <= since:
-            low = middle + 1
-        else:
-            high = middle
-    return snapshot[low:]

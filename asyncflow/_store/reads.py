@@ -287,13 +287,6 @@ def page_of(rows: list[tuple[float, int, T]], limit: int | None, key: str) -> Pa
     return Page(tuple(item for _, _, item in kept), encode_cursor(key, created, ref))
 
 
-def after(position: tuple[float, int] | None, created: float, ref: int, newest_first: bool) -> bool:
-    """Does a run at (created, ref) come after the cursor's position in this order?"""
-    if position is None:
-        return True
-    return (created, ref) < position if newest_first else (created, ref) > position
-
-
 # -- the change feed, logs ------------------------------------------------------------------------
 @attrs.frozen(slots=True)
 class Change:
@@ -379,13 +372,14 @@ class Timeline:
 
 def build_timeline(root: uuid.UUID, flow_runs: Iterable[tuple[float, int, FlowRun]],
                    task_runs: Iterable[tuple[float, int, TaskRun]],
-                   states: Mapping[uuid.UUID, list[State[Any]]]) -> Timeline | None:
-    """Nest what the store read (each run with its created and ref): None if `root` is not there."""
+                   states: Mapping[int, list[State[Any]]]) -> Timeline | None:
+    """Nest what the store read: runs as (created, ref, run), states by the run's ref, in order.
+    None if `root` is not among the flow runs."""
     children: dict[uuid.UUID | None, list[tuple[float, int, FlowRun]]] = {}
     top = None
     for row in flow_runs:
         if row[2].id == root:
-            top = row[2]
+            top = row
         else:
             children.setdefault(row[2].parent_flow_run_id, []).append(row)
     if top is None:
@@ -393,17 +387,22 @@ def build_timeline(root: uuid.UUID, flow_runs: Iterable[tuple[float, int, FlowRu
     tasks: dict[uuid.UUID | None, list[tuple[float, int, TaskRun]]] = {}
     for task_row in task_runs:
         tasks.setdefault(task_row[2].flow_run_id, []).append(task_row)
+    none: list[State[Any]] = []
 
-    def order(rows: list[Any]) -> list[Any]:
-        return [row[2] for row in sorted(rows, key=lambda row: (row[0], row[1]))]
-
-    def build(run: FlowRun, seen: frozenset[uuid.UUID]) -> Timeline:
+    def build(row: tuple[float, int, FlowRun], seen: frozenset[uuid.UUID]) -> Timeline:
+        run = row[2]
         seen = seen | {run.id}
-        return Timeline(run, tuple(states.get(run.id, ())),
-                        tuple(TaskRunTimeline(t, tuple(states.get(t.id, ()))) for t in order(tasks.get(run.id, []))),
-                        tuple(build(sub, seen) for sub in order(children.get(run.id, [])) if sub.id not in seen))
+        mine = sorted(tasks.get(run.id, ()), key=_position)
+        subs = sorted(children.get(run.id, ()), key=_position)
+        return Timeline(run, tuple(states.get(row[1], none)),
+                        tuple([TaskRunTimeline(t, tuple(states.get(ref, none))) for _, ref, t in mine]),
+                        tuple(build(sub, seen) for sub in subs if sub[2].id not in seen))
 
     return build(top, frozenset())
+
+
+def _position(row: tuple[float, int, Any]) -> tuple[float, int]:
+    return row[0], row[1]
 
 
 # -- counts ---------------------------------------------------------------------------------------

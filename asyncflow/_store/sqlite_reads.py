@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._runs import FlowRun, TaskRun
-from .._states import State, StateType
+from .._states import State, StateDetails, StateType
 from .base import LogRecord, ObjectNotFound, as_uuid
 from .reads import (
     Change,
@@ -39,7 +39,7 @@ from .reads import (
     page_of,
     query_key,
 )
-from .sqlite import _FLOW_RUN_COLUMNS, _TASK_RUN_COLUMNS, _details_from, _flow_run, _task_run, _uuid_or_none
+from .sqlite import _FLOW_RUN_COLUMNS, _TASK_RUN_COLUMNS, _details_from, _uuid_or_none
 
 Query = Callable[[str, Any], list[tuple[Any, ...]]]
 
@@ -47,6 +47,64 @@ _FLOW_CREATED = _FLOW_RUN_COLUMNS.split(", ").index("created")  # where `created
 _TASK_CREATED = _TASK_RUN_COLUMNS.split(", ").index("created")
 _STATE_NAME = "coalesce(state_name, 'Pending')"  # a run whose states are not written yet reads as Pending
 _STATE_TYPE = "coalesce(state_type, 'PENDING')"
+
+
+_TYPES = {t.value: t for t in StateType}
+
+
+class _Rows:
+    """Rows into runs and states, as sqlite.py's readers make them, at a few microseconds a row: what
+    repeats across the rows of one read (a flow run id, tags, a run's state details) is made once."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str | None, uuid.UUID | None] = {None: None}
+        self.tags: dict[str, tuple[str, ...]] = {"[]": ()}
+        self.details: dict[int, StateDetails] = {}  # per run (by ref): the details of its plain states
+
+    def uuid(self, text: str | None) -> uuid.UUID | None:
+        found = self.ids.get(text)
+        if found is None and text is not None:
+            found = self.ids[text] = uuid.UUID(text)
+        return found
+
+    def _tags(self, text: str) -> tuple[str, ...]:
+        found = self.tags.get(text)
+        if found is None:
+            found = self.tags[text] = tuple(json.loads(text))
+        return found
+
+    def _state(self, type_: str | None, name: str | None, message: str | None, ts: float | None, created: float,
+               details: StateDetails) -> State[Any]:
+        if type_ is None:  # the run's states are not written yet (or were dropped)
+            return State(StateType.PENDING, "Pending", None, None, details, created)
+        return State(_TYPES[type_], name or type_.capitalize(), message, None, details,
+                     ts if ts is not None else created)
+
+    def flow_run(self, row: tuple[Any, ...]) -> FlowRun:
+        (_, id_, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id, created,
+         state_type, state_name, state_message, state_ts, run_count, start_time, end_time) = row
+        run_id = uuid.UUID(id_)
+        details = self.details[row[0]] = StateDetails(flow_run_id=run_id)
+        return FlowRun(run_id, name, flow_name, flow_version, json.loads(parameters), self._tags(tags),
+                       self._state(state_type, state_name, state_message, state_ts, created, details),
+                       self.uuid(parent_flow_run_id), self.uuid(parent_task_run_id), run_count, start_time, end_time)
+
+    def task_run(self, row: tuple[Any, ...]) -> TaskRun:
+        (_, id_, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters, tags, created,
+         state_type, state_name, state_message, state_ts, run_count, start_time, end_time) = row
+        run_id = uuid.UUID(id_)
+        flow_id = self.uuid(flow_run_id)
+        details = self.details[row[0]] = StateDetails(flow_run_id=flow_id, task_run_id=run_id)
+        return TaskRun(run_id, name, task_name, task_key, flow_id, self.uuid(parent_task_run_id), self._tags(tags),
+                       json.loads(parameters),
+                       self._state(state_type, state_name, state_message, state_ts, created, details),
+                       task_version, run_count, start_time, end_time)
+
+    def state(self, ref: int, type_: str, name: str, message: str | None, ts: float,
+              details: str | None) -> State[Any]:
+        plain = self.details[ref]
+        return State(_TYPES[type_], name, message, None,
+                     _details_from(details, plain.flow_run_id, plain.task_run_id) if details else plain, ts)
 
 
 def _marks(values: Any) -> str:
@@ -100,8 +158,9 @@ def _page(query: Query, table: str, f: RunFilter, limit: Any, cursor: Any, newes
     if position is not None:
         where.append("(created, ref) < (?, ?)" if newest_first else "(created, ref) > (?, ?)")
         params += list(position)
-    columns, convert, created = ((_FLOW_RUN_COLUMNS, _flow_run, _FLOW_CREATED) if table == "flow_runs"
-                                 else (_TASK_RUN_COLUMNS, _task_run, _TASK_CREATED))
+    rows_ = _Rows()
+    columns, convert, created = ((_FLOW_RUN_COLUMNS, rows_.flow_run, _FLOW_CREATED) if table == "flow_runs"
+                                 else (_TASK_RUN_COLUMNS, rows_.task_run, _TASK_CREATED))
     sql = f"SELECT {columns} FROM {table}"
     if where:
         sql += " WHERE " + " AND ".join(where)
@@ -129,8 +188,8 @@ def changes(query: Query, since: Any, limit: Any) -> tuple[list[Change], int]:
         "s.type, s.name, s.message, s.ts "
         "FROM states s LEFT JOIN task_runs t ON t.ref = s.run_ref LEFT JOIN flow_runs f ON f.ref = s.run_ref "
         "WHERE s.seq > ? ORDER BY s.seq LIMIT ?", (since, limit))
-    out = [Change(seq, uuid.UUID(run_id), kind, _uuid_or_none(flow_run_id), name, StateType(type_), state_name,
-                  message, ts)
+    ids = _Rows()
+    out = [Change(seq, uuid.UUID(run_id), kind, ids.uuid(flow_run_id), name, _TYPES[type_], state_name, message, ts)
            for seq, run_id, kind, flow_run_id, name, type_, state_name, message, ts in rows]
     return out, (out[-1].seq if out else since)
 
@@ -170,25 +229,21 @@ def timeline(query: Query, flow_run_id: Any, where: str) -> Timeline:
         "SELECT f.id FROM flow_runs f JOIN tree ON f.parent_flow_run_id = tree.id) "
         f"SELECT 1, {_FLOW_RUN_COLUMNS}, NULL FROM flow_runs WHERE id IN tree UNION ALL "
         f"SELECT 0, {_TASK_RUN_COLUMNS} FROM task_runs WHERE flow_run_id IN tree", (str(root),))
-    flow_rows, task_rows, owners = [], [], {}
+    convert = _Rows()
+    flow_rows, task_rows = [], []
     for row in rows:
         if row[0]:
-            run: Any = _flow_run(row[1:-1])
-            flow_rows.append((row[1 + _FLOW_CREATED], row[1], run))
-            owners[row[1]] = (run.id, None)
+            flow_rows.append((row[1 + _FLOW_CREATED], row[1], convert.flow_run(row[1:-1])))
         else:
-            run = _task_run(row[1:])
-            task_rows.append((row[1 + _TASK_CREATED], row[1], run))
-            owners[row[1]] = (run.flow_run_id, run.id)
+            task_rows.append((row[1 + _TASK_CREATED], row[1], convert.task_run(row[1:])))
     if not flow_rows or all(r[2].id != root for r in flow_rows):
         raise ObjectNotFound(f"No flow run with id {root} in {where}.")
-    states: dict[uuid.UUID, list[State[Any]]] = {}
+    states: dict[int, list[State[Any]]] = {ref: [] for ref in convert.details}
+    state = convert.state
     for ref, type_, name, message, ts, details in query(
             "SELECT run_ref, type, name, message, ts, details FROM states "
-            "WHERE run_ref IN (SELECT value FROM json_each(?)) ORDER BY run_ref, seq", (json.dumps(list(owners)),)):
-        flow_id, task_id = owners[ref]
-        states.setdefault(task_id or flow_id, []).append(
-            State(StateType(type_), name, message, None, _details_from(details, flow_id, task_id), ts))
+            "WHERE run_ref IN (SELECT value FROM json_each(?)) ORDER BY run_ref, seq", (json.dumps(list(states)),)):
+        states[ref].append(state(ref, type_, name, message, ts, details))
     found = build_timeline(root, flow_rows, task_rows, states)
     assert found is not None
     return found
@@ -200,6 +255,6 @@ def count_by_state(query: Query, filter: Any, bucket_seconds: Any) -> list[State
     where, params = _where(f, "flow_runs")
     sql = (f"SELECT CAST(created / ? AS INTEGER) AS bucket, {_STATE_TYPE}, {_STATE_NAME}, count(*) FROM flow_runs"
            + (" WHERE " + " AND ".join(where) if where else "") + " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
-    return [StateCount(number * bucket, StateType(type_), name, count)
+    return [StateCount(number * bucket, _TYPES[type_], name, count)
             for number, type_, name, count in query(sql, [bucket, *params])]
 
