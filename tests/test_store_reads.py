@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from asyncflow import flow, get_run_logger, tags, task
-from asyncflow._runs import FlowRun, TaskRun
+from asyncflow._runs import FlowRun
 from asyncflow._states import State, StateType
 from asyncflow._store import MemoryStore, ObjectNotFound
 from asyncflow._store.reads import Change, Page, RunFilter, StateCount, Timeline
@@ -484,7 +484,7 @@ def test_the_read_queries_use_indexes(sqlite_store, monkeypatch):
         for sql, params in statements:
             plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
             for table in ("flow_runs", "task_runs", "states", "logs"):
-                assert not any(step in (f"SCAN {table}", f"SCAN f", "SCAN s") for step in plan), (sql, plan)
+                assert not any(step in (f"SCAN {table}", "SCAN f", "SCAN s") for step in plan), (sql, plan)
             assert not any("TEMP B-TREE" in step for step in plan), (sql, plan)
     finally:
         conn.close()

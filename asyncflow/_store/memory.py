@@ -99,7 +99,8 @@ class MemoryStore:
                     self._feed.append((self._state_seq, record[1], self._owner(record[1]), entry))
                 elif kind == _LOG:
                     self._log_seq += 1
-                    self._logs.append(LogRecord(*record[1:], seq=self._log_seq))
+                    _, flow_run_id, task_run_id, level, message, ts = record
+                    self._logs.append(LogRecord(flow_run_id, task_run_id, level, message, ts, self._log_seq))
                 else:
                     run = record[1]
                     if run.id not in self._positions:  # recorded again (a background run): keeps its place
@@ -328,8 +329,8 @@ class MemoryStore:
                 task_run = task_runs.get(task_run_id)
                 if task_run is not None:
                     task_rows.append((created, ref, task_run))
-        states = {row[1]: [_state(record) for record in histories.get(row[2].id, ())]
-                  for row in (*flow_rows, *task_rows)}
+        refs = [(ref, run.id) for _, ref, run in flow_rows] + [(ref, task.id) for _, ref, task in task_rows]
+        states = {ref: [_state(record) for record in histories.get(run_id, ())] for ref, run_id in refs}
         found = reads.build_timeline(root, flow_rows, task_rows, states)
         if found is None:
             raise ObjectNotFound(f"No flow run with id {root} in the memory store.")

@@ -44,25 +44,35 @@ def ascii_lower(text: str) -> str:
 
 
 # -- the filter -----------------------------------------------------------------------------------
-def _names(field: str) -> Callable[[Any], frozenset[str] | None]:
-    def convert(value: Any) -> frozenset[str] | None:
-        if value is None:
-            return None
-        values = [value] if isinstance(value, str) else value
-        try:
-            names = list(values)
-        except TypeError:
-            raise TypeError(f"RunFilter {field} must be a string or a list of strings; got "
-                            f"{type(value).__name__}.") from None
-        for name in names:
-            if not isinstance(name, str):
-                raise TypeError(f"RunFilter {field} must be strings; got {name!r} ({type(name).__name__}).")
-            if not name.strip():
-                raise ValueError(f"RunFilter {field} holds an empty name: give names such as 'etl'.")
-        if not names:
-            raise ValueError(f"RunFilter {field} is an empty list: give at least one, or None for any.")
-        return frozenset(names)
-    return convert
+def _names(field: str, value: Any) -> frozenset[str] | None:
+    if value is None:
+        return None
+    values = [value] if isinstance(value, str) else value
+    try:
+        names = list(values)
+    except TypeError:
+        raise TypeError(f"RunFilter {field} must be a string or a list of strings; got "
+                        f"{type(value).__name__}.") from None
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"RunFilter {field} must be strings; got {name!r} ({type(name).__name__}).")
+        if not name.strip():
+            raise ValueError(f"RunFilter {field} holds an empty name: give names such as 'etl'.")
+    if not names:
+        raise ValueError(f"RunFilter {field} is an empty list: give at least one, or None for any.")
+    return frozenset(names)
+
+
+def _flow_names(value: Any) -> frozenset[str] | None:
+    return _names("flow_names", value)
+
+
+def _task_names(value: Any) -> frozenset[str] | None:
+    return _names("task_names", value)
+
+
+def _tags(value: Any) -> frozenset[str] | None:
+    return _names("tags", value)
 
 
 def _states(value: Any) -> frozenset[str] | None:
@@ -82,29 +92,35 @@ def _states(value: Any) -> frozenset[str] | None:
     return wanted
 
 
-def _time(field: str) -> Callable[[Any], float | None]:
-    def convert(value: Any) -> float | None:
-        if value is None:
-            return None
-        if isinstance(value, dt.datetime):
-            if value.tzinfo is None or value.utcoffset() is None:
-                raise ValueError(f"RunFilter {field} is a naive datetime: give it a timezone "
-                                 f"(datetime.now(timezone.utc)), or a Unix timestamp.")
-            try:
-                return value.timestamp()
-            except (OverflowError, ValueError, OSError):
-                raise ValueError(f"RunFilter {field} {value!r} is out of range for a timestamp.") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"RunFilter {field} must be a datetime with a timezone or a Unix timestamp (seconds); "
-                            f"got {type(value).__name__}.")
+def _time(field: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"RunFilter {field} is a naive datetime: give it a timezone "
+                             f"(datetime.now(timezone.utc)), or a Unix timestamp.")
         try:
-            seconds = float(value)
-        except OverflowError:
-            seconds = math.inf
-        if not math.isfinite(seconds):
-            raise ValueError(f"RunFilter {field} must be a finite timestamp; got {value!r}.")
-        return seconds
-    return convert
+            return value.timestamp()
+        except (OverflowError, ValueError, OSError):
+            raise ValueError(f"RunFilter {field} {value!r} is out of range for a timestamp.") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"RunFilter {field} must be a datetime with a timezone or a Unix timestamp (seconds); "
+                        f"got {type(value).__name__}.")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise ValueError(f"RunFilter {field} must be a finite timestamp; got {value!r}.")
+    return seconds
+
+
+def _since(value: Any) -> float | None:
+    return _time("since", value)
+
+
+def _until(value: Any) -> float | None:
+    return _time("until", value)
 
 
 def _parent(value: Any) -> uuid.UUID | None:
@@ -133,12 +149,12 @@ class RunFilter:
     - `search`: text in the run's name or its flow's (task's) name, ignoring ASCII case.
     """
 
-    flow_names: frozenset[str] | None = attrs.field(default=None, converter=_names("flow_names"))
-    task_names: frozenset[str] | None = attrs.field(default=None, converter=_names("task_names"))
+    flow_names: frozenset[str] | None = attrs.field(default=None, converter=_flow_names)
+    task_names: frozenset[str] | None = attrs.field(default=None, converter=_task_names)
     states: frozenset[str] | None = attrs.field(default=None, converter=_states)
-    tags: frozenset[str] | None = attrs.field(default=None, converter=_names("tags"))
-    since: float | None = attrs.field(default=None, converter=_time("since"))
-    until: float | None = attrs.field(default=None, converter=_time("until"))
+    tags: frozenset[str] | None = attrs.field(default=None, converter=_tags)
+    since: float | None = attrs.field(default=None, converter=_since)
+    until: float | None = attrs.field(default=None, converter=_until)
     parent_flow_run_id: uuid.UUID | None = attrs.field(default=None, converter=_parent)
     search: str | None = attrs.field(default=None, converter=_search)
 

@@ -39,7 +39,7 @@ from .reads import (
     page_of,
     query_key,
 )
-from .sqlite import _FLOW_RUN_COLUMNS, _TASK_RUN_COLUMNS, _details_from, _uuid_or_none
+from .sqlite import _FLOW_RUN_COLUMNS, _TASK_RUN_COLUMNS, _details_from
 
 Query = Callable[[str, Any], list[tuple[Any, ...]]]
 
