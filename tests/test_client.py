@@ -178,3 +178,92 @@ def test_another_process_reads_what_a_flow_recorded(tmp_path):
             assert [r.parameters for r in client.read_task_runs(flow_run_id=flow_run_id)] == [
                 {"x": 0}, {"x": 1}, {"x": 2}, {"x": 3}]
             assert client.read_logs(flow_run_id=flow_run_id)[-1].message == "Finished in state Completed()"
+
+
+# -- the read API: filters, pages, the change feed, logs since, timelines, counts ------------------
+@pytest.fixture(params=["sqlite", "memory"])
+def any_home(request, store):
+    if request.param == "memory":
+        yield store
+    else:
+        with isolated_home() as sqlite_store:
+            yield sqlite_store
+
+
+def test_the_sync_client_pages_filters_and_reads_the_feed_timelines_and_logs(any_home):
+    from asyncflow.client import Change, Page, RunFilter, StateCount, Timeline
+
+    ids = [pipeline(("a", str(i)), return_state=True).state_details.flow_run_id for i in range(5)]
+    failed = failing(return_state=True).state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        assert [r.id for r in client.read_flow_runs(limit=3)] == [failed, *reversed(ids)][:3]  # today's list
+        page = client.read_flow_runs(flow_name="pipeline", limit=2, cursor=None)
+        assert isinstance(page, Page) and [r.id for r in page] == [ids[4], ids[3]]
+        page = client.read_flow_runs(flow_name="pipeline", limit=2, cursor=page.next_cursor)
+        assert [r.id for r in page] == [ids[2], ids[1]]
+        assert [r.id for r in client.read_flow_runs(flow_name="pipeline", cursor=page.next_cursor)] == [ids[0]]
+        assert [r.id for r in client.read_flow_runs(filter=RunFilter(states="failed"))] == [failed]  # a list
+        assert [r.id for r in client.read_flow_runs(filter=RunFilter(states="completed"), newest_first=False,
+                                                    limit=2)] == ids[:2]
+        assert [r.id for r in client.read_flow_runs(state="Failed", filter=RunFilter(flow_names="failing"),
+                                                    cursor=None)] == [failed]
+        with pytest.raises(TypeError, match="flow_name= and the filter's flow_names both say it"):
+            client.read_flow_runs(flow_name="pipeline", filter=RunFilter(flow_names="pipeline"))
+        with pytest.raises(ValueError, match="cursor .* is damaged"):
+            client.read_flow_runs(cursor="nope")
+        tasks_page = client.read_task_runs(flow_run_id=ids[0], limit=1, cursor=None)
+        assert [r.name for r in tasks_page] == ["load-0"] and tasks_page.next_cursor
+        assert [r.name for r in client.read_task_runs(flow_run_id=ids[0], cursor=tasks_page.next_cursor)] == ["load-1"]
+        assert len(client.read_task_runs(filter=RunFilter(tags="io"))) == 10
+
+        timeline = client.read_timeline(ids[0])
+        assert isinstance(timeline, Timeline) and [t.run.name for t in timeline.task_runs] == ["load-0", "load-1"]
+        assert [s.name for s in timeline.task_runs[1].states] == ["Pending", "Running", "Completed"]
+        changes, last = client.read_changes(0, limit=10_000)
+        assert all(isinstance(c, Change) for c in changes) and changes[-1].seq == last
+        assert client.read_changes(last) == ([], last)
+        assert len(changes) == sum(len(client.read_flow_run_states(r.id)) for r in client.read_flow_runs()) + sum(
+            len(client.read_task_run_states(r.id)) for r in client.read_task_runs())
+        errors = client.read_logs(flow_run_id=failed, level="ERROR")
+        assert errors and all(log.level in ("ERROR", "CRITICAL") for log in errors)
+        assert len(client.read_logs(flow_run_id=failed)) > len(errors)
+        lines, since = client.read_logs_since(0, flow_run_id=failed, level="error")
+        assert [log.message for log in lines] == [log.message for log in errors] and since == lines[-1].seq
+        [count] = [c for c in client.count_flow_runs_by_state(bucket_seconds=86400) if c.state_name == "Completed"]
+        assert isinstance(count, StateCount) and count.count == 5
+
+
+@pytest.mark.anyio
+async def test_the_async_client_pages_off_the_loop_and_checks_its_arguments_first(any_home):
+    from asyncflow.client import Page, RunFilter
+
+    ids = [(await pipeline(("a", str(i)), return_state=True)).state_details.flow_run_id for i in range(3)]
+    async with get_client() as client:
+        page = await client.read_flow_runs(limit=2, cursor=None)
+        assert isinstance(page, Page) and [r.id for r in page] == [ids[2], ids[1]]
+        assert [r.id for r in await client.read_flow_runs(cursor=page.next_cursor)] != []  # other limit: same query
+        assert [r.name for r in await client.read_task_runs(flow_run_id=ids[0], cursor=None)] == ["load-0", "load-1"]
+        timeline = await client.read_timeline(ids[1])
+        assert timeline.flow_run.id == ids[1] and len(timeline.task_runs) == 2
+        changes, last = await client.read_changes()
+        assert changes and last == changes[-1].seq
+        lines, _ = await client.read_logs_since(0, flow_run_id=ids[0])
+        assert lines and (await client.read_logs(flow_run_id=ids[0], level="INFO")) == lines
+        assert sum(c.count for c in await client.count_flow_runs_by_state(RunFilter(flow_names="pipeline"))) == 3
+        for bad, error in [(dict(cursor=5), TypeError), (dict(filter="x"), TypeError), (dict(limit=0, cursor=None),
+                                                                                          ValueError)]:
+            with pytest.raises(error):
+                await client.read_flow_runs(**bad)
+        with pytest.raises(ValueError, match="since must be a sequence number"):
+            await client.read_changes(-1)
+        with pytest.raises(ValueError, match="is not a log level"):
+            await client.read_logs(flow_run_id=ids[0], level="chatty")
+
+
+def test_pages_and_timelines_from_the_memory_store_are_copies(store):
+    flow_run_id = pipeline(return_state=True).state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        client.read_flow_runs(cursor=None)[0].parameters["names"] = None
+        client.read_timeline(flow_run_id).task_runs[0].run.parameters["name"] = None
+        assert client.read_flow_run(flow_run_id).parameters["names"] is not None
+        assert client.read_task_runs(flow_run_id=flow_run_id)[0].parameters["name"] is not None

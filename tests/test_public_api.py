@@ -9,7 +9,8 @@ import asyncflow
 PUBLIC = {
     "asyncflow": {"Flow", "State", "Task", "allow_failure", "flow", "get_client", "get_run_logger", "tags", "task",
                   "transaction", "unmapped"},
-    "asyncflow.client": {"AsyncflowClient", "LogRecord", "ObjectNotFound", "SyncAsyncflowClient", "get_client"},
+    "asyncflow.client": {"AsyncflowClient", "Change", "LogRecord", "ObjectNotFound", "Page", "RunFilter", "StateCount",
+                         "SyncAsyncflowClient", "TaskRunTimeline", "Timeline", "get_client"},
     "asyncflow.client.orchestration": {"AsyncflowClient", "SyncAsyncflowClient", "get_client"},
     "asyncflow.cache_policies": {"DEFAULT", "FLOW_PARAMETERS", "INPUTS", "NO_CACHE", "RUN_ID", "TASK_SOURCE",
                                  "CacheKeyFnPolicy", "CachePolicy", "CompoundCachePolicy", "FlowParameters", "Inputs",

@@ -528,3 +528,20 @@ def test_run_numbers_are_never_reused_after_the_newest_runs_are_deleted(tmp_path
         assert min(refs) > 2  # the deleted flow run and its task run had 1 and 2
     finally:
         store.close()
+
+
+def test_the_change_feed_never_gives_a_number_twice_after_the_newest_runs_are_deleted(tmp_path):
+    store = SQLiteStore(tmp_path / "asyncflow.db")
+    try:
+        with isolated_store(store):
+            doubling(1)
+            changes, last = store.read_changes(0)
+            [newest] = store.read_flow_runs()
+            store.delete_flow_runs([newest.id])  # its states were the newest rows
+            doubling(1)
+            assert store.flush()
+            later, _ = store.read_changes(last)
+        assert len(later) == 6  # the new flow run's and task run's Pending, Running, Completed
+        assert all(change.seq > last for change in later)
+    finally:
+        store.close()

@@ -5,12 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 from .._runs import FlowRun, TaskRun
 from .._states import State, StateType
+
+if TYPE_CHECKING:
+    from .reads import Change, Page, RunFilter, StateCount, Timeline
 
 
 class ObjectNotFound(KeyError):
@@ -51,6 +54,7 @@ class LogRecord:
     level: str
     message: str
     ts: float
+    seq: int | None = attrs.field(default=None, eq=False)  # the store's sequence number (read_logs_since)
 
     @property
     def timestamp(self) -> dt.datetime:
@@ -105,6 +109,24 @@ class RunStore(Protocol):
         task runs go with it), with their states and log lines; runs not final are kept. Returns the
         rows deleted per table (with `dry_run`, the rows that would be, and nothing is deleted)."""
         ...
+
+    # the read API (reads.py: what the UI and the client's paged reads use): these never flush, they
+    # read what is stored (a UI polls); they agree across stores on semantics and order
+    def read_flow_runs_page(self, filter: RunFilter | None = None, limit: int | None = 50, cursor: str | None = None,
+                            newest_first: bool = True) -> Page[FlowRun]: ...
+
+    def read_task_runs_page(self, filter: RunFilter | None = None, limit: int | None = 50, cursor: str | None = None,
+                            newest_first: bool = True) -> Page[TaskRun]: ...
+
+    def read_changes(self, since: int = 0, limit: int = 1000) -> tuple[list[Change], int]: ...
+
+    def read_logs_since(self, since: int = 0, *, flow_run_id: Any = None, task_run_id: Any = None, level: Any = None,
+                        limit: int = 1000) -> tuple[list[LogRecord], int]: ...
+
+    def read_timeline(self, flow_run_id: Any) -> Timeline: ...
+
+    def count_flow_runs_by_state(self, filter: RunFilter | None = None,
+                                 bucket_seconds: float = 3600) -> list[StateCount]: ...
 
 
 # -- argument checks shared by the stores and the client ------------------------------------------

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import threading
 import uuid
+from bisect import bisect_left
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from .._runs import FlowRun, TaskRun
-from .._states import FINAL_TYPES, State
-from .base import LogRecord, ObjectNotFound, StateRecord, as_uuid, check_limit, state_filter, state_matches
+from .._states import FINAL_TYPES, State, StateType
+from . import reads
+from .base import LogRecord, ObjectNotFound, as_uuid, check_limit, state_filter, state_matches
 
 _FLOW, _TASK, _STATE, _LOG = range(4)
+_ANY = reads.RunFilter()
 
 
 class MemoryStore:
@@ -27,18 +31,31 @@ class MemoryStore:
         self._task_runs: dict[uuid.UUID, TaskRun] = {}
         self._states: dict[uuid.UUID, list[tuple[Any, ...]]] = {}
         self._logs: deque[LogRecord] = deque(maxlen=10 * max_runs if max_runs else None)
+        # the read API: each run's (created, ref) as the SQLite store keeps them, and every state in the
+        # order stored, numbered (the change feed); logs are numbered too
+        self._positions: dict[uuid.UUID, tuple[float, int]] = {}
+        self._refs = 0
+        # per kind of run, (created, ref, id) in that order (sorted when a read needs it: runs arrive
+        # nearly in order), so that a page walks from its cursor instead of sorting every run
+        self._order: dict[int, list[tuple[float, int, uuid.UUID]]] = {_FLOW: [], _TASK: []}
+        self._unsorted = {_FLOW: False, _TASK: False}
+        self._subflows: dict[uuid.UUID, list[uuid.UUID]] = {}  # flow run id -> its subflows' ids
+        self._tasks_of: dict[uuid.UUID, list[uuid.UUID]] = {}  # flow run id -> its task runs' ids
+        self._feed: deque[tuple[Any, ...]] = deque(maxlen=20 * max_runs if max_runs else None)
+        self._state_seq = 0
+        self._log_seq = 0
         self._lock = threading.Lock()
         self._since_fold = 0
 
     # -- recording: append only -------------------------------------------------------------------
     def record_flow_run(self, run: FlowRun) -> None:
-        self._append((_FLOW, run))
+        self._append((_FLOW, run, run.state.ts))
 
     def record_task_run(self, run: TaskRun) -> None:
-        self._append((_TASK, run))
+        self._append((_TASK, run, run.state.ts))
 
     def record_state(self, run_id: uuid.UUID, state: State[Any]) -> None:
-        self._append((_STATE, run_id, state.type, state.name, state.message, state.ts))
+        self._append((_STATE, run_id, state.type, state.name, state.message, state.ts, state.state_details))
 
     def record_log(self, *, flow_run_id: str | None, task_run_id: str | None, level: str, message: str,
                    ts: float) -> None:
@@ -72,25 +89,64 @@ class MemoryStore:
                     break
                 kind = record[0]
                 if kind == _STATE:
+                    entry = record[2:]
                     history = self._states.get(record[1])
                     if history is None:
-                        self._states[record[1]] = [record[2:]]
+                        self._states[record[1]] = [entry]
                     else:
-                        history.append(record[2:])
+                        history.append(entry)
+                    self._state_seq += 1
+                    self._feed.append((self._state_seq, record[1], self._owner(record[1]), entry))
                 elif kind == _LOG:
-                    self._logs.append(LogRecord(*record[1:]))
-                elif kind == _TASK:
-                    self._task_runs[record[1].id] = record[1]
-                    self._evict(self._task_runs)
+                    self._log_seq += 1
+                    _, flow_run_id, task_run_id, level, message, ts = record
+                    self._logs.append(LogRecord(flow_run_id, task_run_id, level, message, ts, self._log_seq))
                 else:
-                    self._flow_runs[record[1].id] = record[1]
-                    self._evict(self._flow_runs)
+                    run = record[1]
+                    if run.id not in self._positions:  # recorded again (a background run): keeps its place
+                        self._place(kind, run, record[2])
+                    if kind == _TASK:
+                        self._task_runs[run.id] = run
+                        self._evict(self._task_runs)
+                    else:
+                        self._flow_runs[run.id] = run
+                        self._evict(self._flow_runs)
+
+    def _place(self, kind: int, run: Any, created: float) -> None:
+        """Number a new run and put it in the read API's indexes (under the lock)."""
+        self._refs += 1
+        self._positions[run.id] = (created, self._refs)
+        order = self._order[kind]
+        if order and created < order[-1][0]:
+            self._unsorted[kind] = True
+        order.append((created, self._refs, run.id))
+        parent = run.flow_run_id if kind == _TASK else run.parent_flow_run_id
+        if parent is not None:
+            (self._tasks_of if kind == _TASK else self._subflows).setdefault(parent, []).append(run.id)
+
+    def _owner(self, run_id: uuid.UUID) -> tuple[str | None, uuid.UUID | None]:
+        """(kind, flow run id) of a run, as the change feed says them (under the lock)."""
+        task_run = self._task_runs.get(run_id)
+        if task_run is not None:
+            return "task_run", task_run.flow_run_id
+        if run_id in self._flow_runs:
+            return "flow_run", run_id
+        return None, None
 
     def _evict(self, runs: dict[uuid.UUID, Any]) -> None:
-        while self.max_runs is not None and len(runs) > self.max_runs:
+        if self.max_runs is None or len(runs) <= self.max_runs:
+            return
+        while len(runs) > self.max_runs:
             oldest = next(iter(runs))
             runs.pop(oldest, None)
             self._states.pop(oldest, None)
+            self._positions.pop(oldest, None)
+            self._subflows.pop(oldest, None)
+            self._tasks_of.pop(oldest, None)
+        order = self._order[_TASK if runs is self._task_runs else _FLOW]
+        if len(order) > 2 * len(runs) + 1024:  # forget the forgotten runs' places (amortised: seldom)
+            positions = self._positions
+            order[:] = [entry for entry in order if positions.get(entry[2]) == entry[:2]]
 
     # -- reading ----------------------------------------------------------------------------------
     def read_flow_run(self, run_id: uuid.UUID) -> FlowRun:
@@ -132,7 +188,7 @@ class MemoryStore:
     def read_states(self, run_id: uuid.UUID) -> list[State[Any]]:
         key = as_uuid(run_id)
         self._fold()
-        return [StateRecord(key, *record).to_state() for record in self._states.get(key, [])]
+        return [_state(record) for record in self._states.get(key, [])]
 
     def read_logs(self, *, flow_run_id: str | None = None, task_run_id: str | None = None) -> list[LogRecord]:
         flow_key = str(as_uuid(flow_run_id, "flow_run_id")) if flow_run_id is not None else None
@@ -213,11 +269,197 @@ class MemoryStore:
         kept_logs = [log for log in list(self._logs) if not goes(log)]
         counts["logs"] = len(self._logs) - len(kept_logs)
         if not dry_run:
-            for run_id in flows:
+            for run_id in (*flows, *tasks):
                 self._flow_runs.pop(run_id, None)
-            for run_id in tasks:
                 self._task_runs.pop(run_id, None)
+                self._positions.pop(run_id, None)  # the read API's indexes skip runs without a place
+                self._subflows.pop(run_id, None)
+                self._tasks_of.pop(run_id, None)
             if counts["logs"]:
                 self._logs.clear()
                 self._logs.extend(kept_logs)
         return counts
+
+    # -- the read API (reads.py): the SQLite store's semantics and order, in Python -------------------
+    def _ordered(self, kind: int) -> list[tuple[float, int, uuid.UUID]]:
+        """A snapshot of the runs of this kind in (created, ref) order."""
+        with self._lock:
+            order = self._order[kind]
+            if self._unsorted[kind]:
+                order.sort()  # nearly sorted: linear; (created, ref) is unique, ids are never compared
+                self._unsorted[kind] = False
+            return order[:]
+
+    def _rows(self, order: list[tuple[float, int, uuid.UUID]], runs: dict[uuid.UUID, Any], f: reads.RunFilter,
+              matches: Any, position: tuple[float, int] | None, newest_first: bool,
+              want: int | None) -> list[tuple[float, int, Any]]:
+        """Walk `order` from the cursor's position, keeping the runs that match, until `want` are found."""
+        if newest_first:
+            end = bisect_left(order, position) if position is not None else len(order)
+            if f.until is not None:
+                end = min(end, bisect_left(order, (f.until,)))
+            indexes: range = range(end - 1, -1, -1)
+        else:
+            start = bisect_left(order, (position[0], position[1] + 1)) if position is not None else 0
+            if f.since is not None:
+                start = max(start, bisect_left(order, (f.since,)))
+            indexes = range(start, len(order))
+        positions, out, everything = self._positions, [], f == _ANY
+        for index in indexes:
+            created, ref, run_id = order[index]
+            if (f.since is not None and created < f.since) or (f.until is not None and created >= f.until):
+                break  # past the time range: nothing further on can match
+            run = runs.get(run_id)
+            if run is None or positions.get(run_id) != (created, ref):  # forgotten (max_runs)
+                continue
+            if everything or matches(f, run, created):
+                out.append((created, ref, run))
+                if len(out) == want:
+                    break
+        return out
+
+    def _children_of(self, index: dict[uuid.UUID, list[uuid.UUID]],
+                     parent: uuid.UUID) -> list[tuple[float, int, uuid.UUID]]:
+        positions, out = self._positions, []
+        with self._lock:
+            ids = list(index.get(parent, ()))
+        for run_id in ids:
+            position = positions.get(run_id)
+            if position is not None:
+                out.append((position[0], position[1], run_id))
+        out.sort()
+        return out
+
+    def _page(self, kind: int, runs: dict[uuid.UUID, Any], index: dict[uuid.UUID, list[uuid.UUID]],
+              f: reads.RunFilter, matches: Any, limit: Any, cursor: Any, newest_first: bool) -> reads.Page[Any]:
+        limit = reads.check_page_limit(limit)
+        key = reads.query_key("flow_runs" if kind == _FLOW else "task_runs", f, newest_first)
+        position = reads.decode_cursor(cursor, key)
+        self._fold()
+        order = (self._children_of(index, f.parent_flow_run_id) if f.parent_flow_run_id is not None
+                 else self._ordered(kind))
+        rows = self._rows(order, runs, f, matches, position, newest_first, limit + 1 if limit is not None else None)
+        return reads.page_of(rows, limit, key)
+
+    def read_flow_runs_page(self, filter: Any = None, limit: int | None = 50, cursor: str | None = None,
+                            newest_first: bool = True) -> reads.Page[FlowRun]:
+        f = reads.check_flow_run_filter(reads.as_filter(filter))
+        return self._page(_FLOW, self._flow_runs, self._subflows, f, reads.flow_run_matches, limit, cursor,
+                          newest_first)
+
+    def read_task_runs_page(self, filter: Any = None, limit: int | None = 50, cursor: str | None = None,
+                            newest_first: bool = True) -> reads.Page[TaskRun]:
+        f = reads.as_filter(filter)
+        flow_runs = self._flow_runs
+
+        def flow_name_of(flow_run_id: Any) -> str | None:
+            run = flow_runs.get(flow_run_id)
+            return run.flow_name if run is not None else None
+
+        def matches(f: reads.RunFilter, run: TaskRun, created: float) -> bool:
+            return reads.task_run_matches(f, run, created, flow_name_of)
+
+        return self._page(_TASK, self._task_runs, self._tasks_of, f, matches, limit, cursor, newest_first)
+
+    def read_changes(self, since: int = 0, limit: int = 1000) -> tuple[list[reads.Change], int]:
+        since, limit = reads.check_since(since), reads.check_feed_limit(limit)
+        self._fold()
+        out = []
+        for seq, run_id, (kind, flow_run_id), (type_, name, message, ts, _) in _after(self._feed, since, _first, self._lock):
+            run = (self._task_runs.get(run_id) if kind == "task_run" else
+                   self._flow_runs.get(run_id) if kind == "flow_run" else None)
+            out.append(reads.Change(seq, run_id, kind, flow_run_id, run.name if run is not None else None, type_,
+                                    name, message, ts))
+            if len(out) == limit:
+                break
+        return out, (out[-1].seq if out else since)
+
+    def read_logs_since(self, since: int = 0, *, flow_run_id: Any = None, task_run_id: Any = None, level: Any = None,
+                        limit: int = 1000) -> tuple[list[LogRecord], int]:
+        since, limit, levels = reads.check_since(since), reads.check_feed_limit(limit), reads.levels_from(level)
+        flow_key = str(as_uuid(flow_run_id, "flow_run_id")) if flow_run_id is not None else None
+        task_key = str(as_uuid(task_run_id, "task_run_id")) if task_run_id is not None else None
+        self._fold()
+        out = []
+        for log in _after(self._logs, since, _seq, self._lock):
+            if ((flow_key is None or log.flow_run_id == flow_key) and (task_key is None or log.task_run_id == task_key)
+                    and (levels is None or log.level in levels)):
+                out.append(log)
+                if len(out) == limit:
+                    break
+        return out, (out[-1].seq if out else since)  # type: ignore[return-value]
+
+    def read_timeline(self, flow_run_id: Any) -> reads.Timeline:
+        root = as_uuid(flow_run_id, "flow_run_id")
+        self._fold()
+        flow_runs, task_runs, positions, histories = self._flow_runs, self._task_runs, self._positions, self._states
+        flow_rows: list[tuple[float, int, FlowRun]] = []
+        task_rows: list[tuple[float, int, TaskRun]] = []
+        tree, frontier = {root}, [root]
+        while frontier:
+            parent = frontier.pop()
+            run = flow_runs.get(parent)
+            position = positions.get(parent)
+            if run is None or position is None:
+                continue
+            flow_rows.append((*position, run))
+            for _, _, child in self._children_of(self._subflows, parent):
+                if child not in tree:
+                    tree.add(child)
+                    frontier.append(child)
+            for created, ref, task_run_id in self._children_of(self._tasks_of, parent):
+                task_run = task_runs.get(task_run_id)
+                if task_run is not None:
+                    task_rows.append((created, ref, task_run))
+        refs = [(ref, run.id) for _, ref, run in flow_rows] + [(ref, task.id) for _, ref, task in task_rows]
+        states = {ref: [_state(record) for record in histories.get(run_id, ())] for ref, run_id in refs}
+        found = reads.build_timeline(root, flow_rows, task_rows, states)
+        if found is None:
+            raise ObjectNotFound(f"No flow run with id {root} in the memory store.")
+        return found
+
+    def count_flow_runs_by_state(self, filter: Any = None, bucket_seconds: float = 3600) -> list[reads.StateCount]:
+        f = reads.check_flow_run_filter(reads.as_filter(filter))
+        bucket = reads.check_bucket(bucket_seconds)
+        self._fold()
+        order = (self._children_of(self._subflows, f.parent_flow_run_id) if f.parent_flow_run_id is not None
+                 else self._ordered(_FLOW))
+        counts: dict[tuple[int, str, str], int] = {}
+        for created, _, run in self._rows(order, self._flow_runs, f, reads.flow_run_matches, None, False, None):
+            key = (reads.bucket_of(created, bucket), run.state.type.value, run.state.name)
+            counts[key] = counts.get(key, 0) + 1
+        return [reads.StateCount(number * bucket, StateType(type_), name, count)
+                for (number, type_, name), count in sorted(counts.items())]
+
+
+def _state(record: tuple[Any, ...]) -> State[Any]:
+    type_, name, message, ts, details = record
+    return State(type_, name, message, None, details, ts)
+
+
+def _after(items: deque[Any], since: int, seq_of: Any, lock: threading.Lock) -> Iterator[Any]:
+    """The items numbered after `since`, oldest first. Numbers increase by one along the deque (only
+    its oldest items are dropped), so the first one is found by its number; read under the fold's
+    lock, a few at a time (a fold drops items at the left and shifts the indexes)."""
+    index = None
+    while True:
+        with lock:
+            if not items:
+                return
+            first = seq_of(items[0])
+            if index is None:
+                index = max(0, since - first + 1)
+            chunk = [items[i] for i in range(index, min(index + 256, len(items)))]
+        if not chunk:
+            return
+        yield from chunk
+        since = seq_of(chunk[-1])
+        index = None
+
+
+def _first(item: tuple[Any, ...]) -> int:
+    return item[0]  # type: ignore[no-any-return]
+
+
+def _seq(item: LogRecord) -> int:
+    return item.seq  # type: ignore[return-value]

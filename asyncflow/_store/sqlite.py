@@ -199,8 +199,8 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX flow_runs_by_flow ON flow_runs (flow_name, created)",
     ],
     [  # version 4: runs know the process that last wrote them, so a run whose process died can be marked
-       # Crashed (owners.py; their ids are never reused). Only open runs are in the partial indexes: a run that starts and ends within
-       # one batch never enters them.
+       # Crashed (owners.py; their ids are never reused). Only open runs are in the partial indexes: a
+       # run that starts and ends within one batch never enters them.
         """CREATE TABLE owners (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             host TEXT NOT NULL,
@@ -218,6 +218,38 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         "INSERT INTO counters (name, value) SELECT 'ref', max(coalesce((SELECT max(ref) FROM flow_runs), 0), "
         "coalesce((SELECT max(ref) FROM task_runs), 0))",
+    ],
+    [  # version 5: subflows by their parent (a flow run's timeline, the read API's parent filter; partial:
+       # top-level runs, most of them, cost the writer nothing). States and log lines are numbered with
+       # AUTOINCREMENT: a number is never given twice, even after the newest rows are deleted, so a
+       # reader of the change feed (`since` a number) never misses a row.
+        "CREATE INDEX flow_runs_by_parent ON flow_runs (parent_flow_run_id, created) "
+        "WHERE parent_flow_run_id IS NOT NULL",
+        "ALTER TABLE states RENAME TO states_v4",
+        """CREATE TABLE states (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_ref INTEGER,
+            run_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            name TEXT NOT NULL,
+            message TEXT,
+            ts REAL NOT NULL,
+            details TEXT)""",
+        "INSERT INTO states SELECT seq, run_ref, run_id, type, name, message, ts, details FROM states_v4",
+        "DROP TABLE states_v4",
+        "CREATE INDEX states_by_run ON states (run_ref, seq)",
+        "ALTER TABLE logs RENAME TO logs_v4",
+        """CREATE TABLE logs (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            flow_run_id TEXT,
+            task_run_id TEXT,
+            level TEXT NOT NULL,
+            message TEXT NOT NULL,
+            ts REAL NOT NULL)""",
+        "INSERT INTO logs SELECT seq, flow_run_id, task_run_id, level, message, ts FROM logs_v4",
+        "DROP TABLE logs_v4",
+        "CREATE INDEX logs_by_flow_run ON logs (flow_run_id, seq)",
+        "CREATE INDEX logs_by_root_task_run ON logs (task_run_id, seq) WHERE flow_run_id IS NULL",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -948,6 +980,37 @@ class SQLiteStore(BatchWriter):
                 ids = set(cached) - retention.existing_run_ids(self._writer_conn(), cached)
             for key in [key for key in list(self._open_runs) if str(key) in ids]:
                 del self._open_runs[key]
+
+    # -- the read API (reads.py; SQL in sqlite_reads.py): never flushes the writer, a UI polls ---------
+    def _stored(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._query(sql, params, flush=False)
+
+    def read_flow_runs_page(self, filter: Any = None, limit: int | None = 50, cursor: str | None = None,
+                            newest_first: bool = True) -> Any:
+        from . import sqlite_reads
+        return sqlite_reads.flow_runs_page(self._stored, filter, limit, cursor, newest_first)
+
+    def read_task_runs_page(self, filter: Any = None, limit: int | None = 50, cursor: str | None = None,
+                            newest_first: bool = True) -> Any:
+        from . import sqlite_reads
+        return sqlite_reads.task_runs_page(self._stored, filter, limit, cursor, newest_first)
+
+    def read_changes(self, since: int = 0, limit: int = 1000) -> Any:
+        from . import sqlite_reads
+        return sqlite_reads.changes(self._stored, since, limit)
+
+    def read_logs_since(self, since: int = 0, *, flow_run_id: Any = None, task_run_id: Any = None, level: Any = None,
+                        limit: int = 1000) -> Any:
+        from . import sqlite_reads
+        return sqlite_reads.logs_since(self._stored, since, flow_run_id, task_run_id, level, limit)
+
+    def read_timeline(self, flow_run_id: Any) -> Any:
+        from . import sqlite_reads
+        return sqlite_reads.timeline(self._stored, flow_run_id, f"the store {self.path}")
+
+    def count_flow_runs_by_state(self, filter: Any = None, bucket_seconds: float = 3600) -> Any:
+        from . import sqlite_reads
+        return sqlite_reads.count_by_state(self._stored, filter, bucket_seconds)
 
 
 _STATEMENTS: dict[tuple[str, int, int, str], str] = {}

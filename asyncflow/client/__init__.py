@@ -15,6 +15,15 @@ outermost flow run that recorded it has returned). Reads in this process see eve
 far. The async client runs each read in a worker thread, so the event loop never waits on SQLite.
 Runs come back as attrs records (`FlowRun`, `TaskRun`) carrying their current `state`; state
 histories as `State` objects (no result data: the store keeps what happened, not values).
+
+The read API a UI stands on (docs/store.md, "Reading it"): `RunFilter`, cursor paging (pass
+`cursor=None` for the first page: a `Page` comes back, with `next_cursor`), the change feed
+(`read_changes(since)`), logs since a sequence number, a flow run's whole `read_timeline`, and
+`count_flow_runs_by_state`. These read what is stored: they never make the writer flush.
+
+    page = client.read_flow_runs(filter=RunFilter(states="Failed", tags="prod"), limit=50, cursor=None)
+    while page.next_cursor:
+        page = client.read_flow_runs(filter=RunFilter(states="Failed", tags="prod"), cursor=page.next_cursor)
 """
 
 from __future__ import annotations
@@ -30,8 +39,61 @@ from .._runs import FlowRun, TaskRun
 from .._states import State
 from .._store import LogRecord, ObjectNotFound, RunStore, get_store
 from .._store.base import as_uuid, check_limit, state_filter
+from .._store.reads import (
+    Change,
+    Page,
+    RunFilter,
+    StateCount,
+    TaskRunTimeline,
+    Timeline,
+    as_filter,
+    check_bucket,
+    check_feed_limit,
+    check_page_limit,
+    check_since,
+    levels_from,
+)
 
 T = TypeVar("T")
+
+
+class _NoPaging:
+    def __repr__(self) -> str:
+        return "<no cursor paging>"
+
+
+NO_PAGING: Any = _NoPaging()  # the default of `cursor=`: a list comes back, as before; None asks for pages
+DEFAULT_PAGE_SIZE = 50
+
+
+_ARGUMENTS = {"flow_names": "flow_name", "states": "state", "parent_flow_run_id": "flow_run_id"}
+
+
+def _merge(filter: Any, **fields: Any) -> RunFilter:
+    """The filter with the plain arguments (flow_name=, state=, flow_run_id=) folded in."""
+    merged = as_filter(filter)
+    given = {name: value for name, value in fields.items() if value is not None}
+    for name in given:
+        if getattr(merged, name) is not None:
+            raise TypeError(f"{_ARGUMENTS[name]}= and the filter's {name} both say it: give it once.")
+    return attrs.evolve(merged, **given) if given else merged
+
+
+def _list_args(flow_name: Any, state: Any, limit: Any) -> None:
+    if flow_name is not None and not isinstance(flow_name, str):
+        raise TypeError(f"flow_name must be a string; got {type(flow_name).__name__}.")
+    state_filter(state)
+    check_limit(limit)
+
+
+def _paged_args(limit: Any, cursor: Any) -> int | None:
+    """The page size: `limit`, else DEFAULT_PAGE_SIZE when pages are asked for, else all (a list)."""
+    if cursor is NO_PAGING:
+        return check_limit(limit)
+    if cursor is not None and not isinstance(cursor, str):
+        raise TypeError(f"cursor must be a page's next_cursor (a string), or None for the first page; got "
+                        f"{type(cursor).__name__}.")
+    return DEFAULT_PAGE_SIZE if limit is None else check_page_limit(limit)
 
 
 class _Reads:
@@ -47,20 +109,33 @@ class _Reads:
     def _flow_run(self, flow_run_id: Any) -> FlowRun:
         return _copy(self.store.read_flow_run(as_uuid(flow_run_id, "flow_run_id")))
 
-    def _flow_runs(self, flow_name: str | None, state: Any, limit: int | None) -> list[FlowRun]:
-        if flow_name is not None and not isinstance(flow_name, str):
-            raise TypeError(f"flow_name must be a string; got {type(flow_name).__name__}.")
-        state_filter(state)
-        check_limit(limit)
-        return [_copy(run) for run in self.store.read_flow_runs(flow_name=flow_name, state=state, limit=limit)]
+    def _flow_runs(self, flow_name: str | None, state: Any, limit: int | None, filter: Any = None,
+                   cursor: Any = NO_PAGING, newest_first: bool = True) -> Any:
+        _list_args(flow_name, state, limit)
+        if filter is None and cursor is NO_PAGING and newest_first is True:  # today's read (flushes first)
+            return [_copy(run) for run in self.store.read_flow_runs(flow_name=flow_name, state=state, limit=limit)]
+        f = _merge(filter, flow_names=flow_name, states=state)
+        size = _paged_args(limit, cursor)
+        if size == 0:
+            return []
+        page = self.store.read_flow_runs_page(f, size, None if cursor is NO_PAGING else cursor, newest_first)
+        return _copied(page, cursor)
 
     def _task_run(self, task_run_id: Any) -> TaskRun:
         return _copy(self.store.read_task_run(as_uuid(task_run_id, "task_run_id")))
 
-    def _task_runs(self, flow_run_id: Any, limit: int | None) -> list[TaskRun]:
+    def _task_runs(self, flow_run_id: Any, limit: int | None, filter: Any = None, cursor: Any = NO_PAGING,
+                   newest_first: bool = False) -> Any:
         key = as_uuid(flow_run_id, "flow_run_id") if flow_run_id is not None else None
         check_limit(limit)
-        return [_copy(run) for run in self.store.read_task_runs(flow_run_id=key, limit=limit)]
+        if filter is None and cursor is NO_PAGING and newest_first is False:  # today's read (flushes first)
+            return [_copy(run) for run in self.store.read_task_runs(flow_run_id=key, limit=limit)]
+        f = _merge(filter, parent_flow_run_id=key)
+        size = _paged_args(limit, cursor)
+        if size == 0:
+            return []
+        page = self.store.read_task_runs_page(f, size, None if cursor is NO_PAGING else cursor, newest_first)
+        return _copied(page, cursor)
 
     def _flow_run_states(self, flow_run_id: Any) -> list[State[Any]]:
         key = as_uuid(flow_run_id, "flow_run_id")
@@ -74,16 +149,57 @@ class _Reads:
         store.read_task_run(key)
         return store.read_states(key)
 
-    def _logs(self, flow_run_id: Any, task_run_id: Any) -> list[LogRecord]:
+    def _logs(self, flow_run_id: Any, task_run_id: Any, level: Any = None) -> list[LogRecord]:
+        levels = levels_from(level)
         flow_key = as_uuid(flow_run_id, "flow_run_id") if flow_run_id is not None else None
         task_key = as_uuid(task_run_id, "task_run_id") if task_run_id is not None else None
-        return self.store.read_logs(flow_run_id=str(flow_key) if flow_key else None,
+        logs = self.store.read_logs(flow_run_id=str(flow_key) if flow_key else None,
                                     task_run_id=str(task_key) if task_key else None)
+        return logs if levels is None else [log for log in logs if log.level in levels]
+
+    def _logs_since(self, since: Any, flow_run_id: Any, task_run_id: Any, level: Any,
+                    limit: Any) -> tuple[list[LogRecord], int]:
+        return self.store.read_logs_since(since, flow_run_id=flow_run_id, task_run_id=task_run_id, level=level,
+                                          limit=limit)
+
+    def _changes(self, since: Any, limit: Any) -> tuple[list[Change], int]:
+        return self.store.read_changes(since, limit)
+
+    def _timeline(self, flow_run_id: Any) -> Timeline:
+        return _copy_timeline(self.store.read_timeline(as_uuid(flow_run_id, "flow_run_id")))
+
+    def _counts(self, filter: Any, bucket_seconds: Any) -> list[StateCount]:
+        return self.store.count_flow_runs_by_state(filter, bucket_seconds)
 
 
 def _copy(run: Any) -> Any:
     """Runs from the memory store are the engine's own records: hand out copies."""
     return attrs.evolve(run, parameters=dict(run.parameters))
+
+
+def _copied(page: Page[Any], cursor: Any) -> Any:
+    items = tuple(_copy(run) for run in page.items)
+    return list(items) if cursor is NO_PAGING else Page(items, page.next_cursor)
+
+
+def _copy_timeline(timeline: Timeline) -> Timeline:
+    return Timeline(_copy(timeline.flow_run), timeline.states,
+                    tuple(TaskRunTimeline(_copy(t.run), t.states) for t in timeline.task_runs),
+                    tuple(_copy_timeline(sub) for sub in timeline.subflows))
+
+
+def _check_feed(since: Any, limit: Any) -> None:
+    check_since(since)
+    check_feed_limit(limit)
+
+
+def _check_logs_since(since: Any, flow_run_id: Any, task_run_id: Any, level: Any, limit: Any) -> None:
+    _check_feed(since, limit)
+    levels_from(level)
+    if flow_run_id is not None:
+        as_uuid(flow_run_id, "flow_run_id")
+    if task_run_id is not None:
+        as_uuid(task_run_id, "task_run_id")
 
 
 class AsyncflowClient(_Reads):
@@ -112,25 +228,31 @@ class AsyncflowClient(_Reads):
         as_uuid(flow_run_id, "flow_run_id")  # bad input fails here, not in a thread
         return await self._off_loop(self._flow_run, flow_run_id)
 
-    async def read_flow_runs(self, *, flow_name: str | None = None,
-                             state: str | Iterable[str] | None = None, limit: int | None = None) -> list[FlowRun]:
+    async def read_flow_runs(self, *, flow_name: str | None = None, state: str | Iterable[str] | None = None,
+                             limit: int | None = None, filter: RunFilter | None = None, cursor: Any = NO_PAGING,
+                             newest_first: bool = True) -> Any:
         """Flow runs, newest first: of one flow, in some states (names such as "Cached" or types such
-        as "FAILED", any case), at most `limit`."""
-        state_filter(state)
-        check_limit(limit)
-        return await self._off_loop(self._flow_runs, flow_name, state, limit)
+        as "FAILED", any case), matching `filter` (a RunFilter), at most `limit`. With `cursor=` (None
+        for the first page, then a page's `next_cursor`): a `Page` of `limit` runs (default 50)."""
+        _list_args(flow_name, state, limit)
+        _merge(filter, flow_names=flow_name, states=state)
+        _paged_args(limit, cursor)
+        return await self._off_loop(self._flow_runs, flow_name, state, limit, filter, cursor, newest_first)
 
     async def read_task_run(self, task_run_id: uuid.UUID | str) -> TaskRun:
         as_uuid(task_run_id, "task_run_id")
         return await self._off_loop(self._task_run, task_run_id)
 
-    async def read_task_runs(self, *, flow_run_id: uuid.UUID | str | None = None,
-                             limit: int | None = None) -> list[TaskRun]:
-        """Task runs in the order they were created (of one flow run, if given)."""
-        if flow_run_id is not None:
-            as_uuid(flow_run_id, "flow_run_id")
+    async def read_task_runs(self, *, flow_run_id: uuid.UUID | str | None = None, limit: int | None = None,
+                             filter: RunFilter | None = None, cursor: Any = NO_PAGING,
+                             newest_first: bool = False) -> Any:
+        """Task runs in the order they were created (of one flow run, if given; matching `filter`).
+        With `cursor=` (None for the first page): a `Page` of `limit` runs (default 50)."""
+        key = as_uuid(flow_run_id, "flow_run_id") if flow_run_id is not None else None
         check_limit(limit)
-        return await self._off_loop(self._task_runs, flow_run_id, limit)
+        _merge(filter, parent_flow_run_id=key)
+        _paged_args(limit, cursor)
+        return await self._off_loop(self._task_runs, flow_run_id, limit, filter, cursor, newest_first)
 
     async def read_flow_run_states(self, flow_run_id: uuid.UUID | str) -> list[State[Any]]:
         """Every state the flow run entered, oldest first."""
@@ -143,10 +265,38 @@ class AsyncflowClient(_Reads):
         return await self._off_loop(self._task_run_states, task_run_id)
 
     async def read_logs(self, *, flow_run_id: uuid.UUID | str | None = None,
-                        task_run_id: uuid.UUID | str | None = None) -> list[LogRecord]:
-        """Log lines of a flow run (its task runs' lines included) or of one task run, in order."""
+                        task_run_id: uuid.UUID | str | None = None, level: str | int | None = None) -> list[LogRecord]:
+        """Log lines of a flow run (its task runs' lines included) or of one task run, in order; with
+        `level=` ("WARNING", any case, or a number) that level and above only."""
         _check_log_filter(flow_run_id, task_run_id)
-        return await self._off_loop(self._logs, flow_run_id, task_run_id)
+        levels_from(level)
+        return await self._off_loop(self._logs, flow_run_id, task_run_id, level)
+
+    async def read_logs_since(self, since: int = 0, *, flow_run_id: uuid.UUID | str | None = None,
+                              task_run_id: uuid.UUID | str | None = None, level: str | int | None = None,
+                              limit: int = 1000) -> tuple[list[LogRecord], int]:
+        """Log lines stored after sequence number `since` (of a run, at `level` and above), oldest
+        first, and the number to pass as `since` next time."""
+        _check_logs_since(since, flow_run_id, task_run_id, level, limit)
+        return await self._off_loop(self._logs_since, since, flow_run_id, task_run_id, level, limit)
+
+    async def read_changes(self, since: int = 0, limit: int = 1000) -> tuple[list[Change], int]:
+        """The states stored after sequence number `since`, in the order stored, and the number to
+        pass as `since` next time (a feed: each state once)."""
+        _check_feed(since, limit)
+        return await self._off_loop(self._changes, since, limit)
+
+    async def read_timeline(self, flow_run_id: uuid.UUID | str) -> Timeline:
+        """A flow run with every state of its own, of its task runs and of its subflows (nested)."""
+        as_uuid(flow_run_id, "flow_run_id")
+        return await self._off_loop(self._timeline, flow_run_id)
+
+    async def count_flow_runs_by_state(self, filter: RunFilter | None = None,
+                                       bucket_seconds: float = 3600) -> list[StateCount]:
+        """How many flow runs (matching `filter`) are in each state, by buckets of creation time."""
+        as_filter(filter)
+        check_bucket(bucket_seconds)
+        return await self._off_loop(self._counts, filter, bucket_seconds)
 
 
 class SyncAsyncflowClient(_Reads):
@@ -171,17 +321,21 @@ class SyncAsyncflowClient(_Reads):
         return self._flow_run(flow_run_id)
 
     def read_flow_runs(self, *, flow_name: str | None = None, state: str | Iterable[str] | None = None,
-                       limit: int | None = None) -> list[FlowRun]:
+                       limit: int | None = None, filter: RunFilter | None = None, cursor: Any = NO_PAGING,
+                       newest_first: bool = True) -> Any:
         """Flow runs, newest first: of one flow, in some states (names such as "Cached" or types such
-        as "FAILED", any case), at most `limit`."""
-        return self._flow_runs(flow_name, state, limit)
+        as "FAILED", any case), matching `filter` (a RunFilter), at most `limit`. With `cursor=` (None
+        for the first page, then a page's `next_cursor`): a `Page` of `limit` runs (default 50)."""
+        return self._flow_runs(flow_name, state, limit, filter, cursor, newest_first)
 
     def read_task_run(self, task_run_id: uuid.UUID | str) -> TaskRun:
         return self._task_run(task_run_id)
 
-    def read_task_runs(self, *, flow_run_id: uuid.UUID | str | None = None, limit: int | None = None) -> list[TaskRun]:
-        """Task runs in the order they were created (of one flow run, if given)."""
-        return self._task_runs(flow_run_id, limit)
+    def read_task_runs(self, *, flow_run_id: uuid.UUID | str | None = None, limit: int | None = None,
+                       filter: RunFilter | None = None, cursor: Any = NO_PAGING, newest_first: bool = False) -> Any:
+        """Task runs in the order they were created (of one flow run, if given; matching `filter`).
+        With `cursor=` (None for the first page): a `Page` of `limit` runs (default 50)."""
+        return self._task_runs(flow_run_id, limit, filter, cursor, newest_first)
 
     def read_flow_run_states(self, flow_run_id: uuid.UUID | str) -> list[State[Any]]:
         """Every state the flow run entered, oldest first."""
@@ -192,10 +346,34 @@ class SyncAsyncflowClient(_Reads):
         return self._task_run_states(task_run_id)
 
     def read_logs(self, *, flow_run_id: uuid.UUID | str | None = None,
-                  task_run_id: uuid.UUID | str | None = None) -> list[LogRecord]:
-        """Log lines of a flow run (its task runs' lines included) or of one task run, in order."""
+                  task_run_id: uuid.UUID | str | None = None, level: str | int | None = None) -> list[LogRecord]:
+        """Log lines of a flow run (its task runs' lines included) or of one task run, in order; with
+        `level=` ("WARNING", any case, or a number) that level and above only."""
         _check_log_filter(flow_run_id, task_run_id)
-        return self._logs(flow_run_id, task_run_id)
+        return self._logs(flow_run_id, task_run_id, level)
+
+    def read_logs_since(self, since: int = 0, *, flow_run_id: uuid.UUID | str | None = None,
+                        task_run_id: uuid.UUID | str | None = None, level: str | int | None = None,
+                        limit: int = 1000) -> tuple[list[LogRecord], int]:
+        """Log lines stored after sequence number `since` (of a run, at `level` and above), oldest
+        first, and the number to pass as `since` next time."""
+        _check_logs_since(since, flow_run_id, task_run_id, level, limit)
+        return self._logs_since(since, flow_run_id, task_run_id, level, limit)
+
+    def read_changes(self, since: int = 0, limit: int = 1000) -> tuple[list[Change], int]:
+        """The states stored after sequence number `since`, in the order stored, and the number to
+        pass as `since` next time (a feed: each state once)."""
+        _check_feed(since, limit)
+        return self._changes(since, limit)
+
+    def read_timeline(self, flow_run_id: uuid.UUID | str) -> Timeline:
+        """A flow run with every state of its own, of its task runs and of its subflows (nested)."""
+        return self._timeline(flow_run_id)
+
+    def count_flow_runs_by_state(self, filter: RunFilter | None = None,
+                                 bucket_seconds: float = 3600) -> list[StateCount]:
+        """How many flow runs (matching `filter`) are in each state, by buckets of creation time."""
+        return self._counts(filter, bucket_seconds)
 
 
 def _check_log_filter(flow_run_id: Any, task_run_id: Any) -> None:
@@ -215,4 +393,5 @@ def get_client(sync_client: bool = False) -> Any:
     return SyncAsyncflowClient() if sync_client else AsyncflowClient()
 
 
-__all__ = ["AsyncflowClient", "LogRecord", "ObjectNotFound", "SyncAsyncflowClient", "get_client"]
+__all__ = ["AsyncflowClient", "Change", "LogRecord", "ObjectNotFound", "Page", "RunFilter", "StateCount",
+           "SyncAsyncflowClient", "TaskRunTimeline", "Timeline", "get_client"]

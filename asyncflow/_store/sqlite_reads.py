@@ -1,0 +1,260 @@
+"""The read API's SQL for the SQLite store (see reads.py for what each read means).
+
+Every function takes `query(sql, params) -> rows` (the store's reader, which does not flush the
+writer: a UI polls) and runs a fixed number of statements, whatever the size of the result:
+
+- pages: one statement, keyset on (created, ref) with `LIMIT n + 1`, served by the indexes on
+  flow_runs (created), (flow_name, created), (parent_flow_run_id, created) and task_runs
+  (flow_run_id, created) (each also holds `ref`, the rowid);
+- changes and logs since a sequence number: one range on the `seq` primary key;
+- a timeline: one statement for the runs (the subflow tree by a recursive CTE, their task runs)
+  and one for all their states (by run_ref, through a JSON array of refs).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from .._runs import FlowRun, TaskRun
+from .._states import State, StateDetails, StateType
+from .base import LogRecord, ObjectNotFound, as_uuid
+from .reads import (
+    Change,
+    Page,
+    RunFilter,
+    StateCount,
+    Timeline,
+    as_filter,
+    build_timeline,
+    check_bucket,
+    check_feed_limit,
+    check_flow_run_filter,
+    check_page_limit,
+    check_since,
+    decode_cursor,
+    levels_from,
+    page_of,
+    query_key,
+)
+from .sqlite import _FLOW_RUN_COLUMNS, _TASK_RUN_COLUMNS, _details_from
+
+Query = Callable[[str, Any], list[tuple[Any, ...]]]
+
+_FLOW_CREATED = _FLOW_RUN_COLUMNS.split(", ").index("created")  # where `created` is in a run row (ref first)
+_TASK_CREATED = _TASK_RUN_COLUMNS.split(", ").index("created")
+_STATE_NAME = "coalesce(state_name, 'Pending')"  # a run whose states are not written yet reads as Pending
+_STATE_TYPE = "coalesce(state_type, 'PENDING')"
+
+
+_TYPES = {t.value: t for t in StateType}
+
+
+class _Rows:
+    """Rows into runs and states, as sqlite.py's readers make them, at a few microseconds a row: what
+    repeats across the rows of one read (a flow run id, tags, a run's state details) is made once."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str | None, uuid.UUID | None] = {None: None}
+        self.tags: dict[str, tuple[str, ...]] = {"[]": ()}
+        self.details: dict[int, StateDetails] = {}  # per run (by ref): the details of its plain states
+
+    def uuid(self, text: str | None) -> uuid.UUID | None:
+        found = self.ids.get(text)
+        if found is None and text is not None:
+            found = self.ids[text] = uuid.UUID(text)
+        return found
+
+    def _tags(self, text: str) -> tuple[str, ...]:
+        found = self.tags.get(text)
+        if found is None:
+            found = self.tags[text] = tuple(json.loads(text))
+        return found
+
+    def _state(self, type_: str | None, name: str | None, message: str | None, ts: float | None, created: float,
+               details: StateDetails) -> State[Any]:
+        if type_ is None:  # the run's states are not written yet (or were dropped)
+            return State(StateType.PENDING, "Pending", None, None, details, created)
+        return State(_TYPES[type_], name or type_.capitalize(), message, None, details,
+                     ts if ts is not None else created)
+
+    def flow_run(self, row: tuple[Any, ...]) -> FlowRun:
+        (_, id_, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id, created,
+         state_type, state_name, state_message, state_ts, run_count, start_time, end_time) = row
+        run_id = uuid.UUID(id_)
+        details = self.details[row[0]] = StateDetails(flow_run_id=run_id)
+        return FlowRun(run_id, name, flow_name, flow_version, json.loads(parameters), self._tags(tags),
+                       self._state(state_type, state_name, state_message, state_ts, created, details),
+                       self.uuid(parent_flow_run_id), self.uuid(parent_task_run_id), run_count, start_time, end_time)
+
+    def task_run(self, row: tuple[Any, ...]) -> TaskRun:
+        (_, id_, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters, tags, created,
+         state_type, state_name, state_message, state_ts, run_count, start_time, end_time) = row
+        run_id = uuid.UUID(id_)
+        flow_id = self.uuid(flow_run_id)
+        details = self.details[row[0]] = StateDetails(flow_run_id=flow_id, task_run_id=run_id)
+        return TaskRun(run_id, name, task_name, task_key, flow_id, self.uuid(parent_task_run_id), self._tags(tags),
+                       json.loads(parameters),
+                       self._state(state_type, state_name, state_message, state_ts, created, details),
+                       task_version, run_count, start_time, end_time)
+
+    def state(self, ref: int, type_: str, name: str, message: str | None, ts: float,
+              details: str | None) -> State[Any]:
+        plain = self.details[ref]
+        return State(_TYPES[type_], name, message, None,
+                     _details_from(details, plain.flow_run_id, plain.task_run_id) if details else plain, ts)
+
+
+def _marks(values: Any) -> str:
+    return ", ".join("?" * len(values))
+
+
+def _where(f: RunFilter, table: str) -> tuple[list[str], list[Any]]:
+    """The filter as SQL terms on `table` (flow_runs or task_runs)."""
+    where: list[str] = []
+    params: list[Any] = []
+    flows = table == "flow_runs"
+    if f.flow_names is not None:
+        names = sorted(f.flow_names)
+        if flows:
+            where.append(f"flow_name IN ({_marks(names)})")
+        else:
+            where.append(f"flow_run_id IN (SELECT id FROM flow_runs WHERE flow_name IN ({_marks(names)}))")
+        params += names
+    if f.task_names is not None:
+        names = sorted(f.task_names)
+        where.append(f"task_name IN ({_marks(names)})")
+        params += names
+    if f.parent_flow_run_id is not None:
+        where.append("parent_flow_run_id = ?" if flows else "flow_run_id = ?")
+        params.append(str(f.parent_flow_run_id))
+    if f.since is not None:
+        where.append("created >= ?")
+        params.append(f.since)
+    if f.until is not None:
+        where.append("created < ?")
+        params.append(f.until)
+    if f.states is not None:
+        wanted = sorted(f.states)
+        where.append(f"(lower({_STATE_NAME}) IN ({_marks(wanted)}) OR lower({_STATE_TYPE}) IN ({_marks(wanted)}))")
+        params += wanted + wanted
+    if f.tags is not None:
+        for tag in sorted(f.tags):
+            where.append(f"EXISTS (SELECT 1 FROM json_each({table}.tags) WHERE value = ?)")
+            params.append(tag)
+    if f.search is not None:
+        where.append(f"(instr(lower(name), ?) > 0 OR instr(lower({'flow_name' if flows else 'task_name'}), ?) > 0)")
+        params += [f.search, f.search]
+    return where, params
+
+
+def _page(query: Query, table: str, f: RunFilter, limit: Any, cursor: Any, newest_first: bool) -> Page[Any]:
+    limit = check_page_limit(limit)
+    key = query_key(table, f, newest_first)
+    position = decode_cursor(cursor, key)
+    where, params = _where(f, table)
+    if position is not None:
+        where.append("(created, ref) < (?, ?)" if newest_first else "(created, ref) > (?, ?)")
+        params += list(position)
+    rows_ = _Rows()
+    columns, convert, created = ((_FLOW_RUN_COLUMNS, rows_.flow_run, _FLOW_CREATED) if table == "flow_runs"
+                                 else (_TASK_RUN_COLUMNS, rows_.task_run, _TASK_CREATED))
+    sql = f"SELECT {columns} FROM {table}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY created DESC, ref DESC" if newest_first else " ORDER BY created, ref"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit + 1)
+    rows = query(sql, params)
+    return page_of([(row[created], row[0], convert(row)) for row in rows], limit, key)
+
+
+def flow_runs_page(query: Query, filter: Any, limit: Any, cursor: Any, newest_first: bool) -> Page[FlowRun]:
+    return _page(query, "flow_runs", check_flow_run_filter(as_filter(filter)), limit, cursor, newest_first)
+
+
+def task_runs_page(query: Query, filter: Any, limit: Any, cursor: Any, newest_first: bool) -> Page[TaskRun]:
+    return _page(query, "task_runs", as_filter(filter), limit, cursor, newest_first)
+
+
+def changes(query: Query, since: Any, limit: Any) -> tuple[list[Change], int]:
+    since, limit = check_since(since), check_feed_limit(limit)
+    rows = query(
+        "SELECT s.seq, s.run_id, CASE WHEN t.ref IS NOT NULL THEN 'task_run' WHEN f.ref IS NOT NULL THEN 'flow_run' END, "
+        "CASE WHEN t.ref IS NOT NULL THEN t.flow_run_id ELSE f.id END, coalesce(t.name, f.name), "
+        "s.type, s.name, s.message, s.ts "
+        "FROM states s LEFT JOIN task_runs t ON t.ref = s.run_ref LEFT JOIN flow_runs f ON f.ref = s.run_ref "
+        "WHERE s.seq > ? ORDER BY s.seq LIMIT ?", (since, limit))
+    ids = _Rows()
+    out = [Change(seq, uuid.UUID(run_id), kind, ids.uuid(flow_run_id), name, _TYPES[type_], state_name, message, ts)
+           for seq, run_id, kind, flow_run_id, name, type_, state_name, message, ts in rows]
+    return out, (out[-1].seq if out else since)
+
+
+def logs_since(query: Query, since: Any, flow_run_id: Any, task_run_id: Any, level: Any,
+               limit: Any) -> tuple[list[LogRecord], int]:
+    since, limit, levels = check_since(since), check_feed_limit(limit), levels_from(level)
+    flow_key = str(as_uuid(flow_run_id, "flow_run_id")) if flow_run_id is not None else None
+    task_key = str(as_uuid(task_run_id, "task_run_id")) if task_run_id is not None else None
+    where, params = ["seq > ?"], [since]
+    if task_key is not None and flow_key is None:
+        # by its flow run's lines (indexed), or, for a task run outside any flow, by such runs' index
+        owner = query("SELECT flow_run_id FROM task_runs WHERE id = ?", (task_key,))
+        if owner and owner[0][0] is not None:
+            flow_key = owner[0][0]
+        elif owner:
+            where.append("flow_run_id IS NULL")
+    if flow_key is not None:
+        where.append("flow_run_id = ?")
+        params.append(flow_key)
+    if task_key is not None:
+        where.append("task_run_id = ?")
+        params.append(task_key)
+    if levels is not None:
+        where.append(f"level IN ({_marks(levels)})" if levels else "0")
+        params += levels
+    rows = query("SELECT flow_run_id, task_run_id, level, message, ts, seq FROM logs WHERE "
+                 + " AND ".join(where) + " ORDER BY seq LIMIT ?", [*params, limit])
+    return [LogRecord(*row) for row in rows], (rows[-1][5] if rows else since)
+
+
+def timeline(query: Query, flow_run_id: Any, where: str) -> Timeline:
+    """Two statements, whatever the number of task runs and subflows."""
+    root = as_uuid(flow_run_id, "flow_run_id")
+    rows = query(
+        "WITH RECURSIVE tree(id) AS (SELECT ?1 UNION "
+        "SELECT f.id FROM flow_runs f JOIN tree ON f.parent_flow_run_id = tree.id) "
+        f"SELECT 1, {_FLOW_RUN_COLUMNS}, NULL FROM flow_runs WHERE id IN tree UNION ALL "
+        f"SELECT 0, {_TASK_RUN_COLUMNS} FROM task_runs WHERE flow_run_id IN tree", (str(root),))
+    convert = _Rows()
+    flow_rows, task_rows = [], []
+    for row in rows:
+        if row[0]:
+            flow_rows.append((row[1 + _FLOW_CREATED], row[1], convert.flow_run(row[1:-1])))
+        else:
+            task_rows.append((row[1 + _TASK_CREATED], row[1], convert.task_run(row[1:])))
+    if not flow_rows or all(r[2].id != root for r in flow_rows):
+        raise ObjectNotFound(f"No flow run with id {root} in {where}.")
+    states: dict[int, list[State[Any]]] = {ref: [] for ref in convert.details}
+    state = convert.state
+    for ref, type_, name, message, ts, details in query(
+            "SELECT run_ref, type, name, message, ts, details FROM states "
+            "WHERE run_ref IN (SELECT value FROM json_each(?)) ORDER BY run_ref, seq", (json.dumps(list(states)),)):
+        states[ref].append(state(ref, type_, name, message, ts, details))
+    found = build_timeline(root, flow_rows, task_rows, states)
+    assert found is not None
+    return found
+
+
+def count_by_state(query: Query, filter: Any, bucket_seconds: Any) -> list[StateCount]:
+    f = check_flow_run_filter(as_filter(filter))
+    bucket = check_bucket(bucket_seconds)
+    where, params = _where(f, "flow_runs")
+    sql = (f"SELECT CAST(created / ? AS INTEGER) AS bucket, {_STATE_TYPE}, {_STATE_NAME}, count(*) FROM flow_runs"
+           + (" WHERE " + " AND ".join(where) if where else "") + " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
+    return [StateCount(number * bucket, _TYPES[type_], name, count)
+            for number, type_, name, count in query(sql, [bucket, *params])]
+
