@@ -917,15 +917,6 @@ class SQLiteStore(BatchWriter):
             self._forget_runs()
         return totals
 
-    def read_logs_after(self, after: int = 0, *, flow_run_id: Any = None, task_run_id: Any = None,
-                        limit: int = 10_000) -> list[tuple[int, LogRecord]]:
-        """(seq, line) of a run's log lines written after line number `after`: what is in the file now,
-        without flushing this process's queue (for following a live run from the CLI)."""
-        from . import cli_queries
-
-        return self._read_without_flush(lambda conn: cli_queries.logs_after(
-            conn, after, flow_run_id=flow_run_id, task_run_id=task_run_id, limit=limit))
-
     def task_run_state_counts(self, flow_run_id: Any) -> list[tuple[str, int]]:
         """[(state name, task runs in it)] of a flow run, in the order the states first appear."""
         from . import cli_queries

@@ -70,11 +70,10 @@ def show(store: Any, run: Any, *, is_flow: bool, as_json: bool, follow: bool) ->
     try:
         while True:
             final = follow and read_state(run.id).state.is_final()  # the state first: see the docstring
-            while True:
-                page = store.read_logs_after(after, limit=PAGE, **where)
-                for seq, log in page:
+            while True:  # the read API's log feed: what is stored, never flushing the running process
+                page, after = store.read_logs_since(after, limit=PAGE, **where)
+                for log in page:
                     lines.emit(log)
-                    after = seq
                 if len(page) < PAGE:
                     break
             sys.stdout.flush()
