@@ -424,6 +424,7 @@ def work(i: int, marker: str) -> int:
 
 
 def test_delayed_runs_over_three_workers_with_a_sigkill_all_end_completed_in_the_sqlite_store(tmp_path, monkeypatch):
+    runs_count = int(os.environ.get("ASYNCFLOW_TEST_DELAYED_RUNS", "150"))  # the review's size: 500
     home = tmp_path / "home"
     (tmp_path / "bg_store_app.py").write_text(BACKGROUND_TASKS)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -450,7 +451,7 @@ def test_delayed_runs_over_three_workers_with_a_sigkill_all_end_completed_in_the
 
     try:
         with isolated_store(store):
-            futures = [bg_store_app.work.delay(i, str(marker)) for i in range(150)]
+            futures = [bg_store_app.work.delay(i, str(marker)) for i in range(runs_count)]
             for _ in range(3):
                 start_worker()
             deadline = time.monotonic() + 60
@@ -458,7 +459,7 @@ def test_delayed_runs_over_three_workers_with_a_sigkill_all_end_completed_in_the
                 time.sleep(0.02)
             workers[0].send_signal(signal.SIGKILL)  # mid-flight: up to 5 runs in its hands
             workers[0].wait(10)
-            assert [f.result(timeout=120) for f in futures] == list(range(150))
+            assert [f.result(timeout=120) for f in futures] == list(range(runs_count))
             for proc in workers[1:]:
                 proc.send_signal(signal.SIGTERM)
             for proc in workers[1:]:
@@ -476,7 +477,7 @@ def test_delayed_runs_over_three_workers_with_a_sigkill_all_end_completed_in_the
                 proc.wait(10)
         store.close()
         sys.modules.pop("bg_store_app", None)
-    assert len(runs) == 150
+    assert len(runs) == runs_count
     assert all(runs[f.task_run_id].state.name == "Completed" for f in futures), \
         {run.state.name for run in runs.values()}
     for history in histories.values():
