@@ -852,23 +852,9 @@ class SQLiteStore(BatchWriter):
                 for type_, name, message, ts, details in rows]
 
     def read_logs(self, *, flow_run_id: str | None = None, task_run_id: str | None = None) -> list[LogRecord]:
-        where, params = [], []
-        flow_key = str(as_uuid(flow_run_id, "flow_run_id")) if flow_run_id is not None else None
-        task_key = str(as_uuid(task_run_id, "task_run_id")) if task_run_id is not None else None
-        if task_key is not None and flow_key is None:
-            # a task run's lines are found through its flow run's (indexed), or, for a task run called
-            # outside any flow, through the index of such runs' lines
-            owner = self._query("SELECT flow_run_id FROM task_runs WHERE id = ?", (task_key,))
-            if owner and owner[0][0] is not None:
-                flow_key = owner[0][0]
-            elif owner:
-                where.append("flow_run_id IS NULL")
-        if flow_key is not None:
-            where.append("flow_run_id = ?")
-            params.append(flow_key)
-        if task_key is not None:
-            where.append("task_run_id = ?")
-            params.append(task_key)
+        from .sqlite_reads import log_filter
+
+        where, params = log_filter(self._query, flow_run_id, task_run_id)
         sql = "SELECT flow_run_id, task_run_id, level, message, ts FROM logs"
         if where:
             sql += " WHERE " + " AND ".join(where)

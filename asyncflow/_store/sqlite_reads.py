@@ -194,14 +194,14 @@ def changes(query: Query, since: Any, limit: Any) -> tuple[list[Change], int]:
     return out, (out[-1].seq if out else since)
 
 
-def logs_since(query: Query, since: Any, flow_run_id: Any, task_run_id: Any, level: Any,
-               limit: Any) -> tuple[list[LogRecord], int]:
-    since, limit, levels = check_since(since), check_feed_limit(limit), levels_from(level)
+def log_filter(query: Query, flow_run_id: Any, task_run_id: Any) -> tuple[list[str], list[Any]]:
+    """WHERE terms for a run's log lines. A task run's lines are found through its flow run's
+    (indexed), or, for a task run called outside any flow, through the index of such runs' lines."""
     flow_key = str(as_uuid(flow_run_id, "flow_run_id")) if flow_run_id is not None else None
     task_key = str(as_uuid(task_run_id, "task_run_id")) if task_run_id is not None else None
-    where, params = ["seq > ?"], [since]
+    where: list[str] = []
+    params: list[Any] = []
     if task_key is not None and flow_key is None:
-        # by its flow run's lines (indexed), or, for a task run outside any flow, by such runs' index
         owner = query("SELECT flow_run_id FROM task_runs WHERE id = ?", (task_key,))
         if owner and owner[0][0] is not None:
             flow_key = owner[0][0]
@@ -213,6 +213,15 @@ def logs_since(query: Query, since: Any, flow_run_id: Any, task_run_id: Any, lev
     if task_key is not None:
         where.append("task_run_id = ?")
         params.append(task_key)
+    return where, params
+
+
+def logs_since(query: Query, since: Any, flow_run_id: Any, task_run_id: Any, level: Any,
+               limit: Any) -> tuple[list[LogRecord], int]:
+    since, limit, levels = check_since(since), check_feed_limit(limit), levels_from(level)
+    where, params = log_filter(query, flow_run_id, task_run_id)
+    where.insert(0, "seq > ?")
+    params.insert(0, since)
     if levels is not None:
         where.append(f"level IN ({_marks(levels)})" if levels else "0")
         params += levels
