@@ -125,8 +125,73 @@ def check_count(owner: str, option: str, value: Any) -> int:
     return value
 
 
-def check_seconds(owner: str, option: str, value: Any) -> float:
-    """An option that must be a number of seconds >= 0 (`timeout_seconds`, `retry_delay_seconds`)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{owner}: `{option}` must be a finite number >= 0; got {value!r}.")
+ONE_DAY = 86_400
+ONE_YEAR = 365 * ONE_DAY
+_LIMIT_NAMES = {ONE_DAY: "one day", ONE_YEAR: "one year"}
+
+
+def check_seconds(owner: str, option: str, value: Any, maximum: float = ONE_DAY) -> float:
+    """An option that must be a number of seconds from 0 to `maximum` (`timeout_seconds`,
+    `retry_delay_seconds`): a larger one overflows the clocks and waits that the engine uses."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    if ok and isinstance(value, float):
+        ok = math.isfinite(value)
+    if not ok or not 0 <= value <= maximum:  # ints are compared exactly: 10**400 must not reach float()
+        limit = f" ({_LIMIT_NAMES[maximum]})" if maximum in _LIMIT_NAMES else ""
+        raise ValueError(f"{owner}: `{option}` must be a finite number from 0 to {maximum:.0f}{limit}; got "
+                         f"{_short(value)}.")
     return float(value)
+
+
+def bounded_items(owner: str, option: str, value: Any, limit: int, what: str) -> list[Any]:
+    """The items of an iterable option, taking at most `limit + 1` of them: an infinite iterator
+    (`itertools.repeat("a")`) is refused instead of filling memory."""
+    import itertools
+
+    items = list(itertools.islice(value, limit + 1))
+    if len(items) > limit:
+        raise ValueError(f"{owner}: `{option}`: more than {limit} {what}; give a list of at most {limit}.")
+    return items
+
+
+def _short(value: Any) -> str:
+    """A value for an error message: its repr, cut when long (a huge int or list)."""
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__ must not hide the real error
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 80 else text[:60] + f"... ({type(value).__name__})"
+
+
+MAX_TAGS = 1000
+
+
+def check_tags(owner: str, tags: Any) -> frozenset[str]:
+    """`tags=`: a list (or set, tuple, generator) of strings. Anything else fails here, at definition,
+    never in the engine (mixed types made every call fail when the tags were sorted)."""
+    if tags is None:
+        return frozenset()
+    if isinstance(tags, str):
+        raise TypeError(f"tags must be a list of strings, not a single string: use tags=[{tags!r}].")
+    fix = "for example tags=['etl', 'nightly']"
+    if isinstance(tags, (bytes, bytearray, dict)) or not hasattr(tags, "__iter__"):
+        raise TypeError(f"{owner}: `tags` must be a list of strings ({fix}); got {type(tags).__name__} "
+                        f"{_short(tags)}.")
+    items = bounded_items(owner, "tags", tags, MAX_TAGS, "tags")
+    for tag in items:
+        if not isinstance(tag, str):
+            raise TypeError(f"{owner}: `tags` must be a list of strings ({fix}); {_short(tag)} of type "
+                            f"{type(tag).__name__} is not a string.")
+    return frozenset(items)
+
+
+def check_run_name(owner: str, option: str, value: Any) -> None:
+    """`task_run_name=` / `flow_run_name=` given as a string: not empty, no NUL (a callable is checked
+    when it is called)."""
+    if not isinstance(value, str):
+        return
+    if not value.strip():
+        raise ValueError(f"{owner}: `{option}` must not be empty; give a name or a template such as "
+                         f"'{{x}}-run', or leave it out for a generated name.")
+    if "\x00" in value:
+        raise ValueError(f"{owner}: `{option}` must not contain a NUL character; got {_short(value)}.")

@@ -62,40 +62,51 @@ def _parse_int(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+ONE_DAY = 86_400  # the longest wait a setting can ask for: retry delays, leases, flush timeouts
+MAX_DELAYS = 50  # as many retry delays as a task can take (retry_delay_seconds=[...])
+
+
 def _parse_seconds(raw: str) -> float:
     try:
         value = float(raw.strip())
     except ValueError:
         value = -1.0
-    if not value >= 0 or math.isinf(value):
-        raise ValueError("expected a number of seconds >= 0")
+    if not 0 <= value <= ONE_DAY:  # also refuses nan and inf
+        raise ValueError(f"expected a number of seconds from 0 to {ONE_DAY} (one day)")
     return value
+
+
+_DELAYS = (f"expected a number >= 0 or a JSON list of numbers >= 0 (at most {MAX_DELAYS} of them), each at most "
+           f"{ONE_DAY} (one day)")
+
+
+def _is_delay(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= ONE_DAY
 
 
 def _parse_delays(raw: str) -> float | list[float]:
     raw = raw.strip()
     if raw.startswith("["):
         try:
-            values = json.loads(raw)
-        except ValueError:
+            values = json.loads(raw)  # NaN and Infinity parse, and are refused below
+        except (ValueError, RecursionError):
             values = None
-        if not isinstance(values, list) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values):
-            raise ValueError("expected a number >= 0 or a JSON list of numbers >= 0")
+        if not isinstance(values, list) or len(values) > MAX_DELAYS or not all(_is_delay(v) for v in values):
+            raise ValueError(_DELAYS)
         return [float(v) for v in values]
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not value >= 0:
-        raise ValueError("expected a number >= 0 or a JSON list of numbers >= 0")
+    if not _is_delay(value):
+        raise ValueError(_DELAYS)
     return value
 
 
 def _parse_flow_delay(raw: str) -> float:
     value = _parse_delays(raw)
     if isinstance(value, list):
-        raise ValueError("expected a number >= 0 (flows take one delay, not a list)")
+        raise ValueError(f"expected a number from 0 to {ONE_DAY} (one day); flows take one delay, not a list")
     return value
 
 
@@ -130,18 +141,60 @@ def _parse_broker_url(raw: str) -> str:
     return url
 
 
-def _parse_positive_seconds(raw: str) -> float:
-    value = _parse_seconds(raw)
-    if value <= 0:
-        raise ValueError("expected a number of seconds > 0")
+def _parse_lease(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = -1.0
+    if not 1 <= value <= ONE_DAY:  # a lease shorter than a second would be taken back before it is renewed
+        raise ValueError(f"expected a number of seconds from 1 to {ONE_DAY} (one day)")
     return value
 
 
-def _parse_path(raw: str) -> Path:
+_NAME_MAX = 255  # bytes in one file name, and in a whole path (PATH_MAX less the terminating NUL), on Linux
+_PATH_MAX = 4095
+
+
+def _check_path(raw: str) -> Path:
+    """A path to a directory asyncflow creates: absolute (a relative one would mean another directory for
+    each current directory), no NUL, within the system's length limits."""
     raw = raw.strip()
     if "\x00" in raw:
-        raise ValueError("expected a directory path")
-    return Path(raw).expanduser().absolute()
+        raise ValueError("expected an absolute directory path; it contains a NUL character")
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        raise ValueError(f"expected an absolute directory path (or one starting with ~); a relative path would "
+                         f"mean another directory for each current directory. Use {str(Path.cwd() / raw)!r} for "
+                         f"this one")
+    encoded = os.fsencode(str(path))
+    if len(encoded) > _PATH_MAX:
+        raise ValueError(f"expected a directory path; this one is too long ({len(encoded)} bytes; at most {_PATH_MAX})")
+    longest = max((len(os.fsencode(part)) for part in path.parts), default=0)
+    if longest > _NAME_MAX:
+        raise ValueError(f"expected a directory path; a name in it is too long ({longest} bytes; at most {_NAME_MAX} "
+                         f"per name)")
+    return path
+
+
+def _parse_path(raw: str) -> Path:
+    return _check_path(raw)
+
+
+def _parse_directory(raw: str) -> Path:
+    """`_check_path`, and nothing on the way is a file: a path under /dev/null would fail at the first
+    write, deep in a run."""
+    path = _check_path(raw)
+    for ancestor in (path, *path.parents):
+        try:
+            is_dir = ancestor.is_dir()
+            exists = is_dir or ancestor.exists()
+        except OSError:  # cannot look (permissions): the write will say why
+            break
+        if exists:
+            if not is_dir:
+                raise ValueError(f"expected a directory path; {str(ancestor)!r} exists and is not a directory")
+            break
+    return path
 
 
 # -- declarations ----------------------------------------------------------------------------------
@@ -229,7 +282,7 @@ def _home_default() -> Path:
 HOME = _declare(
     "ASYNCFLOW_HOME", _parse_path, _home_default,
     "Directory for asyncflow's run store (asyncflow.db), results and profile file. Environment only: the "
-    "profile file lives in it.", "a directory path", in_profile=False)
+    "profile file lives in it.", "an absolute directory path (~ allowed)", in_profile=False)
 STORE = _declare(
     "ASYNCFLOW_STORE", _parse_choice("sqlite", "memory"), "sqlite",
     "Where runs, states and logs are recorded: `sqlite` (ASYNCFLOW_HOME/asyncflow.db, shared by every "
@@ -251,11 +304,11 @@ STORE_FLUSH_TIMEOUT_SECONDS = _declare(
     "ASYNCFLOW_STORE_FLUSH_TIMEOUT_SECONDS", _parse_seconds, 10.0,
     "How long a flush (the end of an outermost flow run, process exit) waits for the database, e.g. while "
     "other processes hold it, before it gives up with a warning (what is not written stays queued).",
-    "a number of seconds >= 0")
+    "a number of seconds from 0 to 86400")
 LOCAL_STORAGE_PATH = _declare(
-    "ASYNCFLOW_LOCAL_STORAGE_PATH", _parse_path, lambda: HOME.resolve() / "storage",
+    "ASYNCFLOW_LOCAL_STORAGE_PATH", _parse_directory, lambda: HOME.resolve() / "storage",
     "Directory for persisted results and cache records, shared by every process on the machine. "
-    "Default: ASYNCFLOW_HOME/storage.", "a directory path")
+    "Default: ASYNCFLOW_HOME/storage.", "an absolute directory path (~ allowed)")
 LOGGING_LEVEL = _declare(
     "ASYNCFLOW_LOGGING_LEVEL", _parse_level, "INFO",
     "Lowest level of asyncflow log lines written to the console and recorded in the store.",
@@ -272,13 +325,13 @@ TASK_DEFAULT_RETRIES = _declare(
 TASK_DEFAULT_RETRY_DELAY_SECONDS = _declare(
     "ASYNCFLOW_TASK_DEFAULT_RETRY_DELAY_SECONDS", _parse_delays, 0.0,
     "Retry delay of a task that does not set `retry_delay_seconds`.",
-    "a number >= 0 or a JSON list of numbers >= 0, such as [1, 10, 100]")
+    "a number from 0 to 86400 or a JSON list of at most 50 of them, such as [1, 10, 100]")
 FLOW_DEFAULT_RETRIES = _declare(
     "ASYNCFLOW_FLOW_DEFAULT_RETRIES", _parse_int(0), 0,
     "Retries of a flow that does not set `retries`.", "an integer >= 0")
 FLOW_DEFAULT_RETRY_DELAY_SECONDS = _declare(
     "ASYNCFLOW_FLOW_DEFAULT_RETRY_DELAY_SECONDS", _parse_flow_delay, 0.0,
-    "Retry delay in seconds of a flow that does not set `retry_delay_seconds`.", "a number >= 0")
+    "Retry delay in seconds of a flow that does not set `retry_delay_seconds`.", "a number from 0 to 86400")
 THREAD_LIMIT = _declare(
     "ASYNCFLOW_TASK_RUNNER_THREAD_LIMIT", _parse_int(1), 64,
     "How many sync task runs the default runner executes in threads at once, per flow run (0 would admit "
@@ -294,9 +347,13 @@ TASKS_REFRESH_CACHE = _declare(
     "true or false")
 
 TASK_WORKER_LEASE_SECONDS = _declare(
-    "ASYNCFLOW_TASK_WORKER_LEASE_SECONDS", _parse_positive_seconds, 30.0,
+    "ASYNCFLOW_TASK_WORKER_LEASE_SECONDS", _parse_lease, 30.0,
     "How long a task worker holds a background run without renewing its lease; a run whose worker died "
-    "is delivered again after this.", "a number of seconds > 0")
+    "is delivered again after this.", "a number of seconds from 1 to 86400")
+MAP_MAX_ITEMS = _declare(
+    "ASYNCFLOW_MAP_MAX_ITEMS", _parse_int(1), 1_000_000,
+    "Most items `.map()` takes from one iterable; more (an infinite iterator, say) is an error, raised after "
+    "taking at most this many plus one.", "an integer >= 1")
 BROKER_URL = _declare(
     "ASYNCFLOW_BROKER_URL", _parse_broker_url, None,
     "Queue of background runs (`task.delay`): unset for the SQLite store under ASYNCFLOW_HOME (one "
@@ -439,6 +496,9 @@ def update_profile(set_values: Mapping[str, str] | None = None, unset: Iterable[
         if not setting.in_profile:
             raise SettingError(f"{setting.name} cannot be set in the profile, which lives under it; set the "
                                f"environment variable instead (export {setting.name}=...).")
+        if len(f"-{raw}-".splitlines()) > 1 or "\x00" in raw:  # it would end the line and start another setting
+            raise SettingError(f"Setting {setting.name}={raw!r} is invalid: a profile value is one line, and this "
+                               f"one contains a line break or NUL character. Nothing was written.")
         try:
             setting.parse(raw)
         except (ValueError, TypeError) as exc:

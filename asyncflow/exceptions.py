@@ -9,6 +9,7 @@ from ._exceptions import FlowRunTimeoutError as FlowRunTimeoutError
 from ._exceptions import InvalidNameError as InvalidNameError
 from ._exceptions import MappingLengthMismatch as MappingLengthMismatch
 from ._exceptions import MappingMissingIterable as MappingMissingIterable
+from ._exceptions import MappingTooLarge as MappingTooLarge
 from ._exceptions import MissingContextError as MissingContextError
 from ._exceptions import ParameterBindError as ParameterBindError
 from ._exceptions import ReservedArgumentError as ReservedArgumentError
@@ -23,7 +24,7 @@ from ._store.base import StoreError as StoreError
 
 __all__ = [
     "AsyncflowError", "BlockingResultError", "CancelledRun", "CrashedRun", "FailedRun", "FlowRunTimeoutError",
-    "InvalidNameError", "MappingLengthMismatch", "MappingMissingIterable", "MissingContextError",
+    "InvalidNameError", "MappingLengthMismatch", "MappingMissingIterable", "MappingTooLarge", "MissingContextError",
     "ObjectNotFound", "ParameterBindError", "ReservedArgumentError", "RunStateError", "ScopeClosedError", "SettingError",
     "StoreError", "TaskRunTimeoutError", "UnfinishedRun", "UpstreamTaskError",
 ]
