@@ -99,7 +99,7 @@ def validate_hooks(hooks: Any, option: str, decorator: str) -> list[Callable[...
         raise TypeError(
             f"Expected iterable for '{option}'; got {type(hooks).__name__} instead. Please provide a list "
             f"of hooks to '{option}':\n\n@{decorator}({option}=[hook1, hook2])\ndef my_{decorator}():\n\tpass")
-    hooks = list(hooks)
+    hooks = bounded_items(f"@{decorator}", option, hooks, 1000, "hooks")  # not an infinite iterator
     for hook in hooks:
         if not callable(hook):
             raise TypeError(
@@ -148,7 +148,11 @@ def bounded_items(owner: str, option: str, value: Any, limit: int, what: str) ->
     (`itertools.repeat("a")`) is refused instead of filling memory."""
     import itertools
 
-    items = list(itertools.islice(value, limit + 1))
+    try:
+        items = list(itertools.islice(value, limit + 1))
+    except Exception as exc:  # the value's own __iter__ or generator failed
+        raise TypeError(f"{owner}: `{option}` must be a list of {what}; taking them from {type(value).__name__} "
+                        f"raised {type(exc).__name__}: {exc}") from exc
     if len(items) > limit:
         raise ValueError(f"{owner}: `{option}`: more than {limit} {what}; give a list of at most {limit}.")
     return items
@@ -188,6 +192,19 @@ def check_tags(owner: str, tags: Any) -> frozenset[str]:
 def check_run_name(owner: str, option: str, value: Any) -> None:
     """`task_run_name=` / `flow_run_name=` given as a string: not empty, no NUL (a callable is checked
     when it is called)."""
+    if callable(value) and not isinstance(value, str):
+        try:
+            signature = inspect.signature(value)
+        except (TypeError, ValueError):  # some builtins have none: they are checked when called
+            return
+        for attempt in ({}, {"parameters": {}}):
+            try:
+                signature.bind(**attempt)
+                return
+            except TypeError:
+                continue
+        raise TypeError(f"{owner}: the `{option}` callable {_short(value)} must take no arguments, or one argument "
+                        f"named `parameters` (the run's parameters); its signature is {signature}.")
     if not isinstance(value, str):
         return
     if not value.strip():
@@ -195,3 +212,10 @@ def check_run_name(owner: str, option: str, value: Any) -> None:
                          f"'{{x}}-run', or leave it out for a generated name.")
     if "\x00" in value:
         raise ValueError(f"{owner}: `{option}` must not contain a NUL character; got {_short(value)}.")
+
+
+def check_text(owner: str, option: str, value: Any) -> None:
+    """`version=` / `description=`: a string or None (the store keeps the version as text)."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{owner}: `{option}` must be a string or None; got {type(value).__name__} {_short(value)}"
+                        f" (write {option}={str(_short(value))!r} if you mean the text).")

@@ -16,6 +16,7 @@ from ._callables import (
     check_count,
     check_run_name,
     check_seconds,
+    check_text,
     validate_hooks,
 )
 from ._engine.bridge import AWAITING, BLOCKING, drive_sync
@@ -91,6 +92,8 @@ class Flow(Generic[P, R]):
         if flow_run_name is not None and not isinstance(flow_run_name, str) and not callable(flow_run_name):
             raise TypeError(f"Expected string or callable for 'flow_run_name'; got {type(flow_run_name).__name__} instead.")
         owner = f"flow {name!r}"
+        check_text(owner, "description", description)
+        check_text(owner, "version", version)
         check_run_name(owner, "flow_run_name", flow_run_name)
         self.flow_run_name = flow_run_name
         self.retries = check_count(

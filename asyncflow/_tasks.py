@@ -21,6 +21,7 @@ from ._callables import (
     check_run_name,
     check_seconds,
     check_tags,
+    check_text,
     validate_hooks,
 )
 from ._context import current_run
@@ -103,6 +104,8 @@ class Task(Generic[P, R]):
             raise TypeError(f"Task name must be a string; got {self.name!r}.")
         self.description = description if description is not None else inspect.getdoc(fn)
         owner = f"task {self.name!r}"
+        check_text(owner, "description", description)
+        check_text(owner, "version", version)
         self.tags = check_tags(owner, tags)
         self.version = version
         self.cache_policy = cache_policy
@@ -273,10 +276,13 @@ def check_run_name_template(template: Any, binder: Binder, option: str, owner: s
     if not isinstance(template, str) or binder.var_keyword is not None:
         return
     try:
-        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field]
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
     except ValueError as exc:
         raise ValueError(f"{owner}: '{option}' template {template!r} is not a valid format string: {exc}.") from None
     for field in fields:
+        if not field:
+            raise ValueError(f"{owner}: '{option}' template {template!r} has an empty field {{}}: name a parameter "
+                             f"in it, such as {{{binder.names[0] if binder.names else 'x'}}}.")
         root = re.split(r"[.\[]", field, maxsplit=1)[0]
         if root not in binder.names:
             raise ValueError(
@@ -435,6 +441,9 @@ def render_run_name(template: Any, parameters: dict[str, Any], option: str) -> s
         raise ValueError(
             f"'{option}' template {template!r} names {exc.args[0]!r}, which is not a parameter of this call "
             f"(parameters: {sorted(parameters)}). Use one of the parameter names, or a callable.") from None
+    except (AttributeError, IndexError, TypeError, ValueError) as exc:  # `{x.attr}`, `{x[0]}`, `{x:d}` of this value
+        raise ValueError(f"'{option}' template {template!r} cannot be formatted with this call's parameters: "
+                         f"{type(exc).__name__}: {exc}. Use a simpler template, or a callable.") from None
 
 
 async def _await_task(call: Any, return_state: bool) -> Any:

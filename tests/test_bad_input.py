@@ -173,6 +173,54 @@ def test_tags_with_mixed_types_never_reach_the_engine():
         task(lambda: 1).with_options(tags=["a", 1])
 
 
+# -- found by the property tests below ------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["task", "flow"])
+@pytest.mark.parametrize("option, value", [("version", []), ("version", 2), ("description", 5)])
+def test_version_and_description_must_be_strings(kind, option, value):
+    """A list as version was accepted, and the SQLite store then left the run out ("type 'list' is not
+    supported"): the run vanished from the CLI."""
+    with pytest.raises(TypeError, match=f"`{option}` must be a string or None"):
+        _define({option: value}, kind)
+
+
+@pytest.mark.parametrize("kind, option", [("task", "task_run_name"), ("flow", "flow_run_name")])
+def test_a_run_name_callable_that_cannot_be_called_so_is_refused_at_definition(kind, option):
+    from asyncflow.tasks import task_input_hash
+
+    with pytest.raises(TypeError, match=f"the `{option}` callable .* must take no arguments, or one argument named "
+                                        f"`parameters`"):
+        _define({option: task_input_hash}, kind)
+    assert _define({option: lambda parameters: f"run-{parameters['x']}"}, kind)
+
+
+@pytest.mark.parametrize("template", ["{}", "{0}"])
+def test_a_run_name_template_with_a_positional_field_is_refused(template):
+    with pytest.raises(ValueError, match="task_run_name"):
+        _define({"task_run_name": template})
+
+
+def test_a_run_name_template_that_fails_on_a_value_names_the_option():
+    work = _define({"task_run_name": "{x[0]}"})
+    with pytest.raises(ValueError, match=r"'task_run_name' template '\{x\[0\]\}' cannot be formatted"):
+        work(5)
+
+
+def test_an_iterable_option_whose_iteration_fails_is_a_type_error_naming_it():
+    def broken():
+        yield "a"
+        raise KeyError("boom")
+
+    with pytest.raises(TypeError, match="`tags` must be a list of tags; taking them from generator raised KeyError"):
+        _define({"tags": broken()})
+    with pytest.raises(TypeError, match="`on_completion`"):
+        _define({"on_completion": broken()})
+
+
+def test_hooks_from_an_infinite_iterator_are_refused_without_hanging():
+    with pytest.raises(ValueError, match="`on_failure`: more than 1000 hooks"):
+        run_in_thread(_define, {"on_failure": itertools.repeat(print)}, timeout=10)
+
+
 # -- task_run_name, result_storage_key, cache_expiration ----------------------------------------------------
 @pytest.mark.parametrize("name", ["", "   ", "a\x00b"])
 @pytest.mark.parametrize("kind, option", [("task", "task_run_name"), ("flow", "flow_run_name")])
@@ -392,3 +440,260 @@ def test_config_set_on_the_command_line_refuses_a_newline(home):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "line break" in proc.stderr and "Traceback" not in proc.stderr
     assert not (home / "profile.env").exists()
+
+
+# -- property tests: any value of any option -------------------------------------------------------------------
+# Each example defines a task (or flow) with one to three options drawn from values of every shape, then
+# calls it on a fake clock (retry delays take no time) in a thread with a time limit. The outcome must be a
+# ValueError/TypeError at definition naming one of the options, or a run that works: Completed (or Cached)
+# with its value, Failed with the function's own error, or TimedOut. Never another exception, never a hang.
+from decimal import Decimal  # noqa: E402
+from fractions import Fraction  # noqa: E402
+
+from hypothesis import HealthCheck, event, given  # noqa: E402
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from asyncflow import cache_policies  # noqa: E402
+from asyncflow.tasks import exponential_backoff, task_input_hash  # noqa: E402
+from asyncflow.testing import isolated_home  # noqa: E402
+
+PROPERTY = hypothesis_settings(max_examples=int(os.environ.get("BAD_INPUT_EXAMPLES", "150")), deadline=dt.timedelta(seconds=10),
+                               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+class _Odd:
+    """Iterable, sized and truth-valued, and every one of them raises."""
+
+    def __iter__(self):
+        raise KeyError("from a user callable: __iter__")
+
+    def __len__(self):
+        raise KeyError("from a user callable: __len__")
+
+    def __bool__(self):
+        raise KeyError("from a user callable: __bool__")
+
+    def __repr__(self):
+        return "_Odd()"
+
+
+def _raiser(*args, **kwargs):
+    raise KeyError("from a user callable")
+
+
+_SHAPES = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(min_value=10**18, max_value=10**400),
+    st.floats(), st.floats(min_value=0, max_value=5e-3), st.text(max_size=12), st.binary(max_size=4),
+    st.lists(st.one_of(st.integers(), st.floats(), st.text(max_size=4), st.none()), max_size=4),
+    st.tuples(st.text(max_size=3), st.integers()), st.frozensets(st.text(max_size=3), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2), st.timedeltas(),
+    st.builds(itertools.count), st.builds(itertools.repeat, st.just("a")), st.builds(iter, st.lists(st.text(max_size=2))),
+    st.sampled_from([Decimal("1.5"), Fraction(1, 3), complex(1, 1), range(10**19), range(3), Path("/"), _Odd(),
+                     object(), print, _raiser, lambda: None, lambda *a, **k: "x", lambda *a, **k: 1,
+                     lambda *a, **k: [1, 2], lambda *a, **k: None, float("nan"), float("inf"), -0.0, 2**63, 10**100,
+                     cache_policies.INPUTS, cache_policies.NO_CACHE, task_input_hash, "json", "pickle",
+                     exponential_backoff(10), ""]),
+)
+_SECONDS = st.one_of(st.floats(), st.integers(min_value=-5, max_value=10**12), st.floats(min_value=0, max_value=1e-3),
+                     st.sampled_from([86_400, 86_401, 365 * 86_400, 4668.0, 1e9, 2**63]))
+_NAMES = st.one_of(st.text(max_size=10), st.sampled_from(["{x}", "{y}", "{x}-{x}", "{", "{0}", "{}", "", " ", "a\x00"]),
+                   st.sampled_from([lambda: "n", lambda: 5, lambda: "", lambda parameters: str(parameters), _raiser]))
+_TARGETED = {
+    "retries": st.one_of(st.integers(min_value=-3, max_value=3), st.integers()),
+    "retry_delay_seconds": st.one_of(
+        _SECONDS, st.lists(_SECONDS, max_size=5), st.lists(st.just(1), min_size=49, max_size=52),
+        st.builds(exponential_backoff, st.floats()), st.builds(exponential_backoff, st.integers(min_value=0))),
+    "retry_jitter_factor": st.one_of(st.floats(), st.floats(min_value=0, max_value=1e-9), st.integers()),
+    "timeout_seconds": _SECONDS,
+    "tags": st.one_of(st.lists(st.text(max_size=4), max_size=4),
+                      st.lists(st.one_of(st.text(max_size=2), st.integers(), st.floats()), max_size=4)),
+    "task_run_name": _NAMES, "flow_run_name": _NAMES, "name": _NAMES,
+    "result_storage_key": st.one_of(
+        st.text(alphabet="{}[]x./\\\x00parmets_ylowidn", max_size=20),
+        st.sampled_from(["{parameters[x]}", "{parameters[y]}", "{flow_run.id}/{task_run.name}", "k/{parameters[x]}",
+                         "{parameters[x]:>{parameters[x]}}", "../up", "{missing}"])),
+    "cache_expiration": st.one_of(st.timedeltas(), st.timedeltas(max_value=dt.timedelta(0))),
+    "cache_policy": st.sampled_from([cache_policies.INPUTS, cache_policies.TASK_SOURCE, cache_policies.RUN_ID,
+                                     cache_policies.NO_CACHE, cache_policies.INPUTS - "x", cache_policies.DEFAULT]),
+    "cache_key_fn": st.sampled_from([task_input_hash, lambda c, p: "k", lambda c, p: None, lambda c, p: 5, _raiser]),
+    "retry_condition_fn": st.sampled_from([lambda t, r, s: True, lambda t, r, s: False, _raiser]),
+    "result_serializer": st.sampled_from(["json", "pickle", "yaml"]),
+    "result_storage": st.one_of(st.text(alphabet="ab/._~", max_size=8), st.just(Path("results"))),
+    "redact_parameters": st.one_of(st.lists(st.sampled_from(["x", "y", ""]), max_size=3), st.just(["x"] * 2000)),
+    "on_completion": st.lists(st.sampled_from([lambda *a: None, _raiser, 5]), max_size=2),
+    "on_failure": st.lists(st.sampled_from([lambda *a: None, _raiser, 5]), max_size=2),
+}
+TASK_OPTIONS = sorted(
+    ["name", "description", "tags", "version", "cache_policy", "cache_key_fn", "cache_expiration", "task_run_name",
+     "retries", "retry_delay_seconds", "retry_jitter_factor", "retry_condition_fn", "persist_result", "result_storage",
+     "result_serializer", "result_storage_key", "cache_result_in_memory", "timeout_seconds", "log_prints",
+     "refresh_cache", "on_completion", "on_failure", "on_running", "on_commit", "on_rollback", "redact_parameters"])
+FLOW_OPTIONS = sorted(
+    ["name", "version", "flow_run_name", "retries", "retry_delay_seconds", "task_runner", "description",
+     "timeout_seconds", "validate_parameters", "persist_result", "result_storage", "result_serializer",
+     "cache_result_in_memory", "log_prints", "on_completion", "on_failure", "on_cancellation", "on_crashed",
+     "on_running", "redact_parameters"])
+
+
+@st.composite
+def _options(draw, names):
+    chosen = draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True))
+    return {name: draw(st.one_of(_TARGETED[name], _SHAPES) if name in _TARGETED else _SHAPES) for name in chosen}
+
+
+class FirstAttemptFails(RuntimeError):
+    pass
+
+
+def _make_function():
+    attempts = []
+
+    def work(x: int = 1) -> int:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise FirstAttemptFails("the first attempt fails, so retries and their delays are used")
+        return x
+
+    return work
+
+
+def _read_back(store, kind: str, state) -> str:
+    details = state.state_details
+    if kind == "flow":
+        return store.read_flow_run(details.flow_run_id).state.name
+    return store.read_task_run(details.task_run_id).state.name
+
+
+def _check(kind: str, options: dict, via_with_options: bool, store) -> None:
+    decorator = task if kind == "task" else flow
+    given_options = {"retries": 1, **options}  # one retry unless drawn: delays and jitter are used
+    try:
+        if via_with_options:
+            defined = decorator(_make_function()).with_options(**given_options)
+        else:
+            defined = decorator(**given_options)(_make_function())
+    except (ValueError, TypeError) as exc:
+        message = str(exc)
+        named = [name for name in options if name in message]
+        assert named, f"the error does not name any of the options {sorted(options)}: {exc!r}"
+        assert len(options) > 1 or named == list(options), f"{exc!r} does not name {list(options)[0]}"
+        event(f"refused at definition: {type(exc).__name__}")
+        return
+    callables = [name for name, value in options.items() if callable(value) or isinstance(value, list)]
+    with fake_clock():
+        try:
+            state = run_in_thread(lambda: defined(return_state=True), timeout=20)
+        except (ValueError, TypeError) as exc:  # a callable option's value is only known when it is called
+            assert any(name in str(exc) for name in callables), f"{options!r}: the call raised {exc!r}"
+            event("refused at call: a callable option")
+            return
+        except KeyError as exc:  # raised by a callable given as an option (a run name), handed back as it is
+            assert "from a user callable" in str(exc), f"{options!r}: the call raised {exc!r}"
+            return
+    event(f"ran: {state.name}")
+    assert _read_back(store, kind, state) == state.name, f"{options!r}: the store did not record the run"
+    if state.is_completed():
+        assert state.result() == 1, state
+        return
+    assert state.is_failed(), f"{options!r} ended {state!r}"
+    error = state.result(raise_on_failure=False)
+    if state.name == "TimedOut":
+        return
+    if isinstance(error, FirstAttemptFails) or "from a user callable" in str(error):
+        return  # the function's own error, or one that a callable given as an option raised
+    assert isinstance(error, (ValueError, TypeError)) and any(name in str(error) for name in callables), (
+        f"{options!r}: the run failed with an error from inside asyncflow: {error!r}")
+
+
+@PROPERTY
+@given(options=_options(TASK_OPTIONS), via_with_options=st.booleans())
+def test_any_task_options_give_a_clear_error_naming_one_or_a_task_that_works(options, via_with_options, tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative result_storage paths land here
+    with isolated_home(tmp_path / "home") as store:  # a real SQLite store: what it records must be storable
+        _check("task", options, via_with_options, store)
+
+
+@PROPERTY
+@given(options=_options(FLOW_OPTIONS), via_with_options=st.booleans())
+def test_any_flow_options_give_a_clear_error_naming_one_or_a_flow_that_works(options, via_with_options, tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with isolated_home(tmp_path / "home") as store:
+        _check("flow", options, via_with_options, store)
+
+
+_RAW_SPECIAL = ["", " ", "inf", "-inf", "nan", "1e309", "-1", "0", "1", "0.000001", "0.5", "30", "86400", "86401", "1e10",
+                "99999999999999999999999", "[1, 2]", "[]", "[Infinity]", "[NaN]", "[1, 1e10]", str([1] * 51), "[[1]]",
+                "[" * 5000, "true", "no", "memory", "sqlite", "all", "none", "DEBUG", "loud", "json", "console",
+                "password,token", "bad word", "abc", "./rel", "~/inhome", "/dev/null", "/dev/null/sub", "/" + "x" * 5000,
+                "sqlite:///x.db", "sqlite:////tmp/nope-asyncflow/x.db", "redis://127.0.0.1:1/0", "unix:///nope"]
+_RAW = st.one_of(
+    st.sampled_from(_RAW_SPECIAL),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
+    st.floats().map(repr), st.integers().map(str), st.integers(min_value=-3, max_value=100).map(str),
+)
+
+
+def _settings_outcome(name: str, raw: str, tmp_path: Path) -> str:
+    from asyncflow._store import get_store, set_store
+
+    raw = raw.replace("{tmp}", str(tmp_path))
+    with temporary_settings(**{name: raw}):
+        try:
+            _settings.get_settings()
+        except SettingError as exc:
+            assert name in str(exc), f"{name}={raw!r}: the error does not name the setting: {exc}"
+            return "refused at read"
+
+        @task
+        def one(x: int) -> int:
+            return x
+
+        attempts = []
+
+        @task(retries=1)
+        def flaky() -> int:
+            attempts.append(1)
+            if len(attempts) == 1:
+                raise FirstAttemptFails("the first attempt fails")
+            return 1
+
+        @flow
+        def settings_flow() -> int:
+            try:
+                mapped = sum(f.result() for f in one.map(range(3)))
+            except MappingTooLarge:
+                assert _settings.MAP_MAX_ITEMS.value() < 3
+                mapped = 3
+            return flaky() + mapped
+
+        previous = set_store(None)  # the store the settings choose (SQLite under ASYNCFLOW_HOME, or memory)
+        try:
+            with fake_clock():
+                state = run_in_thread(lambda: settings_flow(return_state=True), timeout=30)
+        finally:
+            store = set_store(previous)
+            if store is not None:
+                store.close()
+        assert state.is_completed() and state.result() == 4, f"{name}={raw!r}: the flow ended {state!r}"
+        return "ran"
+
+
+@PROPERTY
+@given(name=st.sampled_from(sorted(_settings.SETTINGS)), raw=_RAW)
+def test_any_setting_value_gives_a_setting_error_naming_it_or_flows_that_work(name, raw, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))  # ~ must not reach the real home
+    event(_settings_outcome(name, raw, tmp_path))
+
+
+@pytest.mark.parametrize("name", sorted(_settings.SETTINGS))
+def test_every_special_value_of_a_setting_gives_a_setting_error_naming_it_or_flows_that_work(name, tmp_path,
+                                                                                            monkeypatch):
+    """The review's settings run (17 settings x 20 values), each value tried on every setting."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    outcomes = {raw: _settings_outcome(name, raw, tmp_path) for raw in _RAW_SPECIAL + ["{tmp}/dir", "~/dir"]}
+    assert "ran" in outcomes.values(), outcomes

@@ -86,7 +86,7 @@ def build_retry_policy(owner: str, retries: Any, retry_delay_seconds: Any, jitte
         except OverflowError:  # range(10**19)
             count = MAX_DELAYS + 1
         if count > MAX_DELAYS:
-            raise ValueError(f"{owner}: can not configure more than {MAX_DELAYS} retry delays per task; got "
+            raise ValueError(f"{owner}: `retry_delay_seconds` can not configure more than {MAX_DELAYS} retry delays per task; got "
                              f"{count if count <= 10**6 else 'far more'}.")
         delays = list(retry_delay_seconds)
     for delay in delays:
