@@ -137,7 +137,18 @@ def _parse_choice(*choices: str) -> Callable[[str], str]:
 def _parse_broker_url(raw: str) -> str:
     url = raw.strip()
     if not url.startswith(("sqlite:///", "redis://", "rediss://", "unix://")):
-        raise ValueError("expected sqlite:///path/to/file.db or redis://host:port/db")
+        raise ValueError("expected sqlite:////absolute/path/to/file.db or redis://host:port/db")
+    if url.startswith("sqlite:///"):
+        file = url[len("sqlite:///"):]
+        if not Path(file).is_absolute():
+            raise ValueError(f"expected sqlite:////absolute/path/to/file.db (sqlite:/// then an absolute path); "
+                             f"{file!r} is relative, and would mean another file for each current directory")
+        try:
+            path = _parse_directory(str(Path(file).parent)) / Path(file).name
+        except ValueError as exc:
+            raise ValueError(f"{exc} (the directory of the SQLite broker's file)") from None
+        if path.is_dir():
+            raise ValueError(f"expected the path of a database file; {str(path)!r} is a directory")
     return url
 
 
@@ -358,7 +369,7 @@ BROKER_URL = _declare(
     "ASYNCFLOW_BROKER_URL", _parse_broker_url, None,
     "Queue of background runs (`task.delay`): unset for the SQLite store under ASYNCFLOW_HOME (one "
     "machine), `sqlite:///path` for another SQLite file, `redis://host:port/db` for many machines.",
-    "sqlite:///path/to/file.db or redis://host:port/db")
+    "sqlite:////absolute/path/to/file.db or redis://host:port/db")
 
 
 def _similar(name: str, n: int) -> list[str]:

@@ -421,6 +421,25 @@ def test_the_map_cap_setting_is_an_integer_of_at_least_one(home, monkeypatch, ra
     assert "integer >= 1" in _read_error(monkeypatch, "ASYNCFLOW_MAP_MAX_ITEMS", raw)
 
 
+@pytest.mark.parametrize("raw, expect", [
+    ("sqlite:///x.db", "is relative"),
+    ("sqlite:///~/x.db", "is relative"),
+    ("sqlite:////dev/null/x.db", "'/dev/null' exists and is not a directory"),
+    ("sqlite:////tmp", "is a directory"),
+    ("sqlite:////" + "x" * 5000 + "/q.db", "too long"),
+    ("postgres://x", "expected sqlite:////absolute/path/to/file.db or redis://host:port/db"),
+])
+def test_a_sqlite_broker_url_that_cannot_name_a_database_file_is_refused(home, monkeypatch, raw, expect):
+    """It gave a raw FileNotFoundError at the first delay()."""
+    assert expect in _read_error(monkeypatch, "ASYNCFLOW_BROKER_URL", raw)
+
+
+def test_a_sqlite_broker_url_with_an_absolute_path_is_accepted(home, monkeypatch, tmp_path):
+    monkeypatch.setenv("ASYNCFLOW_BROKER_URL", f"sqlite:///{tmp_path}/queue/broker.db")
+    _settings.reload()
+    assert _settings.BROKER_URL.value() == f"sqlite:///{tmp_path}/queue/broker.db"
+
+
 @pytest.mark.parametrize("value", ["/x\nASYNCFLOW_TASK_DEFAULT_RETRIES=5", "/x\rASYNCFLOW_TASK_DEFAULT_RETRIES=5",
                                    "/x\u2028y", "/x\x00y"])
 def test_config_set_refuses_a_value_with_a_line_break_and_writes_nothing(home, value):
