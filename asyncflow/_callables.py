@@ -151,8 +151,8 @@ def bounded_items(owner: str, option: str, value: Any, limit: int, what: str) ->
     try:
         items = list(itertools.islice(value, limit + 1))
     except Exception as exc:  # the value's own __iter__ or generator failed
-        raise TypeError(f"{owner}: `{option}` must be a list of {what}; taking them from {type(value).__name__} "
-                        f"raised {type(exc).__name__}: {exc}") from exc
+        raise TypeError(f"{owner}: `{option}` must be a list of {what}; taking them from "
+                        f"{type(value).__name__} raised {type(exc).__name__}: {exc}") from exc
     if len(items) > limit:
         raise ValueError(f"{owner}: `{option}`: more than {limit} {what}; give a list of at most {limit}.")
     return items
@@ -203,8 +203,8 @@ def check_run_name(owner: str, option: str, value: Any) -> None:
                 return
             except TypeError:
                 continue
-        raise TypeError(f"{owner}: the `{option}` callable {_short(value)} must take no arguments, or one argument "
-                        f"named `parameters` (the run's parameters); its signature is {signature}.")
+        raise TypeError(f"{owner}: the `{option}` callable {_short(value)} must take no arguments, or one "
+                        f"argument named `parameters` (the run's parameters); its signature is {signature}.")
     if not isinstance(value, str):
         return
     if not value.strip():
@@ -217,5 +217,5 @@ def check_run_name(owner: str, option: str, value: Any) -> None:
 def check_text(owner: str, option: str, value: Any) -> None:
     """`version=` / `description=`: a string or None (the store keeps the version as text)."""
     if value is not None and not isinstance(value, str):
-        raise TypeError(f"{owner}: `{option}` must be a string or None; got {type(value).__name__} {_short(value)}"
-                        f" (write {option}={str(_short(value))!r} if you mean the text).")
+        raise TypeError(f"{owner}: `{option}` must be a string or None; got {type(value).__name__} "
+                        f"{_short(value)} (write {option}={str(_short(value))!r} if you mean the text).")

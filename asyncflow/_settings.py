@@ -17,7 +17,6 @@ environment lookup, and the profile file is re-read only when it changes (checke
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 import time
@@ -76,8 +75,8 @@ def _parse_seconds(raw: str) -> float:
     return value
 
 
-_DELAYS = (f"expected a number >= 0 or a JSON list of numbers >= 0 (at most {MAX_DELAYS} of them), each at most "
-           f"{ONE_DAY} (one day)")
+_DELAYS = (f"expected a number >= 0 or a JSON list of numbers >= 0 (at most {MAX_DELAYS} of them), each at "
+           f"most {ONE_DAY} (one day)")
 
 
 def _is_delay(value: Any) -> bool:
@@ -141,8 +140,9 @@ def _parse_broker_url(raw: str) -> str:
     if url.startswith("sqlite:///"):
         file = url[len("sqlite:///"):]
         if not Path(file).is_absolute():
-            raise ValueError(f"expected sqlite:////absolute/path/to/file.db (sqlite:/// then an absolute path); "
-                             f"{file!r} is relative, and would mean another file for each current directory")
+            raise ValueError("expected sqlite:////absolute/path/to/file.db (sqlite:/// then an absolute "
+                             f"path); {file!r} is relative, and would mean another file for each current "
+                             "directory")
         try:
             path = _parse_directory(str(Path(file).parent)) / Path(file).name
         except ValueError as exc:
@@ -174,16 +174,17 @@ def _check_path(raw: str) -> Path:
         raise ValueError("expected an absolute directory path; it contains a NUL character")
     path = Path(raw).expanduser()
     if not path.is_absolute():
-        raise ValueError(f"expected an absolute directory path (or one starting with ~); a relative path would "
-                         f"mean another directory for each current directory. Use {str(Path.cwd() / raw)!r} for "
-                         f"this one")
+        raise ValueError("expected an absolute directory path (or one starting with ~); a relative path "
+                         "would mean another directory for each current directory. Use "
+                         f"{str(Path.cwd() / raw)!r} for this one")
     encoded = os.fsencode(str(path))
     if len(encoded) > _PATH_MAX:
-        raise ValueError(f"expected a directory path; this one is too long ({len(encoded)} bytes; at most {_PATH_MAX})")
+        raise ValueError(f"expected a directory path; this one is too long ({len(encoded)} bytes; at most "
+                         f"{_PATH_MAX})")
     longest = max((len(os.fsencode(part)) for part in path.parts), default=0)
     if longest > _NAME_MAX:
-        raise ValueError(f"expected a directory path; a name in it is too long ({longest} bytes; at most {_NAME_MAX} "
-                         f"per name)")
+        raise ValueError(f"expected a directory path; a name in it is too long ({longest} bytes; at most "
+                         f"{_NAME_MAX} per name)")
     return path
 
 
@@ -203,7 +204,8 @@ def _parse_directory(raw: str) -> Path:
             break
         if exists:
             if not is_dir:
-                raise ValueError(f"expected a directory path; {str(ancestor)!r} exists and is not a directory")
+                raise ValueError(f"expected a directory path; {str(ancestor)!r} exists and is not a "
+                                 f"directory")
             break
     return path
 
@@ -507,9 +509,10 @@ def update_profile(set_values: Mapping[str, str] | None = None, unset: Iterable[
         if not setting.in_profile:
             raise SettingError(f"{setting.name} cannot be set in the profile, which lives under it; set the "
                                f"environment variable instead (export {setting.name}=...).")
-        if len(f"-{raw}-".splitlines()) > 1 or "\x00" in raw:  # it would end the line and start another setting
-            raise SettingError(f"Setting {setting.name}={raw!r} is invalid: a profile value is one line, and this "
-                               f"one contains a line break or NUL character. Nothing was written.")
+        # a line break would end the line in the file and start another setting (W4)
+        if len(f"-{raw}-".splitlines()) > 1 or "\x00" in raw:
+            raise SettingError(f"Setting {setting.name}={raw!r} is invalid: a profile value is one line, and "
+                               "this one contains a line break or NUL character. Nothing was written.")
         try:
             setting.parse(raw)
         except (ValueError, TypeError) as exc:

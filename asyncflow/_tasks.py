@@ -281,8 +281,8 @@ def check_run_name_template(template: Any, binder: Binder, option: str, owner: s
         raise ValueError(f"{owner}: '{option}' template {template!r} is not a valid format string: {exc}.") from None
     for field in fields:
         if not field:
-            raise ValueError(f"{owner}: '{option}' template {template!r} has an empty field {{}}: name a parameter "
-                             f"in it, such as {{{binder.names[0] if binder.names else 'x'}}}.")
+            raise ValueError(f"{owner}: '{option}' template {template!r} has an empty field {{}}: name a "
+                             f"parameter in it, such as {{{binder.names[0] if binder.names else 'x'}}}.")
         root = re.split(r"[.\[]", field, maxsplit=1)[0]
         if root not in binder.names:
             raise ValueError(
@@ -306,12 +306,14 @@ def check_storage_key(key: Any, binder: Binder, owner: str) -> None:
     if "\x00" in key:
         raise ValueError(f"{option} must not contain a NUL character.")
     _check_key_fields(key, binder, option)
-    placeholder = "".join(text + ("x" if field is not None else "") for text, field, _, _ in string.Formatter().parse(key))
+    placeholder = "".join(text + ("x" if field is not None else "")
+                          for text, field, _, _ in string.Formatter().parse(key))
     parts = [p for p in placeholder.replace("\\", "/").split("/") if p not in ("", ".")]
     if ".." in parts:
         raise ValueError(f"{option} must name a file under the storage path; it must not contain '..'.")
     if not parts:
-        raise ValueError(f"{option} must name a file under the storage path, such as 'reports/{{parameters[x]}}'.")
+        raise ValueError(f"{option} must name a file under the storage path, such as "
+                         f"'reports/{{parameters[x]}}'.")
 
 
 def _check_key_fields(template: str, binder: Binder, option: str) -> None:
@@ -343,8 +345,8 @@ def _check_key_fields(template: str, binder: Binder, option: str) -> None:
             attribute = re.split(r"[.\[]", rest[1:], maxsplit=1)[0] if rest.startswith(".") else None
             available = (flow_run if root == "flow_run" else task_run).__all__
             if attribute not in available:
-                raise ValueError(f"{option}: {root} has no attribute {attribute!r}; write {{{root}.ATTRIBUTE}} with "
-                                 f"one of {available}.")
+                raise ValueError(f"{option}: {root} has no attribute {attribute!r}; write "
+                                 f"{{{root}.ATTRIBUTE}} with one of {available}.")
         if spec:
             _check_key_fields(spec, binder, option)
 
@@ -395,9 +397,9 @@ def resolve_caching(name: str, fn: Any, cache_policy: Any, cache_key_fn: Any, ca
     if cache_expiration is not None and not isinstance(cache_expiration, dt.timedelta):
         raise TypeError(f"{owner}: cache_expiration must be a datetime.timedelta; got {cache_expiration!r}.")
     if cache_expiration is not None and cache_expiration < dt.timedelta(0):
-        raise ValueError(f"{owner}: `cache_expiration` must not be negative (a cached result would be expired "
-                         f"before it is written); got {cache_expiration!r}. Use a positive timedelta, or None "
-                         f"for results that never expire.")
+        raise ValueError(f"{owner}: `cache_expiration` must not be negative (a cached result would be "
+                         f"expired before it is written); got {cache_expiration!r}. Use a positive "
+                         "timedelta, or None for results that never expire.")
     if refresh_cache is not None and not isinstance(refresh_cache, bool):
         raise TypeError(f"{owner}: refresh_cache must be True, False or None; got {refresh_cache!r}.")
     if persist_result is not None and not isinstance(persist_result, bool):
@@ -441,7 +443,7 @@ def render_run_name(template: Any, parameters: dict[str, Any], option: str) -> s
         raise ValueError(
             f"'{option}' template {template!r} names {exc.args[0]!r}, which is not a parameter of this call "
             f"(parameters: {sorted(parameters)}). Use one of the parameter names, or a callable.") from None
-    except (AttributeError, IndexError, TypeError, ValueError) as exc:  # `{x.attr}`, `{x[0]}`, `{x:d}` of this value
+    except (AttributeError, IndexError, TypeError, ValueError) as exc:  # `{x.attr}`, `{x[0]}`, `{x:d}`
         raise ValueError(f"'{option}' template {template!r} cannot be formatted with this call's parameters: "
                          f"{type(exc).__name__}: {exc}. Use a simpler template, or a callable.") from None
 

@@ -24,7 +24,8 @@ from ._store.base import StoreError as StoreError
 
 __all__ = [
     "AsyncflowError", "BlockingResultError", "CancelledRun", "CrashedRun", "FailedRun", "FlowRunTimeoutError",
-    "InvalidNameError", "MappingLengthMismatch", "MappingMissingIterable", "MappingTooLarge", "MissingContextError",
+    "InvalidNameError", "MappingLengthMismatch", "MappingMissingIterable", "MappingTooLarge",
+    "MissingContextError",
     "ObjectNotFound", "ParameterBindError", "ReservedArgumentError", "RunStateError", "ScopeClosedError", "SettingError",
     "StoreError", "TaskRunTimeoutError", "UnfinishedRun", "UpstreamTaskError",
 ]

@@ -11,15 +11,20 @@ import os
 import subprocess
 import sys
 import time
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
-
-from asyncflow import _settings, flow, task
-from asyncflow.exceptions import MappingTooLarge, SettingError
-from asyncflow.testing import fake_clock, temporary_settings
-
 from helpers import run_in_thread
+from hypothesis import HealthCheck, event, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from asyncflow import _settings, cache_policies, flow, task
+from asyncflow.exceptions import MappingTooLarge, SettingError
+from asyncflow.tasks import exponential_backoff, task_input_hash
+from asyncflow.testing import fake_clock, isolated_home, temporary_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +70,9 @@ def test_jittered_delays_keep_their_mean_with_the_direct_draw():
 
 @pytest.mark.parametrize("delay", [86_401, 10**10, 2**63, 10**100, 1e300, [1, 90_000], (5, 10**20)])
 def test_retry_delay_above_one_day_is_refused_at_definition_naming_the_limit(delay):
-    with pytest.raises(ValueError, match=r"`retry_delay_seconds` must be a finite number from 0 to 86400 \(one day\)"):
+    with pytest.raises(
+        ValueError, match=r"`retry_delay_seconds` must be a finite number from 0 to 86400 \(one day\)"
+    ):
         _define({"retries": 2, "retry_delay_seconds": delay})
 
 
@@ -112,8 +119,11 @@ def test_the_largest_accepted_delay_runs_its_retry_on_a_fake_clock():
 
 
 def test_flow_retry_delay_has_the_same_bounds():
-    with pytest.raises(ValueError, match=r"flow 'work': `retry_delay_seconds` must be a finite number from 0 to "
-                                         r"86400"):
+    with pytest.raises(
+        ValueError,
+        match=r"flow 'work': `retry_delay_seconds` must be a finite number from 0 to "
+        r"86400",
+    ):
         _define({"retries": 1, "retry_delay_seconds": 10**10}, "flow")
     with pytest.raises(ValueError, match="`retry_delay_seconds`"):
         _define({"retries": 1, "retry_delay_seconds": math.nan}, "flow")
@@ -139,11 +149,19 @@ def test_a_timeout_of_a_year_is_accepted_and_the_task_works():
     assert run_in_thread(_define({"timeout_seconds": 365 * 86_400}), 3) == 3
 
 
-# -- tags ------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("tags, shown", [
-    (1, "int"), (False, "bool"), (0.5, "float"), (dt.timedelta(0), "timedelta"), (b"ab", "bytes"),
-    (bytearray(b"ab"), "bytearray"), ({"a": 1}, "dict"),
-])
+# -- tags ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "tags, shown",
+    [
+        (1, "int"),
+        (False, "bool"),
+        (0.5, "float"),
+        (dt.timedelta(0), "timedelta"),
+        (b"ab", "bytes"),
+        (bytearray(b"ab"), "bytearray"),
+        ({"a": 1}, "dict"),
+    ],
+)
 def test_tags_that_are_not_a_list_of_strings_are_a_type_error_naming_tags(tags, shown):
     with pytest.raises(TypeError, match=rf"`tags` must be a list of strings.*got {shown}"):
         _define({"tags": tags})
@@ -173,7 +191,7 @@ def test_tags_with_mixed_types_never_reach_the_engine():
         task(lambda: 1).with_options(tags=["a", 1])
 
 
-# -- found by the property tests below ------------------------------------------------------------------------
+# -- found by the property tests below -----------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["task", "flow"])
 @pytest.mark.parametrize("option, value", [("version", []), ("version", 2), ("description", 5)])
 def test_version_and_description_must_be_strings(kind, option, value):
@@ -187,8 +205,10 @@ def test_version_and_description_must_be_strings(kind, option, value):
 def test_a_run_name_callable_that_cannot_be_called_so_is_refused_at_definition(kind, option):
     from asyncflow.tasks import task_input_hash
 
-    with pytest.raises(TypeError, match=f"the `{option}` callable .* must take no arguments, or one argument named "
-                                        f"`parameters`"):
+    with pytest.raises(
+        TypeError,
+        match=f"the `{option}` callable .* must take no arguments, or one argument named `parameters`",
+    ):
         _define({option: task_input_hash}, kind)
     assert _define({option: lambda parameters: f"run-{parameters['x']}"}, kind)
 
@@ -210,7 +230,9 @@ def test_an_iterable_option_whose_iteration_fails_is_a_type_error_naming_it():
         yield "a"
         raise KeyError("boom")
 
-    with pytest.raises(TypeError, match="`tags` must be a list of tags; taking them from generator raised KeyError"):
+    with pytest.raises(
+        TypeError, match="`tags` must be a list of tags; taking them from generator raised KeyError"
+    ):
         _define({"tags": broken()})
     with pytest.raises(TypeError, match="`on_completion`"):
         _define({"on_completion": broken()})
@@ -229,28 +251,33 @@ def test_an_empty_run_name_or_one_with_a_nul_is_refused(kind, option, name):
         _define({option: name}, kind)
 
 
-@pytest.mark.parametrize("key, fix", [
-    ("{missing}", "names 'missing'"),
-    ("{parameters[y]}", "parameter 'y'"),
-    ("{parameters.x}", "parameters\\[x\\]"),
-    ("{0}", "names '0'"),
-    ("{}", "empty field"),
-    ("{", "not a valid format string"),
-    ("{flow_run.nope}", "flow_run has no attribute 'nope'"),
-    ("{task_run.nope}", "task_run has no attribute 'nope'"),
-    ("", "empty"),
-    ("   ", "empty"),
-    ("a\x00b", "NUL"),
-    ("../../etc/x", "'\\.\\.'"),
-    ("/", "must name a file"),
-])
+@pytest.mark.parametrize(
+    "key, fix",
+    [
+        ("{missing}", "names 'missing'"),
+        ("{parameters[y]}", "parameter 'y'"),
+        ("{parameters.x}", "parameters\\[x\\]"),
+        ("{0}", "names '0'"),
+        ("{}", "empty field"),
+        ("{", "not a valid format string"),
+        ("{flow_run.nope}", "flow_run has no attribute 'nope'"),
+        ("{task_run.nope}", "task_run has no attribute 'nope'"),
+        ("", "empty"),
+        ("   ", "empty"),
+        ("a\x00b", "NUL"),
+        ("../../etc/x", "'\\.\\.'"),
+        ("/", "must name a file"),
+    ],
+)
 def test_result_storage_key_is_checked_against_the_signature_at_definition(key, fix):
     with pytest.raises(ValueError, match=rf"`result_storage_key` .*{fix}"):
         _define({"result_storage_key": key})
 
 
-@pytest.mark.parametrize("key", ["{parameters[x]}.pkl", "r/{parameters[x]}-{flow_run.id}/{task_run.task_name}",
-                                 "fixed", "{parameters}"])
+@pytest.mark.parametrize(
+    "key",
+    ["{parameters[x]}.pkl", "r/{parameters[x]}-{flow_run.id}/{task_run.task_name}", "fixed", "{parameters}"],
+)
 def test_valid_result_storage_keys_are_accepted_and_used(key, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     work = _define({"result_storage_key": key})
@@ -271,33 +298,39 @@ def test_negative_cache_expiration_is_refused():
     assert _define({"cache_expiration": dt.timedelta(0)}).caching.expiration == dt.timedelta(0)
 
 
-# -- the same checks through with_options ----------------------------------------------------------------------
-@pytest.mark.parametrize("options, error, match", [
-    ({"retry_jitter_factor": math.inf}, ValueError, "retry_jitter_factor"),
-    ({"retry_delay_seconds": 10**10}, ValueError, "retry_delay_seconds"),
-    ({"tags": [1]}, TypeError, "tags"),
-    ({"task_run_name": ""}, ValueError, "task_run_name"),
-    ({"result_storage_key": "{nope}"}, ValueError, "result_storage_key"),
-    ({"cache_expiration": dt.timedelta(-1)}, ValueError, "cache_expiration"),
-    ({"timeout_seconds": math.inf}, ValueError, "timeout_seconds"),
-])
+# -- the same checks through with_options --------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "options, error, match",
+    [
+        ({"retry_jitter_factor": math.inf}, ValueError, "retry_jitter_factor"),
+        ({"retry_delay_seconds": 10**10}, ValueError, "retry_delay_seconds"),
+        ({"tags": [1]}, TypeError, "tags"),
+        ({"task_run_name": ""}, ValueError, "task_run_name"),
+        ({"result_storage_key": "{nope}"}, ValueError, "result_storage_key"),
+        ({"cache_expiration": dt.timedelta(-1)}, ValueError, "cache_expiration"),
+        ({"timeout_seconds": math.inf}, ValueError, "timeout_seconds"),
+    ],
+)
 def test_task_with_options_checks_like_the_decorator(options, error, match):
     with pytest.raises(error, match=match):
         _define({}).with_options(**options)
 
 
-@pytest.mark.parametrize("options, error, match", [
-    ({"retry_delay_seconds": 10**10}, ValueError, "retry_delay_seconds"),
-    ({"flow_run_name": ""}, ValueError, "flow_run_name"),
-    ({"timeout_seconds": 1e300}, ValueError, "timeout_seconds"),
-    ({"retries": -1}, ValueError, "retries"),
-])
+@pytest.mark.parametrize(
+    "options, error, match",
+    [
+        ({"retry_delay_seconds": 10**10}, ValueError, "retry_delay_seconds"),
+        ({"flow_run_name": ""}, ValueError, "flow_run_name"),
+        ({"timeout_seconds": 1e300}, ValueError, "timeout_seconds"),
+        ({"retries": -1}, ValueError, "retries"),
+    ],
+)
 def test_flow_with_options_checks_like_the_decorator(options, error, match):
     with pytest.raises(error, match=match):
         _define({}, "flow").with_options(**options)
 
 
-# -- .map over huge or infinite iterables ------------------------------------------------------------------------
+# -- .map over huge or infinite iterables --------------------------------------------------------------------
 def _map_in_flow(iterable, **settings):
     @task
     def one(x):
@@ -339,7 +372,7 @@ def test_map_up_to_the_cap_works_and_the_error_is_a_value_error():
     assert issubclass(MappingTooLarge, ValueError)
 
 
-# -- settings ----------------------------------------------------------------------------------------------------
+# -- settings ------------------------------------------------------------------------------------------------
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """A fresh ASYNCFLOW_HOME and no other ASYNCFLOW_* variable in the environment."""
@@ -390,10 +423,15 @@ def test_a_storage_path_under_a_file_is_refused_at_read_time(home, monkeypatch, 
     assert "'/dev/null' exists and is not a directory" in message
 
 
-@pytest.mark.parametrize("name", ["ASYNCFLOW_TASK_DEFAULT_RETRY_DELAY_SECONDS",
-                                  "ASYNCFLOW_FLOW_DEFAULT_RETRY_DELAY_SECONDS"])
-@pytest.mark.parametrize("raw", ["inf", "1e309", "nan", "-inf", "86401", "1e10", "[Infinity]", "[NaN]", "[1, 1e10]"])
-def test_default_retry_delays_are_checked_as_settings_not_blamed_on_the_decorator(home, monkeypatch, name, raw):
+@pytest.mark.parametrize(
+    "name", ["ASYNCFLOW_TASK_DEFAULT_RETRY_DELAY_SECONDS", "ASYNCFLOW_FLOW_DEFAULT_RETRY_DELAY_SECONDS"]
+)
+@pytest.mark.parametrize(
+    "raw", ["inf", "1e309", "nan", "-inf", "86401", "1e10", "[Infinity]", "[NaN]", "[1, 1e10]"]
+)
+def test_default_retry_delays_are_checked_as_settings_not_blamed_on_the_decorator(
+    home, monkeypatch, name, raw
+):
     if name.startswith("ASYNCFLOW_FLOW") and raw.startswith("["):
         raw = raw.strip("[]").split(",")[-1]
     message = _read_error(monkeypatch, name, raw)
@@ -421,14 +459,17 @@ def test_the_map_cap_setting_is_an_integer_of_at_least_one(home, monkeypatch, ra
     assert "integer >= 1" in _read_error(monkeypatch, "ASYNCFLOW_MAP_MAX_ITEMS", raw)
 
 
-@pytest.mark.parametrize("raw, expect", [
-    ("sqlite:///x.db", "is relative"),
-    ("sqlite:///~/x.db", "is relative"),
-    ("sqlite:////dev/null/x.db", "'/dev/null' exists and is not a directory"),
-    ("sqlite:////tmp", "is a directory"),
-    ("sqlite:////" + "x" * 5000 + "/q.db", "too long"),
-    ("postgres://x", "expected sqlite:////absolute/path/to/file.db or redis://host:port/db"),
-])
+@pytest.mark.parametrize(
+    "raw, expect",
+    [
+        ("sqlite:///x.db", "is relative"),
+        ("sqlite:///~/x.db", "is relative"),
+        ("sqlite:////dev/null/x.db", "'/dev/null' exists and is not a directory"),
+        ("sqlite:////tmp", "is a directory"),
+        ("sqlite:////" + "x" * 5000 + "/q.db", "too long"),
+        ("postgres://x", "expected sqlite:////absolute/path/to/file.db or redis://host:port/db"),
+    ],
+)
 def test_a_sqlite_broker_url_that_cannot_name_a_database_file_is_refused(home, monkeypatch, raw, expect):
     """It gave a raw FileNotFoundError at the first delay()."""
     assert expect in _read_error(monkeypatch, "ASYNCFLOW_BROKER_URL", raw)
@@ -440,8 +481,10 @@ def test_a_sqlite_broker_url_with_an_absolute_path_is_accepted(home, monkeypatch
     assert _settings.BROKER_URL.value() == f"sqlite:///{tmp_path}/queue/broker.db"
 
 
-@pytest.mark.parametrize("value", ["/x\nASYNCFLOW_TASK_DEFAULT_RETRIES=5", "/x\rASYNCFLOW_TASK_DEFAULT_RETRIES=5",
-                                   "/x\u2028y", "/x\x00y"])
+@pytest.mark.parametrize(
+    "value",
+    ["/x\nASYNCFLOW_TASK_DEFAULT_RETRIES=5", "/x\rASYNCFLOW_TASK_DEFAULT_RETRIES=5", "/x\u2028y", "/x\x00y"],
+)
 def test_config_set_refuses_a_value_with_a_line_break_and_writes_nothing(home, value):
     """W4: the newline wrote a second setting into the profile."""
     with pytest.raises(SettingError, match="line break or NUL"):
@@ -453,32 +496,36 @@ def test_config_set_refuses_a_value_with_a_line_break_and_writes_nothing(home, v
 def test_config_set_on_the_command_line_refuses_a_newline(home):
     env = {**os.environ, "ASYNCFLOW_HOME": str(home)}
     proc = subprocess.run(
-        [sys.executable, "-m", "asyncflow", "config", "set",
-         "ASYNCFLOW_LOCAL_STORAGE_PATH=/x\nASYNCFLOW_TASK_DEFAULT_RETRIES=5"],
-        env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "asyncflow",
+            "config",
+            "set",
+            "ASYNCFLOW_LOCAL_STORAGE_PATH=/x\nASYNCFLOW_TASK_DEFAULT_RETRIES=5",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "line break" in proc.stderr and "Traceback" not in proc.stderr
     assert not (home / "profile.env").exists()
 
 
-# -- property tests: any value of any option -------------------------------------------------------------------
+# -- property tests: any value of any option -----------------------------------------------------------------
 # Each example defines a task (or flow) with one to three options drawn from values of every shape, then
 # calls it on a fake clock (retry delays take no time) in a thread with a time limit. The outcome must be a
 # ValueError/TypeError at definition naming one of the options, or a run that works: Completed (or Cached)
 # with its value, Failed with the function's own error, or TimedOut. Never another exception, never a hang.
-from decimal import Decimal  # noqa: E402
-from fractions import Fraction  # noqa: E402
 
-from hypothesis import HealthCheck, event, given  # noqa: E402
-from hypothesis import settings as hypothesis_settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from asyncflow import cache_policies  # noqa: E402
-from asyncflow.tasks import exponential_backoff, task_input_hash  # noqa: E402
-from asyncflow.testing import isolated_home  # noqa: E402
-
-PROPERTY = hypothesis_settings(max_examples=int(os.environ.get("BAD_INPUT_EXAMPLES", "150")), deadline=dt.timedelta(seconds=10),
-                               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+PROPERTY = hypothesis_settings(
+    max_examples=int(os.environ.get("BAD_INPUT_EXAMPLES", "150")),
+    deadline=dt.timedelta(seconds=10),
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 class _Odd:
@@ -502,63 +549,182 @@ def _raiser(*args, **kwargs):
 
 
 _SHAPES = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=10**18, max_value=10**400),
-    st.floats(), st.floats(min_value=0, max_value=5e-3), st.text(max_size=12), st.binary(max_size=4),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=10**18, max_value=10**400),
+    st.floats(),
+    st.floats(min_value=0, max_value=5e-3),
+    st.text(max_size=12),
+    st.binary(max_size=4),
     st.lists(st.one_of(st.integers(), st.floats(), st.text(max_size=4), st.none()), max_size=4),
-    st.tuples(st.text(max_size=3), st.integers()), st.frozensets(st.text(max_size=3), max_size=3),
-    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2), st.timedeltas(),
-    st.builds(itertools.count), st.builds(itertools.repeat, st.just("a")), st.builds(iter, st.lists(st.text(max_size=2))),
-    st.sampled_from([Decimal("1.5"), Fraction(1, 3), complex(1, 1), range(10**19), range(3), Path("/"), _Odd(),
-                     object(), print, _raiser, lambda: None, lambda *a, **k: "x", lambda *a, **k: 1,
-                     lambda *a, **k: [1, 2], lambda *a, **k: None, float("nan"), float("inf"), -0.0, 2**63, 10**100,
-                     cache_policies.INPUTS, cache_policies.NO_CACHE, task_input_hash, "json", "pickle",
-                     exponential_backoff(10), ""]),
+    st.tuples(st.text(max_size=3), st.integers()),
+    st.frozensets(st.text(max_size=3), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.timedeltas(),
+    st.builds(itertools.count),
+    st.builds(itertools.repeat, st.just("a")),
+    st.builds(iter, st.lists(st.text(max_size=2))),
+    st.sampled_from(
+        [
+            Decimal("1.5"),
+            Fraction(1, 3),
+            complex(1, 1),
+            range(10**19),
+            range(3),
+            Path("/"),
+            _Odd(),
+            object(),
+            print,
+            _raiser,
+            lambda: None,
+            lambda *a, **k: "x",
+            lambda *a, **k: 1,
+            lambda *a, **k: [1, 2],
+            lambda *a, **k: None,
+            float("nan"),
+            float("inf"),
+            -0.0,
+            2**63,
+            10**100,
+            cache_policies.INPUTS,
+            cache_policies.NO_CACHE,
+            task_input_hash,
+            "json",
+            "pickle",
+            exponential_backoff(10),
+            "",
+        ]
+    ),
 )
-_SECONDS = st.one_of(st.floats(), st.integers(min_value=-5, max_value=10**12), st.floats(min_value=0, max_value=1e-3),
-                     st.sampled_from([86_400, 86_401, 365 * 86_400, 4668.0, 1e9, 2**63]))
-_NAMES = st.one_of(st.text(max_size=10), st.sampled_from(["{x}", "{y}", "{x}-{x}", "{", "{0}", "{}", "", " ", "a\x00"]),
-                   st.sampled_from([lambda: "n", lambda: 5, lambda: "", lambda parameters: str(parameters), _raiser]))
+_SECONDS = st.one_of(
+    st.floats(),
+    st.integers(min_value=-5, max_value=10**12),
+    st.floats(min_value=0, max_value=1e-3),
+    st.sampled_from([86_400, 86_401, 365 * 86_400, 4668.0, 1e9, 2**63]),
+)
+_NAMES = st.one_of(
+    st.text(max_size=10),
+    st.sampled_from(["{x}", "{y}", "{x}-{x}", "{", "{0}", "{}", "", " ", "a\x00"]),
+    st.sampled_from([lambda: "n", lambda: 5, lambda: "", lambda parameters: str(parameters), _raiser]),
+)
 _TARGETED = {
     "retries": st.one_of(st.integers(min_value=-3, max_value=3), st.integers()),
     "retry_delay_seconds": st.one_of(
-        _SECONDS, st.lists(_SECONDS, max_size=5), st.lists(st.just(1), min_size=49, max_size=52),
-        st.builds(exponential_backoff, st.floats()), st.builds(exponential_backoff, st.integers(min_value=0))),
+        _SECONDS,
+        st.lists(_SECONDS, max_size=5),
+        st.lists(st.just(1), min_size=49, max_size=52),
+        st.builds(exponential_backoff, st.floats()),
+        st.builds(exponential_backoff, st.integers(min_value=0)),
+    ),
     "retry_jitter_factor": st.one_of(st.floats(), st.floats(min_value=0, max_value=1e-9), st.integers()),
     "timeout_seconds": _SECONDS,
-    "tags": st.one_of(st.lists(st.text(max_size=4), max_size=4),
-                      st.lists(st.one_of(st.text(max_size=2), st.integers(), st.floats()), max_size=4)),
-    "task_run_name": _NAMES, "flow_run_name": _NAMES, "name": _NAMES,
+    "tags": st.one_of(
+        st.lists(st.text(max_size=4), max_size=4),
+        st.lists(st.one_of(st.text(max_size=2), st.integers(), st.floats()), max_size=4),
+    ),
+    "task_run_name": _NAMES,
+    "flow_run_name": _NAMES,
+    "name": _NAMES,
     "result_storage_key": st.one_of(
         st.text(alphabet="{}[]x./\\\x00parmets_ylowidn", max_size=20),
-        st.sampled_from(["{parameters[x]}", "{parameters[y]}", "{flow_run.id}/{task_run.name}", "k/{parameters[x]}",
-                         "{parameters[x]:>{parameters[x]}}", "../up", "{missing}"])),
+        st.sampled_from(
+            [
+                "{parameters[x]}",
+                "{parameters[y]}",
+                "{flow_run.id}/{task_run.name}",
+                "k/{parameters[x]}",
+                "{parameters[x]:>{parameters[x]}}",
+                "../up",
+                "{missing}",
+            ]
+        ),
+    ),
     "cache_expiration": st.one_of(st.timedeltas(), st.timedeltas(max_value=dt.timedelta(0))),
-    "cache_policy": st.sampled_from([cache_policies.INPUTS, cache_policies.TASK_SOURCE, cache_policies.RUN_ID,
-                                     cache_policies.NO_CACHE, cache_policies.INPUTS - "x", cache_policies.DEFAULT]),
-    "cache_key_fn": st.sampled_from([task_input_hash, lambda c, p: "k", lambda c, p: None, lambda c, p: 5, _raiser]),
+    "cache_policy": st.sampled_from(
+        [
+            cache_policies.INPUTS,
+            cache_policies.TASK_SOURCE,
+            cache_policies.RUN_ID,
+            cache_policies.NO_CACHE,
+            cache_policies.INPUTS - "x",
+            cache_policies.DEFAULT,
+        ]
+    ),
+    "cache_key_fn": st.sampled_from(
+        [task_input_hash, lambda c, p: "k", lambda c, p: None, lambda c, p: 5, _raiser]
+    ),
     "retry_condition_fn": st.sampled_from([lambda t, r, s: True, lambda t, r, s: False, _raiser]),
     "result_serializer": st.sampled_from(["json", "pickle", "yaml"]),
     "result_storage": st.one_of(st.text(alphabet="ab/._~", max_size=8), st.just(Path("results"))),
-    "redact_parameters": st.one_of(st.lists(st.sampled_from(["x", "y", ""]), max_size=3), st.just(["x"] * 2000)),
+    "redact_parameters": st.one_of(
+        st.lists(st.sampled_from(["x", "y", ""]), max_size=3), st.just(["x"] * 2000)
+    ),
     "on_completion": st.lists(st.sampled_from([lambda *a: None, _raiser, 5]), max_size=2),
     "on_failure": st.lists(st.sampled_from([lambda *a: None, _raiser, 5]), max_size=2),
 }
 TASK_OPTIONS = sorted(
-    ["name", "description", "tags", "version", "cache_policy", "cache_key_fn", "cache_expiration", "task_run_name",
-     "retries", "retry_delay_seconds", "retry_jitter_factor", "retry_condition_fn", "persist_result", "result_storage",
-     "result_serializer", "result_storage_key", "cache_result_in_memory", "timeout_seconds", "log_prints",
-     "refresh_cache", "on_completion", "on_failure", "on_running", "on_commit", "on_rollback", "redact_parameters"])
+    [
+        "name",
+        "description",
+        "tags",
+        "version",
+        "cache_policy",
+        "cache_key_fn",
+        "cache_expiration",
+        "task_run_name",
+        "retries",
+        "retry_delay_seconds",
+        "retry_jitter_factor",
+        "retry_condition_fn",
+        "persist_result",
+        "result_storage",
+        "result_serializer",
+        "result_storage_key",
+        "cache_result_in_memory",
+        "timeout_seconds",
+        "log_prints",
+        "refresh_cache",
+        "on_completion",
+        "on_failure",
+        "on_running",
+        "on_commit",
+        "on_rollback",
+        "redact_parameters",
+    ]
+)
 FLOW_OPTIONS = sorted(
-    ["name", "version", "flow_run_name", "retries", "retry_delay_seconds", "task_runner", "description",
-     "timeout_seconds", "validate_parameters", "persist_result", "result_storage", "result_serializer",
-     "cache_result_in_memory", "log_prints", "on_completion", "on_failure", "on_cancellation", "on_crashed",
-     "on_running", "redact_parameters"])
+    [
+        "name",
+        "version",
+        "flow_run_name",
+        "retries",
+        "retry_delay_seconds",
+        "task_runner",
+        "description",
+        "timeout_seconds",
+        "validate_parameters",
+        "persist_result",
+        "result_storage",
+        "result_serializer",
+        "cache_result_in_memory",
+        "log_prints",
+        "on_completion",
+        "on_failure",
+        "on_cancellation",
+        "on_crashed",
+        "on_running",
+        "redact_parameters",
+    ]
+)
 
 
 @st.composite
 def _options(draw, names):
     chosen = draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True))
-    return {name: draw(st.one_of(_TARGETED[name], _SHAPES) if name in _TARGETED else _SHAPES) for name in chosen}
+    return {
+        name: draw(st.one_of(_TARGETED[name], _SHAPES) if name in _TARGETED else _SHAPES) for name in chosen
+    }
 
 
 class FirstAttemptFails(RuntimeError):
@@ -622,13 +788,15 @@ def _check(kind: str, options: dict, via_with_options: bool, store) -> None:
     if isinstance(error, FirstAttemptFails) or "from a user callable" in str(error):
         return  # the function's own error, or one that a callable given as an option raised
     assert isinstance(error, (ValueError, TypeError)) and any(name in str(error) for name in callables), (
-        f"{options!r}: the run failed with an error from inside asyncflow: {error!r}")
+        f"{options!r}: the run failed with an error from inside asyncflow: {error!r}"
+    )
 
 
 @PROPERTY
 @given(options=_options(TASK_OPTIONS), via_with_options=st.booleans())
-def test_any_task_options_give_a_clear_error_naming_one_or_a_task_that_works(options, via_with_options, tmp_path,
-                                                                               monkeypatch):
+def test_any_task_options_give_a_clear_error_naming_one_or_a_task_that_works(
+    options, via_with_options, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)  # relative result_storage paths land here
     with isolated_home(tmp_path / "home") as store:  # a real SQLite store: what it records must be storable
         _check("task", options, via_with_options, store)
@@ -636,27 +804,73 @@ def test_any_task_options_give_a_clear_error_naming_one_or_a_task_that_works(opt
 
 @PROPERTY
 @given(options=_options(FLOW_OPTIONS), via_with_options=st.booleans())
-def test_any_flow_options_give_a_clear_error_naming_one_or_a_flow_that_works(options, via_with_options, tmp_path,
-                                                                             monkeypatch):
+def test_any_flow_options_give_a_clear_error_naming_one_or_a_flow_that_works(
+    options, via_with_options, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     with isolated_home(tmp_path / "home") as store:
         _check("flow", options, via_with_options, store)
 
 
-_RAW_SPECIAL = ["", " ", "inf", "-inf", "nan", "1e309", "-1", "0", "1", "0.000001", "0.5", "30", "86400", "86401", "1e10",
-                "99999999999999999999999", "[1, 2]", "[]", "[Infinity]", "[NaN]", "[1, 1e10]", str([1] * 51), "[[1]]",
-                "[" * 5000, "true", "no", "memory", "sqlite", "all", "none", "DEBUG", "loud", "json", "console",
-                "password,token", "bad word", "abc", "./rel", "~/inhome", "/dev/null", "/dev/null/sub", "/" + "x" * 5000,
-                "sqlite:///x.db", "sqlite:////tmp/nope-asyncflow/x.db", "redis://127.0.0.1:1/0", "unix:///nope"]
+_RAW_SPECIAL = [
+    "",
+    " ",
+    "inf",
+    "-inf",
+    "nan",
+    "1e309",
+    "-1",
+    "0",
+    "1",
+    "0.000001",
+    "0.5",
+    "30",
+    "86400",
+    "86401",
+    "1e10",
+    "99999999999999999999999",
+    "[1, 2]",
+    "[]",
+    "[Infinity]",
+    "[NaN]",
+    "[1, 1e10]",
+    str([1] * 51),
+    "[[1]]",
+    "[" * 5000,
+    "true",
+    "no",
+    "memory",
+    "sqlite",
+    "all",
+    "none",
+    "DEBUG",
+    "loud",
+    "json",
+    "console",
+    "password,token",
+    "bad word",
+    "abc",
+    "./rel",
+    "~/inhome",
+    "/dev/null",
+    "/dev/null/sub",
+    "/" + "x" * 5000,
+    "sqlite:///x.db",
+    "sqlite:////tmp/nope-asyncflow/x.db",
+    "redis://127.0.0.1:1/0",
+    "unix:///nope",
+]
 _RAW = st.one_of(
     st.sampled_from(_RAW_SPECIAL),
     st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
-    st.floats().map(repr), st.integers().map(str), st.integers(min_value=-3, max_value=100).map(str),
+    st.floats().map(repr),
+    st.integers().map(str),
+    st.integers(min_value=-3, max_value=100).map(str),
 )
 
 
 def _settings_outcome(name: str, raw: str, tmp_path: Path) -> str:
-    from asyncflow._store import get_store, set_store
+    from asyncflow._store import set_store
 
     raw = raw.replace("{tmp}", str(tmp_path))
     with temporary_settings(**{name: raw}):
@@ -702,15 +916,18 @@ def _settings_outcome(name: str, raw: str, tmp_path: Path) -> str:
 
 @PROPERTY
 @given(name=st.sampled_from(sorted(_settings.SETTINGS)), raw=_RAW)
-def test_any_setting_value_gives_a_setting_error_naming_it_or_flows_that_work(name, raw, tmp_path, monkeypatch):
+def test_any_setting_value_gives_a_setting_error_naming_it_or_flows_that_work(
+    name, raw, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "user"))  # ~ must not reach the real home
     event(_settings_outcome(name, raw, tmp_path))
 
 
 @pytest.mark.parametrize("name", sorted(_settings.SETTINGS))
-def test_every_special_value_of_a_setting_gives_a_setting_error_naming_it_or_flows_that_work(name, tmp_path,
-                                                                                            monkeypatch):
+def test_every_special_value_of_a_setting_gives_a_setting_error_naming_it_or_flows_that_work(
+    name, tmp_path, monkeypatch
+):
     """The review's settings run (17 settings x 20 values), each value tried on every setting."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "user"))

@@ -63,8 +63,10 @@ def test_the_distribution_is_asyncflow_anyio_and_its_version_is_the_package_vers
 
 def _install_lines() -> list[tuple[str, str]]:
     lines = []
-    paths = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "examples").rglob("*"),
-             *(ROOT / "asyncflow").rglob("*.py"), ROOT / "pyproject.toml", ROOT / "tox.ini", ROOT / ".ci" / "run"]
+    paths = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "examples").rglob("*.py"),
+             *(ROOT / "examples").rglob("*.md"),
+             *(ROOT / "asyncflow").rglob("*.py"), ROOT / "pyproject.toml", ROOT / "tox.ini",
+             ROOT / ".ci" / "run"]
     for path in paths:
         if path.is_file():
             for line in path.read_text(encoding="utf-8").splitlines():
@@ -123,9 +125,9 @@ def test_the_sdist_and_wheel_build_cleanly_and_the_wheel_runs_the_quick_start_in
     (work / "quickstart.py").write_text((ROOT / "examples" / "quickstart.py").read_text(encoding="utf-8"))
     out = run(python, "quickstart.py", cwd=work, timeout=60)
     assert "Finished in state Completed()" in out and "second lookup Cached" in out, out
-    where = run(python, "-c", "import asyncflow, importlib.metadata as m; "
-                              f"print(asyncflow.__file__, m.version({DISTRIBUTION!r}) == asyncflow.__version__)",
-                cwd=work)
+    check = ("import asyncflow, importlib.metadata as m; "
+             f"print(asyncflow.__file__, m.version({DISTRIBUTION!r}) == asyncflow.__version__)")
+    where = run(python, "-c", check, cwd=work)
     assert str(venv) in where and where.strip().endswith("True"), where
     assert "Version:" in run(venv / "bin" / "asyncflow", "version", cwd=work)
 

@@ -47,9 +47,9 @@ def _items(task: Any, name: str, value: Any, cap: int) -> list[Any]:
     if size > cap:
         raise MappingTooLarge(
             f"{task.name}.map() got more than {cap} items for {name!r}; asyncflow takes at most "
-            f"ASYNCFLOW_MAP_MAX_ITEMS={cap} items per map (an infinite iterable such as itertools.count() would "
-            f"fill memory). Map over a finite list (itertools.islice(it, n)), split the work into batches, "
-            f"or raise the setting.")
+            f"ASYNCFLOW_MAP_MAX_ITEMS={cap} items per map (an infinite iterable such as itertools.count() "
+            "would fill memory). Map over a finite list (itertools.islice(it, n)), split the work into "
+            "batches, or raise the setting.")
     return items if items is not None else list(value)
 
 

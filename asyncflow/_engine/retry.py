@@ -70,9 +70,10 @@ def build_retry_policy(owner: str, retries: Any, retry_delay_seconds: Any, jitte
             retry_delay_seconds = retry_delay_seconds(retries)
         except Exception as exc:
             raise TypeError(
-                f"{owner}: the `retry_delay_seconds` callable {retry_delay_seconds!r} raised {type(exc).__name__}: "
-                f"{exc}. It is called once, at definition, with the number of retries and must return a list "
-                f"of delays in seconds (like exponential_backoff(backoff_factor=10)).") from exc
+                f"{owner}: the `retry_delay_seconds` callable {retry_delay_seconds!r} raised "
+                f"{type(exc).__name__}: {exc}. It is called once, at definition, with the number of retries "
+                "and must return a list of delays in seconds (like exponential_backoff(backoff_factor=10))."
+            ) from exc
     if isinstance(retry_delay_seconds, bool) or not isinstance(retry_delay_seconds, (int, float, Sequence)) \
             or isinstance(retry_delay_seconds, (str, bytes)):
         raise TypeError(
@@ -86,21 +87,23 @@ def build_retry_policy(owner: str, retries: Any, retry_delay_seconds: Any, jitte
         except OverflowError:  # range(10**19)
             count = MAX_DELAYS + 1
         if count > MAX_DELAYS:
-            raise ValueError(f"{owner}: `retry_delay_seconds` can not configure more than {MAX_DELAYS} retry delays per task; got "
-                             f"{count if count <= 10**6 else 'far more'}.")
+            raise ValueError(f"{owner}: `retry_delay_seconds` can not configure more than {MAX_DELAYS} retry "
+                             f"delays per task; got {count if count <= 10**6 else 'far more'}.")
         delays = list(retry_delay_seconds)
     for delay in delays:
         if isinstance(delay, bool) or not isinstance(delay, (int, float)):
-            raise TypeError(f"Invalid `retry_delay_seconds` provided for {owner}: {_short(delay)} is not a number.")
+            raise TypeError(f"Invalid `retry_delay_seconds` provided for {owner}: {_short(delay)} is not a "
+                            f"number.")
         check_seconds(owner, "retry_delay_seconds", delay, MAX_RETRY_DELAY_SECONDS)
     if jitter is not None:
         if isinstance(jitter, bool) or not isinstance(jitter, (int, float)):
-            raise TypeError(f"{owner}: `retry_jitter_factor` must be a number (each delay is drawn at random up to "
-                            f"delay * (1 + factor)); got {_short(jitter)}.")
-        if not (isinstance(jitter, int) or math.isfinite(jitter)) or not 0 <= jitter <= MAX_RETRY_JITTER_FACTOR:
+            raise TypeError(f"{owner}: `retry_jitter_factor` must be a number (each delay is drawn at random "
+                            f"up to delay * (1 + factor)); got {_short(jitter)}.")
+        finite = isinstance(jitter, int) or math.isfinite(jitter)  # 2**1024 must not reach float()
+        if not finite or not 0 <= jitter <= MAX_RETRY_JITTER_FACTOR:
             raise ValueError(f"{owner}: `retry_jitter_factor` must be a finite number from 0 to "
-                             f"{MAX_RETRY_JITTER_FACTOR} (each delay is drawn at random up to delay * (1 + factor)); "
-                             f"got {_short(jitter)}.")
+                             f"{MAX_RETRY_JITTER_FACTOR} (each delay is drawn at random up to delay * (1 + "
+                             f"factor)); got {_short(jitter)}.")
     if condition_fn is not None and not callable(condition_fn):
         raise TypeError(
             f"{owner}: `retry_condition_fn` must be a callable `(task, task_run, state) -> bool`; "

@@ -44,7 +44,8 @@ class RedisBroker:
         try:
             import redis
         except ImportError:
-            raise ImportError("The Redis broker needs the redis package: pip install 'asyncflow-anyio[redis]'.") from None
+            raise ImportError(
+                "The Redis broker needs the redis package: pip install 'asyncflow-anyio[redis]'.") from None
         self.url = url
         self._redis = redis.Redis.from_url(url)
         self._errors = redis.exceptions
