@@ -127,7 +127,7 @@ def check_count(owner: str, option: str, value: Any) -> int:
 
 ONE_DAY = 86_400
 ONE_YEAR = 365 * ONE_DAY
-_LIMIT_NAMES = {ONE_DAY: "one day", ONE_YEAR: "one year"}
+_LIMIT_NAMES: dict[float, str] = {ONE_DAY: "one day", ONE_YEAR: "one year"}
 
 
 def check_seconds(owner: str, option: str, value: Any, maximum: float = ONE_DAY) -> float:
@@ -197,7 +197,8 @@ def check_run_name(owner: str, option: str, value: Any) -> None:
             signature = inspect.signature(value)
         except (TypeError, ValueError):  # some builtins have none: they are checked when called
             return
-        for attempt in ({}, {"parameters": {}}):
+        attempts: tuple[dict[str, Any], ...] = ({}, {"parameters": {}})
+        for attempt in attempts:
             try:
                 signature.bind(**attempt)
                 return
