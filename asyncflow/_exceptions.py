@@ -27,6 +27,10 @@ class MappingLengthMismatch(AsyncflowError, ValueError):
     """`.map()` was called with iterables of different lengths."""
 
 
+class MappingTooLarge(AsyncflowError, ValueError):
+    """`.map()` was given an iterable with more items than ASYNCFLOW_MAP_MAX_ITEMS (an infinite one, say)."""
+
+
 class MissingContextError(AsyncflowError, RuntimeError):
     """A run-scoped API was used outside of any flow or task run."""
 

@@ -8,7 +8,17 @@ from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from . import _settings
-from ._callables import Binder, HookList, check_count, check_seconds, validate_hooks
+from ._callables import (
+    ONE_YEAR,
+    Binder,
+    HookList,
+    bounded_items,
+    check_count,
+    check_run_name,
+    check_seconds,
+    check_text,
+    validate_hooks,
+)
 from ._engine.bridge import AWAITING, BLOCKING, drive_sync
 from ._engine.loop import in_async_context
 from ._exceptions import InvalidNameError
@@ -81,15 +91,19 @@ class Flow(Generic[P, R]):
         self.description = description if description is not None else inspect.getdoc(fn)
         if flow_run_name is not None and not isinstance(flow_run_name, str) and not callable(flow_run_name):
             raise TypeError(f"Expected string or callable for 'flow_run_name'; got {type(flow_run_name).__name__} instead.")
-        self.flow_run_name = flow_run_name
         owner = f"flow {name!r}"
+        check_text(owner, "description", description)
+        check_text(owner, "version", version)
+        check_run_name(owner, "flow_run_name", flow_run_name)
+        self.flow_run_name = flow_run_name
         self.retries = check_count(
             owner, "retries", _settings.FLOW_DEFAULT_RETRIES.value() if retries is None else retries)
         self.retry_delay_seconds = check_seconds(owner, "retry_delay_seconds",
                                                  _settings.FLOW_DEFAULT_RETRY_DELAY_SECONDS.value()
                                                  if retry_delay_seconds is None else retry_delay_seconds)
         self.task_runner = coerce_task_runner(task_runner)
-        self.timeout_seconds = (check_seconds(owner, "timeout_seconds", timeout_seconds) or None
+        # 0 means no timeout, as in Prefect (so `with_options(timeout_seconds=0)` removes one)
+        self.timeout_seconds = (check_seconds(owner, "timeout_seconds", timeout_seconds, ONE_YEAR) or None
                                 if timeout_seconds is not None else None)
         self.should_validate_parameters = validate_parameters
         self.persist_result = persist_result
@@ -103,7 +117,10 @@ class Flow(Generic[P, R]):
         self.on_crashed = HookList(validate_hooks(on_crashed, "on_crashed", "flow"))
         self.on_running = HookList(validate_hooks(on_running, "on_running", "flow"))
         self.binder = Binder(fn, f"flow {name!r}")
-        self.redact_parameters = check_redacted(redact_parameters, self.binder, f"flow {name!r}")
+        if redact_parameters is not None and not isinstance(redact_parameters, str) \
+                and hasattr(redact_parameters, "__iter__"):
+            redact_parameters = bounded_items(owner, "redact_parameters", redact_parameters, 1000, "names")
+        self.redact_parameters = check_redacted(redact_parameters, self.binder, owner)
         check_run_name_template(flow_run_name, self.binder, "flow_run_name", f"flow {name!r}")
         if persist_result is not None and not isinstance(persist_result, bool):
             raise TypeError(f"flow {name!r}: persist_result must be True, False or None; got {persist_result!r}.")

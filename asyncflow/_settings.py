@@ -63,40 +63,51 @@ def _parse_int(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+ONE_DAY = 86_400  # the longest wait a setting can ask for: retry delays, leases, flush timeouts
+MAX_DELAYS = 50  # as many retry delays as a task can take (retry_delay_seconds=[...])
+
+
 def _parse_seconds(raw: str) -> float:
     try:
         value = float(raw.strip())
     except ValueError:
         value = -1.0
-    if not value >= 0 or math.isinf(value):
-        raise ValueError("expected a number of seconds >= 0")
+    if not 0 <= value <= ONE_DAY:  # also refuses nan and inf
+        raise ValueError(f"expected a number of seconds from 0 to {ONE_DAY} (one day)")
     return value
+
+
+_DELAYS = (f"expected a number >= 0 or a JSON list of numbers >= 0 (at most {MAX_DELAYS} of them), each at "
+           f"most {ONE_DAY} (one day)")
+
+
+def _is_delay(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= ONE_DAY
 
 
 def _parse_delays(raw: str) -> float | list[float]:
     raw = raw.strip()
     if raw.startswith("["):
         try:
-            values = json.loads(raw)
-        except ValueError:
+            values = json.loads(raw)  # NaN and Infinity parse, and are refused below
+        except (ValueError, RecursionError):
             values = None
-        if not isinstance(values, list) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values):
-            raise ValueError("expected a number >= 0 or a JSON list of numbers >= 0")
+        if not isinstance(values, list) or len(values) > MAX_DELAYS or not all(_is_delay(v) for v in values):
+            raise ValueError(_DELAYS)
         return [float(v) for v in values]
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not value >= 0:
-        raise ValueError("expected a number >= 0 or a JSON list of numbers >= 0")
+    if not _is_delay(value):
+        raise ValueError(_DELAYS)
     return value
 
 
 def _parse_flow_delay(raw: str) -> float:
     value = _parse_delays(raw)
     if isinstance(value, list):
-        raise ValueError("expected a number >= 0 (flows take one delay, not a list)")
+        raise ValueError(f"expected a number from 0 to {ONE_DAY} (one day); flows take one delay, not a list")
     return value
 
 
@@ -127,14 +138,29 @@ def _parse_choice(*choices: str) -> Callable[[str], str]:
 def _parse_broker_url(raw: str) -> str:
     url = raw.strip()
     if not url.startswith(("sqlite:///", "redis://", "rediss://", "unix://")):
-        raise ValueError("expected sqlite:///path/to/file.db or redis://host:port/db")
+        raise ValueError("expected sqlite:////absolute/path/to/file.db or redis://host:port/db")
+    if url.startswith("sqlite:///"):
+        file = url[len("sqlite:///"):]
+        if not Path(file).is_absolute():
+            raise ValueError("expected sqlite:////absolute/path/to/file.db (sqlite:/// then an absolute "
+                             f"path); {file!r} is relative, and would mean another file for each current "
+                             "directory")
+        try:
+            path = _parse_directory(str(Path(file).parent)) / Path(file).name
+        except ValueError as exc:
+            raise ValueError(f"{exc} (the directory of the SQLite broker's file)") from None
+        if path.is_dir():
+            raise ValueError(f"expected the path of a database file; {str(path)!r} is a directory")
     return url
 
 
-def _parse_positive_seconds(raw: str) -> float:
-    value = _parse_seconds(raw)
-    if value <= 0:
-        raise ValueError("expected a number of seconds > 0")
+def _parse_lease(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = -1.0
+    if not 1 <= value <= ONE_DAY:  # a lease shorter than a second would be taken back before it is renewed
+        raise ValueError(f"expected a number of seconds from 1 to {ONE_DAY} (one day)")
     return value
 
 
@@ -153,6 +179,11 @@ def parse_duration(raw: str) -> float:
     return value
 
 
+def _parse_retention_seconds(raw: str) -> float:
+    """A duration (no upper bound: it says how long to keep things), 0/off = 0 (for ever)."""
+    return _parse_retention(raw) or 0.0
+
+
 def _parse_retention(raw: str) -> float | None:
     """A duration, or `0`/`off` (None: keep runs for ever)."""
     if raw.strip().lower() in ("off", "never", "forever"):
@@ -164,11 +195,52 @@ def _parse_retention(raw: str) -> float | None:
     return value or None
 
 
-def _parse_path(raw: str) -> Path:
+_NAME_MAX = 255  # bytes in one file name, and in a whole path (PATH_MAX less the terminating NUL), on Linux
+_PATH_MAX = 4095
+
+
+def _check_path(raw: str) -> Path:
+    """A path to a directory asyncflow creates: absolute (a relative one would mean another directory for
+    each current directory), no NUL, within the system's length limits."""
     raw = raw.strip()
     if "\x00" in raw:
-        raise ValueError("expected a directory path")
-    return Path(raw).expanduser().absolute()
+        raise ValueError("expected an absolute directory path; it contains a NUL character")
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        raise ValueError("expected an absolute directory path (or one starting with ~); a relative path "
+                         "would mean another directory for each current directory. Use "
+                         f"{str(Path.cwd() / raw)!r} for this one")
+    encoded = os.fsencode(str(path))
+    if len(encoded) > _PATH_MAX:
+        raise ValueError(f"expected a directory path; this one is too long ({len(encoded)} bytes; at most "
+                         f"{_PATH_MAX})")
+    longest = max((len(os.fsencode(part)) for part in path.parts), default=0)
+    if longest > _NAME_MAX:
+        raise ValueError(f"expected a directory path; a name in it is too long ({longest} bytes; at most "
+                         f"{_NAME_MAX} per name)")
+    return path
+
+
+def _parse_path(raw: str) -> Path:
+    return _check_path(raw)
+
+
+def _parse_directory(raw: str) -> Path:
+    """`_check_path`, and nothing on the way is a file: a path under /dev/null would fail at the first
+    write, deep in a run."""
+    path = _check_path(raw)
+    for ancestor in (path, *path.parents):
+        try:
+            is_dir = ancestor.is_dir()
+            exists = is_dir or ancestor.exists()
+        except OSError:  # cannot look (permissions): the write will say why
+            break
+        if exists:
+            if not is_dir:
+                raise ValueError(f"expected a directory path; {str(ancestor)!r} exists and is not a "
+                                 f"directory")
+            break
+    return path
 
 
 # -- declarations ----------------------------------------------------------------------------------
@@ -256,7 +328,7 @@ def _home_default() -> Path:
 HOME = _declare(
     "ASYNCFLOW_HOME", _parse_path, _home_default,
     "Directory for asyncflow's run store (asyncflow.db), results and profile file. Environment only: the "
-    "profile file lives in it.", "a directory path", in_profile=False)
+    "profile file lives in it.", "an absolute directory path (~ allowed)", in_profile=False)
 STORE = _declare(
     "ASYNCFLOW_STORE", _parse_choice("sqlite", "memory"), "sqlite",
     "Where runs, states and logs are recorded: `sqlite` (ASYNCFLOW_HOME/asyncflow.db, shared by every "
@@ -278,16 +350,16 @@ STORE_FLUSH_TIMEOUT_SECONDS = _declare(
     "ASYNCFLOW_STORE_FLUSH_TIMEOUT_SECONDS", _parse_seconds, 10.0,
     "How long a flush (the end of an outermost flow run, process exit) waits for the database, e.g. while "
     "other processes hold it, before it gives up with a warning (what is not written stays queued).",
-    "a number of seconds >= 0")
+    "a number of seconds from 0 to 86400")
 STORE_RETENTION = _declare(
     "ASYNCFLOW_STORE_RETENTION", _parse_retention, 30 * 86400.0,
     "How long finished runs (with their states and logs) stay in the store: older ones are pruned "
     "automatically, in a background thread, at most once an hour per home. 0 or off keeps them for ever.",
     f"{DURATION_FORMS} (30d, 12h...), or 0/off")
 LOCAL_STORAGE_PATH = _declare(
-    "ASYNCFLOW_LOCAL_STORAGE_PATH", _parse_path, lambda: HOME.resolve() / "storage",
+    "ASYNCFLOW_LOCAL_STORAGE_PATH", _parse_directory, lambda: HOME.resolve() / "storage",
     "Directory for persisted results and cache records, shared by every process on the machine. "
-    "Default: ASYNCFLOW_HOME/storage.", "a directory path")
+    "Default: ASYNCFLOW_HOME/storage.", "an absolute directory path (~ allowed)")
 LOGGING_LEVEL = _declare(
     "ASYNCFLOW_LOGGING_LEVEL", _parse_level, "INFO",
     "Lowest level of asyncflow log lines written to the console and recorded in the store.",
@@ -304,13 +376,13 @@ TASK_DEFAULT_RETRIES = _declare(
 TASK_DEFAULT_RETRY_DELAY_SECONDS = _declare(
     "ASYNCFLOW_TASK_DEFAULT_RETRY_DELAY_SECONDS", _parse_delays, 0.0,
     "Retry delay of a task that does not set `retry_delay_seconds`.",
-    "a number >= 0 or a JSON list of numbers >= 0, such as [1, 10, 100]")
+    "a number from 0 to 86400 or a JSON list of at most 50 of them, such as [1, 10, 100]")
 FLOW_DEFAULT_RETRIES = _declare(
     "ASYNCFLOW_FLOW_DEFAULT_RETRIES", _parse_int(0), 0,
     "Retries of a flow that does not set `retries`.", "an integer >= 0")
 FLOW_DEFAULT_RETRY_DELAY_SECONDS = _declare(
     "ASYNCFLOW_FLOW_DEFAULT_RETRY_DELAY_SECONDS", _parse_flow_delay, 0.0,
-    "Retry delay in seconds of a flow that does not set `retry_delay_seconds`.", "a number >= 0")
+    "Retry delay in seconds of a flow that does not set `retry_delay_seconds`.", "a number from 0 to 86400")
 THREAD_LIMIT = _declare(
     "ASYNCFLOW_TASK_RUNNER_THREAD_LIMIT", _parse_int(1), 64,
     "How many sync task runs the default runner executes in threads at once, per flow run (0 would admit "
@@ -326,25 +398,29 @@ TASKS_REFRESH_CACHE = _declare(
     "true or false")
 
 TASK_WORKER_LEASE_SECONDS = _declare(
-    "ASYNCFLOW_TASK_WORKER_LEASE_SECONDS", _parse_positive_seconds, 30.0,
+    "ASYNCFLOW_TASK_WORKER_LEASE_SECONDS", _parse_lease, 30.0,
     "How long a task worker holds a background run without renewing its lease; a run whose worker died "
-    "is delivered again after this.", "a number of seconds > 0")
+    "is delivered again after this.", "a number of seconds from 1 to 86400")
+MAP_MAX_ITEMS = _declare(
+    "ASYNCFLOW_MAP_MAX_ITEMS", _parse_int(1), 1_000_000,
+    "Most items `.map()` takes from one iterable; more (an infinite iterator, say) is an error, raised after "
+    "taking at most this many plus one.", "an integer >= 1")
 BROKER_URL = _declare(
     "ASYNCFLOW_BROKER_URL", _parse_broker_url, None,
     "Queue of background runs (`task.delay`): unset for the SQLite store under ASYNCFLOW_HOME (one "
     "machine), `sqlite:///path` for another SQLite file, `redis://host:port/db` for many machines.",
-    "sqlite:///path/to/file.db or redis://host:port/db")
+    "sqlite:////absolute/path/to/file.db or redis://host:port/db")
 TASK_WORKER_LOST_RUN_SECONDS = _declare(
     "ASYNCFLOW_TASK_WORKER_LOST_RUN_SECONDS", _parse_seconds, 60.0,
     "How long the future of a background run waits while the broker does not know the run (its record "
     "was deleted or pruned, or Redis restarted without persistence), or cannot be reached, before it "
     "raises LostRunError (BrokerUnavailableError). A run that is queued, served or not, is never lost.",
-    "a number of seconds >= 0")
+    "a number of seconds from 0 to 86400")
 BROKER_RETENTION_SECONDS = _declare(
-    "ASYNCFLOW_BROKER_RETENTION_SECONDS", _parse_seconds, 7 * 24 * 3600.0,
+    "ASYNCFLOW_BROKER_RETENTION_SECONDS", _parse_retention_seconds, 7 * 24 * 3600.0,
     "How long the broker keeps a finished background run (state, result, pickled arguments): Redis "
     "expires it, SQLite-broker workers prune it (at start, then hourly). 0 keeps finished runs for ever.",
-    "a number of seconds >= 0 (0: for ever)")
+    f"{DURATION_FORMS} (7d...), or 0/off for ever")
 
 
 def _similar(name: str, n: int) -> list[str]:
@@ -482,6 +558,10 @@ def update_profile(set_values: Mapping[str, str] | None = None, unset: Iterable[
         if not setting.in_profile:
             raise SettingError(f"{setting.name} cannot be set in the profile, which lives under it; set the "
                                f"environment variable instead (export {setting.name}=...).")
+        # a line break would end the line in the file and start another setting (W4)
+        if len(f"-{raw}-".splitlines()) > 1 or "\x00" in raw:
+            raise SettingError(f"Setting {setting.name}={raw!r} is invalid: a profile value is one line, and "
+                               "this one contains a line break or NUL character. Nothing was written.")
         try:
             setting.parse(raw)
         except (ValueError, TypeError) as exc:

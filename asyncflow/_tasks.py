@@ -12,7 +12,18 @@ from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from . import _settings
-from ._callables import Binder, HookList, check_seconds, validate_hooks
+from ._callables import (
+    ONE_YEAR,
+    Binder,
+    HookList,
+    _short,
+    bounded_items,
+    check_run_name,
+    check_seconds,
+    check_tags,
+    check_text,
+    validate_hooks,
+)
 from ._context import current_run
 from ._engine import generators, task_run
 from ._engine.bridge import AWAITING, BLOCKING, drive_sync
@@ -92,15 +103,17 @@ class Task(Generic[P, R]):
         if not isinstance(self.name, str):
             raise TypeError(f"Task name must be a string; got {self.name!r}.")
         self.description = description if description is not None else inspect.getdoc(fn)
-        if isinstance(tags, str):
-            raise TypeError(f"tags must be a list of strings, not a single string: use tags=[{tags!r}].")
-        self.tags = frozenset(tags or ())
+        owner = f"task {self.name!r}"
+        check_text(owner, "description", description)
+        check_text(owner, "version", version)
+        self.tags = check_tags(owner, tags)
         self.version = version
         self.cache_policy = cache_policy
         self.cache_key_fn = cache_key_fn
         self.cache_expiration = cache_expiration
         if task_run_name is not None and not isinstance(task_run_name, str) and not callable(task_run_name):
             raise TypeError(f"Expected string or callable for 'task_run_name'; got {type(task_run_name).__name__} instead.")
+        check_run_name(owner, "task_run_name", task_run_name)
         self.task_run_name = task_run_name
         self.retries = retries
         self.retry_delay_seconds = retry_delay_seconds
@@ -116,7 +129,8 @@ class Task(Generic[P, R]):
         self.cache_result_in_memory = cache_result_in_memory
         self.caching = resolve_caching(self.name, fn, cache_policy, cache_key_fn, cache_expiration, persist_result,
                                        result_storage, result_serializer, result_storage_key, refresh_cache)
-        self.timeout_seconds = (check_seconds(f"task {self.name!r}", "timeout_seconds", timeout_seconds) or None
+        # 0 means no timeout, as in Prefect (so `with_options(timeout_seconds=0)` removes one)
+        self.timeout_seconds = (check_seconds(owner, "timeout_seconds", timeout_seconds, ONE_YEAR) or None
                                 if timeout_seconds is not None else None)
         self.log_prints = log_prints
         self.refresh_cache = refresh_cache
@@ -126,8 +140,12 @@ class Task(Generic[P, R]):
         self.on_commit = HookList(validate_hooks(on_commit, "on_commit", "task"))
         self.on_rollback = HookList(validate_hooks(on_rollback, "on_rollback", "task"))
         self.binder = Binder(fn, f"task {self.name!r}")
-        self.redact_parameters = check_redacted(redact_parameters, self.binder, f"task {self.name!r}")
-        check_run_name_template(task_run_name, self.binder, "task_run_name", f"task {self.name!r}")
+        if redact_parameters is not None and not isinstance(redact_parameters, str) \
+                and hasattr(redact_parameters, "__iter__"):
+            redact_parameters = bounded_items(owner, "redact_parameters", redact_parameters, 1000, "names")
+        self.redact_parameters = check_redacted(redact_parameters, self.binder, owner)
+        check_run_name_template(task_run_name, self.binder, "task_run_name", owner)
+        check_storage_key(result_storage_key, self.binder, owner)
         self.kind = _kind(fn)
         if self.kind in ("generator", "asyncgen"):
             _reject_caching_of_generators(self.name, cache_policy=cache_policy, cache_key_fn=cache_key_fn,
@@ -258,15 +276,79 @@ def check_run_name_template(template: Any, binder: Binder, option: str, owner: s
     if not isinstance(template, str) or binder.var_keyword is not None:
         return
     try:
-        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field]
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
     except ValueError as exc:
         raise ValueError(f"{owner}: '{option}' template {template!r} is not a valid format string: {exc}.") from None
     for field in fields:
+        if not field:
+            raise ValueError(f"{owner}: '{option}' template {template!r} has an empty field {{}}: name a "
+                             f"parameter in it, such as {{{binder.names[0] if binder.names else 'x'}}}.")
         root = re.split(r"[.\[]", field, maxsplit=1)[0]
         if root not in binder.names:
             raise ValueError(
                 f"{owner}: '{option}' template {template!r} names {root!r}, which is not a parameter "
                 f"(parameters: {list(binder.names)}). Use one of the parameter names, or a callable.")
+
+
+_KEY_ROOTS = ("parameters", "flow_run", "task_run")
+
+
+def check_storage_key(key: Any, binder: Binder, owner: str) -> None:
+    """`result_storage_key=`, checked at definition: every field it formats must exist for every call
+    (`{parameters[NAME]}` with NAME a parameter, `{flow_run.ATTR}`, `{task_run.ATTR}`), and its fixed parts
+    must name a file under the storage path. Otherwise every run would warn and not cache."""
+    if key is None:
+        return
+    option = f"{owner}: `result_storage_key` {_short(key)}"
+    if not key.strip():
+        raise ValueError(f"{option} must not be empty; give a file name such as '{{parameters[x]}}.pkl', or "
+                         f"leave it out to key results by the cache policy.")
+    if "\x00" in key:
+        raise ValueError(f"{option} must not contain a NUL character.")
+    _check_key_fields(key, binder, option)
+    placeholder = "".join(text + ("x" if field is not None else "")
+                          for text, field, _, _ in string.Formatter().parse(key))
+    parts = [p for p in placeholder.replace("\\", "/").split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"{option} must name a file under the storage path; it must not contain '..'.")
+    if not parts:
+        raise ValueError(f"{option} must name a file under the storage path, such as "
+                         f"'reports/{{parameters[x]}}'.")
+
+
+def _check_key_fields(template: str, binder: Binder, option: str) -> None:
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"{option} is not a valid format string: {exc}. Write a literal brace as '{{{{' or "
+                         f"'}}}}'.") from None
+    usable = "{parameters[NAME]}, {flow_run.ATTRIBUTE} and {task_run.ATTRIBUTE}"
+    for _, field, spec, _ in parsed:
+        if field is None:
+            continue
+        if field == "":
+            raise ValueError(f"{option} has an empty field {{}}: name what goes there ({usable}).")
+        root = re.split(r"[.\[]", field, maxsplit=1)[0]
+        rest = field[len(root):]
+        if root not in _KEY_ROOTS:
+            raise ValueError(f"{option} names {root!r}, which a key cannot use: it can use {usable}.")
+        if root == "parameters":
+            if rest.startswith("."):
+                raise ValueError(f"{option}: a parameter is written {{parameters[x]}}, not {{parameters.x}}.")
+            name = re.match(r"\[([^\]]*)\]", rest)
+            if name and binder.var_keyword is None and name.group(1) not in binder.names:
+                raise ValueError(f"{option} names parameter {name.group(1)!r}, which is not a parameter "
+                                 f"(parameters: {list(binder.names)}).")
+        else:
+            from .runtime import flow_run, task_run
+
+            attribute = re.split(r"[.\[]", rest[1:], maxsplit=1)[0] if rest.startswith(".") else None
+            available = (flow_run if root == "flow_run" else task_run).__all__
+            if attribute not in available:
+                raise ValueError(f"{option}: {root} has no attribute {attribute!r}; write "
+                                 f"{{{root}.ATTRIBUTE}} with one of {available}.")
+        if spec:
+            _check_key_fields(spec, binder, option)
 
 
 class CachingOptions:
@@ -314,6 +396,10 @@ def resolve_caching(name: str, fn: Any, cache_policy: Any, cache_key_fn: Any, ca
         raise TypeError(f"{owner}: cache_key_fn must be a callable (context, parameters) -> str; got {cache_key_fn!r}.")
     if cache_expiration is not None and not isinstance(cache_expiration, dt.timedelta):
         raise TypeError(f"{owner}: cache_expiration must be a datetime.timedelta; got {cache_expiration!r}.")
+    if cache_expiration is not None and cache_expiration < dt.timedelta(0):
+        raise ValueError(f"{owner}: `cache_expiration` must not be negative (a cached result would be "
+                         f"expired before it is written); got {cache_expiration!r}. Use a positive "
+                         "timedelta, or None for results that never expire.")
     if refresh_cache is not None and not isinstance(refresh_cache, bool):
         raise TypeError(f"{owner}: refresh_cache must be True, False or None; got {refresh_cache!r}.")
     if persist_result is not None and not isinstance(persist_result, bool):
@@ -357,6 +443,9 @@ def render_run_name(template: Any, parameters: dict[str, Any], option: str) -> s
         raise ValueError(
             f"'{option}' template {template!r} names {exc.args[0]!r}, which is not a parameter of this call "
             f"(parameters: {sorted(parameters)}). Use one of the parameter names, or a callable.") from None
+    except (AttributeError, IndexError, TypeError, ValueError) as exc:  # `{x.attr}`, `{x[0]}`, `{x:d}`
+        raise ValueError(f"'{option}' template {template!r} cannot be formatted with this call's parameters: "
+                         f"{type(exc).__name__}: {exc}. Use a simpler template, or a callable.") from None
 
 
 async def _await_task(call: Any, return_state: bool) -> Any:

@@ -12,6 +12,7 @@ from ._exceptions import InvalidNameError as InvalidNameError
 from ._exceptions import LostRunError as LostRunError
 from ._exceptions import MappingLengthMismatch as MappingLengthMismatch
 from ._exceptions import MappingMissingIterable as MappingMissingIterable
+from ._exceptions import MappingTooLarge as MappingTooLarge
 from ._exceptions import MissingContextError as MissingContextError
 from ._exceptions import ParameterBindError as ParameterBindError
 from ._exceptions import ReservedArgumentError as ReservedArgumentError
@@ -29,8 +30,8 @@ from ._store.base import StoreError as StoreError
 __all__ = [
     "AsyncflowError", "BlockingResultError", "BrokerDataError", "BrokerUnavailableError", "CancelledRun",
     "CrashedRun", "FailedRun", "FlowRunTimeoutError", "InvalidNameError", "LostRunError",
-    "MappingLengthMismatch", "MappingMissingIterable", "MissingContextError", "ObjectNotFound",
-    "ParameterBindError", "ReservedArgumentError", "ResultRecordError", "ResultWriteError", "RunStateError",
-    "ScopeClosedError", "SettingError", "StoreError", "TaskRunTimeoutError", "UnfinishedRun",
+    "MappingLengthMismatch", "MappingMissingIterable", "MappingTooLarge", "MissingContextError",
+    "ObjectNotFound", "ParameterBindError", "ReservedArgumentError", "ResultRecordError", "ResultWriteError",
+    "RunStateError", "ScopeClosedError", "SettingError", "StoreError", "TaskRunTimeoutError", "UnfinishedRun",
     "UpstreamTaskError",
 ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
+from .. import _settings
 from .._annotations import BaseAnnotation, quote, unmapped
-from .._exceptions import MappingLengthMismatch, MappingMissingIterable
+from .._exceptions import MappingLengthMismatch, MappingMissingIterable, MappingTooLarge
 from .._futures import TaskRunFuture, TaskRunFutureList
 from .._states import State
 from .loop import in_async_context
@@ -31,6 +33,26 @@ def _materialise(value: Any) -> Any:
     return value
 
 
+def _items(task: Any, name: str, value: Any, cap: int) -> list[Any]:
+    """The items of one mapped iterable, taking at most `cap + 1` of them: an infinite or huge iterable
+    is refused before it fills memory."""
+    try:
+        size: int | None = len(value)
+    except (TypeError, OverflowError):  # a generator has no length; range(10**19) cannot say it
+        size = cap + 1 if isinstance(value, range) else None
+    items = None
+    if size is None:
+        items = list(itertools.islice(value, cap + 1))
+        size = len(items)
+    if size > cap:
+        raise MappingTooLarge(
+            f"{task.name}.map() got more than {cap} items for {name!r}; asyncflow takes at most "
+            f"ASYNCFLOW_MAP_MAX_ITEMS={cap} items per map (an infinite iterable such as itertools.count() "
+            "would fill memory). Map over a finite list (itertools.islice(it, n)), split the work into "
+            "batches, or raise the setting.")
+    return items if items is not None else list(value)
+
+
 def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskRunFutureList:
     wait_for = kwargs.pop("wait_for", None)
     return_state = kwargs.pop("return_state", False)
@@ -45,6 +67,7 @@ def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskRu
     var_kw = binder.var_keyword
     if var_kw and var_kw in bound:
         bound = {**{k: v for k, v in bound.items() if k != var_kw}, **bound[var_kw]}
+    cap = _settings.MAP_MAX_ITEMS.value()
     iterables: dict[str, list[Any]] = {}
     static: dict[str, Any] = {}
     annotations: dict[str, type[BaseAnnotation[Any]]] = {}
@@ -60,7 +83,7 @@ def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskRu
             wrapper, value = quote, value.value
         value = _materialise(value)
         if _is_iterable(value):
-            iterables[name] = list(value)
+            iterables[name] = _items(task, name, value, cap)
             if wrapper is not None:
                 annotations[name] = wrapper
         else:

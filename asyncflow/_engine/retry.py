@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from .._callables import check_count, check_seconds
+from .._callables import ONE_DAY, _short, check_count, check_seconds
 
 MAX_DELAYS = 50
 
@@ -24,14 +24,18 @@ def exponential_backoff(backoff_factor: float) -> Callable[[int], list[float]]:
 
 
 def clamped_poisson_interval(average: float, clamping_factor: float) -> float:
-    """A random delay with mean ≈ `average`, never above `average * (1 + clamping_factor)`."""
+    """A random delay with mean ≈ `average`, never above `average * (1 + clamping_factor)`.
+
+    An exponential draw with mean `average`, kept within `[average * c, average * (1 + factor)]` where
+    `c = log2(2**k / (2**k - 1))`, `k = 1 + factor` (Prefect's bounds). It is drawn directly from that
+    truncated distribution by inverting its CDF, so it takes the same time for any factor: a rejection
+    loop (draw until the value falls in the window) ran for hours when a tiny factor made the window tiny."""
     upper = average * (1 + clamping_factor)
     k = 1 + clamping_factor
     lower = average * math.log2(2**k / (2**k - 1))
-    while True:
-        value = random.expovariate(1 / average)
-        if lower <= value <= upper:
-            return value
+    high, low = math.exp(-lower / average), math.exp(-upper / average)  # survival function at the bounds
+    value = -average * math.log(random.uniform(low, high))
+    return min(max(value, lower), upper)  # rounding must not step outside the window
 
 
 @attrs.frozen
@@ -51,6 +55,10 @@ class RetryPolicy:
         return delay
 
 
+MAX_RETRY_DELAY_SECONDS = ONE_DAY
+MAX_RETRY_JITTER_FACTOR = 10
+
+
 def build_retry_policy(owner: str, retries: Any, retry_delay_seconds: Any, jitter: Any, condition_fn: Any,
                        default_retries: int, default_delay: Any) -> RetryPolicy:
     """Validate retry options at decoration time; every error names the option and the fix."""
@@ -58,21 +66,44 @@ def build_retry_policy(owner: str, retries: Any, retry_delay_seconds: Any, jitte
     if retry_delay_seconds is None:
         retry_delay_seconds = default_delay
     if callable(retry_delay_seconds):
-        retry_delay_seconds = retry_delay_seconds(retries)
+        try:
+            retry_delay_seconds = retry_delay_seconds(retries)
+        except Exception as exc:
+            raise TypeError(
+                f"{owner}: the `retry_delay_seconds` callable {retry_delay_seconds!r} raised "
+                f"{type(exc).__name__}: {exc}. It is called once, at definition, with the number of retries "
+                "and must return a list of delays in seconds (like exponential_backoff(backoff_factor=10))."
+            ) from exc
     if isinstance(retry_delay_seconds, bool) or not isinstance(retry_delay_seconds, (int, float, Sequence)) \
             or isinstance(retry_delay_seconds, (str, bytes)):
         raise TypeError(
             f"Invalid `retry_delay_seconds` provided for {owner}; must be a number, a list of numbers or a "
             f"callable returning a list of numbers; got {type(retry_delay_seconds).__name__}.")
-    delays = [retry_delay_seconds] if isinstance(retry_delay_seconds, (int, float)) else list(retry_delay_seconds)
-    if len(delays) > MAX_DELAYS:
-        raise ValueError(f"{owner}: can not configure more than {MAX_DELAYS} retry delays per task; got {len(delays)}.")
+    if isinstance(retry_delay_seconds, (int, float)):
+        delays = [retry_delay_seconds]
+    else:
+        try:
+            count = len(retry_delay_seconds)
+        except OverflowError:  # range(10**19)
+            count = MAX_DELAYS + 1
+        if count > MAX_DELAYS:
+            raise ValueError(f"{owner}: `retry_delay_seconds` can not configure more than {MAX_DELAYS} retry "
+                             f"delays per task; got {count if count <= 10**6 else 'far more'}.")
+        delays = list(retry_delay_seconds)
     for delay in delays:
         if isinstance(delay, bool) or not isinstance(delay, (int, float)):
-            raise TypeError(f"Invalid `retry_delay_seconds` provided for {owner}: {delay!r} is not a number.")
-        check_seconds(owner, "retry_delay_seconds", delay)
-    if jitter is not None and (isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or jitter < 0):
-        raise ValueError(f"{owner}: `retry_jitter_factor` must be >= 0; got {jitter!r}.")
+            raise TypeError(f"Invalid `retry_delay_seconds` provided for {owner}: {_short(delay)} is not a "
+                            f"number.")
+        check_seconds(owner, "retry_delay_seconds", delay, MAX_RETRY_DELAY_SECONDS)
+    if jitter is not None:
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)):
+            raise TypeError(f"{owner}: `retry_jitter_factor` must be a number (each delay is drawn at random "
+                            f"up to delay * (1 + factor)); got {_short(jitter)}.")
+        finite = isinstance(jitter, int) or math.isfinite(jitter)  # 2**1024 must not reach float()
+        if not finite or not 0 <= jitter <= MAX_RETRY_JITTER_FACTOR:
+            raise ValueError(f"{owner}: `retry_jitter_factor` must be a finite number from 0 to "
+                             f"{MAX_RETRY_JITTER_FACTOR} (each delay is drawn at random up to delay * (1 + "
+                             f"factor)); got {_short(jitter)}.")
     if condition_fn is not None and not callable(condition_fn):
         raise TypeError(
             f"{owner}: `retry_condition_fn` must be a callable `(task, task_run, state) -> bool`; "

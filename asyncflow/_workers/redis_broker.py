@@ -85,7 +85,8 @@ class RedisBroker:
             from redis.backoff import ExponentialWithJitterBackoff
             from redis.retry import Retry
         except ImportError:
-            raise ImportError("The Redis broker needs the redis package: pip install 'asyncflow[redis]'.") from None
+            raise ImportError(
+                "The Redis broker needs the redis package: pip install 'asyncflow-anyio[redis]'.") from None
         self.url = url
         self.safe_url = redact(url)
         # A few quick retries (they reconnect a pooled connection that a Redis restart broke); longer
