@@ -370,15 +370,15 @@ def i_cancellation_baseline(n: int) -> dict[str, float]:
 # -- j. the SQLite run store ----------------------------------------------------------------------
 def _store_records(n: int) -> list[tuple[str, Any]]:
     """What N trivial task runs record: the run, three states, two log lines each."""
-    import uuid
 
+    from asyncflow._ids import new_id
     from asyncflow._runs import TaskRun
     from asyncflow._states import State, StateDetails, StateType
 
-    flow_run_id = uuid.uuid4()
+    flow_run_id = new_id()  # the engine's ids (time-ordered)
     records: list[tuple[str, Any]] = []
     for i in range(n):
-        run_id = uuid.uuid4()
+        run_id = new_id()
         details = StateDetails(flow_run_id=flow_run_id, task_run_id=run_id)
         run = TaskRun(id=run_id, name=f"inc-{i}", task_name="inc", task_key="inc-0", flow_run_id=flow_run_id,
                       parent_task_run_id=None, tags=(), parameters={"x": i},

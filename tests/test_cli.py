@@ -78,7 +78,7 @@ def test_flow_run_ls_lists_newest_first_with_filters(home, capsys):
 def test_flow_run_inspect_shows_details_history_and_task_runs(home, capsys):
     state = etl(return_state=True)
     flow_run_id = str(state.state_details.flow_run_id)
-    code, out, _ = run(capsys, "flow-run", "inspect", flow_run_id[:8])  # a unique prefix is enough
+    code, out, _ = run(capsys, "flow-run", "inspect", flow_run_id[-8:])  # its last characters are enough
     assert code == 0
     assert f"({flow_run_id})" in out.splitlines()[0] and "state:" in out and "Completed" in out
     assert "parameters: n=3" in out and "task runs:  3 (3 Completed)" in out
@@ -125,7 +125,7 @@ def test_unknown_ids_are_a_clear_error(home, capsys):
     assert code == 1 and out == ""
     assert "\nerror: No flow run with id 0b8e2f4c-5d1a-4c3e-9f7a-2b6d8e1c4a90 in the store" in err
     code, _, err = run(capsys, "task-run", "inspect", "zzz")
-    assert code == 1 and "No task run with an id starting with 'zzz'" in err and "asyncflow task-run ls" in err
+    assert code == 1 and "No task run with an id starting or ending with 'zzz'" in err and "asyncflow task-run ls" in err
     code, _, err = run(capsys, "task-run", "ls", "--flow-run-id", "0b8e2f4c-5d1a-4c3e-9f7a-2b6d8e1c4a90")
     assert code == 1 and "No flow run with id" in err
 
@@ -250,7 +250,7 @@ def test_the_console_script_and_python_m_asyncflow(home):
         assert [r["flow_name"] for r in json.loads(proc.stdout)] == ["etl"]
     proc = subprocess.run([sys.executable, "-m", "asyncflow", "flow-run", "inspect", "nope"], env=env,
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and proc.stderr.startswith("error: No flow run with an id starting with 'nope'")
+    assert proc.returncode == 1 and proc.stderr.startswith("error: No flow run with an id starting or ending with 'nope'")
 
 
 def test_every_command_is_documented_with_an_example():
@@ -267,3 +267,12 @@ def test_every_command_is_documented_with_an_example():
         for action in actions[0].choices if actions else [""]:
             usage = f"asyncflow {name} {action}".strip()
             assert f"$ {usage}" in text, f"docs/cli.md has no example of `{usage}`"
+
+
+def test_runs_made_together_share_their_first_characters_and_are_named_by_their_last(home, capsys):
+    for _ in range(3):
+        broken(return_state=True)
+    ids = [str(run.id) for run in home.read_flow_runs()]
+    assert len({run_id[:6] for run_id in ids}) == 1  # time-ordered ids: made in the same minute
+    code, out, _ = run(capsys, "flow-run", "inspect", ids[1][-6:])
+    assert code == 0 and ids[1] in out

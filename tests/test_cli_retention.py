@@ -64,7 +64,7 @@ class Terminal(io.StringIO):
 def test_flow_run_delete_with_yes_deletes_the_run_its_subflows_and_says_what(home, capsys):
     doomed = etl(return_state=True).state_details.flow_run_id
     spared = etl(return_state=True).state_details.flow_run_id
-    code, out, err = run(capsys, "flow-run", "delete", str(doomed)[:8], "--yes")
+    code, out, err = run(capsys, "flow-run", "delete", str(doomed)[-8:], "--yes")
     assert code == 0 and err == ""
     assert "Deleted flow run '" in out and f"({doomed}) of flow 'etl'." in out
     assert "Deleted 1 flow run(s) and 1 subflow run(s), 4 task run(s), 18 state(s) and 14 log line(s)" in out
@@ -135,7 +135,7 @@ def test_task_run_logs_prints_the_task_runs_own_lines(home, capsys):
     state = etl(return_state=True)
     task_runs = home.read_task_runs(flow_run_id=state.state_details.flow_run_id)
     one = next(t for t in task_runs if t.name == "step-1")
-    code, out, _ = run(capsys, "task-run", "logs", str(one.id)[:10])
+    code, out, _ = run(capsys, "task-run", "logs", str(one.id)[-10:])
     assert code == 0
     assert out.splitlines()[0].endswith("| INFO    | Task run 'step-1' - step 1 says hello")
     assert "step 0" not in out and out.rstrip().endswith("Finished in state Completed()")
@@ -228,7 +228,7 @@ def test_task_run_logs_follow_prints_new_lines_and_ends_when_the_run_ends(live):
 
 def test_flow_run_logs_follow_shows_its_task_runs_lines_and_ends_with_the_flow(live):
     task_run, gate = live
-    follower = _asyncflow("flow-run", "logs", str(task_run.flow_run_id)[:8], "--follow", "--json")
+    follower = _asyncflow("flow-run", "logs", str(task_run.flow_run_id)[-8:], "--follow", "--json")
     seen = _read_until(follower, "first line")
     gate.touch()
     out, err = follower.communicate(timeout=60)

@@ -860,15 +860,21 @@ class SQLiteStore(BatchWriter):
             sql += " WHERE " + " AND ".join(where)
         return [LogRecord(*row) for row in self._query(sql + " ORDER BY seq", params)]
 
-    def find_run_ids(self, prefix: str, table: str) -> list[str]:
-        """Ids in `flow_runs` or `task_runs` that start with `prefix` (for the CLI's short ids)."""
+    def find_run_ids(self, part: str, table: str) -> list[str]:
+        """Ids in `flow_runs` or `task_runs` that start with `part`, else that end with it (for the
+        CLI's short ids: ids begin with their creation time, so runs made together share their first
+        characters, while the last ones are random)."""
         if table not in ("flow_runs", "task_runs"):
             raise ValueError(f"table must be 'flow_runs' or 'task_runs'; got {table!r}.")
-        prefix = prefix.strip().lower()
-        if not prefix or any(c not in "0123456789abcdef-" for c in prefix):
+        part = part.strip().lower()
+        if not part or any(c not in "0123456789abcdef-" for c in part):
             return []
-        return [row[0] for row in self._query(
-            f"SELECT id FROM {table} WHERE id >= ? AND id < ? ORDER BY id LIMIT 10", (prefix, prefix + "g"))]
+        found = [row[0] for row in self._query(
+            f"SELECT id FROM {table} WHERE id >= ? AND id < ? ORDER BY id LIMIT 10", (part, part + "g"))]
+        if found or len(part) < 4:
+            return found
+        return [row[0] for row in self._query(  # no index for this: a scan, bounded by LIMIT
+            f"SELECT id FROM {table} WHERE id LIKE ? ORDER BY id LIMIT 10", ("%" + part,))]
 
     def counts(self) -> dict[str, int]:
         """How many rows each table holds (for `asyncflow version` and the tests)."""

@@ -69,7 +69,7 @@ def _json(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_id(store: Any, text: str, table: str) -> uuid.UUID:
-    """A full id, or a prefix that names exactly one run."""
+    """A full id, or its first or last characters when they name exactly one run."""
     kind = "flow run" if table == "flow_runs" else "task run"
     try:
         return uuid.UUID(text.strip())
@@ -79,10 +79,10 @@ def resolve_id(store: Any, text: str, table: str) -> uuid.UUID:
     if len(matches) == 1:
         return uuid.UUID(matches[0])
     if not matches:
-        raise CLIError(f"No {kind} with an id starting with {text!r} in {store.path}. "
+        raise CLIError(f"No {kind} with an id starting or ending with {text!r} in {store.path}. "
                        f"`asyncflow {kind.replace(' ', '-')} ls` lists them.")
-    raise CLIError(f"{text!r} is the start of several {kind} ids ({', '.join(m[:13] + '…' for m in matches[:5])}): "
-                   f"give more characters.")
+    raise CLIError(f"{text!r} is the start of several {kind} ids ({', '.join(matches[:5])}): give more "
+                   f"characters, or the last few (ids begin with the time they were made).")
 
 
 def _state_cell(state: Any) -> str:
@@ -136,7 +136,7 @@ def flow_run_inspect(args: argparse.Namespace) -> int:
                   empty="")
         if len(task_runs) < total:
             print(f"(the first {len(task_runs)} of {total} task runs; --limit 0 shows all, "
-                  f"`asyncflow task-run ls --flow-run-id {str(run.id)[:8]}` lists them)")
+                  f"`asyncflow task-run ls --flow-run-id {run.id}` lists them)")
     return 0
 
 
