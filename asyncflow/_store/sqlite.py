@@ -376,7 +376,8 @@ class SQLiteStore(BatchWriter):
         self._reader: sqlite3.Connection | None = None
         self._owner: int | None = None  # this process's row in `owners` (registered with its first run)
         self._file_id: tuple[int, int] | None = None  # (device, inode) of the file the writer writes
-        self._open_runs: dict[uuid.UUID, list[Any]] = {}  # runs written, not yet final: id -> [ref, is flow]
+        # runs written, not yet final: id (its int: UUID's hash runs Python code) -> [ref, is flow]
+        self._open_runs: dict[int, list[Any]] = {}
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
@@ -631,8 +632,10 @@ class SQLiteStore(BatchWriter):
         flow_updates: list[list[Any]] = []  # runs of earlier batches: [state..., count, start, end, owner, ref]
         task_updates: list[list[Any]] = []
         open_runs = self._open_runs
-        # per run seen in this batch: [ref, id text, row holding its state columns, where they start]
-        seen: dict[uuid.UUID, list[Any]] = {}
+        # per run seen in this batch (by its id's int): [ref, id text, row holding its state columns, where
+        # they start]; parent ids as text (a batch's task runs mostly share their flow run)
+        seen: dict[int, list[Any]] = {}
+        texts: dict[int, str] = {}
         first_ref = next_ref = conn.execute(_LAST_REF).fetchone()[0]
         owner = self._owner_id(conn)
         running, final_ids = StateType.RUNNING, _FINAL_IDS
@@ -641,18 +644,19 @@ class SQLiteStore(BatchWriter):
             kind = record[0]
             if kind == STATE:
                 _, run_id, type_, name, message, ts, details = record
-                entry = seen.get(run_id)
+                rid = run_id.int
+                entry = seen.get(rid)
                 if entry is None:  # a run written by an earlier batch
-                    known = open_runs.get(run_id)
+                    known = open_runs.get(rid)
                     if known is None:
                         known = self._find_ref(conn, run_id)
                     key = str(run_id)
                     if known is None:  # its run record never arrived: keep the state anyway
-                        entry = seen[run_id] = [None, key, [None, None, None, None, 0, None, None, owner], 0]
+                        entry = seen[rid] = [None, key, [None, None, None, None, 0, None, None, owner], 0]
                     else:
                         row = [None, None, None, None, 0, None, None, owner, known[0]]
                         (flow_updates if known[1] else task_updates).append(row)
-                        entry = seen[run_id] = [known[0], key, row, 0]
+                        entry = seen[rid] = [known[0], key, row, 0]
                 ref, key, row, offset = entry
                 states.append((ref, key, type_, name, message, ts, details_json(details)))  # type_ binds as str
                 current = row[offset + 3]
@@ -667,32 +671,40 @@ class SQLiteStore(BatchWriter):
                         row[offset + 5] = ts
                 elif id(type_) in final_ids:
                     row[offset + 6] = ts
-                    open_runs.pop(run_id, None)
+                    open_runs.pop(rid, None)
             elif kind == LOG:
                 logs.append(record[1:])
             elif kind == TASK:
                 (_, run_id, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters,
                  tags, created) = record
-                entry = seen.get(run_id)
+                rid = run_id.int
+                entry = seen.get(rid)
                 if entry is not None and entry[3]:  # recorded again in this batch: a new name
                     entry[2][2] = name
                     continue
-                known = open_runs.get(run_id)
+                known = open_runs.get(rid)
                 if known is not None:  # written by an earlier batch: a new name
                     renames.append((name, known[0]))
                     continue
                 next_ref += 1
                 key = str(run_id)
-                row = [next_ref, key, name, task_name, task_key, task_version, _text(flow_run_id),
+                if flow_run_id is None:
+                    flow_text = None
+                else:
+                    flow_text = texts.get(flow_run_id.int)
+                    if flow_text is None:
+                        flow_text = texts[flow_run_id.int] = str(flow_run_id)
+                row = [next_ref, key, name, task_name, task_key, task_version, flow_text,
                        _text(parent_task_run_id), privacy(parameters), _tags(tags), created,
                        None, None, None, None, 0, None, None, owner]
                 task_runs.append(row)
-                open_runs[run_id] = [next_ref, False]
-                seen[run_id] = [next_ref, key, row, _TASK_STATE_COLUMN]
+                open_runs[rid] = [next_ref, False]
+                seen[rid] = [next_ref, key, row, _TASK_STATE_COLUMN]
             elif kind == FLOW:
                 (_, run_id, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id,
                  created) = record
-                if run_id in seen or run_id in open_runs:
+                rid = run_id.int
+                if rid in seen or rid in open_runs:
                     continue
                 next_ref += 1
                 key = str(run_id)
@@ -701,8 +713,8 @@ class SQLiteStore(BatchWriter):
                        _text(parent_flow_run_id), _text(parent_task_run_id), created,
                        None, None, None, None, 0, None, None, owner]
                 flow_runs.append(row)
-                open_runs[run_id] = [next_ref, True]
-                seen[run_id] = [next_ref, key, row, _FLOW_STATE_COLUMN]
+                open_runs[rid] = [next_ref, True]
+                seen[rid] = [next_ref, key, row, _FLOW_STATE_COLUMN]
         if next_ref != first_ref:
             conn.execute("UPDATE counters SET value = ? WHERE name = 'ref'", (next_ref,))
         while len(open_runs) > _OPEN_RUNS_KEPT:  # runs that never end (NotReady...) are looked up if needed
@@ -749,7 +761,7 @@ class SQLiteStore(BatchWriter):
             if ref is None or ref == row[0]:
                 continue
             remap[row[0]] = ref
-            known = self._open_runs.get(uuid.UUID(row[1]))
+            known = self._open_runs.get(uuid.UUID(row[1]).int)
             if known is not None:
                 known[0] = ref  # later batches' states for this run go to the existing row
             renames.append((row[2], ref))
@@ -957,11 +969,11 @@ class SQLiteStore(BatchWriter):
 
         with self._lock:
             if ids is None:
-                cached = [str(key) for key in list(self._open_runs)]
+                cached = [str(uuid.UUID(int=key)) for key in list(self._open_runs)]
                 if not cached or self._closed:
                     return
                 ids = set(cached) - retention.existing_run_ids(self._writer_conn(), cached)
-            for key in [key for key in list(self._open_runs) if str(key) in ids]:
+            for key in [key for key in list(self._open_runs) if str(uuid.UUID(int=key)) in ids]:
                 del self._open_runs[key]
 
     # -- the read API (reads.py; SQL in sqlite_reads.py): never flushes the writer, a UI polls ---------
