@@ -196,6 +196,40 @@ def test_pages_render_runs_flow_runs_task_runs(api, runs):
     assert api.get("/static/app.js").status_code == 200
 
 
+def test_the_pages_of_runs_still_going(home):
+    """A flow run and a task run still Running (recorded by this process, read through the file)."""
+    gate = threading.Event()
+
+    @task
+    def hold() -> None:
+        gate.wait(30)
+
+    @flow
+    def holding() -> None:
+        hold()
+
+    runner = threading.Thread(target=holding)
+    runner.start()
+    try:
+        with running_server() as (url, _app), httpx.Client(base_url=url, timeout=10) as api:
+            deadline = time.monotonic() + 20
+            while True:
+                items = api.get("/api/v1/task-runs?task=hold").json()["items"]
+                if items and items[0]["state"]["name"] == "Running":
+                    break
+                assert time.monotonic() < deadline, items
+                time.sleep(0.05)
+            flow_run_id = items[0]["flow_run_id"]
+            page = api.get(f"/flow-runs/{flow_run_id}")
+            assert page.status_code == 200 and 'data-to=""' in page.text  # an open segment, until now
+            assert api.get(f"/task-runs/{items[0]['id']}").status_code == 200
+            assert api.get(f"/flow-runs/{flow_run_id}/rows/{items[0]['id']}").status_code == 200
+            assert "running" in api.get("/runs").text
+    finally:
+        gate.set()
+        runner.join(30)
+
+
 @pytest.mark.parametrize(("url", "parameter"), [
     ("/api/v1/flow-runs?since=yesterday", "since"),
     ("/api/v1/flow-runs?since=2026-01-01T10:00:00", "since"),  # no timezone

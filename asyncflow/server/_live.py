@@ -246,7 +246,7 @@ class Hub:
                     yield _event("reset", {"reason": "too far behind"})
                     return
                 if backlog["changes"] or backlog["logs"]:
-                    yield _event("changes", backlog, f"{backlog['seq']}:{backlog['log_seq']}")
+                    yield _event("changes", backlog, _event_id(backlog))
             while True:
                 batch, ended = None, False
                 with anyio.move_on_after(KEEPALIVE_SECONDS):
@@ -261,7 +261,7 @@ class Hub:
                 if batch is None:
                     yield ": keep-alive\n\n"
                 else:
-                    yield _event("changes", batch, f"{batch['seq']}:{batch['log_seq']}")
+                    yield _event("changes", batch, _event_id(batch))
         finally:
             self.streams.discard(stream)
             send.close()
@@ -309,6 +309,12 @@ class Hub:
             stream.send.close()
         self.streams.clear()
         self._wake.set()
+
+
+def _event_id(batch: dict[str, Any]) -> str:
+    """"seq:log_seq" (or "seq" for a stream without log lines): what the browser sends back as
+    Last-Event-ID when it reconnects."""
+    return f"{batch['seq']}" if batch.get("log_seq") is None else f"{batch['seq']}:{batch['log_seq']}"
 
 
 def _event(name: str, data: Any, event_id: str | None = None) -> str:

@@ -72,8 +72,10 @@ def _segments(states: Any, end: float | None) -> list[dict[str, Any]]:
     return out
 
 
-def _place(segment: dict[str, Any], start: float, end: float) -> str:
-    """CSS left/width of a segment on a scale from `start` to `end` (the page's clock for open ones)."""
+def _place(segment: dict[str, Any], start: float, end: float | None) -> str:
+    """CSS left/width of a segment on a scale from `start` to `end` (None: now, for a run still going)."""
+    if end is None:
+        end = time.time()
     span = max(end - start, 1e-6)
     to = segment["to"] if segment["to"] is not None else end
     left = min(max((segment["from"] - start) / span, 0.0), 1.0) * 100
