@@ -372,6 +372,15 @@ def test_the_change_feed_and_the_event_stream_follow_runs_as_they_are_recorded(a
     assert [c["seq"] for c in resumed[0]["changes"]] == [last - 1, last]
 
 
+def test_the_feeds_tail_is_found_in_a_few_one_row_reads():
+    from asyncflow.server._live import tail
+
+    for last in (0, 1, 2, 5, 1000, 1025, 3_000_017):
+        reads = []
+        assert tail(lambda since: reads.append(since) or since < last) == last
+        assert len(reads) <= 2 * max(last, 1).bit_length() + 2
+
+
 def test_the_background_queue_shows_queued_and_leased_runs(api, home):
     from asyncflow._workers.broker import QueuedRun
     from asyncflow._workers.sqlite_broker import SQLiteBroker

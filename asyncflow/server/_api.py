@@ -43,16 +43,17 @@ def path_id(request: Request, kind: str) -> uuid.UUID:
 
 
 def paged(store: Any, method: str, f: Any, limit: int, cursor: str | None, newest_first: bool) -> Any:
+    """A page of runs; an empty one while there is no store yet."""
+    if store is None:
+        from .._store.reads import Page
+
+        return Page(())
     try:
         return getattr(store, method)(f, limit, cursor, newest_first)
     except ValueError as exc:  # the cursor of another query, or damaged
         if "cursor" in str(exc):
             raise BadParameter("cursor", str(exc)) from None
         raise
-
-
-def _empty_page() -> dict[str, Any]:
-    return {"items": [], "next_cursor": None}
 
 
 # -- runs ------------------------------------------------------------------------------------------------
@@ -69,9 +70,7 @@ async def flow_runs(request: Request) -> Response:
     f = _params.run_filter(query)
     limit, cursor = _params.limit(query, 50), _params.cursor(query)
     newest = _params.order(query, True)
-    if request.app.state.store.get() is None:
-        return _json(_empty_page())
-    page = await read(request, paged, "read_flow_runs_page", f, limit, cursor, newest)
+    page = await read(request, paged, "read_flow_runs_page", f, limit, cursor, newest, need_store=False)
     return _json({"items": [flow_run_json(r) for r in page], "next_cursor": page.next_cursor})
 
 
@@ -80,9 +79,8 @@ async def flow_run_counts(request: Request) -> Response:
     _params.check_known(query, (*RUN_FILTER, "parent", "bucket"))
     f = _params.run_filter(query)
     bucket = _params.seconds(query, "bucket") or 3600.0
-    if request.app.state.store.get() is None:
-        return _json({"bucket_seconds": bucket, "items": []})
-    counts = await read(request, lambda store: store.count_flow_runs_by_state(f, bucket))
+    counts = await read(request, lambda store: store.count_flow_runs_by_state(f, bucket) if store else [],
+                        need_store=False)
     return _json({"bucket_seconds": bucket, "items": [count_json(c) for c in counts]})
 
 
@@ -176,9 +174,7 @@ async def task_runs(request: Request) -> Response:
     f = _params.run_filter(query, task_runs=True)
     limit, cursor = _params.limit(query, 50), _params.cursor(query)
     newest = _params.order(query, f.parent_flow_run_id is None)
-    if request.app.state.store.get() is None:
-        return _json(_empty_page())
-    page = await read(request, paged, "read_task_runs_page", f, limit, cursor, newest)
+    page = await read(request, paged, "read_task_runs_page", f, limit, cursor, newest, need_store=False)
     return _json({"items": [task_run_json(r) for r in page], "next_cursor": page.next_cursor})
 
 
@@ -210,9 +206,8 @@ async def changes(request: Request) -> Response:
     _params.check_known(query, ("since", "limit"))
     since = _params.sequence(query, "since") or 0
     limit = _params.limit(query, 1000, "limit") if query.one("limit") else 1000
-    if request.app.state.store.get() is None:
-        return _json({"items": [], "last_seq": since})
-    found, last = await read(request, lambda store: store.read_changes(since, limit))
+    found, last = await read(request, lambda store: store.read_changes(since, limit) if store else ([], since),
+                             need_store=False)
     return _json({"items": [change_json(c) for c in found], "last_seq": last})
 
 

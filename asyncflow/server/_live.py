@@ -14,6 +14,7 @@ holding the poller back.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -134,17 +135,30 @@ class Hub:
         self._parents: OrderedDict[str, str | None] = OrderedDict()  # flow run id -> parent id (bounded)
         self._pending_changes: list[dict[str, Any]] = []
         self._pending_lines: list[dict[str, Any]] = []
-        self._wake = anyio.Event()  # (made in the event loop: the hub is made in the app's lifespan)
+        self._wake = anyio.Event()  # (made again in the event loop by the app's lifespan)
+        self._init_lock = threading.Lock()
         self.stopped = False
 
+    def _ensure(self, store: Any, logs: bool) -> tuple[int, int | None]:
+        """Start following the feeds from their tails (blocking): once, under a lock, so that the poller
+        and a joining stream agree on where following began."""
+        with self._init_lock:
+            if self.seq is None:
+                self.seq = change_tail(store)
+            if logs and self.log_seq is None:
+                self.log_seq = log_tail(store)
+            return self.seq, self.log_seq
+
     # -- positions ------------------------------------------------------------------------------------
-    def positions(self) -> tuple[int, int]:
+    def positions(self, logs: bool = True) -> tuple[int, int]:
         """Where the feeds are now (the hub's positions if it is following them, else the stores' tails):
         a page rendered after this call gets every change after these numbers on its stream. Blocking."""
         store = self.store_of()
         if store is None:
             return 0, 0
         seq = self.seq if self.seq is not None else change_tail(store)
+        if not logs:
+            return seq, 0
         log_seq = self.log_seq if self.log_seq is not None else log_tail(store)
         return seq, log_seq
 
@@ -157,24 +171,24 @@ class Hub:
                 with anyio.move_on_after(KEEPALIVE_SECONDS):
                     await self._wake.wait()
                 continue
+            wants_logs = any(stream.scope.logs for stream in self.streams)
             try:
-                await anyio.to_thread.run_sync(self._poll_once_blocking_reads)
+                await anyio.to_thread.run_sync(self._poll_once_blocking_reads, wants_logs)
             except Exception:  # a store that went away, or is busy: try again on the next tick
                 pass
             await self._deliver()
             await anyio.sleep(self.interval)
 
-    def _poll_once_blocking_reads(self) -> None:
+    def _poll_once_blocking_reads(self, wants_logs: bool) -> None:
+        """What was stored since the last read. The log feed is read while a stream wants log lines; its
+        position waits meanwhile (never reset while streams are open: a joining stream relies on it)."""
         store = self.store_of()
         if store is None:
             return
-        if self.seq is None:
-            self.seq = change_tail(store)
-        if self.log_seq is None:
-            self.log_seq = log_tail(store)
+        seq, log_seq = self._ensure(store, wants_logs)
         changes: list[dict[str, Any]] = []
         for _ in range(20):  # at most 20,000 a tick; the rest on the next
-            found, self.seq = store.read_changes(self.seq, FEED_READ)
+            found, seq = store.read_changes(seq, FEED_READ)
             changes += [change_json(c) for c in found]
             if len(found) < FEED_READ:
                 break
@@ -182,14 +196,13 @@ class Hub:
             if change["kind"] == "flow_run":
                 change["parent_flow_run_id"] = self._parent(store, change["run_id"])
         lines: list[dict[str, Any]] = []
-        if any(stream.scope.logs for stream in list(self.streams)):
+        if wants_logs and log_seq is not None:
             for _ in range(20):
-                found_lines, self.log_seq = store.read_logs_since(self.log_seq, limit=FEED_READ)
+                found_lines, log_seq = store.read_logs_since(log_seq, limit=FEED_READ)
                 lines += [line_json(line) for line in found_lines]
                 if len(found_lines) < FEED_READ:
                     break
-        else:
-            self.log_seq = None  # nobody follows logs: re-read the tail when someone does
+        self.seq, self.log_seq = seq, log_seq
         self._pending_changes, self._pending_lines = changes, lines
 
     def _parent(self, store: Any, run_id: str) -> str | None:
@@ -229,24 +242,26 @@ class Hub:
     async def events(self, scope: Scope, since: int | None, log_since: int | None) -> AsyncIterator[str]:
         """The text of a server-sent-events stream: `changes` events (JSON: changes, logs, seq, log_seq;
         the event id is "seq:log_seq", sent back by the browser on reconnect), comments to keep the
-        connection alive, and `reset` when the page should reload (it fell too far behind)."""
+        connection alive, and `reset` when the page should reload (it fell too far behind).
+
+        The stream joins the poller first, then reads what was stored from `since` up to where the
+        poller is (its backlog): between the two nothing is missed, and what both deliver is sent once
+        (each change and line goes out in order of its sequence number, once)."""
         send, receive = anyio.create_memory_object_stream[dict[str, Any]](BUFFER)
         stream = _Stream(scope, send)
         yield "retry: 1000\n\n"
         if self.stopped:
             return
-        # join the poller first, then catch up to where it is: between the two, every change is sent
-        # (some perhaps twice: a page applies a state once, by its seq)
         self.streams.add(stream)
         self._wake.set()
         try:
-            if since is not None or (scope.logs and log_since is not None):
-                backlog = await anyio.to_thread.run_sync(self._backlog, scope, since, log_since)
-                if backlog is None:
-                    yield _event("reset", {"reason": "too far behind"})
-                    return
-                if backlog["changes"] or backlog["logs"]:
-                    yield _event("changes", backlog, _event_id(backlog))
+            backlog = await anyio.to_thread.run_sync(self._backlog, scope, since, log_since)
+            if backlog is None:
+                yield _event("reset", {"reason": "too far behind"})
+                return
+            sent, sent_log = backlog["seq"], backlog["log_seq"]
+            if backlog["changes"] or backlog["logs"]:
+                yield _event("changes", backlog, _event_id(backlog))
             while True:
                 batch, ended = None, False
                 with anyio.move_on_after(KEEPALIVE_SECONDS):
@@ -260,25 +275,32 @@ class Hub:
                     return
                 if batch is None:
                     yield ": keep-alive\n\n"
-                else:
-                    yield _event("changes", batch, _event_id(batch))
+                    continue
+                changes = [c for c in batch["changes"] if c["seq"] > sent]
+                lines = [line for line in batch["logs"] if sent_log is None or line["seq"] > sent_log]
+                sent = max([sent, *(c["seq"] for c in changes)])
+                if lines:
+                    sent_log = max([sent_log or 0, *(line["seq"] for line in lines)])
+                if changes or lines:
+                    out = {"changes": changes, "logs": lines, "seq": sent, "log_seq": sent_log}
+                    yield _event("changes", out, _event_id(out))
         finally:
             self.streams.discard(stream)
             send.close()
             receive.close()
 
     def _backlog(self, scope: Scope, since: int | None, log_since: int | None) -> dict[str, Any] | None:
-        """The changes (and lines) after `since` up to where the poller is: None if too many."""
+        """What was stored after `since` (and `log_since`) up to where the poller follows from; without
+        them, nothing (the stream starts now). None if that is too much to catch up on."""
         store = self.store_of()
-        out: dict[str, Any] = {"changes": [], "logs": [], "seq": since or 0, "log_seq": log_since or 0}
         if store is None:
-            return out
-        target = self.seq if self.seq is not None else change_tail(store)
-        if since is not None:
+            return {"changes": [], "logs": [], "seq": since or 0, "log_seq": log_since or 0}
+        target, log_target = self._ensure(store, scope.logs)
+        out: dict[str, Any] = {"changes": [], "logs": [], "seq": target, "log_seq": log_target}
+        if since is not None and since < target:
             if target - since > CATCH_UP:
                 return None
-            position = since
-            changes = []
+            position, changes = since, []
             while position < target:
                 found, position = store.read_changes(position, FEED_READ)
                 if not found:
@@ -287,9 +309,8 @@ class Hub:
             for change in changes:
                 if change["kind"] == "flow_run":
                     change["parent_flow_run_id"] = self._parent(store, change["run_id"])
-            out["changes"], out["seq"] = scope.changes(changes), target
-        if scope.logs and log_since is not None:
-            log_target = self.log_seq if self.log_seq is not None else log_tail(store)
+            out["changes"] = scope.changes(changes)
+        if scope.logs and log_since is not None and log_target is not None and log_since < log_target:
             if log_target - log_since > CATCH_UP:
                 return None
             position, lines = log_since, []
@@ -298,7 +319,7 @@ class Hub:
                 if not found_lines:
                     break
                 lines += [line_json(line) for line in found_lines if line.seq <= log_target]
-            out["logs"], out["log_seq"] = scope.lines(lines), log_target
+            out["logs"] = scope.lines(lines)
         return out
 
     def stop(self) -> None:

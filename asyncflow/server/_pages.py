@@ -12,7 +12,6 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
-import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -98,12 +97,15 @@ def _json_attr(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
-_env: jinja2.Environment | None = None
+_env: Any = None
 
 
-def environment() -> jinja2.Environment:
+def environment() -> Any:
+    """The Jinja2 environment, made (and jinja2 imported) at the first page: the server starts without it."""
     global _env
     if _env is None:
+        import jinja2
+
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                  trim_blocks=True, lstrip_blocks=True, auto_reload=False)
         env.filters.update(local=_local, duration=_duration, state_class=_state_class, iso=iso, tojson_attr=_json_attr,
@@ -134,7 +136,7 @@ async def runs(request: Request) -> Response:
     hub = request.app.state.hub
 
     def page_of(store: Any) -> Any:
-        positions = hub.positions() if store is not None else (0, 0)
+        positions = hub.positions(logs=False) if store is not None else (0, 0)
         if store is None:
             return None, positions
         return paged(store, "read_flow_runs_page", f, limit, cursor, True), positions
