@@ -286,7 +286,8 @@ async def task_run(request: Request) -> Response:
                 pass
         return {"run": run, "states": states, "flow_run": flow_run, "cache": _data.cache_info(states),
                 "logs": _data.log_page(store, task_run_id=run_id, level=level, after=after),
-                "traceback": _data.traceback_of(store, run, False), "seq": seq, "log_seq": log_seq, "level": level}
+                "traceback": _data.traceback_of(store, run, False), "seq": seq, "log_seq": log_seq, "level": level,
+                "names": {str(run.id): run.name}}
 
     return render(request, "task_run.html", await read(request, view))
 
