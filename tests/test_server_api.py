@@ -23,9 +23,10 @@ pytest.importorskip("starlette")
 pytest.importorskip("jinja2")
 pytest.importorskip("uvicorn")
 
+from server_helpers import running_server  # noqa: E402
+
 from asyncflow import flow, get_run_logger, task  # noqa: E402
 from asyncflow.testing import isolated_home  # noqa: E402
-from server_helpers import running_server  # noqa: E402
 
 ATTEMPTS: dict[str, int] = {}
 
@@ -376,8 +377,13 @@ def test_the_feeds_tail_is_found_in_a_few_one_row_reads():
     from asyncflow.server._live import tail
 
     for last in (0, 1, 2, 5, 1000, 1025, 3_000_017):
-        reads = []
-        assert tail(lambda since: reads.append(since) or since < last) == last
+        reads: list[int] = []
+
+        def read(since: int, reads: list[int] = reads, last: int = last) -> bool:
+            reads.append(since)
+            return since < last
+
+        assert tail(read) == last
         assert len(reads) <= 2 * max(last, 1).bit_length() + 2
 
 
@@ -387,7 +393,7 @@ def test_the_background_queue_shows_queued_and_leased_runs(api, home):
 
     broker = SQLiteBroker(home.path)
     try:
-        for i in range(3):
+        for _ in range(3):
             broker.enqueue(QueuedRun(str(uuid.uuid4()), "bg.send", "send", b"payload"))
         [held] = broker.claim(["bg.send"], "worker-on-host-a", 60, 1)
         queue = api.get("/api/v1/background").json()

@@ -25,10 +25,11 @@ pytest.importorskip("jinja2")
 pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api")
 
-from asyncflow import flow, get_run_logger, tags, task  # noqa: E402
-from asyncflow.testing import isolated_home  # noqa: E402
 from helpers import run_in_thread  # noqa: E402
 from server_helpers import running_server  # noqa: E402
+
+from asyncflow import flow, get_run_logger, tags, task  # noqa: E402
+from asyncflow.testing import isolated_home  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "images"
 SCREENSHOTS = os.environ.get("ASYNCFLOW_UI_SCREENSHOTS") == "1"

@@ -91,8 +91,9 @@ def _rows(store: Any, flow_run_id: uuid.UUID, limit: int, cursor: str | None, de
     # the subflows created among this page's task runs: after the previous page's last task run and up
     # to this page's last (keyset positions, from the cursors), so that paging shows each once
     key = query_key("task_runs", f, False)
-    since = decode_cursor(cursor, key)[0] if cursor else None
-    until = math.nextafter(decode_cursor(page.next_cursor, key)[0], math.inf) if page.next_cursor else None
+    after, last = decode_cursor(cursor, key), decode_cursor(page.next_cursor, key)
+    since = after[0] if after is not None else None
+    until = math.nextafter(last[0], math.inf) if last is not None else None
     subs = store.read_flow_runs_page(RunFilter(parent_flow_run_id=flow_run_id, since=since, until=until),
                                      SUBFLOWS_PER_PAGE, None, False)
     for sub in subs:

@@ -53,7 +53,7 @@ def read_queue(path: Path | None = None, limit: int = LIMIT) -> dict[str, Any]:
         held = "lease_owner IS NOT NULL AND lease_expires >= ?"
 
         def rows(sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-            return [dict(zip(_COLUMNS, row)) for row in db.execute(sql, params).fetchall()]
+            return [dict(zip(_COLUMNS, row, strict=True)) for row in db.execute(sql, params).fetchall()]
 
         out["queued"] = rows(f"SELECT {columns} FROM asyncflow_task_queue WHERE finished IS NULL AND NOT "
                              f"({held}) ORDER BY created LIMIT ?", (now, limit))
