@@ -110,12 +110,21 @@ def wait_for_gate():
 def load(i):
     get_run_logger().info("loaded part %s", i)
 
+@task
+def notify():
+    get_run_logger().info("notified the team")
+
+@flow
+def publish():
+    notify()
+
 @flow
 def live_report():
     prepare()
     wait_for_gate()
     for i in range(3):
         load(i)
+    publish()
 
 live_report()
 """
@@ -268,8 +277,11 @@ def test_a_run_started_elsewhere_appears_and_finishes_live(home, browser_page, t
             expect(page.locator("#run-state")).to_have_text("Completed")
             expect(page.locator("#task-runs tbody tr")).to_have_count(5)
             expect(page.locator("#task-runs tbody tr", has_text="load-2").locator(".badge")).to_have_text("Completed")
-            expect(page.locator("#timeline .tl-row.task_run")).to_have_count(5)
+            expect(page.locator("#timeline .tl-row.flow_run")).to_contain_text("publish")  # a subflow, live
+            expect(page.locator("#timeline .tl-row.depth-1.task_run")).to_contain_text("notify-0")  # nested in it
+            expect(page.locator("#timeline .tl-row.task_run")).to_have_count(6)
             expect(page.locator("#logs")).to_contain_text("loaded part 2")
+            expect(page.locator("#logs")).to_contain_text("notified the team")  # a subflow's line
             expect(page.locator("#logs")).to_contain_text("the gate opened")
             assert page.evaluate("window.notReloaded") is True
 

@@ -234,16 +234,18 @@ async def flow_run(request: Request) -> Response:
 
 
 async def flow_run_row(request: Request) -> Response:
-    """A timeline row and a table row for a task run or subflow that appeared while the page is open."""
+    """A timeline row (and a table row, at depth 0) for a task run or subflow of flow run `run_id` that
+    appeared while a page shows it (`depth`: how deep that page nests it)."""
     run_id = path_id(request, "flow run")
     try:
         child = uuid.UUID(request.path_params["child_id"])
     except ValueError:
         raise ObjectNotFound(f"No run with id {request.path_params['child_id']!r}.") from None
     query = Query(request.query_params)
-    _params.check_known(query, ("start", "end"))
+    _params.check_known(query, ("start", "end", "depth"))
     start = _params.parse_time("start", query.one("start"))
     end = _params.parse_time("end", query.one("end"))
+    depth = int(_params.choice(query, "depth", tuple(str(d) for d in range(_data.MAX_DEPTH)), "0"))
 
     def row(store: Any) -> Any:
         try:
@@ -258,7 +260,7 @@ async def flow_run_row(request: Request) -> Response:
             raise ObjectNotFound(f"Run {child} is not a task run or subflow run of flow run {run_id}.")
         rows: tuple[_data.Row, ...] = ()
         more = kind == "flow_run"
-        return _data.Row(kind, run, _data.states_of(store, child), 0, rows, more)
+        return _data.Row(kind, run, _data.states_of(store, child), depth, rows, more)
 
     found = await read(request, row)
     return render(request, "_flow_run_row.html", {"row": found, "page_start": start or found.start,

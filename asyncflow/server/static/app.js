@@ -222,50 +222,81 @@
       }
       return true;
     };
-    var fetchRow = function (change) {
+    // a run not on the page yet: fetch its row (a task run or subflow of this flow run, on the last page
+    // of task runs; or of a subflow shown here, nested under it while it shows fewer than 20)
+    var fetchRow = function (change, parentId, group) {
       (queuedChanges[change.run_id] = queuedChanges[change.run_id] || []).push(change);
       if (pendingRows[change.run_id]) return;
       pendingRows[change.run_id] = true;
-      var url = "/flow-runs/" + flowRunId + "/rows/" + change.run_id + "?start=" + timeline.dataset.start +
-        (timeline.dataset.end ? "&end=" + timeline.dataset.end : "");
+      var depth = group ? parseInt(group.dataset.depth, 10) + 1 : 0;
+      var url = "/flow-runs/" + parentId + "/rows/" + change.run_id + "?depth=" + depth + "&start=" +
+        timeline.dataset.start + (timeline.dataset.end ? "&end=" + timeline.dataset.end : "");
       fetch(url).then(function (r) { return r.ok ? r.text() : null; }).then(function (html) {
+        delete pendingRows[change.run_id];
+        var children = waiting[change.run_id] || [];  // its own runs that came before its row did
+        delete waiting[change.run_id];
         if (!html || document.getElementById("tl-" + change.run_id)) return;
         var frag = fromHTML(html);
         var rowNodes = frag.querySelector(".frag-timeline");
-        while (rowNodes && rowNodes.firstChild) {
-          var node = rowNodes.firstChild;
-          if (node.nodeType === 1) node.classList.add("new");
-          timeline.appendChild(node);
+        var after = null;
+        if (group) {  // after the group's last row (its nested rows follow it)
+          var mine = timeline.querySelectorAll('.tl-row[data-parent="' + parentId + '"]');
+          after = mine.length ? mine[mine.length - 1] : group;
         }
+        var nodes = [];
+        while (rowNodes && rowNodes.firstChild) nodes.push(rowNodes.removeChild(rowNodes.firstChild));
+        nodes.forEach(function (node) {
+          if (node.nodeType === 1) node.classList.add("new");
+          if (after) {
+            after.parentNode.insertBefore(node, after.nextSibling);
+            after = node;
+          } else {
+            timeline.appendChild(node);
+          }
+        });
         var tr = frag.querySelector(".frag-table tr");
         if (tr && table) { tr.classList.add("new"); table.tBodies[0].appendChild(tr); }
         var none = document.getElementById("no-task-runs");
         if (none) none.remove();
         (queuedChanges[change.run_id] || []).forEach(applyToRow); // what arrived while fetching
+        children.forEach(handle);
         layout();
       }).finally(function () { delete pendingRows[change.run_id]; delete queuedChanges[change.run_id]; });
     };
+    var waiting = {};
+    var handle = function (change) {
+      if (change.run_name) names[change.run_id] = change.run_name;
+      if (change.run_id === flowRunId) {
+        setBadge(document.getElementById("run-state"), change.state, change.ts);
+        document.getElementById("run-message").textContent = change.state.message || "";
+        addSegment(document.getElementById("tl-" + flowRunId), change);
+        if (FINAL[change.state.type]) {
+          timeline.dataset.end = change.ts;
+          flowFinal = true;
+          document.getElementById("run-ended").textContent = fmtTime(change.ts, true);
+        }
+        return;
+      }
+      if (applyToRow(change)) return;
+      if (pendingRows[change.run_id]) { queuedChanges[change.run_id].push(change); return; }
+      var parentId = change.kind === "task_run" ? change.flow_run_id : change.parent_flow_run_id;
+      if (parentId === flowRunId) {
+        if (main.dataset.lastPage === "1") fetchRow(change, flowRunId, null);
+        return;
+      }
+      if (parentId && pendingRows[parentId]) {  // its subflow's row is on its way
+        (waiting[parentId] = waiting[parentId] || []).push(change);
+        return;
+      }
+      var group = parentId && document.getElementById("tl-" + parentId);
+      if (group && group.dataset.kind === "flow_run" && parseInt(group.dataset.depth, 10) + 1 < 2 &&
+          timeline.querySelectorAll('.tl-row[data-parent="' + parentId + '"]').length < 20) {
+        fetchRow(change, parentId, group);
+      }
+    };
     connect("flow_run_id=" + flowRunId + "&since=" + main.dataset.seq + "&logs=true&logs_since=" +
       main.dataset.logSeq + (main.dataset.level ? "&level=" + main.dataset.level : ""), function (batch) {
-      batch.changes.forEach(function (change) {
-        if (change.run_name) names[change.run_id] = change.run_name;
-        if (change.run_id === flowRunId) {
-          setBadge(document.getElementById("run-state"), change.state, change.ts);
-          document.getElementById("run-message").textContent = change.state.message || "";
-          addSegment(document.getElementById("tl-" + flowRunId), change);
-          if (FINAL[change.state.type]) {
-            timeline.dataset.end = change.ts;
-            flowFinal = true;
-            document.getElementById("run-ended").textContent = fmtTime(change.ts, true);
-          }
-          return;
-        }
-        if (applyToRow(change)) return;
-        if (pendingRows[change.run_id]) { queuedChanges[change.run_id].push(change); return; }
-        var direct = (change.kind === "task_run" && change.flow_run_id === flowRunId) ||
-          (change.kind === "flow_run" && change.parent_flow_run_id === flowRunId);
-        if (direct && main.dataset.lastPage === "1") fetchRow(change);
-      });
+      batch.changes.forEach(handle);
       appendLogs(batch.logs, flowRunId);
       layout();
     });
