@@ -181,10 +181,10 @@ class Sink:
             return
         ts = time.time()
         levelname = _NAMES.get(level, "INFO")
-        if flow_run_id is not None or task_run_id is not None:
-            _store.get_store().record_log(flow_run_id=flow_run_id, task_run_id=task_run_id, level=levelname,
-                                    message=message, ts=ts)
         exc = _exc_text(exc_info)
+        if flow_run_id is not None or task_run_id is not None:  # the stored line keeps the traceback (the UI shows it)
+            _store.get_store().record_log(flow_run_id=flow_run_id, task_run_id=task_run_id, level=levelname,
+                                          message=f"{message}\n{exc}" if exc else message, ts=ts)
         if self.json:
             record = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z",
                       "level": levelname, "logger": where, "event": message,

@@ -30,3 +30,15 @@ def test_the_no_loss_benchmark_finds_every_run_in_the_store(tmp_path):
     for name in ("submitted", "sequential"):
         assert figures[f"{name}_missing_task_runs"]["median"] == 0
         assert figures[f"{name}_missing_states"]["median"] == 0
+
+
+def test_the_web_ui_benchmark_runs(tmp_path):
+    import pytest
+
+    pytest.importorskip("starlette")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ui.py"), "--runs", "200", "--tasks", "120", "--repeats", "1",
+         "--home", str(tmp_path / "home")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "asyncflow server start: first answer" in result.stdout
+    assert "/runs (the newest 50)" in result.stdout

@@ -44,11 +44,20 @@ def _module_level_imports() -> dict[str, str]:
     return found
 
 
+def _extra(name: str) -> set[str]:
+    text = (ROOT / "pyproject.toml").read_text()
+    block = re.search(rf"^{name} = \[(.*?)\]", text, re.S | re.M).group(1)
+    return {re.match(r"\s*\"([A-Za-z0-9_.-]+)", part).group(1).lower().replace("-", "_")
+            for part in block.split(",") if part.strip().startswith('"')}
+
+
 def test_every_module_level_import_is_stdlib_asyncflow_or_a_declared_dependency():
     declared = _declared()
+    ui = _extra("ui")  # the web UI's modules (asyncflow/server/_*.py, loaded only by `server start`)
     undeclared = {name: where for name, where in _module_level_imports().items()
                   if name not in sys.stdlib_module_names and name != "asyncflow" and name not in declared
-                  and name != "__future__"}
+                  and name != "__future__"
+                  and not (name in ui and where.startswith("asyncflow/server/_"))}
     assert not undeclared, f"imported but not in [project] dependencies: {undeclared}"
 
 
@@ -131,3 +140,16 @@ def test_the_sdist_and_wheel_build_cleanly_and_the_wheel_runs_the_quick_start_in
     assert str(venv) in where and where.strip().endswith("True"), where
     assert "Version:" in run(venv / "bin" / "asyncflow", "version", cwd=work)
 
+
+def test_the_web_ui_is_an_optional_extra_loaded_only_when_served():
+    """`asyncflow.server` imports without the extra `ui`; nothing else imports its modules when it loads."""
+    assert _extra("ui") == {"starlette", "uvicorn", "jinja2"}
+    init = ast.parse((ROOT / "asyncflow" / "server" / "__init__.py").read_text())
+    assert not [n.module for n in init.body if isinstance(n, ast.ImportFrom) and n.level == 0
+                and n.module.split(".")[0] not in sys.stdlib_module_names]
+    for path in (ROOT / "asyncflow").rglob("*.py"):
+        if "server" in path.parts:
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom):
+                assert "server" not in (node.module or ""), f"{path} imports the web UI when it loads"

@@ -11,6 +11,7 @@
     asyncflow cache ls [--task NAME] [--json] | clear (--all | --task NAME | --expired)
     asyncflow task-worker serve module:task ... [--limit N]
     asyncflow version [--json]
+    asyncflow server start [--host 127.0.0.1] [--port 4200] [--open]
 
 Exit status: 0 on success, 1 for a problem with the input or the store (an unknown id, no store yet,
 an invalid setting), 2 for a command line that does not parse.
@@ -26,15 +27,17 @@ from ._common import CLIError, close_stores
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import _config, _maintenance, _runs
+    from . import _config, _maintenance, _runs, _server
 
     parser = argparse.ArgumentParser(
         prog="asyncflow", description="Inspect what ran (flow runs, task runs, states, logs), delete and prune "
-                                      "runs, manage settings and cached results, serve background tasks.")
+                                      "runs, manage settings and cached results, serve background tasks, "
+                                      "serve the web UI.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _runs.add_commands(commands)
     _maintenance.add_commands(commands)
     _config.add_commands(commands)
+    _server.add_commands(commands)
     return parser
 
 
