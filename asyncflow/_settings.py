@@ -126,9 +126,27 @@ def _parse_choice(*choices: str) -> Callable[[str], str]:
 
 def _parse_broker_url(raw: str) -> str:
     url = raw.strip()
+    if url.lower().startswith(("postgresql://", "postgres://")):
+        from ._store.postgres_base import check_url
+
+        return check_url(url)
     if not url.startswith(("sqlite:///", "redis://", "rediss://", "unix://")):
-        raise ValueError("expected sqlite:///path/to/file.db or redis://host:port/db")
+        raise ValueError("expected sqlite:///path/to/file.db, redis://host:port/db or "
+                         "postgresql://user:password@host:5432/database")
     return url
+
+
+def _parse_store(raw: str) -> str:
+    """`sqlite`, `memory` (any case), or a PostgreSQL URL (kept as written: it may hold a password)."""
+    value = raw.strip()
+    if value.lower() in ("sqlite", "memory"):
+        return value.lower()
+    if value.lower().startswith(("postgresql://", "postgres://")):
+        from ._store.postgres_base import check_url
+
+        return check_url(value)
+    raise ValueError("expected one of sqlite, memory, or a PostgreSQL URL "
+                     "(postgresql://user:password@host:5432/database)")
 
 
 def _parse_positive_seconds(raw: str) -> float:
@@ -224,7 +242,18 @@ class Setting:
             where = "" if source == "environment" else (
                 f" (from the profile {_profile().path}; change it with `asyncflow config set {self.name}=...` "
                 f"or remove it with `asyncflow config unset {self.name}`)")
-            raise SettingError(f"Setting {self.name}={raw!r} is invalid: {exc}.{where}") from None
+            raise SettingError(f"Setting {self.name}={hide_password(raw)!r} is invalid: {exc}.{where}") from None
+
+
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@?#\s]*:)[^@/\s]*@")
+_PASSWORD_PARAMETER = re.compile(r"(?i)(password=)[^&\s]*")
+
+
+def hide_password(text: Any) -> Any:
+    """A URL setting's value as shown (config view, errors): its password replaced by ***."""
+    if not isinstance(text, str) or "://" not in text:
+        return text
+    return _PASSWORD_PARAMETER.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", text))
 
 
 SETTINGS: dict[str, Setting] = {}
@@ -258,9 +287,11 @@ HOME = _declare(
     "Directory for asyncflow's run store (asyncflow.db), results and profile file. Environment only: the "
     "profile file lives in it.", "a directory path", in_profile=False)
 STORE = _declare(
-    "ASYNCFLOW_STORE", _parse_choice("sqlite", "memory"), "sqlite",
+    "ASYNCFLOW_STORE", _parse_store, "sqlite",
     "Where runs, states and logs are recorded: `sqlite` (ASYNCFLOW_HOME/asyncflow.db, shared by every "
-    "process with the same home) or `memory` (this process only, nothing on disk).", "sqlite or memory")
+    "process with the same home), `memory` (this process only, nothing on disk), or a PostgreSQL URL "
+    "(`postgresql://user:password@host:5432/database`: one store for every machine; needs asyncflow[postgres]).",
+    "sqlite, memory or postgresql://user:password@host:5432/database")
 STORE_PARAMETERS = _declare(
     "ASYNCFLOW_STORE_PARAMETERS", _parse_choice("all", "none"), "all",
     "What the run store keeps of runs' parameters: `all` (summarised: plain values, cut long strings, type names "
@@ -332,8 +363,9 @@ TASK_WORKER_LEASE_SECONDS = _declare(
 BROKER_URL = _declare(
     "ASYNCFLOW_BROKER_URL", _parse_broker_url, None,
     "Queue of background runs (`task.delay`): unset for the SQLite store under ASYNCFLOW_HOME (one "
-    "machine), `sqlite:///path` for another SQLite file, `redis://host:port/db` for many machines.",
-    "sqlite:///path/to/file.db or redis://host:port/db")
+    "machine; the PostgreSQL store's database when ASYNCFLOW_STORE is a PostgreSQL URL), `sqlite:///path` for "
+    "another SQLite file, `redis://host:port/db` or `postgresql://user:password@host/database` for many machines.",
+    "sqlite:///path/to/file.db, redis://host:port/db or postgresql://user:password@host:5432/database")
 TASK_WORKER_LOST_RUN_SECONDS = _declare(
     "ASYNCFLOW_TASK_WORKER_LOST_RUN_SECONDS", _parse_seconds, 60.0,
     "How long the future of a background run waits while the broker does not know the run (its record "
@@ -598,9 +630,10 @@ def describe(name: str) -> dict[str, Any]:
         if raw:
             entry["source"], entry["raw"] = "profile", raw
     try:
-        entry["value"] = _show(setting._parse(raw, entry["source"]) if raw else setting.default_value())
+        entry["value"] = hide_password(_show(setting._parse(raw, entry["source"]) if raw else setting.default_value()))
     except SettingError as exc:
         entry["error"] = str(exc)
+    entry["raw"] = hide_password(entry["raw"])
     return entry
 
 

@@ -187,14 +187,16 @@ def show_version(args: argparse.Namespace) -> int:
     home = _settings.HOME.value()
     kind = _settings.STORE.value()
     db = home / DB_FILE_NAME
+    if kind not in ("sqlite", "memory"):  # a PostgreSQL URL: shown without its password
+        db, kind = _settings.hide_password(kind), "postgresql"
     info = {
         "version": asyncflow.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "home": str(home),
         "store": kind,
-        "database": str(db) if kind == "sqlite" else None,
-        "database_exists": db.exists() if kind == "sqlite" else None,
+        "database": str(db) if kind != "memory" else None,
+        "database_exists": db.exists() if kind == "sqlite" else None,  # type: ignore[union-attr]
         "profile": str(_settings.profile_path()),
         "storage": str(_settings.LOCAL_STORAGE_PATH.value()),
     }
@@ -202,7 +204,7 @@ def show_version(args: argparse.Namespace) -> int:
         out.dump_json(info)
         return 0
     store = (f"sqlite, {db}" + ("" if info["database_exists"] else " (not created yet)")) if kind == "sqlite" else \
-        "memory (nothing kept after a process ends)"
+        f"postgresql, {db}" if kind == "postgresql" else "memory (nothing kept after a process ends)"
     out.fields([("Version", info["version"]), ("Python", info["python"]), ("Platform", info["platform"]),
                 ("Home", home), ("Store", store), ("Profile", info["profile"] + (
                     "" if _settings.profile_path().exists() else " (none)")), ("Results", info["storage"])])
