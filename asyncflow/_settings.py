@@ -136,6 +136,17 @@ def _parse_broker_url(raw: str) -> str:
     return url
 
 
+def _parse_result_storage(raw: str) -> str:
+    value = raw.strip()
+    if value.lower() in ("auto", "local"):
+        return value.lower()
+    if value.lower().startswith(("postgresql://", "postgres://")):
+        from ._store.postgres_base import check_url
+
+        return check_url(value)
+    raise ValueError("expected one of auto, local, or a PostgreSQL URL (postgresql://user:password@host:5432/database)")
+
+
 def _parse_store(raw: str) -> str:
     """`sqlite`, `memory` (any case), or a PostgreSQL URL (kept as written: it may hold a password)."""
     value = raw.strip()
@@ -319,6 +330,16 @@ LOCAL_STORAGE_PATH = _declare(
     "ASYNCFLOW_LOCAL_STORAGE_PATH", _parse_path, lambda: HOME.resolve() / "storage",
     "Directory for persisted results and cache records, shared by every process on the machine. "
     "Default: ASYNCFLOW_HOME/storage.", "a directory path")
+RESULT_STORAGE = _declare(
+    "ASYNCFLOW_RESULT_STORAGE", _parse_result_storage, "auto",
+    "Where persisted results and cache records live: `local` (ASYNCFLOW_LOCAL_STORAGE_PATH: a directory on this "
+    "machine, or one every machine mounts), a PostgreSQL URL (small results in that database: a cache hit on one "
+    "machine serves every other), or `auto`: the PostgreSQL store's database when ASYNCFLOW_STORE is a PostgreSQL "
+    "URL, else local.", "auto, local or postgresql://user:password@host:5432/database")
+RESULT_STORAGE_MAX_BYTES = _declare(
+    "ASYNCFLOW_RESULT_STORAGE_MAX_BYTES", _parse_int(1), 1024 * 1024,
+    "The largest record (serialized result and header) the PostgreSQL result storage keeps; a larger result fails "
+    "its attempt with an error that says so (local paths have no limit).", "an integer >= 1 (bytes)")
 LOGGING_LEVEL = _declare(
     "ASYNCFLOW_LOGGING_LEVEL", _parse_level, "INFO",
     "Lowest level of asyncflow log lines written to the console and recorded in the store.",

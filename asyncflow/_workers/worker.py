@@ -34,6 +34,7 @@ from .broker import Backoff, QueuedRun, get_broker
 from .future import DelayedFuture
 
 _WHERE = "asyncflow.task_worker"
+IDLE_WAIT_SECONDS = 5.0  # the longest an idle worker waits for a broker's notification before it looks again
 
 
 class TaskWorker:
@@ -71,6 +72,9 @@ class TaskWorker:
         self._stopping = True
         if self._wake is not None:
             self._wake.set()
+        interrupt = getattr(self.broker, "interrupt_waits", None)
+        if interrupt is not None:  # a worker thread waiting for a notification (PostgreSQL) ends its wait
+            interrupt()
 
     async def start(self) -> None:
         log(INFO, _WHERE, f"Worker {self.worker_id} serving {sorted(t.name for t in self.tasks.values())} "
@@ -106,11 +110,32 @@ class TaskWorker:
                     delay = self.poll_interval / 8
                     await anyio.lowlevel.checkpoint()
                     continue
+                waiter = getattr(self.broker, "wait_for_work", None)
+                if waiter is not None and room > 0:  # woken by the broker (LISTEN/NOTIFY): no polling
+                    await self._wait_for_work(waiter, keys, backoff)
+                    continue
                 await self._pause(delay)
                 delay = min(delay * 2, self.poll_interval)
             await self._drain()
             tg.cancel_scope.cancel()
         log(INFO, _WHERE, f"Worker {self.worker_id} stopped after {self.completed} run(s)")
+
+    async def _wait_for_work(self, waiter: Callable[..., Any], keys: list[str], backoff: Backoff) -> None:
+        """Wait in a thread until the broker says a run may be claimable (or stop() is called). A stop
+        abandons the thread, which the broker's `interrupt_waits` ends at once."""
+        self._wake = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            async def wait() -> None:
+                try:
+                    await anyio.to_thread.run_sync(waiter, keys, IDLE_WAIT_SECONDS, abandon_on_cancel=True)
+                except Exception as exc:
+                    self._broker_failed(exc, "wait for runs")
+                    await anyio.sleep(backoff.next())
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(wait)
+            await self._wake.wait()
+            tg.cancel_scope.cancel()
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, unless stop() is called meanwhile."""

@@ -130,9 +130,9 @@ def config_view(args: argparse.Namespace) -> int:
 
 # -- cache -------------------------------------------------------------------------------------------
 def cache_ls(args: argparse.Namespace) -> int:
-    from .. import _results, _settings
+    from .. import _results
 
-    root = _settings.LOCAL_STORAGE_PATH.value()
+    root = _results.storage_root(None)  # ASYNCFLOW_RESULT_STORAGE: a directory, or a PostgreSQL database
     records = [r for r in _results.list_records(root) if args.task is None or r["task"] == args.task]
     if args.json:
         out.dump_json([{**r, "expiration": out.iso(r["expiration"])} for r in records])
@@ -149,9 +149,9 @@ def cache_ls(args: argparse.Namespace) -> int:
 
 
 def cache_clear(args: argparse.Namespace) -> int:
-    from .. import _results, _settings
+    from .. import _results
 
-    root = _settings.LOCAL_STORAGE_PATH.value()
+    root = _results.storage_root(None)  # ASYNCFLOW_RESULT_STORAGE: a directory, or a PostgreSQL database
     removed = _results.clear_records(root, task=args.task, expired_only=args.expired)
     what = "expired " if args.expired else ""
     whose = f" of task {args.task!r}" if args.task else ""
