@@ -116,10 +116,6 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 _FLOW_RUN_COLUMNS = sqlite_reads._FLOW_RUN_COLUMNS  # what reads select (`sqlite._flow_run` unpacks it)
 _TASK_RUN_COLUMNS = sqlite_reads._TASK_RUN_COLUMNS
-_FLOW_RUN_TYPES = ("bigint", "text", "text", "text", "text", "text", "text", "text", "text", "float8",
-                   "text", "text", "text", "float8", "int4", "float8", "float8", "bigint")
-_TASK_RUN_TYPES = ("bigint", "text", "text", "text", "text", "text", "text", "text", "text", "text", "float8",
-                   "text", "text", "text", "float8", "int4", "float8", "float8", "bigint")
 _FLOW_STATE_COLUMN, _TASK_STATE_COLUMN = 10, 11  # where the state columns start in a run row
 _FINAL_IDS = frozenset(id(t) for t in FINAL_TYPES)
 _OPEN_RUNS_KEPT = 100_000
@@ -298,6 +294,9 @@ class PostgresStore(BatchWriter):
         conn = self._pg_connect()
         try:
             self._prepare(conn)
+            for table in ("flow_runs", "task_runs"):  # where a batch's new runs are staged (`_insert_runs`)
+                conn.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS asyncflow_new_{table} "
+                             f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
         except BaseException:
             conn.close()
             raise
@@ -450,9 +449,9 @@ class PostgresStore(BatchWriter):
                 cur.executemany("INSERT INTO flows (name, version, created) VALUES (%s, %s, %s) "
                                 "ON CONFLICT (name) DO UPDATE SET version = excluded.version", list(flows.values()))
             if flow_runs:
-                _insert_runs(cur, "flow_runs", _FLOW_RUN_COLUMNS + ", owner", _FLOW_RUN_TYPES, flow_runs)
+                _insert_runs(cur, "flow_runs", _FLOW_RUN_COLUMNS + ", owner", flow_runs)
             if task_runs:
-                written = _insert_runs(cur, "task_runs", _TASK_RUN_COLUMNS + ", owner", _TASK_RUN_TYPES, task_runs)
+                written = _insert_runs(cur, "task_runs", _TASK_RUN_COLUMNS + ", owner", task_runs)
                 if written < len(task_runs):  # some were written already (by another process: a background run)
                     remap = self._merge_known_task_runs(cur, task_runs, task_updates, renames)
                     states = [(remap.get(state[0], state[0]), *state[1:]) for state in states]
@@ -463,13 +462,9 @@ class PostgresStore(BatchWriter):
                 if updates:
                     cur.executemany(_UPDATE_RUN.format(table=table), updates)
             if states:
-                with cur.copy("COPY states (run_ref, run_id, type, name, message, ts, details) FROM STDIN") as copy:
-                    for state in states:
-                        copy.write_row(state)
+                _copy(cur, "COPY states (run_ref, run_id, type, name, message, ts, details) FROM STDIN", states)
             if logs:
-                with cur.copy("COPY logs (flow_run_id, task_run_id, level, message, ts) FROM STDIN") as copy:
-                    for log in logs:
-                        copy.write_row(log)
+                _copy(cur, "COPY logs (flow_run_id, task_run_id, level, message, ts) FROM STDIN", logs)
 
     def _merge_known_task_runs(self, cur: Any, task_runs: list[list[Any]], task_updates: list[list[Any]],
                                renames: list[tuple[str, int]]) -> dict[int, int]:
@@ -741,11 +736,18 @@ def _schema_version(conn: Any) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
-def _insert_runs(cur: Any, table: str, columns: str, types: tuple[str, ...], rows: list[list[Any]]) -> int:
-    """Insert run rows in one statement (a column per array, `unnest`); runs that exist are left as they are.
-    Returns how many were inserted."""
-    arrays = [list(column) for column in zip(*rows, strict=True)]
-    unnest = ", ".join(f"%s::{kind}[]" for kind in types)
-    cur.execute(f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({unnest}) ON CONFLICT (id) DO NOTHING", arrays)
+def _insert_runs(cur: Any, table: str, columns: str, rows: list[list[Any]]) -> int:
+    """Insert run rows (COPY into a temporary table of this connection, then one INSERT … SELECT); runs that
+    exist are left as they are. Returns how many were inserted."""
+    staging = f"asyncflow_new_{table}"  # made by `_connect`
+    _copy(cur, f"COPY {staging} ({columns}) FROM STDIN", rows)
+    cur.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ON CONFLICT (id) DO NOTHING")
     return int(cur.rowcount)
 
+
+def _copy(cur: Any, statement: str, rows: Any) -> None:
+    """COPY rows (psycopg formats each row in C: a few microseconds a row)."""
+    with cur.copy(statement) as copy:
+        write = copy.write_row
+        for row in rows:
+            write(row)
