@@ -68,12 +68,18 @@ def record_states(store, count: int) -> float:
 
 
 CHILD = """
-import sys, time
+import os, sys, time
 sys.path.insert(0, sys.argv[3])
 from bench.postgres import record_states
 from asyncflow._store.postgres import PostgresStore
 store = PostgresStore(sys.argv[1])
-print(record_states(store, int(sys.argv[2])))
+go = sys.argv[4]
+open(go + f".ready-{os.getpid()}", "w").close()
+while not os.path.exists(go):  # every process starts recording at the same moment
+    time.sleep(0.001)
+started = time.time()
+record_states(store, int(sys.argv[2]))
+print(started, time.time())
 store.close()
 """
 
@@ -84,12 +90,14 @@ def states_per_second(url: str, count: int, processes: int) -> dict[str, float]:
         one = record_states(store, count)
     finally:
         store.close()
-    started = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, url, str(count // processes), str(ROOT)],
+    go = Path(tempfile.mkdtemp(prefix="asyncflow-bench-go-")) / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, url, str(count // processes), str(ROOT), str(go)],
                               stdout=subprocess.PIPE, text=True) for _ in range(processes)]
-    for proc in procs:
-        proc.communicate(timeout=600)
-    many = time.perf_counter() - started  # (process start-up included: a lower bound on the rate)
+    while len(list(go.parent.glob("go.ready-*"))) < processes:
+        time.sleep(0.01)
+    go.touch()
+    spans = [tuple(map(float, proc.communicate(timeout=600)[0].split())) for proc in procs]
+    many = max(end for _, end in spans) - min(start for start, _ in spans)
     return {"one_process": count / one, f"{processes}_processes": count / many}
 
 
