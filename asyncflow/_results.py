@@ -544,7 +544,7 @@ def list_records(root: Path | None = None) -> list[dict[str, Any]]:
     root = root or storage_root(None)
     if not isinstance(root, Path):
         return root.list_records()  # type: ignore[no-any-return]
-    records = []
+    records: list[dict[str, Any]] = []
     if not root.exists():
         return records
     for path in sorted(root.rglob("*")):

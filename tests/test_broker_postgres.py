@@ -208,3 +208,44 @@ def test_three_workers_on_the_postgres_broker_with_a_sigkill_lose_no_run(postgre
     for history in histories.values():
         assert history[0] == "Scheduled" and history[-1] == "Completed" and "Running" in history
     assert not any((tmp_path / f"machine-{i}" / "asyncflow.db").exists() for i in range(3))
+
+
+def test_a_worker_survives_a_database_restart_and_is_woken_again(tmp_path, monkeypatch):
+    from pg_server import PostgresServer
+
+    from asyncflow import _settings
+
+    server = PostgresServer()  # a server of its own: this test restarts it
+    proc = None
+    try:
+        url = server.create_database()
+        (tmp_path / "bg_pg_restart.py").write_text(BACKGROUND_TASKS)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.setenv("ASYNCFLOW_BROKER_URL", url)
+        _settings.reload()
+        sys.modules.pop("bg_pg_restart", None)
+        import bg_pg_restart
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCFLOW_")}
+        env.update(ASYNCFLOW_HOME=str(tmp_path / "worker-home"), ASYNCFLOW_BROKER_URL=url, PYTHONPATH=str(tmp_path))
+        log = open(tmp_path / "worker.log", "w+")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen([sys.executable, "-m", "asyncflow.task_worker", "bg_pg_restart:work"], cwd=tmp_path,
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        marker = str(tmp_path / "marker.txt")
+        assert bg_pg_restart.work.delay(1, marker).result(timeout=60) == 1
+        server.kill()
+        time.sleep(1.0)
+        server.start()
+        started = time.monotonic()
+        assert bg_pg_restart.work.delay(2, marker).result(timeout=60) == 2
+        assert time.monotonic() - started < 30
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+            log.seek(0)
+            output = log.read()
+            log.close()
+            assert "stopped after 2 run(s)" in output, output
+        sys.modules.pop("bg_pg_restart", None)
+        server.cleanup()

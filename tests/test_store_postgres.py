@@ -462,3 +462,54 @@ def test_killing_the_database_mid_flow_degrades_to_memory_with_a_warning_and_the
         assert "kept in memory only" in err and "could not be reached for 2 s" in err
     finally:
         server.cleanup()
+
+
+def test_a_database_restarted_mid_flow_is_waited_for_and_nothing_is_lost(capfd):
+    """A restart shorter than the flush timeout: records wait in the queue, the writer reconnects."""
+    from pg_server import PostgresServer
+
+    server = PostgresServer()
+    try:
+        url = server.create_database()
+        store = PostgresStore(url, flush_timeout=30.0)
+
+        @task
+        def step(i: int) -> int:
+            if i == 10:
+                server.kill()
+                threading.Timer(1.0, server.start).start()  # back in a second
+            return i
+
+        @flow
+        def restarted() -> int:
+            return sum(step(i) for i in range(30))
+
+        with isolated_store(store):
+            state = restarted(return_state=True)
+        assert state.is_completed() and store.fallback is None
+        reader = PostgresStore(url, create=False)
+        try:
+            [run] = reader.read_flow_runs()
+            assert run.state.is_completed()
+            task_runs = reader.read_task_runs(flow_run_id=run.id)
+            assert len(task_runs) == 30 and all(t.state.is_completed() for t in task_runs)
+        finally:
+            reader.close()
+            store.close()
+        assert "cannot write" not in capfd.readouterr().err
+    finally:
+        server.cleanup()
+
+
+def test_the_client_reads_a_postgres_store(pg):
+    from asyncflow.client import RunFilter, get_client
+
+    squares(3)
+    with get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs()
+        assert run.state.is_completed()
+        page = client.read_task_runs(filter=RunFilter(parent_flow_run_id=run.id), limit=2, cursor=None,
+                                     newest_first=True)
+        assert [t.name for t in page] == ["square-2", "square-1"] and page.next_cursor
+        assert [s.name for s in client.read_flow_run_states(run.id)] == ["Pending", "Running", "Completed"]
+        assert len(client.read_timeline(run.id).task_runs) == 3

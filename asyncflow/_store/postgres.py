@@ -589,6 +589,8 @@ class PostgresStore(BatchWriter):
         if not owner:
             return []
         ref, flow_run_text, is_flow = owner[0]
+        flow_run_id: uuid.UUID | None
+        task_run_id: uuid.UUID | None
         if is_flow:
             flow_run_id, task_run_id = uuid.UUID(key), None
         else:
@@ -666,7 +668,7 @@ class PostgresStore(BatchWriter):
         from . import cli_queries
 
         self.flush()
-        return self._read(lambda conn: cli_queries.task_run_state_counts(Shared(conn), flow_run_id), flush=False)
+        return self._read(lambda conn: cli_queries.task_run_state_counts(_shared(conn), flow_run_id), flush=False)
 
     def _in_write_transaction(self, fn: Any) -> Any:
         """fn(the shared-SQL view of the writer's connection) in one transaction, under the write lock."""
@@ -699,7 +701,7 @@ class PostgresStore(BatchWriter):
                 if not cached or self._closed or self.fallback is not None:
                     return
                 try:
-                    ids = set(cached) - retention.existing_run_ids(Shared(self._writer_conn()), cached)
+                    ids = set(cached) - retention.existing_run_ids(_shared(self._writer_conn()), cached)
                 except Exception:
                     self._open_runs.clear()
                     return
@@ -727,6 +729,11 @@ class PostgresStore(BatchWriter):
 
     def count_flow_runs_by_state(self, filter: Any = None, bucket_seconds: float = 3600) -> Any:
         return sqlite_reads.count_by_state(self._stored, filter, bucket_seconds, POSTGRES)
+
+
+def _shared(conn: Any) -> Any:
+    """The shared-SQL view of a connection, for functions typed for sqlite3 (retention.py, cli_queries.py)."""
+    return Shared(conn)
 
 
 def _schema_version(conn: Any) -> int:

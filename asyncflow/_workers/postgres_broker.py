@@ -30,6 +30,7 @@ from .._store.postgres_base import check_url, connect, describe, forget_in_child
 from .broker import QueuedRun, RunOutcome, check_age
 
 CHANNEL = "asyncflow_task_queue"
+LISTENER_IDLE_SECONDS = 60.0  # a listener nobody waited on for this long closes its connection and ends
 _NOW = "extract(epoch from clock_timestamp())"
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS asyncflow_task_queue (
@@ -90,6 +91,7 @@ class PostgresBroker:
         self._listening = threading.Event()
         self._wakes = threading.Condition()
         self._generation = 0  # notifications received (and interruptions)
+        self._last_wait = 0.0  # time.monotonic() of the last wait_for_work: the listener stops when idle
 
     def __repr__(self) -> str:
         return f"PostgresBroker({self.safe_url!r})"
@@ -228,6 +230,7 @@ class PostgresBroker:
         """Block until a run of these tasks may be claimable: a NOTIFY (a run queued or handed back), the
         earliest lease of theirs expiring, `interrupt_waits()`, or `timeout` seconds. Returns at once if
         a run is claimable now. Raises BrokerUnavailableError if the database cannot be reached."""
+        self._last_wait = time.monotonic()
         self._start_listener()
         with self._wakes:
             seen = self._generation
@@ -266,14 +269,14 @@ class PostgresBroker:
         """A connection of its own LISTENs to the channel; each notification wakes every waiter. A lost
         connection is opened again with backoff (waiters time out meanwhile, as pollers)."""
         delay = 0.05
-        while not self._closed:
+        while not self._closed and not self._unused():
             try:
                 conn = self._listen_conn = connect(self.url)
                 conn.execute(f"LISTEN {CHANNEL}")
                 self._listening.set()
                 delay = 0.05
                 self.interrupt_waits()  # what was queued while nobody listened: look again
-                while not self._closed:
+                while not self._closed and not self._unused():
                     for _ in conn.notifies(timeout=1.0):
                         self.interrupt_waits()
                 self._listen_conn = None
@@ -288,6 +291,12 @@ class PostgresBroker:
                         conn.close()
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+        with self._lock:  # stopped (closed, or no worker waited for a minute): the next wait starts another
+            self._listening.clear()
+            self._listener = None
+
+    def _unused(self) -> bool:
+        return time.monotonic() - self._last_wait > LISTENER_IDLE_SECONDS
 
     def close(self) -> None:
         self._closed = True

@@ -169,7 +169,7 @@ def store_upgrade(args: argparse.Namespace) -> int:
                            f"{postgres.advice(exc)}") from None
         after = postgres.SCHEMA_VERSION
     try:
-        store = default_store(create=True)
+        store: Any = default_store(create=True)
     except StoreError as exc:
         raise CLIError(str(exc)) from None
     store.close()
