@@ -276,13 +276,25 @@ class TaskWorker:
 
     async def _finish(self, queued: QueuedRun, state_type: str, state_name: str, message: str | None,
                       payload: bytes | None) -> None:
-        """Record the outcome, retrying while the broker is away (a run's outcome is not given up)."""
+        """Record the outcome, retrying while the broker is away (a run's outcome is not given up). The
+        run's states are written to the store first: a worker killed once the outcome is out cannot leave
+        the run's history without its end (and the next process to open the store mark it Crashed)."""
+        await anyio.to_thread.run_sync(_flush_store)
         first = await self._call_broker(self.broker.complete, queued.id, self.worker_id, state_type, state_name,
                                         message, payload, doing=f"record the outcome of run {queued.id}")
         if first:
             self.completed += 1
         else:  # delivered twice (our lease had expired): the first outcome stands
             log(WARNING, _WHERE, f"Run {queued.id} had already been completed by another worker; keeping that outcome")
+
+
+def _flush_store() -> None:
+    from .._store import flush
+
+    try:
+        flush()
+    except Exception as exc:  # the store degrades on its own; the outcome goes on
+        log(WARNING, _WHERE, f"Could not write the run store before recording an outcome: {exc!r}")
 
 
 def _record(task: Any, run_id: str, state_type: str, state_name: str, message: str) -> None:
