@@ -189,7 +189,11 @@ class PostgresStore(BatchWriter):
         try:
             self._prepare(conn, create)
             if recover:
-                self._recover(conn)
+                try:
+                    self._recover(conn)
+                except Exception as exc:  # best effort: a reader that may not write (the next process will)
+                    if is_connection_error(exc):
+                        raise
         except StoreError:
             raise
         except Exception as exc:
