@@ -123,7 +123,11 @@ class PostgresServer:
         # the postmaster's children notice its death and exit; wait until the port is free again
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True)
+            try:
+                out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True)
+            except FileNotFoundError:  # no procps: give the children a moment
+                time.sleep(0.5)
+                break
             if not out.stdout.strip():
                 break
             time.sleep(0.05)
