@@ -121,19 +121,51 @@ def get_serializer(spec: Any) -> Serializer:
     raise ValueError(f"result_serializer must be 'pickle', 'json' or a Serializer instance; got {spec!r}.")
 
 
-_default_roots: dict[tuple[str | None, str | None], Path] = {}
+_default_roots: dict[tuple[str | None, ...], Any] = {}
+_ENVIRONMENT = ("ASYNCFLOW_LOCAL_STORAGE_PATH", "ASYNCFLOW_HOME", "ASYNCFLOW_RESULT_STORAGE", "ASYNCFLOW_STORE",
+                "ASYNCFLOW_RESULT_STORAGE_MAX_BYTES")
+_POSTGRES = ("postgresql://", "postgres://")
 
 
-def storage_root(result_storage: Any) -> Path:
+def storage_root(result_storage: Any) -> Any:
+    """Where results live: a `Path` (a directory on this machine, or one every machine mounts) or a remote
+    result storage (`PostgresResults`: small records in a PostgreSQL database, one per URL and process)."""
     if result_storage is None:  # the settings' default, resolved once per environment
-        env = (os.environ.get("ASYNCFLOW_LOCAL_STORAGE_PATH"), os.environ.get("ASYNCFLOW_HOME"))
+        env = tuple(os.environ.get(name) for name in _ENVIRONMENT)
         root = _default_roots.get(env)
         if root is None:
-            root = _default_roots[env] = Path(_settings.LOCAL_STORAGE_PATH.value())
+            root = _default_roots[env] = _default_root()
         return root
+    if isinstance(result_storage, str) and result_storage.strip().lower().startswith(_POSTGRES):
+        return _postgres(result_storage, "result_storage")
+    if hasattr(result_storage, "read_bytes") and hasattr(result_storage, "write_bytes") and \
+            hasattr(result_storage, "key_lock"):
+        return result_storage  # a result storage object (PostgresResults)
     if isinstance(result_storage, (str, os.PathLike)):
         return Path(result_storage).expanduser()
-    raise TypeError(f"result_storage must be a path (str or pathlib.Path); got {type(result_storage).__name__}.")
+    raise TypeError(f"result_storage must be a path (str or pathlib.Path) or a postgresql:// URL; got "
+                    f"{type(result_storage).__name__}.")
+
+
+def _default_root() -> Any:
+    choice = _settings.RESULT_STORAGE.value()
+    if choice == "auto":
+        store = _settings.STORE.value()
+        choice = store if store not in ("sqlite", "memory") else "local"
+    if choice == "local":
+        return Path(_settings.LOCAL_STORAGE_PATH.value())
+    return _postgres(choice, "ASYNCFLOW_RESULT_STORAGE")
+
+
+def _postgres(url: str, what: str) -> Any:
+    from ._store.postgres_results import storage_for
+
+    try:
+        return storage_for(url.strip(), _settings.RESULT_STORAGE_MAX_BYTES.value())
+    except ValueError as exc:
+        from ._settings import hide_password
+
+        raise ValueError(f"{what} {hide_password(url)!r} is not a PostgreSQL URL: {exc}.") from None
 
 
 # -- the in-memory layer ---------------------------------------------------------------------------
@@ -174,9 +206,13 @@ MEMORY = _Memory(_MEMORY_RECORDS)
 
 # -- the store -------------------------------------------------------------------------------------------
 class ResultStore:
-    def __init__(self, root: Path, serializer: Serializer, keep_in_memory: bool = True) -> None:
+    """The records of one storage location (`root`: a directory, or a remote storage such as
+    `PostgresResults`, which keeps the same record bytes by key) read and written with one serializer."""
+
+    def __init__(self, root: Any, serializer: Serializer, keep_in_memory: bool = True) -> None:
         self.root = root
-        self._root_key = str(root)
+        self.remote = None if isinstance(root, Path) else root
+        self._root_key = str(root) if self.remote is None else repr(root)
         self.serializer = serializer
         self.keep_in_memory = keep_in_memory
 
@@ -196,14 +232,25 @@ class ResultStore:
         value = MEMORY.get(self._root_key, key)
         if value is not MISSING:
             return value, None
-        path = self.path_for(key)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return MISSING, None
-        except OSError as exc:
-            return MISSING, (f"the cached result for key {key!r} at {path} cannot be read: {_cause(exc)}; "
-                             f"computing it again")
+        if self.remote is not None:
+            path: Any = self.remote.where(key)
+            try:
+                found = self.remote.read_bytes(key)
+            except Exception as exc:
+                return MISSING, (f"the cached result for key {key!r} in {path} cannot be read: "
+                                 f"{type(exc).__name__}: {exc}; computing it again")
+            if found is None:
+                return MISSING, None
+            data = found
+        else:
+            path = self.path_for(key)
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                return MISSING, None
+            except OSError as exc:
+                return MISSING, (f"the cached result for key {key!r} at {path} cannot be read: {_cause(exc)}; "
+                                 f"computing it again")
         try:
             header, payload = self._verify(path, data)
             expires = header.get("expiration")
@@ -221,6 +268,16 @@ class ResultStore:
         """The value of the record at `key`, whatever its expiration, for a reader with no miss to fall
         back on (a run's result read back later): raises `ResultRecordError` naming the file if the
         record is missing, unreadable, damaged, of the previous format or of another serializer."""
+        if self.remote is not None:
+            where = self.remote.where(key)
+            try:
+                found = self.remote.read_bytes(key)
+            except Exception as exc:
+                raise ResultRecordError(where, f"cannot be read: {type(exc).__name__}: {exc}") from exc
+            if found is None:
+                raise ResultRecordError(where, "does not exist")
+            _header, payload = self._verify(where, found)
+            return self._loads(where, payload)
         path = self.path_for(key)
         try:
             data = path.read_bytes()
@@ -287,11 +344,14 @@ class ResultStore:
     def write(self, key: str, value: Any, data: bytes, expiration: float | None) -> None:
         """Write a record atomically and durably; ResultWriteError (naming the path and the cause) if
         it cannot be written."""
-        path = self.path_for(key)
-        try:
-            _write_durably(path, data)
-        except OSError as exc:
-            raise ResultWriteError(path, _write_failure(path, exc), exc.errno) from exc
+        if self.remote is not None:
+            self.remote.write_bytes(key, data, expiration, _task_of(data))  # ResultWriteError naming it
+        else:
+            path = self.path_for(key)
+            try:
+                _write_durably(path, data)
+            except OSError as exc:
+                raise ResultWriteError(path, _write_failure(path, exc), exc.errno) from exc
         if self.keep_in_memory:
             MEMORY.put(self._root_key, key, value, expiration)
 
@@ -300,12 +360,30 @@ class ResultStore:
 
     def _remove(self, key: str) -> None:
         MEMORY.forget(self._root_key, key)
+        if self.remote is not None:
+            self.remote.remove(key)
+            return
         with contextlib.suppress(OSError):
             self.path_for(key).unlink()
 
     # locks
     def lock_path(self, key: str) -> Path:
         return self.root / ".locks" / (hashlib.md5(key.encode()).hexdigest() + ".lock")
+
+    def key_lock(self, key: str) -> Any:
+        """An exclusive lock on `key` between processes (`KeyLock`: a file under the path, or the remote
+        storage's own, such as a PostgreSQL advisory lock, which spans machines)."""
+        if self.remote is not None:
+            return self.remote.key_lock(key)
+        return KeyLock(self.lock_path(key))
+
+
+def _task_of(data: bytes) -> str | None:
+    """The task named in a record's header (for listings of remote records)."""
+    try:
+        return json.loads(data.partition(b"\n")[0]).get("task")
+    except (ValueError, AttributeError):
+        return None
 
 
 def _cause(exc: OSError) -> str:
@@ -464,7 +542,9 @@ def clear_memory() -> None:
 def list_records(root: Path | None = None) -> list[dict[str, Any]]:
     """Every cache record under the storage path: key, task, expiration, size (for `asyncflow cache ls`)."""
     root = root or storage_root(None)
-    records = []
+    if not isinstance(root, Path):
+        return root.list_records()  # type: ignore[no-any-return]
+    records: list[dict[str, Any]] = []
     if not root.exists():
         return records
     for path in sorted(root.rglob("*")):
@@ -484,6 +564,10 @@ def clear_records(root: Path | None = None, *, task: str | None = None, expired_
     """Delete cache records (all, one task's, or only the expired ones); returns how many."""
     now = get_clock().time()
     removed = 0
+    root = root or storage_root(None)
+    if not isinstance(root, Path):
+        MEMORY.clear()
+        return root.clear_records(task=task, expired_only=expired_only, now=now)  # type: ignore[no-any-return]
     for record in list_records(root):
         if task is not None and record["task"] != task:
             continue
@@ -516,7 +600,10 @@ def prune_locks(older_than_seconds: float, root: Path | str | None = None) -> in
     if isinstance(older_than_seconds, bool) or not isinstance(older_than_seconds, (int, float)) or \
             math.isnan(older_than_seconds) or older_than_seconds < 0:
         raise ValueError(f"older_than_seconds must be a number of seconds >= 0; got {older_than_seconds!r}.")
-    directory = Path(root if root is not None else storage_root(None)) / ".locks"
+    where = root if root is not None else storage_root(None)
+    if not isinstance(where, (str, os.PathLike)):
+        return 0  # a remote storage's locks (PostgreSQL advisory locks) leave nothing behind
+    directory = Path(where) / ".locks"
     try:
         entries = list(os.scandir(directory))
     except (FileNotFoundError, NotADirectoryError):

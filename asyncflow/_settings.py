@@ -137,8 +137,13 @@ def _parse_choice(*choices: str) -> Callable[[str], str]:
 
 def _parse_broker_url(raw: str) -> str:
     url = raw.strip()
+    if url.lower().startswith(("postgresql://", "postgres://")):
+        from ._store.postgres_base import check_url
+
+        return check_url(url)
     if not url.startswith(("sqlite:///", "redis://", "rediss://", "unix://")):
-        raise ValueError("expected sqlite:////absolute/path/to/file.db or redis://host:port/db")
+        raise ValueError("expected sqlite:////absolute/path/to/file.db, redis://host:port/db or "
+                         "postgresql://user:password@host:5432/database")
     if url.startswith("sqlite:///"):
         file = url[len("sqlite:///"):]
         if not Path(file).is_absolute():
@@ -161,7 +166,31 @@ def _parse_lease(raw: str) -> float:
         value = -1.0
     if not 1 <= value <= ONE_DAY:  # a lease shorter than a second would be taken back before it is renewed
         raise ValueError(f"expected a number of seconds from 1 to {ONE_DAY} (one day)")
-    return value
+
+
+def _parse_result_storage(raw: str) -> str:
+    value = raw.strip()
+    if value.lower() in ("auto", "local"):
+        return value.lower()
+    if value.lower().startswith(("postgresql://", "postgres://")):
+        from ._store.postgres_base import check_url
+
+        return check_url(value)
+    raise ValueError("expected one of auto, local, or a PostgreSQL URL (postgresql://user:password@host:5432/database)")
+
+
+def _parse_store(raw: str) -> str:
+    """`sqlite`, `memory` (any case), or a PostgreSQL URL (kept as written: it may hold a password)."""
+    value = raw.strip()
+    if value.lower() in ("sqlite", "memory"):
+        return value.lower()
+    if value.lower().startswith(("postgresql://", "postgres://")):
+        from ._store.postgres_base import check_url
+
+        return check_url(value)
+    raise ValueError("expected one of sqlite, memory, or a PostgreSQL URL "
+                     "(postgresql://user:password@host:5432/database)")
+
 
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([smhd]?)", re.ASCII)
@@ -296,7 +325,18 @@ class Setting:
             where = "" if source == "environment" else (
                 f" (from the profile {_profile().path}; change it with `asyncflow config set {self.name}=...` "
                 f"or remove it with `asyncflow config unset {self.name}`)")
-            raise SettingError(f"Setting {self.name}={raw!r} is invalid: {exc}.{where}") from None
+            raise SettingError(f"Setting {self.name}={hide_password(raw)!r} is invalid: {exc}.{where}") from None
+
+
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@?#\s]*:)[^@/\s]*@")
+_PASSWORD_PARAMETER = re.compile(r"(?i)(password=)[^&\s]*")
+
+
+def hide_password(text: Any) -> Any:
+    """A URL setting's value as shown (config view, errors): its password replaced by ***."""
+    if not isinstance(text, str) or "://" not in text:
+        return text
+    return _PASSWORD_PARAMETER.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", text))
 
 
 SETTINGS: dict[str, Setting] = {}
@@ -330,9 +370,11 @@ HOME = _declare(
     "Directory for asyncflow's run store (asyncflow.db), results and profile file. Environment only: the "
     "profile file lives in it.", "an absolute directory path (~ allowed)", in_profile=False)
 STORE = _declare(
-    "ASYNCFLOW_STORE", _parse_choice("sqlite", "memory"), "sqlite",
+    "ASYNCFLOW_STORE", _parse_store, "sqlite",
     "Where runs, states and logs are recorded: `sqlite` (ASYNCFLOW_HOME/asyncflow.db, shared by every "
-    "process with the same home) or `memory` (this process only, nothing on disk).", "sqlite or memory")
+    "process with the same home), `memory` (this process only, nothing on disk), or a PostgreSQL URL "
+    "(`postgresql://user:password@host:5432/database`: one store for every machine; needs asyncflow[postgres]).",
+    "sqlite, memory or postgresql://user:password@host:5432/database")
 STORE_PARAMETERS = _declare(
     "ASYNCFLOW_STORE_PARAMETERS", _parse_choice("all", "none"), "all",
     "What the run store keeps of runs' parameters: `all` (summarised: plain values, cut long strings, type names "
@@ -360,6 +402,16 @@ LOCAL_STORAGE_PATH = _declare(
     "ASYNCFLOW_LOCAL_STORAGE_PATH", _parse_directory, lambda: HOME.resolve() / "storage",
     "Directory for persisted results and cache records, shared by every process on the machine. "
     "Default: ASYNCFLOW_HOME/storage.", "an absolute directory path (~ allowed)")
+RESULT_STORAGE = _declare(
+    "ASYNCFLOW_RESULT_STORAGE", _parse_result_storage, "auto",
+    "Where persisted results and cache records live: `local` (ASYNCFLOW_LOCAL_STORAGE_PATH: a directory on this "
+    "machine, or one every machine mounts), a PostgreSQL URL (small results in that database: a cache hit on one "
+    "machine serves every other), or `auto`: the PostgreSQL store's database when ASYNCFLOW_STORE is a PostgreSQL "
+    "URL, else local.", "auto, local or postgresql://user:password@host:5432/database")
+RESULT_STORAGE_MAX_BYTES = _declare(
+    "ASYNCFLOW_RESULT_STORAGE_MAX_BYTES", _parse_int(1), 1024 * 1024,
+    "The largest record (serialized result and header) the PostgreSQL result storage keeps; a larger result fails "
+    "its attempt with an error that says so (local paths have no limit).", "an integer >= 1 (bytes)")
 LOGGING_LEVEL = _declare(
     "ASYNCFLOW_LOGGING_LEVEL", _parse_level, "INFO",
     "Lowest level of asyncflow log lines written to the console and recorded in the store.",
@@ -408,8 +460,9 @@ MAP_MAX_ITEMS = _declare(
 BROKER_URL = _declare(
     "ASYNCFLOW_BROKER_URL", _parse_broker_url, None,
     "Queue of background runs (`task.delay`): unset for the SQLite store under ASYNCFLOW_HOME (one "
-    "machine), `sqlite:///path` for another SQLite file, `redis://host:port/db` for many machines.",
-    "sqlite:////absolute/path/to/file.db or redis://host:port/db")
+    "machine; the PostgreSQL store's database when ASYNCFLOW_STORE is a PostgreSQL URL), `sqlite:////absolute/path` "
+    "for another SQLite file, `redis://host:port/db` or `postgresql://user:password@host/database` for many machines.",
+    "sqlite:////absolute/path/to/file.db, redis://host:port/db or postgresql://user:password@host:5432/database")
 TASK_WORKER_LOST_RUN_SECONDS = _declare(
     "ASYNCFLOW_TASK_WORKER_LOST_RUN_SECONDS", _parse_seconds, 60.0,
     "How long the future of a background run waits while the broker does not know the run (its record "
@@ -678,9 +731,10 @@ def describe(name: str) -> dict[str, Any]:
         if raw:
             entry["source"], entry["raw"] = "profile", raw
     try:
-        entry["value"] = _show(setting._parse(raw, entry["source"]) if raw else setting.default_value())
+        entry["value"] = hide_password(_show(setting._parse(raw, entry["source"]) if raw else setting.default_value()))
     except SettingError as exc:
         entry["error"] = str(exc)
+    entry["raw"] = hide_password(entry["raw"])
     return entry
 
 

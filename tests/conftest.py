@@ -33,3 +33,22 @@ def store(tmp_path, monkeypatch):
     with isolated_store() as store:
         yield store
 
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server (Debian's package) in a temporary directory, for the whole session; skipped
+    where it is not installed, a failure under ASYNCFLOW_REQUIRE_POSTGRES (CI)."""
+    from pg_server import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """The URL of a new, empty database on the session's server (dropped afterwards)."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)

@@ -1,5 +1,5 @@
-"""Background tasks (SPEC §8): `.delay()` in one process, task workers in others, with the SQLite
-broker; at-least-once delivery with leases. Real subprocesses throughout."""
+"""Background tasks (SPEC §8): `.delay()` in one process, task workers in others, with the SQLite, Redis
+and PostgreSQL brokers; at-least-once delivery with leases. Real subprocesses throughout."""
 
 import os
 import signal
@@ -77,12 +77,16 @@ def redis_url(tmp_path_factory):
     proc.wait(10)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 def broker_url(request, monkeypatch):
-    """Every background test runs with the embedded SQLite broker and with Redis."""
+    """Every background test runs with the embedded SQLite broker, with Redis and with PostgreSQL."""
     if request.param == "sqlite":
         monkeypatch.delenv("ASYNCFLOW_BROKER_URL", raising=False)
         return None
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        monkeypatch.setenv("ASYNCFLOW_BROKER_URL", url)
+        return url
     url = request.getfixturevalue("redis_url")
     import redis
 

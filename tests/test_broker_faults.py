@@ -123,12 +123,16 @@ def shared_redis(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 def broker_url(request, monkeypatch, app):
-    """The embedded SQLite broker (a real file under ASYNCFLOW_HOME) and a real Redis."""
+    """The embedded SQLite broker (a real file under ASYNCFLOW_HOME), a real Redis and a real PostgreSQL."""
     if request.param == "sqlite":
         monkeypatch.delenv("ASYNCFLOW_BROKER_URL", raising=False)
         return None
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        monkeypatch.setenv("ASYNCFLOW_BROKER_URL", url)
+        return url
     server = request.getfixturevalue("shared_redis")
     server.client().flushdb()
     monkeypatch.setenv("ASYNCFLOW_BROKER_URL", server.url)
@@ -196,12 +200,24 @@ def redis_entry(client, run_id: str):
     raise AssertionError(f"no stream entry for {run_id}")
 
 
+def pg_sql(url: str, statement: str, *params):
+    """One statement on the PostgreSQL broker's database (`?` placeholders, as for SQLite)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(statement.replace("?", "%s"), params)
+        return cur.fetchall() if cur.description else cur.rowcount
+
+
 def read_blob(broker_url, run_id: str, field: str) -> bytes | None:
     if broker_url is None:
         db = sqlite_db()
         row = db.execute(f"SELECT {field} FROM asyncflow_task_queue WHERE id = ?", (run_id,)).fetchone()
         db.close()
         return row[0]
+    if broker_url.startswith("postgresql"):
+        value = pg_sql(broker_url, f"SELECT {field} FROM asyncflow_task_queue WHERE id = ?", run_id)[0][0]
+        return bytes(value) if isinstance(value, memoryview) else value
     import redis
 
     client = redis.Redis.from_url(broker_url)
@@ -216,6 +232,9 @@ def write_field(broker_url, run_id: str, field: str, value) -> None:
         db = sqlite_db()
         assert db.execute(f"UPDATE asyncflow_task_queue SET {field} = ? WHERE id = ?", (value, run_id)).rowcount == 1
         db.close()
+        return
+    if broker_url.startswith("postgresql"):
+        assert pg_sql(broker_url, f"UPDATE asyncflow_task_queue SET {field} = ? WHERE id = ?", value, run_id) == 1
         return
     import redis
 
@@ -236,6 +255,9 @@ def forget_run(broker_url, run_id: str) -> None:
         db = sqlite_db()
         assert db.execute("DELETE FROM asyncflow_task_queue WHERE id = ?", (run_id,)).rowcount == 1
         db.close()
+        return
+    if broker_url.startswith("postgresql"):
+        assert pg_sql(broker_url, "DELETE FROM asyncflow_task_queue WHERE id = ?", run_id) == 1
         return
     import redis
 
@@ -587,6 +609,8 @@ def test_prune_removes_finished_runs_older_than_the_age_and_keeps_the_rest(app, 
         db = sqlite_db()
         assert [r[0] for r in db.execute("SELECT id FROM asyncflow_task_queue")] == [str(waiting.task_run_id)]
         db.close()
+    elif broker_url.startswith("postgresql"):
+        assert pg_sql(broker_url, "SELECT id FROM asyncflow_task_queue") == [(str(waiting.task_run_id),)]
     else:
         import redis
 

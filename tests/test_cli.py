@@ -164,7 +164,7 @@ def test_config_set_view_and_unset(home, capsys):
     assert "ASYNCFLOW_TASK_DEFAULT_RETRIES=2 (from profile)" in out and "ASYNCFLOW_STORE" not in out
     code, out, _ = run(capsys, "config", "view", "--show-defaults")
     assert all(name in out for name in _settings.SETTINGS)
-    assert "ASYNCFLOW_STORE='sqlite' (from default)" in out and "accepts: sqlite or memory" in out
+    assert "ASYNCFLOW_STORE='sqlite' (from default)" in out and "accepts: sqlite, memory or postgresql://" in out
     code, out, _ = run(capsys, "config", "view", "--json")
     data = json.loads(out)
     assert data["profile"] == profile and {e["name"] for e in data["settings"]} >= {"ASYNCFLOW_LOGGING_LEVEL"}

@@ -1,6 +1,7 @@
 """The read API a UI stands on (asyncflow/_store/reads.py): filters, cursor pages, the change feed,
 logs since a sequence number, a flow run's timeline and counts by state. Every behaviour is checked
-on a real SQLite file and on the memory store: they agree on semantics and order."""
+on a real SQLite file, on the memory store and on a real PostgreSQL database: they agree on semantics and
+order."""
 
 from __future__ import annotations
 
@@ -21,10 +22,15 @@ from asyncflow._store.sqlite import SQLiteStore
 from asyncflow.testing import isolated_store
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "postgres"])
 def any_store(request, tmp_path):
-    """A real SQLite file, and the memory store: the same tests pass on both."""
-    chosen = SQLiteStore(tmp_path / "asyncflow.db") if request.param == "sqlite" else MemoryStore()
+    """A real SQLite file, the memory store and a real PostgreSQL database: the same tests pass on all."""
+    if request.param == "postgres":
+        from asyncflow._store.postgres import PostgresStore
+
+        chosen = PostgresStore(request.getfixturevalue("postgres_url"))
+    else:
+        chosen = SQLiteStore(tmp_path / "asyncflow.db") if request.param == "sqlite" else MemoryStore()
     with isolated_store(chosen):
         yield chosen
     chosen.close()

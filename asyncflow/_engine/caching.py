@@ -117,7 +117,7 @@ async def plan(call: Any, ctx: Any, parameters: dict[str, Any], bridge: Bridge) 
     store = _result_store(task, flow)
     txn = current_transaction.get()
     serializable = policy.isolation_level == "SERIALIZABLE" or (txn is not None and txn.serializable)
-    lock = _results.KeyLock(store.lock_path(key)) if serializable else None
+    lock = store.key_lock(key) if serializable else None
     return CachePlan(call, store, key, lock, options.refresh)
 
 

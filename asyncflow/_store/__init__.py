@@ -2,7 +2,8 @@
 
 The engine only talks to the `RunStore` interface. The process's store is chosen by the settings:
 `ASYNCFLOW_STORE=sqlite` (the default) records into `ASYNCFLOW_HOME/asyncflow.db`, shared by every
-process with that home; `ASYNCFLOW_STORE=memory` keeps runs in this process's memory.
+process with that home; `ASYNCFLOW_STORE=memory` keeps runs in this process's memory;
+`ASYNCFLOW_STORE=postgresql://…` records into a PostgreSQL database shared by every machine (postgres.py).
 """
 
 from __future__ import annotations
@@ -59,11 +60,17 @@ def _create_default() -> RunStore:
 
 
 def default_store(create: bool = True) -> RunStore:
-    """A new store as the settings say: SQLite at ASYNCFLOW_HOME/asyncflow.db, or in memory."""
+    """A new store as the settings say: SQLite at ASYNCFLOW_HOME/asyncflow.db, PostgreSQL, or in memory."""
     from .. import _settings
 
-    if _settings.STORE.value() == "memory":
+    kind = _settings.STORE.value()
+    if kind == "memory":
         return MemoryStore(max_runs=DEFAULT_MAX_RUNS)
+    if kind != "sqlite":  # a PostgreSQL URL (the setting accepts nothing else)
+        from .postgres import PostgresStore
+
+        return PostgresStore(kind, create=create, queue_size=_settings.STORE_QUEUE_SIZE.value(), recover=True,
+                             flush_timeout=_settings.STORE_FLUSH_TIMEOUT_SECONDS.value())
     from .sqlite import DB_FILE_NAME, SQLiteStore
 
     return SQLiteStore(_settings.HOME.value() / DB_FILE_NAME, create=create,

@@ -1,7 +1,7 @@
 """Retention: deleting flow runs, pruning old finished runs, and doing it automatically.
 
-The SQL works on a `sqlite3` connection and returns how many rows it removed per table; it never
-commits. `SQLiteStore.delete_flow_runs` / `SQLiteStore.prune` flush, take the store's write lock and
+The SQL works on a `sqlite3` connection (or a PostgreSQL one that takes the same placeholders: the SQL is
+portable) and returns how many rows it removed per table; it never commits. `SQLiteStore.delete_flow_runs` / `SQLiteStore.prune` flush, take the store's write lock and
 run it in transactions (pruning: one transaction per batch, so the lock is held for milliseconds at
 a time and memory stays flat however many rows go). The memory store has its own two methods.
 
@@ -43,8 +43,8 @@ _FINAL = "(" + ", ".join(f"'{t.value}'" for t in sorted(FINAL_TYPES, key=lambda 
 
 def _prunable(alias: str) -> str:
     """SQL: the run `alias` is final and ended before the cutoff (the named parameter :before)."""
-    return (f"coalesce({alias}.state_type IN {_FINAL} "
-            f"AND coalesce({alias}.end_time, {alias}.state_ts) < :before, 0)")
+    return (f"CASE WHEN {alias}.state_type IN {_FINAL} "
+            f"AND coalesce({alias}.end_time, {alias}.state_ts) < :before THEN 1 ELSE 0 END")
 
 
 def zero_counts() -> dict[str, int]:
@@ -201,8 +201,9 @@ def prune_batch(conn: sqlite3.Connection, before_ts: float, cursor: Cursor = STA
     if phase == _ORPHAN_LOGS:  # old lines whose run is not in the store
         rows = conn.execute(
             "SELECT l.seq, l.ts, CASE WHEN l.flow_run_id IS NOT NULL "
-            "THEN NOT EXISTS (SELECT 1 FROM flow_runs f WHERE f.id = l.flow_run_id) "
-            "WHEN l.task_run_id IS NOT NULL THEN NOT EXISTS (SELECT 1 FROM task_runs t WHERE t.id = l.task_run_id) "
+            "THEN (CASE WHEN EXISTS (SELECT 1 FROM flow_runs f WHERE f.id = l.flow_run_id) THEN 0 ELSE 1 END) "
+            "WHEN l.task_run_id IS NOT NULL "
+            "THEN (CASE WHEN EXISTS (SELECT 1 FROM task_runs t WHERE t.id = l.task_run_id) THEN 0 ELSE 1 END) "
             "ELSE 1 END FROM logs l WHERE l.seq > :after ORDER BY l.seq LIMIT :n",
             {**params, "n": batch_rows}).fetchall()
         seqs = [row[0] for row in rows if row[2] and row[1] < before_ts]
@@ -214,7 +215,7 @@ def prune_batch(conn: sqlite3.Connection, before_ts: float, cursor: Cursor = STA
         if dry_run:  # flows all of whose runs would go
             counts["flows"] = conn.execute(
                 f"SELECT count(*) FROM flows WHERE NOT EXISTS (SELECT 1 FROM flow_runs r WHERE "
-                f"r.flow_name = flows.name AND NOT {_prunable('r')})", params).fetchone()[0]
+                f"r.flow_name = flows.name AND {_prunable('r')} = 0)", params).fetchone()[0]
         else:
             counts["flows"] = _drop_unused_flows(conn)
         return counts, None

@@ -52,6 +52,25 @@ _STATE_TYPE = "coalesce(state_type, 'PENDING')"
 _TYPES = {t.value: t for t in StateType}
 
 
+class Dialect:
+    """The few terms of the read API's SQL that differ between SQLite and PostgreSQL (postgres.py has the
+    other dialect); the rest of this module's SQL is portable, with `?` placeholders."""
+
+    def has_tag(self, table: str) -> str:
+        return f"EXISTS (SELECT 1 FROM json_each({table}.tags) WHERE value = ?)"
+
+    def contains(self, column: str) -> str:
+        """`?` (ASCII lower case) occurs in the column, ignoring ASCII case."""
+        return f"instr(lower({column}), ?) > 0"
+
+    refs = "SELECT value FROM json_each(?)"  # the run refs of a JSON array (a timeline's states)
+    bucket = "CAST(created / ? AS INTEGER)"  # a creation-time bucket number (truncated)
+    mixed_union = True  # a UNION may mix column types (flow runs' and task runs' rows in one statement)
+
+
+SQLITE = Dialect()
+
+
 class _Rows:
     """Rows into runs and states, as sqlite.py's readers make them, at a few microseconds a row: what
     repeats across the rows of one read (a flow run id, tags, a run's state details) is made once."""
@@ -111,7 +130,7 @@ def _marks(values: Any) -> str:
     return ", ".join("?" * len(values))
 
 
-def _where(f: RunFilter, table: str) -> tuple[list[str], list[Any]]:
+def _where(f: RunFilter, table: str, dialect: Dialect = SQLITE) -> tuple[list[str], list[Any]]:
     """The filter as SQL terms on `table` (flow_runs or task_runs)."""
     where: list[str] = []
     params: list[Any] = []
@@ -142,19 +161,20 @@ def _where(f: RunFilter, table: str) -> tuple[list[str], list[Any]]:
         params += wanted + wanted
     if f.tags is not None:
         for tag in sorted(f.tags):
-            where.append(f"EXISTS (SELECT 1 FROM json_each({table}.tags) WHERE value = ?)")
+            where.append(dialect.has_tag(table))
             params.append(tag)
     if f.search is not None:
-        where.append(f"(instr(lower(name), ?) > 0 OR instr(lower({'flow_name' if flows else 'task_name'}), ?) > 0)")
+        where.append(f"({dialect.contains('name')} OR {dialect.contains('flow_name' if flows else 'task_name')})")
         params += [f.search, f.search]
     return where, params
 
 
-def _page(query: Query, table: str, f: RunFilter, limit: Any, cursor: Any, newest_first: bool) -> Page[Any]:
+def _page(query: Query, table: str, f: RunFilter, limit: Any, cursor: Any, newest_first: bool,
+          dialect: Dialect = SQLITE) -> Page[Any]:
     limit = check_page_limit(limit)
     key = query_key(table, f, newest_first)
     position = decode_cursor(cursor, key)
-    where, params = _where(f, table)
+    where, params = _where(f, table, dialect)
     if position is not None:
         where.append("(created, ref) < (?, ?)" if newest_first else "(created, ref) > (?, ?)")
         params += list(position)
@@ -172,12 +192,14 @@ def _page(query: Query, table: str, f: RunFilter, limit: Any, cursor: Any, newes
     return page_of([(row[created], row[0], convert(row)) for row in rows], limit, key)
 
 
-def flow_runs_page(query: Query, filter: Any, limit: Any, cursor: Any, newest_first: bool) -> Page[FlowRun]:
-    return _page(query, "flow_runs", check_flow_run_filter(as_filter(filter)), limit, cursor, newest_first)
+def flow_runs_page(query: Query, filter: Any, limit: Any, cursor: Any, newest_first: bool,
+                   dialect: Dialect = SQLITE) -> Page[FlowRun]:
+    return _page(query, "flow_runs", check_flow_run_filter(as_filter(filter)), limit, cursor, newest_first, dialect)
 
 
-def task_runs_page(query: Query, filter: Any, limit: Any, cursor: Any, newest_first: bool) -> Page[TaskRun]:
-    return _page(query, "task_runs", as_filter(filter), limit, cursor, newest_first)
+def task_runs_page(query: Query, filter: Any, limit: Any, cursor: Any, newest_first: bool,
+                   dialect: Dialect = SQLITE) -> Page[TaskRun]:
+    return _page(query, "task_runs", as_filter(filter), limit, cursor, newest_first, dialect)
 
 
 def changes(query: Query, since: Any, limit: Any) -> tuple[list[Change], int]:
@@ -223,21 +245,25 @@ def logs_since(query: Query, since: Any, flow_run_id: Any, task_run_id: Any, lev
     where.insert(0, "seq > ?")
     params.insert(0, since)
     if levels is not None:
-        where.append(f"level IN ({_marks(levels)})" if levels else "0")
+        where.append(f"level IN ({_marks(levels)})" if levels else "1 = 0")
         params += levels
     rows = query("SELECT flow_run_id, task_run_id, level, message, ts, seq FROM logs WHERE "
                  + " AND ".join(where) + " ORDER BY seq LIMIT ?", [*params, limit])
     return [LogRecord(*row) for row in rows], (rows[-1][5] if rows else since)
 
 
-def timeline(query: Query, flow_run_id: Any, where: str) -> Timeline:
-    """Two statements, whatever the number of task runs and subflows."""
+def timeline(query: Query, flow_run_id: Any, where: str, dialect: Dialect = SQLITE) -> Timeline:
+    """Two statements (three where a UNION needs matching column types), whatever the number of task runs
+    and subflows."""
     root = as_uuid(flow_run_id, "flow_run_id")
-    rows = query(
-        "WITH RECURSIVE tree(id) AS (SELECT ?1 UNION "
-        "SELECT f.id FROM flow_runs f JOIN tree ON f.parent_flow_run_id = tree.id) "
-        f"SELECT 1, {_FLOW_RUN_COLUMNS}, NULL FROM flow_runs WHERE id IN tree UNION ALL "
-        f"SELECT 0, {_TASK_RUN_COLUMNS} FROM task_runs WHERE flow_run_id IN tree", (str(root),))
+    tree = ("WITH RECURSIVE tree(id) AS (SELECT CAST(? AS TEXT) UNION "
+            "SELECT f.id FROM flow_runs f JOIN tree ON f.parent_flow_run_id = tree.id) ")
+    flows = f"SELECT 1, {_FLOW_RUN_COLUMNS}, NULL FROM flow_runs WHERE id IN (SELECT id FROM tree)"
+    tasks = f"SELECT 0, {_TASK_RUN_COLUMNS} FROM task_runs WHERE flow_run_id IN (SELECT id FROM tree)"
+    if dialect.mixed_union:
+        rows = query(tree + flows + " UNION ALL " + tasks, (str(root),))
+    else:
+        rows = query(tree + flows, (str(root),)) + query(tree + tasks, (str(root),))
     convert = _Rows()
     flow_rows, task_rows = [], []
     for row in rows:
@@ -251,18 +277,18 @@ def timeline(query: Query, flow_run_id: Any, where: str) -> Timeline:
     state = convert.state
     for ref, type_, name, message, ts, details in query(
             "SELECT run_ref, type, name, message, ts, details FROM states "
-            "WHERE run_ref IN (SELECT value FROM json_each(?)) ORDER BY run_ref, seq", (json.dumps(list(states)),)):
+            f"WHERE run_ref IN ({dialect.refs}) ORDER BY run_ref, seq", (json.dumps(list(states)),)):
         states[ref].append(state(ref, type_, name, message, ts, details))
     found = build_timeline(root, flow_rows, task_rows, states)
     assert found is not None
     return found
 
 
-def count_by_state(query: Query, filter: Any, bucket_seconds: Any) -> list[StateCount]:
+def count_by_state(query: Query, filter: Any, bucket_seconds: Any, dialect: Dialect = SQLITE) -> list[StateCount]:
     f = check_flow_run_filter(as_filter(filter))
     bucket = check_bucket(bucket_seconds)
-    where, params = _where(f, "flow_runs")
-    sql = (f"SELECT CAST(created / ? AS INTEGER) AS bucket, {_STATE_TYPE}, {_STATE_NAME}, count(*) FROM flow_runs"
+    where, params = _where(f, "flow_runs", dialect)
+    sql = (f"SELECT {dialect.bucket} AS bucket, {_STATE_TYPE}, {_STATE_NAME}, count(*) FROM flow_runs"
            + (" WHERE " + " AND ".join(where) if where else "") + " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
     return [StateCount(number * bucket, _TYPES[type_], name, count)
             for number, type_, name, count in query(sql, [bucket, *params])]

@@ -88,18 +88,19 @@ class Backoff:
         self.failures = 0
 
 
-_brokers: dict[tuple[str | None, str | None], Any] = {}
+_brokers: dict[tuple[str | None, ...], Any] = {}
 
 
 def get_broker(url: str | None = None) -> Any:
-    """The broker named by `url` or the setting ASYNCFLOW_BROKER_URL: `sqlite:///path` (default:
-    the store's database under ASYNCFLOW_HOME) or `redis://host:port/db`. One per location and process."""
+    """The broker named by `url` or the setting ASYNCFLOW_BROKER_URL: `sqlite:///path` (default: the
+    store's database: SQLite under ASYNCFLOW_HOME, or the PostgreSQL store's), `redis://host:port/db` or
+    `postgresql://…`. One per location and process."""
     import os
 
     from .. import _settings
 
     url = url or _settings.BROKER_URL.value() or None  # environment, profile file (config set), default
-    key = (url, os.environ.get("ASYNCFLOW_HOME"))
+    key = (url, os.environ.get("ASYNCFLOW_HOME"), os.environ.get("ASYNCFLOW_STORE"))
     broker = _brokers.get(key)
     if broker is None:
         broker = _brokers[key] = _make_broker(url)
@@ -109,6 +110,12 @@ def get_broker(url: str | None = None) -> Any:
 def _make_broker(url: str | None) -> Any:
     from .. import _settings
 
+    if url is None:
+        store = _settings.STORE.value()
+        if store not in ("sqlite", "memory"):  # a PostgreSQL store: its database is the broker too
+            from .postgres_broker import PostgresBroker
+
+            return PostgresBroker(store, origin="the PostgreSQL store's database (ASYNCFLOW_STORE)")
     if url is None or url.startswith("sqlite"):
         from .sqlite_broker import SQLiteBroker
 
@@ -120,4 +127,9 @@ def _make_broker(url: str | None) -> Any:
         from .redis_broker import RedisBroker
 
         return RedisBroker(url)
-    raise ValueError(f"ASYNCFLOW_BROKER_URL={url!r} is not supported: use sqlite:///path or redis://host:port/db.")
+    if url.lower().startswith(("postgresql://", "postgres://")):
+        from .postgres_broker import PostgresBroker
+
+        return PostgresBroker(url)
+    raise ValueError(f"ASYNCFLOW_BROKER_URL={url!r} is not supported: use sqlite:///path, redis://host:port/db or "
+                     f"postgresql://user:password@host:5432/database.")

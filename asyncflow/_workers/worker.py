@@ -34,6 +34,7 @@ from .broker import Backoff, QueuedRun, get_broker
 from .future import DelayedFuture
 
 _WHERE = "asyncflow.task_worker"
+IDLE_WAIT_SECONDS = 5.0  # the longest an idle worker waits for a broker's notification before it looks again
 
 
 class TaskWorker:
@@ -71,6 +72,9 @@ class TaskWorker:
         self._stopping = True
         if self._wake is not None:
             self._wake.set()
+        interrupt = getattr(self.broker, "interrupt_waits", None)
+        if interrupt is not None:  # a worker thread waiting for a notification (PostgreSQL) ends its wait
+            interrupt()
 
     async def start(self) -> None:
         log(INFO, _WHERE, f"Worker {self.worker_id} serving {sorted(t.name for t in self.tasks.values())} "
@@ -106,11 +110,32 @@ class TaskWorker:
                     delay = self.poll_interval / 8
                     await anyio.lowlevel.checkpoint()
                     continue
+                waiter = getattr(self.broker, "wait_for_work", None)
+                if waiter is not None and room > 0:  # woken by the broker (LISTEN/NOTIFY): no polling
+                    await self._wait_for_work(waiter, keys, backoff)
+                    continue
                 await self._pause(delay)
                 delay = min(delay * 2, self.poll_interval)
             await self._drain()
             tg.cancel_scope.cancel()
         log(INFO, _WHERE, f"Worker {self.worker_id} stopped after {self.completed} run(s)")
+
+    async def _wait_for_work(self, waiter: Callable[..., Any], keys: list[str], backoff: Backoff) -> None:
+        """Wait in a thread until the broker says a run may be claimable (or stop() is called). A stop
+        abandons the thread, which the broker's `interrupt_waits` ends at once."""
+        self._wake = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            async def wait() -> None:
+                try:
+                    await anyio.to_thread.run_sync(waiter, keys, IDLE_WAIT_SECONDS, abandon_on_cancel=True)
+                except Exception as exc:
+                    self._broker_failed(exc, "wait for runs")
+                    await anyio.sleep(backoff.next())
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(wait)
+            await self._wake.wait()
+            tg.cancel_scope.cancel()
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, unless stop() is called meanwhile."""
@@ -251,13 +276,25 @@ class TaskWorker:
 
     async def _finish(self, queued: QueuedRun, state_type: str, state_name: str, message: str | None,
                       payload: bytes | None) -> None:
-        """Record the outcome, retrying while the broker is away (a run's outcome is not given up)."""
+        """Record the outcome, retrying while the broker is away (a run's outcome is not given up). The
+        run's states are written to the store first: a worker killed once the outcome is out cannot leave
+        the run's history without its end (and the next process to open the store mark it Crashed)."""
+        await anyio.to_thread.run_sync(_flush_store)
         first = await self._call_broker(self.broker.complete, queued.id, self.worker_id, state_type, state_name,
                                         message, payload, doing=f"record the outcome of run {queued.id}")
         if first:
             self.completed += 1
         else:  # delivered twice (our lease had expired): the first outcome stands
             log(WARNING, _WHERE, f"Run {queued.id} had already been completed by another worker; keeping that outcome")
+
+
+def _flush_store() -> None:
+    from .._store import flush
+
+    try:
+        flush()
+    except Exception as exc:  # the store degrades on its own; the outcome goes on
+        log(WARNING, _WHERE, f"Could not write the run store before recording an outcome: {exc!r}")
 
 
 def _record(task: Any, run_id: str, state_type: str, state_name: str, message: str) -> None:

@@ -130,9 +130,9 @@ def config_view(args: argparse.Namespace) -> int:
 
 # -- cache -------------------------------------------------------------------------------------------
 def cache_ls(args: argparse.Namespace) -> int:
-    from .. import _results, _settings
+    from .. import _results
 
-    root = _settings.LOCAL_STORAGE_PATH.value()
+    root = _results.storage_root(None)  # ASYNCFLOW_RESULT_STORAGE: a directory, or a PostgreSQL database
     records = [r for r in _results.list_records(root) if args.task is None or r["task"] == args.task]
     if args.json:
         out.dump_json([{**r, "expiration": out.iso(r["expiration"])} for r in records])
@@ -149,9 +149,9 @@ def cache_ls(args: argparse.Namespace) -> int:
 
 
 def cache_clear(args: argparse.Namespace) -> int:
-    from .. import _results, _settings
+    from .. import _results
 
-    root = _settings.LOCAL_STORAGE_PATH.value()
+    root = _results.storage_root(None)  # ASYNCFLOW_RESULT_STORAGE: a directory, or a PostgreSQL database
     removed = _results.clear_records(root, task=args.task, expired_only=args.expired)
     what = "expired " if args.expired else ""
     whose = f" of task {args.task!r}" if args.task else ""
@@ -187,14 +187,16 @@ def show_version(args: argparse.Namespace) -> int:
     home = _settings.HOME.value()
     kind = _settings.STORE.value()
     db = home / DB_FILE_NAME
+    if kind not in ("sqlite", "memory"):  # a PostgreSQL URL: shown without its password
+        db, kind = _settings.hide_password(kind), "postgresql"
     info = {
         "version": asyncflow.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "home": str(home),
         "store": kind,
-        "database": str(db) if kind == "sqlite" else None,
-        "database_exists": db.exists() if kind == "sqlite" else None,
+        "database": str(db) if kind != "memory" else None,
+        "database_exists": db.exists() if kind == "sqlite" else None,  # type: ignore[union-attr]
         "profile": str(_settings.profile_path()),
         "storage": str(_settings.LOCAL_STORAGE_PATH.value()),
     }
@@ -202,7 +204,7 @@ def show_version(args: argparse.Namespace) -> int:
         out.dump_json(info)
         return 0
     store = (f"sqlite, {db}" + ("" if info["database_exists"] else " (not created yet)")) if kind == "sqlite" else \
-        "memory (nothing kept after a process ends)"
+        f"postgresql, {db}" if kind == "postgresql" else "memory (nothing kept after a process ends)"
     out.fields([("Version", info["version"]), ("Python", info["python"]), ("Platform", info["platform"]),
                 ("Home", home), ("Store", store), ("Profile", info["profile"] + (
                     "" if _settings.profile_path().exists() else " (none)")), ("Results", info["storage"])])

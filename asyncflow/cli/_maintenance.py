@@ -23,9 +23,17 @@ def add_delete_command(sub: Any) -> None:
 
 
 def add_commands(commands: Any) -> None:
-    store = commands.add_parser("store", help="maintain the run store (prune old runs)",
-                                description="Maintain the run store under ASYNCFLOW_HOME.")
-    sub = store.add_subparsers(dest="action", metavar="{prune}", required=True)
+    store = commands.add_parser("store", help="maintain the run store (prune old runs, upgrade its schema)",
+                                description="Maintain the run store (ASYNCFLOW_STORE: SQLite under ASYNCFLOW_HOME, "
+                                            "or a PostgreSQL database).")
+    sub = store.add_subparsers(dest="action", metavar="{prune,upgrade}", required=True)
+    upgrade = sub.add_parser(
+        "upgrade", help="create the store's schema, or bring it to this asyncflow's version",
+        description="Create the store's tables, or migrate them to the schema of this asyncflow (processes do it "
+                    "themselves when they open the store; run it once before rolling out a new asyncflow to many "
+                    "machines). A schema newer than this asyncflow is an error: upgrade asyncflow instead.")
+    upgrade.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    upgrade.set_defaults(run=store_upgrade)
     prune = sub.add_parser(
         "prune", help="delete runs that finished before a time, with their states and logs",
         description="Delete the runs in a final state (Completed, Failed, Cancelled, Crashed, Cached, TimedOut...) "
@@ -119,4 +127,56 @@ def store_prune(args: argparse.Namespace) -> int:
     print(f"{verb} what finished before {out.local_time(before)} from {store.path}:")
     names = [*TABLES, *sorted(set(counts) - set(TABLES))]
     out.table(["  TABLE", "ROWS"], [(f"  {name}", counts.get(name, 0)) for name in names], empty="")
+    return 0
+
+
+# -- store upgrade -----------------------------------------------------------------------------------
+def store_upgrade(args: argparse.Namespace) -> int:
+    from .. import _settings
+    from .._store import StoreError, default_store
+
+    kind = _settings.STORE.value()
+    if kind == "memory":
+        raise CLIError("ASYNCFLOW_STORE=memory has no schema to upgrade.")
+    before = 0  # the version found, read before opening the store (opening it migrates)
+    if kind == "sqlite":
+        import sqlite3
+
+        from .._store.sqlite import DB_FILE_NAME, SCHEMA_VERSION, _schema_version
+
+        path = _settings.HOME.value() / DB_FILE_NAME
+        if path.exists():
+            try:
+                conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+                try:
+                    before = _schema_version(conn)
+                finally:
+                    conn.close()
+            except sqlite3.Error as exc:
+                raise CLIError(f"Cannot read the store {path}: {exc}.") from None
+        after = SCHEMA_VERSION
+    else:
+        from .._store import postgres
+
+        try:
+            conn = postgres.connect(kind)
+            try:
+                before = postgres._schema_version(conn)
+            finally:
+                conn.close()
+        except Exception as exc:
+            raise CLIError(f"Cannot open the PostgreSQL store {postgres.redact(kind)}: {postgres.describe(exc)}. "
+                           f"{postgres.advice(exc)}") from None
+        after = postgres.SCHEMA_VERSION
+    try:
+        store: Any = default_store(create=True)
+    except StoreError as exc:
+        raise CLIError(str(exc)) from None
+    store.close()
+    if args.json:
+        out.dump_json({"store": str(store.path), "from_version": before, "to_version": after})
+    elif before == after:
+        print(f"The store {store.path} is already at version {after}.")
+    else:
+        print(f"Upgraded the store {store.path} from version {before} to {after}.")
     return 0

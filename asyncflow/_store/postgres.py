@@ -1,0 +1,764 @@
+"""The PostgreSQL store (`ASYNCFLOW_STORE=postgresql://…`): the runs, states and logs of every machine in
+one database, behind the same interface as the SQLite store.
+
+A dialect of the batching writer (`writer.py`: queue, backpressure, thread, flush, fork, exit, isolation
+of bad records, degrading to memory), through psycopg 3. What it shares with the SQLite store: the
+records, the writer, the owners and crash recovery (`owners.py`), retention (`retention.py`) and the read
+API's SQL (`sqlite_reads.py`, with this module's `Dialect`); what is its own: the schema, how a batch
+becomes one transaction (runs by `unnest`, states and log lines by `COPY`), and what an error means.
+
+Guarantees, as the SQLite store's, across machines:
+
+- Eventual consistency: a record is in the database a few milliseconds after it was recorded, and at
+  the latest when `flush()` returns True. A read through this store flushes first (read-your-writes).
+- A run's current state is its newest state by timestamp, whatever order the writes arrive in.
+- Every batch takes the row lock of the run counter first, so batches of all processes commit one at a
+  time, in the order of the numbers they give states and log lines: a change-feed reader (`since` a
+  number) never misses a row that commits later with a smaller number.
+- A process that dies loses at most what it had not written yet. Its runs still open are marked
+  `Crashed` the next time a process on the same host opens the store (owners on other hosts cannot be
+  checked from here, see `owners.py`).
+- A database that cannot be reached for `outage_seconds` (default: the flush timeout) or refuses writes
+  for good (disk full, read only, no permission) makes this process record into memory, with one warning;
+  a flow never fails because of the store.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from .._runs import FlowRun, TaskRun
+from .._states import FINAL_TYPES, State, StateType
+from . import owners as _owners
+from . import sqlite_reads
+from .base import (
+    LogRecord,
+    ObjectNotFound,
+    StoreError,
+    StoreNotFoundError,
+    as_uuid,
+    check_limit,
+    state_filter,
+)
+from .postgres_base import (
+    POSTGRES,
+    Shared,
+    _clean,
+    _tags,
+    _text,
+    advice,
+    check_url,
+    classify,
+    connect,
+    describe,
+    forget_in_child,
+    is_connection_error,
+    redact,
+)
+from .records import FLOW, LOG, STATE, TASK, Privacy, details_json
+from .writer import BUSY, UNUSABLE, BatchWriter, report
+
+_MIGRATION_LOCK = 0x6173796E63666C6F  # pg_advisory_xact_lock key while the schema is created or upgraded
+
+_RUN_COLUMNS = ("state_type TEXT, state_name TEXT, state_message TEXT, state_ts DOUBLE PRECISION, "
+                "run_count INTEGER NOT NULL DEFAULT 0, start_time DOUBLE PRECISION, end_time DOUBLE PRECISION, "
+                "owner BIGINT")
+# -- the schema: one list of statements per version; a database at version n runs MIGRATIONS[n:] ---------
+# The tables and columns are the SQLite store's (schema 5), so the SQL of retention and of the read API
+# is shared. Ids are text (a UUID's canonical form); their unique indexes use text_pattern_ops, which
+# serves equality and the CLI's prefix search (LIKE 'abc%') alike.
+MIGRATIONS: list[list[str]] = [
+    [  # version 1
+        "CREATE TABLE flows (name TEXT PRIMARY KEY, version TEXT, created DOUBLE PRECISION NOT NULL)",
+        f"""CREATE TABLE flow_runs (
+            ref BIGINT PRIMARY KEY, id TEXT NOT NULL, name TEXT NOT NULL, flow_name TEXT NOT NULL,
+            flow_version TEXT, parameters TEXT NOT NULL, tags TEXT NOT NULL, parent_flow_run_id TEXT,
+            parent_task_run_id TEXT, created DOUBLE PRECISION NOT NULL, {_RUN_COLUMNS})""",
+        "CREATE UNIQUE INDEX flow_runs_id ON flow_runs (id text_pattern_ops)",
+        "CREATE INDEX flow_runs_by_created ON flow_runs (created, ref)",
+        "CREATE INDEX flow_runs_by_flow ON flow_runs (flow_name, created, ref)",
+        "CREATE INDEX flow_runs_by_parent ON flow_runs (parent_flow_run_id, created, ref) "
+        "WHERE parent_flow_run_id IS NOT NULL",
+        "CREATE INDEX flow_runs_open ON flow_runs (owner) WHERE end_time IS NULL",
+        f"""CREATE TABLE task_runs (
+            ref BIGINT PRIMARY KEY, id TEXT NOT NULL, name TEXT NOT NULL, task_name TEXT NOT NULL,
+            task_key TEXT NOT NULL, task_version TEXT, flow_run_id TEXT, parent_task_run_id TEXT,
+            parameters TEXT NOT NULL, tags TEXT NOT NULL, created DOUBLE PRECISION NOT NULL, {_RUN_COLUMNS})""",
+        "CREATE UNIQUE INDEX task_runs_id ON task_runs (id text_pattern_ops)",
+        "CREATE INDEX task_runs_by_flow_run ON task_runs (flow_run_id, created, ref)",
+        "CREATE INDEX task_runs_open ON task_runs (owner) WHERE end_time IS NULL",
+        """CREATE TABLE states (
+            seq BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, run_ref BIGINT, run_id TEXT NOT NULL,
+            type TEXT NOT NULL, name TEXT NOT NULL, message TEXT, ts DOUBLE PRECISION NOT NULL, details TEXT)""",
+        "CREATE INDEX states_by_run ON states (run_ref, seq)",
+        "CREATE INDEX states_orphans ON states (ts) WHERE run_ref IS NULL",
+        """CREATE TABLE logs (
+            seq BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, flow_run_id TEXT, task_run_id TEXT,
+            level TEXT NOT NULL, message TEXT NOT NULL, ts DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX logs_by_flow_run ON logs (flow_run_id, seq)",
+        "CREATE INDEX logs_by_root_task_run ON logs (task_run_id, seq) WHERE flow_run_id IS NULL",
+        """CREATE TABLE owners (
+            id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, host TEXT NOT NULL, boot TEXT NOT NULL,
+            pid INTEGER NOT NULL, started TEXT NOT NULL, created DOUBLE PRECISION NOT NULL,
+            closed INTEGER NOT NULL DEFAULT 0)""",
+        "CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+        "INSERT INTO counters (name, value) VALUES ('ref', 0)",
+        # small results and cache records that every machine can read (`_results.py`, PostgresResults)
+        """CREATE TABLE results (
+            key TEXT PRIMARY KEY, data BYTEA NOT NULL, expiration DOUBLE PRECISION, task TEXT,
+            size BIGINT NOT NULL, written DOUBLE PRECISION NOT NULL)""",
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_FLOW_RUN_COLUMNS = sqlite_reads._FLOW_RUN_COLUMNS  # what reads select (`sqlite._flow_run` unpacks it)
+_TASK_RUN_COLUMNS = sqlite_reads._TASK_RUN_COLUMNS
+_FLOW_STATE_COLUMN, _TASK_STATE_COLUMN = 10, 11  # where the state columns start in a run row
+_FINAL_IDS = frozenset(id(t) for t in FINAL_TYPES)
+_OPEN_RUNS_KEPT = 100_000
+_LOCK_COUNTER = "SELECT value FROM counters WHERE name = 'ref' FOR UPDATE"
+# a state written to a run of an earlier batch: the newest state by time is the run's current state
+_UPDATE_RUN = """UPDATE {table} AS r SET
+    state_type = CASE WHEN r.state_ts IS NULL OR r.state_ts <= v.ts THEN v.type ELSE r.state_type END,
+    state_name = CASE WHEN r.state_ts IS NULL OR r.state_ts <= v.ts THEN v.name ELSE r.state_name END,
+    state_message = CASE WHEN r.state_ts IS NULL OR r.state_ts <= v.ts THEN v.message ELSE r.state_message END,
+    end_time = CASE WHEN r.state_ts IS NULL OR r.state_ts <= v.ts THEN v.end_time ELSE r.end_time END,
+    state_ts = CASE WHEN r.state_ts IS NULL OR r.state_ts <= v.ts THEN v.ts ELSE r.state_ts END,
+    run_count = r.run_count + v.n, start_time = coalesce(r.start_time, v.start_time), owner = v.owner
+    FROM (SELECT %s::text AS type, %s::text AS name, %s::text AS message, %s::float8 AS ts, %s::int4 AS n,
+          %s::float8 AS start_time, %s::float8 AS end_time, %s::bigint AS owner, %s::bigint AS ref) AS v
+    WHERE r.ref = v.ref"""
+
+
+# -- the store -------------------------------------------------------------------------------------------
+class PostgresStore(BatchWriter):
+    """Runs, states and logs in a PostgreSQL database, written in batches by one writer thread per process.
+
+    `create=False` opens an existing store only (for readers such as the CLI): a database without the
+    schema raises `StoreNotFoundError`. `outage_seconds` is how long the writer waits for a database it
+    cannot reach (reconnecting with backoff, records kept queued) before it degrades to memory; the
+    other options are the SQLite store's."""
+
+    def __init__(self, url: str, *, create: bool = True, queue_size: int = 100_000, stall_seconds: float = 10.0,
+                 flush_timeout: float = 10.0, linger: float = 0.005, batch_size: int = 5000, recover: bool = True,
+                 privacy: Privacy | None = None, outage_seconds: float | None = None,
+                 connect_timeout: float = 5.0) -> None:
+        try:
+            self.url = check_url(url)
+        except ValueError as exc:
+            raise StoreError(f"ASYNCFLOW_STORE={redact(str(url))!r} is not a PostgreSQL URL: {exc}.") from None
+        self.safe_url = redact(self.url)
+        self.path = self.safe_url  # what the CLI names as the store
+        self.label = f"the PostgreSQL store {self.safe_url}"
+        self.privacy = privacy or Privacy.from_settings()
+        self.outage_seconds = flush_timeout if outage_seconds is None else outage_seconds
+        self.connect_timeout = connect_timeout
+        self.recovered = 0
+        self._down_since: float | None = None
+        super().__init__(queue_size=queue_size, flush_timeout=flush_timeout, linger=linger, batch_size=batch_size,
+                         stall_seconds=stall_seconds)
+        self._open(create, recover)
+
+    def _init_runtime(self) -> None:
+        super()._init_runtime()
+        self._reader: Any = None
+        self._owner: int | None = None
+        self._open_runs: dict[uuid.UUID, list[Any]] = {}
+
+    def _reset_in_child(self) -> None:
+        for conn in (self._conn, self._reader):
+            if conn is not None:
+                forget_in_child(conn)
+        super()._reset_in_child()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.safe_url!r})"
+
+    # -- opening, the schema ------------------------------------------------------------------------------
+    def _pg_connect(self) -> Any:
+        return connect(self.url, connect_timeout=self.connect_timeout)
+
+    def _open(self, create: bool, recover: bool) -> None:
+        try:
+            conn = self._pg_connect()
+        except Exception as exc:
+            raise StoreError(f"Cannot open {self.label}: {describe(exc)}. {advice(exc)}") from None
+        try:
+            self._prepare(conn, create)
+            if recover:
+                try:
+                    self._recover(conn)
+                except Exception as exc:  # best effort: a reader that may not write (the next process will)
+                    if is_connection_error(exc):
+                        raise
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"Cannot open {self.label}: {describe(exc)}. {advice(exc)}") from None
+        finally:
+            conn.close()
+
+    def _prepare(self, conn: Any, create: bool = True) -> tuple[int, int]:
+        """The schema at this version (forward migrations in one transaction, one process at a time);
+        returns (the version found, the version now)."""
+        found = _schema_version(conn)
+        if found == SCHEMA_VERSION:
+            return found, found
+        if found > SCHEMA_VERSION:
+            raise StoreError(self._newer_message(found))
+        if found == 0 and not create:
+            raise StoreNotFoundError(
+                f"No asyncflow store in {self.safe_url} yet: it is created when the first flow or task runs with "
+                f"ASYNCFLOW_STORE set to this database (or by `asyncflow store upgrade`). Check ASYNCFLOW_STORE.")
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            version = _schema_version(conn)  # another process may have migrated meanwhile
+            if version > SCHEMA_VERSION:
+                raise StoreError(self._newer_message(version))
+            for statements in MIGRATIONS[version:]:
+                for statement in statements:
+                    conn.execute(statement)
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
+        return found, SCHEMA_VERSION
+
+    def upgrade(self) -> tuple[int, int]:
+        """Bring the schema to this version (`asyncflow store upgrade`); (version before, version now)."""
+        conn = self._pg_connect()
+        try:
+            return self._prepare(conn, create=True)
+        finally:
+            conn.close()
+
+    def schema_version(self) -> int:
+        conn = self._pg_connect()
+        try:
+            return _schema_version(conn)
+        finally:
+            conn.close()
+
+    def _newer_message(self, version: int) -> str:
+        return (f"The asyncflow store {self.safe_url} has schema version {version}, newer than this asyncflow "
+                f"understands ({SCHEMA_VERSION}): a newer asyncflow on another machine upgraded it. Upgrade asyncflow "
+                f"here, or set ASYNCFLOW_STORE to another database.")
+
+    # -- crash recovery ------------------------------------------------------------------------------------
+    def _recover(self, conn: Any) -> int:
+        """Mark `Crashed` the open runs whose process (on this host) is gone; forget their owners."""
+        owners = conn.execute("SELECT id, host, boot, pid, started FROM owners WHERE host = %s",
+                              (_owners.HOST,)).fetchall()
+        dead = [row for row in owners if _owners.is_gone(*row[1:5]) is True]
+        if not dead:
+            return 0
+        crashed = 0
+        with conn.transaction():
+            conn.execute(_LOCK_COUNTER)  # states are numbered in commit order (see the module's docstring)
+            for owner_id, host, boot, pid, started in dead:
+                if conn.execute("SELECT 1 FROM owners WHERE id = %s FOR UPDATE", (owner_id,)).fetchone() is None:
+                    continue  # another process recovered it meanwhile
+                message = _owners.crashed_message((host, boot, pid, started))
+                for table in ("task_runs", "flow_runs"):
+                    runs = conn.execute(f"SELECT ref, id, coalesce(state_ts, created) FROM {table} WHERE owner = %s "
+                                        f"AND {_owners.OPEN_CONDITION}", (owner_id,)).fetchall()
+                    if not runs:
+                        continue
+                    with conn.cursor() as cur:
+                        cur.executemany(
+                            f"UPDATE {table} SET state_type = 'CRASHED', state_name = 'Crashed', state_message = %s, "
+                            f"state_ts = %s, end_time = %s WHERE ref = %s", [(message, ts, ts, ref) for ref, _, ts in runs])
+                        cur.executemany(
+                            "INSERT INTO states (run_ref, run_id, type, name, message, ts) "
+                            "VALUES (%s, %s, 'CRASHED', 'Crashed', %s, %s)", [(ref, id_, message, ts) for ref, id_, ts in runs])
+                    crashed += len(runs)
+                conn.execute("DELETE FROM owners WHERE id = %s", (owner_id,))
+        if crashed:
+            report(f"marked {crashed} run(s) Crashed in {self.label}: the process that ran them is gone "
+                   f"(killed or crashed before they ended).")
+        self.recovered += crashed
+        return crashed
+
+    def _owner_id(self, conn: Any) -> int:
+        if self._owner is None:
+            host, boot, pid, started = _owners.this_process()
+            self._owner = conn.execute(
+                "INSERT INTO owners (host, boot, pid, started, created) VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                (host, boot, pid, started, time.time())).fetchone()[0]
+        return self._owner  # type: ignore[return-value]
+
+    def _before_close(self, conn: Any) -> None:
+        if self._owner is not None:
+            conn.execute("UPDATE owners SET closed = 1 WHERE id = %s", (self._owner,))
+
+    # -- the writer's dialect ------------------------------------------------------------------------------
+    def _connect(self) -> Any:
+        conn = self._pg_connect()
+        try:
+            self._prepare(conn)
+            for table in ("flow_runs", "task_runs"):  # where a batch's new runs are staged (`_insert_runs`)
+                conn.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS asyncflow_new_{table} "
+                             f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _check_target(self) -> None:
+        """A connection the server or the network broke is replaced (at the next batch)."""
+        conn = self._conn
+        if conn is not None and conn.closed:
+            self._drop_connection()
+
+    def _classify(self, exc: BaseException) -> str:
+        if is_connection_error(exc):  # wait for the server (reconnecting) for up to outage_seconds
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+            now = time.monotonic()
+            if self._down_since is None:
+                self._down_since = now
+            return BUSY if now - self._down_since < self.outage_seconds else UNUSABLE
+        return classify(exc)
+
+    def _advice(self, exc: BaseException) -> str:
+        if is_connection_error(exc):
+            return (f"It could not be reached for {self.outage_seconds:g} s (ASYNCFLOW_STORE_FLUSH_TIMEOUT_SECONDS). "
+                    + advice(exc))
+        return advice(exc)
+
+    def _close_connections(self) -> None:
+        super()._close_connections()
+        with self._read_lock:
+            if self._reader is not None:
+                try:
+                    self._reader.close()
+                except Exception:
+                    pass
+                self._reader = None
+
+    def _write_batch(self, conn: Any, batch: list[tuple[Any, ...]]) -> None:
+        """One transaction (see `_write_in_transaction`)."""
+        registering = self._owner is None
+        try:
+            with conn.transaction():
+                self._write_in_transaction(conn, batch)
+        except BaseException:
+            self._open_runs.clear()  # it may hold refs of runs that were not committed: look them up again
+            if registering:
+                self._owner = None
+            raise
+        self._down_since = None
+
+    def _write_in_transaction(self, conn: Any, batch: list[tuple[Any, ...]]) -> None:
+        """New runs are numbered (`ref`) under the counter's row lock; a run's current state, attempt count
+        and timing are folded from its states here: into the run's row when the run is new in this batch,
+        else into one UPDATE per run (the SQLite store's fold)."""
+        flows: dict[str, tuple[Any, ...]] = {}
+        flow_runs: list[list[Any]] = []
+        task_runs: list[list[Any]] = []
+        renames: list[tuple[str, int]] = []
+        states: list[tuple[Any, ...]] = []
+        logs: list[tuple[Any, ...]] = []
+        flow_updates: list[list[Any]] = []
+        task_updates: list[list[Any]] = []
+        open_runs = self._open_runs
+        seen: dict[uuid.UUID, list[Any]] = {}
+        first_ref = next_ref = conn.execute(_LOCK_COUNTER).fetchone()[0]
+        owner = self._owner_id(conn)
+        running, final_ids = StateType.RUNNING, _FINAL_IDS
+        privacy = self.privacy.json
+        for record in batch:
+            kind = record[0]
+            if kind == STATE:
+                _, run_id, type_, name, message, ts, details = record
+                entry = seen.get(run_id)
+                if entry is None:
+                    known = open_runs.get(run_id)
+                    if known is None:
+                        known = self._find_ref(conn, run_id)
+                    key = str(run_id)
+                    if known is None:  # its run record never arrived: keep the state anyway
+                        entry = seen[run_id] = [None, key, [None, None, None, None, 0, None, None, owner], 0]
+                    else:
+                        row = [None, None, None, None, 0, None, None, owner, known[0]]
+                        (flow_updates if known[1] else task_updates).append(row)
+                        entry = seen[run_id] = [known[0], key, row, 0]
+                ref, key, row, offset = entry
+                type_text = type_.value
+                name, message = _clean(name), _clean(message)
+                states.append((ref, key, type_text, name, message, ts, details_json(details)))
+                current = row[offset + 3]
+                if current is None or current <= ts:
+                    row[offset] = type_text
+                    row[offset + 1] = name
+                    row[offset + 2] = message
+                    row[offset + 3] = ts
+                if type_ is running:
+                    row[offset + 4] += 1
+                    if row[offset + 5] is None:
+                        row[offset + 5] = ts
+                elif id(type_) in final_ids:
+                    row[offset + 6] = ts
+                    open_runs.pop(run_id, None)
+            elif kind == LOG:
+                _, flow_run_id, task_run_id, level, message, ts = record
+                logs.append((flow_run_id, task_run_id, level, _clean(message), ts))
+            elif kind == TASK:
+                (_, run_id, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters,
+                 tags, created) = record
+                name = _clean(name)
+                entry = seen.get(run_id)
+                if entry is not None and entry[3]:  # recorded again in this batch: a new name
+                    entry[2][2] = name
+                    continue
+                known = open_runs.get(run_id)
+                if known is not None:
+                    renames.append((name, known[0]))
+                    continue
+                next_ref += 1
+                key = str(run_id)
+                row = [next_ref, key, name, _clean(task_name), _clean(task_key), _clean(task_version),
+                       _text(flow_run_id), _text(parent_task_run_id), _clean(privacy(parameters)), _clean(_tags(tags)),
+                       created, None, None, None, None, 0, None, None, owner]
+                task_runs.append(row)
+                open_runs[run_id] = [next_ref, False]
+                seen[run_id] = [next_ref, key, row, _TASK_STATE_COLUMN]
+            elif kind == FLOW:
+                (_, run_id, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id,
+                 created) = record
+                if run_id in seen or run_id in open_runs:
+                    continue
+                next_ref += 1
+                key = str(run_id)
+                flow_name = _clean(flow_name)
+                flows[flow_name] = (flow_name, _clean(flow_version), created)
+                row = [next_ref, key, _clean(name), flow_name, _clean(flow_version), _clean(privacy(parameters)),
+                       _clean(_tags(tags)), _text(parent_flow_run_id), _text(parent_task_run_id), created,
+                       None, None, None, None, 0, None, None, owner]
+                flow_runs.append(row)
+                open_runs[run_id] = [next_ref, True]
+                seen[run_id] = [next_ref, key, row, _FLOW_STATE_COLUMN]
+        if next_ref != first_ref:
+            conn.execute("UPDATE counters SET value = %s WHERE name = 'ref'", (next_ref,))
+        while len(open_runs) > _OPEN_RUNS_KEPT:
+            del open_runs[next(iter(open_runs))]
+        with conn.cursor() as cur:
+            if flows:
+                cur.executemany("INSERT INTO flows (name, version, created) VALUES (%s, %s, %s) "
+                                "ON CONFLICT (name) DO UPDATE SET version = excluded.version", list(flows.values()))
+            if flow_runs:
+                _insert_runs(cur, "flow_runs", _FLOW_RUN_COLUMNS + ", owner", flow_runs)
+            if task_runs:
+                written = _insert_runs(cur, "task_runs", _TASK_RUN_COLUMNS + ", owner", task_runs)
+                if written < len(task_runs):  # some were written already (by another process: a background run)
+                    remap = self._merge_known_task_runs(cur, task_runs, task_updates, renames)
+                    states = [(remap.get(state[0], state[0]), *state[1:]) for state in states]
+                    renames = [(name, remap.get(ref, ref)) for name, ref in renames]
+            if renames:
+                cur.executemany("UPDATE task_runs SET name = %s WHERE ref = %s", renames)
+            for table, updates in (("task_runs", task_updates), ("flow_runs", flow_updates)):
+                if updates:
+                    cur.executemany(_UPDATE_RUN.format(table=table), updates)
+            if states:
+                _copy(cur, "COPY states (run_ref, run_id, type, name, message, ts, details) FROM STDIN", states)
+            if logs:
+                _copy(cur, "COPY logs (flow_run_id, task_run_id, level, message, ts) FROM STDIN", logs)
+
+    def _merge_known_task_runs(self, cur: Any, task_runs: list[list[Any]], task_updates: list[list[Any]],
+                               renames: list[tuple[str, int]]) -> dict[int, int]:
+        """Task runs of this batch that another writer recorded first keep the row that exists (see the
+        SQLite store's method of the same name). Returns {ref this batch gave them: ref of the row}."""
+        remap: dict[int, int] = {}
+        existing = dict(cur.execute("SELECT id, ref FROM task_runs WHERE id = ANY(%s)",
+                                    ([row[1] for row in task_runs],)).fetchall())
+        for row in task_runs:
+            ref = existing.get(row[1])
+            if ref is None or ref == row[0]:
+                continue
+            remap[row[0]] = ref
+            known = self._open_runs.get(uuid.UUID(row[1]))
+            if known is not None:
+                known[0] = ref
+            renames.append((row[2], ref))
+            state = row[_TASK_STATE_COLUMN:_TASK_STATE_COLUMN + 7]
+            if state[0] is not None:
+                task_updates.append([*state, row[-1], ref])
+        return remap
+
+    def _find_ref(self, conn: Any, run_id: uuid.UUID) -> list[Any] | None:
+        row = conn.execute("SELECT ref, 0 FROM task_runs WHERE id = %(id)s UNION ALL "
+                           "SELECT ref, 1 FROM flow_runs WHERE id = %(id)s", {"id": str(run_id)}).fetchone()
+        return None if row is None else [row[0], bool(row[1])]
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def _read(self, fn: Any, flush: bool = True) -> Any:
+        """fn(reader connection), on a connection of its own (autocommit: each statement sees what is
+        committed); a broken connection is replaced once. Errors are StoreError naming the store."""
+        if flush:
+            self.flush()
+        import psycopg
+
+        for attempt in (1, 2):
+            try:
+                with self._read_lock:
+                    if self._reader is None or self._reader.closed:
+                        self._reader = self._pg_connect()
+                    return fn(self._reader)
+            except psycopg.Error as exc:
+                if attempt == 1 and is_connection_error(exc):
+                    with self._read_lock:
+                        self._reader = None
+                    continue
+                raise StoreError(f"Cannot read {self.label}: {describe(exc)}. {advice(exc)}") from None
+        raise AssertionError("unreachable")
+
+    def _query(self, sql: str, params: Any = (), flush: bool = True) -> list[tuple[Any, ...]]:
+        return self._read(lambda conn: conn.execute(sql, params).fetchall(), flush)
+
+    def _stored(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        """The shared SQL (`?` placeholders), without flushing: the read API (a UI polls)."""
+        return self._read(lambda conn: Shared(conn).execute(sql, params).fetchall(), flush=False)
+
+    def read_flow_run(self, run_id: uuid.UUID) -> FlowRun:
+        from .sqlite import _flow_run
+
+        key = as_uuid(run_id, "flow_run_id")
+        rows = self._query(f"SELECT {_FLOW_RUN_COLUMNS} FROM flow_runs WHERE id = %s", (str(key),))
+        if not rows:
+            raise ObjectNotFound(f"No flow run with id {key} in {self.label}.")
+        return _flow_run(rows[0])
+
+    def read_task_run(self, run_id: uuid.UUID) -> TaskRun:
+        from .sqlite import _task_run
+
+        key = as_uuid(run_id, "task_run_id")
+        rows = self._query(f"SELECT {_TASK_RUN_COLUMNS} FROM task_runs WHERE id = %s", (str(key),))
+        if not rows:
+            raise ObjectNotFound(f"No task run with id {key} in {self.label}.")
+        return _task_run(rows[0])
+
+    def read_flow_runs(self, *, flow_name: str | None = None, state: Any = None,
+                       limit: int | None = None) -> list[FlowRun]:
+        """Newest first."""
+        from .sqlite import _flow_run
+
+        wanted, limit = state_filter(state), check_limit(limit)
+        where, params = [], []  # type: list[str], list[Any]
+        if flow_name is not None:
+            where.append("flow_name = %s")
+            params.append(flow_name)
+        if wanted is not None:
+            where.append("(lower(coalesce(state_name, 'Pending')) = ANY(%s) "
+                         "OR lower(coalesce(state_type, 'PENDING')) = ANY(%s))")
+            params += [sorted(wanted), sorted(wanted)]
+        sql = f"SELECT {_FLOW_RUN_COLUMNS} FROM flow_runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created DESC, ref DESC"
+        if limit is not None:
+            sql += " LIMIT %s"
+            params.append(limit)
+        return [_flow_run(row) for row in self._query(sql, params)]
+
+    def read_task_runs(self, *, flow_run_id: uuid.UUID | None = None, limit: int | None = None,
+                       newest_first: bool = False) -> list[TaskRun]:
+        """In the order they were created (or the newest first)."""
+        from .sqlite import _task_run
+
+        limit = check_limit(limit)
+        sql, params = f"SELECT {_TASK_RUN_COLUMNS} FROM task_runs", []  # type: str, list[Any]
+        if flow_run_id is not None:
+            sql += " WHERE flow_run_id = %s"
+            params.append(str(as_uuid(flow_run_id, "flow_run_id")))
+            sql += " ORDER BY created DESC, ref DESC" if newest_first else " ORDER BY created, ref"
+        else:
+            sql += " ORDER BY ref DESC" if newest_first else " ORDER BY ref"
+        if limit is not None:
+            sql += " LIMIT %s"
+            params.append(limit)
+        return [_task_run(row) for row in self._query(sql, params)]
+
+    def read_states(self, run_id: uuid.UUID) -> list[State[Any]]:
+        from .sqlite import _details_from, _uuid_or_none
+
+        key = str(as_uuid(run_id))
+        owner = self._query("SELECT ref, flow_run_id, 0 FROM task_runs WHERE id = %(id)s UNION ALL "
+                            "SELECT ref, NULL, 1 FROM flow_runs WHERE id = %(id)s", {"id": key})
+        if not owner:
+            return []
+        ref, flow_run_text, is_flow = owner[0]
+        flow_run_id: uuid.UUID | None
+        task_run_id: uuid.UUID | None
+        if is_flow:
+            flow_run_id, task_run_id = uuid.UUID(key), None
+        else:
+            flow_run_id, task_run_id = _uuid_or_none(flow_run_text), uuid.UUID(key)
+        rows = self._query("SELECT type, name, message, ts, details FROM states WHERE run_ref = %s ORDER BY ts, seq",
+                           (ref,), flush=False)
+        return [State(StateType(type_), name, message, None, _details_from(details, flow_run_id, task_run_id), ts)
+                for type_, name, message, ts, details in rows]
+
+    def read_logs(self, *, flow_run_id: str | None = None, task_run_id: str | None = None) -> list[LogRecord]:
+        where, params = [], []  # type: list[str], list[Any]
+        flow_key = str(as_uuid(flow_run_id, "flow_run_id")) if flow_run_id is not None else None
+        task_key = str(as_uuid(task_run_id, "task_run_id")) if task_run_id is not None else None
+        if task_key is not None and flow_key is None:
+            owner = self._query("SELECT flow_run_id FROM task_runs WHERE id = %s", (task_key,))
+            if owner and owner[0][0] is not None:
+                flow_key = owner[0][0]
+            elif owner:
+                where.append("flow_run_id IS NULL")
+        if flow_key is not None:
+            where.append("flow_run_id = %s")
+            params.append(flow_key)
+        if task_key is not None:
+            where.append("task_run_id = %s")
+            params.append(task_key)
+        sql = "SELECT flow_run_id, task_run_id, level, message, ts FROM logs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [LogRecord(*row) for row in self._query(sql + " ORDER BY seq", params)]
+
+    def find_run_ids(self, prefix: str, table: str) -> list[str]:
+        """Ids in `flow_runs` or `task_runs` that start with `prefix` (for the CLI's short ids)."""
+        if table not in ("flow_runs", "task_runs"):
+            raise ValueError(f"table must be 'flow_runs' or 'task_runs'; got {table!r}.")
+        prefix = prefix.strip().lower()
+        if not prefix or any(c not in "0123456789abcdef-" for c in prefix):
+            return []
+        return [row[0] for row in self._query(f"SELECT id FROM {table} WHERE id LIKE %s ORDER BY id LIMIT 10",
+                                               (prefix + "%",))]
+
+    def counts(self) -> dict[str, int]:
+        return {table: self._query(f"SELECT count(*) FROM {table}")[0][0]
+                for table in ("flows", "flow_runs", "task_runs", "states", "logs")}
+
+    # -- retention and the CLI's reads (shared SQL: retention.py, cli_queries.py) -----------------------------
+    def delete_flow_runs(self, ids: Iterable[Any]) -> dict[str, int]:
+        from . import retention
+
+        ids, gone = list(ids), set[str]()
+        self.flush()
+        counts = self._in_write_transaction(lambda conn: retention.delete_flow_runs(conn, ids, gone))
+        self._forget_runs(gone)
+        return counts
+
+    def prune(self, older_than_seconds: float, *, dry_run: bool = False) -> dict[str, int]:
+        import functools
+
+        from . import retention
+
+        before = retention.cutoff(older_than_seconds)
+        self.flush()
+        totals, cursor = retention.zero_counts(), retention.START  # type: dict[str, int], Any
+        while cursor is not None:
+            run = functools.partial(retention.prune_batch, before_ts=before, cursor=cursor, dry_run=dry_run)
+            if dry_run:
+                counts, cursor = self._read(lambda conn, run=run: run(Shared(conn)), flush=False)
+            else:
+                counts, cursor = self._in_write_transaction(run)
+            retention.add_counts(totals, counts)
+        if not dry_run:
+            self._forget_runs()
+        return totals
+
+    def task_run_state_counts(self, flow_run_id: Any) -> list[tuple[str, int]]:
+        from . import cli_queries
+
+        self.flush()
+        return self._read(lambda conn: cli_queries.task_run_state_counts(_shared(conn), flow_run_id), flush=False)
+
+    def _in_write_transaction(self, fn: Any) -> Any:
+        """fn(the shared-SQL view of the writer's connection) in one transaction, under the write lock."""
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"The store {self.safe_url} is closed.")
+            if self.fallback is not None:
+                raise StoreError(f"{self.label} could not be written earlier in this process (it records in memory "
+                                 f"since): try again in a new process.")
+            for attempt in (1, 2):
+                try:
+                    conn = self._writer_conn()
+                    with conn.transaction():
+                        return fn(Shared(conn))
+                except Exception as exc:
+                    if isinstance(exc, (ValueError, TypeError)):
+                        raise
+                    self._drop_connection()
+                    if attempt == 1 and (is_connection_error(exc) or classify(exc) == BUSY):
+                        continue
+                    raise StoreError(f"Cannot write to {self.label}: {describe(exc)}. {advice(exc)}") from None
+        raise AssertionError("unreachable")
+
+    def _forget_runs(self, ids: set[str] | None = None) -> None:
+        from . import retention
+
+        with self._lock:
+            if ids is None:
+                cached = [str(key) for key in list(self._open_runs)]
+                if not cached or self._closed or self.fallback is not None:
+                    return
+                try:
+                    ids = set(cached) - retention.existing_run_ids(_shared(self._writer_conn()), cached)
+                except Exception:
+                    self._open_runs.clear()
+                    return
+            for key in [key for key in list(self._open_runs) if str(key) in ids]:
+                del self._open_runs[key]
+
+    # -- the read API (reads.py; the SQL of sqlite_reads.py in this dialect): never flushes ---------------------
+    def read_flow_runs_page(self, filter: Any = None, limit: int | None = 50, cursor: str | None = None,
+                            newest_first: bool = True) -> Any:
+        return sqlite_reads.flow_runs_page(self._stored, filter, limit, cursor, newest_first, POSTGRES)
+
+    def read_task_runs_page(self, filter: Any = None, limit: int | None = 50, cursor: str | None = None,
+                            newest_first: bool = True) -> Any:
+        return sqlite_reads.task_runs_page(self._stored, filter, limit, cursor, newest_first, POSTGRES)
+
+    def read_changes(self, since: int = 0, limit: int = 1000) -> Any:
+        return sqlite_reads.changes(self._stored, since, limit)
+
+    def read_logs_since(self, since: int = 0, *, flow_run_id: Any = None, task_run_id: Any = None, level: Any = None,
+                        limit: int = 1000) -> Any:
+        return sqlite_reads.logs_since(self._stored, since, flow_run_id, task_run_id, level, limit)
+
+    def read_timeline(self, flow_run_id: Any) -> Any:
+        return sqlite_reads.timeline(self._stored, flow_run_id, self.label, POSTGRES)
+
+    def count_flow_runs_by_state(self, filter: Any = None, bucket_seconds: float = 3600) -> Any:
+        return sqlite_reads.count_by_state(self._stored, filter, bucket_seconds, POSTGRES)
+
+
+def _shared(conn: Any) -> Any:
+    """The shared-SQL view of a connection, for functions typed for sqlite3 (retention.py, cli_queries.py)."""
+    return Shared(conn)
+
+
+def _schema_version(conn: Any) -> int:
+    if conn.execute("SELECT to_regclass('schema_version')").fetchone()[0] is None:
+        return 0
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _insert_runs(cur: Any, table: str, columns: str, rows: list[list[Any]]) -> int:
+    """Insert run rows (COPY into a temporary table of this connection, then one INSERT … SELECT); runs that
+    exist are left as they are. Returns how many were inserted."""
+    staging = f"asyncflow_new_{table}"  # made by `_connect`
+    _copy(cur, f"COPY {staging} ({columns}) FROM STDIN", rows)
+    cur.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ON CONFLICT (id) DO NOTHING")
+    return int(cur.rowcount)
+
+
+def _copy(cur: Any, statement: str, rows: Any) -> None:
+    """COPY rows (psycopg formats each row in C: a few microseconds a row)."""
+    with cur.copy(statement) as copy:
+        write = copy.write_row
+        for row in rows:
+            write(row)
