@@ -510,14 +510,16 @@ def test_a_runner_instance_can_be_shared_by_several_flow_runs():
     assert runner.max_workers == 2
 
 
-def test_a_custom_runner_overriding_run_async_and_execution_slot_is_used():
+def test_a_custom_runner_declaring_async_tasks_and_slots_is_used():
     import contextlib
 
-    from asyncflow.task_runners import TaskRunner
+    from asyncflow.task_runners import Capabilities, TaskRunner
 
     calls = []
 
     class Recording(TaskRunner):
+        capabilities = Capabilities(async_tasks=True, slots=True)
+
         async def run_async(self, fn):
             calls.append("run_async")
             return await fn()
