@@ -1,0 +1,147 @@
+"""`DaskTaskRunner`: submitted task runs execute on a Dask cluster (extra `dask`: `distributed`).
+
+Prefect's constructor shape (`prefect_dask.DaskTaskRunner`): `address` of an existing scheduler, or a
+temporary cluster made from `cluster_class(**cluster_kwargs)` (default `distributed.LocalCluster`),
+scaled with `cluster.adapt(**adapt_kwargs)` if given; `client_kwargs` go to `distributed.Client`.
+The cluster or the connection is made when the flow run starts and closed when it ends (a temporary
+cluster with it).
+
+Only the work item travels: `client.submit(execute_payload, packed_item)`; the engine stays in the
+flow's process and records every state. Timeouts: the worker stops the function in its thread at the
+deadline (as asyncflow does in-process); Dask cannot kill a task, so if the function holds the GIL
+past the deadline the flow stops waiting a little later, asks the scheduler to cancel it, and says so.
+Work whose worker dies is rescheduled by Dask itself (`distributed.scheduler.allowed-failures`);
+asyncflow's retries are the task's own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+import attrs
+import distributed
+
+from .._exceptions import TaskRunTimeoutError
+from ..task_runners import RunnerOptions, TaskRunner
+from .remote import Arrival, blocking, frozen_mapping, resolve_qualified, shielded
+from .work import Capabilities, Outcome, WorkerDiedError, WorkItem, execute_payload, failure
+
+BACKSTOP_SECONDS = 5.0  # past the deadline, the flow stops waiting for a worker that could not stop the run
+
+
+@attrs.frozen
+class DaskOptions(RunnerOptions):
+    address: str | None = None
+    cluster_class: str | Callable[..., Any] | None = None
+    cluster_kwargs: Mapping[str, Any] = attrs.field(factory=dict, converter=frozen_mapping)
+    adapt_kwargs: Mapping[str, Any] = attrs.field(factory=dict, converter=frozen_mapping)
+    client_kwargs: Mapping[str, Any] = attrs.field(factory=dict, converter=frozen_mapping)
+
+    def __attrs_post_init__(self) -> None:
+        if self.address is not None and (self.cluster_class is not None or self.cluster_kwargs or self.adapt_kwargs):
+            raise ValueError("DaskTaskRunner: give either `address` (an existing scheduler) or "
+                             "`cluster_class`/`cluster_kwargs`/`adapt_kwargs` (a temporary cluster), not both.")
+        for name in ("cluster_kwargs", "client_kwargs"):
+            if "asynchronous" in getattr(self, name):
+                raise ValueError(f"DaskTaskRunner: `{name}` cannot set `asynchronous`; asyncflow manages it.")
+
+
+class DaskTaskRunner(TaskRunner):
+    """Submitted runs, sync and async, execute on a Dask cluster: a temporary `LocalCluster` by
+    default, or the scheduler at `address`."""
+
+    capabilities = Capabilities(async_tasks=True, remote=True, enforces_timeouts=True)
+
+    def __init__(self, cluster_class: str | Callable[..., Any] | None = None,
+                 cluster_kwargs: Mapping[str, Any] | None = None, adapt_kwargs: Mapping[str, Any] | None = None,
+                 client_kwargs: Mapping[str, Any] | None = None, address: str | None = None) -> None:
+        super().__init__()
+        self.options = DaskOptions(address, cluster_class, cluster_kwargs or {}, adapt_kwargs or {},
+                                   client_kwargs or {})
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._client: Any = None
+        self._cluster: Any = None  # the temporary cluster this runner made (closed with it)
+
+    @property
+    def client(self) -> Any:
+        """The `distributed.Client` of the current flow run (None outside its lifecycle)."""
+        return self._client
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await blocking(self._connect)
+
+    def _connect(self) -> None:
+        options = self.options
+        client_kwargs = dict(options.client_kwargs)
+        if options.address is not None:
+            self._client = distributed.Client(options.address, **client_kwargs)
+            return
+        cluster_class = resolve_qualified(options.cluster_class) or distributed.LocalCluster
+        self._cluster = cluster_class(**dict(options.cluster_kwargs))
+        try:
+            if options.adapt_kwargs:
+                self._cluster.adapt(**dict(options.adapt_kwargs))
+            self._client = distributed.Client(self._cluster, **client_kwargs)
+        except BaseException:
+            self._cluster.close()
+            self._cluster = None
+            raise
+
+    async def shutdown(self) -> None:
+        await blocking(self._close)
+
+    def _close(self) -> None:
+        client, cluster = self._client, self._cluster
+        self._client = self._cluster = None
+        try:
+            if client is not None:
+                client.close()
+        finally:
+            if cluster is not None:
+                cluster.close()
+
+    # -- executing work -------------------------------------------------------------------------------
+    async def submit(self, item: WorkItem) -> Outcome:
+        client = self._client
+        if client is None:
+            raise RuntimeError("DaskTaskRunner: the runner is not started (it runs inside its flow run).")
+        payload = item.pack()
+        arrival = Arrival()
+        key = f"{item.label or 'task'}-{uuid.uuid4().hex}"
+        future = client.submit(execute_payload, payload, key=key, pure=False)
+        future.add_done_callback(lambda done: arrival.deliver(_result_of(done)))
+        limit = item.timeout + BACKSTOP_SECONDS if item.timeout else float("inf")
+        try:
+            with anyio.move_on_after(limit) as backstop:
+                answer = await arrival.wait()
+        except BaseException:  # cancelled (its flow ended): the cluster drops the work if it can
+            await shielded(future.cancel)
+            raise
+        if backstop.cancelled_caught:
+            await shielded(future.cancel)
+            return failure(TaskRunTimeoutError(
+                f"Task run exceeded timeout of {item.timeout:g} second(s); its Dask worker did not stop it at the "
+                f"deadline (C code holding the GIL?) and Dask cannot kill a running task, so the flow stopped "
+                f"waiting {BACKSTOP_SECONDS:g} s later and asked the scheduler to cancel it (the worker's thread "
+                f"may still run it until it returns)"))
+        if isinstance(answer, BaseException):
+            return failure(WorkerDiedError(
+                f"Dask could not run task {item.label!r}: {type(answer).__name__}: {answer}"))
+        import cloudpickle
+
+        outcome: Outcome = cloudpickle.loads(answer)
+        return outcome
+
+
+def _result_of(future: Any) -> Any:
+    """In Dask's callback thread: the packed outcome, or why there is none (a lost worker...)."""
+    try:
+        return future.result()
+    except BaseException as exc:
+        return exc
