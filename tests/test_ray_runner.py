@@ -1,0 +1,101 @@
+"""RayTaskRunner on a real local Ray instance (SPEC §7, issue 13).
+
+The scenarios shared with the other remote runners are in `runner_cases.py`; every async test runs on
+asyncio and trio. One Ray instance serves the module (it takes ~10 s to start on this machine): the
+runner connects to it, as it does to any Ray already initialized in the process. Skipped only where
+`ray` (extra `ray`) is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import pytest
+import runner_cases as cases
+
+ray = pytest.importorskip("ray", reason="RayTaskRunner needs the 'ray' extra (not installed here)")
+
+from asyncflow import flow  # noqa: E402
+from asyncflow.task_runners import RayTaskRunner  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def runner():
+    return RayTaskRunner()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.anyio
+async def test_mapped_sync_and_async_tasks_run_as_ray_tasks(runner):
+    await cases.mapped_sync_and_async_tasks(runner)
+
+
+@pytest.mark.anyio
+async def test_futures_are_inputs_of_ray_tasks(runner):
+    await cases.futures_as_inputs(runner)
+
+
+@pytest.mark.anyio
+async def test_a_failed_attempt_is_retried_on_a_worker_and_states_are_in_the_store(runner):
+    await cases.retries_across_workers(runner)
+
+
+@pytest.mark.anyio
+async def test_log_lines_and_prints_of_a_ray_task_land_in_the_flow_runs_logs(runner):
+    await cases.remote_logs_land_in_the_flow_runs_logs(runner)
+
+
+@pytest.mark.anyio
+async def test_an_unpicklable_argument_fails_the_run_naming_task_parameter_and_type(runner):
+    await cases.unpicklable_argument_fails_before_anything_is_sent(runner)
+
+
+@pytest.mark.anyio
+async def test_an_unpicklable_result_fails_the_run_naming_task_and_type(runner):
+    await cases.unpicklable_result_is_a_clear_error(runner)
+
+
+@pytest.mark.anyio
+async def test_a_run_past_its_deadline_has_its_ray_worker_killed(runner, tmp_path):
+    pidfile = tmp_path / "pid"
+
+    @flow(task_runner=runner)
+    async def f() -> Any:
+        state = await cases.sleeps_past_its_deadline.submit(str(pidfile), return_state=True)
+        return state.name, state.message
+
+    name, message = await f()
+    assert name == "TimedOut"
+    assert "force-cancelled" in message and "kills the worker process" in message
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 20
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)
+
+
+def test_options_follow_prefects_constructor_and_duplicate_keeps_them():
+    runner = RayTaskRunner(address="auto", init_kwargs={"num_cpus": 2})
+    copy = runner.duplicate()
+    assert copy == runner and copy is not runner and dict(copy.options.init_kwargs) == {"num_cpus": 2}
+    with pytest.raises(ValueError, match="address"):
+        RayTaskRunner(init_kwargs={"address": "auto"})
