@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from asyncflow import flow, get_run_logger, task
 from asyncflow.runtime import flow_run, task_run
@@ -26,7 +27,7 @@ def double_where(x: int) -> tuple[int, int]:
 
 @task
 async def async_double_where(x: int) -> tuple[int, int]:
-    await anyio.sleep(0)
+    await anyio.lowlevel.checkpoint()
     return 2 * x, os.getpid()
 
 

@@ -12,10 +12,16 @@ import os
 import time
 from typing import Any
 
+import anyio
 import pytest
 import runner_cases as cases
 
-ray = pytest.importorskip("ray", reason="RayTaskRunner needs the 'ray' extra (not installed here)")
+if os.environ.get("ASYNCFLOW_REQUIRE_RAY"):  # CI installed it: its tests must run
+    import ray
+else:
+    ray = pytest.importorskip(
+        "ray", reason="RayTaskRunner needs the 'ray' extra, not installed here (pip install 'asyncflow[ray]'; "
+                      ".ci/run installs it where a Ray wheel exists for this Python)")
 
 from asyncflow import flow  # noqa: E402
 from asyncflow.task_runners import RayTaskRunner  # noqa: E402
@@ -88,8 +94,8 @@ async def test_a_run_past_its_deadline_has_its_ray_worker_killed(runner, tmp_pat
     assert "force-cancelled" in message and "kills the worker process" in message
     pid = int(pidfile.read_text())
     deadline = time.monotonic() + 20
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    while _alive(pid) and time.monotonic() < deadline:  # noqa: ASYNC110 (Ray reaps the killed worker)
+        await anyio.sleep(0.1)
     assert not _alive(pid)
 
 

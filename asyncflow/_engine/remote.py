@@ -13,8 +13,8 @@ from typing import Any
 
 import anyio
 
-from .._exceptions import TaskRunTimeoutError
 from .._context import TaskRunContext, current_run
+from .._exceptions import TaskRunTimeoutError
 from .._logging import replay, sink
 from .._runners.work import RunSnapshot, WorkItem
 

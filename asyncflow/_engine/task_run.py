@@ -25,9 +25,9 @@ from .._context import FlowRunContext, RunContext, TaskRunContext, current_run, 
 from .._exceptions import TaskRunTimeoutError, UpstreamTaskError
 from .._futures import TaskRunFuture
 from .._ids import new_id
-from .._runners.work import Capabilities, WorkItem
 from .._logging import ERROR, INFO, WARNING, ensure_print_capture, log
 from .._logging import flush as flush_logs
+from .._runners.work import Capabilities, WorkItem
 from .._runs import TaskRun
 from .._states import State, StateDetails, StateType
 from .._store import get_store
@@ -38,8 +38,8 @@ from .children import ChildTracker
 from .common import exception_message, log_final_state
 from .interrupt import SyncRunAborted, UserCode
 from .loop import context_for_another_thread, in_async_context
-from .remote import call_remote
 from .open_runs import OPEN
+from .remote import call_remote
 from .resolve import Resolver, unfinished_in
 from .scope import BaseExceptionGroup, Scope, owning, raise_sole
 from .streaming import stream_attempt

@@ -313,8 +313,8 @@ def _call(item: WorkItem) -> Any:
 
         return anyio.run(_call_async, item)  # (the worker's own loop: asyncio)
     if item.timeout and item.stop_in_worker:  # stopped in its thread at the deadline (the runner may also enforce it harder)
-        from .._engine.deadline import call_sync_with_deadline
         from .._engine.bridge import drive_sync
+        from .._engine.deadline import call_sync_with_deadline
 
         fn, args, kwargs = item.fn, item.args, item.kwargs
         return _listed(drive_sync(call_sync_with_deadline(lambda: fn(*args, **kwargs), item.timeout, True, "Task")))
@@ -360,7 +360,7 @@ def remote_context(snapshot: RunSnapshot) -> Any:
     from .._runs import FlowRun, TaskRun
     from .._states import State, StateType
 
-    running = State(StateType.RUNNING, "Running")
+    running: State[Any] = State(StateType.RUNNING, "Running")
     flow_ctx = None
     flow_run_id = uuid.UUID(snapshot.flow_run_id) if snapshot.flow_run_id else None
     if flow_run_id is not None:
