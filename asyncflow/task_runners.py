@@ -29,14 +29,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
 
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
 import anyio.to_thread
 import attrs
 
 from . import _settings
 from ._engine.interrupt import UserCode
-from ._engine.threads import ThreadDispatcher, set_thread_slot
+from ._engine.threads import ThreadDispatcher
+from ._runners.threads import ThreadSlot, thread_limiter
 from ._runners.work import Capabilities, Outcome, RunSnapshot, UnpicklableWorkError, WorkerDiedError, WorkItem
 
 R = TypeVar("R")
@@ -126,7 +125,7 @@ class TaskRunner:
         slot = ThreadSlot(limiter)
         await limiter.acquire_on_behalf_of(slot)
         try:
-            return await anyio.to_thread.run_sync(slot.run, fn, limiter=_thread_limiter(), abandon_on_cancel=True)
+            return await anyio.to_thread.run_sync(slot.run, fn, limiter=thread_limiter(), abandon_on_cancel=True)
         finally:
             slot.close()  # (an abandoned thread that lent its slot must not take it again later: L4)
 
@@ -175,66 +174,6 @@ class TaskRunner:
 
 
 _ticket_lock = threading.Lock()
-_thread_limiter_var: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar("asyncflow_threads")
-
-
-def _thread_limiter() -> anyio.CapacityLimiter:
-    """Threads themselves are not the scarce resource (runner slots are): allow plenty per event loop."""
-    try:
-        return _thread_limiter_var.get()
-    except LookupError:
-        limiter = anyio.CapacityLimiter(10_000)
-        _thread_limiter_var.set(limiter)
-        return limiter
-
-
-class ThreadSlot:
-    """A runner slot held by one worker thread, released while the thread waits on another run.
-
-    `close()` (on the loop, when the run is over or abandoned) gives the slot back if it is held and
-    stops a thread that outlived its run from ever taking it again."""
-
-    __slots__ = ("__weakref__", "_lock", "closed", "held", "limiter")
-
-    def __init__(self, limiter: anyio.CapacityLimiter) -> None:
-        self.limiter = limiter
-        self.held = True
-        self.closed = False
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            self.closed = True
-            held, self.held = self.held, False
-        if held:
-            self.limiter.release_on_behalf_of(self)
-
-    def run(self, fn: Callable[[], R]) -> R:
-        previous = set_thread_slot(self)
-        try:
-            return fn()
-        finally:
-            set_thread_slot(previous)
-
-    def release_while_blocked(self) -> None:
-        with self._lock:
-            if not self.held or self.closed:
-                return
-            self.held = False
-        anyio.from_thread.run_sync(self.limiter.release_on_behalf_of, self)
-
-    def reacquire(self) -> None:
-        if self.held or self.closed:
-            return
-        anyio.from_thread.run(self._acquire_unless_closed)
-
-    async def _acquire_unless_closed(self) -> None:
-        """On the loop (where `close` runs too): take the slot back only if the run is still on."""
-        await self.limiter.acquire_on_behalf_of(self)
-        if self.closed:
-            self.limiter.release_on_behalf_of(self)
-            return
-        self.held = True
 
 
 def _positive_or_none(_: Any, attribute: Any, value: Any) -> None:

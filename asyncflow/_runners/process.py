@@ -34,6 +34,7 @@ import attrs
 
 from .._exceptions import TaskRunTimeoutError
 from ..task_runners import RunnerOptions, TaskRunner
+from .remote import blocking as _blocking
 from .work import Capabilities, Outcome, WorkerDiedError, WorkItem, failure
 
 _STARTUP_SECONDS = 120.0  # a worker that has not said it is ready by then failed to start
@@ -132,10 +133,17 @@ class ProcessPoolTaskRunner(TaskRunner):
         payload = item.pack()
         worker = await self._acquire()
         try:
-            if len(payload) > _BIG_PAYLOAD:
-                await anyio.to_thread.run_sync(worker.conn.send_bytes, payload)
-            else:
-                worker.conn.send_bytes(payload)
+            try:
+                if len(payload) > _BIG_PAYLOAD:
+                    await anyio.to_thread.run_sync(worker.conn.send_bytes, payload)
+                else:
+                    worker.conn.send_bytes(payload)
+            except OSError:  # an idle worker that died meanwhile: nothing of the run was done
+                code = await self._discard(worker, kill=True)
+                return failure(WorkerDiedError(
+                    f"The worker process {worker.pid} for task {item.label!r} had exited before the run was sent "
+                    f"(exit code {code}: {_describe_exit(code)}); it is replaced by a fresh process"),
+                    f"pid {worker.pid}")
             with anyio.move_on_after(item.timeout if item.timeout else float("inf")) as deadline:
                 await anyio.wait_readable(worker.conn.fileno())
             if deadline.cancelled_caught:
@@ -278,15 +286,6 @@ def _stop_all(workers: list[_Worker]) -> None:
         worker.close_pipe()  # all at once: each exits on EOF
     for worker in workers:
         worker.stop()
-
-
-async def _blocking(fn: Any, *args: Any) -> Any:
-    """Blocking work of the runner's own (joining processes): in a thread when on a loop."""
-    from .._engine.loop import in_async_context
-
-    if in_async_context():
-        return await anyio.to_thread.run_sync(fn, *args)
-    return fn(*args)
 
 
 def _describe_exit(code: Any) -> str:
