@@ -698,7 +698,7 @@ def m_runners_baseline(n: int) -> dict[str, float]:
         _close(engines)
 
 
-_SPIN = 3_000_000  # pure-Python iterations of one CPU-bound task (~0.2-0.4 s here)
+_SPIN = 6_000_000  # pure-Python iterations of one CPU-bound task (~0.5-1 s here)
 
 
 def _spin(x: int) -> int:

@@ -200,3 +200,23 @@ def test_the_options_are_frozen():
 
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         ProcessPoolTaskRunner(max_workers=2).options.max_workers = 3  # type: ignore[misc]
+
+
+SETTING = {"value": 1}
+
+
+@task
+def reads_a_global() -> int:
+    return SETTING["value"]
+
+
+def test_a_function_travels_once_per_flow_run_with_the_globals_it_sees_then(monkeypatch):
+    """A function pickled by value is packed once per flow run (not per work item): a later flow run
+    sees a global changed in between."""
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    def f() -> list[int]:
+        return [reads_a_global.submit().result(), reads_a_global.submit().result()]
+
+    assert f() == [1, 1]
+    monkeypatch.setitem(SETTING, "value", 2)
+    assert f() == [2, 2]

@@ -20,6 +20,7 @@ import os
 import socket
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -100,6 +101,9 @@ class RunSnapshot:
     log_prints: bool
     log_level: int
 
+    def __reduce__(self) -> Any:  # a tuple of primitives: pickled at C speed, cloudpickle included
+        return (RunSnapshot, attrs.astuple(self, recurse=False))
+
 
 class WorkItem:
     """One call of a task's function, for a runner to execute.
@@ -130,8 +134,11 @@ class WorkItem:
         self._payload: bytes | None = None
 
     def __reduce__(self) -> Any:
-        return (WorkItem, (self.fn, self.args, self.kwargs, self.is_async, self.timeout, self.context, self.label,
-                           self.stop_in_worker))
+        fn: Any = self.fn
+        if self.context is not None and self.context.flow_run_id is not None:
+            fn = _PackedFunction(_function_bytes(fn, self.context.flow_run_id))
+        return (_rebuild_item, (fn, self.args, self.kwargs, self.is_async, self.timeout, self.context, self.label,
+                                self.stop_in_worker))
 
     def __repr__(self) -> str:
         return f"WorkItem({self.label or getattr(self.fn, '__qualname__', self.fn)!s})"
@@ -198,6 +205,54 @@ class WorkItem:
                 f"{where}: its function {getattr(self.fn, '__qualname__', self.fn)!r} cannot be pickled "
                 f"({type(inner).__name__}: {inner}).")
         return UnpicklableWorkError(f"{where}: its work item cannot be pickled ({type(exc).__name__}: {exc}).")
+
+
+# A task's function is pickled once per flow run, not once per work item: pickling a function by value
+# (defined in a script or a test module) costs far more than its arguments. (Its globals are those it
+# saw at its flow run's first work item.) The worker keeps the functions it rebuilt, by their bytes.
+_packed: weakref.WeakKeyDictionary[Any, tuple[str, bytes]] = weakref.WeakKeyDictionary()
+_rebuilt: dict[bytes, Any] = {}
+_REBUILT_MAX = 256
+
+
+class _PackedFunction:
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> Any:
+        return (_unpack_function, (self.data,))
+
+
+def _function_bytes(fn: Any, flow_run_id: str) -> bytes:
+    import cloudpickle
+
+    try:
+        cached = _packed.get(fn)
+    except TypeError:  # not weakly referenceable
+        return cloudpickle.dumps(fn)  # type: ignore[no-any-return]
+    if cached is not None and cached[0] == flow_run_id:
+        return cached[1]
+    data: bytes = cloudpickle.dumps(fn)
+    _packed[fn] = (flow_run_id, data)
+    return data
+
+
+def _unpack_function(data: bytes) -> Any:
+    fn = _rebuilt.get(data)
+    if fn is None:
+        import cloudpickle
+
+        fn = cloudpickle.loads(data)
+        if len(_rebuilt) >= _REBUILT_MAX:
+            _rebuilt.pop(next(iter(_rebuilt)))
+        _rebuilt[data] = fn
+    return fn
+
+
+def _rebuild_item(fn: Any, *rest: Any) -> WorkItem:
+    return WorkItem(fn, *rest)
 
 
 class Outcome:
