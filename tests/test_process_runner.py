@@ -220,3 +220,22 @@ def test_a_function_travels_once_per_flow_run_with_the_globals_it_sees_then(monk
     assert f() == [1, 1]
     monkeypatch.setitem(SETTING, "value", 2)
     assert f() == [2, 2]
+
+
+@task
+def counts_up(n: int) -> Any:
+    yield from range(n)
+
+
+@task
+async def counts_up_async(n: int) -> Any:
+    for i in range(n):
+        yield i
+
+
+def test_generator_tasks_submitted_to_worker_processes_return_their_values_as_lists():
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    def f() -> Any:
+        return counts_up.submit(3).result(), counts_up_async.submit(2).result()
+
+    assert f() == ([0, 1, 2], [0, 1])

@@ -394,7 +394,13 @@ async def _call_async(item: WorkItem) -> Any:
 
 def _listed(value: Any) -> Any:
     """A generator cannot travel: a generator task's values come back as a list."""
-    return list(value) if inspect.isgenerator(value) else value
+    if inspect.isgenerator(value):
+        return list(value)
+    if inspect.isasyncgen(value):
+        import anyio
+
+        return anyio.run(_alisted, value)
+    return value
 
 
 async def _alisted(value: Any) -> Any:
