@@ -115,7 +115,7 @@ class DaskTaskRunner(TaskRunner):
         arrival = Arrival()
         key = f"{item.label or 'task'}-{uuid.uuid4().hex}"
         future = client.submit(execute_payload, payload, key=key, pure=False)
-        future.add_done_callback(lambda done: arrival.deliver(_result_of(done)))
+        client.loop.add_callback(_fetch, client, future, arrival)  # waits and fetches on the client's loop
         limit = item.timeout + BACKSTOP_SECONDS if item.timeout else float("inf")
         try:
             with anyio.move_on_after(limit) as backstop:
@@ -139,9 +139,11 @@ class DaskTaskRunner(TaskRunner):
         return outcome
 
 
-def _result_of(future: Any) -> Any:
-    """In Dask's callback thread: the packed outcome, or why there is none (a lost worker...)."""
+async def _fetch(client: Any, future: Any, arrival: Arrival) -> None:
+    """On the client's own event loop (no thread hop per result): the packed outcome once it is
+    ready, or why there is none (a lost worker, a cancelled key...)."""
     try:
-        return future.result()
+        answer: Any = await client.gather(future, asynchronous=True)
     except BaseException as exc:
-        return exc
+        answer = exc
+    arrival.deliver(answer)
