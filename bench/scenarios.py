@@ -595,7 +595,7 @@ def _engines(wanted: tuple[str, ...]) -> dict[str, Any]:
             pass
         else:
             cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                               dashboard_address=None, silence_logs=40)
+                                               dashboard_address=":0", silence_logs=40)
             engines["dask"] = (cluster, distributed.Client(cluster))
     if "ray" in wanted:
         try:

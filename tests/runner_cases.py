@@ -68,6 +68,22 @@ def sleeps_past_its_deadline(pidfile: str) -> str:
     return "too late"
 
 
+@task(timeout_seconds=2)
+def naps(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+async def a_deadline_counts_from_the_start_not_from_the_queue(runner: Any, n: int) -> None:
+    """`n` runs of 0.6 s each with a 2 s timeout, more than the workers can run at once: the later ones
+    wait longer than 2 s in all, yet none times out."""
+    @flow(task_runner=runner)
+    async def f() -> list[Any]:
+        return [await future for future in naps.map([0.6] * n)]
+
+    assert await f() == [0.6] * n
+
+
 def remote_pids(runner: Any, n: int) -> set[int]:
     @flow(task_runner=runner)
     def pids() -> set[int]:

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def cluster():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                                   silence_logs=40) as local:
         yield local
 
@@ -127,3 +127,8 @@ def test_without_distributed_the_import_names_the_extra(monkeypatch):
         importlib.import_module("asyncflow.task_runners").DaskTaskRunner  # noqa: B018
     monkeypatch.undo()
     assert task_runners.DaskTaskRunner is DaskTaskRunner
+
+
+@pytest.mark.anyio
+async def test_a_runs_deadline_counts_from_its_start_not_from_its_wait_for_a_worker(runner):
+    await cases.a_deadline_counts_from_the_start_not_from_the_queue(runner, 10)

@@ -239,3 +239,8 @@ def test_generator_tasks_submitted_to_worker_processes_return_their_values_as_li
         return counts_up.submit(3).result(), counts_up_async.submit(2).result()
 
     assert f() == ([0, 1, 2], [0, 1])
+
+
+@pytest.mark.anyio
+async def test_a_runs_deadline_counts_from_its_start_not_from_its_wait_for_a_worker():
+    await cases.a_deadline_counts_from_the_start_not_from_the_queue(ProcessPoolTaskRunner(max_workers=1), 5)

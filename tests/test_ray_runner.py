@@ -23,7 +23,7 @@ else:
         "ray", reason="RayTaskRunner needs the 'ray' extra, not installed here (pip install 'asyncflow[ray]'; "
                       ".ci/run installs it where a Ray wheel exists for this Python)")
 
-from asyncflow import flow  # noqa: E402
+from asyncflow import flow, task  # noqa: E402
 from asyncflow.task_runners import RayTaskRunner  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
@@ -81,22 +81,54 @@ async def test_an_unpicklable_result_fails_the_run_naming_task_and_type(runner):
 
 
 @pytest.mark.anyio
-async def test_a_run_past_its_deadline_has_its_ray_worker_killed(runner, tmp_path):
-    pidfile = tmp_path / "pid"
-
+async def test_a_run_past_its_deadline_is_stopped_in_its_ray_worker(runner, tmp_path):
     @flow(task_runner=runner)
     async def f() -> Any:
-        state = await cases.sleeps_past_its_deadline.submit(str(pidfile), return_state=True)
+        state = await cases.sleeps_past_its_deadline.submit(str(tmp_path / "pid"), return_state=True)
         return state.name, state.message
 
     name, message = await f()
     assert name == "TimedOut"
-    assert "force-cancelled" in message and "kills the worker process" in message
+    assert "timeout of 1 second(s)" in message and "stopped at the deadline" in message
+
+
+@task(timeout_seconds=1)
+def holds_the_gil(pidfile: str) -> int:
+    with open(pidfile, "w") as fh:
+        fh.write(str(os.getpid()))
+    return sum(range(10**12))  # C code that never releases the GIL: no thread of the worker can stop it
+
+
+@pytest.mark.anyio
+async def test_a_run_its_worker_cannot_stop_has_the_worker_killed_after_the_grace(runner, tmp_path, monkeypatch):
+    from asyncflow._runners import ray as ray_runner
+
+    monkeypatch.setattr(ray_runner, "KILL_GRACE_SECONDS", 3.0)
+    pidfile = tmp_path / "pid"
+
+    @flow(task_runner=runner)
+    async def f() -> Any:
+        state = await holds_the_gil.submit(str(pidfile), return_state=True)
+        return state.name, state.message
+
+    name, message = await f()
+    assert name == "TimedOut"
+    assert "3 s after the deadline" in message and "kills the worker process" in message
     pid = int(pidfile.read_text())
     deadline = time.monotonic() + 20
     while _alive(pid) and time.monotonic() < deadline:  # noqa: ASYNC110 (Ray reaps the killed worker)
         await anyio.sleep(0.1)
     assert not _alive(pid)
+
+
+def test_the_runner_takes_the_clusters_cpus_as_its_limit_of_runs_in_flight(runner):
+    @flow(task_runner=runner)
+    def f() -> int:
+        from asyncflow._context import current_run
+
+        return cases.add.submit(1, 1).result() and current_run.get().flow_context.task_runner._cpus
+
+    assert f() == 2  # the module's Ray instance has num_cpus=2
 
 
 def test_options_follow_prefects_constructor_and_duplicate_keeps_them():
@@ -105,3 +137,8 @@ def test_options_follow_prefects_constructor_and_duplicate_keeps_them():
     assert copy == runner and copy is not runner and dict(copy.options.init_kwargs) == {"num_cpus": 2}
     with pytest.raises(ValueError, match="address"):
         RayTaskRunner(init_kwargs={"address": "auto"})
+
+
+@pytest.mark.anyio
+async def test_a_runs_deadline_counts_from_its_start_not_from_its_wait_for_a_worker(runner):
+    await cases.a_deadline_counts_from_the_start_not_from_the_queue(runner, 10)

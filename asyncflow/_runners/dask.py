@@ -8,8 +8,10 @@ cluster with it).
 
 Only the work item travels: `client.submit(execute_payload, packed_item)`; the engine stays in the
 flow's process and records every state. Timeouts: the worker stops the function in its thread at the
-deadline (as asyncflow does in-process); Dask cannot kill a task, so if the function holds the GIL
-past the deadline the flow stops waiting a little later, asks the scheduler to cancel it, and says so.
+deadline, counted from when the worker started it (as asyncflow does in-process), and answers
+`TimedOut` at once; Dask cannot kill a task, so C code that holds the worker's GIL past the deadline
+delays that answer until it returns (its result is then discarded). Runs queue on the cluster, so
+the flow sets no deadline of its own: it could not tell a queued run from a running one.
 Work whose worker dies is rescheduled by Dask itself (`distributed.scheduler.allowed-failures`);
 asyncflow's retries are the task's own.
 """
@@ -20,16 +22,12 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import anyio
 import attrs
 import distributed
 
-from .._exceptions import TaskRunTimeoutError
 from ..task_runners import RunnerOptions, TaskRunner
 from .remote import Arrival, blocking, frozen_mapping, resolve_qualified, shielded
 from .work import Capabilities, Outcome, WorkerDiedError, WorkItem, execute_payload, failure
-
-BACKSTOP_SECONDS = 5.0  # past the deadline, the flow stops waiting for a worker that could not stop the run
 
 
 @attrs.frozen
@@ -116,20 +114,11 @@ class DaskTaskRunner(TaskRunner):
         key = f"{item.label or 'task'}-{uuid.uuid4().hex}"
         future = client.submit(execute_payload, payload, key=key, pure=False)
         client.loop.add_callback(_fetch, client, future, arrival)  # waits and fetches on the client's loop
-        limit = item.timeout + BACKSTOP_SECONDS if item.timeout else float("inf")
         try:
-            with anyio.move_on_after(limit) as backstop:
-                answer = await arrival.wait()
+            answer = await arrival.wait()
         except BaseException:  # cancelled (its flow ended): the cluster drops the work if it can
             await shielded(future.cancel)
             raise
-        if backstop.cancelled_caught:
-            await shielded(future.cancel)
-            return failure(TaskRunTimeoutError(
-                f"Task run exceeded timeout of {item.timeout:g} second(s); its Dask worker did not stop it at the "
-                f"deadline (C code holding the GIL?) and Dask cannot kill a running task, so the flow stopped "
-                f"waiting {BACKSTOP_SECONDS:g} s later and asked the scheduler to cancel it (the worker's thread "
-                f"may still run it until it returns)"))
         if isinstance(answer, BaseException):
             return failure(WorkerDiedError(
                 f"Dask could not run task {item.label!r}: {type(answer).__name__}: {answer}"))

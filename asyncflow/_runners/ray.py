@@ -6,9 +6,14 @@ flow run starts and shut down when it ends; if Ray is already initialized in thi
 uses that connection and leaves it open.
 
 Only the work item travels (`execute_payload.remote(packed_item)`); the engine stays in the flow's
-process and records every state. `timeout_seconds` is a hard limit: at the deadline the Ray task is
-force-cancelled, which kills the worker process running it (Ray starts another). Ray's own retries
-are off (`max_retries=0`): asyncflow's retries are the task's own.
+process and records every state. At most as many runs are in flight on Ray as the cluster has CPUs
+(read when the flow run starts); the others wait in the flow's process. `timeout_seconds`: the
+worker stops the function in its thread at the deadline, counted from when it started there, and
+answers `TimedOut` at once; if no answer has come `KILL_GRACE_SECONDS` after the deadline (C code
+holding the worker's GIL, a worker that could not start), the Ray task is force-cancelled, which kills
+the worker process running it (a hard limit; Ray starts another). The grace covers Ray's scheduling
+and worker start-up, which the flow's process cannot see. Ray's own retries are off
+(`max_retries=0`): asyncflow's retries are the task's own.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import attrs
 import ray
 
@@ -36,6 +42,7 @@ class RayOptions(RunnerOptions):
             raise ValueError("RayTaskRunner: give the cluster's address as `address`, not in `init_kwargs`.")
 
 
+KILL_GRACE_SECONDS = 10.0  # after the deadline: the worker's own answer, else the worker is killed
 _remote_fn: Any = None
 
 
@@ -50,7 +57,7 @@ class RayTaskRunner(TaskRunner):
     """Submitted runs, sync and async, execute as Ray tasks: on a local Ray instance started for the
     flow run by default, or on the cluster at `address`."""
 
-    capabilities = Capabilities(async_tasks=True, remote=True, enforces_timeouts=True, kills_at_deadline=True)
+    capabilities = Capabilities(async_tasks=True, remote=True, enforces_timeouts=True)
 
     def __init__(self, address: str | None = None, init_kwargs: Mapping[str, Any] | None = None) -> None:
         super().__init__()
@@ -59,18 +66,27 @@ class RayTaskRunner(TaskRunner):
     def _reset(self) -> None:
         super()._reset()
         self._started_ray = False
+        self._cpus = 1
+        self._slots: tuple[Any, anyio.CapacityLimiter] | None = None  # (event loop, limiter)
+
+    def _in_flight(self) -> anyio.CapacityLimiter:
+        """The limiter of the current event loop (a sync flow's retry runs on a new helper loop)."""
+        token = anyio.lowlevel.current_token()
+        if self._slots is None or self._slots[0] != token:
+            self._slots = (token, anyio.CapacityLimiter(self._cpus))
+        return self._slots[1]
 
     async def start(self) -> None:
         await blocking(self._connect)
 
     def _connect(self) -> None:
-        if ray.is_initialized():  # this process is already connected: use it, leave it open
-            return
-        kwargs = dict(self.options.init_kwargs)
-        if self.options.address is not None:
-            kwargs["address"] = self.options.address
-        ray.init(**kwargs)
-        self._started_ray = True
+        if not ray.is_initialized():  # (a process already connected uses that connection, left open)
+            kwargs = dict(self.options.init_kwargs)
+            if self.options.address is not None:
+                kwargs["address"] = self.options.address
+            ray.init(**kwargs)
+            self._started_ray = True
+        self._cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     async def shutdown(self) -> None:
         if self._started_ray:
@@ -78,12 +94,17 @@ class RayTaskRunner(TaskRunner):
             await blocking(ray.shutdown)
 
     async def submit(self, item: WorkItem) -> Outcome:
+        async with self._in_flight():
+            return await self._submit(item)
+
+    async def _submit(self, item: WorkItem) -> Outcome:
         payload = item.pack()
         arrival = Arrival()
         ref = _remote().remote(payload)
         ref.future().add_done_callback(lambda done: arrival.deliver(_result_of(done)))
         try:
-            with anyio.move_on_after(item.timeout if item.timeout else float("inf")) as deadline:
+            limit = item.timeout + KILL_GRACE_SECONDS if item.timeout else float("inf")
+            with anyio.move_on_after(limit) as deadline:
                 answer = await arrival.wait()
         except BaseException:  # cancelled (its flow ended): stop it where it runs
             await shielded(_force_cancel, ref)
@@ -91,9 +112,10 @@ class RayTaskRunner(TaskRunner):
         if deadline.cancelled_caught:
             await shielded(_force_cancel, ref)
             return failure(TaskRunTimeoutError(
-                f"Task run exceeded timeout of {item.timeout:g} second(s); it was still running at the deadline, "
-                f"so its Ray task was force-cancelled, which kills the worker process running it (a hard limit; "
-                f"Ray starts a fresh worker)"))
+                f"Task run exceeded timeout of {item.timeout:g} second(s); its Ray worker had not stopped it "
+                f"{KILL_GRACE_SECONDS:g} s after the deadline (C code holding the GIL?), so its Ray task was "
+                f"force-cancelled, which kills the worker process running it (a hard limit; Ray starts a fresh "
+                f"worker)"))
         if isinstance(answer, BaseException):
             return failure(WorkerDiedError(f"Ray could not run task {item.label!r}: {type(answer).__name__}: {answer}"))
         import cloudpickle
