@@ -25,6 +25,7 @@ import time
 import traceback
 import weakref
 from collections import deque
+from contextvars import ContextVar
 from typing import Any
 
 from . import _fork, _settings, _store
@@ -176,12 +177,20 @@ class Sink:
         return f"{self._stamp}.{int((ts - second) * 1000):03d}"
 
     def emit(self, level: int, where: str, message: str, flow_run_id: str | None = None,
-             task_run_id: str | None = None, exc_info: Any = None, extra: dict[str, Any] | None = None) -> None:
+             task_run_id: str | None = None, exc_info: Any = None, extra: dict[str, Any] | None = None,
+             ts: float | None = None, exc_text: str | None = None) -> None:
+        captured = _captured.get()
+        if captured is not None:  # in a worker process: the line travels back to the flow's process
+            if level >= captured[1]:
+                captured[0].append((level, where, message, flow_run_id, task_run_id, time.time(),
+                                    _exc_text(exc_info)))
+            return
         if level < self.level:
             return
-        ts = time.time()
+        if ts is None:
+            ts = time.time()
         levelname = _NAMES.get(level, "INFO")
-        exc = _exc_text(exc_info)
+        exc = exc_text if exc_text is not None else _exc_text(exc_info)
         if flow_run_id is not None or task_run_id is not None:  # the stored line keeps the traceback (the UI shows it)
             _store.get_store().record_log(flow_run_id=flow_run_id, task_run_id=task_run_id, level=levelname,
                                           message=f"{message}\n{exc}" if exc else message, ts=ts)
@@ -203,6 +212,29 @@ class Sink:
 
 
 _sink: Sink | None = None
+_captured: ContextVar[tuple[list[Any], int] | None] = ContextVar("asyncflow_captured_logs", default=None)
+
+
+class capture_records:
+    """In a worker process: the lines emitted inside the block (at `level` and above) are appended to
+    `records` as tuples instead of being written or stored; `replay` emits them in the flow's process."""
+
+    def __init__(self, records: list[Any], level: int) -> None:
+        self._value = (records, level)
+        self._token: Any = None
+
+    def __enter__(self) -> None:
+        self._token = _captured.set(self._value)
+
+    def __exit__(self, *exc: Any) -> None:
+        _captured.reset(self._token)
+
+
+def replay(records: Any) -> None:
+    """Emit log records that came back from a worker, with their own timestamps, into the run logs."""
+    target = sink()
+    for level, where, message, flow_run_id, task_run_id, ts, exc_text in records:
+        target.emit(level, where, message, flow_run_id, task_run_id, ts=ts, exc_text=exc_text)
 
 
 def sink() -> Sink:

@@ -1,47 +1,110 @@
 """Task runners decide where a submitted run's user code executes and how many run at once.
 
-The engine drives every run as a coroutine on the flow's event loop; a runner supplies three things:
+The engine drives every run as a coroutine where the flow runs, records every state and decides
+retries, caching and timeouts; a runner only executes the user's function. Its interface:
 
-- `run_sync(fn)`: execute a zero-argument sync callable (the user's function bound to its arguments);
-- `run_async(fn)`: execute a zero-argument async callable;
-- `execution_slot(ticket)`: an async context manager held while a run submitted by a flow executes
-  (after its inputs are resolved, so a slot is never held by a run that waits for another run);
-  `ticket()` is called at submit time, and `release(ticket)` once the run is over, whatever happened.
+- `capabilities` (a `Capabilities`, declared by the class): what the engine may ask of it;
+- `options`: a frozen value object with the runner's configuration; `duplicate()` (called once per
+  flow run) copies it into a fresh runner with no runtime state;
+- a lifecycle: the engine enters `async with runner:` around each flow run (`start()` /
+  `shutdown()`: start or connect a pool or a cluster, and stop what was started);
+- `submit(work_item) -> Outcome`: execute one `WorkItem` (function, arguments and, for runners
+  whose work leaves the process, a picklable snapshot of the run context) and return what came of it
+  (value or exception, the log records, timing);
+- `run_inline(work_item) -> Outcome`: for runners with `pool_threads`, execute it in the current
+  thread, one of the runner's own (`dispatcher()`), where the engine runs the whole sync run;
+- `ticket()` / `execution_slot(ticket)` / `release(ticket)` (runners with `slots`): order and bound
+  the runs a flow submits.
 
-A runner for another engine (Dask, Ray, processes) implements the same three methods.
+`ProcessPoolTaskRunner` is defined here; `DaskTaskRunner` and `RayTaskRunner` are imported from
+here on first use (extras `dask` and `ray`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
 import anyio.to_thread
+import attrs
 
 from . import _settings
-from ._engine.threads import ThreadDispatcher, set_thread_slot
+from ._engine.interrupt import UserCode
+from ._engine.threads import ThreadDispatcher
+from ._runners.threads import ThreadSlot, thread_limiter
+from ._runners.work import Capabilities, Outcome, RunSnapshot, UnpicklableWorkError, WorkerDiedError, WorkItem
 
 R = TypeVar("R")
 
 
+@attrs.frozen
+class RunnerOptions:
+    """A runner's configuration (subclasses add fields). Frozen: `duplicate()` shares it safely."""
+
+
 class TaskRunner:
-    """Base class. Each flow run works on its own `duplicate()` of the flow's runner."""
+    """Base class: sync functions in worker threads (under the thread limit), coroutines on the loop.
+
+    Subclasses declare `capabilities`, keep configuration in `options` (a frozen attrs object) and
+    per-run state in attributes set by `_reset()`. Each flow run works on its own `duplicate()`."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self) -> None:
+        self.options: Any = RunnerOptions()
+        self._reset()
+
+    def _reset(self) -> None:
+        """Per-run state, fresh in each duplicate (nothing of another flow run's runner is shared)."""
         self._limiter: anyio.CapacityLimiter | None = None
         self._dispatcher: ThreadDispatcher | None = None
+        self._tickets = 0
 
     @property
     def name(self) -> str:
         return type(self).__name__.lower().replace("taskrunner", "")
 
     def duplicate(self) -> TaskRunner:
-        return type(self)()
+        """A copy for one flow run: the same options (and other configuration), fresh runtime state."""
+        clone = copy.copy(self)
+        clone._reset()
+        return clone
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    async def __aenter__(self) -> TaskRunner:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.shutdown()
+
+    async def start(self) -> None:
+        """Start or connect what the runner needs (once per flow run, before its first run)."""
+
+    async def shutdown(self) -> None:
+        """Stop what `start` (or the runs) started. Called once the flow run's runs are all final."""
+
+    # -- executing work -------------------------------------------------------------------------------
+    async def submit(self, item: WorkItem) -> Outcome:
+        """Execute `item` and return its outcome; called on the event loop of the flow's runs."""
+        if item.is_async:
+            return await self.run_async(item.run_async)
+        guard = item.guard
+        if guard is None:
+            guard = item.guard = UserCode()
+        try:
+            return await self.run_sync(item.run)
+        except anyio.get_cancelled_exc_class():
+            guard.abort()  # cancelled: the thread stops at its next bytecode
+            raise
+
+    def run_inline(self, item: WorkItem) -> Outcome:
+        """Execute a sync `item` in the current thread (one this runner's `dispatcher()` provided)."""
+        return item.run()
 
     def _thread_limit(self) -> int:
         return int(_settings.THREAD_LIMIT.value())
@@ -52,7 +115,7 @@ class TaskRunner:
         return self._limiter
 
     async def run_sync(self, fn: Callable[[], R]) -> R:
-        """Run sync user code in a worker thread (never on the event-loop thread).
+        """Run sync code in a worker thread (never on the event-loop thread).
 
         The thread holds one of the runner's slots while it runs user code; if that code blocks on
         another run (`future.result()`), the slot is handed back until the wait is over, so a
@@ -62,38 +125,30 @@ class TaskRunner:
         slot = ThreadSlot(limiter)
         await limiter.acquire_on_behalf_of(slot)
         try:
-            return await anyio.to_thread.run_sync(slot.run, fn, limiter=_thread_limiter(), abandon_on_cancel=True)
+            return await anyio.to_thread.run_sync(slot.run, fn, limiter=thread_limiter(), abandon_on_cancel=True)
         finally:
             slot.close()  # (an abandoned thread that lent its slot must not take it again later: L4)
 
     async def run_async(self, fn: Callable[[], Awaitable[R]]) -> R:
+        """Run a coroutine function (only for runners that declare `async_tasks`)."""
         return await fn()
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.overrides_run_async = cls.run_async is not TaskRunner.run_async
-        cls.overrides_run_sync = cls.run_sync is not TaskRunner.run_sync
-        cls.uses_slots = cls.execution_slot is not TaskRunner.execution_slot
-
-    overrides_run_async = False  # the engine awaits coroutines directly unless a runner says otherwise
-    overrides_run_sync = False
-    uses_slots = False
-
     def dispatcher(self) -> ThreadDispatcher | None:
-        """Where submitted sync runs execute whole (engine and user code) in one pool thread, without
-        a round trip through the event loop; None for runners that place sync code themselves."""
-        if self.overrides_run_sync or self.uses_slots:
+        """Where submitted sync runs execute whole (engine and user code) in one of the runner's
+        threads, without a round trip through the event loop (runners with `pool_threads`)."""
+        if not self.capabilities.pool_threads:
             return None
         if self._dispatcher is None:
             self._dispatcher = ThreadDispatcher(self._thread_limit())
         return self._dispatcher
 
+    # -- slots ----------------------------------------------------------------------------------------
     def ticket(self) -> Any:
         """Called when a flow submits a run, in submission order; `None` means no slot is needed."""
-        if not self.uses_slots:
+        if not self.capabilities.slots:
             return None
         with _ticket_lock:
-            self._tickets = getattr(self, "_tickets", 0) + 1
+            self._tickets += 1
             return self._tickets - 1
 
     @contextlib.asynccontextmanager
@@ -103,102 +158,49 @@ class TaskRunner:
     def release(self, ticket: Any) -> None:
         """Called when the run holding `ticket` is over (also if it never got to execute)."""
 
+    # -- value semantics ------------------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self)
+        return type(other) is type(self) and other.options == self.options  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
-        return hash(type(self))
+        try:
+            return hash((type(self), self.options))
+        except TypeError:  # options holding dicts
+            return hash(type(self))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        fields = ", ".join(f"{f.name}={getattr(self.options, f.name)!r}" for f in attrs.fields(type(self.options)))
+        return f"{type(self).__name__}({fields})"
 
 
 _ticket_lock = threading.Lock()
-_thread_limiter_var: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar("asyncflow_threads")
 
 
-def _thread_limiter() -> anyio.CapacityLimiter:
-    """Threads themselves are not the scarce resource (runner slots are): allow plenty per event loop."""
-    try:
-        return _thread_limiter_var.get()
-    except LookupError:
-        limiter = anyio.CapacityLimiter(10_000)
-        _thread_limiter_var.set(limiter)
-        return limiter
+def _positive_or_none(_: Any, attribute: Any, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{attribute.name} must be a positive integer or None; got {value!r}.")
 
 
-class ThreadSlot:
-    """A runner slot held by one worker thread, released while the thread waits on another run.
-
-    `close()` (on the loop, when the run is over or abandoned) gives the slot back if it is held and
-    stops a thread that outlived its run from ever taking it again."""
-
-    __slots__ = ("__weakref__", "_lock", "closed", "held", "limiter")
-
-    def __init__(self, limiter: anyio.CapacityLimiter) -> None:
-        self.limiter = limiter
-        self.held = True
-        self.closed = False
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            self.closed = True
-            held, self.held = self.held, False
-        if held:
-            self.limiter.release_on_behalf_of(self)
-
-    def run(self, fn: Callable[[], R]) -> R:
-        previous = set_thread_slot(self)
-        try:
-            return fn()
-        finally:
-            set_thread_slot(previous)
-
-    def release_while_blocked(self) -> None:
-        with self._lock:
-            if not self.held or self.closed:
-                return
-            self.held = False
-        anyio.from_thread.run_sync(self.limiter.release_on_behalf_of, self)
-
-    def reacquire(self) -> None:
-        if self.held or self.closed:
-            return
-        anyio.from_thread.run(self._acquire_unless_closed)
-
-    async def _acquire_unless_closed(self) -> None:
-        """On the loop (where `close` runs too): take the slot back only if the run is still on."""
-        await self.limiter.acquire_on_behalf_of(self)
-        if self.closed:
-            self.limiter.release_on_behalf_of(self)
-            return
-        self.held = True
+@attrs.frozen
+class ThreadPoolOptions(RunnerOptions):
+    max_workers: int | None = attrs.field(default=None, validator=_positive_or_none)
 
 
 class ThreadPoolTaskRunner(TaskRunner):
     """Runs submitted tasks concurrently: coroutines on the loop, sync code in up to `max_workers` threads."""
 
+    capabilities = Capabilities(pool_threads=True)
+
     def __init__(self, max_workers: int | None = None) -> None:
         super().__init__()
-        if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
-            raise ValueError(f"max_workers must be a positive integer or None; got {max_workers!r}.")
-        self.max_workers = max_workers
+        self.options = ThreadPoolOptions(max_workers)
+
+    @property
+    def max_workers(self) -> int | None:
+        return self.options.max_workers  # type: ignore[no-any-return]
 
     def _thread_limit(self) -> int:
         return self.max_workers if self.max_workers is not None else super()._thread_limit()
-
-    def duplicate(self) -> ThreadPoolTaskRunner:
-        return type(self)(max_workers=self.max_workers)
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.max_workers == self.max_workers  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash((type(self), self.max_workers))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(max_workers={self.max_workers})"
 
 
 class ConcurrentTaskRunner(ThreadPoolTaskRunner):
@@ -208,8 +210,10 @@ class ConcurrentTaskRunner(ThreadPoolTaskRunner):
 class SequentialTaskRunner(TaskRunner):
     """Submitted runs execute one at a time, in submission order (tickets served in order)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    capabilities = Capabilities(slots=True)
+
+    def _reset(self) -> None:
+        super()._reset()
         self._issued = 0
         self._serving = 0
         self._finished: set[int] = set()
@@ -244,6 +248,34 @@ def default_task_runner() -> TaskRunner:
     return ConcurrentTaskRunner()
 
 
+_LAZY = {"DaskTaskRunner": ("._runners.dask", "dask", "distributed"),
+         "RayTaskRunner": ("._runners.ray", "ray", "ray")}
+
+
+def __getattr__(name: str) -> Any:
+    """`DaskTaskRunner` and `RayTaskRunner` are imported on first use: they need optional extras."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module_name, extra, package = _LAZY[name]
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name, __package__)
+    except ImportError as exc:
+        if exc.name is not None and exc.name.split(".")[0] != package:
+            raise
+        raise ImportError(
+            f"{name} needs the {package!r} package, which is not installed: pip install 'asyncflow[{extra}]'",
+            name=package) from exc
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
 def coerce_task_runner(value: Any) -> TaskRunner:
     if value is None:
         return default_task_runner()
@@ -256,4 +288,8 @@ def coerce_task_runner(value: Any) -> TaskRunner:
         f"got {value!r}.")
 
 
-__all__ = ["ConcurrentTaskRunner", "SequentialTaskRunner", "TaskRunner", "ThreadPoolTaskRunner"]
+from ._runners.process import ProcessPoolOptions, ProcessPoolTaskRunner  # noqa: E402
+
+__all__ = ["Capabilities", "ConcurrentTaskRunner", "Outcome", "ProcessPoolOptions", "ProcessPoolTaskRunner",
+           "RunSnapshot", "RunnerOptions", "SequentialTaskRunner", "TaskRunner", "ThreadPoolOptions",
+           "ThreadPoolTaskRunner", "UnpicklableWorkError", "WorkItem", "WorkerDiedError"]

@@ -94,7 +94,7 @@ def main() -> None:
         for metric in entry["asyncflow"]:
             line = f"   {metric:24s} asyncflow {fmt(entry['asyncflow'][metric])}   baseline {fmt(entry['baseline'][metric])}"
             base = entry["baseline"][metric]["median"]
-            if metric.endswith(("_us", "_ms")) and base > 0:
+            if metric.endswith(("_us", "_ms", "_s")) and base > 0:
                 line += f"   ×{entry['asyncflow'][metric]['median'] / base:.1f}"
             for other in libs[2:]:
                 if other in entry:

@@ -584,6 +584,201 @@ def l_no_loss_baseline(n: int) -> dict[str, float]:
             "submitted_waits": 0, "sequential_waits": 0}
 
 
+# -- m, n. task runners: per-task cost, and a CPU-bound map over worker processes ------------------
+def _engines(wanted: tuple[str, ...]) -> dict[str, Any]:
+    """The external engines the runner scenarios use, started outside the timings (those installed)."""
+    engines: dict[str, Any] = {}
+    if "dask" in wanted:
+        try:
+            import distributed
+        except ImportError:
+            pass
+        else:
+            cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                               dashboard_address=":0", silence_logs=40)
+            engines["dask"] = (cluster, distributed.Client(cluster))
+    if "ray" in wanted:
+        try:
+            import ray
+        except ImportError:
+            pass
+        else:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            engines["ray"] = ray
+    return engines
+
+
+def _close(engines: dict[str, Any]) -> None:
+    if "dask" in engines:
+        cluster, client = engines["dask"]
+        client.close()
+        cluster.close()
+    if "ray" in engines:
+        engines["ray"].shutdown()
+
+
+def _runner_flow_us(lib: Any, runner: Any, fn: Any, args: list[Any]) -> float:
+    """Seconds per task of `fn.map(args)` in a flow on `runner`, after a warm-up that starts its workers."""
+    task = lib.task(fn)
+
+    @lib.flow(task_runner=runner)
+    async def main() -> float:
+        for future in task.map([args[0]] * 4):  # warm-up: workers started, code imported
+            await future
+        start = time.perf_counter()
+        for future in task.map(args):
+            await future
+        return time.perf_counter() - start
+
+    return anyio.run(main) / len(args) * 1e6
+
+
+def m_runners(lib: Any, n: int) -> dict[str, float]:
+    """Per task: N trivial tasks mapped on each runner (the engine records every state)."""
+    from asyncflow.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+    def inc(x: int) -> int:
+        return x + 1
+
+    engines = _engines(("dask", "ray"))
+    try:
+        out = {"threads_us": _runner_flow_us(lib, ThreadPoolTaskRunner(), inc, list(range(n))),
+               "process_us": _runner_flow_us(lib, ProcessPoolTaskRunner(max_workers=2), inc, list(range(n)))}
+        if "dask" in engines:
+            from asyncflow.task_runners import DaskTaskRunner
+
+            address = engines["dask"][0].scheduler_address
+            out["dask_us"] = _runner_flow_us(lib, DaskTaskRunner(address=address), inc, list(range(n)))
+        if "ray" in engines:
+            from asyncflow.task_runners import RayTaskRunner
+
+            out["ray_us"] = _runner_flow_us(lib, RayTaskRunner(), inc, list(range(n)))
+        return out
+    finally:
+        _close(engines)
+
+
+def _inc(x: int) -> int:
+    return x + 1
+
+
+def _timed_per_task(submit_all: Any, n: int) -> float:
+    submit_all(4)  # the same warm-up
+    start = time.perf_counter()
+    submit_all(n)
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def m_runners_baseline(n: int) -> dict[str, float]:
+    """The same work through each engine's own submit, with nothing recorded."""
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    def inc(x: int) -> int:
+        return x + 1
+
+    engines = _engines(("dask", "ray"))
+    try:
+        with ThreadPoolExecutor() as threads:
+            out = {"threads_us": _timed_per_task(lambda k: [f.result() for f in [threads.submit(inc, i)
+                                                                                 for i in range(k)]], n)}
+        with ProcessPoolExecutor(2) as processes:
+            out["process_us"] = _timed_per_task(lambda k: [f.result() for f in [processes.submit(_inc, i)
+                                                                                for i in range(k)]], n)
+        if "dask" in engines:
+            client = engines["dask"][1]
+            out["dask_us"] = _timed_per_task(lambda k: client.gather([client.submit(inc, i, pure=False)
+                                                                     for i in range(k)]), n)
+        if "ray" in engines:
+            ray = engines["ray"]
+            remote_inc = ray.remote(inc)
+            out["ray_us"] = _timed_per_task(lambda k: ray.get([remote_inc.remote(i) for i in range(k)]), n)
+        return out
+    finally:
+        _close(engines)
+
+
+_SPIN = 4_000_000  # pure-Python iterations of one CPU-bound task (~0.3-0.6 s here)
+_ROUNDS = 3
+
+
+def _spin(iterations: int) -> int:
+    total = 0
+    for i in range(iterations):
+        total += i % 7
+    return total
+
+
+def n_cpu_map(lib: Any, n: int) -> dict[str, float]:
+    """Wall seconds of a map of N CPU-bound pure-Python tasks: a plain loop, threads (the GIL: no
+    gain), worker processes (1 and 2), Dask (2 workers) and Ray (2 CPUs) if installed. Every variant
+    runs once per round, in turn, and the best of the rounds counts, so that load from other work on
+    the machine weighs on all of them alike."""
+    from asyncflow.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+    def spin(iterations: int) -> int:  # defined here: it travels by value (Ray's workers cannot import bench/)
+        total = 0
+        for i in range(iterations):
+            total += i % 7
+        return total
+
+    task = lib.task(spin)
+
+    def wall(runner: Any) -> float:
+        @lib.flow(task_runner=runner)
+        async def main() -> float:
+            for future in task.map([1] * 2):  # warm-up: workers started, code imported
+                await future
+            start = time.perf_counter()
+            for future in task.map([_SPIN] * n):
+                await future
+            return time.perf_counter() - start
+
+        return anyio.run(main)  # type: ignore[no-any-return]
+
+    def sequential() -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            spin(_SPIN)
+        return time.perf_counter() - start
+
+    engines = _engines(("dask", "ray"))
+    try:
+        variants: dict[str, Any] = {
+            "sequential_s": sequential, "threads_s": lambda: wall(ThreadPoolTaskRunner()),
+            "process_1_s": lambda: wall(ProcessPoolTaskRunner(max_workers=1)),
+            "process_2_s": lambda: wall(ProcessPoolTaskRunner(max_workers=2))}
+        if "dask" in engines:
+            from asyncflow.task_runners import DaskTaskRunner
+
+            address = engines["dask"][0].scheduler_address
+            variants["dask_2_s"] = lambda: wall(DaskTaskRunner(address=address))
+        if "ray" in engines:
+            from asyncflow.task_runners import RayTaskRunner
+
+            variants["ray_2_s"] = lambda: wall(RayTaskRunner())
+        best: dict[str, float] = {}
+        for _ in range(_ROUNDS):
+            for name, run in variants.items():
+                elapsed = run()
+                best[name] = min(best.get(name, elapsed), elapsed)
+        return best
+    finally:
+        _close(engines)
+
+
+def n_cpu_map_baseline(n: int) -> dict[str, float]:
+    """The same work in a plain loop, best of the rounds (a ratio below 1 is a speed-up over it)."""
+    best = float("inf")
+    for _ in range(_ROUNDS):
+        start = time.perf_counter()
+        for _ in range(n):
+            _spin(_SPIN)
+        best = min(best, time.perf_counter() - start)
+    keys = ("sequential_s", "threads_s", "process_1_s", "process_2_s", "dask_2_s", "ray_2_s")
+    return dict.fromkeys(keys, best)
+
+
 SCENARIOS: dict[str, tuple[str, int]] = {
     "a": ("sync flow calls a sync task in sequence", 5000),
     "b": ("async flow awaits an async task in sequence", 5000),
@@ -600,6 +795,8 @@ SCENARIOS: dict[str, tuple[str, int]] = {
     "j": ("run store: hot-path cost per state, SQLite writer throughput, task runs with each store", 20_000),
     "k": ("background: .delay() N runs, one worker runs them (SQLite broker)", 2000),
     "l": ("nothing lost: N submitted tasks, then N sequential calls, all in the SQLite store", 100_000),
+    "m": ("task runners: N trivial tasks mapped on each runner vs the engine's own submit", 500),
+    "n": ("CPU-bound map of N tasks: threads, worker processes, Dask, Ray", 8),
 }
 
 FUNCTIONS = {
@@ -618,4 +815,6 @@ FUNCTIONS = {
     "j": (j_store, j_store_baseline),
     "k": (k_background, k_background_baseline),
     "l": (l_no_loss, l_no_loss_baseline),
+    "m": (m_runners, m_runners_baseline),
+    "n": (n_cpu_map, n_cpu_map_baseline),
 }

@@ -16,6 +16,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 IMPORT_NAMES = {"attrs": {"attr", "attrs"}}  # distribution -> the modules it provides
+# modules of optional extras, imported only on first use (`asyncflow.task_runners.DaskTaskRunner`): the
+# package they import at module level is the extra's own
+EXTRA_MODULES = {"asyncflow/_runners/dask.py": ("dask", "distributed"), "asyncflow/_runners/ray.py": ("ray", "ray")}
 
 
 def _declared() -> set[str]:
@@ -32,6 +35,8 @@ def _declared() -> set[str]:
 def _module_level_imports() -> dict[str, str]:
     found: dict[str, str] = {}
     for path in (ROOT / "asyncflow").rglob("*.py"):
+        if str(path.relative_to(ROOT)) in EXTRA_MODULES:
+            continue
         for node in ast.parse(path.read_text()).body:  # module level only: lazy imports are optional extras
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
@@ -153,3 +158,19 @@ def test_the_web_ui_is_an_optional_extra_loaded_only_when_served():
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.ImportFrom):
                 assert "server" not in (node.module or ""), f"{path} imports the web UI when it loads"
+
+def test_the_modules_of_optional_extras_import_only_their_extras_package_and_are_declared():
+    text = (ROOT / "pyproject.toml").read_text()
+    declared = _declared()
+    for relative, (extra, package) in EXTRA_MODULES.items():
+        assert re.search(rf'^{extra} = \[\s*"{package}', text, re.M), f"extra {extra!r} does not install {package}"
+        for node in ast.parse((ROOT / relative).read_text()).body:
+            if isinstance(node, ast.Import):
+                names = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module.split(".")[0]]
+            else:
+                continue
+            for name in names:
+                assert name in sys.stdlib_module_names or name in declared or name in ("asyncflow", package,
+                                                                                          "__future__"), (relative, name)

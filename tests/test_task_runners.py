@@ -510,14 +510,16 @@ def test_a_runner_instance_can_be_shared_by_several_flow_runs():
     assert runner.max_workers == 2
 
 
-def test_a_custom_runner_overriding_run_async_and_execution_slot_is_used():
+def test_a_custom_runner_declaring_async_tasks_and_slots_is_used():
     import contextlib
 
-    from asyncflow.task_runners import TaskRunner
+    from asyncflow.task_runners import Capabilities, TaskRunner
 
     calls = []
 
     class Recording(TaskRunner):
+        capabilities = Capabilities(async_tasks=True, slots=True)
+
         async def run_async(self, fn):
             calls.append("run_async")
             return await fn()
@@ -569,3 +571,96 @@ async def test_a_cancelled_sync_call_that_lent_its_slot_never_takes_it_back_late
             return [await quick(), await quick()]
 
     assert await f() == ["ran", "ran"]
+
+
+# -- the runner interface: lifecycle, work items, duplicate (issue 13) -------------------------------------
+class LifecycleRunner(ThreadPoolTaskRunner):
+    """Records its lifecycle and every work item it executes (on a shared, class-level list)."""
+
+    events: list[str] = []
+
+    async def start(self) -> None:
+        LifecycleRunner.events.append("start")
+
+    async def shutdown(self) -> None:
+        LifecycleRunner.events.append("shutdown")
+
+    async def submit(self, item):
+        LifecycleRunner.events.append("submit")
+        return await super().submit(item)
+
+    def run_inline(self, item):
+        LifecycleRunner.events.append("run_inline")
+        return super().run_inline(item)
+
+
+@pytest.fixture
+def lifecycle_events():
+    LifecycleRunner.events = []
+    return LifecycleRunner.events
+
+
+@task
+def plus_one(x: int) -> int:
+    return x + 1
+
+
+@pytest.mark.anyio
+async def test_the_engine_starts_and_shuts_down_the_runner_once_per_flow_run(lifecycle_events):
+    attempts = []
+
+    @flow(task_runner=LifecycleRunner(max_workers=2), retries=1)
+    async def f() -> int:
+        attempts.append(1)
+        value = await plus_one(1)  # a direct sync call from async code: through the runner's submit
+        if len(attempts) == 1:
+            raise ValueError("the first attempt fails")
+        return value
+
+    assert await f() == 2
+    assert lifecycle_events == ["start", "submit", "submit", "shutdown"]
+
+
+def test_submitted_sync_runs_of_the_default_runner_go_through_run_inline(lifecycle_events):
+    @flow(task_runner=LifecycleRunner(max_workers=2))
+    def f() -> list[int]:
+        return plus_one.map(range(3)).result()
+
+    assert f() == [1, 2, 3]
+    assert lifecycle_events == ["start", "run_inline", "run_inline", "run_inline", "shutdown"]
+
+
+def test_a_runner_that_cannot_start_fails_the_flow_run_saying_so():
+    class Broken(ThreadPoolTaskRunner):
+        async def start(self) -> None:
+            raise ConnectionError("no scheduler at tcp://nowhere:8786")
+
+    @flow(task_runner=Broken())
+    def f() -> int:
+        return 1
+
+    state = f(return_state=True)
+    assert state.name == "Failed"
+    assert "task runner Broken(max_workers=None) could not start" in state.message
+    assert "no scheduler at tcp://nowhere:8786" in state.message
+
+
+def test_duplicate_shares_the_frozen_options_and_not_the_runtime_state():
+    runner = SequentialTaskRunner()
+    runner.ticket()
+    copy = runner.duplicate()
+    assert copy.options is runner.options and copy == runner
+    assert copy.ticket() == 0  # a fresh ticket counter
+    pool = ThreadPoolTaskRunner(max_workers=2)
+    assert pool.duplicate().options is pool.options and pool.duplicate().max_workers == 2
+
+
+def test_a_work_item_pickles_without_its_local_guard():
+    import cloudpickle
+
+    from asyncflow._engine.interrupt import UserCode
+    from asyncflow.task_runners import WorkItem
+
+    item = WorkItem(sorted, ([3, 1, 2],), {"reverse": True}, label="sort", guard=UserCode())
+    copy = cloudpickle.loads(item.pack())
+    assert copy.guard is None and copy.run().unwrap() == [3, 2, 1]

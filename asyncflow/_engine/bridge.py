@@ -81,7 +81,8 @@ class Bridge:
         raise NotImplementedError
 
     async def call_sync(self, fn: Callable[[], Any], guard: UserCode | None = None, runner: Any = None) -> Any:
-        """Sync user code, stoppable through `guard`; on a loop, in a thread of `runner` (if any)."""
+        """Sync user code, stoppable through `guard`; on a loop, in a worker thread (`runner=OWN_THREAD`:
+        one not counted against any limit). Task runs with a runner go through the runner instead."""
         raise NotImplementedError
 
     async def io(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -180,8 +181,6 @@ class Awaiting(Bridge):
             if runner is OWN_THREAD:  # not limited by anyio's default thread count (a flow body)
                 return await anyio.to_thread.run_sync(user.run, fn, limiter=anyio.CapacityLimiter(1),
                                                       abandon_on_cancel=True)
-            if runner is not None:
-                return await runner.run_sync(lambda: user.run(fn))
             return await anyio.to_thread.run_sync(user.run, fn, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():
             user.abort()  # cancelled: the thread stops at its next bytecode

@@ -36,7 +36,8 @@ from .task_run import report_unobserved, resolve_cancelled, why_ended
 
 SHIELDED_HOOKS_SECONDS = 30.0  # the hooks of a cancelled flow run are shielded from it, this long at most
 SETTLE_SUBFLOWS_SECONDS = 5.0  # how long a cancelled flow waits for the subflows called in its runs to end
-STORE_FLUSH_SHIELD_SECONDS = 120.0  # the store's own flush timeout (a setting) ends the wait before this
+STORE_FLUSH_SHIELD_SECONDS = 120.0
+RUNNER_SHUTDOWN_SECONDS = 60.0  # a task runner (a process pool, a Dask cluster) gets this long to shut down  # the store's own flush timeout (a setting) ends the wait before this
 
 
 class FlowCall:
@@ -103,7 +104,7 @@ async def run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
             log(ERROR, call.label, f"Parameter validation failed for flow {flow.name!r}: {exc}", call.ids)
         else:
             run.parameters = redact(parameters, flow.redact_parameters) if flow.redact_parameters else parameters
-            state = await _attempts(call, ctx, parameters, bridge)
+            state = await _with_runner(call, ctx, parameters, bridge)
         log_final_state(state, call.label, call.ids)
         await _final_hooks(call, state, bridge)
         return state
@@ -130,6 +131,32 @@ async def run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
             if store_pending():  # and everything it recorded is in the store (the store bounds the wait)
                 await bridge.shielded(bridge.io(flush_store), STORE_FLUSH_SHIELD_SECONDS,
                                       f"{call.label}: writing its records to the store", call.ids)
+
+
+async def _with_runner(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, Any], bridge: Bridge
+                       ) -> State[Any]:
+    """The flow run's attempts inside its task runner's lifecycle (`async with runner:`): the runner
+    starts or connects once per flow run, and shuts down once every run of the flow is final."""
+    runner = ctx.task_runner
+    try:
+        await runner.__aenter__()
+    except Exception as exc:
+        state = _set(call, StateType.FAILED, "Failed",
+                     f"Its task runner {runner!r} could not start: {type(exc).__name__}: {exc}", exc)
+        log(ERROR, call.label, f"The task runner {runner!r} could not start", call.ids, exc_info=exc)
+        return state
+    try:
+        return await _attempts(call, ctx, parameters, bridge)
+    finally:
+        await bridge.shielded(_shutdown(runner, call), RUNNER_SHUTDOWN_SECONDS,
+                              f"{call.label}: shutting down its task runner", call.ids)
+
+
+async def _shutdown(runner: Any, call: FlowCall) -> None:
+    try:
+        await runner.__aexit__(None, None, None)
+    except Exception as exc:  # the runs are all final: a runner that fails to stop changes no state
+        log(WARNING, call.label, f"The task runner {runner!r} failed to shut down", call.ids, exc_info=exc)
 
 
 async def _wait_for_upstream(call: FlowCall, bridge: Bridge) -> None:

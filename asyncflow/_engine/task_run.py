@@ -27,6 +27,7 @@ from .._futures import TaskRunFuture
 from .._ids import new_id
 from .._logging import ERROR, INFO, WARNING, ensure_print_capture, log
 from .._logging import flush as flush_logs
+from .._runners.work import Capabilities, WorkItem
 from .._runs import TaskRun
 from .._states import State, StateDetails, StateType
 from .._store import get_store
@@ -38,6 +39,7 @@ from .common import exception_message, log_final_state
 from .interrupt import SyncRunAborted, UserCode
 from .loop import context_for_another_thread, in_async_context
 from .open_runs import OPEN
+from .remote import call_remote
 from .resolve import Resolver, unfinished_in
 from .scope import BaseExceptionGroup, Scope, owning, raise_sole
 from .streaming import stream_attempt
@@ -408,6 +410,9 @@ async def _one_attempt(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, 
         return _new_state(call, StateType.FAILED, "Failed", exception_message("Task", exc), exc)
 
 
+_LOCAL = Capabilities()
+
+
 async def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any], bridge: Bridge) -> Any:
     task = call.task
     fn = task.fn
@@ -415,16 +420,27 @@ async def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any]
         return await stream_attempt(task, args, kwargs, bridge)
     if call.submitted and not bridge.blocking and deadline_passed():
         await anyio.lowlevel.checkpoint()  # the backend delivers the cancellation: no user code after a deadline
+    runner = call.runner
+    caps = runner.capabilities if runner is not None else _LOCAL
+    if caps.remote:
+        if call.submitted:  # the work item travels; the engine stays here
+            return await call_remote(call, runner, args, kwargs)
+        runner, caps = None, _LOCAL  # a direct call runs here, as with any runner
     if task.isasync:
-        runner = call.runner if call.submitted else None
-        if runner is not None and runner.overrides_run_async:
-            return await runner.run_async(functools.partial(_call_async, fn, args, kwargs, task.timeout_seconds))
+        if call.submitted and caps.async_tasks:
+            item = WorkItem(_call_async, (fn, args, kwargs, task.timeout_seconds), is_async=True, label=call.label)
+            return (await runner.submit(item)).unwrap()
         return await _call_async(fn, args, kwargs, task.timeout_seconds)
     bound = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
-    if task.timeout_seconds:
+    if task.timeout_seconds:  # the engine stops it at its deadline (no local runner enforces timeouts)
         return await bridge.call_with_deadline(bound, task.timeout_seconds, "Task")
+    if runner is None or (bridge.blocking and not call.submitted):  # inline in the caller's thread
+        return await bridge.call_sync(bound, call.guard, None)
     # a pool-thread run's guard lets its scope stop it; on a loop, cancelling the task stops the thread
-    return await bridge.call_sync(bound, call.guard, call.runner)
+    item = WorkItem(bound, guard=call.guard)
+    if bridge.blocking:  # a submitted run in one of the runner's threads (its dispatcher)
+        return runner.run_inline(item).unwrap()
+    return (await runner.submit(item)).unwrap()
 
 
 async def _call_async(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], limit: float | None) -> Any:
@@ -506,7 +522,8 @@ def submit(task: Any, parameters: dict[str, Any], wait_for: Any) -> TaskRunFutur
             f"Call it inside a function decorated with @flow (or @task), call the task directly, or use "
             f"`.delay()` to hand the run to a task worker.")
     runner = call.runner
-    # sync runs go whole to a pool thread, except time-limited ones: those need a thread of their own
+    # sync runs go whole to one of the runner's threads (if it has any), except time-limited ones: those
+    # need a thread of their own
     dispatcher = runner.dispatcher() if runner is not None and task.kind == "sync" and not task.timeout_seconds else None
     if dispatcher is not None:
         call.guard = UserCode()  # before the scope knows the run: a cancel can always stop it
