@@ -166,6 +166,7 @@ def _parse_lease(raw: str) -> float:
         value = -1.0
     if not 1 <= value <= ONE_DAY:  # a lease shorter than a second would be taken back before it is renewed
         raise ValueError(f"expected a number of seconds from 1 to {ONE_DAY} (one day)")
+    return value
 
 
 def _parse_result_storage(raw: str) -> str:
@@ -190,7 +191,6 @@ def _parse_store(raw: str) -> str:
         return check_url(value)
     raise ValueError("expected one of sqlite, memory, or a PostgreSQL URL "
                      "(postgresql://user:password@host:5432/database)")
-
 
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([smhd]?)", re.ASCII)
