@@ -212,3 +212,24 @@ def test_a_flow_with_a_thread_limit_of_zero_fails_at_start_instead_of_hanging(ho
         pytest.fail("the flow hung with ASYNCFLOW_TASK_RUNNER_THREAD_LIMIT=0")
     assert out.stdout.startswith("raised: SettingError Setting ASYNCFLOW_TASK_RUNNER_THREAD_LIMIT='0' is invalid: "
                                  "expected an integer >= 1"), (out.stdout, out.stderr)
+
+
+def _written(value):
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
+def test_every_setting_reads_back_its_own_default_written_as_text(home, monkeypatch):
+    """Each parser returns what it parsed: a setting set to its default's text has the default's value
+    (a parser that checked and forgot to return gave None)."""
+    checked = []
+    for name, setting in _settings.SETTINGS.items():
+        default = setting.default_value()
+        if default is None or isinstance(default, bool) or name == "ASYNCFLOW_HOME":
+            continue
+        monkeypatch.setenv(name, _written(default))
+        _settings.reload()
+        value = setting.value()
+        assert value == default or str(value) == str(default), (name, default, value)
+        monkeypatch.delenv(name)
+        checked.append(name)
+    assert "ASYNCFLOW_TASK_WORKER_LEASE_SECONDS" in checked and len(checked) > 10
