@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._runs import FlowRun, TaskRun
-from .._states import FINAL_TYPES, State, StateType
+from .._states import State, StateType
 from . import owners as _owners
 from . import sqlite_reads
 from .base import (
@@ -43,12 +43,11 @@ from .base import (
     check_limit,
     state_filter,
 )
+from .fold import fold, merge_known
 from .postgres_base import (
     POSTGRES,
     Shared,
     _clean,
-    _tags,
-    _text,
     advice,
     check_url,
     classify,
@@ -58,7 +57,7 @@ from .postgres_base import (
     is_connection_error,
     redact,
 )
-from .records import FLOW, LOG, STATE, TASK, Privacy, details_json
+from .records import Privacy
 from .writer import BUSY, UNUSABLE, BatchWriter, report
 
 _MIGRATION_LOCK = 0x6173796E63666C6F  # pg_advisory_xact_lock key while the schema is created or upgraded
@@ -116,9 +115,6 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 _FLOW_RUN_COLUMNS = sqlite_reads._FLOW_RUN_COLUMNS  # what reads select (`sqlite._flow_run` unpacks it)
 _TASK_RUN_COLUMNS = sqlite_reads._TASK_RUN_COLUMNS
-_FLOW_STATE_COLUMN, _TASK_STATE_COLUMN = 10, 11  # where the state columns start in a run row
-_FINAL_IDS = frozenset(id(t) for t in FINAL_TYPES)
-_OPEN_RUNS_KEPT = 100_000
 _LOCK_COUNTER = "SELECT value FROM counters WHERE name = 'ref' FOR UPDATE"
 # a state written to a run of an earlier batch: the newest state by time is the run's current state
 _UPDATE_RUN = """UPDATE {table} AS r SET
@@ -166,7 +162,7 @@ class PostgresStore(BatchWriter):
         super()._init_runtime()
         self._reader: Any = None
         self._owner: int | None = None
-        self._open_runs: dict[uuid.UUID, list[Any]] = {}
+        self._open_runs: dict[int, list[Any]] = {}  # by the run id's int (see fold.py)
 
     def _reset_in_child(self) -> None:
         for conn in (self._conn, self._reader):
@@ -356,140 +352,38 @@ class PostgresStore(BatchWriter):
         self._down_since = None
 
     def _write_in_transaction(self, conn: Any, batch: list[tuple[Any, ...]]) -> None:
-        """New runs are numbered (`ref`) under the counter's row lock; a run's current state, attempt count
-        and timing are folded from its states here: into the run's row when the run is new in this batch,
-        else into one UPDATE per run (the SQLite store's fold)."""
-        flows: dict[str, tuple[Any, ...]] = {}
-        flow_runs: list[list[Any]] = []
-        task_runs: list[list[Any]] = []
-        renames: list[tuple[str, int]] = []
-        states: list[tuple[Any, ...]] = []
-        logs: list[tuple[Any, ...]] = []
-        flow_updates: list[list[Any]] = []
-        task_updates: list[list[Any]] = []
-        open_runs = self._open_runs
-        seen: dict[uuid.UUID, list[Any]] = {}
-        first_ref = next_ref = conn.execute(_LOCK_COUNTER).fetchone()[0]
-        owner = self._owner_id(conn)
-        running, final_ids = StateType.RUNNING, _FINAL_IDS
-        privacy = self.privacy.json
-        for record in batch:
-            kind = record[0]
-            if kind == STATE:
-                _, run_id, type_, name, message, ts, details = record
-                entry = seen.get(run_id)
-                if entry is None:
-                    known = open_runs.get(run_id)
-                    if known is None:
-                        known = self._find_ref(conn, run_id)
-                    key = str(run_id)
-                    if known is None:  # its run record never arrived: keep the state anyway
-                        entry = seen[run_id] = [None, key, [None, None, None, None, 0, None, None, owner], 0]
-                    else:
-                        row = [None, None, None, None, 0, None, None, owner, known[0]]
-                        (flow_updates if known[1] else task_updates).append(row)
-                        entry = seen[run_id] = [known[0], key, row, 0]
-                ref, key, row, offset = entry
-                type_text = type_.value
-                name, message = _clean(name), _clean(message)
-                states.append((ref, key, type_text, name, message, ts, details_json(details)))
-                current = row[offset + 3]
-                if current is None or current <= ts:
-                    row[offset] = type_text
-                    row[offset + 1] = name
-                    row[offset + 2] = message
-                    row[offset + 3] = ts
-                if type_ is running:
-                    row[offset + 4] += 1
-                    if row[offset + 5] is None:
-                        row[offset + 5] = ts
-                elif id(type_) in final_ids:
-                    row[offset + 6] = ts
-                    open_runs.pop(run_id, None)
-            elif kind == LOG:
-                _, flow_run_id, task_run_id, level, message, ts = record
-                logs.append((flow_run_id, task_run_id, level, _clean(message), ts))
-            elif kind == TASK:
-                (_, run_id, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters,
-                 tags, created) = record
-                name = _clean(name)
-                entry = seen.get(run_id)
-                if entry is not None and entry[3]:  # recorded again in this batch: a new name
-                    entry[2][2] = name
-                    continue
-                known = open_runs.get(run_id)
-                if known is not None:
-                    renames.append((name, known[0]))
-                    continue
-                next_ref += 1
-                key = str(run_id)
-                row = [next_ref, key, name, _clean(task_name), _clean(task_key), _clean(task_version),
-                       _text(flow_run_id), _text(parent_task_run_id), _clean(privacy(parameters)), _clean(_tags(tags)),
-                       created, None, None, None, None, 0, None, None, owner]
-                task_runs.append(row)
-                open_runs[run_id] = [next_ref, False]
-                seen[run_id] = [next_ref, key, row, _TASK_STATE_COLUMN]
-            elif kind == FLOW:
-                (_, run_id, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id,
-                 created) = record
-                if run_id in seen or run_id in open_runs:
-                    continue
-                next_ref += 1
-                key = str(run_id)
-                flow_name = _clean(flow_name)
-                flows[flow_name] = (flow_name, _clean(flow_version), created)
-                row = [next_ref, key, _clean(name), flow_name, _clean(flow_version), _clean(privacy(parameters)),
-                       _clean(_tags(tags)), _text(parent_flow_run_id), _text(parent_task_run_id), created,
-                       None, None, None, None, 0, None, None, owner]
-                flow_runs.append(row)
-                open_runs[run_id] = [next_ref, True]
-                seen[run_id] = [next_ref, key, row, _FLOW_STATE_COLUMN]
-        if next_ref != first_ref:
-            conn.execute("UPDATE counters SET value = %s WHERE name = 'ref'", (next_ref,))
-        while len(open_runs) > _OPEN_RUNS_KEPT:
-            del open_runs[next(iter(open_runs))]
+        """New runs are numbered (`ref`) under the counter's row lock (batches of all processes commit in
+        number order); the batch is folded into rows as for every store (`fold.py`)."""
+        first_ref = conn.execute(_LOCK_COUNTER).fetchone()[0]
+        rows = fold(batch, next_ref=first_ref, owner=self._owner_id(conn), open_runs=self._open_runs,
+                    find_ref=lambda run_id: self._find_ref(conn, run_id), parameters_json=self.privacy.json,
+                    clean=_clean)
+        if rows.next_ref != first_ref:
+            conn.execute("UPDATE counters SET value = %s WHERE name = 'ref'", (rows.next_ref,))
+        states, renames, task_runs = rows.states, rows.renames, rows.task_runs
         with conn.cursor() as cur:
-            if flows:
+            if rows.flows:
                 cur.executemany("INSERT INTO flows (name, version, created) VALUES (%s, %s, %s) "
-                                "ON CONFLICT (name) DO UPDATE SET version = excluded.version", list(flows.values()))
-            if flow_runs:
-                _insert_runs(cur, "flow_runs", _FLOW_RUN_COLUMNS + ", owner", flow_runs)
+                                "ON CONFLICT (name) DO UPDATE SET version = excluded.version", list(rows.flows.values()))
+            if rows.flow_runs:
+                _insert_runs(cur, "flow_runs", _FLOW_RUN_COLUMNS + ", owner", rows.flow_runs)
             if task_runs:
                 written = _insert_runs(cur, "task_runs", _TASK_RUN_COLUMNS + ", owner", task_runs)
                 if written < len(task_runs):  # some were written already (by another process: a background run)
-                    remap = self._merge_known_task_runs(cur, task_runs, task_updates, renames)
+                    existing = dict(cur.execute("SELECT id, ref FROM task_runs WHERE id = ANY(%s)",
+                                                ([row[1] for row in task_runs],)).fetchall())
+                    remap = merge_known(task_runs, existing, self._open_runs, rows.task_updates, renames)
                     states = [(remap.get(state[0], state[0]), *state[1:]) for state in states]
                     renames = [(name, remap.get(ref, ref)) for name, ref in renames]
             if renames:
                 cur.executemany("UPDATE task_runs SET name = %s WHERE ref = %s", renames)
-            for table, updates in (("task_runs", task_updates), ("flow_runs", flow_updates)):
+            for table, updates in (("task_runs", rows.task_updates), ("flow_runs", rows.flow_updates)):
                 if updates:
                     cur.executemany(_UPDATE_RUN.format(table=table), updates)
             if states:
                 _copy(cur, "COPY states (run_ref, run_id, type, name, message, ts, details) FROM STDIN", states)
-            if logs:
-                _copy(cur, "COPY logs (flow_run_id, task_run_id, level, message, ts) FROM STDIN", logs)
-
-    def _merge_known_task_runs(self, cur: Any, task_runs: list[list[Any]], task_updates: list[list[Any]],
-                               renames: list[tuple[str, int]]) -> dict[int, int]:
-        """Task runs of this batch that another writer recorded first keep the row that exists (see the
-        SQLite store's method of the same name). Returns {ref this batch gave them: ref of the row}."""
-        remap: dict[int, int] = {}
-        existing = dict(cur.execute("SELECT id, ref FROM task_runs WHERE id = ANY(%s)",
-                                    ([row[1] for row in task_runs],)).fetchall())
-        for row in task_runs:
-            ref = existing.get(row[1])
-            if ref is None or ref == row[0]:
-                continue
-            remap[row[0]] = ref
-            known = self._open_runs.get(uuid.UUID(row[1]))
-            if known is not None:
-                known[0] = ref
-            renames.append((row[2], ref))
-            state = row[_TASK_STATE_COLUMN:_TASK_STATE_COLUMN + 7]
-            if state[0] is not None:
-                task_updates.append([*state, row[-1], ref])
-        return remap
+            if rows.logs:
+                _copy(cur, "COPY logs (flow_run_id, task_run_id, level, message, ts) FROM STDIN", rows.logs)
 
     def _find_ref(self, conn: Any, run_id: uuid.UUID) -> list[Any] | None:
         row = conn.execute("SELECT ref, 0 FROM task_runs WHERE id = %(id)s UNION ALL "
@@ -701,7 +595,7 @@ class PostgresStore(BatchWriter):
 
         with self._lock:
             if ids is None:
-                cached = [str(key) for key in list(self._open_runs)]
+                cached = [str(uuid.UUID(int=key)) for key in list(self._open_runs)]
                 if not cached or self._closed or self.fallback is not None:
                     return
                 try:
@@ -709,7 +603,7 @@ class PostgresStore(BatchWriter):
                 except Exception:
                     self._open_runs.clear()
                     return
-            for key in [key for key in list(self._open_runs) if str(key) in ids]:
+            for key in [key for key in list(self._open_runs) if str(uuid.UUID(int=key)) in ids]:
                 del self._open_runs[key]
 
     # -- the read API (reads.py; the SQL of sqlite_reads.py in this dialect): never flushes ---------------------

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .._runs import FlowRun, TaskRun
-from .._states import FINAL_TYPES, State, StateDetails, StateType
+from .._states import State, StateDetails, StateType
 from . import owners as _owners
 from .base import (
     LogRecord,
@@ -47,7 +47,8 @@ from .base import (
     check_limit,
     state_filter,
 )
-from .records import FLOW, LOG, STATE, TASK, Privacy, details_json, parameters_json, parameters_snapshot
+from .fold import fold, merge_known
+from .records import Privacy, parameters_json, parameters_snapshot
 from .writer import BAD_RECORD, BUSY, UNUSABLE, BatchWriter, describe_error, report
 
 DB_FILE_NAME = "asyncflow.db"
@@ -258,10 +259,7 @@ _FLOW_RUN_COLUMNS = "ref, " + _V2_FLOW_RUN_COLUMNS  # what reads select (`_flow_
 _TASK_RUN_COLUMNS = "ref, " + _V2_TASK_RUN_COLUMNS
 _FLOW_RUN_INSERT = _FLOW_RUN_COLUMNS + ", owner"  # the order of a run row the writer builds
 _TASK_RUN_INSERT = _TASK_RUN_COLUMNS + ", owner"
-_FINAL_IDS = frozenset(id(t) for t in FINAL_TYPES)  # identity checks: an Enum's hash runs Python code
-_FLOW_STATE_COLUMN, _TASK_STATE_COLUMN = 10, 11  # where the state columns start in a run row
 _LAST_REF = "SELECT value FROM counters WHERE name = 'ref'"
-_OPEN_RUNS_KEPT = 100_000  # runs the writer remembers (their ref) until their final state
 # a state written to a run of an earlier batch: the newest state by time is the run's current state
 _UPDATE_RUN = """UPDATE {table} SET
     state_type = CASE WHEN state_ts IS NULL OR state_ts <= ?4 THEN ?1 ELSE state_type END,
@@ -340,12 +338,6 @@ def _uuid_or_none(text: str | None) -> uuid.UUID | None:
     return uuid.UUID(text) if text else None
 
 
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _tags(tags: Any) -> str:
-    return json.dumps(list(tags)) if tags else "[]"
 
 
 # -- the store -----------------------------------------------------------------------------------------
@@ -623,152 +615,41 @@ class SQLiteStore(BatchWriter):
             raise
 
     def _write_in_transaction(self, conn: sqlite3.Connection, batch: list[tuple[Any, ...]]) -> None:
-        flows: list[tuple[Any, ...]] = []
-        flow_runs: list[list[Any]] = []
-        task_runs: list[list[Any]] = []
-        renames: list[tuple[str, int]] = []
-        states: list[tuple[Any, ...]] = []
-        logs: list[tuple[Any, ...]] = []
-        flow_updates: list[list[Any]] = []  # runs of earlier batches: [state..., count, start, end, owner, ref]
-        task_updates: list[list[Any]] = []
-        open_runs = self._open_runs
-        # per run seen in this batch (by its id's int): [ref, id text, row holding its state columns, where
-        # they start]; parent ids as text (a batch's task runs mostly share their flow run)
-        seen: dict[int, list[Any]] = {}
-        texts: dict[int, str] = {}
-        first_ref = next_ref = conn.execute(_LAST_REF).fetchone()[0]
-        owner = self._owner_id(conn)
-        running, final_ids = StateType.RUNNING, _FINAL_IDS
-        privacy = self.privacy.json
-        for record in batch:
-            kind = record[0]
-            if kind == STATE:
-                _, run_id, type_, name, message, ts, details = record
-                rid = run_id.int
-                entry = seen.get(rid)
-                if entry is None:  # a run written by an earlier batch
-                    known = open_runs.get(rid)
-                    if known is None:
-                        known = self._find_ref(conn, run_id)
-                    key = str(run_id)
-                    if known is None:  # its run record never arrived: keep the state anyway
-                        entry = seen[rid] = [None, key, [None, None, None, None, 0, None, None, owner], 0]
-                    else:
-                        row = [None, None, None, None, 0, None, None, owner, known[0]]
-                        (flow_updates if known[1] else task_updates).append(row)
-                        entry = seen[rid] = [known[0], key, row, 0]
-                ref, key, row, offset = entry
-                states.append((ref, key, type_, name, message, ts, details_json(details)))  # type_ binds as str
-                current = row[offset + 3]
-                if current is None or current <= ts:  # the newest state by time is the current one
-                    row[offset] = type_
-                    row[offset + 1] = name
-                    row[offset + 2] = message
-                    row[offset + 3] = ts
-                if type_ is running:
-                    row[offset + 4] += 1
-                    if row[offset + 5] is None:
-                        row[offset + 5] = ts
-                elif id(type_) in final_ids:
-                    row[offset + 6] = ts
-                    open_runs.pop(rid, None)
-            elif kind == LOG:
-                logs.append(record[1:])
-            elif kind == TASK:
-                (_, run_id, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters,
-                 tags, created) = record
-                rid = run_id.int
-                entry = seen.get(rid)
-                if entry is not None and entry[3]:  # recorded again in this batch: a new name
-                    entry[2][2] = name
-                    continue
-                known = open_runs.get(rid)
-                if known is not None:  # written by an earlier batch: a new name
-                    renames.append((name, known[0]))
-                    continue
-                next_ref += 1
-                key = str(run_id)
-                if flow_run_id is None:
-                    flow_text = None
-                else:
-                    flow_text = texts.get(flow_run_id.int)
-                    if flow_text is None:
-                        flow_text = texts[flow_run_id.int] = str(flow_run_id)
-                row = [next_ref, key, name, task_name, task_key, task_version, flow_text,
-                       _text(parent_task_run_id), privacy(parameters), _tags(tags), created,
-                       None, None, None, None, 0, None, None, owner]
-                task_runs.append(row)
-                open_runs[rid] = [next_ref, False]
-                seen[rid] = [next_ref, key, row, _TASK_STATE_COLUMN]
-            elif kind == FLOW:
-                (_, run_id, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id,
-                 created) = record
-                rid = run_id.int
-                if rid in seen or rid in open_runs:
-                    continue
-                next_ref += 1
-                key = str(run_id)
-                flows.append((flow_name, flow_version, created))
-                row = [next_ref, key, name, flow_name, flow_version, privacy(parameters), _tags(tags),
-                       _text(parent_flow_run_id), _text(parent_task_run_id), created,
-                       None, None, None, None, 0, None, None, owner]
-                flow_runs.append(row)
-                open_runs[rid] = [next_ref, True]
-                seen[rid] = [next_ref, key, row, _FLOW_STATE_COLUMN]
-        if next_ref != first_ref:
-            conn.execute("UPDATE counters SET value = ? WHERE name = 'ref'", (next_ref,))
-        while len(open_runs) > _OPEN_RUNS_KEPT:  # runs that never end (NotReady...) are looked up if needed
-            del open_runs[next(iter(open_runs))]
-        if flows:
-            _insert(conn, "INSERT INTO flows (name, version, created)", 3, flows,
+        first_ref = conn.execute(_LAST_REF).fetchone()[0]
+        rows = fold(batch, next_ref=first_ref, owner=self._owner_id(conn), open_runs=self._open_runs,
+                    find_ref=lambda run_id: self._find_ref(conn, run_id), parameters_json=self.privacy.json)
+        if rows.next_ref != first_ref:
+            conn.execute("UPDATE counters SET value = ? WHERE name = 'ref'", (rows.next_ref,))
+        states, renames = rows.states, rows.renames
+        if rows.flows:
+            _insert(conn, "INSERT INTO flows (name, version, created)", 3, list(rows.flows.values()),
                     " ON CONFLICT (name) DO UPDATE SET version = excluded.version")
-        if flow_runs:
-            _insert(conn, f"INSERT INTO flow_runs ({_FLOW_RUN_INSERT})", 18, flow_runs, " ON CONFLICT (id) DO NOTHING")
+        if rows.flow_runs:
+            _insert(conn, f"INSERT INTO flow_runs ({_FLOW_RUN_INSERT})", 18, rows.flow_runs,
+                    " ON CONFLICT (id) DO NOTHING")
+        task_runs = rows.task_runs
         if task_runs:
             before = conn.total_changes
             _insert(conn, f"INSERT INTO task_runs ({_TASK_RUN_INSERT})", 19, task_runs, " ON CONFLICT (id) DO NOTHING")
-            if conn.total_changes - before < len(task_runs):  # some were written already (below)
-                remap = self._merge_known_task_runs(conn, task_runs, task_updates, renames)
+            if conn.total_changes - before < len(task_runs):  # some were written already (by another writer)
+                existing: dict[str, int] = {}
+                keys = [row[1] for row in task_runs]
+                for start in range(0, len(keys), _MAX_VARIABLES):
+                    chunk = keys[start:start + _MAX_VARIABLES]
+                    existing.update(conn.execute(
+                        f"SELECT id, ref FROM task_runs WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+                remap = merge_known(task_runs, existing, self._open_runs, rows.task_updates, renames)
                 states = [(remap.get(state[0], state[0]), *state[1:]) for state in states]
                 renames = [(name, remap.get(ref, ref)) for name, ref in renames]
         if renames:
             conn.executemany("UPDATE task_runs SET name = ? WHERE ref = ?", renames)
-        for table, updates in (("task_runs", task_updates), ("flow_runs", flow_updates)):
+        for table, updates in (("task_runs", rows.task_updates), ("flow_runs", rows.flow_updates)):
             if updates:
                 conn.executemany(_UPDATE_RUN.format(table=table), updates)
         if states:
             _insert(conn, "INSERT INTO states (run_ref, run_id, type, name, message, ts, details)", 7, states)
-        if logs:
-            _insert(conn, "INSERT INTO logs (flow_run_id, task_run_id, level, message, ts)", 5, logs)
-
-    def _merge_known_task_runs(self, conn: sqlite3.Connection, task_runs: list[list[Any]],
-                               task_updates: list[list[Any]], renames: list[tuple[str, int]]) -> dict[int, int]:
-        """Task runs of this batch that another writer recorded first (a background run: `.delay()`
-        records it Scheduled in the caller's process, the worker records it again when it runs it)
-        keep the row that exists: its name is updated, the batch's states for them go to that row,
-        and its current state is updated (the newest by time wins). Returns {ref this batch gave
-        them: ref of the existing row}."""
-        remap: dict[int, int] = {}
-        keys = [row[1] for row in task_runs]
-        existing: dict[str, int] = {}
-        step = _MAX_VARIABLES
-        for start in range(0, len(keys), step):
-            chunk = keys[start:start + step]
-            existing.update(conn.execute(
-                f"SELECT id, ref FROM task_runs WHERE id IN ({','.join('?' * len(chunk))})", chunk))
-        for row in task_runs:
-            ref = existing.get(row[1])
-            if ref is None or ref == row[0]:
-                continue
-            remap[row[0]] = ref
-            known = self._open_runs.get(uuid.UUID(row[1]).int)
-            if known is not None:
-                known[0] = ref  # later batches' states for this run go to the existing row
-            renames.append((row[2], ref))
-            state = row[_TASK_STATE_COLUMN:_TASK_STATE_COLUMN + 7]
-            if state[0] is not None:  # [type, name, message, ts, run_count, start, end]: written below
-                task_updates.append([*state, row[-1], ref])
-        return remap
+        if rows.logs:
+            _insert(conn, "INSERT INTO logs (flow_run_id, task_run_id, level, message, ts)", 5, rows.logs)
 
     def _find_ref(self, conn: sqlite3.Connection, run_id: uuid.UUID) -> list[Any] | None:
         """[ref, is a flow run] of a run written earlier, or None if it is not in the database."""

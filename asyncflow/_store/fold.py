@@ -1,0 +1,174 @@
+"""A batch of records folded into rows: what every database store writes, whatever its dialect.
+
+New runs get numbers (`ref`, from the store's counter) and rows; a run's current state, attempt
+count and timing are folded from its states: into the run's new row when the run is new in this
+batch, else into one update row per run (`[type, name, message, ts, attempts, start, end, owner,
+ref]`, applied by the dialect so that the newest state by time wins). A run recorded again (a
+rendered task-run name) becomes a rename. The dialect then inserts and updates the rows its own way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from .._states import FINAL_TYPES, StateType
+from .records import FLOW, LOG, STATE, TASK, details_json
+
+TASK_STATE_COLUMN, FLOW_STATE_COLUMN = 11, 10  # where the state columns start in a run row
+OPEN_RUNS_KEPT = 100_000  # runs a writer remembers (their ref) until their final state
+_FINAL_IDS = frozenset(id(t) for t in FINAL_TYPES)  # identity checks: an Enum's hash runs Python code
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _tags(tags: Any) -> str:
+    return json.dumps(list(tags)) if tags else "[]"
+
+
+class Folded:
+    """The rows of one batch (see the module's docstring)."""
+
+    __slots__ = ("flows", "flow_runs", "task_runs", "renames", "states", "logs", "flow_updates", "task_updates",
+                 "next_ref")
+
+    def __init__(self, next_ref: int) -> None:
+        self.flows: dict[str, tuple[Any, ...]] = {}  # flow name -> (name, version, created): once per batch
+        self.flow_runs: list[list[Any]] = []
+        self.task_runs: list[list[Any]] = []
+        self.renames: list[tuple[str, int]] = []
+        self.states: list[tuple[Any, ...]] = []  # (run ref, run id, type, name, message, ts, details)
+        self.logs: list[tuple[Any, ...]] = []  # (flow run id, task run id, level, message, ts)
+        self.flow_updates: list[list[Any]] = []
+        self.task_updates: list[list[Any]] = []
+        self.next_ref = next_ref
+
+
+def fold(batch: list[tuple[Any, ...]], *, next_ref: int, owner: int, open_runs: dict[int, list[Any]],
+         find_ref: Callable[[Any], list[Any] | None], parameters_json: Callable[[Any], str],
+         clean: Callable[[Any], Any] = _same) -> Folded:
+    """Fold `batch`. `open_runs` (the writer's memory of runs written and not yet final, by their id's
+    int: a UUID's hash runs Python code) is updated; `find_ref(run_id)` looks up a run written before
+    it; `clean` makes a text storable (PostgreSQL refuses NUL characters)."""
+    out = Folded(next_ref)
+    states, logs, renames = out.states, out.logs, out.renames
+    # per run seen in this batch (by its id's int): [ref, id text, row holding its state columns, where
+    # they start]; parent ids as text (a batch's task runs mostly share their flow run)
+    seen: dict[int, list[Any]] = {}
+    texts: dict[int, str] = {}
+    running, final_ids = StateType.RUNNING, _FINAL_IDS
+    for record in batch:
+        kind = record[0]
+        if kind == STATE:
+            _, run_id, type_, name, message, ts, details = record
+            rid = run_id.int
+            entry = seen.get(rid)
+            if entry is None:  # a run written by an earlier batch
+                known = open_runs.get(rid)
+                if known is None:
+                    known = find_ref(run_id)
+                key = str(run_id)
+                if known is None:  # its run record never arrived: keep the state anyway
+                    entry = seen[rid] = [None, key, [None, None, None, None, 0, None, None, owner], 0]
+                else:
+                    row = [None, None, None, None, 0, None, None, owner, known[0]]
+                    (out.flow_updates if known[1] else out.task_updates).append(row)
+                    entry = seen[rid] = [known[0], key, row, 0]
+            ref, key, row, offset = entry
+            type_text = type_.value
+            name, message = clean(name), clean(message)
+            states.append((ref, key, type_text, name, message, ts, details_json(details)))
+            current = row[offset + 3]
+            if current is None or current <= ts:  # the newest state by time is the current one
+                row[offset] = type_text
+                row[offset + 1] = name
+                row[offset + 2] = message
+                row[offset + 3] = ts
+            if type_ is running:
+                row[offset + 4] += 1
+                if row[offset + 5] is None:
+                    row[offset + 5] = ts
+            elif id(type_) in final_ids:
+                row[offset + 6] = ts
+                open_runs.pop(rid, None)
+        elif kind == LOG:
+            _, flow_run_id, task_run_id, level, message, ts = record
+            logs.append((flow_run_id, task_run_id, level, clean(message), ts))
+        elif kind == TASK:
+            (_, run_id, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters,
+             tags, created) = record
+            rid = run_id.int
+            name = clean(name)
+            entry = seen.get(rid)
+            if entry is not None and entry[3]:  # recorded again in this batch: a new name
+                entry[2][2] = name
+                continue
+            known = open_runs.get(rid)
+            if known is not None:  # written by an earlier batch: a new name
+                renames.append((name, known[0]))
+                continue
+            out.next_ref += 1
+            key = str(run_id)
+            if flow_run_id is None:
+                flow_text = None
+            else:
+                flow_text = texts.get(flow_run_id.int)
+                if flow_text is None:
+                    flow_text = texts[flow_run_id.int] = str(flow_run_id)
+            row = [out.next_ref, key, name, clean(task_name), clean(task_key), clean(task_version), flow_text,
+                   _text(parent_task_run_id), clean(parameters_json(parameters)), clean(_tags(tags)), created,
+                   None, None, None, None, 0, None, None, owner]
+            out.task_runs.append(row)
+            open_runs[rid] = [out.next_ref, False]
+            seen[rid] = [out.next_ref, key, row, TASK_STATE_COLUMN]
+        elif kind == FLOW:
+            (_, run_id, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id,
+             created) = record
+            rid = run_id.int
+            if rid in seen or rid in open_runs:
+                continue
+            out.next_ref += 1
+            key = str(run_id)
+            flow_name = clean(flow_name)
+            out.flows[flow_name] = (flow_name, clean(flow_version), created)
+            row = [out.next_ref, key, clean(name), flow_name, clean(flow_version), clean(parameters_json(parameters)),
+                   clean(_tags(tags)), _text(parent_flow_run_id), _text(parent_task_run_id), created,
+                   None, None, None, None, 0, None, None, owner]
+            out.flow_runs.append(row)
+            open_runs[rid] = [out.next_ref, True]
+            seen[rid] = [out.next_ref, key, row, FLOW_STATE_COLUMN]
+    while len(open_runs) > OPEN_RUNS_KEPT:  # runs that never end (NotReady...) are looked up if needed
+        del open_runs[next(iter(open_runs))]
+    return out
+
+
+def merge_known(task_runs: list[list[Any]], existing: dict[str, int], open_runs: dict[int, list[Any]],
+                task_updates: list[list[Any]], renames: list[tuple[str, int]]) -> dict[int, int]:
+    """Task runs of a batch that another writer recorded first (a background run: `.delay()` records
+    it Scheduled in the caller's process, the worker again when it runs it) keep the row that exists
+    (`existing`: id text -> its ref): its name is updated, the batch's states for them go to that row,
+    and its current state is updated (the newest by time wins). Returns {ref this batch gave them:
+    ref of the existing row}."""
+    import uuid
+
+    remap: dict[int, int] = {}
+    for row in task_runs:
+        ref = existing.get(row[1])
+        if ref is None or ref == row[0]:
+            continue
+        remap[row[0]] = ref
+        known = open_runs.get(uuid.UUID(row[1]).int)
+        if known is not None:
+            known[0] = ref  # later batches' states for this run go to the existing row
+        renames.append((row[2], ref))
+        state = row[TASK_STATE_COLUMN:TASK_STATE_COLUMN + 7]
+        if state[0] is not None:  # [type, name, message, ts, run_count, start, end]: written by the caller
+            task_updates.append([*state, row[-1], ref])
+    return remap
