@@ -30,18 +30,11 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from .._runs import FlowRun, TaskRun
-from .._states import State, StateType
 from . import owners as _owners
 from . import sqlite_reads
 from .base import (
-    LogRecord,
-    ObjectNotFound,
     StoreError,
     StoreNotFoundError,
-    as_uuid,
-    check_limit,
-    state_filter,
 )
 from .fold import fold, merge_known
 from .postgres_base import (
@@ -58,6 +51,7 @@ from .postgres_base import (
     redact,
 )
 from .records import Privacy
+from .sql_reads import SqlRunReads
 from .writer import BUSY, UNUSABLE, BatchWriter, report
 
 _MIGRATION_LOCK = 0x6173796E63666C6F  # pg_advisory_xact_lock key while the schema is created or upgraded
@@ -130,7 +124,7 @@ _UPDATE_RUN = """UPDATE {table} AS r SET
 
 
 # -- the store -------------------------------------------------------------------------------------------
-class PostgresStore(BatchWriter):
+class PostgresStore(SqlRunReads, BatchWriter):
     """Runs, states and logs in a PostgreSQL database, written in batches by one writer thread per process.
 
     `create=False` opens an existing store only (for readers such as the CLI): a database without the
@@ -415,123 +409,15 @@ class PostgresStore(BatchWriter):
     def _query(self, sql: str, params: Any = (), flush: bool = True) -> list[tuple[Any, ...]]:
         return self._read(lambda conn: conn.execute(sql, params).fetchall(), flush)
 
+    prefix_by_range = False  # text ranges follow the database's collation: LIKE 'prefix%' instead
+
+    def _shared_query(self, sql: str, params: Iterable[Any] = (), flush: bool = True) -> list[tuple[Any, ...]]:
+        """The shared SQL (`?` placeholders)."""
+        return self._read(lambda conn: Shared(conn).execute(sql, params).fetchall(), flush)
+
     def _stored(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         """The shared SQL (`?` placeholders), without flushing: the read API (a UI polls)."""
         return self._read(lambda conn: Shared(conn).execute(sql, params).fetchall(), flush=False)
-
-    def read_flow_run(self, run_id: uuid.UUID) -> FlowRun:
-        from .sqlite import _flow_run
-
-        key = as_uuid(run_id, "flow_run_id")
-        rows = self._query(f"SELECT {_FLOW_RUN_COLUMNS} FROM flow_runs WHERE id = %s", (str(key),))
-        if not rows:
-            raise ObjectNotFound(f"No flow run with id {key} in {self.label}.")
-        return _flow_run(rows[0])
-
-    def read_task_run(self, run_id: uuid.UUID) -> TaskRun:
-        from .sqlite import _task_run
-
-        key = as_uuid(run_id, "task_run_id")
-        rows = self._query(f"SELECT {_TASK_RUN_COLUMNS} FROM task_runs WHERE id = %s", (str(key),))
-        if not rows:
-            raise ObjectNotFound(f"No task run with id {key} in {self.label}.")
-        return _task_run(rows[0])
-
-    def read_flow_runs(self, *, flow_name: str | None = None, state: Any = None,
-                       limit: int | None = None) -> list[FlowRun]:
-        """Newest first."""
-        from .sqlite import _flow_run
-
-        wanted, limit = state_filter(state), check_limit(limit)
-        where, params = [], []  # type: list[str], list[Any]
-        if flow_name is not None:
-            where.append("flow_name = %s")
-            params.append(flow_name)
-        if wanted is not None:
-            where.append("(lower(coalesce(state_name, 'Pending')) = ANY(%s) "
-                         "OR lower(coalesce(state_type, 'PENDING')) = ANY(%s))")
-            params += [sorted(wanted), sorted(wanted)]
-        sql = f"SELECT {_FLOW_RUN_COLUMNS} FROM flow_runs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created DESC, ref DESC"
-        if limit is not None:
-            sql += " LIMIT %s"
-            params.append(limit)
-        return [_flow_run(row) for row in self._query(sql, params)]
-
-    def read_task_runs(self, *, flow_run_id: uuid.UUID | None = None, limit: int | None = None,
-                       newest_first: bool = False) -> list[TaskRun]:
-        """In the order they were created (or the newest first)."""
-        from .sqlite import _task_run
-
-        limit = check_limit(limit)
-        sql, params = f"SELECT {_TASK_RUN_COLUMNS} FROM task_runs", []  # type: str, list[Any]
-        if flow_run_id is not None:
-            sql += " WHERE flow_run_id = %s"
-            params.append(str(as_uuid(flow_run_id, "flow_run_id")))
-            sql += " ORDER BY created DESC, ref DESC" if newest_first else " ORDER BY created, ref"
-        else:
-            sql += " ORDER BY ref DESC" if newest_first else " ORDER BY ref"
-        if limit is not None:
-            sql += " LIMIT %s"
-            params.append(limit)
-        return [_task_run(row) for row in self._query(sql, params)]
-
-    def read_states(self, run_id: uuid.UUID) -> list[State[Any]]:
-        from .sqlite import _details_from, _uuid_or_none
-
-        key = str(as_uuid(run_id))
-        owner = self._query("SELECT ref, flow_run_id, 0 FROM task_runs WHERE id = %(id)s UNION ALL "
-                            "SELECT ref, NULL, 1 FROM flow_runs WHERE id = %(id)s", {"id": key})
-        if not owner:
-            return []
-        ref, flow_run_text, is_flow = owner[0]
-        flow_run_id: uuid.UUID | None
-        task_run_id: uuid.UUID | None
-        if is_flow:
-            flow_run_id, task_run_id = uuid.UUID(key), None
-        else:
-            flow_run_id, task_run_id = _uuid_or_none(flow_run_text), uuid.UUID(key)
-        rows = self._query("SELECT type, name, message, ts, details FROM states WHERE run_ref = %s ORDER BY ts, seq",
-                           (ref,), flush=False)
-        return [State(StateType(type_), name, message, None, _details_from(details, flow_run_id, task_run_id), ts)
-                for type_, name, message, ts, details in rows]
-
-    def read_logs(self, *, flow_run_id: str | None = None, task_run_id: str | None = None) -> list[LogRecord]:
-        where, params = [], []  # type: list[str], list[Any]
-        flow_key = str(as_uuid(flow_run_id, "flow_run_id")) if flow_run_id is not None else None
-        task_key = str(as_uuid(task_run_id, "task_run_id")) if task_run_id is not None else None
-        if task_key is not None and flow_key is None:
-            owner = self._query("SELECT flow_run_id FROM task_runs WHERE id = %s", (task_key,))
-            if owner and owner[0][0] is not None:
-                flow_key = owner[0][0]
-            elif owner:
-                where.append("flow_run_id IS NULL")
-        if flow_key is not None:
-            where.append("flow_run_id = %s")
-            params.append(flow_key)
-        if task_key is not None:
-            where.append("task_run_id = %s")
-            params.append(task_key)
-        sql = "SELECT flow_run_id, task_run_id, level, message, ts FROM logs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        return [LogRecord(*row) for row in self._query(sql + " ORDER BY seq", params)]
-
-    def find_run_ids(self, prefix: str, table: str) -> list[str]:
-        """Ids in `flow_runs` or `task_runs` that start with `prefix` (for the CLI's short ids)."""
-        if table not in ("flow_runs", "task_runs"):
-            raise ValueError(f"table must be 'flow_runs' or 'task_runs'; got {table!r}.")
-        prefix = prefix.strip().lower()
-        if not prefix or any(c not in "0123456789abcdef-" for c in prefix):
-            return []
-        return [row[0] for row in self._query(f"SELECT id FROM {table} WHERE id LIKE %s ORDER BY id LIMIT 10",
-                                               (prefix + "%",))]
-
-    def counts(self) -> dict[str, int]:
-        return {table: self._query(f"SELECT count(*) FROM {table}")[0][0]
-                for table in ("flows", "flow_runs", "task_runs", "states", "logs")}
 
     # -- retention and the CLI's reads (shared SQL: retention.py, cli_queries.py) -----------------------------
     def delete_flow_runs(self, ids: Iterable[Any]) -> dict[str, int]:

@@ -39,16 +39,12 @@ from .._runs import FlowRun, TaskRun
 from .._states import State, StateDetails, StateType
 from . import owners as _owners
 from .base import (
-    LogRecord,
-    ObjectNotFound,
     StoreError,
     StoreNotFoundError,
-    as_uuid,
-    check_limit,
-    state_filter,
 )
 from .fold import fold, merge_known
 from .records import Privacy, parameters_json, parameters_snapshot
+from .sql_reads import SqlRunReads
 from .writer import BAD_RECORD, BUSY, UNUSABLE, BatchWriter, describe_error, report
 
 DB_FILE_NAME = "asyncflow.db"
@@ -341,7 +337,7 @@ def _uuid_or_none(text: str | None) -> uuid.UUID | None:
 
 
 # -- the store -----------------------------------------------------------------------------------------
-class SQLiteStore(BatchWriter):
+class SQLiteStore(SqlRunReads, BatchWriter):
     """Runs, states and logs in one SQLite file, written in batches by one writer thread.
 
     `create=False` opens an existing store only (for readers such as the CLI): a missing file raises
@@ -676,105 +672,10 @@ class SQLiteStore(BatchWriter):
             raise StoreError(f"Cannot read the asyncflow store {self.path}: {describe_error(exc)}. "
                              f"{advice(exc, self.path)}") from None
 
-    def read_flow_run(self, run_id: uuid.UUID) -> FlowRun:
-        key = as_uuid(run_id, "flow_run_id")
-        rows = self._query(f"SELECT {_FLOW_RUN_COLUMNS} FROM flow_runs WHERE id = ?", (str(key),))
-        if not rows:
-            raise ObjectNotFound(f"No flow run with id {key} in the store {self.path}.")
-        return _flow_run(rows[0])
-
-    def read_task_run(self, run_id: uuid.UUID) -> TaskRun:
-        key = as_uuid(run_id, "task_run_id")
-        rows = self._query(f"SELECT {_TASK_RUN_COLUMNS} FROM task_runs WHERE id = ?", (str(key),))
-        if not rows:
-            raise ObjectNotFound(f"No task run with id {key} in the store {self.path}.")
-        return _task_run(rows[0])
-
-    def read_flow_runs(self, *, flow_name: str | None = None, state: Any = None,
-                       limit: int | None = None) -> list[FlowRun]:
-        """Newest first."""
-        wanted, limit = state_filter(state), check_limit(limit)
-        where, params = [], []
-        if flow_name is not None:
-            where.append("flow_name = ?")
-            params.append(flow_name)
-        if wanted is not None:
-            marks = ", ".join("?" * len(wanted))
-            where.append(f"(lower(state_name) IN ({marks}) OR lower(state_type) IN ({marks}))")
-            params.extend([*wanted, *wanted])
-        sql = f"SELECT {_FLOW_RUN_COLUMNS} FROM flow_runs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created DESC, rowid DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        return [_flow_run(row) for row in self._query(sql, params)]
-
-    def read_task_runs(self, *, flow_run_id: uuid.UUID | None = None, limit: int | None = None,
-                       newest_first: bool = False) -> list[TaskRun]:
-        """In the order they were created (or the newest first)."""
-        limit = check_limit(limit)
-        sql, params = f"SELECT {_TASK_RUN_COLUMNS} FROM task_runs", []
-        if flow_run_id is not None:
-            sql += " WHERE flow_run_id = ?"
-            params.append(str(as_uuid(flow_run_id, "flow_run_id")))
-        if flow_run_id is not None:  # the index on (flow_run_id, created)
-            sql += " ORDER BY created DESC, rowid DESC" if newest_first else " ORDER BY created, rowid"
-        else:  # insertion order: no index to keep up to date
-            sql += " ORDER BY rowid DESC" if newest_first else " ORDER BY rowid"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        return [_task_run(row) for row in self._query(sql, params)]
-
-    def read_states(self, run_id: uuid.UUID) -> list[State[Any]]:
-        key = str(as_uuid(run_id))
-        owner = self._query("SELECT ref, flow_run_id, 0 FROM task_runs WHERE id = ?1 UNION ALL "
-                            "SELECT ref, NULL, 1 FROM flow_runs WHERE id = ?1", (key,))
-        if not owner:
-            return []
-        ref, flow_run_text, is_flow = owner[0]
-        if is_flow:
-            flow_run_id, task_run_id = uuid.UUID(key), None
-        else:
-            flow_run_id, task_run_id = _uuid_or_none(flow_run_text), uuid.UUID(key)
-        rows = self._query("SELECT type, name, message, ts, details FROM states WHERE run_ref = ? ORDER BY ts, seq",
-                           (ref,))
-        return [State(StateType(type_), name, message, None, _details_from(details, flow_run_id, task_run_id), ts)
-                for type_, name, message, ts, details in rows]
-
-    def read_logs(self, *, flow_run_id: str | None = None, task_run_id: str | None = None) -> list[LogRecord]:
-        from .sqlite_reads import log_filter
-
-        where, params = log_filter(self._query, flow_run_id, task_run_id)
-        sql = "SELECT flow_run_id, task_run_id, level, message, ts FROM logs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        return [LogRecord(*row) for row in self._query(sql + " ORDER BY seq", params)]
-
-    def find_run_ids(self, part: str, table: str) -> list[str]:
-        """Ids in `flow_runs` or `task_runs` that start with `part`, else that end with it (for the
-        CLI's short ids: ids begin with their creation time, so runs made together share their first
-        characters, while the last ones are random)."""
-        if table not in ("flow_runs", "task_runs"):
-            raise ValueError(f"table must be 'flow_runs' or 'task_runs'; got {table!r}.")
-        part = part.strip().lower()
-        if not part or any(c not in "0123456789abcdef-" for c in part):
-            return []
-        found = [row[0] for row in self._query(
-            f"SELECT id FROM {table} WHERE id >= ? AND id < ? ORDER BY id LIMIT 10", (part, part + "g"))]
-        if found or len(part) < 4:
-            return found
-        return [row[0] for row in self._query(  # no index for this: a scan, bounded by LIMIT
-            f"SELECT id FROM {table} WHERE id LIKE ? ORDER BY id LIMIT 10", ("%" + part,))]
-
-    def counts(self) -> dict[str, int]:
-        """How many rows each table holds (for `asyncflow version` and the tests)."""
-        return {table: self._query(f"SELECT count(*) FROM {table}")[0][0]
-                for table in ("flows", "flow_runs", "task_runs", "states", "logs")}
-
     # -- retention and the CLI's reads (the SQL is in retention.py and cli_queries.py) ---------------------
+
+    def _shared_query(self, sql: str, params: Iterable[Any] = (), flush: bool = True) -> list[tuple[Any, ...]]:
+        return self._query(sql, params, flush)
     def delete_flow_runs(self, ids: Iterable[Any]) -> dict[str, int]:
         """Delete these flow runs, their subflow runs (recursively), their task runs, states and log lines,
         in one transaction; returns the rows deleted per table. Unknown ids are ignored."""
