@@ -373,7 +373,7 @@ STORE = _declare(
     "ASYNCFLOW_STORE", _parse_store, "sqlite",
     "Where runs, states and logs are recorded: `sqlite` (ASYNCFLOW_HOME/asyncflow.db, shared by every "
     "process with the same home), `memory` (this process only, nothing on disk), or a PostgreSQL URL "
-    "(`postgresql://user:password@host:5432/database`: one store for every machine; needs asyncflow[postgres]).",
+    "(`postgresql://user:password@host:5432/database`: one store for every machine; needs asyncflow-anyio[postgres]).",
     "sqlite, memory or postgresql://user:password@host:5432/database")
 STORE_PARAMETERS = _declare(
     "ASYNCFLOW_STORE_PARAMETERS", _parse_choice("all", "none"), "all",

@@ -265,7 +265,7 @@ def __getattr__(name: str) -> Any:
         if exc.name is not None and exc.name.split(".")[0] != package:
             raise
         raise ImportError(
-            f"{name} needs the {package!r} package, which is not installed: pip install 'asyncflow[{extra}]'",
+            f"{name} needs the {package!r} package, which is not installed: pip install 'asyncflow-anyio[{extra}]'",
             name=package) from exc
     value = getattr(module, name)
     globals()[name] = value

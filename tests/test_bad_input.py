@@ -467,7 +467,7 @@ def test_the_map_cap_setting_is_an_integer_of_at_least_one(home, monkeypatch, ra
         ("sqlite:////dev/null/x.db", "'/dev/null' exists and is not a directory"),
         ("sqlite:////tmp", "is a directory"),
         ("sqlite:////" + "x" * 5000 + "/q.db", "too long"),
-        ("postgres://x", "expected sqlite:////absolute/path/to/file.db or redis://host:port/db"),
+        ("mysql://x", "expected sqlite:////absolute/path/to/file.db, redis://host:port/db or postgresql://"),
     ],
 )
 def test_a_sqlite_broker_url_that_cannot_name_a_database_file_is_refused(home, monkeypatch, raw, expect):

@@ -58,7 +58,7 @@ def connect(url: str, *, autocommit: bool = True, connect_timeout: float = 5.0) 
     try:
         import psycopg
     except ImportError:
-        raise ImportError("The PostgreSQL store and broker need psycopg 3: pip install 'asyncflow[postgres]'.") from None
+        raise ImportError("The PostgreSQL store and broker need psycopg 3: pip install 'asyncflow-anyio[postgres]'.") from None
     options: dict[str, Any] = {"autocommit": autocommit, "application_name": "asyncflow"}
     if "connect_timeout" not in url:
         options["connect_timeout"] = max(1, int(round(connect_timeout)))
@@ -166,7 +166,7 @@ def classify(exc: BaseException) -> str:
 def advice(exc: BaseException) -> str:
     state = getattr(exc, "sqlstate", None) or ""
     if isinstance(exc, ImportError):
-        return "Install psycopg: pip install 'asyncflow[postgres]'."
+        return "Install psycopg: pip install 'asyncflow-anyio[postgres]'."
     if state.startswith("53"):
         return "The database server is out of disk space or memory (or connections): free some, or ask its administrator."
     if state.startswith("28"):
