@@ -123,7 +123,7 @@ def test_without_distributed_the_import_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)
     monkeypatch.delitem(sys.modules, "asyncflow._runners.dask", raising=False)
     monkeypatch.delitem(task_runners.__dict__, "DaskTaskRunner", raising=False)
-    with pytest.raises(ImportError, match=r"pip install 'asyncflow\[dask\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'asyncflow-anyio\[dask\]'"):
         importlib.import_module("asyncflow.task_runners").DaskTaskRunner  # noqa: B018
     monkeypatch.undo()
     assert task_runners.DaskTaskRunner is DaskTaskRunner

@@ -20,7 +20,7 @@ if os.environ.get("ASYNCFLOW_REQUIRE_RAY"):  # CI installed it: its tests must r
     import ray
 else:
     ray = pytest.importorskip(
-        "ray", reason="RayTaskRunner needs the 'ray' extra, not installed here (pip install 'asyncflow[ray]'; "
+        "ray", reason="RayTaskRunner needs the 'ray' extra, not installed here (pip install 'asyncflow-anyio[ray]'; "
                       ".ci/run installs it where a Ray wheel exists for this Python)")
 
 from asyncflow import flow, task  # noqa: E402
