@@ -83,9 +83,9 @@ def test_a_key_lock_is_released_when_its_holder_dies(tmp_path):
     marker = tmp_path / "computed.txt"
     holder = _start(SERIALIZED, tmp_path, str(marker), "3600")
     deadline = time.monotonic() + 30
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert marker.exists(), "the first process never started computing"
+    while not (marker.exists() and "computed" in marker.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.02)  # the line, not the file: a kill between creating it and writing would lose the line
+    assert "computed" in marker.read_text(), "the first process never started computing"
     holder.send_signal(signal.SIGKILL)
     holder.wait(10)
     second = _start(SERIALIZED, tmp_path, str(marker), "0")
