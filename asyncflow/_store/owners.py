@@ -95,6 +95,26 @@ def is_gone(host: str, boot: str, pid: int, started: str) -> bool | None:
     return bool(started) and now != started
 
 
+def crash_open_runs(conn: Any, owner_id: int, message: str) -> int:
+    """Record `Crashed` for the open runs of one dead owner, in the caller's transaction; returns how
+    many. `conn` runs `?`-placeholder SQL (`execute`, `executemany`): a sqlite3 connection, or the
+    PostgreSQL store's `Shared` one. The Crashed state takes the time of the run's last state: the
+    process died after it, and a live process that goes on with the run (a background run delivered
+    again) records newer states, which win."""
+    crashed = 0
+    for table in ("task_runs", "flow_runs"):
+        runs = conn.execute(f"SELECT ref, id, coalesce(state_ts, created) FROM {table} WHERE owner = ? "
+                            f"AND {OPEN_CONDITION}", (owner_id,)).fetchall()
+        if not runs:
+            continue
+        conn.executemany(f"UPDATE {table} SET state_type = 'CRASHED', state_name = 'Crashed', state_message = ?, "
+                         f"state_ts = ?, end_time = ? WHERE ref = ?", [(message, ts, ts, ref) for ref, _, ts in runs])
+        conn.executemany("INSERT INTO states (run_ref, run_id, type, name, message, ts) "
+                         "VALUES (?, ?, 'CRASHED', 'Crashed', ?, ?)", [(ref, id_, message, ts) for ref, id_, ts in runs])
+        crashed += len(runs)
+    return crashed
+
+
 def crashed_message(owner: tuple[Any, ...]) -> str:
     host, _, pid, _ = owner
     return (f"The process that ran it (pid {pid} on {host}) ended before the run did: it was killed "

@@ -251,19 +251,7 @@ class PostgresStore(SqlRunReads, BatchWriter):
                 if conn.execute("SELECT 1 FROM owners WHERE id = %s FOR UPDATE", (owner_id,)).fetchone() is None:
                     continue  # another process recovered it meanwhile
                 message = _owners.crashed_message((host, boot, pid, started))
-                for table in ("task_runs", "flow_runs"):
-                    runs = conn.execute(f"SELECT ref, id, coalesce(state_ts, created) FROM {table} WHERE owner = %s "
-                                        f"AND {_owners.OPEN_CONDITION}", (owner_id,)).fetchall()
-                    if not runs:
-                        continue
-                    with conn.cursor() as cur:
-                        cur.executemany(
-                            f"UPDATE {table} SET state_type = 'CRASHED', state_name = 'Crashed', state_message = %s, "
-                            f"state_ts = %s, end_time = %s WHERE ref = %s", [(message, ts, ts, ref) for ref, _, ts in runs])
-                        cur.executemany(
-                            "INSERT INTO states (run_ref, run_id, type, name, message, ts) "
-                            "VALUES (%s, %s, 'CRASHED', 'Crashed', %s, %s)", [(ref, id_, message, ts) for ref, id_, ts in runs])
-                    crashed += len(runs)
+                crashed += _owners.crash_open_runs(Shared(conn), owner_id, message)
                 conn.execute("DELETE FROM owners WHERE id = %s", (owner_id,))
         if crashed:
             report(f"marked {crashed} run(s) Crashed in {self.label}: the process that ran them is gone "

@@ -112,6 +112,10 @@ class Shared:
         named = isinstance(params, dict)
         return self.conn.execute(translate(sql, named), params if named else tuple(params))
 
+    def executemany(self, sql: str, rows: Any) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(translate(sql, False), [tuple(row) for row in rows])
+
 
 class Dialect(sqlite_reads.Dialect):
     """The read API's terms in PostgreSQL (tags are JSON text, ASCII case as SQLite's lower())."""

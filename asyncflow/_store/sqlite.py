@@ -502,21 +502,7 @@ class SQLiteStore(SqlRunReads, BatchWriter):
                                         (owner_id, pid, started)).fetchone():
                         continue  # another process recovered it meanwhile (ids are never reused)
                     message = _owners.crashed_message((host, boot, pid, started))
-                    for table in ("task_runs", "flow_runs"):
-                        # the Crashed state takes the time of the run's last state: the process died after
-                        # it, and a live process that goes on with the run (a background run delivered
-                        # again) records newer states, which win
-                        runs = conn.execute(f"SELECT ref, id, coalesce(state_ts, created) FROM {table} WHERE owner = ? "
-                                            f"AND {_owners.OPEN_CONDITION}", (owner_id,)).fetchall()
-                        if not runs:
-                            continue
-                        conn.executemany(
-                            f"UPDATE {table} SET state_type = 'CRASHED', state_name = 'Crashed', state_message = ?, "
-                            f"state_ts = ?, end_time = ? WHERE ref = ?", [(message, ts, ts, ref) for ref, _, ts in runs])
-                        conn.executemany(
-                            "INSERT INTO states (run_ref, run_id, type, name, message, ts) "
-                            "VALUES (?, ?, 'CRASHED', 'Crashed', ?, ?)", [(ref, id_, message, ts) for ref, id_, ts in runs])
-                        crashed += len(runs)
+                    crashed += _owners.crash_open_runs(conn, owner_id, message)
                     conn.execute("DELETE FROM owners WHERE id = ?", (owner_id,))
                 conn.execute("COMMIT")
             except BaseException:
