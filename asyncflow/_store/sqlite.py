@@ -640,28 +640,33 @@ class SQLiteStore(SqlRunReads, BatchWriter):
         return None if row is None else [row[0], bool(row[1])]
 
     # -- reading -------------------------------------------------------------------------------------
-    def _query(self, sql: str, params: Iterable[Any] = (), flush: bool = True) -> list[tuple[Any, ...]]:
-        """Rows of a read. `flush=True` writes what this process recorded first (read-your-writes);
-        a reader that polls passes False and sees what is committed."""
+    def _read(self, fn: Any, flush: bool = True) -> Any:
+        """fn(the reader connection), retried while the database is busy. `flush=True` writes what this
+        process recorded first (read-your-writes); a reader that polls passes False and sees what is
+        committed."""
         if flush:
             self.flush()
 
-        def run() -> list[tuple[Any, ...]]:
+        def attempt() -> Any:
             with self._read_lock:
                 if self._reader is None:
                     self._reader = self._sqlite_connect()
-                return self._reader.execute(sql, tuple(params)).fetchall()
+                return fn(self._reader)
 
         try:
-            return self._with_retry(run, deadline=time.monotonic() + 30)
+            return self._with_retry(attempt, deadline=time.monotonic() + 30)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"Cannot read the asyncflow store {self.path}: {describe_error(exc)}. "
                              f"{advice(exc, self.path)}") from None
 
-    # -- retention and the CLI's reads (the SQL is in retention.py and cli_queries.py) ---------------------
+    def _query(self, sql: str, params: Iterable[Any] = (), flush: bool = True) -> list[tuple[Any, ...]]:
+        """Rows of a read (see `_read`)."""
+        return self._read(lambda conn: conn.execute(sql, tuple(params)).fetchall(), flush)
 
     def _shared_query(self, sql: str, params: Iterable[Any] = (), flush: bool = True) -> list[tuple[Any, ...]]:
         return self._query(sql, params, flush)
+
+    # -- retention and the CLI's reads (the SQL is in retention.py and cli_queries.py) ---------------------
     def delete_flow_runs(self, ids: Iterable[Any]) -> dict[str, int]:
         """Delete these flow runs, their subflow runs (recursively), their task runs, states and log lines,
         in one transaction; returns the rows deleted per table. Unknown ids are ignored."""
@@ -683,7 +688,7 @@ class SQLiteStore(SqlRunReads, BatchWriter):
         totals, cursor = retention.zero_counts(), retention.START
         while cursor is not None:
             run = functools.partial(retention.prune_batch, before_ts=before, cursor=cursor, dry_run=dry_run)
-            counts, cursor = self._read_without_flush(run) if dry_run else self._in_write_transaction(run)
+            counts, cursor = self._read(run, flush=False) if dry_run else self._in_write_transaction(run)
             retention.add_counts(totals, counts)
         if not dry_run:
             self._forget_runs()
@@ -693,8 +698,7 @@ class SQLiteStore(SqlRunReads, BatchWriter):
         """[(state name, task runs in it)] of a flow run, in the order the states first appear."""
         from . import cli_queries
 
-        self.flush()
-        return self._read_without_flush(lambda conn: cli_queries.task_run_state_counts(conn, flow_run_id))
+        return self._read(lambda conn: cli_queries.task_run_state_counts(conn, flow_run_id))
 
     def _in_write_transaction(self, fn: Any) -> Any:
         """fn(writer connection) in one transaction under the write lock, retried while the database is busy."""
@@ -717,18 +721,6 @@ class SQLiteStore(SqlRunReads, BatchWriter):
             return self._with_retry(attempt, deadline=time.monotonic() + 30)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"Cannot write to the asyncflow store {self.path}: {exc}.") from None
-
-    def _read_without_flush(self, fn: Any) -> Any:
-        def attempt() -> Any:
-            with self._read_lock:
-                if self._reader is None:
-                    self._reader = self._sqlite_connect()
-                return fn(self._reader)
-
-        try:
-            return self._with_retry(attempt, deadline=time.monotonic() + 30)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"Cannot read the asyncflow store {self.path}: {exc}.") from None
 
     def _forget_runs(self, ids: set[str] | None = None) -> None:
         """Forget the refs cached for deleted runs (`ids`, else whichever cached runs are gone), so that
