@@ -142,7 +142,10 @@ def storage_root(result_storage: Any) -> Any:
             hasattr(result_storage, "key_lock"):
         return result_storage  # a result storage object (PostgresResults)
     if isinstance(result_storage, (str, os.PathLike)):
-        return Path(result_storage).expanduser()
+        try:
+            return _settings.expand_home(result_storage)
+        except ValueError as exc:
+            raise ValueError(f"result_storage: {exc}.") from None
     raise TypeError(f"result_storage must be a path (str or pathlib.Path) or a postgresql:// URL; got "
                     f"{type(result_storage).__name__}.")
 

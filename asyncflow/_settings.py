@@ -228,13 +228,22 @@ _NAME_MAX = 255  # bytes in one file name, and in a whole path (PATH_MAX less th
 _PATH_MAX = 4095
 
 
+def expand_home(raw: str | os.PathLike[str]) -> Path:
+    """`raw` with a leading `~` or `~user` expanded; a user this machine does not know is a ValueError
+    (pathlib raises RuntimeError)."""
+    try:
+        return Path(raw).expanduser()
+    except RuntimeError:
+        raise ValueError(f"expected a path; {os.fspath(raw)!r} starts with ~ but names no user of this machine") from None
+
+
 def _check_path(raw: str) -> Path:
     """A path to a directory asyncflow creates: absolute (a relative one would mean another directory for
     each current directory), no NUL, within the system's length limits."""
     raw = raw.strip()
     if "\x00" in raw:
         raise ValueError("expected an absolute directory path; it contains a NUL character")
-    path = Path(raw).expanduser()
+    path = expand_home(raw)
     if not path.is_absolute():
         raise ValueError("expected an absolute directory path (or one starting with ~); a relative path "
                          "would mean another directory for each current directory. Use "

@@ -933,3 +933,12 @@ def test_every_special_value_of_a_setting_gives_a_setting_error_naming_it_or_flo
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
     outcomes = {raw: _settings_outcome(name, raw, tmp_path) for raw in _RAW_SPECIAL + ["{tmp}/dir", "~/dir"]}
     assert "ran" in outcomes.values(), outcomes
+
+
+def test_a_path_starting_with_the_home_of_an_unknown_user_is_a_clear_error(home, monkeypatch):
+    """`~user` of no user made pathlib raise RuntimeError from inside asyncflow (found by Hypothesis)."""
+    with pytest.raises(ValueError, match="result_storage: .*'~nouser_x/results' starts with ~ but names no user"):
+        @task(result_storage="~nouser_x/results")
+        def f(x: int) -> int:
+            return x
+    assert "starts with ~ but names no user" in _read_error(monkeypatch, "ASYNCFLOW_HOME", "~nouser_x/home")
