@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -102,6 +103,48 @@ def _after_in_child() -> None:
             entry.reset_in_child()
         except Exception:
             _report(entry, "reset_in_child")
+
+
+class Gate:
+    """A door around calls into a C library that a fork must not cut in half: SQLite takes process-wide
+    mutexes (its allocator's, its file table's) inside every call, and a thread inside one at the fork
+    leaves the mutex locked for ever in the child, which hangs at its first SQLite call. Threads pass
+    with `with gate:` (they may pass together); `close()` (a `before` hook) waits, bounded by the fork's
+    budget, until none is inside and keeps new ones at the door; `open()` (`after_in_parent`) lets them
+    in; `reset()` (in the child) makes a fresh, open door. Keep what runs inside short: a call that waits
+    (a busy database) should wait outside, between short attempts."""
+
+    __slots__ = ("_closed", "_cond", "_inside")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._inside = 0
+        self._closed = False
+
+    def __enter__(self) -> None:
+        with self._cond:
+            while self._closed:
+                self._cond.wait()
+            self._inside += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._cond:
+            self._inside -= 1
+            if not self._inside:
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.wait_for(lambda: not self._inside, timeout=remaining())
+
+    def open(self) -> None:
+        with self._cond:
+            self._closed = False
+            self._cond.notify_all()
 
 
 if hasattr(os, "register_at_fork"):

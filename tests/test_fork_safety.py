@@ -396,6 +396,87 @@ def test_a_forked_child_enqueues_on_the_sqlite_broker_with_a_connection_of_its_o
     broker.close()
 
 
+def test_the_fork_gate_waits_for_threads_inside_and_holds_new_ones_until_the_fork_is_done(monkeypatch):
+    monkeypatch.setattr(_fork, "_deadline", time.monotonic() + 10)  # the budget of a fork under way
+    gate = _fork.Gate()
+    inside, leave, left, arrived, passed = (threading.Event() for _ in range(5))
+
+    def occupant():
+        with gate:
+            inside.set()
+            leave.wait(10)
+        left.set()
+
+    def latecomer():
+        arrived.set()
+        with gate:
+            passed.set()
+
+    threading.Thread(target=occupant, daemon=True).start()
+    assert inside.wait(10)
+    threading.Timer(0.05, leave.set).start()
+    gate.close()
+    assert left.is_set()  # close() returned once the occupant was out, not before
+    threading.Thread(target=latecomer, daemon=True).start()
+    assert arrived.wait(10)
+    assert not passed.wait(0.1)  # kept at the door while the fork is under way
+    gate.open()
+    assert passed.wait(10)
+
+
+def test_the_fork_gate_lets_a_fork_go_on_when_the_budget_is_spent(monkeypatch):
+    monkeypatch.setattr(_fork, "_deadline", 0.0)  # the fork's budget is spent
+    gate, release = _fork.Gate(), threading.Event()
+    inside = threading.Event()
+
+    def occupant():
+        with gate:
+            inside.set()
+            release.wait(10)
+
+    threading.Thread(target=occupant, daemon=True).start()
+    assert inside.wait(10)
+    gate.close()  # returns at once with the occupant still inside
+    assert gate._inside == 1
+    gate.open()
+    release.set()
+
+
+def test_a_thread_waiting_for_the_sqlite_brokers_lock_waits_outside_sqlite_so_a_fork_can_go_on(tmp_path,
+                                                                                                monkeypatch):
+    """A fork that copies a thread halfway through SQLite leaves SQLite's process-wide mutexes locked in
+    the child, which then hangs at its first SQLite call (a CI hang: a child asked a delayed run's state
+    while the parent's hand-off thread waited for the queue's lock). A thread waiting for another
+    connection's lock is outside SQLite between short attempts, so the fork gate closes with none inside."""
+    import sqlite3
+
+    from asyncflow._workers import sqlite_broker
+    from asyncflow._workers.broker import QueuedRun
+
+    monkeypatch.setattr(_fork, "_deadline", time.monotonic() + 10)
+    broker = sqlite_broker.SQLiteBroker(tmp_path / "queue.db")
+    holder = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (broker.enqueue(QueuedRun("r", "k", "t", b"p", 0)), done.set()),
+                              daemon=True)
+    thread.start()
+    time.sleep(0.3)  # the enqueue is trying, again and again
+    assert not done.is_set()
+    sqlite_broker._gate.close()
+    try:
+        assert sqlite_broker._gate._inside == 0  # the waiting thread is not inside SQLite
+    finally:
+        sqlite_broker._gate.open()
+    code = in_child(lambda: sqlite_broker.SQLiteBroker(tmp_path / "queue.db").outcome("r") is None)
+    holder.execute("COMMIT")
+    holder.close()
+    assert code == 0
+    assert done.wait(10)
+    assert broker.outcome("r") is not None
+    broker.close()
+
+
 def test_a_forked_child_does_not_inherit_the_redis_brokers_claims_or_lock():
     pytest.importorskip("redis")
     from asyncflow._workers.redis_broker import RedisBroker

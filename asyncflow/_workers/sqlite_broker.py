@@ -3,7 +3,12 @@ every process on the machine shares it. Claims take a write lock (BEGIN IMMEDIAT
 never claim the same run at once; leases make delivery at least once.
 
 An unusable file (a bad path, a directory, no permission, a full or damaged disk, a lock held too long)
-raises BrokerUnavailableError naming the file and where its path came from."""
+raises BrokerUnavailableError naming the file and where its path came from.
+
+Fork safety: every call into SQLite passes the fork gate (`_fork.Gate`), and a lock held by another
+connection is waited for between short attempts, outside the gate, so a fork waits at most one short
+attempt and never copies a thread halfway through SQLite (whose process-wide mutexes would stay locked
+in the child)."""
 
 from __future__ import annotations
 
@@ -13,8 +18,9 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from .. import _fork
 from .._exceptions import BrokerUnavailableError
@@ -41,7 +47,12 @@ CREATE INDEX IF NOT EXISTS asyncflow_task_queue_finished ON asyncflow_task_queue
 """
 
 
+T = TypeVar("T")
+BUSY_MS = 50  # one attempt waits this long for another connection's lock, inside SQLite (and the gate)
+LOCK_WAIT_SECONDS = 30.0  # all attempts together, the rest of the wait outside SQLite
+
 _BROKERS: weakref.WeakSet[SQLiteBroker] = weakref.WeakSet()
+_gate = _fork.Gate()
 _INHERITED: list[sqlite3.Connection] = []  # a forked child's copies of its parent's connections
 
 
@@ -56,9 +67,14 @@ def _reset_after_fork() -> None:
         if db is not None:
             _INHERITED.append(db)
         broker._local = threading.local()
+    _gate.reset()
 
 
-_fork.register("sqlite broker", reset_in_child=_reset_after_fork)
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+_fork.register("sqlite broker", reset_in_child=_reset_after_fork, before=_gate.close, after_in_parent=_gate.open)
 
 
 class SQLiteBroker:
@@ -74,15 +90,14 @@ class SQLiteBroker:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise self._unavailable(exc) from None
-            with self._connect() as db:
-                db.executescript(_SCHEMA)
+            self._attempts(lambda db: db.executescript(_SCHEMA))
 
     def __repr__(self) -> str:
         return f"SQLiteBroker({str(self.path)!r})"
 
     def _unavailable(self, exc: BaseException) -> BrokerUnavailableError:
         detail = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+        if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
             fix = "another process holds the database's write lock; try again, or find the process that holds it"
         else:
             fix = ("check that the path is a file in a directory that exists and that this user can write, "
@@ -99,25 +114,35 @@ class SQLiteBroker:
             raise self._unavailable(exc) from exc
 
     def _connect(self) -> sqlite3.Connection:
+        """This thread's connection (called inside the gate)."""
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None or getattr(self._local, "pid", None) != os.getpid():
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(self.path, timeout=BUSY_MS / 1000, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=30000")
             self._local.db, self._local.pid = db, os.getpid()
         return db
 
-    def _write(self, sql: str, args: tuple = ()) -> int:
-        db = self._connect()
-        for attempt in range(50):  # busy_timeout covers most waits; retry what slips through
+    def _attempts(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `op` on this thread's connection inside the fork gate; while another connection holds
+        the lock, try again (for up to LOCK_WAIT_SECONDS), waiting between attempts outside the gate."""
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        attempt = 0
+        while True:
             try:
-                return db.execute(sql, args).rowcount
+                with _gate:
+                    return op(self._connect())
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
+                if not _is_busy(exc) or time.monotonic() >= deadline:
                     raise
-                time.sleep(min(0.005 * 2**attempt, 0.5))
-        raise sqlite3.OperationalError(f"the task queue in {self.path} stayed locked")
+            time.sleep(min(0.002 * 2**attempt, 0.1))
+            attempt += 1
+
+    def _write(self, sql: str, args: tuple = ()) -> int:
+        return self._attempts(lambda db: db.execute(sql, args).rowcount)
+
+    def _read_one(self, sql: str, args: tuple = ()) -> tuple | None:
+        return self._attempts(lambda db: db.execute(sql, args).fetchone())
 
     def enqueue(self, run: QueuedRun) -> None:
         with self._errors():
@@ -129,22 +154,14 @@ class SQLiteBroker:
         if not task_keys or limit <= 0:
             return []
         with self._errors():
-            return self._claim(task_keys, worker_id, lease_seconds, limit)
+            return self._attempts(lambda db: self._claim_in(db, task_keys, worker_id, lease_seconds, limit))
 
-    def _claim(self, task_keys: list[str], worker_id: str, lease_seconds: float, limit: int) -> list[QueuedRun]:
-        db = self._connect()
+    @staticmethod
+    def _claim_in(db: sqlite3.Connection, task_keys: list[str], worker_id: str, lease_seconds: float,
+                  limit: int) -> list[QueuedRun]:
         now = time.time()
         marks = ",".join("?" * len(task_keys))
-        for attempt in range(50):
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-                time.sleep(min(0.005 * 2**attempt, 0.5))
-        else:
-            raise sqlite3.OperationalError(f"the task queue in {self.path} stayed locked")
+        db.execute("BEGIN IMMEDIATE")
         try:
             rows = db.execute(
                 f"SELECT id, task_key, task_name, payload, attempts FROM asyncflow_task_queue "
@@ -182,8 +199,7 @@ class SQLiteBroker:
                     "finished = ?, lease_owner = ?, lease_expires = NULL WHERE id = ? AND finished IS NULL",
                     (state_type, state_name, message, result, time.time(), worker_id, run_id)) == 1:
                 return True
-            row = self._connect().execute("SELECT lease_owner FROM asyncflow_task_queue WHERE id = ?",
-                                          (run_id,)).fetchone()
+            row = self._read_one("SELECT lease_owner FROM asyncflow_task_queue WHERE id = ?", (run_id,))
             return row is not None and row[0] == worker_id
 
     def release(self, run_id: str, worker_id: str) -> None:
@@ -194,9 +210,9 @@ class SQLiteBroker:
 
     def outcome(self, run_id: str) -> RunOutcome | None:
         with self._errors():
-            row = self._connect().execute(
+            row = self._read_one(
                 "SELECT state_type, state_name, message, result, finished, task_name FROM asyncflow_task_queue "
-                "WHERE id = ?", (run_id,)).fetchone()
+                "WHERE id = ?", (run_id,))
         if row is None:
             return None
         return RunOutcome(row[0], row[1], row[2], row[3], row[4] is not None, row[5])
@@ -217,5 +233,6 @@ class SQLiteBroker:
     def close(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:
-            db.close()
+            with _gate:
+                db.close()
             self._local.db = None
