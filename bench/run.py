@@ -6,8 +6,10 @@
     python bench/run.py --compare prefect    # scenarios a-f against Prefect too (if installed)
 
 Each scenario runs in a fresh process, `--repeats` times, with asyncflow's default settings (state
-tracking and INFO logging on, lines written to stderr, here /dev/null). The plain-Python baseline of
-the same scenario runs in the same invocation, so every figure is also a ratio to that limit.
+tracking and INFO logging on, lines written to stderr, here /dev/null): the SQLite run store, and
+again with the in-memory store (`ASYNCFLOW_STORE=memory`) beside it, so the store's cost is a ratio
+measured in one run. The plain-Python baseline of the same scenario runs in the same invocation, so
+every figure is also a ratio to that limit. The last table gives issue 15's rows, from what ran.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ sys.path.insert(0, str(HERE))
 from scenarios import FUNCTIONS, SCENARIOS  # noqa: E402
 
 COMPARABLE = ("a", "b", "c_async", "c_async_flow", "c_sync", "d", "e", "f")
+STORE_OWN = ("j", "k", "l", "m", "n", "q")  # scenarios that choose their store (or are about one): no memory run
+MEMORY = "asyncflow+memory"  # asyncflow with ASYNCFLOW_STORE=memory
 
 
 def run_worker(scenario: str, lib: str, n: int) -> dict[str, float]:
@@ -44,6 +48,9 @@ def run_worker(scenario: str, lib: str, n: int) -> dict[str, float]:
 def spawn(scenario: str, lib: str, n: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "ASYNCFLOW_HOME": home, "PREFECT_HOME": home}
+        env.pop("ASYNCFLOW_STORE", None)  # the default store, unless this is the memory store's run
+        if lib == MEMORY:
+            lib, env["ASYNCFLOW_STORE"] = "asyncflow", "memory"
         out = subprocess.run(
             [sys.executable, str(HERE / "run.py"), "--worker", scenario, "--lib", lib, "-n", str(n)],
             check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True, timeout=900)
@@ -75,7 +82,7 @@ def main() -> None:
         print(json.dumps(run_worker(args.worker, args.lib, args.n)))
         return
 
-    libs = ["asyncflow", "baseline"] + ([args.compare] if args.compare else [])
+    libs = ["asyncflow", MEMORY, "baseline"] + ([args.compare] if args.compare else [])
     results: dict[str, Any] = {"machine": {"python": platform.python_version(), "platform": platform.platform(),
                                            "cpus": os.cpu_count()}, "scenarios": {}}
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; "
@@ -85,24 +92,94 @@ def main() -> None:
         n = args.n or default_n
         entry: dict[str, Any] = {"description": description, "n": n}
         for lib in libs:
-            if lib not in ("asyncflow", "baseline") and scenario not in COMPARABLE:
+            if lib not in ("asyncflow", MEMORY, "baseline") and scenario not in COMPARABLE:
+                continue
+            if lib == MEMORY and scenario in STORE_OWN:
                 continue
             repeats = 1 if scenario == "g" else args.repeats
             entry[lib] = summarise([spawn(scenario, lib, n) for _ in range(repeats)])
         results["scenarios"][scenario] = entry
         print(f"\n{scenario}. {description} (N={n})")
         for metric in entry["asyncflow"]:
-            line = f"   {metric:24s} asyncflow {fmt(entry['asyncflow'][metric])}   baseline {fmt(entry['baseline'][metric])}"
+            ours = entry["asyncflow"][metric]["median"]
+            line = f"   {metric:24s} asyncflow {fmt(entry['asyncflow'][metric])}"
+            if MEMORY in entry:
+                memory = entry[MEMORY][metric]["median"]
+                line += f"   memory store {fmt(entry[MEMORY][metric])}"
+                if metric.endswith(("_us", "_ms", "_s")) and memory > 0:
+                    line += f" (default ÷ memory ×{ours / memory:.2f})"
+            line += f"   baseline {fmt(entry['baseline'][metric])}"
             base = entry["baseline"][metric]["median"]
             if metric.endswith(("_us", "_ms", "_s")) and base > 0:
-                line += f"   ×{entry['asyncflow'][metric]['median'] / base:.1f}"
-            for other in libs[2:]:
+                line += f"   ×{ours / base:.1f}"
+            for other in libs[3:]:
                 if other in entry:
                     ratio = entry[other][metric]["median"] / entry["asyncflow"][metric]["median"]
                     line += f"   {other} {fmt(entry[other][metric])} ({ratio:.0f}× asyncflow)"
             print(line, flush=True)
+    print_targets(results["scenarios"], args.compare)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def _median(entries: dict[str, Any], scenario: str, lib: str, metric: str) -> float | None:
+    try:
+        return float(entries[scenario][lib][metric]["median"])
+    except KeyError:
+        return None
+
+
+def target_rows(entries: dict[str, Any], compare: str | None) -> list[tuple[str, str, str]]:
+    """Issue 15's table (row, measured here, target), from the scenarios that ran."""
+    def get(scenario: str, lib: str, metric: str) -> float | None:
+        return _median(entries, scenario, lib, metric)
+
+    def ratio(top: float | None, bottom: float | None, digits: int = 2) -> str | None:
+        return None if top is None or not bottom else f"{top / bottom:.{digits}f}×"
+
+    rows: list[tuple[str, str | None, str]] = []
+    store = [f"{s} {ratio(get(s, 'asyncflow', m), get(s, MEMORY, m))}" for s, m in
+             (("a", "per_task_us"), ("b", "per_task_us"), ("c_async_flow", "per_task_us"), ("d", "per_task_us"),
+              ("e", "per_task_us")) if get(s, MEMORY, m) is not None]
+    rows.append(("default store ÷ memory store, scenarios a–e", ", ".join(store) or None, "≤ 1.2× each"))
+    cpu, size = get("q", "asyncflow", "writer_cpu_per_task_run_us"), get("q", "asyncflow", "bytes_per_task_run")
+    rows.append(("writer CPU per task run", None if cpu is None else f"{cpu:.1f} µs", "≤ 10 µs"))
+    rows.append(("bytes in the store per task run (3 states)", None if size is None else f"{size:.0f}", "≤ 300"))
+    rows.append(("submit (c) ÷ an anyio task-group spawn", ratio(get("c_async_flow", "asyncflow", "per_task_us"),
+                                                             get("c_async_flow", "baseline", "per_task_us"), 1),
+                 "≤ 1.5×"))
+    rows.append(("N concurrent flows × 10 async tasks ÷ plain asyncio (o)",
+                 ratio(get("o", "asyncflow", "wall_s"), get("o", "baseline", "wall_s"), 1), "≤ 3×"))
+    rows.append(("one-flow script, wall, ÷ import anyio (g)",
+                 ratio(get("g", "asyncflow", "one_flow_script_ms"), get("g", "baseline", "import_ms"), 1), "≤ 3×"))
+    if compare:
+        lead = [f"{s} ×{get(s, compare, 'per_task_us') / get(s, 'asyncflow', 'per_task_us'):.0f}"  # type: ignore[operator]
+                for s in ("a", "b", "c_async", "d", "e") if get(s, compare, "per_task_us") and get(s, "asyncflow", "per_task_us")]
+        rows.append((f"vs {compare}, a b c d e, same run", ", ".join(lead) or None, "≥ ×500 each"))
+    over = get("p", "asyncflow", "wall_n_over_ideal")
+    rows.append(("N concurrent flows (one task sleeping 0.1 s), wall ÷ 0.1 s (p)",
+                 None if over is None else f"{over:.1f}×", "≤ 2×"))
+    growth = get("p", "asyncflow", "wall_10n_over_n")
+    rows.append(("10×N vs N concurrent flows, wall ratio (p)", None if growth is None else f"{growth:.1f}×",
+                 "≤ 11× (linear)"))
+    rows.append(("import asyncflow ÷ import anyio (g)",
+                 ratio(get("g", "asyncflow", "import_ms"), get("g", "baseline", "import_ms"), 1), "≤ 2×"))
+    kb = get("h", "asyncflow", "kb_per_submitted_task")
+    rows.append(("memory per submitted, not yet finished task (h)", None if kb is None else f"{kb:.2f} KB",
+                 "≤ 0.5 KB"))
+    tenth = get("r", "asyncflow", "last_over_first")
+    rows.append(("per-task cost, last tenth ÷ first tenth (r)", None if tenth is None else f"{tenth:.2f}×", "≤ 1.1×"))
+    return [(row, measured, target) for row, measured, target in rows if measured is not None]
+
+
+def print_targets(entries: dict[str, Any], compare: str | None) -> None:
+    rows = target_rows(entries, compare)
+    if not rows:
+        return
+    print("\nissue 15's targets, from this run (default settings; medians):")
+    width = max(len(row) for row, _, _ in rows)
+    for row, measured, target in rows:
+        print(f"   {row:{width}s}  {measured:>34s}   target {target}")
 
 
 if __name__ == "__main__":

@@ -303,8 +303,10 @@ def h_memory(lib: Any, n: int) -> dict[str, float]:
     before, blocks = _rss_mb(), sys.getallocatedblocks()
     main()
     gc.collect()
-    return {"baseline_rss_mb": before, "peak_rss_mb": _peak_mb(), "rss_after_mb": _rss_mb(),
-            "live_blocks_after_k": (sys.getallocatedblocks() - blocks) / 1000}
+    peak = _peak_mb()
+    return {"baseline_rss_mb": before, "peak_rss_mb": peak, "rss_after_mb": _rss_mb(),
+            "live_blocks_after_k": (sys.getallocatedblocks() - blocks) / 1000,
+            "kb_per_submitted_task": (peak - before) * 1024 / n}
 
 
 def h_memory_baseline(n: int) -> dict[str, float]:
@@ -312,8 +314,10 @@ def h_memory_baseline(n: int) -> dict[str, float]:
     before, blocks = _rss_mb(), sys.getallocatedblocks()
     anyio.run(_spawn_n, n)
     gc.collect()
-    return {"baseline_rss_mb": before, "peak_rss_mb": _peak_mb(), "rss_after_mb": _rss_mb(),
-            "live_blocks_after_k": (sys.getallocatedblocks() - blocks) / 1000}
+    peak = _peak_mb()
+    return {"baseline_rss_mb": before, "peak_rss_mb": peak, "rss_after_mb": _rss_mb(),
+            "live_blocks_after_k": (sys.getallocatedblocks() - blocks) / 1000,
+            "kb_per_submitted_task": (peak - before) * 1024 / n}
 
 
 async def _spawn_n(n: int) -> None:
@@ -779,6 +783,153 @@ def n_cpu_map_baseline(n: int) -> dict[str, float]:
     return dict.fromkeys(keys, best)
 
 
+# -- o, p. many flows at once in one event loop (an async web service) ----------------------------
+async def _flows_at_once(lib: Any, flows: int, tasks: int, sleep_s: float) -> float:
+    @lib.task
+    async def work() -> None:
+        await anyio.sleep(sleep_s)
+
+    @lib.flow
+    async def one() -> None:
+        if tasks == 1:
+            await work()
+            return
+        async with anyio.create_task_group() as tg:
+            for _ in range(tasks):
+                tg.start_soon(work)
+
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(flows):
+            tg.start_soon(one)
+    return time.perf_counter() - start
+
+
+async def _plain_flows_at_once(flows: int, tasks: int, sleep_s: float) -> float:
+    async def one() -> None:
+        async with anyio.create_task_group() as tg:
+            for _ in range(tasks):
+                tg.start_soon(anyio.sleep, sleep_s)
+
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(flows):
+            tg.start_soon(one)
+    return time.perf_counter() - start
+
+
+def o_concurrent_flows(lib: Any, n: int) -> dict[str, float]:
+    """N async flows at once, each running 10 async tasks that await 10 ms (issue 15's shape)."""
+    return {"wall_s": anyio.run(_flows_at_once, lib, n, 10, 0.01)}
+
+
+def o_concurrent_flows_baseline(n: int) -> dict[str, float]:
+    return {"wall_s": anyio.run(_plain_flows_at_once, n, 10, 0.01)}
+
+
+def p_flows_scaling(lib: Any, n: int) -> dict[str, float]:
+    """N and 10×N flows at once, each awaiting one task that sleeps 0.1 s: wall ÷ the ideal 0.1 s, and
+    how the wall grows with ten times the flows (linear is ×10 plus the fixed 0.1 s)."""
+    small = anyio.run(_flows_at_once, lib, n, 1, 0.1)
+    large = anyio.run(_flows_at_once, lib, 10 * n, 1, 0.1)
+    return {"wall_n_s": small, "wall_n_over_ideal": small / 0.1, "wall_10n_s": large, "wall_10n_over_n": large / small}
+
+
+def p_flows_scaling_baseline(n: int) -> dict[str, float]:
+    small = anyio.run(_plain_flows_at_once, n, 1, 0.1)
+    large = anyio.run(_plain_flows_at_once, 10 * n, 1, 0.1)
+    return {"wall_n_s": small, "wall_n_over_ideal": small / 0.1, "wall_10n_s": large, "wall_10n_over_n": large / small}
+
+
+# -- q. what the default store costs per task run: the writer's CPU and the bytes on disk ------------
+def _thread_cpu_s(thread: Any) -> float:
+    """CPU seconds (user + system) a thread of this process used, from /proc (Linux)."""
+    with open(f"/proc/self/task/{thread.native_id}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def q_store_cost(lib: Any, n: int) -> dict[str, float]:
+    """A sync flow calls a trivial task N times with the SQLite store: the writer thread's CPU per task
+    run, and the bytes the database grew by per task run (after a checkpoint)."""
+    import sqlite3
+    import tempfile
+    import threading
+
+    if lib.__name__ != "asyncflow":
+        raise SystemExit("scenario q is asyncflow's own")
+    from asyncflow._store import set_store
+    from asyncflow._store.sqlite import SQLiteStore
+
+    @lib.task
+    def inc(x: int) -> int:
+        return x + 1
+
+    @lib.flow
+    def main(count: int) -> None:
+        for i in range(count):
+            inc(i)
+
+    path = os.path.join(tempfile.mkdtemp(), "asyncflow.db")
+
+    def size() -> int:
+        conn = sqlite3.connect(path)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        conn.close()
+        return pages * page
+
+    store = SQLiteStore(path)
+    previous = set_store(store)
+    try:
+        main(10)  # the schema, the flow row, the writer thread started
+        before = size()
+        writer = [t for t in threading.enumerate() if t.name.startswith("asyncflow")]
+        cpu_before = sum(_thread_cpu_s(t) for t in writer)
+        main(n)
+        writer = [t for t in threading.enumerate() if t.name.startswith("asyncflow")]
+        cpu = sum(_thread_cpu_s(t) for t in writer) - cpu_before
+        after = size()
+    finally:
+        set_store(previous)
+        store.close()
+    return {"writer_cpu_per_task_run_us": cpu / n * 1e6, "bytes_per_task_run": (after - before) / n}
+
+
+def q_store_cost_baseline(n: int) -> dict[str, float]:
+    """The memory store: no writer thread, nothing on disk."""
+    return {"writer_cpu_per_task_run_us": 0.0, "bytes_per_task_run": 0.0}
+
+
+# -- r. does a long flow slow down as it goes? ------------------------------------------------------
+def r_long_flow(lib: Any, n: int) -> dict[str, float]:
+    """A sync flow calls a trivial task N times: per-task cost of the last tenth ÷ the first tenth."""
+
+    @lib.task
+    def inc(x: int) -> int:
+        return x + 1
+
+    marks: list[float] = []
+    tenth = max(1, n // 10)
+
+    @lib.flow
+    def main() -> None:
+        for i in range(n):
+            if i % tenth == 0:
+                marks.append(time.perf_counter())
+            inc(i)
+        marks.append(time.perf_counter())
+
+    main()
+    first, last = marks[1] - marks[0], marks[-1] - marks[-2]
+    return {"first_tenth_us": first / tenth * 1e6, "last_tenth_us": last / tenth * 1e6, "last_over_first": last / first}
+
+
+def r_long_flow_baseline(n: int) -> dict[str, float]:
+    return {"first_tenth_us": 0.1, "last_tenth_us": 0.1, "last_over_first": 1.0}
+
+
 SCENARIOS: dict[str, tuple[str, int]] = {
     "a": ("sync flow calls a sync task in sequence", 5000),
     "b": ("async flow awaits an async task in sequence", 5000),
@@ -797,6 +948,10 @@ SCENARIOS: dict[str, tuple[str, int]] = {
     "l": ("nothing lost: N submitted tasks, then N sequential calls, all in the SQLite store", 100_000),
     "m": ("task runners: N trivial tasks mapped on each runner vs the engine's own submit", 500),
     "n": ("CPU-bound map of N tasks: threads, worker processes, Dask, Ray", 8),
+    "o": ("N async flows at once, 10 async tasks each awaiting 10 ms", 2000),
+    "p": ("N and 10×N async flows at once, one task sleeping 0.1 s each", 1000),
+    "q": ("the SQLite store per task run: writer CPU and bytes on disk", 20_000),
+    "r": ("a long flow: per-task cost of its last tenth ÷ its first tenth", 100_000),
 }
 
 FUNCTIONS = {
@@ -817,4 +972,8 @@ FUNCTIONS = {
     "l": (l_no_loss, l_no_loss_baseline),
     "m": (m_runners, m_runners_baseline),
     "n": (n_cpu_map, n_cpu_map_baseline),
+    "o": (o_concurrent_flows, o_concurrent_flows_baseline),
+    "p": (p_flows_scaling, p_flows_scaling_baseline),
+    "q": (q_store_cost, q_store_cost_baseline),
+    "r": (r_long_flow, r_long_flow_baseline),
 }

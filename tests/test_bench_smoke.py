@@ -42,3 +42,21 @@ def test_the_web_ui_benchmark_runs(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "asyncflow server start: first answer" in result.stdout
     assert "/runs (the newest 50)" in result.stdout
+
+
+def test_the_benchmark_sets_each_store_side_by_side_and_prints_the_issue_targets(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "-s", "a", "q", "r", "o", "p", "-n", "40", "-r", "1",
+         "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())["scenarios"]
+    assert data["a"]["asyncflow+memory"]["per_task_us"]["median"] > 0  # the memory store's run beside the default
+    assert "asyncflow+memory" not in data["q"]  # q is about the SQLite store itself
+    assert data["q"]["asyncflow"]["bytes_per_task_run"]["median"] > 0
+    assert data["q"]["asyncflow"]["writer_cpu_per_task_run_us"]["median"] >= 0
+    assert data["p"]["asyncflow"]["wall_n_over_ideal"]["median"] >= 1  # no flow ends before its 0.1 s sleep
+    assert "default ÷ memory" in result.stdout
+    for row in ("default store ÷ memory store", "bytes in the store per task run", "last tenth ÷ first tenth",
+                "10×N vs N concurrent flows"):
+        assert row in result.stdout
