@@ -64,6 +64,7 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, owner: int, open_runs: 
     seen: dict[int, list[Any]] = {}
     texts: dict[int, str] = {}
     running, final_ids = StateType.RUNNING, _FINAL_IDS
+    cleaning = clean is not _same  # SQLite stores any text: no call per value there
     for record in batch:
         kind = record[0]
         if kind == STATE:
@@ -82,8 +83,9 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, owner: int, open_runs: 
                     (out.flow_updates if known[1] else out.task_updates).append(row)
                     entry = seen[rid] = [known[0], key, row, 0]
             ref, key, row, offset = entry
-            type_text = type_.value
-            name, message = clean(name), clean(message)
+            type_text = type_._value_  # not `.value`: a descriptor written in Python
+            if cleaning:
+                name, message = clean(name), clean(message)
             states.append((ref, key, type_text, name, message, ts, details_json(details)))
             current = row[offset + 3]
             if current is None or current <= ts:  # the newest state by time is the current one
@@ -100,12 +102,13 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, owner: int, open_runs: 
                 open_runs.pop(rid, None)
         elif kind == LOG:
             _, flow_run_id, task_run_id, level, message, ts = record
-            logs.append((flow_run_id, task_run_id, level, clean(message), ts))
+            logs.append((flow_run_id, task_run_id, level, clean(message) if cleaning else message, ts))
         elif kind == TASK:
             (_, run_id, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters,
              tags, created) = record
             rid = run_id.int
-            name = clean(name)
+            if cleaning:
+                name = clean(name)
             entry = seen.get(rid)
             if entry is not None and entry[3]:  # recorded again in this batch: a new name
                 entry[2][2] = name
@@ -122,8 +125,13 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, owner: int, open_runs: 
                 flow_text = texts.get(flow_run_id.int)
                 if flow_text is None:
                     flow_text = texts[flow_run_id.int] = str(flow_run_id)
-            row = [out.next_ref, key, name, clean(task_name), clean(task_key), clean(task_version), flow_text,
-                   _text(parent_task_run_id), clean(parameters_json(parameters)), clean(_tags(tags)), created,
+            if cleaning:
+                task_name, task_key, task_version = clean(task_name), clean(task_key), clean(task_version)
+                text, tags_text = clean(parameters_json(parameters)), clean(_tags(tags))
+            else:
+                text, tags_text = parameters_json(parameters), _tags(tags)
+            row = [out.next_ref, key, name, task_name, task_key, task_version, flow_text,
+                   None if parent_task_run_id is None else str(parent_task_run_id), text, tags_text, created,
                    None, None, None, None, 0, None, None, owner]
             out.task_runs.append(row)
             open_runs[rid] = [out.next_ref, False]
