@@ -121,7 +121,7 @@ def _accept_futures(ctx: MethodSigContext) -> FunctionLike:
     if not isinstance(future, TypeInfo):
         return signature
     arg_types: list[Type] = []
-    for name, arg_type in zip(signature.arg_names, signature.arg_types):
+    for name, arg_type in zip(signature.arg_names, signature.arg_types, strict=True):
         proper = get_proper_type(arg_type)
         if name in _CALL_OPTIONS or isinstance(proper, AnyType):
             arg_types.append(arg_type)

@@ -64,7 +64,7 @@ class FlowCall:
 
 def _set(call: FlowCall, type_: StateType, name: str, message: str | None = None, data: Any = None,
          details: StateDetails | None = None) -> State[Any]:
-    state = State(type_, name, message, data, details or call.details)
+    state: State[Any] = State(type_, name, message, data, details or call.details)
     call.run.state = state
     get_store().record_state(call.run.id, state)
     return state

@@ -123,6 +123,8 @@ async def run_task(call: TaskCall, bridge: Bridge) -> State[Any]:
                 return await owning(scope, _run(call, bridge, scope), why_ended)
         except BaseExceptionGroup as group:
             raise_sole(group)
+        # only if the task group swallowed the run's own exception (it never should): say so, not return None
+        raise AssertionError(f"{label} ended without a final state")
     finally:
         flush_logs()  # a root run's lines are all out when the caller gets its result
 

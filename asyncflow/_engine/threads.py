@@ -89,7 +89,7 @@ class ThreadDispatcher:
             self._running += 1
         POOL.run(lambda: self._serve(job))
 
-    def _serve(self, job: Callable[[], None]) -> None:
+    def _serve(self, job: Callable[[], None] | None) -> None:
         """Run `job`, then whatever is queued, in this thread; then give the slot back."""
         previous = getattr(_threads, "slot", None)
         _threads.slot = self

@@ -96,7 +96,7 @@ async def async_flow(x: int) -> int:
     assert_type(future, TaskRunFuture[int])
     assert_type(await future, int)
     assert_type(await add.submit(1, 2), int)
-    assert_type(await aadd(future, 1), int)  # pyright: ignore[reportArgumentType]
+    assert_type(await aadd(future, 1), int)  # pyright: ignore[reportArgumentType, reportCallIssue, reportAssertTypeFailure]
 
     futures = aadd.map([1, 2], [3, 4])
     assert_type(futures, TaskRunFutureList[int])
