@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 TYPING = ROOT / "tests" / "typing"
 
@@ -18,9 +20,15 @@ def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[
                           env={**os.environ, **env})
 
 
-def test_mypy_infers_the_documented_types_and_rejects_the_misuses(tmp_path):
+@pytest.fixture(scope="module")
+def mypy_cache(tmp_path_factory):
+    """One cache for this file's mypy runs: the package is analysed once, not twice."""
+    return str(tmp_path_factory.mktemp("mypy-cache"))
+
+
+def test_mypy_infers_the_documented_types_and_rejects_the_misuses(mypy_cache):
     done = _run([sys.executable, "-m", "mypy", "--config-file", str(TYPING / "mypy.ini"),
-                 "--cache-dir", str(tmp_path / "cache"), str(TYPING / "check_api.py")], ROOT)
+                 "--cache-dir", mypy_cache, str(TYPING / "check_api.py")], ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Success: no issues found" in done.stdout
 
@@ -32,8 +40,8 @@ def test_pyright_infers_the_documented_types_and_rejects_the_misuses():
     assert "0 errors" in done.stdout
 
 
-def test_the_package_type_checks_with_mypy(tmp_path):
-    done = _run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache"), "asyncflow"], ROOT)
+def test_the_package_type_checks_with_mypy(mypy_cache):
+    done = _run([sys.executable, "-m", "mypy", "--cache-dir", mypy_cache, "asyncflow"], ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
