@@ -8,7 +8,9 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._engine.children import ChildTracker
     from ._engine.scope import Scope
+    from ._protocols import EngineRunner
     from ._runs import FlowRun, TaskRun
 
 current_run: ContextVar[RunContext | None] = ContextVar("asyncflow_current_run", default=None)
@@ -38,7 +40,7 @@ class RunContext:
         self.parent = parent
         self.log_prints = log_prints
         self.scope = scope
-        self.children: Any = None  # a ChildTracker, created at the first submit
+        self.children: ChildTracker | None = None  # created at the first submit
         self.flow_context: FlowRunContext | None = parent.flow_context if parent is not None else None
         self._logger: Any = None
 
@@ -51,12 +53,12 @@ class FlowRunContext(RunContext):
     __slots__ = ("flow", "flow_run", "task_runner", "run_counters", "label", "ids")
 
     def __init__(self, flow: Any, flow_run: FlowRun, parent: RunContext | None, log_prints: bool,
-                 scope: Scope | None, task_runner: Any) -> None:
+                 scope: Scope | None, task_runner: EngineRunner | None) -> None:
         super().__init__(parent, log_prints, scope)
         self.flow_context = self
         self.flow = flow
         self.flow_run = flow_run
-        self.task_runner = task_runner
+        self.task_runner = task_runner  # None only in a task worker's copy of its flow's context
         self.run_counters: dict[str, Any] = {}  # task key -> itertools.count
         self.label = f"Flow run '{flow_run.name}'"  # set again once the run is named
         self.ids = {"flow_run_id": str(flow_run.id)}

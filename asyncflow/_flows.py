@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Callable, Iterable
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from collections.abc import Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, ParamSpec, TypeVar, overload
 
 from . import _settings
 from ._callables import (
@@ -27,8 +27,12 @@ from ._store.records import check_redacted
 from ._tasks import check_run_name_template, render_run_name
 from .task_runners import TaskRunner, coerce_task_runner
 
+if TYPE_CHECKING:
+    from ._states import State
+
 P = ParamSpec("P")
-R = TypeVar("R")
+R = TypeVar("R", covariant=True)  # a Task[P, CoroutineType[..., T]] is a Task[P, Coroutine[..., T]]
+T = TypeVar("T")
 
 _BANNED_NAME_CHARACTERS = ("/", "%", "&", ">", "<")
 _file_hashes: dict[str, str | None] = {}
@@ -152,7 +156,35 @@ class Flow(Generic[P, R]):
         return bool(_settings.LOGGING_LOG_PRINTS.value())
 
     # -- calling ---------------------------------------------------------------------------------
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+    # Typed as Task.__call__ is (see the comment there and docs/type-checking.md).
+    @overload
+    def __call__(self: Flow[P, NoReturn],  # type: ignore[overload-overlap]  # a function that only raises
+                 *args: P.args, **kwargs: P.kwargs) -> None: ...
+
+    @overload
+    def __call__(self: Flow[P, Coroutine[Any, Any, T]], *args: P.args,  # type: ignore[overload-overlap]
+                 **kwargs: P.kwargs) -> Coroutine[Any, Any, T]: ...
+
+    @overload
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    @overload
+    def __call__(self: Flow[..., Coroutine[Any, Any, T]], *args: Any, return_state: Literal[True],
+                 wait_for: Iterable[Any] | None = None, **kwargs: Any) -> Coroutine[Any, Any, State[T]]: ...
+
+    @overload
+    def __call__(self: Flow[..., T], *args: Any, return_state: Literal[True],
+                 wait_for: Iterable[Any] | None = None, **kwargs: Any) -> State[T]: ...
+
+    @overload
+    def __call__(self, *args: Any, return_state: Literal[False], wait_for: Iterable[Any] | None = None,
+                 **kwargs: Any) -> R: ...
+
+    @overload
+    def __call__(self, *args: Any, wait_for: Iterable[Any] | None, return_state: Literal[False] = False,
+                 **kwargs: Any) -> R: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return_state = kwargs.pop("return_state", False)
         wait_for = kwargs.pop("wait_for", None)
         parameters = self.binder.bind(args, kwargs)
@@ -160,7 +192,7 @@ class Flow(Generic[P, R]):
 
         call = FlowCall(self, parameters, wait_for)
         if self.isasync or in_async_context():
-            return _await_flow(call, return_state)  # type: ignore[return-value]
+            return _await_flow(call, return_state)
         state = drive_sync(run_flow(call, BLOCKING))
         return state if return_state else state.result()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import anyio
@@ -68,7 +68,7 @@ class TaskRunFuture(Generic[R]):
         assert self._final is not None
         return self._final.result(raise_on_failure=raise_on_failure)
 
-    def __await__(self) -> Any:
+    def __await__(self) -> Generator[Any, None, R]:
         return self._await_result().__await__()
 
     async def _await_result(self) -> R:
@@ -187,13 +187,13 @@ def _blocking_wait(wait: Callable[[float | None], bool], timeout: float | None) 
         return wait(timeout)
 
 
-class TaskRunFutureList(list):  # type: ignore[type-arg]
+class TaskRunFutureList(list[TaskRunFuture[R]], Generic[R]):
     """The futures returned by `.map()`: a list with `.wait()` and `.result()` for all of them."""
 
     def wait(self, timeout: float | None = None) -> None:
         wait(self, timeout=timeout)
 
-    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list[Any]:
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list[R]:
         if timeout is not None and timeout < 0:
             raise ValueError(f"'timeout' must be a non-negative number, got {timeout}")
         try:
@@ -225,14 +225,14 @@ def wait(futures: Iterable[TaskRunFuture[Any]], timeout: float | None = None) ->
     return DoneAndNotDoneFutures(done, pending - done)
 
 
-def as_completed(futures: Iterable[TaskRunFuture[Any]], timeout: float | None = None
-                 ) -> Iterator[TaskRunFuture[Any]]:
+def as_completed(futures: Iterable[TaskRunFuture[R]], timeout: float | None = None
+                 ) -> Iterator[TaskRunFuture[R]]:
     """Yield futures as they finish (already finished ones first); TimeoutError after `timeout`."""
     unique = list(dict.fromkeys(futures))
     ready = threading.Condition(threading.Lock())
-    finished: list[TaskRunFuture[Any]] = []
+    finished: list[TaskRunFuture[R]] = []
 
-    def on_done(future: TaskRunFuture[Any]) -> None:
+    def on_done(future: TaskRunFuture[R]) -> None:
         with ready:
             finished.append(future)
             ready.notify()

@@ -25,6 +25,7 @@ import time
 import traceback
 import weakref
 from collections import deque
+from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -177,7 +178,7 @@ class Sink:
         return f"{self._stamp}.{int((ts - second) * 1000):03d}"
 
     def emit(self, level: int, where: str, message: str, flow_run_id: str | None = None,
-             task_run_id: str | None = None, exc_info: Any = None, extra: dict[str, Any] | None = None,
+             task_run_id: str | None = None, exc_info: Any = None, extra: Mapping[str, Any] | None = None,
              ts: float | None = None, exc_text: str | None = None) -> None:
         captured = _captured.get()
         if captured is not None:  # in a worker process: the line travels back to the flow's process
@@ -195,7 +196,7 @@ class Sink:
             _store.get_store().record_log(flow_run_id=flow_run_id, task_run_id=task_run_id, level=levelname,
                                           message=f"{message}\n{exc}" if exc else message, ts=ts)
         if self.json:
-            record = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z",
+            record: dict[str, Any] = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z",
                       "level": levelname, "logger": where, "event": message,
                       "flow_run_id": flow_run_id, "task_run_id": task_run_id}
             if extra:
@@ -282,7 +283,7 @@ def log(level: int, where: str, message: str, ids: dict[str, Any] | None = None,
             target.emit(level, where, message, None, None, exc_info)
 
 
-def _to_sink(_: Any, method_name: str, event_dict: dict[str, Any]) -> Any:
+def _to_sink(_: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
     """structlog's last processor: hand the event to the sink (and stop structlog there)."""
     level = getattr(logging, _LEVELS.get(method_name, "INFO"))
     message = str(event_dict.pop("event", ""))

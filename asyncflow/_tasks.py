@@ -8,8 +8,8 @@ import inspect
 import re
 import string
 import warnings
-from collections.abc import Callable, Iterable
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from collections.abc import Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, ParamSpec, TypeVar, overload
 
 from . import _settings
 from ._callables import (
@@ -32,8 +32,12 @@ from ._engine.retry import build_retry_policy
 from ._futures import TaskRunFuture, TaskRunFutureList
 from ._store.records import check_redacted
 
+if TYPE_CHECKING:
+    from ._states import State
+
 P = ParamSpec("P")
-R = TypeVar("R")
+R = TypeVar("R", covariant=True)  # a Task[P, CoroutineType[..., T]] is a Task[P, Coroutine[..., T]]
+T = TypeVar("T")
 
 _NOTSET: Any = object()
 
@@ -162,7 +166,38 @@ class Task(Generic[P, R]):
         self.__wrapped__ = fn
 
     # -- calling ---------------------------------------------------------------------------------
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+    # The overloads say what a call returns (docs/type-checking.md). The first ones keep the function's
+    # own parameters (ParamSpec); a call with return_state= or wait_for= cannot (a ParamSpec takes no
+    # added keyword), so its arguments are unchecked there, as in Prefect. A sync task called in async
+    # code is awaitable: only the mypy plugin (asyncflow.mypy) can tell async code from sync code.
+    @overload
+    def __call__(self: Task[P, NoReturn],  # type: ignore[overload-overlap]  # a function that only raises
+                 *args: P.args, **kwargs: P.kwargs) -> None: ...
+
+    @overload
+    def __call__(self: Task[P, Coroutine[Any, Any, T]], *args: P.args,  # type: ignore[overload-overlap]
+                 **kwargs: P.kwargs) -> Coroutine[Any, Any, T]: ...
+
+    @overload
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    @overload
+    def __call__(self: Task[..., Coroutine[Any, Any, T]], *args: Any, return_state: Literal[True],
+                 wait_for: Iterable[Any] | None = None, **kwargs: Any) -> Coroutine[Any, Any, State[T]]: ...
+
+    @overload
+    def __call__(self: Task[..., T], *args: Any, return_state: Literal[True],
+                 wait_for: Iterable[Any] | None = None, **kwargs: Any) -> State[T]: ...
+
+    @overload
+    def __call__(self, *args: Any, return_state: Literal[False], wait_for: Iterable[Any] | None = None,
+                 **kwargs: Any) -> R: ...
+
+    @overload
+    def __call__(self, *args: Any, wait_for: Iterable[Any] | None, return_state: Literal[False] = False,
+                 **kwargs: Any) -> R: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return_state = kwargs.pop("return_state", False) if kwargs else False
         wait_for = kwargs.pop("wait_for", None) if kwargs else None
         parameters = self.binder.bind(args, kwargs)
@@ -170,14 +205,49 @@ class Task(Generic[P, R]):
             if return_state:
                 raise ValueError("The return_type for a generator task must be 'result'; "
                                  "return_state=True is not supported for generator tasks.")
-            return generators.call_generator_task(self, parameters, wait_for)  # type: ignore[return-value]
+            return generators.call_generator_task(self, parameters, wait_for)
         call = task_run.TaskCall(self, parameters, wait_for, submitted=False)
         if self.isasync or in_async_context():
-            return _await_task(call, return_state)  # type: ignore[return-value]
+            return _await_task(call, return_state)
         state = drive_sync(task_run.run_task(call, BLOCKING))
         return state if return_state else state.result()
 
-    def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskRunFuture[R]:
+    @overload
+    def submit(self: Task[P, NoReturn],  # type: ignore[overload-overlap]  # a function that only raises
+               *args: P.args, **kwargs: P.kwargs) -> TaskRunFuture[None]: ...
+
+    @overload
+    def submit(self: Task[P, Coroutine[Any, Any, T]],  # type: ignore[overload-overlap]
+               *args: P.args, **kwargs: P.kwargs) -> TaskRunFuture[T]: ...
+
+    @overload
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskRunFuture[R]: ...
+
+    @overload
+    def submit(self: Task[..., Coroutine[Any, Any, T]], *args: Any, return_state: Literal[True],
+               wait_for: Iterable[Any] | None = None, **kwargs: Any) -> State[T]: ...
+
+    @overload
+    def submit(self: Task[..., T], *args: Any, return_state: Literal[True],
+               wait_for: Iterable[Any] | None = None, **kwargs: Any) -> State[T]: ...
+
+    @overload
+    def submit(self: Task[..., Coroutine[Any, Any, T]], *args: Any, return_state: Literal[False],
+               wait_for: Iterable[Any] | None = None, **kwargs: Any) -> TaskRunFuture[T]: ...
+
+    @overload
+    def submit(self: Task[..., T], *args: Any, return_state: Literal[False],
+               wait_for: Iterable[Any] | None = None, **kwargs: Any) -> TaskRunFuture[T]: ...
+
+    @overload
+    def submit(self: Task[..., Coroutine[Any, Any, T]], *args: Any, wait_for: Iterable[Any] | None,
+               return_state: Literal[False] = False, **kwargs: Any) -> TaskRunFuture[T]: ...
+
+    @overload
+    def submit(self: Task[..., T], *args: Any, wait_for: Iterable[Any] | None,
+               return_state: Literal[False] = False, **kwargs: Any) -> TaskRunFuture[T]: ...
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
         """Start a run concurrently and return its future at once."""
         return_state = kwargs.pop("return_state", False) if kwargs else False
         wait_for = kwargs.pop("wait_for", None) if kwargs else None
@@ -185,9 +255,9 @@ class Task(Generic[P, R]):
         future = task_run.submit(self, parameters, wait_for)
         if return_state:
             if in_async_context():
-                return _await_state(future)  # type: ignore[return-value]
+                return _await_state(future)
             future.wait()
-            return future.state  # type: ignore[return-value]
+            return future.state
         return future
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Any:
@@ -204,7 +274,22 @@ class Task(Generic[P, R]):
 
         return delay(self, tuple(args or ()), dict(kwargs or {}), wait_for)
 
-    def map(self, *args: Any, **kwargs: Any) -> TaskRunFutureList:
+    # `.map()` takes iterables where the function takes items: a ParamSpec cannot say that, so its
+    # arguments are unchecked; its result is typed.
+    @overload
+    def map(self: Task[..., Coroutine[Any, Any, T]], *args: Any, return_state: Literal[True],
+            **kwargs: Any) -> list[State[T]]: ...
+
+    @overload
+    def map(self: Task[..., T], *args: Any, return_state: Literal[True], **kwargs: Any) -> list[State[T]]: ...
+
+    @overload
+    def map(self: Task[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> TaskRunFutureList[T]: ...
+
+    @overload
+    def map(self: Task[..., T], *args: Any, **kwargs: Any) -> TaskRunFutureList[T]: ...
+
+    def map(self, *args: Any, **kwargs: Any) -> Any:
         """Submit one run per item of the iterable arguments; other arguments are broadcast."""
         from ._engine.mapping import map_task
 

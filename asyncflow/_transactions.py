@@ -24,7 +24,7 @@ import inspect
 import threading
 from collections.abc import Callable
 from contextvars import ContextVar, Token
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.to_thread
@@ -225,7 +225,7 @@ class Transaction:
 
 
 def _hook_name(hook: Any) -> str:
-    return getattr(hook, "__name__", None) or getattr(getattr(hook, "func", None), "__name__", repr(hook))
+    return cast(str, getattr(hook, "__name__", None) or getattr(getattr(hook, "func", None), "__name__", repr(hook)))
 
 
 def _call(kind: str, hook: Any, txn: Transaction) -> Any:

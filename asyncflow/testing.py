@@ -19,7 +19,7 @@ import os
 import selectors
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import anyio
 
@@ -49,7 +49,7 @@ def isolated_home(path: str | os.PathLike[str] | None = None) -> Iterator[Any]:
     from ._store.sqlite import DB_FILE_NAME, SQLiteStore
 
     temporary = tempfile.TemporaryDirectory(prefix="asyncflow-home-") if path is None else None
-    home = temporary.name if temporary is not None else os.fspath(path)
+    home = temporary.name if temporary is not None else os.fspath(cast("str | os.PathLike[str]", path))
     saved = os.environ.get("ASYNCFLOW_HOME")
     os.environ["ASYNCFLOW_HOME"] = home
     _settings.reload()

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 IMPORT_NAMES = {"attrs": {"attr", "attrs"}}  # distribution -> the modules it provides
 # modules of optional extras, imported only on first use (`asyncflow.task_runners.DaskTaskRunner`): the
 # package they import at module level is the extra's own
-EXTRA_MODULES = {"asyncflow/_runners/dask.py": ("dask", "distributed"), "asyncflow/_runners/ray.py": ("ray", "ray")}
+EXTRA_MODULES = {"asyncflow/_runners/dask.py": ("dask", "distributed"), "asyncflow/_runners/ray.py": ("ray", "ray"),
+                 "asyncflow/mypy.py": ("mypy", "mypy")}  # (the mypy plugin: loaded by mypy only)
 
 
 def _declared() -> set[str]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -29,6 +29,9 @@ from .._logging import ERROR, log
 from .._states import State
 from .deadline import call_sync_with_deadline
 from .interrupt import UserCode
+
+if TYPE_CHECKING:
+    from .._protocols import EngineRunner
 
 
 def drive_sync(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -80,7 +83,8 @@ class Bridge:
         is awaited."""
         raise NotImplementedError
 
-    async def call_sync(self, fn: Callable[[], Any], guard: UserCode | None = None, runner: Any = None) -> Any:
+    async def call_sync(self, fn: Callable[[], Any], guard: UserCode | None = None,
+                        runner: EngineRunner | None = None) -> Any:
         """Sync user code, stoppable through `guard`; on a loop, in a worker thread (`runner=OWN_THREAD`:
         one not counted against any limit). Task runs with a runner go through the runner instead."""
         raise NotImplementedError
@@ -131,7 +135,8 @@ class Blocking(Bridge):
             return anyio.run(_await)
         return value
 
-    async def call_sync(self, fn: Callable[[], Any], guard: UserCode | None = None, runner: Any = None) -> Any:
+    async def call_sync(self, fn: Callable[[], Any], guard: UserCode | None = None,
+                        runner: EngineRunner | None = None) -> Any:
         return guard.run(fn) if guard is not None else fn()  # this thread is no event loop's: right here
 
     async def io(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -175,7 +180,8 @@ class Awaiting(Bridge):
         value = await anyio.to_thread.run_sync(lambda: fn(*args))
         return await value if inspect.isawaitable(value) else value
 
-    async def call_sync(self, fn: Callable[[], Any], guard: UserCode | None = None, runner: Any = None) -> Any:
+    async def call_sync(self, fn: Callable[[], Any], guard: UserCode | None = None,
+                        runner: EngineRunner | None = None) -> Any:
         user = guard if guard is not None else UserCode()
         try:
             if runner is OWN_THREAD:  # not limited by anyio's default thread count (a flow body)

@@ -169,7 +169,7 @@ def _nothing() -> None:
 def _record_rolled_back(call: Any) -> None:
     """The transaction this completed run belonged to rolled back: its history says so."""
     run = call.run
-    state = State(StateType.COMPLETED, "RolledBack", "Its transaction rolled back; its result was not written.",
+    state: State[Any] = State(StateType.COMPLETED, "RolledBack", "Its transaction rolled back; its result was not written.",
                   None, run.state.state_details)
     run.state = state
     get_store().record_state(run.id, state)

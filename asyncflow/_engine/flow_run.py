@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -33,6 +33,9 @@ from .open_runs import OPEN
 from .resolve import Resolver, unfinished_in
 from .scope import BaseExceptionGroup, Scope, owning, raise_sole
 from .task_run import report_unobserved, resolve_cancelled, why_ended
+
+if TYPE_CHECKING:
+    from .._protocols import EngineRunner
 
 SHIELDED_HOOKS_SECONDS = 30.0  # the hooks of a cancelled flow run are shielded from it, this long at most
 SETTLE_SUBFLOWS_SECONDS = 5.0  # how long a cancelled flow waits for the subflows called in its runs to end
@@ -64,7 +67,7 @@ class FlowCall:
 
 def _set(call: FlowCall, type_: StateType, name: str, message: str | None = None, data: Any = None,
          details: StateDetails | None = None) -> State[Any]:
-    state = State(type_, name, message, data, details or call.details)
+    state: State[Any] = State(type_, name, message, data, details or call.details)
     call.run.state = state
     get_store().record_state(call.run.id, state)
     return state
@@ -138,6 +141,7 @@ async def _with_runner(call: FlowCall, ctx: FlowRunContext, parameters: dict[str
     """The flow run's attempts inside its task runner's lifecycle (`async with runner:`): the runner
     starts or connects once per flow run, and shuts down once every run of the flow is final."""
     runner = ctx.task_runner
+    assert runner is not None  # a flow run's own context always has one
     try:
         await runner.__aenter__()
     except Exception as exc:
@@ -152,7 +156,7 @@ async def _with_runner(call: FlowCall, ctx: FlowRunContext, parameters: dict[str
                               f"{call.label}: shutting down its task runner", call.ids)
 
 
-async def _shutdown(runner: Any, call: FlowCall) -> None:
+async def _shutdown(runner: EngineRunner, call: FlowCall) -> None:
     try:
         await runner.__aexit__(None, None, None)
     except Exception as exc:  # the runs are all final: a runner that fails to stop changes no state

@@ -99,7 +99,7 @@ def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskRu
             f"Received iterable arguments of different lengths for {task.name}.map(): {lengths}. Give iterables of "
             f"the same length, or wrap the ones to broadcast in unmapped().")
     size = next(iter(lengths.values()))
-    futures = TaskRunFutureList()
+    futures: TaskRunFutureList[Any] = TaskRunFutureList()
     for i in range(size):
         call_kwargs = dict(static)
         for name, values in iterables.items():

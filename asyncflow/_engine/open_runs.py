@@ -20,7 +20,7 @@ from __future__ import annotations
 import atexit
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from .. import _fork
@@ -62,7 +62,7 @@ def _first_open(open_runs: dict[Any, Any]) -> None:
     with _lock:
         if type(open_runs) is not _FirstOpen:
             return
-        open_runs.__class__ = _Open
+        cast(Any, open_runs).__class__ = _Open
     if threading.current_thread() is threading.main_thread():
         from .. import _signals
 
@@ -129,7 +129,7 @@ def _end_runs(runs: list[Any], message: str) -> int:
         current = run.state
         if current.type in FINAL_TYPES:  # ended meanwhile, only not yet out of OPEN
             continue
-        state = State(StateType.CRASHED, "Crashed", message, None, current.state_details, time.time())
+        state: State[Any] = State(StateType.CRASHED, "Crashed", message, None, current.state_details, time.time())
         run.state = state
         _ended.add(run.id)
         store.record_state(run.id, state)

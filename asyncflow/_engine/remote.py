@@ -9,7 +9,7 @@ written to this run's logs (and the store) with their own timestamps.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -18,8 +18,12 @@ from .._exceptions import TaskRunTimeoutError
 from .._logging import replay, sink
 from .._runners.work import RunSnapshot, WorkItem
 
+if TYPE_CHECKING:
+    from .._protocols import EngineRunner
+    from .task_run import TaskCall
 
-def snapshot(call: Any, parameters: dict[str, Any]) -> RunSnapshot:
+
+def snapshot(call: TaskCall, parameters: dict[str, Any]) -> RunSnapshot:
     from .task_run import summarise_parameters
 
     run = call.run
@@ -40,7 +44,7 @@ def snapshot(call: Any, parameters: dict[str, Any]) -> RunSnapshot:
         log_prints=log_prints, log_level=sink().level)
 
 
-async def call_remote(call: Any, runner: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+async def call_remote(call: TaskCall, runner: EngineRunner, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     task = call.task
     ctx = current_run.get()
     parameters = ctx.parameters if isinstance(ctx, TaskRunContext) else {}

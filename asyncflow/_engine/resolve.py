@@ -9,7 +9,7 @@ classes with `attrs.evolve`, pydantic models with `model_construct`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -158,7 +158,7 @@ class Resolver:
             if all(new is old for new, old in zip(items, value, strict=True)):
                 return value
             if isinstance(value, tuple) and hasattr(type(value), "_make"):
-                return type(value)._make(items)  # named tuple
+                return cast(Any, type(value))._make(items)  # named tuple
             return type(value)(items)
         if isinstance(value, dict):
             pairs = [(self.resolve(k, allow_failed, memo), self.resolve(v, allow_failed, memo))

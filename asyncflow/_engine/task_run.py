@@ -13,7 +13,7 @@ import functools
 import inspect
 import itertools
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -43,6 +43,9 @@ from .remote import call_remote
 from .resolve import Resolver, unfinished_in
 from .scope import BaseExceptionGroup, Scope, owning, raise_sole
 from .streaming import stream_attempt
+
+if TYPE_CHECKING:
+    from .._protocols import Dispatcher, EngineRunner
 
 _global_counters: dict[str, Any] = {}
 _PLAIN_RESULTS = frozenset({int, float, str, bytes, bool, type(None), dict, tuple})
@@ -90,7 +93,7 @@ class TaskCall:
         self.submitted = submitted
         self.label = ""
         self.ids: dict[str, Any] = {}
-        self.ticket: Any = None  # the runner's ticket, for runs a flow submits
+        self.ticket: object | None = None  # the runner's ticket, for runs a flow submits
         self.guard: UserCode | None = None  # set when the user code runs in a pool thread
         self.scope: Scope | None = None  # the owner of a submitted run
         self.started = False  # its scope let it start (`Scope.claim_start`)
@@ -98,7 +101,7 @@ class TaskCall:
         self.streaming = False  # a generator task called directly: its values are handed out as it yields
 
     @property
-    def runner(self) -> Any:
+    def runner(self) -> EngineRunner | None:
         flow_ctx = self.parent.flow_context if self.parent is not None else None
         return flow_ctx.task_runner if flow_ctx is not None else None
 
@@ -123,6 +126,8 @@ async def run_task(call: TaskCall, bridge: Bridge) -> State[Any]:
                 return await owning(scope, _run(call, bridge, scope), why_ended)
         except BaseExceptionGroup as group:
             raise_sole(group)
+        # only if the task group swallowed the run's own exception (it never should): say so, not return None
+        raise AssertionError(f"{label} ended without a final state")
     finally:
         flush_logs()  # a root run's lines are all out when the caller gets its result
 
@@ -202,8 +207,8 @@ def _release(call: TaskCall, state: State[Any]) -> None:
 def _after_final(call: TaskCall, state: State[Any]) -> None:
     """Hand the final state to the future, let the scope and the runner forget the run, and keep
     O(1) state on the run: no result, no arguments."""
-    if call.ticket is not None:
-        call.runner.release(call.ticket)
+    if call.ticket is not None and (runner := call.runner) is not None:  # (a ticket comes from the runner)
+        runner.release(call.ticket)
     if call.scope is not None:
         call.scope.forget(call)
     if call.future is not None:
@@ -234,7 +239,7 @@ def _new_state(call: TaskCall, type_: StateType, name: str, message: str | None 
     return State(type_, name, message, data, call.details)
 
 
-async def _run(call: TaskCall, bridge: Bridge, scope: Any) -> State[Any]:
+async def _run(call: TaskCall, bridge: Bridge, scope: Scope | None) -> State[Any]:
     task, run = call.task, call.run
     if not call.submitted:  # (a submitted run was recorded when it was submitted)
         store = get_store()
@@ -264,9 +269,9 @@ async def _run(call: TaskCall, bridge: Bridge, scope: Any) -> State[Any]:
             log_final_state(state, call.label, call.ids)
             return state
         ctx.parameters = parameters
-        if call.ticket is not None:
+        if call.ticket is not None and (runner := call.runner) is not None:
             # runs submitted by a flow take a runner slot; runs submitted by a task run inside its slot
-            async with call.runner.execution_slot(call.ticket):
+            async with runner.execution_slot(call.ticket):
                 state = await _attempts(call, ctx, parameters, bridge)
         else:
             state = await _attempts(call, ctx, parameters, bridge)
@@ -422,12 +427,12 @@ async def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any]
         await anyio.lowlevel.checkpoint()  # the backend delivers the cancellation: no user code after a deadline
     runner = call.runner
     caps = runner.capabilities if runner is not None else _LOCAL
-    if caps.remote:
+    if caps.remote and runner is not None:
         if call.submitted:  # the work item travels; the engine stays here
             return await call_remote(call, runner, args, kwargs)
         runner, caps = None, _LOCAL  # a direct call runs here, as with any runner
     if task.isasync:
-        if call.submitted and caps.async_tasks:
+        if call.submitted and caps.async_tasks and runner is not None:
             item = WorkItem(_call_async, (fn, args, kwargs, task.timeout_seconds), is_async=True, label=call.label)
             return (await runner.submit(item)).unwrap()
         return await _call_async(fn, args, kwargs, task.timeout_seconds)
@@ -495,7 +500,9 @@ async def _final_hooks(call: TaskCall, state: State[Any], bridge: Bridge) -> Non
 
 
 async def _wait_children(ctx: RunContext, call: TaskCall, bridge: Bridge) -> None:
-    tracker: ChildTracker = ctx.children
+    tracker = ctx.children
+    if tracker is None:  # (called once the run has children)
+        return
     await bridge.wait_children(tracker)
     report_unobserved(tracker, call.label, call.ids)
 
@@ -540,7 +547,7 @@ def submit(task: Any, parameters: dict[str, Any], wait_for: Any) -> TaskRunFutur
     tracker = parent.children
     tracker.add(future)
     future.add_done_callback(tracker.finished)
-    if isinstance(parent, FlowRunContext):
+    if isinstance(parent, FlowRunContext) and parent.task_runner is not None:
         call.ticket = parent.task_runner.ticket()
     if dispatcher is not None:
         _dispatch_when_ready(call, dispatcher)
@@ -549,7 +556,7 @@ def submit(task: Any, parameters: dict[str, Any], wait_for: Any) -> TaskRunFutur
     return future
 
 
-def _dispatch_when_ready(call: TaskCall, dispatcher: Any) -> None:
+def _dispatch_when_ready(call: TaskCall, dispatcher: Dispatcher) -> None:
     """A sync run goes to a pool thread once its upstream runs are done (no thread waits for them)."""
     context = context_for_another_thread()
 

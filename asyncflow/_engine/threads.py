@@ -13,9 +13,12 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .. import _fork
+
+if TYPE_CHECKING:
+    from .._protocols import ThreadSlotHolder
 
 _IDLE_SECONDS = 30.0
 _threads = threading.local()  # which dispatcher slot this OS thread holds (resource accounting only)
@@ -89,7 +92,7 @@ class ThreadDispatcher:
             self._running += 1
         POOL.run(lambda: self._serve(job))
 
-    def _serve(self, job: Callable[[], None]) -> None:
+    def _serve(self, job: Callable[[], None] | None) -> None:
         """Run `job`, then whatever is queued, in this thread; then give the slot back."""
         previous = getattr(_threads, "slot", None)
         _threads.slot = self
@@ -127,12 +130,12 @@ class ThreadDispatcher:
             self._running += 1
 
 
-def current_thread_slot() -> Any:
+def current_thread_slot() -> ThreadSlotHolder | None:
     """The slot holder of this thread (a ThreadDispatcher or an anyio-limiter slot), if any."""
     return getattr(_threads, "slot", None)
 
 
-def set_thread_slot(slot: Any) -> Any:
+def set_thread_slot(slot: ThreadSlotHolder | None) -> ThreadSlotHolder | None:
     previous = getattr(_threads, "slot", None)
     _threads.slot = slot
     return previous

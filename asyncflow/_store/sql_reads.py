@@ -121,6 +121,7 @@ class SqlRunReads:
         part = part.strip().lower()
         if not part or any(c not in "0123456789abcdef-" for c in part):
             return []
+        params: tuple[str, ...]
         if self.prefix_by_range:
             sql, params = f"SELECT id FROM {table} WHERE id >= ? AND id < ? ORDER BY id LIMIT 10", (part, part + "g")
         else:

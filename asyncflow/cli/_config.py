@@ -89,7 +89,7 @@ def _raw_profile_names() -> set[str]:
     from .. import _settings
 
     path = _settings.profile_path()
-    names = set()
+    names: set[str] = set()
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError:

@@ -5,6 +5,7 @@ Outside a flow run, each attribute has an empty value (None, [], {} or 0).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .._context import current_run
@@ -16,7 +17,7 @@ def _flow_run() -> Any:
     return flow_ctx.flow_run if flow_ctx is not None else None
 
 
-_ATTRIBUTES = {
+_ATTRIBUTES: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "id": (lambda r: str(r.id), None),
     "name": (lambda r: r.name, None),
     "flow_name": (lambda r: r.flow_name, None),

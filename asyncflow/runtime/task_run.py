@@ -5,11 +5,12 @@ Outside a task run, each attribute has an empty value (None, [], {} or 0).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .._context import TaskRunContext, current_run
 
-_ATTRIBUTES = {
+_ATTRIBUTES: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "id": (lambda c: str(c.task_run.id), None),
     "name": (lambda c: c.task_run.name, None),
     "task_name": (lambda c: c.task_run.task_name, None),
