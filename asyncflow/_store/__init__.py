@@ -60,7 +60,11 @@ def _create_default() -> RunStore:
     if not _is_memory(store):  # ASYNCFLOW_STORE_RETENTION, in a background thread
         from .retention import start_automatic
 
-        start_automatic(store)
+        when_first_idle = getattr(store, "when_first_idle", None)
+        if when_first_idle is not None:  # once the first records are written: off the first flow's path
+            when_first_idle(lambda: start_automatic(store))
+        else:
+            start_automatic(store)
     return store
 
 
