@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-import cloudpickle
 
 
 class UnhashableKeyPart(Exception):
@@ -71,6 +70,8 @@ def _canonical(value: Any, what: str, depth: int = 0) -> Any:
         return ["attrs", qualname, _canonical(fields, what, depth + 1)]
     if hasattr(value, "model_dump") and hasattr(kind, "model_fields"):
         return ["pydantic", qualname, _canonical(value.model_dump(), what, depth + 1)]
+    import cloudpickle  # only for values nothing above covers: not on asyncflow's import path
+
     try:
         return ["pickle", qualname, hashlib.md5(cloudpickle.dumps(value)).hexdigest()]
     except Exception as exc:  # locks, sockets, open files, generators...

@@ -33,7 +33,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -43,7 +42,6 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import cloudpickle
 
 from . import _settings
 from ._clock import get_clock
@@ -81,9 +79,13 @@ class PickleSerializer(Serializer):
     name = "pickle"
 
     def dumps(self, value: Any) -> bytes:
+        import cloudpickle  # on the first result pickled: not on asyncflow's import path
+
         return cloudpickle.dumps(value)
 
     def loads(self, data: bytes) -> Any:
+        import cloudpickle
+
         return cloudpickle.loads(data)
 
 
@@ -435,6 +437,8 @@ def _write_durably(path: Path, data: bytes) -> None:
     the directory is fsynced so the rename survives a power loss (where the file system allows it)."""
     directory = path.parent
     _make_private_dirs(directory)
+    import tempfile  # with shutil, bz2 and lzma: imported when a result is first written
+
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -16,8 +16,8 @@ retries, caching and timeouts; a runner only executes the user's function. Its i
 - `ticket()` / `execution_slot(ticket)` / `release(ticket)` (runners with `slots`): order and bound
   the runs a flow submits.
 
-`ProcessPoolTaskRunner` is defined here; `DaskTaskRunner` and `RayTaskRunner` are imported from
-here on first use (extras `dask` and `ray`).
+`ProcessPoolTaskRunner` (in `_runners/process.py`), `DaskTaskRunner` and `RayTaskRunner` are imported
+from here on first use (the last two need the extras `dask` and `ray`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import contextlib
 import copy
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -248,17 +248,25 @@ def default_task_runner() -> TaskRunner:
     return ConcurrentTaskRunner()
 
 
+# Defined elsewhere and imported on first use: a flow on the default runner never needs them, and the
+# process runner's module (subprocess, socket, pickling) costs more to import than a flow costs to run.
+_LAZY_HERE = {"ProcessPoolOptions": "._runners.process", "ProcessPoolTaskRunner": "._runners.process"}
 _LAZY = {"DaskTaskRunner": ("._runners.dask", "dask", "distributed"),
          "RayTaskRunner": ("._runners.ray", "ray", "ray")}
 
 
 def __getattr__(name: str) -> Any:
-    """`DaskTaskRunner` and `RayTaskRunner` are imported on first use: they need optional extras."""
+    """`DaskTaskRunner` and `RayTaskRunner` are imported on first use (they need optional extras), and so
+    is `ProcessPoolTaskRunner`."""
+    import importlib
+
+    if name in _LAZY_HERE:
+        value = getattr(importlib.import_module(_LAZY_HERE[name], __package__), name)
+        globals()[name] = value
+        return value
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module_name, extra, package = _LAZY[name]
-    import importlib
-
     try:
         module = importlib.import_module(module_name, __package__)
     except ImportError as exc:
@@ -273,7 +281,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+    return sorted({*globals(), *_LAZY, *_LAZY_HERE})
 
 
 def coerce_task_runner(value: Any) -> TaskRunner:
@@ -288,7 +296,9 @@ def coerce_task_runner(value: Any) -> TaskRunner:
         f"got {value!r}.")
 
 
-from ._runners.process import ProcessPoolOptions, ProcessPoolTaskRunner  # noqa: E402
+if TYPE_CHECKING:
+    from ._runners.process import ProcessPoolOptions as ProcessPoolOptions
+    from ._runners.process import ProcessPoolTaskRunner as ProcessPoolTaskRunner
 
 __all__ = ["Capabilities", "ConcurrentTaskRunner", "Outcome", "ProcessPoolOptions", "ProcessPoolTaskRunner",
            "RunSnapshot", "RunnerOptions", "SequentialTaskRunner", "TaskRunner", "ThreadPoolOptions",

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import _caching, _results
 from .._clock import get_clock
 from .._logging import WARNING, log
 from .._states import State, StateDetails, StateType
@@ -19,6 +18,16 @@ from .._transactions import (
     run_transaction_hooks,
 )
 from .bridge import Bridge
+
+if TYPE_CHECKING:
+    from .. import _caching, _results
+else:  # imported by the first run that persists its result (`_load`): not on asyncflow's import path
+    _caching = _results = None
+
+
+def _load() -> None:
+    global _caching, _results
+    from .. import _caching, _results
 
 
 class CachePlan:
@@ -91,6 +100,8 @@ async def plan(call: Any, ctx: Any, parameters: dict[str, Any], bridge: Bridge) 
     flow = flow_ctx.flow if flow_ctx is not None else None
     if not _persist(task, flow):
         return None
+    if _caching is None:
+        _load()
     policy = options.policy if options.policy is not None else _caching.DEFAULT
     try:
         if options.storage_key is not None:

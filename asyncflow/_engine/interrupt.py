@@ -45,7 +45,6 @@ What this cannot do, honestly:
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import queue
 import threading
@@ -58,8 +57,19 @@ from .._context import current_run
 
 R = TypeVar("R")
 
-_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
-_set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
+_set_async_exc: Any = None  # PyThreadState_SetAsyncExc, once _load_ctypes has run
+
+
+def _load_ctypes() -> None:
+    """ctypes is imported when the stopper starts or the first stop is injected (whichever comes first),
+    not on asyncflow's import path."""
+    global _set_async_exc
+    if _set_async_exc is None:
+        import ctypes
+
+        set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+        set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
+        _set_async_exc = set_async_exc
 
 _REINJECT_SECONDS = 0.05  # after user code caught the stop: time for its `finally:` blocks, then again
 _SAFETY_FIRST_SECONDS = 2.0  # not seen firing: inject again after this (doubling), in case it was missed
@@ -204,6 +214,8 @@ _counters = {"injections": 0, "wakeups": 0}
 
 def _inject(thread_id: int) -> None:
     _counters["injections"] += 1
+    if _set_async_exc is None:
+        _load_ctypes()
     _set_async_exc(thread_id, SyncRunAborted)
 
 
@@ -265,6 +277,7 @@ class _Stopper:
 
     def _ensure_thread(self) -> None:  # with self._lock held
         if self._thread is None:
+            _load_ctypes()  # now, not in the stopper at its first stop
             self._thread = threading.Thread(target=self._main, name="asyncflow-stopper", daemon=True)
             self._thread.start()
 

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import sniffio
 
-_get_running_loop = asyncio._get_running_loop
 _thread_local = sniffio.thread_local
+
+
+def _until_asyncio_is_imported() -> Any:
+    """asyncio's running loop, without importing asyncio (it costs more than anyio itself, and a sync
+    flow or a trio program never needs it): no asyncio loop can run before asyncio is imported. Once
+    it is, this function replaces itself with asyncio's own (a C function)."""
+    global _get_running_loop
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None or not hasattr(asyncio, "_get_running_loop"):  # not imported, or half-way
+        return None
+    _get_running_loop = asyncio._get_running_loop
+    return _get_running_loop()
+
+
+_get_running_loop: Callable[[], Any] = _until_asyncio_is_imported
 
 
 def in_async_context() -> bool:
@@ -39,6 +53,8 @@ def threadsafe_caller() -> Callable[..., Any]:
         import trio
 
         return trio.lowlevel.current_trio_token().run_sync_soon
+    import asyncio
+
     call_soon = asyncio.get_running_loop().call_soon_threadsafe
 
     def in_asyncio(fn: Callable[..., Any], *args: Any) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import socket
 import time
 import traceback
 import weakref
@@ -301,6 +300,8 @@ def failure(error: BaseException, worker: str = "") -> Outcome:
 
 # -- in the worker process -----------------------------------------------------------------------
 def worker_name() -> str:
+    import socket  # only in worker processes: not on asyncflow's import path
+
     return f"{socket.gethostname()}:{os.getpid()}"
 
 

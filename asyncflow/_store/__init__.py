@@ -8,12 +8,15 @@ process with that home; `ASYNCFLOW_STORE=memory` keeps runs in this process's me
 
 from __future__ import annotations
 
+import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import _fork
 from .base import LogRecord, ObjectNotFound, RunStore, StateRecord, StoreError, StoreNotFoundError
-from .memory import MemoryStore
+
+if TYPE_CHECKING:
+    from .memory import MemoryStore as MemoryStore
 
 _store: RunStore | None = None
 _lock = threading.Lock()
@@ -51,12 +54,23 @@ def _create_default() -> RunStore:
 
             report(f"{exc} Until this process ends, its runs are kept in memory only (readable in this "
                    f"process; the CLI and other processes will not see them).")
+            from .memory import MemoryStore
+
             _store = store = MemoryStore(max_runs=DEFAULT_MAX_RUNS)
-    if not isinstance(store, MemoryStore):  # ASYNCFLOW_STORE_RETENTION, in a background thread
+    if not _is_memory(store):  # ASYNCFLOW_STORE_RETENTION, in a background thread
         from .retention import start_automatic
 
-        start_automatic(store)
+        when_first_idle = getattr(store, "when_first_idle", None)
+        if when_first_idle is not None:  # once the first records are written: off the first flow's path
+            when_first_idle(lambda: start_automatic(store))
+        else:
+            start_automatic(store)
     return store
+
+
+def _is_memory(store: RunStore) -> bool:
+    memory = sys.modules.get(__name__ + ".memory")  # not imported: no MemoryStore exists
+    return memory is not None and isinstance(store, memory.MemoryStore)
 
 
 def default_store(create: bool = True) -> RunStore:
@@ -65,6 +79,8 @@ def default_store(create: bool = True) -> RunStore:
 
     kind = _settings.STORE.value()
     if kind == "memory":
+        from .memory import MemoryStore
+
         return MemoryStore(max_runs=DEFAULT_MAX_RUNS)
     if kind != "sqlite":  # a PostgreSQL URL (the setting accepts nothing else)
         from .postgres import PostgresStore
@@ -96,6 +112,15 @@ def flush() -> Any:
     """Write everything recorded so far (the process's store, if one exists)."""
     store = _store
     return store.flush() if store is not None else True
+
+
+def __getattr__(name: str) -> Any:
+    """`MemoryStore` is imported on first use: with the SQLite store (the default) it is never needed."""
+    if name == "MemoryStore":
+        from .memory import MemoryStore
+
+        return MemoryStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["LogRecord", "MemoryStore", "ObjectNotFound", "RunStore", "StateRecord", "StoreError",

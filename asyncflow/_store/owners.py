@@ -9,10 +9,10 @@ the owner). When a store is opened, runs still open whose owner on this host is 
 from __future__ import annotations
 
 import os
-import socket
 from typing import Any
 
-HOST = socket.gethostname()
+# gethostname() is uname's nodename: without importing socket on the store's open path
+HOST = os.uname().nodename if hasattr(os, "uname") else __import__("socket").gethostname()
 OPEN_CONDITION = ("end_time IS NULL AND (state_type IS NULL OR state_type = 'RUNNING' "
                   "OR (state_type = 'PENDING' AND state_name <> 'NotReady') "
                   "OR (state_type = 'SCHEDULED' AND state_name = 'AwaitingRetry'))")

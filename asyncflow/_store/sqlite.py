@@ -414,8 +414,15 @@ class SQLiteStore(SqlRunReads, BatchWriter):
                 self._with_retry(lambda: self._prepare(conn), deadline=time.monotonic() + 30)
                 if recover:
                     self._recover(conn)
-            finally:
+            except BaseException:
                 conn.close()
+                raise
+            try:
+                stat = os.stat(self.path)
+            except OSError:  # gone already: the writer connects (and creates it) itself
+                conn.close()
+            else:  # kept as the writer's connection: its first batch neither connects nor checks the schema again
+                self._conn, self._file_id = conn, (stat.st_dev, stat.st_ino)
         except sqlite3.DatabaseError as exc:
             if not create and classify(exc) == UNUSABLE and self._open_read_only():
                 return  # a reader (the CLI) of a store it cannot write: it reads a snapshot of the file

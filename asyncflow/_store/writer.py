@@ -30,6 +30,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from .. import _fork
@@ -74,6 +75,7 @@ class BatchWriter:
         self.waited = 0  # times a recording thread waited for room (backpressure)
         self.fallback: Any = None  # the memory store this process records into once degraded
         self._closed = False
+        self._on_idle: Callable[[], Any] | None = None  # called once, when the writer first has nothing to do
         self._init_runtime()
         _WRITERS.add(self)
 
@@ -193,6 +195,11 @@ class BatchWriter:
                            f"({self.queue_size}) until it catches up. Nothing is dropped.")
         self._queue.append(record)
 
+    def when_first_idle(self, fn: Callable[[], Any]) -> None:
+        """Call `fn` in the writer thread once it has written its first records and has nothing to do
+        (background work such as retention, kept off the first flow's critical path)."""
+        self._on_idle = fn
+
     # -- the writer thread ----------------------------------------------------------------------------
     def _start_writer(self) -> None:
         with self._start_lock:
@@ -206,6 +213,12 @@ class BatchWriter:
         delay = 0.005
         while not self._closed:
             if not self._queue and not self._batch:
+                on_idle, self._on_idle = self._on_idle, None
+                if on_idle is not None:
+                    try:
+                        on_idle()
+                    except Exception as exc:
+                        report(f"the store writer's idle task failed: {type(exc).__name__}: {exc}")
                 self._sleeping = True
                 if not self._queue:  # re-check: a producer that saw _sleeping False did not wake us
                     self._event.wait()

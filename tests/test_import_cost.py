@@ -1,0 +1,109 @@
+"""`import asyncflow` loads what defining and running a flow needs, and nothing else: the client, the
+CLI, the process runner, the memory store, result persistence, pickling, ctypes and asyncio (with its
+ssl, socket and subprocess) are imported when first used. Checked in fresh interpreters, by module
+names, not by time."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+# Each one is imported on first use; none is needed to define a flow or run it on the default store.
+HEAVY = {
+    "asyncio", "ssl", "socket", "subprocess", "concurrent.futures.process", "pickle", "cloudpickle", "ctypes",
+    "tempfile", "shutil", "bz2", "lzma", "cattrs",
+    "asyncflow.client", "asyncflow.cli", "asyncflow.server", "asyncflow._store.memory", "asyncflow._store.reads",
+    "asyncflow._store.sqlite", "asyncflow._runners.process", "asyncflow._caching", "asyncflow._results",
+}
+# A sync flow calling a sync task on the SQLite store (the default) still needs none of these (defining
+# a task still imports the cache policies and result storage modules, but not their pickling or files).
+NOT_FOR_A_SYNC_FLOW = {
+    "asyncio", "ssl", "subprocess", "cloudpickle", "pickle", "ctypes", "tempfile", "shutil", "bz2", "lzma",
+    "asyncflow.client", "asyncflow.cli", "asyncflow.server", "asyncflow._store.memory", "asyncflow._store.reads",
+    "asyncflow._runners.process",
+}
+
+
+def loaded_after(code: str, tmp_path, watched: set[str]) -> list[str]:
+    probe = textwrap.dedent(code) + textwrap.dedent(f"""
+        import json, sys
+        print(json.dumps(sorted(m for m in sys.modules if m in {sorted(watched)!r})))
+    """)
+    env = {**os.environ, "ASYNCFLOW_HOME": str(tmp_path / "home")}
+    env.pop("ASYNCFLOW_STORE", None)
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_asyncflow_loads_no_heavy_module(tmp_path):
+    assert loaded_after("import asyncflow", tmp_path, HEAVY) == []
+
+
+def test_a_sync_flow_on_the_default_store_loads_no_heavy_module(tmp_path):
+    code = """
+        import asyncflow
+
+        @asyncflow.task
+        def hello():
+            return 1
+
+        @asyncflow.flow
+        def main():
+            return hello()
+
+        assert main() == 1
+    """
+    assert loaded_after(code, tmp_path, NOT_FOR_A_SYNC_FLOW) == []
+
+
+def test_lazy_public_names_resolve_to_their_modules(tmp_path):
+    code = """
+        import asyncflow, asyncflow.task_runners as runners, asyncflow._store as store
+        from asyncflow import get_client
+        from asyncflow.client import get_client as client_get_client
+        from asyncflow.task_runners import ProcessPoolOptions, ProcessPoolTaskRunner
+        from asyncflow._runners import process
+        from asyncflow._store import MemoryStore
+        from asyncflow._store.memory import MemoryStore as memory_store
+        assert get_client is client_get_client and asyncflow.get_client is get_client
+        assert ProcessPoolTaskRunner is process.ProcessPoolTaskRunner and ProcessPoolOptions is process.ProcessPoolOptions
+        assert MemoryStore is memory_store
+        assert "get_client" in dir(asyncflow) and "ProcessPoolTaskRunner" in dir(runners)
+        try:
+            asyncflow.no_such_name
+        except AttributeError as exc:
+            assert "no_such_name" in str(exc)
+        else:
+            raise AssertionError("asyncflow.no_such_name did not raise")
+    """
+    assert loaded_after(code, tmp_path, {"asyncflow.client", "asyncflow._runners.process", "asyncflow._store.memory"}
+                        ) == ["asyncflow._runners.process", "asyncflow._store.memory", "asyncflow.client"]
+
+
+def test_an_asyncio_loop_started_after_import_is_seen(tmp_path):
+    """asyncflow asks whether an asyncio loop runs without importing asyncio; a loop started after
+    `import asyncflow` (asyncio imported later by the user) is still seen: a task called in it runs
+    on that loop, not in a nested one."""
+    code = """
+        import asyncflow
+        from asyncflow._engine.loop import in_async_context
+        assert not in_async_context()
+        import asyncio
+
+        @asyncflow.task
+        async def where():
+            return asyncio.get_running_loop()
+
+        @asyncflow.flow
+        async def main():
+            assert in_async_context()
+            return await where() is asyncio.get_running_loop()
+
+        assert asyncio.run(main()) is True
+        assert not in_async_context()
+    """
+    assert loaded_after(code, tmp_path, {"asyncio"}) == ["asyncio"]
