@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from ._engine.loop import in_async_context, threadsafe_caller
 from ._engine.threads import current_thread_slot
@@ -76,6 +77,11 @@ class TaskRunFuture(Generic[R]):
         if self._final is None:
             await self.wait_async()
         assert self._final is not None
+        if self._final.is_cancelled():
+            # The run was cancelled, most likely with the awaiting code (a caller's timeout or
+            # move_on_after): that code's cancellation comes first, so its scope catches it; a
+            # CancelledRun from here would escape that scope.
+            await anyio.lowlevel.checkpoint_if_cancelled()
         return self._final.result()
 
     def add_done_callback(self, fn: Callable[[TaskRunFuture[R]], Any]) -> None:

@@ -301,6 +301,32 @@ async def test_awaiting_a_future_twice_gives_the_same_result():
 
 
 @pytest.mark.anyio
+async def test_awaiting_a_future_cancelled_with_the_caller_is_a_cancellation_the_caller_catches(store):
+    """docs/calling-rules.md's `move_on_after` example, at the interleaving that failed under load: the
+    caller's scope is cancelled, the submitted run ends Cancelled before it starts, and only then does the
+    flow body await its (already final) future. That await is the caller's cancellation, which
+    `move_on_after` absorbs; it is not a CancelledRun that escapes it."""
+    @task
+    async def nap() -> int:
+        await anyio.sleep(10)
+        return 1
+
+    @flow
+    async def f(outer) -> int:  # (annotated, pydantic cannot build a validator for CancelScope)
+        future = nap.submit()
+        outer.cancel()
+        with anyio.CancelScope(shield=True):
+            await future.wait_async()  # the run ends Cancelled; the body has not seen the cancellation
+        assert future.state.is_cancelled()
+        return await future
+
+    with anyio.fail_after(10):
+        with anyio.CancelScope() as outer:
+            await f(outer)
+    assert outer.cancelled_caught
+
+
+@pytest.mark.anyio
 async def test_blocking_result_on_the_event_loop_thread_raises_an_error_that_says_to_await():
     gate = threading.Event()
 
