@@ -62,7 +62,8 @@ def fmt(stats: dict[str, float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-s", "--scenario", nargs="*", choices=sorted(SCENARIOS), help="scenarios to run (default: all)")
+    parser.add_argument("-s", "--scenario", nargs="*", choices=sorted(SCENARIOS),
+                        help="scenarios to run (default: all)")
     parser.add_argument("-n", type=int, help="tasks per scenario (default: per scenario)")
     parser.add_argument("-r", "--repeats", type=int, default=5)
     parser.add_argument("--json", metavar="PATH", help="write the raw results as JSON")
@@ -92,7 +93,8 @@ def main() -> None:
         results["scenarios"][scenario] = entry
         print(f"\n{scenario}. {description} (N={n})")
         for metric in entry["asyncflow"]:
-            line = f"   {metric:24s} asyncflow {fmt(entry['asyncflow'][metric])}   baseline {fmt(entry['baseline'][metric])}"
+            line = (f"   {metric:24s} asyncflow {fmt(entry['asyncflow'][metric])}   "
+                    f"baseline {fmt(entry['baseline'][metric])}")
             base = entry["baseline"][metric]["median"]
             if metric.endswith(("_us", "_ms", "_s")) and base > 0:
                 line += f"   ×{entry['asyncflow'][metric]['median'] / base:.1f}"

@@ -106,7 +106,8 @@ def test_malformed_profile_line_names_file_and_line(home):
 def test_unknown_profile_setting_warns_with_a_suggestion_and_is_ignored(home):
     (home / "profile.env").write_text("ASYNCFLOW_LOGING_LEVEL=DEBUG\n", encoding="utf-8")
     _settings.reload()
-    with pytest.warns(UserWarning, match="unknown setting ASYNCFLOW_LOGING_LEVEL \\(did you mean ASYNCFLOW_LOGGING_LEVEL\\?\\)"):
+    with pytest.warns(UserWarning,
+                      match="unknown setting ASYNCFLOW_LOGING_LEVEL \\(did you mean ASYNCFLOW_LOGGING_LEVEL\\?\\)"):
         assert _settings.LOGGING_LEVEL.value() == "INFO"
 
 

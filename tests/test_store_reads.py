@@ -206,10 +206,12 @@ def test_filters_combine(any_store):
         c for c in children if store.read_flow_run(c).parent_flow_run_id in (prod, prod_us)}
     assert flow_ids(tags=["prod", "eu"], flow_names="parent-flow") == {prod}  # all tags must match
     assert flow_ids(tags=["prod", "nope"]) == set()
-    assert flow_ids(since=later) == {latest} | {c for c in children if store.read_flow_run(c).parent_flow_run_id == latest}
+    assert flow_ids(since=later) == {latest} | {c for c in children
+                                                if store.read_flow_run(c).parent_flow_run_id == latest}
     assert flow_ids(until=later, flow_names="parent-flow") == {prod, prod_us}
     assert flow_ids(since=dt.datetime.fromtimestamp(later, dt.timezone.utc), flow_names="parent-flow") == {latest}
-    assert flow_ids(parent_flow_run_id=prod) == {c for c in children if store.read_flow_run(c).parent_flow_run_id == prod}
+    assert flow_ids(parent_flow_run_id=prod) == {c for c in children
+                                                 if store.read_flow_run(c).parent_flow_run_id == prod}
     assert flow_ids(parent_flow_run_id=str(prod), states="Failed") == set()
     assert flow_ids(search="FAILING") == {failed}  # the flow's name, any case
     name = store.read_flow_run(prod_us).name

@@ -237,7 +237,8 @@ async def test_sync_form_in_async_code_runs_commit_and_hooks_off_the_loop_and_aw
     backend = anyio_backend if isinstance(anyio_backend, str) else anyio_backend[0]
     seen = await f()
     assert seen == [("write", "worker thread")] * 2 + [
-        (("async on_commit", backend, "COMMITTED"), "worker thread"), (("sync on_commit", "COMMITTED"), "worker thread"),
+        (("async on_commit", backend, "COMMITTED"), "worker thread"),
+        (("sync on_commit", "COMMITTED"), "worker thread"),
     ] * 2
     err = capsys.readouterr().err
     assert "Already running" not in err and "An error was encountered" not in err

@@ -35,7 +35,8 @@ class CachePlan:
     def _details(self, expires: float | None = None) -> StateDetails:
         run = self.call.run
         return StateDetails(flow_run_id=run.flow_run_id, task_run_id=run.id, cache_key=self.key,
-                            cache_expiration=dt.datetime.fromtimestamp(expires, tz=dt.timezone.utc) if expires else None)
+                            cache_expiration=(dt.datetime.fromtimestamp(expires, tz=dt.timezone.utc)
+                                              if expires else None))
 
     async def lookup(self, bridge: Bridge) -> State[Any] | None:
         """A `Cached` state if an unexpired record exists (and the run does not refresh), else None."""

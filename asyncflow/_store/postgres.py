@@ -346,7 +346,8 @@ class PostgresStore(SqlRunReads, BatchWriter):
         with conn.cursor() as cur:
             if rows.flows:
                 cur.executemany("INSERT INTO flows (name, version, created) VALUES (%s, %s, %s) "
-                                "ON CONFLICT (name) DO UPDATE SET version = excluded.version", list(rows.flows.values()))
+                                "ON CONFLICT (name) DO UPDATE SET version = excluded.version",
+                                list(rows.flows.values()))
             if rows.flow_runs:
                 _insert_runs(cur, "flow_runs", _FLOW_RUN_COLUMNS + ", owner", rows.flow_runs)
             if task_runs:

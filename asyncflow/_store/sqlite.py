@@ -809,7 +809,8 @@ def _state_of(type_: str | None, name: str | None, message: str | None, ts: floa
     details = StateDetails(flow_run_id=flow_run_id, task_run_id=task_run_id)
     if type_ is None:  # the run's states are not written yet (or were dropped)
         return State(StateType.PENDING, "Pending", None, None, details, created)
-    return State(StateType(type_), name or type_.capitalize(), message, None, details, ts if ts is not None else created)
+    return State(StateType(type_), name or type_.capitalize(), message, None, details,
+                 ts if ts is not None else created)
 
 
 def _flow_run(row: tuple[Any, ...]) -> FlowRun:

@@ -227,7 +227,8 @@ async def flow_run(request: Request) -> Response:
         for row in page.rows:
             names.update({str(child.run.id): child.run.name for child in row.rows})
         return {"page": page, "logs": logs, "names": names, "seq": seq, "log_seq": log_seq,
-                "counts": _data.task_run_counts(store, run_id), "traceback": _data.traceback_of(store, page.flow_run, True),
+                "counts": _data.task_run_counts(store, run_id),
+                "traceback": _data.traceback_of(store, page.flow_run, True),
                 "level": level, "cursor": cursor}
 
     return render(request, "flow_run.html", await read(request, view))
