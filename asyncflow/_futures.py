@@ -255,14 +255,14 @@ def as_completed(futures: Iterable[TaskRunFuture[Any]], timeout: float | None = 
                 raise BlockingResultError(
                     "as_completed()/wait() would block the event loop. In async code, await the "
                     "futures instead (for example `await future` in an anyio task group).")
-            with _slot_handed_back():  # never while holding `ready`: the loop needs it to report
-                with ready:
-                    while not finished:
-                        remaining = None if deadline is None else deadline - time.monotonic()
-                        if remaining is not None and remaining <= 0:
-                            raise TimeoutError(f"{len(unique) - yielded} (of {len(unique)}) futures unfinished")
-                        ready.wait(remaining)
-                    batch, finished[:] = list(finished), []
+            # the slot is handed back first, never while holding `ready`: the loop needs it to report
+            with _slot_handed_back(), ready:
+                while not finished:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError(f"{len(unique) - yielded} (of {len(unique)}) futures unfinished")
+                    ready.wait(remaining)
+                batch, finished[:] = list(finished), []
         for future in batch:
             yielded += 1
             yield future

@@ -60,10 +60,7 @@ class ConcurrencyProbe:
 
     def wait_entered(self, n: int, timeout: float = WAIT) -> bool:
         deadline = time.monotonic() + timeout
-        for _ in range(n):
-            if not self.entered.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                return False
-        return True
+        return all(self.entered.acquire(timeout=max(0.0, deadline - time.monotonic())) for _ in range(n))
 
 
 @task

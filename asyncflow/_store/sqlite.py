@@ -23,6 +23,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
 import functools
 import json
@@ -386,10 +387,8 @@ class SQLiteStore(SqlRunReads, BatchWriter):
         """The home (0700) and an empty database file (0600: it holds parameters); SQLite gives its
         WAL and shared-memory files the database file's mode."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
+        with contextlib.suppress(FileExistsError):
             os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        except FileExistsError:
-            pass
 
     def _open(self, create: bool, recover: bool) -> None:
         try:
