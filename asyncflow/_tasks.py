@@ -507,4 +507,4 @@ def task(__fn: Any = None, **options: Any) -> Any:
     return decorator
 
 
-__all__ = ["Task", "task", "current_run"]
+__all__ = ["Task", "current_run", "task"]

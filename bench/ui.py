@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("ASYNCFLOW_LOGGING_LEVEL", "WARNING")
 
-import httpx  # noqa: E402
+import httpx
 
-from asyncflow._store.sqlite import SQLiteStore  # noqa: E402
-from asyncflow.testing import isolated_store  # noqa: E402
+from asyncflow._store.sqlite import SQLiteStore
+from asyncflow.testing import isolated_store
 
 
 def cpu_seconds(pid: int) -> float:

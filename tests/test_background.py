@@ -198,7 +198,7 @@ def test_sigterm_lets_the_running_run_finish_and_exits(app, tmp_path):
     deadline = time.monotonic() + 30
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
-    out, err = stop(proc)
+    _out, err = stop(proc)
     assert proc.returncode == 0, err
     assert "stopping gracefully" in err
     assert future.result(timeout=5) == "slept"

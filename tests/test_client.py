@@ -207,7 +207,7 @@ def test_the_sync_client_pages_filters_and_reads_the_feed_timelines_and_logs(any
                                                     cursor=None)] == [failed]
         with pytest.raises(TypeError, match="flow_name= and the filter's flow_names both say it"):
             client.read_flow_runs(flow_name="pipeline", filter=RunFilter(flow_names="pipeline"))
-        with pytest.raises(ValueError, match="cursor .* is damaged"):
+        with pytest.raises(ValueError, match=r"cursor .* is damaged"):
             client.read_flow_runs(cursor="nope")
         tasks_page = client.read_task_runs(flow_run_id=ids[0], limit=1, cursor=None)
         assert [r.name for r in tasks_page] == ["load-0"] and tasks_page.next_cursor

@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
+PAGES = [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md"]
 BLOCK_TIMEOUT = 90.0  # seconds per block; the slowest (a Dask LocalCluster) takes a few under load
 NEEDS = {"dask": "distributed", "ray": "ray"}  # marker name -> the module the block needs
 MARKER = re.compile(r"^<!--\s*docs-example:\s*(?P<kind>fragment|file|needs)\b\s*(?P<arg>.*?)\s*-->$")

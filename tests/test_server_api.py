@@ -23,10 +23,10 @@ pytest.importorskip("starlette")
 pytest.importorskip("jinja2")
 pytest.importorskip("uvicorn")
 
-from server_helpers import running_server  # noqa: E402
+from server_helpers import running_server
 
-from asyncflow import flow, get_run_logger, task  # noqa: E402
-from asyncflow.testing import isolated_home  # noqa: E402
+from asyncflow import flow, get_run_logger, task
+from asyncflow.testing import isolated_home
 
 ATTEMPTS: dict[str, int] = {}
 

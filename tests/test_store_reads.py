@@ -135,7 +135,7 @@ def test_a_damaged_cursor_or_one_of_another_query_is_a_clear_error(any_store):
     assert cursor
     for damaged in (cursor[:-3], cursor[:5] + ("A" if cursor[5] != "A" else "B") + cursor[6:], "garbage", "",
                     cursor + "x"):
-        with pytest.raises(ValueError, match="cursor .* is damaged"):
+        with pytest.raises(ValueError, match=r"cursor .* is damaged"):
             store.read_flow_runs_page(limit=1, cursor=damaged)
     for other in (dict(filter=RunFilter(flow_names="a")), dict(newest_first=False)):
         with pytest.raises(ValueError, match="cursor belongs to another query"):

@@ -222,7 +222,7 @@ def test_a_store_that_does_not_exist_is_not_created_by_readers(tmp_path):
 def test_a_file_that_is_not_a_store_is_a_clear_error(tmp_path):
     path = tmp_path / "asyncflow.db"
     path.write_bytes(b"definitely not sqlite" * 100)
-    with pytest.raises(StoreError, match="Cannot open the asyncflow store .* is not an asyncflow store: move .* away"):
+    with pytest.raises(StoreError, match=r"Cannot open the asyncflow store .* is not an asyncflow store: move .* away"):
         SQLiteStore(path)
 
 
@@ -421,7 +421,7 @@ def test_an_unwritable_home_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(StoreError,
-                       match="Cannot create the asyncflow store .*Not a directory.* Set ASYNCFLOW_HOME to a writable"):
+                       match=r"Cannot create the asyncflow store .*Not a directory.* Set ASYNCFLOW_HOME to a writable"):
         SQLiteStore(blocker / "home" / "asyncflow.db")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import anyio.lowlevel
@@ -574,7 +574,7 @@ async def test_a_cancelled_sync_call_that_lent_its_slot_never_takes_it_back_late
 class LifecycleRunner(ThreadPoolTaskRunner):
     """Records its lifecycle and every work item it executes (on a shared, class-level list)."""
 
-    events: list[str] = []
+    events: ClassVar[list[str]] = []
 
     async def start(self) -> None:
         LifecycleRunner.events.append("start")

@@ -62,7 +62,7 @@ def connect(url: str, *, autocommit: bool = True, connect_timeout: float = 5.0) 
                           "pip install 'asyncflow-anyio[postgres]'.") from None
     options: dict[str, Any] = {"autocommit": autocommit, "application_name": "asyncflow"}
     if "connect_timeout" not in url:
-        options["connect_timeout"] = max(1, int(round(connect_timeout)))
+        options["connect_timeout"] = max(1, round(connect_timeout))
     return psycopg.connect(url, **options)
 
 

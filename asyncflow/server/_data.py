@@ -125,7 +125,7 @@ class LogPage:
 
 def log_page(store: Any, *, flow_run_id: uuid.UUID | None = None, task_run_id: uuid.UUID | None = None,
              level: Any = None, after: int = 0, limit: int = LOG_PAGE) -> LogPage:
-    lines, last = store.read_logs_since(after, flow_run_id=flow_run_id, task_run_id=task_run_id, level=level,
+    lines, _last = store.read_logs_since(after, flow_run_id=flow_run_id, task_run_id=task_run_id, level=level,
                                         limit=limit + 1)
     more = len(lines) > limit
     lines = lines[:limit]
