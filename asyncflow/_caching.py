@@ -7,6 +7,7 @@ names the part (Prefect #15861 served wrong results from such degraded keys).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import enum
@@ -112,15 +113,11 @@ def code_fingerprint(fn: Any) -> str:
     code = getattr(fn, "__code__", None)
     if code is not None:
         _code_digest(code, digest)
-    try:
+    with contextlib.suppress(OSError, TypeError):
         digest.update(inspect.getsource(fn).encode())
-    except (OSError, TypeError):
-        pass
     fingerprint = digest.hexdigest()
-    try:
+    with contextlib.suppress(TypeError):
         _code_fingerprints[fn] = fingerprint
-    except TypeError:
-        pass
     return fingerprint
 
 

@@ -94,7 +94,8 @@ class Flow(Generic[P, R]):
         self._version = version
         self.description = description if description is not None else inspect.getdoc(fn)
         if flow_run_name is not None and not isinstance(flow_run_name, str) and not callable(flow_run_name):
-            raise TypeError(f"Expected string or callable for 'flow_run_name'; got {type(flow_run_name).__name__} instead.")
+            raise TypeError(f"Expected string or callable for 'flow_run_name'; "
+                            f"got {type(flow_run_name).__name__} instead.")
         owner = f"flow {name!r}"
         check_text(owner, "description", description)
         check_text(owner, "version", version)
@@ -255,7 +256,8 @@ def _build_validator(fn: Callable[..., Any]) -> Any:
     adapters = {}
     for name, param in hints.items():
         try:
-            adapters[name] = pydantic.TypeAdapter(param.annotation, config=pydantic.ConfigDict(arbitrary_types_allowed=True))
+            adapters[name] = pydantic.TypeAdapter(param.annotation,
+                                                  config=pydantic.ConfigDict(arbitrary_types_allowed=True))
         except Exception:  # an annotation pydantic cannot handle is passed through unchanged
             continue
 

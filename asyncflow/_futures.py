@@ -9,6 +9,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from ._engine.loop import in_async_context, threadsafe_caller
 from ._engine.threads import current_thread_slot
@@ -76,6 +77,11 @@ class TaskRunFuture(Generic[R]):
         if self._final is None:
             await self.wait_async()
         assert self._final is not None
+        if self._final.is_cancelled():
+            # The run was cancelled, most likely with the awaiting code (a caller's timeout or
+            # move_on_after): that code's cancellation comes first, so its scope catches it; a
+            # CancelledRun from here would escape that scope.
+            await anyio.lowlevel.checkpoint_if_cancelled()
         return self._final.result()
 
     def add_done_callback(self, fn: Callable[[TaskRunFuture[R]], Any]) -> None:
@@ -249,14 +255,14 @@ def as_completed(futures: Iterable[TaskRunFuture[R]], timeout: float | None = No
                 raise BlockingResultError(
                     "as_completed()/wait() would block the event loop. In async code, await the "
                     "futures instead (for example `await future` in an anyio task group).")
-            with _slot_handed_back():  # never while holding `ready`: the loop needs it to report
-                with ready:
-                    while not finished:
-                        remaining = None if deadline is None else deadline - time.monotonic()
-                        if remaining is not None and remaining <= 0:
-                            raise TimeoutError(f"{len(unique) - yielded} (of {len(unique)}) futures unfinished")
-                        ready.wait(remaining)
-                    batch, finished[:] = list(finished), []
+            # the slot is handed back first, never while holding `ready`: the loop needs it to report
+            with _slot_handed_back(), ready:
+                while not finished:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError(f"{len(unique) - yielded} (of {len(unique)}) futures unfinished")
+                    ready.wait(remaining)
+                batch, finished[:] = list(finished), []
         for future in batch:
             yielded += 1
             yield future

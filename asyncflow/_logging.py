@@ -196,9 +196,9 @@ class Sink:
             _store.get_store().record_log(flow_run_id=flow_run_id, task_run_id=task_run_id, level=levelname,
                                           message=f"{message}\n{exc}" if exc else message, ts=ts)
         if self.json:
-            record: dict[str, Any] = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z",
-                      "level": levelname, "logger": where, "event": message,
-                      "flow_run_id": flow_run_id, "task_run_id": task_run_id}
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+            record: dict[str, Any] = {"timestamp": stamp, "level": levelname, "logger": where, "event": message,
+                                      "flow_run_id": flow_run_id, "task_run_id": task_run_id}
             if extra:
                 record.update({k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
                                for k, v in extra.items()})

@@ -234,7 +234,8 @@ def expand_home(raw: str | os.PathLike[str]) -> Path:
     try:
         return Path(raw).expanduser()
     except RuntimeError:
-        raise ValueError(f"expected a path; {os.fspath(raw)!r} starts with ~ but names no user of this machine") from None
+        raise ValueError(f"expected a path; {os.fspath(raw)!r} starts with ~ but names no user of this "
+                         f"machine") from None
 
 
 def _check_path(raw: str) -> Path:

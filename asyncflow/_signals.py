@@ -19,6 +19,7 @@ SIGINT is left to Python: it raises KeyboardInterrupt, which the engine records 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -61,10 +62,8 @@ def _end_open_runs(message: str) -> None:
 
         end_open_runs(message)
     except BaseException as exc:  # the exit goes on whatever happens here
-        try:
+        with contextlib.suppress(Exception):
             sys.stderr.write(f"asyncflow: could not record the open runs as Crashed: {type(exc).__name__}: {exc}\n")
-        except Exception:
-            pass
 
 
 def _on_signal(signum: int, frame: Any) -> None:

@@ -116,7 +116,8 @@ class Task(Generic[P, R]):
         self.cache_key_fn = cache_key_fn
         self.cache_expiration = cache_expiration
         if task_run_name is not None and not isinstance(task_run_name, str) and not callable(task_run_name):
-            raise TypeError(f"Expected string or callable for 'task_run_name'; got {type(task_run_name).__name__} instead.")
+            raise TypeError(f"Expected string or callable for 'task_run_name'; "
+                            f"got {type(task_run_name).__name__} instead.")
         check_run_name(owner, "task_run_name", task_run_name)
         self.task_run_name = task_run_name
         self.retries = retries
@@ -499,7 +500,8 @@ def resolve_caching(name: str, fn: Any, cache_policy: Any, cache_key_fn: Any, ca
         warnings.warn(f"{owner}: both cache_policy and cache_key_fn are set; cache_key_fn will be used.",
                       UserWarning, stacklevel=4)
     policy = _caching.CacheKeyFnPolicy(fn=cache_key_fn) if cache_key_fn is not None else cache_policy
-    explicit = (cache_key_fn is not None or (cache_policy is not None and not isinstance(cache_policy, _caching.NoCache))
+    explicit = (cache_key_fn is not None
+                or (cache_policy is not None and not isinstance(cache_policy, _caching.NoCache))
                 or result_storage_key is not None or result_storage is not None or result_serializer is not None)
     if persist_result is False and cache_policy is not None and not isinstance(cache_policy, _caching.NoCache):
         warnings.warn(f"{owner}: ignoring cache_policy because persist_result is False.", UserWarning, stacklevel=4)
@@ -590,4 +592,4 @@ def task(__fn: Any = None, **options: Any) -> Any:
     return decorator
 
 
-__all__ = ["Task", "task", "current_run"]
+__all__ = ["Task", "current_run", "task"]

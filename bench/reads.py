@@ -22,13 +22,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("ASYNCFLOW_LOGGING_LEVEL", "WARNING")
 
-from asyncflow import flow, task  # noqa: E402
-from asyncflow._runs import FlowRun  # noqa: E402
-from asyncflow._states import State, StateType  # noqa: E402
-from asyncflow._store import MemoryStore  # noqa: E402
-from asyncflow._store.reads import RunFilter  # noqa: E402
-from asyncflow._store.sqlite import SQLiteStore  # noqa: E402
-from asyncflow.testing import isolated_store  # noqa: E402
+from asyncflow import flow, task
+from asyncflow._runs import FlowRun
+from asyncflow._states import State, StateType
+from asyncflow._store import MemoryStore
+from asyncflow._store.reads import RunFilter
+from asyncflow._store.sqlite import SQLiteStore
+from asyncflow.testing import isolated_store
 
 
 @task

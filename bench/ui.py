@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("ASYNCFLOW_LOGGING_LEVEL", "WARNING")
 
-import httpx  # noqa: E402
+import httpx
 
-from asyncflow._store.sqlite import SQLiteStore  # noqa: E402
-from asyncflow.testing import isolated_store  # noqa: E402
+from asyncflow._store.sqlite import SQLiteStore
+from asyncflow.testing import isolated_store
 
 
 def cpu_seconds(pid: int) -> float:
@@ -155,8 +155,8 @@ def main() -> None:
                 timeline = client.get(f"/api/v1/flow-runs/{flow_run_id}/timeline").json()
                 middle = client.get(f"/api/v1/flow-runs/{flow_run_id}/timeline",
                                     params={"limit": min(500, max(args.tasks // 2, 1))}).json()["next_cursor"]
-                timed(client, "  ... a later page of its timeline (?cursor=)", f"/flow-runs/{flow_run_id}?cursor={middle}",
-                      args.repeats, expect="tl-row")
+                timed(client, "  ... a later page of its timeline (?cursor=)",
+                      f"/flow-runs/{flow_run_id}?cursor={middle}", args.repeats, expect="tl-row")
                 timed(client, "/api/v1/flow-runs/ID/timeline (JSON, 100 task runs)",
                       f"/api/v1/flow-runs/{flow_run_id}/timeline", args.repeats)
                 timed(client, "/api/v1/flow-runs/ID (with task run counts by state)",

@@ -38,7 +38,8 @@ def _issues(repo: str, page: int, per_page: int) -> list[dict]:
     start = (page - 1) * per_page
     numbers = range(start + 1, min(start + per_page, total) + 1)
     return [
-        {"number": n, "title": f"Issue #{n}", "state": "open", "user": {"id": 1000 + (n % users), "login": f"user{n % users}"}}
+        {"number": n, "title": f"Issue #{n}", "state": "open",
+         "user": {"id": 1000 + (n % users), "login": f"user{n % users}"}}
         for n in numbers
     ]
 
@@ -55,7 +56,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         parts = [p for p in url.path.split("/") if p]

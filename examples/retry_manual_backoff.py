@@ -3,6 +3,7 @@
 The seed's delays [1, 10, 100] are shortened to [0.1, 0.2, 0.4], and its "(rest of code follows)" is
 filled in with a body that fails on its first three attempts and succeeds on the fourth (the last retry).
 """
+import itertools
 import time
 
 from asyncflow import flow, task
@@ -22,7 +23,7 @@ def some_task_with_manual_backoff_retries():
 @flow(log_prints=True)
 def backoff_flow():
     print(some_task_with_manual_backoff_retries())
-    delays = [round(b - a, 1) for a, b in zip(attempt_times, attempt_times[1:], strict=False)]
+    delays = [round(b - a, 1) for a, b in itertools.pairwise(attempt_times)]
     print(f"delays between attempts: {delays}")
 
 

@@ -18,7 +18,7 @@ def run_in_thread(fn: Any, *args: Any, timeout: float = 10.0) -> Any:
     def target() -> None:
         try:
             outcome["value"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test thread
+        except BaseException as exc:
             outcome["error"] = exc
 
     thread = threading.Thread(target=target, daemon=True)

@@ -84,12 +84,13 @@ class PostgresServer:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
-        options = [f"-c port={self.port}", "-c listen_addresses=127.0.0.1", f"-c unix_socket_directories={self.workdir}",
-                   "-c max_connections=200", "-c shared_buffers=32MB"]
+        options = [f"-c port={self.port}", "-c listen_addresses=127.0.0.1",
+                   f"-c unix_socket_directories={self.workdir}", "-c max_connections=200", "-c shared_buffers=32MB"]
         if not self.fsync:  # (synchronous_commit stays on: a killed server keeps what it committed)
             options += ["-c fsync=off", "-c full_page_writes=off"]
         log = open(os.path.join(self.workdir, "server.log"), "ab")  # noqa: SIM115 - the server's for its lifetime
-        self.proc = subprocess.Popen([os.path.join(self.bindir, "postgres"), "-D", self.data, *" ".join(options).split()],
+        command = [os.path.join(self.bindir, "postgres"), "-D", self.data, *" ".join(options).split()]
+        self.proc = subprocess.Popen(command,
                                      cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, **self._as)
         log.close()
         import psycopg

@@ -198,7 +198,7 @@ def test_sigterm_lets_the_running_run_finish_and_exits(app, tmp_path):
     deadline = time.monotonic() + 30
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
-    out, err = stop(proc)
+    _out, err = stop(proc)
     assert proc.returncode == 0, err
     assert "stopping gracefully" in err
     assert future.result(timeout=5) == "slept"
@@ -298,7 +298,8 @@ async def test_delay_in_async_code_returns_its_future_while_the_database_is_held
     with isolated_home(home) as store:  # a real SQLite store in the broker's database
         get_broker()  # the queue table exists: what is held below is only the write lock
         held, release = threading.Event(), threading.Event()
-        holder = threading.Thread(target=_hold_the_database, args=(os.path.join(home, "asyncflow.db"), held, release, 2.0))
+        holder = threading.Thread(target=_hold_the_database,
+                                  args=(os.path.join(home, "asyncflow.db"), held, release, 2.0))
         holder.start()
         try:
             await anyio.to_thread.run_sync(held.wait, 10)
@@ -409,8 +410,10 @@ def test_runs_delayed_from_async_code_keep_their_order_and_survive_process_exit(
 
     (tmp_path / "delays.py").write_text(ASYNC_DELAYS)
     out = subprocess.run([sys.executable, "delays.py", backend], capture_output=True, text=True, timeout=120,
-                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
-                                            "ASYNCFLOW_STORE": "memory"})  # no store flush at exit to wait behind
+                         cwd=tmp_path,
+                         env={**os.environ,
+                              "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+                              "ASYNCFLOW_STORE": "memory"})  # no store flush at exit to wait behind
     assert out.returncode == 0, out.stderr
     ids_line, elapsed = out.stdout.split("\n")[-3:-1]
     assert float(elapsed) < 0.25, f"25 .delay() calls blocked the loop for {elapsed}s"
@@ -456,7 +459,8 @@ def test_a_child_forked_while_delayed_runs_are_being_queued_leaves_them_to_its_p
 
     (tmp_path / "fork_delays.py").write_text(FORK_WHILE_QUEUEING)
     out = subprocess.run([sys.executable, "fork_delays.py"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+                         env={**os.environ,
+                              "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
                               "ASYNCFLOW_STORE": "memory"})
     assert out.returncode == 0, out.stderr
     child, ids = out.stdout.strip().split("\n")[-1].split(" ", 1)

@@ -762,7 +762,7 @@ def _check(kind: str, options: dict, via_with_options: bool, store) -> None:
         message = str(exc)
         named = [name for name in options if name in message]
         assert named, f"the error does not name any of the options {sorted(options)}: {exc!r}"
-        assert len(options) > 1 or named == list(options), f"{exc!r} does not name {list(options)[0]}"
+        assert len(options) > 1 or named == list(options), f"{exc!r} does not name {next(iter(options))}"
         event(f"refused at definition: {type(exc).__name__}")
         return
     callables = [name for name, value in options.items() if callable(value) or isinstance(value, list)]
@@ -931,13 +931,13 @@ def test_every_special_value_of_a_setting_gives_a_setting_error_naming_it_or_flo
     """The review's settings run (17 settings x 20 values), each value tried on every setting."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
-    outcomes = {raw: _settings_outcome(name, raw, tmp_path) for raw in _RAW_SPECIAL + ["{tmp}/dir", "~/dir"]}
+    outcomes = {raw: _settings_outcome(name, raw, tmp_path) for raw in [*_RAW_SPECIAL, "{tmp}/dir", "~/dir"]}
     assert "ran" in outcomes.values(), outcomes
 
 
 def test_a_path_starting_with_the_home_of_an_unknown_user_is_a_clear_error(home, monkeypatch):
     """`~user` of no user made pathlib raise RuntimeError from inside asyncflow (found by Hypothesis)."""
-    with pytest.raises(ValueError, match="result_storage: .*'~nouser_x/results' starts with ~ but names no user"):
+    with pytest.raises(ValueError, match=r"result_storage: .*'~nouser_x/results' starts with ~ but names no user"):
         @task(result_storage="~nouser_x/results")
         def f(x: int) -> int:
             return x

@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_benchmark_command_runs_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "-s", "a", "c_sync", "-n", "20", "-r", "1", "--json", str(out)],
+        [sys.executable, str(ROOT / "bench" / "run.py"), "-s", "a", "c_sync", "-n", "20", "-r", "1",
+         "--json", str(out)],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "a. sync flow calls a sync task in sequence (N=20)" in result.stdout

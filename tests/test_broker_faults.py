@@ -301,7 +301,8 @@ def test_a_damaged_queued_payload_fails_the_run_saying_the_payload_is_damaged(ap
     for future, position in zip(futures, [0, 7, None, -1], strict=True):
         run_id = str(future.task_run_id)
         payload = read_blob(broker_url, run_id, "payload")
-        write_field(broker_url, run_id, "payload", flipped(payload, len(payload) // 2 if position is None else position))
+        write_field(broker_url, run_id, "payload",
+                    flipped(payload, len(payload) // 2 if position is None else position))
     legacy = app.double.delay(5)  # a payload without a checksum (as written before checksums existed)
     write_field(broker_url, str(legacy.task_run_id), "payload", cloudpickle.dumps(({"x": 5}, [])))
     proc = start_worker(tmp_path, "double")

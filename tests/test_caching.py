@@ -268,7 +268,7 @@ def test_cache_result_in_memory_false_reads_from_disk(store, tmp_path):
 
 
 def test_bad_caching_options_fail_at_decoration():
-    with pytest.raises(TypeError, match="cache_expiration must be a datetime.timedelta"):
+    with pytest.raises(TypeError, match=r"cache_expiration must be a datetime\.timedelta"):
         task(cache_expiration=60)(lambda: 0)
     with pytest.raises(ValueError, match="result_serializer must be 'pickle', 'json'"):
         task(result_serializer="xml")(lambda: 0)

@@ -125,7 +125,8 @@ def test_unknown_ids_are_a_clear_error(home, capsys):
     assert code == 1 and out == ""
     assert "\nerror: No flow run with id 0b8e2f4c-5d1a-4c3e-9f7a-2b6d8e1c4a90 in the store" in err
     code, _, err = run(capsys, "task-run", "inspect", "zzz")
-    assert code == 1 and "No task run with an id starting or ending with 'zzz'" in err and "asyncflow task-run ls" in err
+    assert code == 1
+    assert "No task run with an id starting or ending with 'zzz'" in err and "asyncflow task-run ls" in err
     code, _, err = run(capsys, "task-run", "ls", "--flow-run-id", "0b8e2f4c-5d1a-4c3e-9f7a-2b6d8e1c4a90")
     assert code == 1 and "No flow run with id" in err
 
@@ -250,7 +251,8 @@ def test_the_console_script_and_python_m_asyncflow(home):
         assert [r["flow_name"] for r in json.loads(proc.stdout)] == ["etl"]
     proc = subprocess.run([sys.executable, "-m", "asyncflow", "flow-run", "inspect", "nope"], env=env,
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and proc.stderr.startswith("error: No flow run with an id starting or ending with 'nope'")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: No flow run with an id starting or ending with 'nope'")
 
 
 def test_every_command_is_documented_with_an_example():

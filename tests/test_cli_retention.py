@@ -238,11 +238,11 @@ def test_flow_run_logs_follow_shows_its_task_runs_lines_and_ends_with_the_flow(l
 
 
 def test_ctrl_c_stops_following_without_a_traceback(live):
-    task_run, gate = live
+    task_run, _gate = live
     follower = _asyncflow("task-run", "logs", str(task_run.id), "--follow")
     _read_until(follower, "first line")
     follower.send_signal(signal.SIGINT)
-    out, err = follower.communicate(timeout=60)
+    _out, err = follower.communicate(timeout=60)
     assert follower.returncode == 130 and "Traceback" not in err
 
 

@@ -19,8 +19,8 @@ if os.environ.get("ASYNCFLOW_REQUIRE_DASK"):  # CI: the test extra installs it, 
 else:
     distributed = pytest.importorskip("distributed", reason="DaskTaskRunner needs the 'dask' extra (distributed)")
 
-from asyncflow import flow  # noqa: E402
-from asyncflow.task_runners import DaskTaskRunner  # noqa: E402
+from asyncflow import flow
+from asyncflow.task_runners import DaskTaskRunner
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -62,7 +62,8 @@ EXAMPLES = [
             FLOW_COMPLETED,
         ],
     ),
-    Example("sync_task.py", contains=["Hello, I'm a task", "Task run 'print_message-0' - Finished in state Completed()"]),
+    Example("sync_task.py",
+            contains=["Hello, I'm a task", "Task run 'print_message-0' - Finished in state Completed()"]),
     Example("async_task.py",
             in_order=["Hello, I'm an async task", "Task run 'print_message-0' - Finished in state Completed()"]),
     Example("class_methods.py", in_order=[
@@ -229,7 +230,8 @@ def test_example(example: Example, tmp_path: Path) -> None:
         assert out.count(text) == expected, f"{text!r} appears {out.count(text)}x, expected {expected}x:\n{out}"
     lines = [line.strip() for line in out.splitlines()]
     for line, expected in example.line_counts.items():
-        assert lines.count(line) == expected, f"line {line!r} appears {lines.count(line)}x, expected {expected}x:\n{out}"
+        assert lines.count(line) == expected, (
+            f"line {line!r} appears {lines.count(line)}x, expected {expected}x:\n{out}")
     for text in example.absent:
         assert text not in out, f"{text!r} unexpectedly in the output of {example.script}:\n{out}"
     if example.max_seconds is not None:

@@ -72,8 +72,8 @@ def run_script(home: Path, source: str) -> dict:
 
 # -- the registry --------------------------------------------------------------------------------
 def test_every_component_with_process_state_is_registered_in_the_reset_order():
-    import asyncflow._store.sqlite  # noqa: F401 - imported lazily by the package
-    import asyncflow._workers.redis_broker  # noqa: F401
+    import asyncflow._store.sqlite
+    import asyncflow._workers.redis_broker
     import asyncflow._workers.sqlite_broker  # noqa: F401
 
     assert _fork.names()[:8] == ["ids", "store factory", "store", "thread pool", "log sink", "open runs",

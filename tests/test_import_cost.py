@@ -70,7 +70,8 @@ def test_lazy_public_names_resolve_to_their_modules(tmp_path):
         from asyncflow._store import MemoryStore
         from asyncflow._store.memory import MemoryStore as memory_store
         assert get_client is client_get_client and asyncflow.get_client is get_client
-        assert ProcessPoolTaskRunner is process.ProcessPoolTaskRunner and ProcessPoolOptions is process.ProcessPoolOptions
+        assert ProcessPoolTaskRunner is process.ProcessPoolTaskRunner
+        assert ProcessPoolOptions is process.ProcessPoolOptions
         assert MemoryStore is memory_store
         assert "get_client" in dir(asyncflow) and "ProcessPoolTaskRunner" in dir(runners)
         try:

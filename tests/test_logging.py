@@ -28,7 +28,8 @@ def test_console_lines_have_prefects_shape(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert all(LINE.match(line) for line in lines), lines
     text = "\n".join(lines)
-    assert re.search(r"\| INFO    \| asyncflow\.engine - Created flow run '[a-z]+-[a-z]+' for flow 'get-repo-info'", text)
+    assert re.search(r"\| INFO    \| asyncflow\.engine - "
+                     r"Created flow run '[a-z]+-[a-z]+' for flow 'get-repo-info'", text)
     assert re.search(r"Flow run '[a-z]+-[a-z]+' - Created task run 'get_url-0' for task 'get_url'", text)
     assert "Task run 'get_url-0' - Finished in state Completed()" in text
     assert re.search(r"Flow run '[a-z]+-[a-z]+' - PrefectHQ/prefect repository statistics", text)

@@ -173,5 +173,5 @@ def test_the_modules_of_optional_extras_import_only_their_extras_package_and_are
             else:
                 continue
             for name in names:
-                assert name in sys.stdlib_module_names or name in declared or name in ("asyncflow", package,
-                                                                                          "__future__"), (relative, name)
+                assert (name in sys.stdlib_module_names or name in declared
+                        or name in ("asyncflow", package, "__future__")), (relative, name)

@@ -23,8 +23,8 @@ else:
         "ray", reason="RayTaskRunner needs the 'ray' extra, not installed here (pip install 'asyncflow-anyio[ray]'; "
                       ".ci/run installs it where a Ray wheel exists for this Python)")
 
-from asyncflow import flow, task  # noqa: E402
-from asyncflow.task_runners import RayTaskRunner  # noqa: E402
+from asyncflow import flow, task
+from asyncflow.task_runners import RayTaskRunner
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -257,7 +257,7 @@ def test_the_memory_store_deletes_and_prunes_like_sqlite(db):
     memory = MemoryStore()
     results = []
     for store in (db, memory):
-        gone, kept = build(store)
+        _gone, kept = build(store)
         [to_delete] = [r.id for r in store.read_flow_runs(flow_name="recent")]
         with_it = {to_delete} | {t.id for t in store.read_task_runs(flow_run_id=to_delete)}
         deleted = store.delete_flow_runs([to_delete])
@@ -340,7 +340,7 @@ def run_script(code: str, home, **env: str) -> subprocess.CompletedProcess[str]:
 def test_the_process_store_applies_the_retention_setting_once_in_a_background_thread(tmp_path):
     home = tmp_path / "home"
     store = SQLiteStore(home / "asyncflow.db")
-    gone, kept = build(store)
+    _gone, kept = build(store)
     store.close()
     script = """
         import json, threading, time

@@ -23,10 +23,10 @@ pytest.importorskip("starlette")
 pytest.importorskip("jinja2")
 pytest.importorskip("uvicorn")
 
-from server_helpers import running_server  # noqa: E402
+from server_helpers import running_server
 
-from asyncflow import flow, get_run_logger, task  # noqa: E402
-from asyncflow.testing import isolated_home  # noqa: E402
+from asyncflow import flow, get_run_logger, task
+from asyncflow.testing import isolated_home
 
 ATTEMPTS: dict[str, int] = {}
 
@@ -107,9 +107,11 @@ def test_flow_runs_newest_first_with_filters_and_cursor_pages(api, runs):
     assert [r["id"] for r in top_level] == [runs["broken"], runs["third"], runs["second"], runs["first"]]
     assert everything["next_cursor"] is None and len(everything["items"]) == 7  # and three child subflows
 
-    assert [r["id"] for r in api.get("/api/v1/flow-runs", params={"state": "failed"}).json()["items"]] == [runs["broken"]]
+    failed = api.get("/api/v1/flow-runs", params={"state": "failed"}).json()["items"]
+    assert [r["id"] for r in failed] == [runs["broken"]]
     assert [r["id"] for r in api.get("/api/v1/flow-runs?tag=nightly&flow=etl").json()["items"]] == [runs["first"]]
-    assert {r["flow_name"] for r in api.get("/api/v1/flow-runs?flow=child,broken").json()["items"]} == {"child", "broken"}
+    by_flow = api.get("/api/v1/flow-runs?flow=child,broken").json()["items"]
+    assert {r["flow_name"] for r in by_flow} == {"child", "broken"}
     assert api.get("/api/v1/flow-runs?search=ETL&since=1h").json()["items"][0]["id"] == runs["third"]
     assert api.get("/api/v1/flow-runs?until=2000-01-01").json()["items"] == []
     subflows = api.get("/api/v1/flow-runs", params={"parent": runs["first"]}).json()["items"]
@@ -117,7 +119,8 @@ def test_flow_runs_newest_first_with_filters_and_cursor_pages(api, runs):
 
     seen, cursor = [], None
     while True:  # pages of 2, oldest first: each run once
-        page = api.get("/api/v1/flow-runs", params={"limit": 2, "order": "oldest", **({"cursor": cursor} if cursor else {})}).json()
+        params = {"limit": 2, "order": "oldest", **({"cursor": cursor} if cursor else {})}
+        page = api.get("/api/v1/flow-runs", params=params).json()
         seen += [r["id"] for r in page["items"]]
         cursor = page["next_cursor"]
         if cursor is None:
@@ -164,7 +167,8 @@ def test_one_flow_run_its_timeline_and_its_logs(api, runs):
 def test_failed_runs_show_their_traceback_and_task_runs_their_cache_key(api, runs):
     bad = api.get(f"/api/v1/flow-runs/{runs['broken']}").json()
     assert bad["state"]["type"] == "FAILED"
-    assert bad["traceback"].startswith("Traceback (most recent call last)") and "RuntimeError: kaboom" in bad["traceback"]
+    assert bad["traceback"].startswith("Traceback (most recent call last)")
+    assert "RuntimeError: kaboom" in bad["traceback"]
     [exploded] = api.get("/api/v1/task-runs", params={"flow_run_id": runs["broken"]}).json()["items"]
     detail = api.get(f"/api/v1/task-runs/{exploded['id']}").json()
     assert "RuntimeError: kaboom" in detail["traceback"] and detail["cache"] is None

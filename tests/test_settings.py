@@ -106,7 +106,8 @@ def test_malformed_profile_line_names_file_and_line(home):
 def test_unknown_profile_setting_warns_with_a_suggestion_and_is_ignored(home):
     (home / "profile.env").write_text("ASYNCFLOW_LOGING_LEVEL=DEBUG\n", encoding="utf-8")
     _settings.reload()
-    with pytest.warns(UserWarning, match="unknown setting ASYNCFLOW_LOGING_LEVEL \\(did you mean ASYNCFLOW_LOGGING_LEVEL\\?\\)"):
+    with pytest.warns(UserWarning,
+                      match="unknown setting ASYNCFLOW_LOGING_LEVEL \\(did you mean ASYNCFLOW_LOGGING_LEVEL\\?\\)"):
         assert _settings.LOGGING_LEVEL.value() == "INFO"
 
 
@@ -120,7 +121,7 @@ def test_home_cannot_live_in_the_profile_under_it(home):
 
 
 def test_update_profile_refuses_unknown_names_and_bad_values_and_writes_nothing(home):
-    with pytest.raises(SettingError, match="Unknown setting 'ASYNCFLOW_STOR'. Did you mean ASYNCFLOW_STORE"):
+    with pytest.raises(SettingError, match=r"Unknown setting 'ASYNCFLOW_STOR'\. Did you mean ASYNCFLOW_STORE"):
         _settings.update_profile({"ASYNCFLOW_STOR": "memory"})
     with pytest.raises(SettingError, match=r"ASYNCFLOW_STORE='mongo' is invalid: expected one of sqlite, memory, or a "
                                            r"PostgreSQL URL \(postgresql://user:password@host:5432/database\)\. "

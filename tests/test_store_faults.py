@@ -536,7 +536,7 @@ def test_the_change_feed_never_gives_a_number_twice_after_the_newest_runs_are_de
     try:
         with isolated_store(store):
             doubling(1)
-            changes, last = store.read_changes(0)
+            _changes, last = store.read_changes(0)
             [newest] = store.read_flow_runs()
             store.delete_flow_runs([newest.id])  # its states were the newest rows
             doubling(1)

@@ -421,7 +421,7 @@ def test_the_cli_reads_runs_states_and_logs_from_postgres(postgres_url, tmp_path
     assert "hello ada" in cli("flow-run", "logs", short)
     tasks = json.loads(cli("task-run", "ls", "--json"))
     assert sorted(t["name"] for t in tasks) == ["greet-0", "greet-1"]
-    assert "hello grace" in cli("task-run", "logs", [t for t in tasks if t["name"] == "greet-1"][0]["id"])
+    assert "hello grace" in cli("task-run", "logs", next(t for t in tasks if t["name"] == "greet-1")["id"])
     dry = json.loads(cli("store", "prune", "--older-than", "0", "--dry-run", "--json"))
     assert dry["counts"]["flow_runs"] == 1 and dry["store"].startswith("postgresql://")
     assert "postgresql" in cli("version")

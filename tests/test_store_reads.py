@@ -135,7 +135,7 @@ def test_a_damaged_cursor_or_one_of_another_query_is_a_clear_error(any_store):
     assert cursor
     for damaged in (cursor[:-3], cursor[:5] + ("A" if cursor[5] != "A" else "B") + cursor[6:], "garbage", "",
                     cursor + "x"):
-        with pytest.raises(ValueError, match="cursor .* is damaged"):
+        with pytest.raises(ValueError, match=r"cursor .* is damaged"):
             store.read_flow_runs_page(limit=1, cursor=damaged)
     for other in (dict(filter=RunFilter(flow_names="a")), dict(newest_first=False)):
         with pytest.raises(ValueError, match="cursor belongs to another query"):
@@ -206,10 +206,12 @@ def test_filters_combine(any_store):
         c for c in children if store.read_flow_run(c).parent_flow_run_id in (prod, prod_us)}
     assert flow_ids(tags=["prod", "eu"], flow_names="parent-flow") == {prod}  # all tags must match
     assert flow_ids(tags=["prod", "nope"]) == set()
-    assert flow_ids(since=later) == {latest} | {c for c in children if store.read_flow_run(c).parent_flow_run_id == latest}
+    assert flow_ids(since=later) == {latest} | {c for c in children
+                                                if store.read_flow_run(c).parent_flow_run_id == latest}
     assert flow_ids(until=later, flow_names="parent-flow") == {prod, prod_us}
     assert flow_ids(since=dt.datetime.fromtimestamp(later, dt.timezone.utc), flow_names="parent-flow") == {latest}
-    assert flow_ids(parent_flow_run_id=prod) == {c for c in children if store.read_flow_run(c).parent_flow_run_id == prod}
+    assert flow_ids(parent_flow_run_id=prod) == {c for c in children
+                                                 if store.read_flow_run(c).parent_flow_run_id == prod}
     assert flow_ids(parent_flow_run_id=str(prod), states="Failed") == set()
     assert flow_ids(search="FAILING") == {failed}  # the flow's name, any case
     name = store.read_flow_run(prod_us).name

@@ -222,7 +222,7 @@ def test_a_store_that_does_not_exist_is_not_created_by_readers(tmp_path):
 def test_a_file_that_is_not_a_store_is_a_clear_error(tmp_path):
     path = tmp_path / "asyncflow.db"
     path.write_bytes(b"definitely not sqlite" * 100)
-    with pytest.raises(StoreError, match="Cannot open the asyncflow store .* is not an asyncflow store: move .* away"):
+    with pytest.raises(StoreError, match=r"Cannot open the asyncflow store .* is not an asyncflow store: move .* away"):
         SQLiteStore(path)
 
 
@@ -262,7 +262,8 @@ def test_a_version_1_store_is_migrated_with_its_runs_states_and_logs(tmp_path):
                  "'COMPLETED', 'Completed', 1)", (task_id, flow_id))
     for run_id, name, ts in [(flow_id, "Pending", 1.0), (task_id, "Pending", 1.5), (task_id, "Completed", 2.5),
                              (flow_id, "Completed", 3.0)]:
-        conn.execute("INSERT INTO states (run_id, type, name, ts) VALUES (?, ?, ?, ?)", (run_id, name.upper(), name, ts))
+        conn.execute("INSERT INTO states (run_id, type, name, ts) VALUES (?, ?, ?, ?)",
+                     (run_id, name.upper(), name, ts))
     conn.execute("INSERT INTO logs (flow_run_id, task_run_id, level, message, ts) VALUES (?, ?, 'INFO', 'hello', 2.0)",
                  (flow_id, task_id))
     conn.close()
@@ -289,7 +290,8 @@ def test_a_store_newer_than_this_asyncflow_is_refused(tmp_path):
     conn.execute("UPDATE schema_version SET version = 99")
     conn.commit()
     conn.close()
-    with pytest.raises(StoreError, match=f"schema version 99, newer than this asyncflow understands \\({SCHEMA_VERSION}\\)"):
+    with pytest.raises(StoreError,
+                       match=f"schema version 99, newer than this asyncflow understands \\({SCHEMA_VERSION}\\)"):
         SQLiteStore(path)
 
 
@@ -418,7 +420,8 @@ def test_the_default_store_follows_the_settings(tmp_path, monkeypatch):
 def test_an_unwritable_home_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(StoreError, match="Cannot create the asyncflow store .*Not a directory.* Set ASYNCFLOW_HOME to a writable"):
+    with pytest.raises(StoreError,
+                       match=r"Cannot create the asyncflow store .*Not a directory.* Set ASYNCFLOW_HOME to a writable"):
         SQLiteStore(blocker / "home" / "asyncflow.db")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import anyio.lowlevel
@@ -60,10 +60,7 @@ class ConcurrencyProbe:
 
     def wait_entered(self, n: int, timeout: float = WAIT) -> bool:
         deadline = time.monotonic() + timeout
-        for _ in range(n):
-            if not self.entered.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                return False
-        return True
+        return all(self.entered.acquire(timeout=max(0.0, deadline - time.monotonic())) for _ in range(n))
 
 
 @task
@@ -577,7 +574,7 @@ async def test_a_cancelled_sync_call_that_lent_its_slot_never_takes_it_back_late
 class LifecycleRunner(ThreadPoolTaskRunner):
     """Records its lifecycle and every work item it executes (on a shared, class-level list)."""
 
-    events: list[str] = []
+    events: ClassVar[list[str]] = []
 
     async def start(self) -> None:
         LifecycleRunner.events.append("start")

@@ -244,12 +244,13 @@ def test_default_retries_come_from_the_settings():
 def test_bad_setting_value_names_the_setting_and_what_it_accepts():
     from asyncflow.exceptions import SettingError
 
-    with temporary_settings(ASYNCFLOW_TASK_DEFAULT_RETRIES="many"):
-        with pytest.raises(SettingError, match="ASYNCFLOW_TASK_DEFAULT_RETRIES='many' is invalid: expected an integer >= 0"):
-            task(lambda: 0)
-    with temporary_settings(ASYNCFLOW_TASK_DEFAULT_RETRY_DELAY_SECONDS="[1, oops]"):
-        with pytest.raises(SettingError, match="expected a number >= 0 or a JSON list"):
-            task(lambda: 0)
+    with (temporary_settings(ASYNCFLOW_TASK_DEFAULT_RETRIES="many"),
+          pytest.raises(SettingError,
+                        match="ASYNCFLOW_TASK_DEFAULT_RETRIES='many' is invalid: expected an integer >= 0")):
+        task(lambda: 0)
+    with (temporary_settings(ASYNCFLOW_TASK_DEFAULT_RETRY_DELAY_SECONDS="[1, oops]"),
+          pytest.raises(SettingError, match="expected a number >= 0 or a JSON list")):
+        task(lambda: 0)
 
 
 def test_task_hooks_run_on_the_right_states_and_failing_hooks_change_nothing():

@@ -119,7 +119,7 @@ def test_user_code_cannot_swallow_the_stop(store):
         for _ in range(50):
             try:
                 time.sleep(0.05)
-            except Exception:  # noqa: BLE001 - what a careless task might do
+            except Exception:
                 pass
             except BaseException:  # even a bare except
                 pass

@@ -43,11 +43,10 @@ def test_failure_runs_rollback_hooks_newest_first_and_writes_nothing(store, tmp_
     first = step.with_options(on_rollback=[make("undo first")])
     second = step.with_options(on_rollback=[make("undo second")])
 
-    with pytest.raises(RuntimeError):
-        with transaction() as txn:
-            first("a")
-            second("b")
-            raise RuntimeError("later failure")
+    with pytest.raises(RuntimeError), transaction() as txn:
+        first("a")
+        second("b")
+        raise RuntimeError("later failure")
     assert events == ["undo second", "undo first"]
     assert txn.state is TransactionState.ROLLED_BACK
     assert not list(tmp_path.glob("k-*"))
@@ -88,10 +87,9 @@ def test_commit_hooks_run_after_commit_and_never_on_rollback(store):
         assert events == []
     assert events == ["committed"]
 
-    with pytest.raises(KeyError):
-        with transaction():
-            work()
-            raise KeyError("x")
+    with pytest.raises(KeyError), transaction():
+        work()
+        raise KeyError("x")
     assert events == ["committed"]
 
 
@@ -237,7 +235,8 @@ async def test_sync_form_in_async_code_runs_commit_and_hooks_off_the_loop_and_aw
     backend = anyio_backend if isinstance(anyio_backend, str) else anyio_backend[0]
     seen = await f()
     assert seen == [("write", "worker thread")] * 2 + [
-        (("async on_commit", backend, "COMMITTED"), "worker thread"), (("sync on_commit", "COMMITTED"), "worker thread"),
+        (("async on_commit", backend, "COMMITTED"), "worker thread"),
+        (("sync on_commit", "COMMITTED"), "worker thread"),
     ] * 2
     err = capsys.readouterr().err
     assert "Already running" not in err and "An error was encountered" not in err

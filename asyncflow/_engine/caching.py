@@ -44,7 +44,8 @@ class CachePlan:
     def _details(self, expires: float | None = None) -> StateDetails:
         run = self.call.run
         return StateDetails(flow_run_id=run.flow_run_id, task_run_id=run.id, cache_key=self.key,
-                            cache_expiration=dt.datetime.fromtimestamp(expires, tz=dt.timezone.utc) if expires else None)
+                            cache_expiration=(dt.datetime.fromtimestamp(expires, tz=dt.timezone.utc)
+                                              if expires else None))
 
     async def lookup(self, bridge: Bridge) -> State[Any] | None:
         """A `Cached` state if an unexpired record exists (and the run does not refresh), else None."""
@@ -180,7 +181,7 @@ def _nothing() -> None:
 def _record_rolled_back(call: Any) -> None:
     """The transaction this completed run belonged to rolled back: its history says so."""
     run = call.run
-    state: State[Any] = State(StateType.COMPLETED, "RolledBack", "Its transaction rolled back; its result was not written.",
-                  None, run.state.state_details)
+    state: State[Any] = State(StateType.COMPLETED, "RolledBack",
+                              "Its transaction rolled back; its result was not written.", None, run.state.state_details)
     run.state = state
     get_store().record_state(run.id, state)

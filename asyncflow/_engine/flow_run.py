@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 SHIELDED_HOOKS_SECONDS = 30.0  # the hooks of a cancelled flow run are shielded from it, this long at most
 SETTLE_SUBFLOWS_SECONDS = 5.0  # how long a cancelled flow waits for the subflows called in its runs to end
 STORE_FLUSH_SHIELD_SECONDS = 120.0
-RUNNER_SHUTDOWN_SECONDS = 60.0  # a task runner (a process pool, a Dask cluster) gets this long to shut down  # the store's own flush timeout (a setting) ends the wait before this
+# a task runner (a process pool, a Dask cluster) gets this long to shut down; the store's own flush
+# timeout (a setting) ends the wait before this
+RUNNER_SHUTDOWN_SECONDS = 60.0
 
 
 class FlowCall:

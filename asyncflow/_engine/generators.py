@@ -83,7 +83,7 @@ def _drive_sync(call: TaskCall) -> Generator[Any, Any, Any]:
             continue
         try:
             stepper.sent = yield out.value
-        except BaseException as exc:  # noqa: BLE001 - close() and throw() go on into the engine
+        except BaseException as exc:
             stepper.consumer_raised(exc)
     return None if stepper.closing else stepper.state.result()  # its return value, or its failure raised
 
@@ -100,14 +100,14 @@ async def _drive_async(call: TaskCall) -> AsyncGenerator[Any, None]:
         if type(out) is not Emit:
             try:
                 stepper.sent = await _pass_to_loop(out)
-            except BaseException as exc:  # noqa: BLE001 - cancellation and the like go into the engine
+            except BaseException as exc:
                 stepper.thrown = exc
         elif stepper.closing:
             stepper.consumer_raised(GeneratorExit())
         else:
             try:
                 stepper.sent = yield out.value
-            except BaseException as exc:  # noqa: BLE001 - aclose() and athrow() go on into the engine
+            except BaseException as exc:
                 stepper.consumer_raised(exc)
     if not stepper.closing:
         stepper.state.result()  # a failure is raised (an async generator returns no value)

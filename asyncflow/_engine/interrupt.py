@@ -393,7 +393,7 @@ def _report(level: int, label: str, ids: dict[str, Any] | None, message: str) ->
         from .._logging import log
 
         log(level, label, message, ids)
-    except Exception:  # noqa: BLE001 - reporting never stops the stopper
+    except Exception:
         pass
 
 

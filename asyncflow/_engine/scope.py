@@ -28,6 +28,7 @@ event loop in a helper thread on the first such submit, and stops it when the fl
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import sys
 import threading
@@ -369,10 +370,8 @@ class _LoopRuns:
         if threading.get_ident() == self._thread:
             self.task_group.cancel_scope.cancel()
             return
-        try:
+        with contextlib.suppress(Exception):  # the loop is gone: nothing of ours runs on it any more
             self._call_soon(self.task_group.cancel_scope.cancel)
-        except Exception:  # the loop is gone: nothing of ours runs on it any more
-            pass
 
     def close(self) -> None:
         with self._inbox_lock:

@@ -531,7 +531,8 @@ def submit(task: Any, parameters: dict[str, Any], wait_for: Any) -> TaskRunFutur
     runner = call.runner
     # sync runs go whole to one of the runner's threads (if it has any), except time-limited ones: those
     # need a thread of their own
-    dispatcher = runner.dispatcher() if runner is not None and task.kind == "sync" and not task.timeout_seconds else None
+    dispatcher = (runner.dispatcher() if runner is not None and task.kind == "sync" and not task.timeout_seconds
+                  else None)
     if dispatcher is not None:
         call.guard = UserCode()  # before the scope knows the run: a cancel can always stop it
     call.scope = scope = parent.scope

@@ -20,6 +20,7 @@ value, and anything it refers to by module name must be importable in the worker
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -81,10 +82,8 @@ class _Worker:
         return self.process.poll()  # type: ignore[no-any-return]
 
     def close_pipe(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.conn.close()
-        except Exception:
-            pass
 
 
 class _Waiter:

@@ -6,6 +6,7 @@ says it is ready, then runs one work item at a time until the socket closes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -22,10 +23,8 @@ def main(fd: int) -> None:
     conn: Any = Connection(fd)
     setup = cloudpickle.loads(conn.recv_bytes())
     sys.path[:] = setup["sys_path"]
-    try:
+    with contextlib.suppress(OSError):
         os.chdir(setup["cwd"])
-    except OSError:
-        pass
     from .work import execute_payload
 
     conn.send_bytes(b"ready")

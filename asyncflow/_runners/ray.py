@@ -18,6 +18,7 @@ and worker start-up, which the flow's process cannot see. Ray's own retries are 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -125,10 +126,8 @@ class RayTaskRunner(TaskRunner):
 
 
 def _force_cancel(ref: Any) -> None:
-    try:
+    with contextlib.suppress(Exception):  # already finished
         ray.cancel(ref, force=True)
-    except Exception:  # already finished
-        pass
 
 
 def _result_of(future: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import anyio
@@ -26,10 +27,8 @@ class Arrival:
     def deliver(self, value: Any) -> None:
         self.value = value
         self.arrived = True
-        try:
+        with contextlib.suppress(Exception):  # the loop is closed: nobody waits any more
             self._call_soon(self._event.set)
-        except Exception:  # the loop is closed: nobody waits any more
-            pass
 
     async def wait(self) -> Any:
         await self._event.wait()
@@ -46,10 +45,8 @@ async def blocking(fn: Any, *args: Any) -> Any:
 async def shielded(fn: Any, *args: Any) -> None:
     """A blocking clean-up (cancelling the remote work) that a cancellation must not skip."""
     with anyio.CancelScope(shield=True):
-        try:
+        with contextlib.suppress(Exception):
             await anyio.to_thread.run_sync(fn, *args)
-        except Exception:
-            pass
 
 
 def frozen_mapping(value: Any) -> Any:

@@ -368,7 +368,8 @@ def _call(item: WorkItem) -> Any:
         import anyio
 
         return anyio.run(_call_async, item)  # (the worker's own loop: asyncio)
-    if item.timeout and item.stop_in_worker:  # stopped in its thread at the deadline (the runner may also enforce it harder)
+    # stopped in its thread at the deadline (the runner may also enforce it harder)
+    if item.timeout and item.stop_in_worker:
         from .._engine.bridge import drive_sync
         from .._engine.deadline import call_sync_with_deadline
 

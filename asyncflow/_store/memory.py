@@ -365,7 +365,8 @@ class MemoryStore:
         since, limit = reads.check_since(since), reads.check_feed_limit(limit)
         self._fold()
         out = []
-        for seq, run_id, (kind, flow_run_id), (type_, name, message, ts, _) in _after(self._feed, since, _first, self._lock):
+        feed = _after(self._feed, since, _first, self._lock)
+        for seq, run_id, (kind, flow_run_id), (type_, name, message, ts, _) in feed:
             run = (self._task_runs.get(run_id) if kind == "task_run" else
                    self._flow_runs.get(run_id) if kind == "flow_run" else None)
             out.append(reads.Change(seq, run_id, kind, flow_run_id, run.name if run is not None else None, type_,

@@ -110,7 +110,8 @@ def crash_open_runs(conn: Any, owner_id: int, message: str) -> int:
         conn.executemany(f"UPDATE {table} SET state_type = 'CRASHED', state_name = 'Crashed', state_message = ?, "
                          f"state_ts = ?, end_time = ? WHERE ref = ?", [(message, ts, ts, ref) for ref, _, ts in runs])
         conn.executemany("INSERT INTO states (run_ref, run_id, type, name, message, ts) "
-                         "VALUES (?, ?, 'CRASHED', 'Crashed', ?, ?)", [(ref, id_, message, ts) for ref, id_, ts in runs])
+                         "VALUES (?, ?, 'CRASHED', 'Crashed', ?, ?)",
+                         [(ref, id_, message, ts) for ref, id_, ts in runs])
         crashed += len(runs)
     return crashed
 

@@ -25,6 +25,7 @@ Guarantees, as the SQLite store's, across machines:
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterable
@@ -294,10 +295,8 @@ class PostgresStore(SqlRunReads, BatchWriter):
         if is_connection_error(exc):  # wait for the server (reconnecting) for up to outage_seconds
             conn, self._conn = self._conn, None
             if conn is not None:
-                try:
+                with contextlib.suppress(Exception):
                     conn.close()
-                except Exception:
-                    pass
             now = time.monotonic()
             if self._down_since is None:
                 self._down_since = now
@@ -314,10 +313,8 @@ class PostgresStore(SqlRunReads, BatchWriter):
         super()._close_connections()
         with self._read_lock:
             if self._reader is not None:
-                try:
+                with contextlib.suppress(Exception):
                     self._reader.close()
-                except Exception:
-                    pass
                 self._reader = None
 
     def _write_batch(self, conn: Any, batch: list[tuple[Any, ...]]) -> None:
@@ -346,7 +343,8 @@ class PostgresStore(SqlRunReads, BatchWriter):
         with conn.cursor() as cur:
             if rows.flows:
                 cur.executemany("INSERT INTO flows (name, version, created) VALUES (%s, %s, %s) "
-                                "ON CONFLICT (name) DO UPDATE SET version = excluded.version", list(rows.flows.values()))
+                                "ON CONFLICT (name) DO UPDATE SET version = excluded.version",
+                                list(rows.flows.values()))
             if rows.flow_runs:
                 _insert_runs(cur, "flow_runs", _FLOW_RUN_COLUMNS + ", owner", rows.flow_runs)
             if task_runs:

@@ -58,10 +58,11 @@ def connect(url: str, *, autocommit: bool = True, connect_timeout: float = 5.0) 
     try:
         import psycopg
     except ImportError:
-        raise ImportError("The PostgreSQL store and broker need psycopg 3: pip install 'asyncflow-anyio[postgres]'.") from None
+        raise ImportError("The PostgreSQL store and broker need psycopg 3: "
+                          "pip install 'asyncflow-anyio[postgres]'.") from None
     options: dict[str, Any] = {"autocommit": autocommit, "application_name": "asyncflow"}
     if "connect_timeout" not in url:
-        options["connect_timeout"] = max(1, int(round(connect_timeout)))
+        options["connect_timeout"] = max(1, round(connect_timeout))
     return psycopg.connect(url, **options)
 
 
@@ -172,7 +173,8 @@ def advice(exc: BaseException) -> str:
     if isinstance(exc, ImportError):
         return "Install psycopg: pip install 'asyncflow-anyio[postgres]'."
     if state.startswith("53"):
-        return "The database server is out of disk space or memory (or connections): free some, or ask its administrator."
+        return ("The database server is out of disk space or memory (or connections): free some, "
+                "or ask its administrator.")
     if state.startswith("28"):
         return "The database refused the user or password: check them in ASYNCFLOW_STORE."
     if state.startswith("3D"):

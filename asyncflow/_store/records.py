@@ -201,5 +201,5 @@ def to_run(record: tuple[Any, ...]) -> FlowRun | TaskRun:
 
 
 def to_state(record: tuple[Any, ...]) -> State[Any]:
-    _, run_id, type_, name, message, ts, details = record
+    _, _run_id, type_, name, message, ts, details = record
     return State(type_, name, message, None, details, ts)

@@ -1,8 +1,9 @@
 """Retention: deleting flow runs, pruning old finished runs, and doing it automatically.
 
 The SQL works on a `sqlite3` connection (or a PostgreSQL one that takes the same placeholders: the SQL is
-portable) and returns how many rows it removed per table; it never commits. `SQLiteStore.delete_flow_runs` / `SQLiteStore.prune` flush, take the store's write lock and
-run it in transactions (pruning: one transaction per batch, so the lock is held for milliseconds at
+portable) and returns how many rows it removed per table; it never commits.
+`SQLiteStore.delete_flow_runs` / `SQLiteStore.prune` flush, take the store's write lock and run it in
+transactions (pruning: one transaction per batch, so the lock is held for milliseconds at
 a time and memory stays flat however many rows go). The memory store has its own two methods.
 
 What a prune removes, for a cutoff time:
@@ -400,6 +401,6 @@ def _register_fork_reset() -> None:
 
 _register_fork_reset()
 
-__all__ = ["BATCH_ROWS", "BATCH_RUNS", "COMMAND_PRUNERS", "PRUNERS", "START", "TABLES", "Cursor", "claim", "cutoff", "delete_flow_runs",
-           "existing_run_ids", "prune", "prune_batch", "prune_everything", "run_automatic_once", "start_automatic",
-           "zero_counts"]
+__all__ = ["BATCH_ROWS", "BATCH_RUNS", "COMMAND_PRUNERS", "PRUNERS", "START", "TABLES", "Cursor", "claim", "cutoff",
+           "delete_flow_runs", "existing_run_ids", "prune", "prune_batch", "prune_everything", "run_automatic_once",
+           "start_automatic", "zero_counts"]

@@ -23,6 +23,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
 import functools
 import json
@@ -386,10 +387,8 @@ class SQLiteStore(SqlRunReads, BatchWriter):
         """The home (0700) and an empty database file (0600: it holds parameters); SQLite gives its
         WAL and shared-memory files the database file's mode."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
+        with contextlib.suppress(FileExistsError):
             os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        except FileExistsError:
-            pass
 
     def _open(self, create: bool, recover: bool) -> None:
         try:
@@ -816,7 +815,8 @@ def _state_of(type_: str | None, name: str | None, message: str | None, ts: floa
     details = StateDetails(flow_run_id=flow_run_id, task_run_id=task_run_id)
     if type_ is None:  # the run's states are not written yet (or were dropped)
         return State(StateType.PENDING, "Pending", None, None, details, created)
-    return State(StateType(type_), name or type_.capitalize(), message, None, details, ts if ts is not None else created)
+    return State(StateType(type_), name or type_.capitalize(), message, None, details,
+                 ts if ts is not None else created)
 
 
 def _flow_run(row: tuple[Any, ...]) -> FlowRun:

@@ -205,7 +205,8 @@ def task_runs_page(query: Query, filter: Any, limit: Any, cursor: Any, newest_fi
 def changes(query: Query, since: Any, limit: Any) -> tuple[list[Change], int]:
     since, limit = check_since(since), check_feed_limit(limit)
     rows = query(
-        "SELECT s.seq, s.run_id, CASE WHEN t.ref IS NOT NULL THEN 'task_run' WHEN f.ref IS NOT NULL THEN 'flow_run' END, "
+        "SELECT s.seq, s.run_id, "
+        "CASE WHEN t.ref IS NOT NULL THEN 'task_run' WHEN f.ref IS NOT NULL THEN 'flow_run' END, "
         "CASE WHEN t.ref IS NOT NULL THEN t.flow_run_id ELSE f.id END, coalesce(t.name, f.name), "
         "s.type, s.name, s.message, s.ts "
         "FROM states s LEFT JOIN task_runs t ON t.ref = s.run_ref LEFT JOIN flow_runs f ON f.ref = s.run_ref "

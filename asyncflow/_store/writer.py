@@ -24,6 +24,7 @@ What the writer promises:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import random
 import sys
 import threading
@@ -289,10 +290,8 @@ class BatchWriter:
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):
                 conn.close()
-            except Exception:
-                pass
 
     def _isolate(self, batch: list[tuple[Any, ...]]) -> None:
         """A record of `batch` cannot be written: write the batch in halves until each bad record is
@@ -415,10 +414,8 @@ class BatchWriter:
             self._thread = None
         with self._lock:
             if self._conn is not None and flushed and self.fallback is None:
-                try:
+                with contextlib.suppress(Exception):
                     self._before_close(self._conn)
-                except Exception:
-                    pass
             self._close_connections()
 
     def _at_exit(self) -> None:

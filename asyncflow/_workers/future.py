@@ -18,6 +18,7 @@ ASYNCFLOW_TASK_WORKER_LOST_RUN_SECONDS (deleted, pruned, lost by a Redis without
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 import uuid
@@ -189,10 +190,8 @@ class _Enqueuer:
                     self._thread = None
                     return
                 job = self._jobs[0]
-            try:
+            with contextlib.suppress(BaseException):  # kept on the job for its future; the thread goes on with the next
                 job(in_background=True)
-            except BaseException:  # kept on the job for its future; the thread goes on with the next
-                pass
             with self._lock:
                 self._jobs.popleft()
 
@@ -377,10 +376,9 @@ class DelayedFuture:
 
     def add_done_callback(self, fn: Callable[[DelayedFuture], Any]) -> None:
         def watch() -> None:
-            try:
+            # a damaged record, a broker gone for good: `fn` finds out from the future
+            with contextlib.suppress(Exception):
                 self.wait()
-            except Exception:  # a damaged record, a broker gone for good: `fn` finds out from the future
-                pass
             fn(self)
 
         threading.Thread(target=watch, name="asyncflow-delayed-callback", daemon=True).start()

@@ -152,7 +152,8 @@ class PostgresBroker:
             self._execute(
                 f"WITH queued AS (INSERT INTO asyncflow_task_queue (id, task_key, task_name, payload, state_type, "
                 f"state_name, created) VALUES (%s, %s, %s, %s, 'SCHEDULED', 'Scheduled', {_NOW}) RETURNING id) "
-                f"SELECT pg_notify(%s, %s) FROM queued", (run.id, run.task_key, run.task_name, run.payload, CHANNEL, key))
+                f"SELECT pg_notify(%s, %s) FROM queued",
+                (run.id, run.task_key, run.task_name, run.payload, CHANNEL, key))
 
     def claim(self, task_keys: list[str], worker_id: str, lease_seconds: float, limit: int) -> list[QueuedRun]:
         if not task_keys or limit <= 0:
@@ -174,7 +175,8 @@ class PostgresBroker:
             return
         with self._talking():
             self._execute(f"UPDATE asyncflow_task_queue SET lease_expires = {_NOW} + %s WHERE id = ANY(%s) "
-                          f"AND lease_owner = %s AND finished IS NULL", (float(lease_seconds), list(run_ids), worker_id))
+                          f"AND lease_owner = %s AND finished IS NULL",
+                          (float(lease_seconds), list(run_ids), worker_id))
 
     def set_state(self, run_id: str, worker_id: str, state_type: str, state_name: str) -> None:
         with self._talking():

@@ -168,8 +168,8 @@ class SQLiteBroker:
                 f"WHERE task_key IN ({marks}) AND finished IS NULL AND (lease_expires IS NULL OR lease_expires < ?) "
                 f"ORDER BY created LIMIT ?", (*task_keys, now, limit)).fetchall()
             for row in rows:
-                db.execute("UPDATE asyncflow_task_queue SET lease_owner = ?, lease_expires = ?, attempts = attempts + 1 "
-                           "WHERE id = ?", (worker_id, now + lease_seconds, row[0]))
+                db.execute("UPDATE asyncflow_task_queue SET lease_owner = ?, lease_expires = ?, "
+                           "attempts = attempts + 1 WHERE id = ?", (worker_id, now + lease_seconds, row[0]))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:

@@ -14,7 +14,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 def add_commands(commands: Any) -> None:
     server = commands.add_parser("server", help="serve the web UI over the run store",
                                  description="Serve the web UI and its JSON API over the run store under "
-                                             "ASYNCFLOW_HOME (needs the extra 'ui': pip install 'asyncflow-anyio[ui]').")
+                                             "ASYNCFLOW_HOME (needs the extra 'ui': "
+                                             "pip install 'asyncflow-anyio[ui]').")
     sub = server.add_subparsers(dest="action", metavar="{start}", required=True)
     start = sub.add_parser("start", help="start the web UI (http://127.0.0.1:4200 by default)",
                            description="Start the web UI: flow runs, task runs, timelines, logs, the background "

@@ -106,8 +106,9 @@ def create_app(store: Any = None, *, allowed_hosts: list[str] | None = None, pol
     routes = [*_api.routes(), *_pages.routes(), Mount("/static", StaticFiles(directory=HERE / "static"), name="static")]
     app = Starlette(routes=routes, lifespan=lifespan,
                     middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or list(LOOPBACK_HOSTS))],
-                    exception_handlers={HTTPException: _http_error, BadParameter: _known_error, ObjectNotFound: _known_error,
-                                        NoStore: _known_error, StoreError: _known_error})
+                    exception_handlers={HTTPException: _http_error, BadParameter: _known_error,
+                                        ObjectNotFound: _known_error, NoStore: _known_error,
+                                        StoreError: _known_error})
     app.state.store = handle
     app.state.hub = hub
     app.state.token = secrets.token_urlsafe(24)

@@ -84,7 +84,8 @@ def _task_filter(flow_run_id: uuid.UUID) -> RunFilter:
     return RunFilter(parent_flow_run_id=flow_run_id)
 
 
-def _rows(store: Any, flow_run_id: uuid.UUID, limit: int, cursor: str | None, depth: int) -> tuple[tuple[Row, ...], str | None]:
+def _rows(store: Any, flow_run_id: uuid.UUID, limit: int, cursor: str | None,
+          depth: int) -> tuple[tuple[Row, ...], str | None]:
     f = _task_filter(flow_run_id)
     page: Page[TaskRun] = store.read_task_runs_page(f, limit, cursor, False)
     rows = [Row("task_run", t, states_of(store, t.id), depth) for t in page]
@@ -124,7 +125,7 @@ class LogPage:
 
 def log_page(store: Any, *, flow_run_id: uuid.UUID | None = None, task_run_id: uuid.UUID | None = None,
              level: Any = None, after: int = 0, limit: int = LOG_PAGE) -> LogPage:
-    lines, last = store.read_logs_since(after, flow_run_id=flow_run_id, task_run_id=task_run_id, level=level,
+    lines, _last = store.read_logs_since(after, flow_run_id=flow_run_id, task_run_id=task_run_id, level=level,
                                         limit=limit + 1)
     more = len(lines) > limit
     lines = lines[:limit]

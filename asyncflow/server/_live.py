@@ -13,6 +13,7 @@ holding the poller back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import uuid
@@ -172,10 +173,8 @@ class Hub:
                     await self._wake.wait()
                 continue
             wants_logs = any(stream.scope.logs for stream in self.streams)
-            try:
+            with contextlib.suppress(Exception):  # a store that went away, or is busy: try again on the next tick
                 await anyio.to_thread.run_sync(self._poll_once_blocking_reads, wants_logs)
-            except Exception:  # a store that went away, or is busy: try again on the next tick
-                pass
             await self._deliver()
             await anyio.sleep(self.interval)
 

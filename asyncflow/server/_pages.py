@@ -3,6 +3,7 @@ them live from the server-sent events and fetches one row when a new run appears
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -227,7 +228,8 @@ async def flow_run(request: Request) -> Response:
         for row in page.rows:
             names.update({str(child.run.id): child.run.name for child in row.rows})
         return {"page": page, "logs": logs, "names": names, "seq": seq, "log_seq": log_seq,
-                "counts": _data.task_run_counts(store, run_id), "traceback": _data.traceback_of(store, page.flow_run, True),
+                "counts": _data.task_run_counts(store, run_id),
+                "traceback": _data.traceback_of(store, page.flow_run, True),
                 "level": level, "cursor": cursor}
 
     return render(request, "flow_run.html", await read(request, view))
@@ -282,10 +284,8 @@ async def task_run(request: Request) -> Response:
         states = _data.states_of(store, run_id)
         flow_run = None
         if run.flow_run_id is not None:
-            try:
+            with contextlib.suppress(ObjectNotFound):
                 flow_run = store.read_flow_run(run.flow_run_id)
-            except ObjectNotFound:
-                pass
         return {"run": run, "states": states, "flow_run": flow_run, "cache": _data.cache_info(states),
                 "logs": _data.log_page(store, task_run_id=run_id, level=level, after=after),
                 "traceback": _data.traceback_of(store, run, False), "seq": seq, "log_seq": log_seq, "level": level,

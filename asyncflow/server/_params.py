@@ -29,7 +29,7 @@ class Query:
 
     def __init__(self, params: Any) -> None:
         if hasattr(params, "getlist"):
-            self._lists = {key: params.getlist(key) for key in params.keys()}
+            self._lists = {key: params.getlist(key) for key in params}
         else:
             self._lists = {key: list(value) if isinstance(value, (list, tuple)) else [value]
                            for key, value in dict(params).items()}

@@ -103,5 +103,5 @@ def _server_class() -> Any:
     return Server
 
 
-def _Server(config: Any, app: Any) -> Any:  # noqa: N802 - a class made on first use (uvicorn imported lazily)
+def _Server(config: Any, app: Any) -> Any:
     return _server_class()(config, app)
