@@ -90,8 +90,7 @@ async def run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
         run.name = flow.render_run_name(call.parameters) if flow.flow_run_name is not None else generate_flow_run_name()
         call.label = ctx.label = f"Flow run '{run.name}'"
         ctx.ids = call.ids
-        store.record_flow_run(run)
-        store.record_state(run.id, run.state)
+        store.record_flow_run(run, run.state)
         OPEN[run.id] = run
         log(INFO, "asyncflow.engine", f"Created flow run '{run.name}' for flow '{flow.name}'")
         if call.wait_for:

@@ -102,13 +102,13 @@ class _GuardedStore:
             return
         self.inner.record_log(flow_run_id=flow_run_id, task_run_id=task_run_id, **fields)
 
-    def record_task_run(self, run: Any) -> None:
+    def record_task_run(self, run: Any, state: State[Any] | None = None) -> None:
         if run.id not in _foreign:
-            self.inner.record_task_run(run)
+            self.inner.record_task_run(run, state)
 
-    def record_flow_run(self, run: Any) -> None:
+    def record_flow_run(self, run: Any, state: State[Any] | None = None) -> None:
         if run.id not in _foreign:
-            self.inner.record_flow_run(run)
+            self.inner.record_flow_run(run, state)
 
 
 def _guard_store() -> None:

@@ -242,9 +242,7 @@ def _new_state(call: TaskCall, type_: StateType, name: str, message: str | None 
 async def _run(call: TaskCall, bridge: Bridge, scope: Scope | None) -> State[Any]:
     task, run = call.task, call.run
     if not call.submitted:  # (a submitted run was recorded when it was submitted)
-        store = get_store()
-        store.record_task_run(run)
-        store.record_state(run.id, run.state)
+        get_store().record_task_run(run, run.state)
         OPEN[run.id] = run
     parent = call.parent
     log_prints = task.log_prints if task.log_prints is not None else (parent.log_prints if parent else False)
@@ -537,9 +535,7 @@ def submit(task: Any, parameters: dict[str, Any], wait_for: Any) -> TaskRunFutur
         call.guard = UserCode()  # before the scope knows the run: a cancel can always stop it
     call.scope = scope = parent.scope
     scope.register(call)  # a scope that has ended refuses it, with a clear error
-    store = get_store()
-    store.record_task_run(call.run)
-    store.record_state(call.run.id, call.run.state)
+    get_store().record_task_run(call.run, call.run.state)
     OPEN[call.run.id] = call.run
     future: TaskRunFuture[Any] = TaskRunFuture(call.run)
     call.future = future

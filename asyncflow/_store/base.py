@@ -63,9 +63,12 @@ class LogRecord:
 
 class RunStore(Protocol):
     # recording (the hot path: cheap, never blocks for long, never raises)
-    def record_flow_run(self, run: FlowRun) -> None: ...
+    def record_flow_run(self, run: FlowRun, state: State[Any] | None = None) -> None:
+        """Record a run (again: under a new name). With `state`: a new run and its first state, which a
+        store keeps together (a run is never stored without its first state)."""
 
-    def record_task_run(self, run: TaskRun) -> None: ...
+    def record_task_run(self, run: TaskRun, state: State[Any] | None = None) -> None:
+        """As `record_flow_run`."""
 
     def record_state(self, run_id: uuid.UUID, state: State[Any]) -> None: ...
 

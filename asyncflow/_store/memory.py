@@ -48,11 +48,15 @@ class MemoryStore:
         self._since_fold = 0
 
     # -- recording: append only -------------------------------------------------------------------
-    def record_flow_run(self, run: FlowRun) -> None:
+    def record_flow_run(self, run: FlowRun, state: State[Any] | None = None) -> None:
         self._append((_FLOW, run, run.state.ts))
+        if state is not None:
+            self.record_state(run.id, state)
 
-    def record_task_run(self, run: TaskRun) -> None:
+    def record_task_run(self, run: TaskRun, state: State[Any] | None = None) -> None:
         self._append((_TASK, run, run.state.ts))
+        if state is not None:
+            self.record_state(run.id, state)
 
     def record_state(self, run_id: uuid.UUID, state: State[Any]) -> None:
         self._append((_STATE, run_id, state.type, state.name, state.message, state.ts, state.state_details))

@@ -15,13 +15,20 @@ from typing import Any
 from .._runs import FlowRun, TaskRun
 from .._states import State, StateDetails
 
-FLOW, TASK, STATE, LOG, MARK = range(5)  # record kinds, the first item of each record
+FLOW, TASK, STATE, LOG, MARK, NEW = range(6)  # record kinds, the first item of each record
 
 # (FLOW, id, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id, created)
 # (TASK, id, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters, tags, created)
 # (STATE, run_id, type, name, message, ts, details)
 # (LOG, flow_run_id, task_run_id, level, message, ts)
 # (MARK, [done]): a flush waits until the writer has passed it
+# (NEW, run record, state record): a new run and its first state, queued as one record so that no batch
+#   boundary (and no other thread's record) falls between them: a run is never stored without its first
+#   state. The writer unpacks it as it takes a batch.
+
+
+def state(run_id: Any, state: State[Any]) -> tuple[Any, ...]:
+    return (STATE, run_id, state.type, state.name, state.message, state.ts, state.state_details)
 
 _SCALARS = frozenset({int, bool, float, type(None)})  # exact types: immutable, no user code to run
 _PLAIN = (int, float, bool, type(None))

@@ -37,7 +37,7 @@ from typing import Any
 from .. import _fork
 from .._states import FINAL_TYPES, State, StateType
 from . import records as _records
-from .records import FLOW, LOG, MARK, STATE, TASK
+from .records import FLOW, LOG, MARK, NEW, STATE, TASK
 
 BUSY, UNUSABLE, BAD_RECORD = "busy", "unusable", "bad record"  # what a write error means (`_classify`)
 READ_METHODS = ("read_flow_run", "read_task_run", "read_flow_runs", "read_task_runs", "read_states",
@@ -128,8 +128,11 @@ class BatchWriter:
             self._conn = None
 
     # -- recording: the hot path (each method inlines the append: a shared helper costs a call per record)
-    def record_flow_run(self, run: Any) -> None:
+    def record_flow_run(self, run: Any, state: State[Any] | None = None) -> None:
+        """With `state`: a new run and its first state, as one record (see records.NEW)."""
         record = _records.flow_run(run)
+        if state is not None:
+            record = (NEW, record, _records.state(run.id, state))
         if len(self._queue) < self.queue_size:
             self._queue.append(record)
         else:
@@ -137,9 +140,12 @@ class BatchWriter:
         if self._sleeping:
             self._wake()
 
-    def record_task_run(self, run: Any) -> None:
-        """Also to record a run again under a new name (a task_run_name rendered when it starts)."""
+    def record_task_run(self, run: Any, state: State[Any] | None = None) -> None:
+        """Also to record a run again under a new name (a task_run_name rendered when it starts). With
+        `state`: a new run and its first state, as one record (see records.NEW)."""
         record = _records.task_run(run)
+        if state is not None:
+            record = (NEW, record, _records.state(run.id, state))
         if len(self._queue) < self.queue_size:
             self._queue.append(record)
         else:
@@ -256,7 +262,11 @@ class BatchWriter:
                 if not take:
                     return True
                 popleft = queue.popleft
-                batch = self._batch = [popleft() for _ in range(take)]
+                batch = [popleft() for _ in range(take)]
+                if any(record[0] == NEW for record in batch):  # unpack: a new run, then its first state
+                    batch = [part for record in batch
+                             for part in (record[1:] if record[0] == NEW else (record,))]
+                self._batch = batch
             if self.fallback is None:
                 try:
                     self._check_target()

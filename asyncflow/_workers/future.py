@@ -149,8 +149,7 @@ class _Enqueue:
     def _record(self, store: Any, state: State[Any], in_background: bool) -> None:
         try:
             self.run.state = state
-            store.record_task_run(self.run)
-            store.record_state(self.run.id, state)
+            store.record_task_run(self.run, state)
         except Exception as exc:
             if not in_background:
                 raise

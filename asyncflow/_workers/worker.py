@@ -308,9 +308,7 @@ def _record(task: Any, run_id: str, state_type: str, state_name: str, message: s
         call = TaskCall(task, {}, None, submitted=False, run_id=uuid.UUID(run_id))
         state: Any = State(StateType(state_type), state_name, message, None, call.details)
         call.run.state = state
-        store = get_store()
-        store.record_task_run(call.run)
-        store.record_state(call.run.id, state)
+        get_store().record_task_run(call.run, state)
     except Exception as exc:
         log(WARNING, _WHERE, f"Could not record the {state_name} state of run {run_id}: {exc!r}")
 
