@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from . import _settings
+from . import _methods, _settings
 from ._callables import (
     ONE_YEAR,
     Binder,
@@ -74,6 +74,7 @@ class Flow(Generic[P, R]):
         on_running: list[Callable[..., Any]] | None = None,
         redact_parameters: Iterable[str] | None = None,
     ) -> None:
+        fn, self.method_kind = _methods.unwrap(fn)
         if not callable(fn):
             raise TypeError(
                 f"@flow must decorate a function or another callable; got {fn!r} of type {type(fn).__name__}.")
@@ -183,20 +184,23 @@ class Flow(Generic[P, R]):
         if unknown:
             raise TypeError(f"with_options() got unknown option(s) {sorted(unknown)}; valid: {sorted(_FLOW_OPTIONS)}.")
         current.update(options)
-        return Flow(self.fn, **current)
+        return Flow(_methods.rewrap(self.fn, self.method_kind), **current)
 
     def render_run_name(self, parameters: dict[str, Any]) -> str:
         return render_run_name(self.flow_run_name, parameters, "flow_run_name")
 
     def __get__(self, instance: Any, owner: Any = None) -> Any:
-        if instance is None:
+        if instance is None and self.method_kind is None:
             return self
-        from ._tasks import BoundTask
-
-        return BoundTask(self, instance)  # type: ignore[arg-type]
+        return _methods.get(self, BoundFlow, instance, owner)
 
     def __repr__(self) -> str:
         return f"Flow(name={self.name!r}, fn={getattr(self.fn, '__qualname__', self.fn)!r})"
+
+
+class BoundFlow(_methods.Bound, Flow):  # type: ignore[misc]
+    """A flow accessed through an instance (or a classmethod flow through its class): a Flow that
+    passes the instance (or class) as the first argument."""
 
 
 _FLOW_OPTIONS = (

@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from . import _settings
+from . import _methods, _settings
 from ._callables import (
     ONE_YEAR,
     Binder,
@@ -95,6 +95,7 @@ class Task(Generic[P, R]):
         on_rollback: list[Callable[..., Any]] | None = None,
         redact_parameters: Iterable[str] | None = None,
     ) -> None:
+        fn, self.method_kind = _methods.unwrap(fn)
         if not callable(fn):
             raise TypeError(
                 f"@task must decorate a function or another callable; got {fn!r} of type {type(fn).__name__}.")
@@ -220,13 +221,13 @@ class Task(Generic[P, R]):
         if unknown:
             raise TypeError(f"with_options() got unknown option(s) {sorted(unknown)}; valid: {sorted(_TASK_OPTIONS)}.")
         current.update(options)
-        return Task(self.fn, **current)
+        return Task(_methods.rewrap(self.fn, self.method_kind), **current)
 
-    # -- methods ---------------------------------------------------------------------------------
+    # -- methods ----------------------------------------------------------------------------------
     def __get__(self, instance: Any, owner: Any = None) -> Any:
-        if instance is None:
+        if instance is None and self.method_kind is None:
             return self
-        return BoundTask(self, instance)
+        return _methods.get(self, BoundTask, instance, owner)
 
     def render_run_name(self, parameters: dict[str, Any]) -> str:
         return render_run_name(self.task_run_name, parameters, "task_run_name")
@@ -244,31 +245,9 @@ _TASK_OPTIONS = (
 )
 
 
-class BoundTask:
-    """A task accessed through an instance: `self` is passed as the first argument."""
-
-    __slots__ = ("_task", "_instance")
-
-    def __init__(self, task: Task[Any, Any], instance: Any) -> None:
-        self._task = task
-        self._instance = instance
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._task(self._instance, *args, **kwargs)
-
-    def submit(self, *args: Any, **kwargs: Any) -> Any:
-        return self._task.submit(self._instance, *args, **kwargs)
-
-    def map(self, *args: Any, **kwargs: Any) -> Any:
-        from ._annotations import unmapped
-
-        return self._task.map(unmapped(self._instance), *args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._task, name)
-
-    def __repr__(self) -> str:
-        return f"<bound {self._task!r} of {self._instance!r}>"
+class BoundTask(_methods.Bound, Task):  # type: ignore[misc]
+    """A task accessed through an instance (or a classmethod task through its class): a Task that
+    passes the instance (or class) as the first argument."""
 
 
 def check_run_name_template(template: Any, binder: Binder, option: str, owner: str) -> None:
