@@ -53,7 +53,8 @@ def _items(task: Any, name: str, value: Any, cap: int) -> list[Any]:
     return items if items is not None else list(value)
 
 
-def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskRunFutureList:
+def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], submit_one: Any = submit
+             ) -> TaskRunFutureList:
     wait_for = kwargs.pop("wait_for", None)
     return_state = kwargs.pop("return_state", False)
     binder = task.binder
@@ -108,7 +109,7 @@ def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskRu
             call_kwargs[name] = wrapper(item) if wrapper is not None else item
         args_i, kwargs_i = _split_var_keyword(binder, call_kwargs)
         parameters = binder.bind(args_i, kwargs_i)
-        futures.append(submit(task, parameters, wait_for))
+        futures.append(submit_one(task, parameters, wait_for))
     if return_state:
         if in_async_context():
             return _await_states(futures)  # type: ignore[return-value]
