@@ -34,8 +34,8 @@ import time
 import traceback
 import weakref
 from collections import deque
-from contextvars import ContextVar
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from . import _fork, _settings, _store
