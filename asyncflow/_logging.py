@@ -322,7 +322,10 @@ class _RunCapture(logging.Handler):
                 task_run_id: str | None = str(task_run.id)
                 flow_run_id = str(task_run.flow_run_id) if task_run.flow_run_id else None
             else:
-                label, task_run_id, flow_run_id = ctx.label, None, ctx.ids["flow_run_id"]
+                flow_ctx = ctx.flow_context
+                if flow_ctx is None:
+                    return
+                label, task_run_id, flow_run_id = flow_ctx.label, None, flow_ctx.ids["flow_run_id"]
             sink().emit(record.levelno, label, record.getMessage(), flow_run_id, task_run_id,
                         exc_info=record.exc_info, ts=record.created, forward=False)
         except Exception:
