@@ -85,8 +85,8 @@ class Flow(Generic[P, R]):
             raise TypeError(f"Flow name must be a string; got {name!r}.")
         bad = [c for c in _BANNED_NAME_CHARACTERS if c in name]
         if bad:
-            raise InvalidNameError(f"Flow name {name!r} contains {''.join(bad)!r}; names cannot contain any of "
-                                   f"{' '.join(_BANNED_NAME_CHARACTERS)}.")
+            raise InvalidNameError(f"Name {name!r} contains an invalid character ({''.join(bad)!r}). Must not "
+                                   f"contain any of: {' '.join(_BANNED_NAME_CHARACTERS)} (rename the flow).")
         self.name = name
         self._version = version
         self.description = description if description is not None else inspect.getdoc(fn)
@@ -213,7 +213,11 @@ _FLOW_OPTIONS = (
 
 def _build_validator(fn: Callable[..., Any]) -> Any:
     try:
-        hints = {k: v for k, v in inspect.signature(fn).parameters.items()
+        try:  # string annotations (`from __future__ import annotations`) evaluated in the function's module
+            signature = inspect.signature(fn, eval_str=True)
+        except Exception:
+            signature = inspect.signature(fn)
+        hints = {k: v for k, v in signature.parameters.items()
                  if v.annotation is not inspect.Parameter.empty
                  and v.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
     except (TypeError, ValueError):
@@ -228,8 +232,11 @@ def _build_validator(fn: Callable[..., Any]) -> Any:
     for name, param in hints.items():
         try:
             adapters[name] = pydantic.TypeAdapter(param.annotation, config=pydantic.ConfigDict(arbitrary_types_allowed=True))
-        except Exception:  # an annotation pydantic cannot handle is passed through unchanged
-            continue
+        except Exception:
+            try:  # a pydantic model (or dataclass) has its own config: pydantic refuses another one
+                adapters[name] = pydantic.TypeAdapter(param.annotation)
+            except Exception:  # an annotation pydantic cannot handle is passed through unchanged
+                continue
 
     def validate(parameters: dict[str, Any]) -> dict[str, Any]:
         out = dict(parameters)
@@ -287,3 +294,16 @@ def flow(__fn: Any = None, **options: Any) -> Any:
         return Flow(fn, **options)
 
     return decorator
+
+
+def _option_signatures() -> None:
+    """`inspect.signature(flow)` and `inspect.signature(Flow.with_options)` list the options (as Prefect's
+    do), though both take them as `**options`."""
+    options = [p for name, p in inspect.signature(Flow.__init__).parameters.items() if name not in ("self", "fn")]
+    fn = inspect.Parameter("__fn", inspect.Parameter.POSITIONAL_ONLY, default=None)
+    flow.__signature__ = inspect.Signature([fn, *options])  # type: ignore[attr-defined]
+    this = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    Flow.with_options.__signature__ = inspect.Signature([this, *options])  # type: ignore[attr-defined]
+
+
+_option_signatures()

@@ -107,7 +107,7 @@ class Task(Generic[P, R]):
         owner = f"task {self.name!r}"
         check_text(owner, "description", description)
         check_text(owner, "version", version)
-        self.tags = check_tags(owner, tags)
+        self.tags = set(check_tags(owner, tags))  # a set of its own, as in Prefect (with_options copies it)
         self.version = version
         self.cache_policy = cache_policy
         self.cache_key_fn = cache_key_fn
@@ -485,3 +485,17 @@ def task(__fn: Any = None, **options: Any) -> Any:
 
 
 __all__ = ["Task", "task", "current_run"]
+
+
+def _option_signatures() -> None:
+    """`inspect.signature(task)` and `inspect.signature(Task.with_options)` list the options (as Prefect's
+    do), though both take them as `**options`."""
+    options = [p for name, p in inspect.signature(Task.__init__).parameters.items() if name not in ("self", "fn")]
+    fn = inspect.Parameter("__fn", inspect.Parameter.POSITIONAL_ONLY, default=None)
+    task.__signature__ = inspect.Signature([fn, *options])  # type: ignore[attr-defined]
+    this = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    Task.with_options.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [this, *(p for p in options if p.name != "version")])
+
+
+_option_signatures()

@@ -6,7 +6,7 @@ import itertools
 from typing import Any
 
 from .. import _settings
-from .._annotations import BaseAnnotation, quote, unmapped
+from .._annotations import BaseAnnotation, allow_failure, quote, unmapped
 from .._exceptions import MappingLengthMismatch, MappingMissingIterable, MappingTooLarge
 from .._futures import TaskRunFuture, TaskRunFutureList
 from .._states import State
@@ -22,6 +22,14 @@ def _is_iterable(value: Any) -> bool:
     except TypeError:
         return False
     return True
+
+
+def _failed(value: Any) -> bool:
+    """A future (waited for) or state that did not complete: under allow_failure it is passed as is."""
+    if isinstance(value, TaskRunFuture):
+        value.wait()
+        value = value.state
+    return isinstance(value, State) and not value.is_completed()
 
 
 def _materialise(value: Any) -> Any:
@@ -82,6 +90,9 @@ def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], submit_on
             value = value.value
         elif isinstance(value, quote):
             wrapper, value = quote, value.value
+        if wrapper is allow_failure and _failed(value):  # broadcast: every run gets the failure
+            static[name] = allow_failure(value)
+            continue
         value = _materialise(value)
         if _is_iterable(value):
             iterables[name] = _items(task, name, value, cap)
