@@ -67,6 +67,13 @@ class FlowRunContext(RunContext):
     def parameters(self) -> dict[str, Any]:
         return self.flow_run.parameters
 
+    @classmethod
+    def get(cls) -> FlowRunContext | None:
+        """The flow run the current code runs in (also inside its tasks), or None (Prefect's
+        `FlowRunContext.get()`)."""
+        ctx = current_run.get()
+        return ctx.flow_context if ctx is not None else None
+
     @property
     def logger(self) -> Any:
         if self._logger is None:
@@ -87,6 +94,13 @@ class TaskRunContext(RunContext):
         self.task_run = task_run
         self.parameters = parameters
 
+    @classmethod
+    def get(cls) -> TaskRunContext | None:
+        """The task run the current code runs in, or None (in a flow's own code, or outside any run;
+        Prefect's `TaskRunContext.get()`)."""
+        ctx = current_run.get()
+        return ctx if isinstance(ctx, TaskRunContext) else None
+
     @property
     def logger(self) -> Any:
         if self._logger is None:
@@ -99,11 +113,14 @@ class TaskRunContext(RunContext):
         return self._logger
 
 
-def get_run_context() -> RunContext:
-    """The innermost run (task run preferred over its flow run); raises outside any run."""
+def get_run_context() -> FlowRunContext | TaskRunContext:
+    """The run the current code runs in: its task run inside a task, its flow run in a flow's own code
+    (also a subflow called inside a task); raises MissingContextError outside any run."""
     from ._exceptions import MissingContextError
 
     ctx = current_run.get()
     if ctx is None:
-        raise MissingContextError("No flow or task run is active. Call this inside a @flow or @task.")
-    return ctx
+        raise MissingContextError(
+            "No run context available: get_run_context() was called outside of a flow or task run. Call it "
+            "inside a function decorated with @flow or @task.")
+    return ctx  # type: ignore[return-value]

@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, ParamSpec, TypeVar, overload
 
-from . import _settings
+from . import _methods, _settings
 from ._callables import (
     ONE_YEAR,
     Binder,
@@ -78,6 +78,7 @@ class Flow(Generic[P, R]):
         on_running: list[Callable[..., Any]] | None = None,
         redact_parameters: Iterable[str] | None = None,
     ) -> None:
+        fn, self.method_kind = _methods.unwrap(fn)
         if not callable(fn):
             raise TypeError(
                 f"@flow must decorate a function or another callable; got {fn!r} of type {type(fn).__name__}.")
@@ -88,8 +89,8 @@ class Flow(Generic[P, R]):
             raise TypeError(f"Flow name must be a string; got {name!r}.")
         bad = [c for c in _BANNED_NAME_CHARACTERS if c in name]
         if bad:
-            raise InvalidNameError(f"Flow name {name!r} contains {''.join(bad)!r}; names cannot contain any of "
-                                   f"{' '.join(_BANNED_NAME_CHARACTERS)}.")
+            raise InvalidNameError(f"Name {name!r} contains an invalid character ({''.join(bad)!r}). Must not "
+                                   f"contain any of: {' '.join(_BANNED_NAME_CHARACTERS)} (rename the flow).")
         self.name = name
         self._version = version
         self.description = description if description is not None else inspect.getdoc(fn)
@@ -216,20 +217,23 @@ class Flow(Generic[P, R]):
         if unknown:
             raise TypeError(f"with_options() got unknown option(s) {sorted(unknown)}; valid: {sorted(_FLOW_OPTIONS)}.")
         current.update(options)
-        return Flow(self.fn, **current)
+        return Flow(_methods.rewrap(self.fn, self.method_kind), **current)
 
     def render_run_name(self, parameters: dict[str, Any]) -> str:
         return render_run_name(self.flow_run_name, parameters, "flow_run_name")
 
     def __get__(self, instance: Any, owner: Any = None) -> Any:
-        if instance is None:
+        if instance is None and self.method_kind is None:
             return self
-        from ._tasks import BoundTask
-
-        return BoundTask(self, instance)  # type: ignore[arg-type]
+        return _methods.get(self, BoundFlow, instance, owner)
 
     def __repr__(self) -> str:
         return f"Flow(name={self.name!r}, fn={getattr(self.fn, '__qualname__', self.fn)!r})"
+
+
+class BoundFlow(_methods.Bound, Flow):  # type: ignore[misc]
+    """A flow accessed through an instance (or a classmethod flow through its class): a Flow that
+    passes the instance (or class) as the first argument."""
 
 
 _FLOW_OPTIONS = (
@@ -242,7 +246,11 @@ _FLOW_OPTIONS = (
 
 def _build_validator(fn: Callable[..., Any]) -> Any:
     try:
-        hints = {k: v for k, v in inspect.signature(fn).parameters.items()
+        try:  # string annotations (`from __future__ import annotations`) evaluated in the function's module
+            signature = inspect.signature(fn, eval_str=True)
+        except Exception:
+            signature = inspect.signature(fn)
+        hints = {k: v for k, v in signature.parameters.items()
                  if v.annotation is not inspect.Parameter.empty
                  and v.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
     except (TypeError, ValueError):
@@ -258,8 +266,11 @@ def _build_validator(fn: Callable[..., Any]) -> Any:
         try:
             adapters[name] = pydantic.TypeAdapter(param.annotation,
                                                   config=pydantic.ConfigDict(arbitrary_types_allowed=True))
-        except Exception:  # an annotation pydantic cannot handle is passed through unchanged
-            continue
+        except Exception:
+            try:  # a pydantic model (or dataclass) has its own config: pydantic refuses another one
+                adapters[name] = pydantic.TypeAdapter(param.annotation)
+            except Exception:  # an annotation pydantic cannot handle is passed through unchanged
+                continue
 
     def validate(parameters: dict[str, Any]) -> dict[str, Any]:
         out = dict(parameters)
@@ -317,3 +328,16 @@ def flow(__fn: Any = None, **options: Any) -> Any:
         return Flow(fn, **options)
 
     return decorator
+
+
+def _option_signatures() -> None:
+    """`inspect.signature(flow)` and `inspect.signature(Flow.with_options)` list the options (as Prefect's
+    do), though both take them as `**options`."""
+    options = [p for name, p in inspect.signature(Flow.__init__).parameters.items() if name not in ("self", "fn")]
+    fn = inspect.Parameter("__fn", inspect.Parameter.POSITIONAL_ONLY, default=None)
+    flow.__signature__ = inspect.Signature([fn, *options])  # type: ignore[attr-defined]
+    this = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    Flow.with_options.__signature__ = inspect.Signature([this, *options])  # type: ignore[attr-defined]
+
+
+_option_signatures()

@@ -6,6 +6,14 @@
     09:55:55.412 | INFO    | asyncflow.engine - Created flow run 'great-ammonite' for flow 'get-repo-info'
     09:55:55.499 | INFO    | Flow run 'great-ammonite' - Created task run 'get_url-0' for task 'get_url'
 
+Every line also goes through the standard library's `logging`, as Prefect's do: run lines to the
+`asyncflow.flow_runs` / `asyncflow.task_runs` loggers (with `flow_run_id`, `task_run_id`,
+`flow_run_name`, `task_run_name` attributes), engine lines to `asyncflow.engine` and the like, so
+`caplog`, handlers and log shippers see them. Only when a handler could receive the record: with none
+attached anywhere up the hierarchy (a plain script), no `LogRecord` is made. The `asyncflow` logger's
+level is set from ASYNCFLOW_LOGGING_LEVEL unless the application set one. Records of the standard
+loggers named in ASYNCFLOW_LOGGING_EXTRA_LOGGERS, emitted inside a run, are kept in that run's logs.
+
 asyncflow never calls `structlog.configure`: an application's own structlog setup is left alone.
 `print` capture (`log_prints=True`) is decided per run through a contextvar; outside such a run
 `print` behaves exactly as the builtin.
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import builtins
+import contextlib
 import io
 import json
 import logging
@@ -25,7 +34,7 @@ import time
 import traceback
 import weakref
 from collections import deque
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -72,6 +81,10 @@ class Sink:
         _SINKS.add(self)
         self._tty_stream: Any = None
         self._tty = False
+        std = logging.getLogger("asyncflow")
+        if std.level == logging.NOTSET:  # as Prefect's `prefect` logger: INFO records reach handlers
+            std.setLevel(self.level)
+        self._capture = _ExtraLoggers(_settings.LOGGING_EXTRA_LOGGERS.value(), self.level)
 
     def _init_runtime(self) -> None:
         # Lines waiting for the writer. Producers only append (atomic), and only the holder of `_lock`
@@ -179,7 +192,9 @@ class Sink:
 
     def emit(self, level: int, where: str, message: str, flow_run_id: str | None = None,
              task_run_id: str | None = None, exc_info: Any = None, extra: Mapping[str, Any] | None = None,
-             ts: float | None = None, exc_text: str | None = None) -> None:
+             ts: float | None = None, exc_text: str | None = None, forward: bool = True) -> None:
+        if (flow_run_id is not None or task_run_id is not None) and _run_logs_disabled.get():
+            return
         captured = _captured.get()
         if captured is not None:  # in a worker process: the line travels back to the flow's process
             if level >= captured[1]:
@@ -195,6 +210,10 @@ class Sink:
         if flow_run_id is not None or task_run_id is not None:  # the stored line keeps the traceback (the UI shows it)
             _store.get_store().record_log(flow_run_id=flow_run_id, task_run_id=task_run_id, level=levelname,
                                           message=f"{message}\n{exc}" if exc else message, ts=ts)
+        if forward:  # to the standard library's loggers, if a handler is attached up their hierarchy
+            std = _TASK_RUNS if task_run_id is not None else _FLOW_RUNS if flow_run_id is not None else None
+            if std is None or std.handlers or _ASYNCFLOW.handlers or _ROOT.handlers:  # (cheap, for run lines)
+                _to_stdlib(std, level, where, message, flow_run_id, task_run_id, exc_info, exc, extra, ts)
         if self.json:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
             record: dict[str, Any] = {"timestamp": stamp, "level": levelname, "logger": where, "event": message,
@@ -210,6 +229,124 @@ class Sink:
             if exc:
                 line = f"{line}\n{exc}"
         self.write(line, level >= WARNING)
+
+
+# -- the standard library's logging ----------------------------------------------------------------
+_ASYNCFLOW = logging.getLogger("asyncflow")
+_FLOW_RUNS = logging.getLogger("asyncflow.flow_runs")
+_TASK_RUNS = logging.getLogger("asyncflow.task_runs")
+_ROOT = logging.getLogger()
+
+
+def _may_handle(logger: logging.Logger, level: int) -> bool:
+    """Could a handler receive a record of `level` from `logger`? (Cheap: a cached level check, then
+    the handler lists up the hierarchy; Python's last-resort handler does not count.)"""
+    if not logger.isEnabledFor(level):
+        return False
+    current: Any = logger
+    while current is not None:
+        if current.handlers:
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
+
+
+def _to_stdlib(logger: logging.Logger | None, level: int, where: str, message: str, flow_run_id: str | None,
+               task_run_id: str | None, exc_info: Any, exc_text: str | None, extra: Mapping[str, Any] | None,
+               ts: float) -> None:
+    if logger is None:
+        if where.startswith("Task run '"):
+            logger = _TASK_RUNS
+        elif where.startswith("Flow run '"):
+            logger = _FLOW_RUNS
+        else:
+            logger = logging.getLogger(where or "asyncflow")
+    if not _may_handle(logger, level):
+        return
+    fields: dict[str, Any] = dict(extra) if extra else {}
+    fields["flow_run_id"] = flow_run_id
+    fields["task_run_id"] = task_run_id
+    fields["asyncflow_line"] = True  # made by asyncflow (the extra-loggers capture leaves it alone)
+    if where.endswith("'") and where.startswith(("Task run '", "Flow run '")):
+        fields["task_run_name" if where[0] == "T" else "flow_run_name"] = where[10:-1]
+    ctx = current_run.get()
+    if ctx is not None:
+        fields.update(_context_names(ctx, flow_run_id, task_run_id))
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    elif isinstance(exc_info, BaseException):
+        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+    elif not exc_info:
+        exc_info = None
+    record = logger.makeRecord(logger.name, level, "asyncflow", 0, message, (), exc_info, extra=None)
+    for key, value in fields.items():
+        record.__dict__.setdefault(key, value)
+    if exc_info is None and exc_text:
+        record.exc_text = exc_text  # a line replayed from a worker process: its traceback as text
+    record.created = ts
+    record.msecs = (ts - int(ts)) * 1000
+    logger.handle(record)
+
+
+def _context_names(ctx: Any, flow_run_id: str | None, task_run_id: str | None) -> dict[str, Any]:
+    """The names Prefect's run loggers attach (flow_name, flow_run_name, task_name, task_run_name), from
+    the current run's context when the line is about that run (or its flow run)."""
+    names: dict[str, Any] = {}
+    task_run = getattr(ctx, "task_run", None)
+    if task_run is not None and task_run_id is not None and str(task_run.id) == task_run_id:
+        names["task_name"] = task_run.task_name
+        names["task_run_name"] = task_run.name
+    flow_ctx = ctx.flow_context
+    if flow_ctx is not None and flow_run_id is not None and str(flow_ctx.flow_run.id) == flow_run_id:
+        names["flow_name"] = flow_ctx.flow.name
+        names["flow_run_name"] = flow_ctx.flow_run.name
+    return names
+
+
+class _RunCapture(logging.Handler):
+    """On an extra logger: a record emitted inside a run goes into that run's logs (and asyncflow's
+    console line, with the run's name). Outside a run it is left to the logger's other handlers."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "asyncflow_line", False):
+            return
+        ctx = current_run.get()
+        if ctx is None:
+            return
+        try:
+            task_run = getattr(ctx, "task_run", None)
+            if task_run is not None:
+                label = f"Task run '{task_run.name}'"
+                task_run_id: str | None = str(task_run.id)
+                flow_run_id = str(task_run.flow_run_id) if task_run.flow_run_id else None
+            else:
+                flow_ctx = ctx.flow_context
+                if flow_ctx is None:
+                    return
+                label, task_run_id, flow_run_id = flow_ctx.label, None, flow_ctx.ids["flow_run_id"]
+            sink().emit(record.levelno, label, record.getMessage(), flow_run_id, task_run_id,
+                        exc_info=record.exc_info, ts=record.created, forward=False)
+        except Exception:
+            self.handleError(record)
+
+
+class _ExtraLoggers:
+    """The capture handler on each logger named in ASYNCFLOW_LOGGING_EXTRA_LOGGERS (removed again
+    when the settings are reloaded)."""
+
+    def __init__(self, names: tuple[str, ...], level: int) -> None:
+        self.loggers = [logging.getLogger(name) for name in names]
+        self.handler = _RunCapture()
+        for logger in self.loggers:
+            if logger.level == logging.NOTSET:
+                logger.setLevel(level)
+            logger.addHandler(self.handler)
+
+    def remove(self) -> None:
+        for logger in self.loggers:
+            logger.removeHandler(self.handler)
 
 
 _sink: Sink | None = None
@@ -329,6 +466,7 @@ def reset_logging() -> None:
     global _base_logger, _sink
     if _sink is not None:
         _sink.flush()
+        _sink._capture.remove()
     _base_logger = None
     _sink = None
 
@@ -338,8 +476,36 @@ def get_logger(name: str = "asyncflow") -> Any:
     return base_logger().bind(logger_name=name)
 
 
+_run_logs_disabled: ContextVar[bool] = ContextVar("asyncflow_run_logs_disabled", default=False)
+
+
+@contextlib.contextmanager
+def disable_run_logger() -> Iterator[None]:
+    """In the block, run log lines go nowhere, and `get_run_logger()` outside a run returns a logger
+    that drops them instead of raising: for calling a task's or flow's `.fn` in a unit test."""
+    token = _run_logs_disabled.set(True)
+    try:
+        yield
+    finally:
+        _run_logs_disabled.reset(token)
+
+
+class _DroppingLogger:
+    """What `get_run_logger()` returns under `disable_run_logger()`: every call does nothing."""
+
+    def _drop(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg = _drop
+
+    def bind(self, **kwargs: Any) -> _DroppingLogger:
+        return self
+
+
 def get_run_logger() -> Any:
     """The logger of the current flow or task run: its lines carry the run's name and ids."""
+    if _run_logs_disabled.get():
+        return _DroppingLogger()
     ctx = current_run.get()
     if ctx is None:
         raise MissingContextError(

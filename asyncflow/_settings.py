@@ -125,6 +125,15 @@ def _parse_words(raw: str) -> tuple[str, ...]:
     return tuple(word for word in words if word)
 
 
+def _parse_logger_names(raw: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in raw.split(",") if name.strip())
+    for name in names:
+        if any(c.isspace() for c in name) or name.startswith(".") or name.endswith("."):
+            raise ValueError(f"{name!r} is not a logger name; expected a comma-separated list of logger names "
+                             "such as httpx,botocore.client")
+    return names
+
+
 def _parse_choice(*choices: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -429,6 +438,11 @@ LOGGING_LEVEL = _declare(
 LOGGING_FORMAT = _declare(
     "ASYNCFLOW_LOGGING_FORMAT", _parse_choice("console", "json"), "console",
     "`console` for Prefect-style lines, `json` for one JSON object per line.", "console or json")
+LOGGING_EXTRA_LOGGERS = _declare(
+    "ASYNCFLOW_LOGGING_EXTRA_LOGGERS", _parse_logger_names, (),
+    "Standard-library loggers (of libraries your tasks use) whose records, emitted inside a flow or task run, "
+    "are kept in that run's logs and shown on the console with the run's name (Prefect's "
+    "PREFECT_LOGGING_EXTRA_LOGGERS).", "a comma-separated list of logger names, such as httpx,botocore")
 LOGGING_LOG_PRINTS = _declare(
     "ASYNCFLOW_LOGGING_LOG_PRINTS", _parse_bool, False,
     "Default of `log_prints` for flows that do not set it.", "true or false (also 1/0, yes/no, on/off)")

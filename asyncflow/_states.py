@@ -110,6 +110,8 @@ class State(Generic[R]):
     def result(self, raise_on_failure: bool = True) -> R:
         """The run's return value; for a failed run, its exception (raised unless asked not to)."""
         if self.type in _FAILURE_TYPES:
+            if not raise_on_failure and (isinstance(self.data, State) or is_state_iterable(self.data)):
+                return self.data  # type: ignore[no-any-return]  # a flow's returned states, as in Prefect
             exc = _exception_of(self)
             if raise_on_failure:
                 raise exc

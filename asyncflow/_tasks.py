@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, ParamSpec, TypeVar, overload
 
-from . import _settings
+from . import _methods, _settings
 from ._callables import (
     ONE_YEAR,
     Binder,
@@ -99,6 +99,7 @@ class Task(Generic[P, R]):
         on_rollback: list[Callable[..., Any]] | None = None,
         redact_parameters: Iterable[str] | None = None,
     ) -> None:
+        fn, self.method_kind = _methods.unwrap(fn)
         if not callable(fn):
             raise TypeError(
                 f"@task must decorate a function or another callable; got {fn!r} of type {type(fn).__name__}.")
@@ -110,7 +111,7 @@ class Task(Generic[P, R]):
         owner = f"task {self.name!r}"
         check_text(owner, "description", description)
         check_text(owner, "version", version)
-        self.tags = check_tags(owner, tags)
+        self.tags = set(check_tags(owner, tags))  # a set of its own, as in Prefect (with_options copies it)
         self.version = version
         self.cache_policy = cache_policy
         self.cache_key_fn = cache_key_fn
@@ -306,13 +307,13 @@ class Task(Generic[P, R]):
         if unknown:
             raise TypeError(f"with_options() got unknown option(s) {sorted(unknown)}; valid: {sorted(_TASK_OPTIONS)}.")
         current.update(options)
-        return Task(self.fn, **current)
+        return Task(_methods.rewrap(self.fn, self.method_kind), **current)
 
-    # -- methods ---------------------------------------------------------------------------------
+    # -- methods ----------------------------------------------------------------------------------
     def __get__(self, instance: Any, owner: Any = None) -> Any:
-        if instance is None:
+        if instance is None and self.method_kind is None:
             return self
-        return BoundTask(self, instance)
+        return _methods.get(self, BoundTask, instance, owner)
 
     def render_run_name(self, parameters: dict[str, Any]) -> str:
         return render_run_name(self.task_run_name, parameters, "task_run_name")
@@ -330,31 +331,9 @@ _TASK_OPTIONS = (
 )
 
 
-class BoundTask:
-    """A task accessed through an instance: `self` is passed as the first argument."""
-
-    __slots__ = ("_task", "_instance")
-
-    def __init__(self, task: Task[Any, Any], instance: Any) -> None:
-        self._task = task
-        self._instance = instance
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._task(self._instance, *args, **kwargs)
-
-    def submit(self, *args: Any, **kwargs: Any) -> Any:
-        return self._task.submit(self._instance, *args, **kwargs)
-
-    def map(self, *args: Any, **kwargs: Any) -> Any:
-        from ._annotations import unmapped
-
-        return self._task.map(unmapped(self._instance), *args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._task, name)
-
-    def __repr__(self) -> str:
-        return f"<bound {self._task!r} of {self._instance!r}>"
+class BoundTask(_methods.Bound, Task):  # type: ignore[misc]
+    """A task accessed through an instance (or a classmethod task through its class): a Task that
+    passes the instance (or class) as the first argument."""
 
 
 def check_run_name_template(template: Any, binder: Binder, option: str, owner: str) -> None:
@@ -593,3 +572,17 @@ def task(__fn: Any = None, **options: Any) -> Any:
 
 
 __all__ = ["Task", "current_run", "task"]
+
+
+def _option_signatures() -> None:
+    """`inspect.signature(task)` and `inspect.signature(Task.with_options)` list the options (as Prefect's
+    do), though both take them as `**options`."""
+    options = [p for name, p in inspect.signature(Task.__init__).parameters.items() if name not in ("self", "fn")]
+    fn = inspect.Parameter("__fn", inspect.Parameter.POSITIONAL_ONLY, default=None)
+    task.__signature__ = inspect.Signature([fn, *options])  # type: ignore[attr-defined]
+    this = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    Task.with_options.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [this, *(p for p in options if p.name != "version")])
+
+
+_option_signatures()

@@ -16,6 +16,12 @@ retries, caching and timeouts; a runner only executes the user's function. Its i
 - `ticket()` / `execution_slot(ticket)` / `release(ticket)` (runners with `slots`): order and bound
   the runs a flow submits.
 
+A runner can also be used by hand, outside a flow, as in Prefect: `with ThreadPoolTaskRunner() as r:`
+(or `async with`) then `r.submit(task, parameters)` / `r.map(task, parameters)` return futures; the
+block waits for its runs when it ends (see `_runners/direct.py`). A subclass still implements the
+engine's `async def submit(self, item)`; the class machinery wraps it so that `submit` sends a
+`WorkItem` there and a task to the by-hand path.
+
 `ProcessPoolTaskRunner` (in `_runners/process.py`), `DaskTaskRunner` and `RayTaskRunner` are imported
 from here on first use (the last two need the extras `dask` and `ray`).
 """
@@ -58,8 +64,16 @@ class TaskRunner:
         self.options: Any = RunnerOptions()
         self._reset()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("submit")
+        if own is not None and not hasattr(own, "engine_submit"):  # this subclass's engine `submit(item)`
+            cls.submit = _public_submit(own)  # type: ignore[method-assign]
+
     def _reset(self) -> None:
         """Per-run state, fresh in each duplicate (nothing of another flow run's runner is shared)."""
+        self._direct: Any = None  # the runs of a `with runner:` block (runner used by hand)
+        self._entered = False
         self._limiter: anyio.CapacityLimiter | None = None
         self._dispatcher: ThreadDispatcher | None = None
         self._tickets = 0
@@ -77,10 +91,61 @@ class TaskRunner:
     # -- lifecycle ------------------------------------------------------------------------------------
     async def __aenter__(self) -> TaskRunner:
         await self.start()
+        self._entered = True
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        await self.shutdown()
+        direct, self._direct = self._direct, None
+        self._entered = False
+        try:
+            if direct is not None:
+                if exc_info[0] is not None:
+                    direct.cancel("ended with an error")
+                await direct.wait_all_async()
+                await anyio.to_thread.run_sync(direct.close)
+        finally:
+            await self.shutdown()
+
+    def __enter__(self) -> TaskRunner:
+        """Use the runner by hand: `submit`/`map` tasks in the block; leaving it waits for their runs."""
+        if self._entered:
+            raise RuntimeError(f"{type(self).__name__} is already started: enter it once at a time.")
+        self._entered = True
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        direct, self._direct = self._direct, None
+        self._entered = False
+        if direct is None:
+            return
+        try:
+            if exc_info[0] is not None:
+                direct.cancel("ended with an error")
+            direct.wait_all()
+        finally:
+            scope = direct.scope
+            if scope.has_helper_loop():  # the runs' loop: stop what the runs started there, then it
+                scope._portal.call(self.shutdown)
+                direct.close()
+            else:
+                direct.close()
+                anyio.run(self.shutdown)
+
+    def map(self, task: Any, parameters: dict[str, Any], wait_for: Any = None) -> Any:
+        """By hand (in `with runner:`): one run of `task` per item of the iterables in `parameters`
+        (other values, and values wrapped in `unmapped()`, are passed to every run); their futures."""
+        return self._direct_use("map").map(task, parameters, wait_for)
+
+    def _direct_use(self, method: str) -> Any:
+        if not self._entered:
+            raise RuntimeError(
+                f"Task runner is not started: use it in a `with {type(self).__name__}(...) as runner:` block "
+                f"(or `async with`) before calling runner.{method}(task, parameters).")
+        if self._direct is None:
+            from ._runners.direct import DirectUse
+
+            self._direct = DirectUse(self)
+        return self._direct
 
     async def start(self) -> None:
         """Start or connect what the runner needs (once per flow run, before its first run)."""
@@ -174,6 +239,25 @@ class TaskRunner:
 
 
 _ticket_lock = threading.Lock()
+
+
+def _public_submit(execute: Callable[..., Any]) -> Callable[..., Any]:
+    """The `submit` of a runner class around the engine's `submit(item)` it defines: `submit(work_item)`
+    (the engine: a coroutine giving the `Outcome`), or by hand in `with runner:`,
+    `submit(task, parameters, wait_for=None)`: the run's future, at once."""
+
+    def submit(self: TaskRunner, task: Any, parameters: dict[str, Any] | None = None, wait_for: Any = None,
+               dependencies: Any = None) -> Any:
+        if isinstance(task, WorkItem):
+            return execute(self, task)
+        return self._direct_use("submit").submit(task, parameters, wait_for)
+
+    submit.engine_submit = execute  # type: ignore[attr-defined]
+    submit.__doc__ = execute.__doc__
+    return submit
+
+
+TaskRunner.submit = _public_submit(TaskRunner.submit)  # type: ignore[method-assign]
 
 
 def _positive_or_none(_: Any, attribute: Any, value: Any) -> None:

@@ -32,7 +32,7 @@ from .interrupt import SyncRunAborted
 from .open_runs import OPEN
 from .resolve import Resolver, unfinished_in
 from .scope import BaseExceptionGroup, Scope, owning, raise_sole
-from .task_run import report_unobserved, resolve_cancelled, why_ended
+from .task_run import _ATOM_TYPES, report_unobserved, resolve_cancelled, why_ended
 
 if TYPE_CHECKING:
     from .._protocols import EngineRunner
@@ -93,7 +93,7 @@ async def run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
         store.record_flow_run(run, run.state)
         OPEN[run.id] = run
         log(INFO, "asyncflow.engine", f"Created flow run '{run.name}' for flow '{flow.name}'")
-        if call.wait_for:
+        if call.wait_for or not all(type(value) in _ATOM_TYPES for value in call.parameters.values()):
             try:
                 await _wait_for_upstream(call, bridge)
             except UpstreamTaskError as exc:
@@ -165,8 +165,13 @@ async def _shutdown(runner: EngineRunner, call: FlowCall) -> None:
 
 
 async def _wait_for_upstream(call: FlowCall, bridge: Bridge) -> None:
-    await bridge.wait_futures(unfinished_in(call.wait_for))
-    Resolver(None).resolve(list(call.wait_for))
+    """Wait for the runs in `wait_for` and for futures among the parameters (a subflow given a task's
+    future gets its result, as a task does)."""
+    await bridge.wait_futures(unfinished_in(*call.parameters.values(), call.wait_for))
+    resolver = Resolver(None)
+    if call.wait_for:
+        resolver.resolve(list(call.wait_for))
+    call.parameters = {name: resolver.resolve(value) for name, value in call.parameters.items()}
 
 
 async def _attempts(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, Any], bridge: Bridge) -> State[Any]:

@@ -6,7 +6,7 @@ import itertools
 from typing import Any
 
 from .. import _settings
-from .._annotations import BaseAnnotation, quote, unmapped
+from .._annotations import BaseAnnotation, allow_failure, quote, unmapped
 from .._exceptions import MappingLengthMismatch, MappingMissingIterable, MappingTooLarge
 from .._futures import TaskRunFuture, TaskRunFutureList
 from .._states import State
@@ -22,6 +22,14 @@ def _is_iterable(value: Any) -> bool:
     except TypeError:
         return False
     return True
+
+
+def _failed(value: Any) -> bool:
+    """A future (waited for) or state that did not complete: under allow_failure it is passed as is."""
+    if isinstance(value, TaskRunFuture):
+        value.wait()
+        value = value.state
+    return isinstance(value, State) and not value.is_completed()
 
 
 def _materialise(value: Any) -> Any:
@@ -53,7 +61,8 @@ def _items(task: Any, name: str, value: Any, cap: int) -> list[Any]:
     return items if items is not None else list(value)
 
 
-def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskRunFutureList:
+def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], submit_one: Any = submit
+             ) -> TaskRunFutureList:
     wait_for = kwargs.pop("wait_for", None)
     return_state = kwargs.pop("return_state", False)
     binder = task.binder
@@ -81,6 +90,9 @@ def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskRu
             value = value.value
         elif isinstance(value, quote):
             wrapper, value = quote, value.value
+        if wrapper is allow_failure and _failed(value):  # broadcast: every run gets the failure
+            static[name] = allow_failure(value)
+            continue
         value = _materialise(value)
         if _is_iterable(value):
             iterables[name] = _items(task, name, value, cap)
@@ -108,7 +120,7 @@ def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskRu
             call_kwargs[name] = wrapper(item) if wrapper is not None else item
         args_i, kwargs_i = _split_var_keyword(binder, call_kwargs)
         parameters = binder.bind(args_i, kwargs_i)
-        futures.append(submit(task, parameters, wait_for))
+        futures.append(submit_one(task, parameters, wait_for))
     if return_state:
         if in_async_context():
             return _await_states(futures)  # type: ignore[return-value]

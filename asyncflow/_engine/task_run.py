@@ -526,6 +526,13 @@ def submit(task: Any, parameters: dict[str, Any], wait_for: Any) -> TaskRunFutur
             f"{task.name}.submit() was called outside of a flow or task run, so no run owns the future. "
             f"Call it inside a function decorated with @flow (or @task), call the task directly, or use "
             f"`.delay()` to hand the run to a task worker.")
+    # runs submitted by a flow take a runner slot; runs submitted by a task run inside its slot
+    return start_submitted(call, parent.scope, ticketed=isinstance(parent, FlowRunContext))
+
+
+def start_submitted(call: TaskCall, scope: Scope, ticketed: bool) -> TaskRunFuture[Any]:
+    """Start a submitted run owned by `scope` (its flow's, or a task runner's used directly)."""
+    task, parent = call.task, call.parent
     runner = call.runner
     # sync runs go whole to one of the runner's threads (if it has any), except time-limited ones: those
     # need a thread of their own
@@ -533,19 +540,20 @@ def submit(task: Any, parameters: dict[str, Any], wait_for: Any) -> TaskRunFutur
                   else None)
     if dispatcher is not None:
         call.guard = UserCode()  # before the scope knows the run: a cancel can always stop it
-    call.scope = scope = parent.scope
+    call.scope = scope
     scope.register(call)  # a scope that has ended refuses it, with a clear error
     get_store().record_task_run(call.run, call.run.state)
     OPEN[call.run.id] = call.run
     future: TaskRunFuture[Any] = TaskRunFuture(call.run)
     call.future = future
-    if parent.children is None:
-        parent.children = ChildTracker()
-    tracker = parent.children
-    tracker.add(future)
-    future.add_done_callback(tracker.finished)
-    if isinstance(parent, FlowRunContext) and parent.task_runner is not None:
-        call.ticket = parent.task_runner.ticket()
+    if parent is not None and parent.scope is scope:
+        if parent.children is None:
+            parent.children = ChildTracker()
+        tracker = parent.children
+        tracker.add(future)
+        future.add_done_callback(tracker.finished)
+    if ticketed and runner is not None:
+        call.ticket = runner.ticket()
     if dispatcher is not None:
         _dispatch_when_ready(call, dispatcher)
     else:
