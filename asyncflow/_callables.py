@@ -51,6 +51,10 @@ class Binder:
                         params[name] = default
                 if len(params) < len(self.names):
                     return self._slow_bind(args, kwargs)
+            if len(kwargs) > 1 or len(params) > len(args) + len(kwargs):
+                # keywords, or defaults filled in: in the signature's order, as Prefect gives them to
+                # cache_key_fn and the run's parameters (`f(c=3, a=1, b=2)` binds as a, b, c)
+                params = {name: params[name] for name in self.names if name in params}
             return params
         return self._slow_bind(args, kwargs)
 

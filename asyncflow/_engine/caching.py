@@ -20,11 +20,14 @@ from .._transactions import (
 )
 from .bridge import Bridge
 
+ManagedLock = _results.ManagedLock
+
 
 class CachePlan:
     __slots__ = ("call", "store", "key", "lock", "refresh")
 
-    def __init__(self, call: Any, store: _results.ResultStore, key: str, lock: _results.KeyLock | None,
+    def __init__(self, call: Any, store: _results.ResultStore, key: str,
+                 lock: _results.KeyLock | _results.ManagedLock | None,
                  refresh: bool) -> None:
         self.call = call
         self.store = store
@@ -58,10 +61,12 @@ class CachePlan:
             self.lock.release()
 
 
-def _result_store(task: Any, flow: Any) -> _results.ResultStore:
-    """The task's result store (its options, else its flow's), reused while the location is the same."""
+def _result_store(task: Any, flow: Any, key_storage: Any = None) -> _results.ResultStore:
+    """The task's result store (its cache policy's key_storage, else its options, else its flow's),
+    reused while the location is the same."""
     options = task.caching
-    storage = options.storage if options.storage is not None else (flow.result_storage if flow is not None else None)
+    storage = key_storage if key_storage is not None else options.storage if options.storage is not None else (
+        flow.result_storage if flow is not None else None)
     serializer = options.serializer if options.serializer is not None else (
         flow.result_serializer if flow is not None else None)
     root = _results.storage_root(storage)
@@ -91,18 +96,16 @@ async def plan(call: Any, ctx: Any, parameters: dict[str, Any], bridge: Bridge) 
     flow = flow_ctx.flow if flow_ctx is not None else None
     if not _persist(task, flow):
         return None
-    policy = options.policy if options.policy is not None else _caching.DEFAULT
+    policy = options.policy  # resolved at decoration (None: no key, unless a result_storage_key names one)
+    if policy is None and options.storage_key is None:
+        return None
     try:
         if options.storage_key is not None:
             from ..runtime import flow_run, task_run
 
             key: str | None = options.storage_key.format(parameters=parameters, flow_run=flow_run, task_run=task_run)
-        elif type(policy) is _caching.CacheKeyFnPolicy:  # the common case, without building a KeyContext
-            key = policy.fn(ctx, parameters)
-            key = None if key is None else str(key)
         else:
-            key = policy.compute_key(_caching.KeyContext(
-                task, call.run, parameters, flow_ctx.parameters if flow_ctx is not None else None, ctx))
+            key = policy.compute_key(ctx, parameters, flow_ctx.parameters if flow_ctx is not None else None)
     except _caching.UnhashableKeyPart as exc:
         fix = (f"exclude it from the key (cache_policy=INPUTS - {exc.what.split(chr(39))[1]!r})"
                if exc.what.startswith("parameter") else "give the task a cache_key_fn")
@@ -114,10 +117,15 @@ async def plan(call: Any, ctx: Any, parameters: dict[str, Any], bridge: Bridge) 
         return None
     if key is None:
         return None
-    store = _result_store(task, flow)
+    settings = options.settings  # the policy as given: its storage, isolation level and lock manager
+    store = _result_store(task, flow, settings.key_storage if settings is not None else None)
     txn = current_transaction.get()
-    serializable = policy.isolation_level == "SERIALIZABLE" or (txn is not None and txn.serializable)
-    lock = store.key_lock(key) if serializable else None
+    serializable = (settings is not None and settings.isolation_level == "SERIALIZABLE") or (
+        txn is not None and txn.serializable)
+    lock: _results.KeyLock | _results.ManagedLock | None = None
+    if serializable:
+        manager = settings.lock_manager if settings is not None else None
+        lock = ManagedLock(manager, key) if manager is not None else store.key_lock(key)
     return CachePlan(call, store, key, lock, options.refresh)
 
 
