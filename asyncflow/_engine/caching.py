@@ -129,12 +129,42 @@ async def plan(call: Any, ctx: Any, parameters: dict[str, Any], bridge: Bridge) 
     return CachePlan(call, store, key, lock, options.refresh)
 
 
+def open_run_transaction(task: Any) -> Transaction | None:
+    """The run's own transaction (as in Prefect, each task run has one): opened when a transaction
+    encloses the run or the task has commit/rollback hooks, else None (no cost for plain runs). Inside
+    the run `get_transaction()` is it; its hooks get it, so they see the values the run set on it."""
+    if current_transaction.get() is None and not (task.on_commit or task.on_rollback):
+        return None
+    own = Transaction()
+    own._prepare()  # (no key and no store: no lock, no read)
+    return own
+
+
+async def close_run_transaction(own: Transaction, bridge: Bridge) -> None:
+    """The run ended: its transaction commits (at the top, or EAGER) or hands its work to the
+    enclosing one (LAZY); the hooks that are due run."""
+    own._leave()
+    if own._settles_in_place(False):
+        hooks = own._settle(False)
+    else:
+        hooks = await bridge.io(own._settle, False)
+    if hooks:
+        await run_transaction_hooks(hooks, bridge.blocking)
+
+
+def abandon_run_transaction(own: Transaction) -> None:
+    """The run crashed or was cancelled: its transaction ends with nothing staged and no hooks."""
+    own._leave()
+    own._open = False
+    own.state = TransactionState.ROLLED_BACK
+
+
 async def completed(call: Any, plan: CachePlan | None, state: State[Any], bridge: Bridge) -> State[Any]:
-    """After a completed attempt: write the result (or stage it in the open transaction), and run or
-    stage the task's commit and rollback hooks."""
+    """After a completed attempt: write the result, or stage it in the run's own transaction when an
+    enclosing transaction will commit it; stage the task's commit and rollback hooks there."""
     task = call.task
-    txn = current_transaction.get()
-    in_txn = txn is not None and txn.active
+    own = current_transaction.get()  # the run's own transaction (or None: no transaction, no hooks)
+    in_txn = own is not None and own._open_parent() is not None
     write = None
     if plan is not None:
         expiration = task.caching.expiration
@@ -146,11 +176,13 @@ async def completed(call: Any, plan: CachePlan | None, state: State[Any], bridge
             return State(StateType.FAILED, "Failed", str(exc), exc, call.details)
         write = functools.partial(plan.store.write, plan.key, state.data, data, expires)
         state = State(state.type, state.name, state.message, state.data, plan._details(expires), state.ts)
+    if own is not None and plan is not None:
+        own.key = plan.key
     if in_txn:
-        assert txn is not None
-        txn.stage(write or _nothing, list(task.on_commit), list(task.on_rollback),
-                  rolled_back=functools.partial(_record_rolled_back, call),
-                  release=plan.release if plan is not None else None)
+        assert own is not None
+        own._stage_run(write, list(task.on_commit), list(task.on_rollback),
+                       rolled_back=functools.partial(_record_rolled_back, call),
+                       release=plan.release if plan is not None else None)
         return state
     if write is not None:
         assert plan is not None
@@ -162,11 +194,8 @@ async def completed(call: Any, plan: CachePlan | None, state: State[Any], bridge
             plan.release()
             raise
         plan.release()
-    if task.on_commit:  # the run's own transaction commits at once
-        own = Transaction(plan.key if plan is not None else None)
-        own.state = TransactionState.COMMITTED
-        hooks = [("commit", hook, own) for hook in task.on_commit]
-        await run_transaction_hooks(hooks, bridge.blocking)
+    if own is not None:  # written already: its transaction commits when the run ends, and calls these
+        own._stage_run(None, list(task.on_commit), list(task.on_rollback), None, None)
     return state
 
 
