@@ -405,6 +405,27 @@ class Transaction:
         return f"Transaction(key={self.key!r}, state={self.state.value})"
 
 
+class AsyncTransaction(Transaction):
+    """`atransaction()`: a transaction for `async with` whose `commit()` and `rollback()` are awaited
+    (the writes in a worker thread, sync hooks in worker threads, async hooks on this loop)."""
+
+    def __enter__(self) -> Transaction:
+        raise TypeError("An AsyncTransaction (atransaction()) is used with `async with`; for `with`, open "
+                        "transaction() instead.")
+
+    async def commit(self) -> bool:  # type: ignore[override]
+        if self.state in (TransactionState.COMMITTED, TransactionState.ROLLED_BACK):
+            return False
+        await _run_hooks_async(await anyio.to_thread.run_sync(self._commit))
+        return self.state is TransactionState.COMMITTED
+
+    async def rollback(self) -> bool:  # type: ignore[override]
+        if self.state in (TransactionState.COMMITTED, TransactionState.ROLLED_BACK):
+            return False
+        await _run_hooks_async(await anyio.to_thread.run_sync(self._rollback))
+        return True
+
+
 def _now(settle: Callable[[], list[Any]]) -> None:
     """`commit()` / `rollback()` by hand: the work and the hooks, off the loop thread if one runs here."""
     if in_async_context():
@@ -519,18 +540,33 @@ def _in_worker_thread(fn: Callable[..., Any], *args: Any) -> Any:
     return value
 
 
+def _default_store(key: str | None, store: Any) -> Any:
+    """A keyed transaction without a store writes to the default result storage."""
+    if key is None or store is not None:
+        return store
+    from . import _results
+
+    return _results.ResultStore(_results.storage_root(None), _results.get_serializer(None))
+
+
 def transaction(key: str | None = None, *, store: Any = None, commit_mode: CommitMode | str | None = None,
                 isolation_level: IsolationLevel | str | None = None, overwrite: bool = False,
                 write_on_commit: bool = True) -> Transaction:
     """Open a transaction: `with transaction():` or `async with transaction():`. With a `key`, what is
     staged is written under it at commit, in `store` (default: the default result storage), and a
     transaction whose key already has a record starts out committed (unless `overwrite`)."""
-    if key is not None and store is None:
-        from . import _results
-
-        store = _results.ResultStore(_results.storage_root(None), _results.get_serializer(None))
-    return Transaction(key, store=store, commit_mode=commit_mode, isolation_level=isolation_level,
+    return Transaction(key, store=_default_store(key, store), commit_mode=commit_mode, isolation_level=isolation_level,
                        overwrite=overwrite, write_on_commit=write_on_commit)
+
+
+def atransaction(key: str | None = None, *, store: Any = None, commit_mode: CommitMode | str | None = None,
+                 isolation_level: IsolationLevel | str | None = None, overwrite: bool = False,
+                 write_on_commit: bool = True) -> AsyncTransaction:
+    """Prefect's async form: `async with atransaction() as txn:` with `await txn.commit()` and
+    `await txn.rollback()`. (`async with transaction():` works too; its commit() and rollback() are
+    plain calls.)"""
+    return AsyncTransaction(key, store=_default_store(key, store), commit_mode=commit_mode, isolation_level=isolation_level,
+                            overwrite=overwrite, write_on_commit=write_on_commit)
 
 
 def get_transaction() -> Transaction | None:

@@ -351,3 +351,28 @@ def _maybe(txn, is_async):
                 yield entered
 
     return wrapper()
+
+
+# -- atransaction: Prefect's async form ----------------------------------------------------------------------
+@pytest.mark.anyio
+async def test_atransaction_commits_and_rolls_back_when_awaited(anyio_backend, tmp_path):
+    from asyncflow.transactions import AsyncTransaction, atransaction
+
+    events = []
+
+    async def undo(txn):
+        events.append(("undo", txn.is_rolled_back()))
+
+    async with atransaction(key="a", store=tmp_path) as txn:
+        assert isinstance(txn, AsyncTransaction) and txn.is_active()
+        txn.stage("value", on_rollback_hooks=[undo], on_commit_hooks=[lambda t: events.append("commit")])
+        assert await txn.rollback() is True and await txn.rollback() is False
+    assert txn.is_rolled_back() and txn.read() is None and events == [("undo", True)]
+
+    async with atransaction(key="b", store=tmp_path, commit_mode=CommitMode.OFF) as txn:
+        txn.stage("kept", on_commit_hooks=[lambda t: events.append("commit")])
+        assert await txn.commit() is True
+    assert txn.is_committed() and txn.read().result == "kept" and events[-1] == "commit"
+    with pytest.raises(TypeError, match="used with `async with`"):
+        with atransaction():
+            pass
