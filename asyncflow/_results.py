@@ -515,6 +515,19 @@ class KeyLock:
             if self._take(fd):
                 return
 
+    def try_acquire(self) -> bool:
+        """One attempt that does not wait: True if the lock is now held."""
+        fd = self._open()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        return self._take(fd)
+
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
