@@ -104,6 +104,9 @@ async def plan(call: Any, ctx: Any, parameters: dict[str, Any], bridge: Bridge) 
             from ..runtime import flow_run, task_run
 
             key: str | None = options.storage_key.format(parameters=parameters, flow_run=flow_run, task_run=task_run)
+        elif type(policy) is _caching.CacheKeyFnPolicy and policy.cache_key_fn is not None:  # the common case
+            key = policy.cache_key_fn(ctx, parameters)
+            key = None if key is None else str(key)
         else:
             key = policy.compute_key(ctx, parameters, flow_ctx.parameters if flow_ctx is not None else None)
     except _caching.UnhashableKeyPart as exc:
