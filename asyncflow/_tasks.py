@@ -35,7 +35,14 @@ from ._store.records import check_redacted
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_NOTSET: Any = object()
+class _NotSet:
+    """An option left out (`cache_policy`: the default policy), told apart from an explicit None."""
+
+    def __repr__(self) -> str:
+        return "NotSet"
+
+
+_NOTSET: Any = _NotSet()
 
 
 def _task_key(fn: Callable[..., Any], name: str) -> str:
