@@ -261,21 +261,6 @@ def test_a_task_hook_without_any_transaction_gets_the_runs_committed_transaction
     assert work() == 1 and got == [(5, True, None)]
 
 
-def test_a_nested_tasks_results_are_written_only_when_the_outermost_commits(store, tmp_path):
-    @task(result_storage=tmp_path, cache_key_fn=lambda ctx, p: p["key"])
-    def work(key):
-        return key
-
-    with transaction():
-        with transaction():
-            work("lazy")
-        assert not (tmp_path / "lazy").exists()
-        with transaction(commit_mode=CommitMode.EAGER):
-            work("eager")
-        assert (tmp_path / "eager").exists()
-    assert (tmp_path / "lazy").exists()
-
-
 # -- a keyed transaction's record ----------------------------------------------------------------------------
 @pytest.mark.anyio
 @pytest.mark.parametrize("is_async", [False, True], ids=["with", "async-with"])
