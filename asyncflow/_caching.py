@@ -181,38 +181,69 @@ def source_key(fn: Any) -> str:
 
 
 # -- policies ------------------------------------------------------------------------------------------
-@attrs.frozen
-class KeyContext:
-    """What a policy may look at: the task, its run, the run's inputs and its flow run."""
+_ISOLATION_LEVELS = ("READ_COMMITTED", "SERIALIZABLE")
 
-    task: Any
-    task_run: Any
-    parameters: dict[str, Any]
-    flow_parameters: dict[str, Any] | None
-    run_context: Any
+
+def _check_isolation_level(level: Any) -> Any:
+    if level is not None and getattr(level, "value", level) not in _ISOLATION_LEVELS:
+        raise ValueError(f"isolation_level must be 'READ_COMMITTED' or 'SERIALIZABLE' (or IsolationLevel.X from "
+                         f"asyncflow.transactions); got {level!r}.")
+    return level
+
+
+def _check_exclude(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not all(isinstance(name, str) for name in value):
+        raise TypeError(f"Inputs(exclude=...) takes a list of parameter names; got {value!r}.")
+    return tuple(value)
 
 
 @attrs.frozen
 class CachePolicy:
-    """How to compute a run's cache key. Combine with `+`; drop an input with `INPUTS - "name"`."""
+    """How to compute a run's cache key. Combine with `+`; drop an input with `INPUTS - "name"`.
 
-    isolation_level: str | None = attrs.field(default=None, kw_only=True)
+    Subclass it and define `compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str | None`:
+    `task_ctx` is the task run's context (`.task`, `.task_run`, `.parameters`; None when called by hand),
+    `inputs` the run's resolved parameters, `flow_parameters` those of the enclosing flow run (or None).
 
-    def compute_key(self, ctx: KeyContext) -> str | None:
-        raise NotImplementedError
+    `key_storage` (a directory) is where records under this policy's keys live; `lock_manager` an object
+    with `acquire_lock(key, holder, acquire_timeout=None, hold_timeout=None)` and
+    `release_lock(key, holder)` used instead of asyncflow's own key lock; `isolation_level="SERIALIZABLE"`
+    lets one run per key compute while the others wait and then hit."""
 
-    def configure(self, *, isolation_level: str | None = None) -> CachePolicy:
-        """A copy with another isolation level (`"READ_COMMITTED"` or `"SERIALIZABLE"`)."""
-        if isolation_level is not None and str(isolation_level) not in ("READ_COMMITTED", "SERIALIZABLE",
-                                                                          "IsolationLevel.READ_COMMITTED",
-                                                                          "IsolationLevel.SERIALIZABLE"):
-            raise ValueError(f"isolation_level must be READ_COMMITTED or SERIALIZABLE; got {isolation_level!r}.")
-        return attrs.evolve(self, isolation_level=getattr(isolation_level, "value", isolation_level))
+    key_storage: Any = attrs.field(default=None, kw_only=True)
+    isolation_level: Any = attrs.field(default=None, kw_only=True, converter=_check_isolation_level)
+    lock_manager: Any = attrs.field(default=None, kw_only=True)
+
+    @classmethod
+    def from_cache_key_fn(cls, cache_key_fn: Callable[..., Any]) -> CacheKeyFnPolicy:
+        return CacheKeyFnPolicy(cache_key_fn=cache_key_fn)
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any] | None, flow_parameters: dict[str, Any] | None,
+                    **kwargs: Any) -> str | None:
+        raise NotImplementedError(f"{type(self).__name__} must define compute_key(task_ctx, inputs, flow_parameters, "
+                                  f"**kwargs).")
+
+    def configure(self, key_storage: Any = None, lock_manager: Any = None, isolation_level: Any = None) -> Any:
+        """A new policy with these settings changed (None keeps the current one)."""
+        changes: dict[str, Any] = {}
+        if key_storage is not None:
+            from ._results import storage_root
+
+            storage_root(key_storage)  # a bad location fails here, naming the option
+            changes["key_storage"] = key_storage
+        if lock_manager is not None:
+            _check_lock_manager(lock_manager)
+            changes["lock_manager"] = lock_manager
+        if isolation_level is not None:
+            changes["isolation_level"] = isolation_level
+        return attrs.evolve(self, **changes)
 
     def __add__(self, other: CachePolicy) -> CachePolicy:
         if not isinstance(other, CachePolicy):
             return NotImplemented
-        return CompoundCachePolicy.of(self, other)
+        if isinstance(other, NoCache):
+            return self
+        return CompoundCachePolicy(policies=(self, other), **_merged_settings(self, other))
 
     def __sub__(self, name: str) -> CachePolicy:
         if not isinstance(name, str):
@@ -220,14 +251,36 @@ class CachePolicy:
         return self
 
 
+def _check_lock_manager(manager: Any) -> None:
+    missing = [m for m in ("acquire_lock", "release_lock") if not callable(getattr(manager, m, None))]
+    if missing:
+        raise TypeError(f"lock_manager must have acquire_lock(key, holder, ...) and release_lock(key, holder) "
+                        f"(a LockManager); {manager!r} has no {' or '.join(missing)}.")
+
+
+def _merged_settings(a: CachePolicy, b: CachePolicy) -> dict[str, Any]:
+    """The settings of `a + b`: each from whichever side sets it; both setting it differently is an error."""
+    merged = {}
+    for name, what in (("key_storage", "storage locations"), ("isolation_level", "isolation levels"),
+                       ("lock_manager", "lock implementations")):
+        mine, theirs = getattr(a, name), getattr(b, name)
+        if mine is not None and theirs is not None and getattr(mine, "value", mine) != getattr(theirs, "value", theirs):
+            raise ValueError(f"Cannot add CachePolicies with different {what}: {mine!r} and {theirs!r}.")
+        merged[name] = mine if mine is not None else theirs
+    return merged
+
+
 @attrs.frozen
 class Inputs(CachePolicy):
     """The run's inputs (parameters after futures are resolved), minus excluded names."""
 
-    exclude: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = attrs.field(default=(), converter=_check_exclude)
 
-    def compute_key(self, ctx: KeyContext) -> str | None:
-        items = sorted((k, v) for k, v in ctx.parameters.items() if k not in self.exclude)
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any] | None, flow_parameters: dict[str, Any] | None,
+                    **kwargs: Any) -> str | None:
+        if not inputs:
+            return None
+        items = sorted((k, v) for k, v in inputs.items() if k not in self.exclude)
         if not items:
             return None
         return combine(*(f"{k}={stable_hash(v, f'parameter {k!r}')}" for k, v in items))
@@ -244,8 +297,12 @@ class Inputs(CachePolicy):
 class TaskSource(CachePolicy):
     """The task's code, the values its closure captured and the globals it reads."""
 
-    def compute_key(self, ctx: KeyContext) -> str | None:
-        return source_key(ctx.task.fn)
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any] | None, flow_parameters: dict[str, Any] | None,
+                    **kwargs: Any) -> str | None:
+        if task_ctx is None:
+            return None
+        task = task_ctx.task
+        return source_key(getattr(task, "fn", task))  # (a plain function stands for itself)
 
     def __repr__(self) -> str:
         return "TASK_SOURCE"
@@ -255,8 +312,11 @@ class TaskSource(CachePolicy):
 class RunId(CachePolicy):
     """The flow run's id (outside a flow, the task run's own id: standalone calls never share)."""
 
-    def compute_key(self, ctx: KeyContext) -> str | None:
-        run = ctx.task_run
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any] | None, flow_parameters: dict[str, Any] | None,
+                    **kwargs: Any) -> str | None:
+        if task_ctx is None:
+            return None
+        run = task_ctx.task_run
         return str(run.flow_run_id or run.id)
 
     def __repr__(self) -> str:
@@ -267,10 +327,11 @@ class RunId(CachePolicy):
 class FlowParameters(CachePolicy):
     """The parameters of the enclosing flow run."""
 
-    def compute_key(self, ctx: KeyContext) -> str | None:
-        if not ctx.flow_parameters:
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any] | None, flow_parameters: dict[str, Any] | None,
+                    **kwargs: Any) -> str | None:
+        if not flow_parameters:
             return None
-        return stable_hash(ctx.flow_parameters, "the flow run's parameters")
+        return stable_hash(flow_parameters, "the flow run's parameters")
 
     def __repr__(self) -> str:
         return "FLOW_PARAMETERS"
@@ -280,10 +341,13 @@ class FlowParameters(CachePolicy):
 class NoCache(CachePolicy):
     """Never cache."""
 
-    def compute_key(self, ctx: KeyContext) -> str | None:
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any] | None, flow_parameters: dict[str, Any] | None,
+                    **kwargs: Any) -> str | None:
         return None
 
     def __add__(self, other: CachePolicy) -> CachePolicy:
+        if not isinstance(other, CachePolicy):
+            return NotImplemented
         return other
 
     def __radd__(self, other: CachePolicy) -> CachePolicy:
@@ -295,42 +359,52 @@ class NoCache(CachePolicy):
 
 @attrs.frozen
 class CacheKeyFnPolicy(CachePolicy):
-    """A user function `(context, parameters) -> str | None`."""
+    """A user function `cache_key_fn(context, parameters) -> str | None`."""
 
-    fn: Callable[..., Any] = attrs.field(kw_only=True)
+    cache_key_fn: Callable[..., Any] | None = attrs.field(default=None, kw_only=True)
 
-    def compute_key(self, ctx: KeyContext) -> str | None:
-        key = self.fn(ctx.run_context, ctx.parameters)
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any] | None, flow_parameters: dict[str, Any] | None,
+                    **kwargs: Any) -> str | None:
+        if self.cache_key_fn is None:
+            return None
+        key = self.cache_key_fn(task_ctx, inputs)
         return None if key is None else str(key)
+
+
+def _flatten(policies: Any) -> tuple[CachePolicy, ...]:
+    """Nested compounds flattened, and every Inputs part merged into one (at the first one's place)
+    that excludes what any of them excluded."""
+    flat: list[CachePolicy] = []
+    for policy in policies:
+        if not isinstance(policy, CachePolicy):
+            raise TypeError(f"CompoundCachePolicy(policies=...) takes cache policies; got {policy!r}.")
+        flat.extend(policy.policies if isinstance(policy, CompoundCachePolicy) else [policy])
+    inputs = [p for p in flat if isinstance(p, Inputs)]
+    if len(inputs) > 1:
+        merged = Inputs(exclude=tuple(dict.fromkeys(n for p in inputs for n in p.exclude)))
+        first = flat.index(inputs[0])
+        flat = [p for p in flat if not isinstance(p, Inputs)]
+        flat.insert(first, merged)
+    return tuple(flat)
 
 
 @attrs.frozen
 class CompoundCachePolicy(CachePolicy):
-    policies: tuple[CachePolicy, ...] = ()
+    """Several policies: the key combines the keys of its parts that are not None (None if all are)."""
+
+    policies: tuple[CachePolicy, ...] = attrs.field(default=(), converter=_flatten)
 
     @classmethod
     def of(cls, *policies: CachePolicy) -> CachePolicy:
-        flat: list[CachePolicy] = []
+        result: CachePolicy = NoCache()
         for policy in policies:
-            flat.extend(policy.policies if isinstance(policy, CompoundCachePolicy) else [policy])
-        flat = [p for p in flat if not isinstance(p, NoCache)]
-        inputs = [p for p in flat if isinstance(p, Inputs)]
-        if len(inputs) > 1:  # one Inputs part, excluding what any of them excluded
-            merged = Inputs(exclude=tuple(dict.fromkeys(n for p in inputs for n in p.exclude)))
-            first = flat.index(inputs[0])
-            flat = [p for p in flat if not isinstance(p, Inputs)]
-            flat.insert(first, merged)
-        levels = {p.isolation_level for p in flat if p.isolation_level is not None}
-        if len(levels) > 1:
-            raise ValueError(f"Cannot add cache policies with different isolation levels: {sorted(levels)}.")
-        if not flat:
-            return NoCache()
-        if len(flat) == 1:
-            return flat[0]
-        return cls(policies=tuple(flat), isolation_level=next(iter(levels), None))
+            result = result + policy
+        return result
 
-    def compute_key(self, ctx: KeyContext) -> str | None:
-        keys = [policy.compute_key(ctx) for policy in self.policies]  # an unhashable part raises: no key
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any] | None, flow_parameters: dict[str, Any] | None,
+                    **kwargs: Any) -> str | None:
+        # an unhashable part raises: no key at all, never a key without that part
+        keys = [policy.compute_key(task_ctx, inputs, flow_parameters, **kwargs) for policy in self.policies]
         present = [k for k in keys if k is not None]
         return combine(*present) if present else None
 
@@ -341,7 +415,22 @@ class CompoundCachePolicy(CachePolicy):
         return attrs.evolve(self, policies=tuple(p - name if isinstance(p, Inputs) else p for p in self.policies))
 
     def __repr__(self) -> str:
-        return " + ".join(repr(p) for p in self.policies)
+        return " + ".join(repr(p) for p in self.policies) if self.policies else "CompoundCachePolicy()"
+
+
+def as_policy(value: Any, owner: str) -> Any:
+    """`cache_policy=` as given: a policy, None, or a policy class (made with no arguments, as Prefect's
+    classes can be); anything else is an error naming the option."""
+    if value is None or isinstance(value, CachePolicy):
+        return value
+    if isinstance(value, type) and issubclass(value, CachePolicy):
+        try:
+            return value()
+        except TypeError as exc:
+            raise TypeError(f"{owner}: cache_policy={value.__name__} is a class that cannot be made without "
+                            f"arguments ({exc}); pass an instance, such as {value.__name__}(...).") from None
+    raise TypeError(f"{owner}: cache_policy must be a CachePolicy (INPUTS, TASK_SOURCE, ... from "
+                    f"asyncflow.cache_policies); got {value!r}.")
 
 
 INPUTS = Inputs()
@@ -349,4 +438,5 @@ TASK_SOURCE = TaskSource()
 RUN_ID = RunId()
 FLOW_PARAMETERS = FlowParameters()
 NO_CACHE = NoCache()
+NONE = NO_CACHE
 DEFAULT = INPUTS + TASK_SOURCE + RUN_ID

@@ -45,12 +45,18 @@ class Binder:
                 if key in params or key not in self.names:
                     return self._slow_bind(args, kwargs)
                 params[key] = value
+            # keywords out of order, or defaults filled in after them: put the parameters in the
+            # signature's order, as Prefect gives them to cache_key_fn (`f(c=3, a=1, b=2)`: a, b, c)
             if len(params) < len(self.names):
                 for name, default in self.defaults.items():
                     if name not in params:
                         params[name] = default
                 if len(params) < len(self.names):
                     return self._slow_bind(args, kwargs)
+                if kwargs:
+                    params = {name: params[name] for name in self.names}
+            elif len(kwargs) > 1:
+                params = {name: params[name] for name in self.names}
             return params
         return self._slow_bind(args, kwargs)
 

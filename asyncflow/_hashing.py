@@ -8,7 +8,7 @@ from typing import Any
 
 from ._caching import code_fingerprint, stable_hash
 
-_task_prefixes: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_task_prefixes: weakref.WeakKeyDictionary[Any, tuple[Any, str]] = weakref.WeakKeyDictionary()
 
 
 def hash_objects(*args: Any, **kwargs: Any) -> str:
@@ -20,8 +20,11 @@ def task_input_hash(context: Any, arguments: dict[str, Any]) -> str:
     """The classic cache key function: the task's key, its code and its inputs. An input that cannot
     be hashed raises, and the engine turns caching off for that run with a warning naming it."""
     task = context.task
-    prefix = _task_prefixes.get(task)
-    if prefix is None:  # the task's part of the key, computed once per task
-        prefix = _task_prefixes[task] = hashlib.md5(
-            f"{task.task_key}|{code_fingerprint(task.fn)}".encode()).hexdigest()
+    fn = task.fn
+    known = _task_prefixes.get(task)
+    if known is not None and known[0] is fn:
+        prefix = known[1]
+    else:  # the task's part of the key, computed once per task and function (`task.fn` may be replaced)
+        prefix = hashlib.md5(f"{task.task_key}|{code_fingerprint(fn)}".encode()).hexdigest()
+        _task_prefixes[task] = (fn, prefix)
     return prefix + stable_hash(arguments, "the task's inputs")[:24]

@@ -519,6 +519,19 @@ class KeyLock:
             if self._take(fd):
                 return
 
+    def try_acquire(self) -> bool:
+        """One attempt that does not wait: True if the lock is now held."""
+        fd = self._open()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        return self._take(fd)
+
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -540,6 +553,40 @@ class KeyLock:
             yield
         finally:
             self.release()
+
+
+class ManagedLock:
+    """A key lock taken through a user's lock manager (`cache_policy.configure(lock_manager=...)`,
+    Prefect's LockManager protocol: `acquire_lock(key, holder, ...)`, `release_lock(key, holder)`, and
+    optionally `aacquire_lock`), with the same face as `KeyLock`."""
+
+    def __init__(self, manager: Any, key: str) -> None:
+        import socket
+        import uuid
+
+        self.manager = manager
+        self.key = key
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+        self._held = False
+
+    def acquire(self) -> None:
+        self.manager.acquire_lock(self.key, holder=self.holder)
+        self._held = True
+
+    async def acquire_async(self) -> None:
+        take = getattr(self.manager, "aacquire_lock", None)
+        if take is not None:
+            await take(self.key, holder=self.holder)
+        else:
+            import anyio.to_thread
+
+            await anyio.to_thread.run_sync(lambda: self.manager.acquire_lock(self.key, holder=self.holder))
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self.manager.release_lock(self.key, holder=self.holder)
 
 
 def clear_memory() -> None:

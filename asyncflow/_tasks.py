@@ -39,7 +39,14 @@ P = ParamSpec("P")
 R = TypeVar("R", covariant=True)  # a Task[P, CoroutineType[..., T]] is a Task[P, Coroutine[..., T]]
 T = TypeVar("T")
 
-_NOTSET: Any = object()
+class _NotSet:
+    """An option left out (`cache_policy`: the default policy), told apart from an explicit None."""
+
+    def __repr__(self) -> str:
+        return "NotSet"
+
+
+_NOTSET: Any = _NotSet()
 
 
 def _task_key(fn: Callable[..., Any], name: str) -> str:
@@ -76,7 +83,7 @@ class Task(Generic[P, R]):
         description: str | None = None,
         tags: Iterable[str] | None = None,
         version: str | None = None,
-        cache_policy: Any = None,
+        cache_policy: Any = _NOTSET,
         cache_key_fn: Callable[..., Any] | None = None,
         cache_expiration: dt.timedelta | None = None,
         task_run_name: str | Callable[..., str] | None = None,
@@ -113,7 +120,6 @@ class Task(Generic[P, R]):
         check_text(owner, "version", version)
         self.tags = set(check_tags(owner, tags))  # a set of its own, as in Prefect (with_options copies it)
         self.version = version
-        self.cache_policy = cache_policy
         self.cache_key_fn = cache_key_fn
         self.cache_expiration = cache_expiration
         if task_run_name is not None and not isinstance(task_run_name, str) and not callable(task_run_name):
@@ -128,13 +134,15 @@ class Task(Generic[P, R]):
         self.retry_policy = build_retry_policy(
             f"task {self.name!r}", retries, retry_delay_seconds, retry_jitter_factor, retry_condition_fn,
             _settings.TASK_DEFAULT_RETRIES.value(), _settings.TASK_DEFAULT_RETRY_DELAY_SECONDS.value())
-        self.persist_result = persist_result
         self.result_storage = result_storage
         self.result_serializer = result_serializer
         self.result_storage_key = result_storage_key
         self.cache_result_in_memory = cache_result_in_memory
         self.caching = resolve_caching(self.name, fn, cache_policy, cache_key_fn, cache_expiration, persist_result,
                                        result_storage, result_serializer, result_storage_key, refresh_cache)
+        # as Prefect resolves them at decoration; with_options starts again from what the user gave
+        self._user_cache_policy, self._user_persist_result = cache_policy, persist_result
+        self.cache_policy, self.persist_result = self.caching.policy, self.caching.persist
         # 0 means no timeout, as in Prefect (so `with_options(timeout_seconds=0)` removes one)
         self.timeout_seconds = (check_seconds(owner, "timeout_seconds", timeout_seconds, ONE_YEAR) or None
                                 if timeout_seconds is not None else None)
@@ -154,7 +162,8 @@ class Task(Generic[P, R]):
         check_storage_key(result_storage_key, self.binder, owner)
         self.kind = _kind(fn)
         if self.kind in ("generator", "asyncgen"):
-            _reject_caching_of_generators(self.name, cache_policy=cache_policy, cache_key_fn=cache_key_fn,
+            _reject_caching_of_generators(self.name, cache_policy=None if cache_policy is _NOTSET else cache_policy,
+                                          cache_key_fn=cache_key_fn,
                                           cache_expiration=cache_expiration, persist_result=persist_result,
                                           result_storage_key=result_storage_key, refresh_cache=refresh_cache)
         self.isasync = self.kind == "async"
@@ -300,6 +309,7 @@ class Task(Generic[P, R]):
     def with_options(self, **options: Any) -> Task[P, R]:
         """A copy of this task with some options changed."""
         current = {name: getattr(self, name) for name in _TASK_OPTIONS}
+        current["cache_policy"], current["persist_result"] = self._user_cache_policy, self._user_persist_result
         current["tags"] = set(self.tags)
         for hooks in ("on_completion", "on_failure", "on_running", "on_commit", "on_rollback"):
             current[hooks] = list(current[hooks])
@@ -419,13 +429,14 @@ def _check_key_fields(template: str, binder: Binder, option: str) -> None:
 class CachingOptions:
     """A task's caching and result options, checked and resolved once, at decoration time."""
 
-    __slots__ = ("policy", "explicit", "persist", "expiration", "storage", "serializer", "storage_key", "refresh",
-                 "persist_by_default")
+    __slots__ = ("policy", "settings", "explicit", "persist", "expiration", "storage", "serializer", "storage_key",
+                 "refresh", "persist_by_default")
 
-    def __init__(self, policy: Any, explicit: bool, persist: bool | None, expiration: Any, storage: Any,
-                 serializer: Any, storage_key: str | None, refresh: bool) -> None:
+    def __init__(self, policy: Any, settings: Any, explicit: bool, persist: bool | None, expiration: Any,
+                 storage: Any, serializer: Any, storage_key: str | None, refresh: bool) -> None:
         self.persist_by_default = bool(_settings.RESULTS_PERSIST_BY_DEFAULT.value())  # read once, not per run
-        self.policy = policy
+        self.policy = policy  # what computes the key (None: no key, unless storage_key names one)
+        self.settings = settings  # whose key_storage, isolation_level and lock_manager apply
         self.explicit = explicit
         self.persist = persist
         self.expiration = expiration
@@ -454,9 +465,8 @@ def resolve_caching(name: str, fn: Any, cache_policy: Any, cache_key_fn: Any, ca
     from . import _caching, _results
 
     owner = f"task {name!r}"
-    if cache_policy is not None and not isinstance(cache_policy, _caching.CachePolicy):
-        raise TypeError(f"{owner}: cache_policy must be a CachePolicy (INPUTS, TASK_SOURCE, ... from "
-                        f"asyncflow.cache_policies); got {cache_policy!r}.")
+    given = cache_policy is not _NOTSET
+    cache_policy = _caching.as_policy(cache_policy, owner) if given else None
     if cache_key_fn is not None and not callable(cache_key_fn):
         raise TypeError(f"{owner}: cache_key_fn must be a callable (context, parameters) -> str; got {cache_key_fn!r}.")
     if cache_expiration is not None and not isinstance(cache_expiration, dt.timedelta):
@@ -475,18 +485,28 @@ def resolve_caching(name: str, fn: Any, cache_policy: Any, cache_key_fn: Any, ca
         _results.storage_root(result_storage)  # raises for anything but a path
     if result_serializer is not None:
         _results.get_serializer(result_serializer)  # raises for an unknown serializer
-    if cache_key_fn is not None and cache_policy is not None:
+    if cache_key_fn is not None and given:
         warnings.warn(f"{owner}: both cache_policy and cache_key_fn are set; cache_key_fn will be used.",
                       UserWarning, stacklevel=4)
-    policy = _caching.CacheKeyFnPolicy(fn=cache_key_fn) if cache_key_fn is not None else cache_policy
-    explicit = (cache_key_fn is not None
-                or (cache_policy is not None and not isinstance(cache_policy, _caching.NoCache))
+    # Prefect's resolution, at decoration: `task.cache_policy` and `task.persist_result` say what runs do
+    policy = _caching.CacheKeyFnPolicy(cache_key_fn=cache_key_fn) if cache_key_fn is not None else cache_policy
+    explicit = (cache_key_fn is not None or (policy is not None and not isinstance(policy, _caching.NoCache))
                 or result_storage_key is not None or result_storage is not None or result_serializer is not None)
-    if persist_result is False and cache_policy is not None and not isinstance(cache_policy, _caching.NoCache):
-        warnings.warn(f"{owner}: ignoring cache_policy because persist_result is False.", UserWarning, stacklevel=4)
+    if persist_result is None and explicit:
+        persist_result = True
+    settings = policy
+    if persist_result is False:
+        if cache_policy is not None and not isinstance(cache_policy, _caching.NoCache):
+            warnings.warn(f"{owner}: ignoring cache_policy because persist_result is False.", UserWarning,
+                          stacklevel=4)
+        policy = None if given and cache_policy is None and cache_key_fn is None else _caching.NO_CACHE
+    elif not given and cache_key_fn is None:
+        policy = _caching.DEFAULT if result_storage_key is None else None  # (the storage key is the record's key)
+    elif result_storage_key is not None and not isinstance(policy, _caching.NoCache):
+        policy = None
     refresh = refresh_cache if refresh_cache is not None else bool(_settings.TASKS_REFRESH_CACHE.value())
-    return CachingOptions(policy, explicit, persist_result, cache_expiration, result_storage, result_serializer,
-                          result_storage_key, refresh)
+    return CachingOptions(policy, settings if policy is None else policy, explicit, persist_result, cache_expiration,
+                          result_storage, result_serializer, result_storage_key, refresh)
 
 
 def render_run_name(template: Any, parameters: dict[str, Any], option: str) -> str:

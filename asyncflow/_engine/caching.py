@@ -33,7 +33,8 @@ def _load() -> None:
 class CachePlan:
     __slots__ = ("call", "store", "key", "lock", "refresh")
 
-    def __init__(self, call: Any, store: _results.ResultStore, key: str, lock: _results.KeyLock | None,
+    def __init__(self, call: Any, store: _results.ResultStore, key: str,
+                 lock: _results.KeyLock | _results.ManagedLock | None,
                  refresh: bool) -> None:
         self.call = call
         self.store = store
@@ -68,10 +69,12 @@ class CachePlan:
             self.lock.release()
 
 
-def _result_store(task: Any, flow: Any) -> _results.ResultStore:
-    """The task's result store (its options, else its flow's), reused while the location is the same."""
+def _result_store(task: Any, flow: Any, key_storage: Any = None) -> _results.ResultStore:
+    """The task's result store (its cache policy's key_storage, else its options, else its flow's),
+    reused while the location is the same."""
     options = task.caching
-    storage = options.storage if options.storage is not None else (flow.result_storage if flow is not None else None)
+    storage = key_storage if key_storage is not None else options.storage if options.storage is not None else (
+        flow.result_storage if flow is not None else None)
     serializer = options.serializer if options.serializer is not None else (
         flow.result_serializer if flow is not None else None)
     root = _results.storage_root(storage)
@@ -103,18 +106,19 @@ async def plan(call: Any, ctx: Any, parameters: dict[str, Any], bridge: Bridge) 
         return None
     if _caching is None:
         _load()
-    policy = options.policy if options.policy is not None else _caching.DEFAULT
+    policy = options.policy  # resolved at decoration (None: no key, unless a result_storage_key names one)
+    if policy is None and options.storage_key is None:
+        return None
     try:
         if options.storage_key is not None:
             from ..runtime import flow_run, task_run
 
             key: str | None = options.storage_key.format(parameters=parameters, flow_run=flow_run, task_run=task_run)
-        elif type(policy) is _caching.CacheKeyFnPolicy:  # the common case, without building a KeyContext
-            key = policy.fn(ctx, parameters)
+        elif type(policy) is _caching.CacheKeyFnPolicy and policy.cache_key_fn is not None:  # the common case
+            key = policy.cache_key_fn(ctx, parameters)
             key = None if key is None else str(key)
         else:
-            key = policy.compute_key(_caching.KeyContext(
-                task, call.run, parameters, flow_ctx.parameters if flow_ctx is not None else None, ctx))
+            key = policy.compute_key(ctx, parameters, flow_ctx.parameters if flow_ctx is not None else None)
     except _caching.UnhashableKeyPart as exc:
         fix = (f"exclude it from the key (cache_policy=INPUTS - {exc.what.split(chr(39))[1]!r})"
                if exc.what.startswith("parameter") else "give the task a cache_key_fn")
@@ -126,19 +130,54 @@ async def plan(call: Any, ctx: Any, parameters: dict[str, Any], bridge: Bridge) 
         return None
     if key is None:
         return None
-    store = _result_store(task, flow)
+    settings = options.settings  # the policy as given: its storage, isolation level and lock manager
+    store = _result_store(task, flow, settings.key_storage if settings is not None else None)
     txn = current_transaction.get()
-    serializable = policy.isolation_level == "SERIALIZABLE" or (txn is not None and txn.serializable)
-    lock = store.key_lock(key) if serializable else None
+    serializable = (settings is not None and settings.isolation_level == "SERIALIZABLE") or (
+        txn is not None and txn.serializable)
+    lock: _results.KeyLock | _results.ManagedLock | None = None
+    if serializable:
+        manager = settings.lock_manager if settings is not None else None
+        lock = _results.ManagedLock(manager, key) if manager is not None else store.key_lock(key)
     return CachePlan(call, store, key, lock, options.refresh)
 
 
+def open_run_transaction(task: Any) -> Transaction | None:
+    """The run's own transaction (as in Prefect, each task run has one): opened when a transaction
+    encloses the run or the task has commit/rollback hooks, else None (no cost for plain runs). Inside
+    the run `get_transaction()` is it; its hooks get it, so they see the values the run set on it."""
+    if current_transaction.get() is None and not (task.on_commit or task.on_rollback):
+        return None
+    own = Transaction()
+    own._prepare()  # (no key and no store: no lock, no read)
+    return own
+
+
+async def close_run_transaction(own: Transaction, bridge: Bridge) -> None:
+    """The run ended: its transaction commits (at the top, or EAGER) or hands its work to the
+    enclosing one (LAZY); the hooks that are due run."""
+    own._leave()
+    if own._settles_in_place(False):
+        hooks = own._settle(False)
+    else:
+        hooks = await bridge.io(own._settle, False)
+    if hooks:
+        await run_transaction_hooks(hooks, bridge.blocking)
+
+
+def abandon_run_transaction(own: Transaction) -> None:
+    """The run crashed or was cancelled: its transaction ends with nothing staged and no hooks."""
+    own._leave()
+    own._open = False
+    own.state = TransactionState.ROLLED_BACK
+
+
 async def completed(call: Any, plan: CachePlan | None, state: State[Any], bridge: Bridge) -> State[Any]:
-    """After a completed attempt: write the result (or stage it in the open transaction), and run or
-    stage the task's commit and rollback hooks."""
+    """After a completed attempt: write the result, or stage it in the run's own transaction when an
+    enclosing transaction will commit it; stage the task's commit and rollback hooks there."""
     task = call.task
-    txn = current_transaction.get()
-    in_txn = txn is not None and txn.active
+    own = current_transaction.get()  # the run's own transaction (or None: no transaction, no hooks)
+    in_txn = own is not None and own._open_parent() is not None
     write = None
     if plan is not None:
         expiration = task.caching.expiration
@@ -150,11 +189,13 @@ async def completed(call: Any, plan: CachePlan | None, state: State[Any], bridge
             return State(StateType.FAILED, "Failed", str(exc), exc, call.details)
         write = functools.partial(plan.store.write, plan.key, state.data, data, expires)
         state = State(state.type, state.name, state.message, state.data, plan._details(expires), state.ts)
+    if own is not None and plan is not None:
+        own.key = plan.key
     if in_txn:
-        assert txn is not None
-        txn.stage(write or _nothing, list(task.on_commit), list(task.on_rollback),
-                  rolled_back=functools.partial(_record_rolled_back, call),
-                  release=plan.release if plan is not None else None)
+        assert own is not None
+        own._stage_run(write, list(task.on_commit), list(task.on_rollback),
+                       rolled_back=functools.partial(_record_rolled_back, call),
+                       release=plan.release if plan is not None else None)
         return state
     if write is not None:
         assert plan is not None
@@ -166,11 +207,8 @@ async def completed(call: Any, plan: CachePlan | None, state: State[Any], bridge
             plan.release()
             raise
         plan.release()
-    if task.on_commit:  # the run's own transaction commits at once
-        own = Transaction(plan.key if plan is not None else None)
-        own.state = TransactionState.COMMITTED
-        hooks = [("commit", hook, own) for hook in task.on_commit]
-        await run_transaction_hooks(hooks, bridge.blocking)
+    if own is not None:  # written already: its transaction commits when the run ends, and calls these
+        own._stage_run(None, list(task.on_commit), list(task.on_rollback), None, None)
     return state
 
 

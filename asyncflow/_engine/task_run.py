@@ -340,12 +340,18 @@ def _resolve_wait_for(resolver: Resolver, wait_for: Any) -> None:
 
 async def _attempts(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, Any], bridge: Bridge) -> State[Any]:
     holder: list[Any] = [None]
+    own = caching.open_run_transaction(call.task)  # None unless a transaction encloses it, or it has hooks
     try:
-        return await _attempt_loop(call, ctx, parameters, bridge, holder)
+        state = await _attempt_loop(call, ctx, parameters, bridge, holder)
     except BaseException:  # cancelled or crashed: a SERIALIZABLE key lock must not outlive the run
         if holder[0] is not None:
             holder[0].release()
+        if own is not None:
+            caching.abandon_run_transaction(own)
         raise
+    if own is not None:
+        await caching.close_run_transaction(own, bridge)
+    return state
 
 
 async def _attempt_loop(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, Any], bridge: Bridge,
