@@ -9,6 +9,7 @@ loop, and every poll is one short transaction. Between polls nothing is held, so
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import uuid
@@ -95,8 +96,9 @@ async def acquire(request: Request, bridge: Any, on_wait: Callable[[str], None] 
     while True:
         now = clock.time()
         try:
-            claim = db.attempt(lambda conn: sql.claim(conn, request.names, request.occupy, request.mode, lease_id,
-                                                      request.lease_seconds, request.holder, owner, now))
+            claim = db.attempt(functools.partial(sql.claim, names=request.names, occupy=request.occupy,
+                                                 mode=request.mode, lease=lease_id, lease_seconds=request.lease_seconds,
+                                                 holder=request.holder, owner=owner, now=now))
         except Busy:
             claim = None
         if claim is not None:
@@ -113,7 +115,7 @@ async def acquire(request: Request, bridge: Any, on_wait: Callable[[str], None] 
             if attempt == 0 and on_wait is not None:
                 on_wait(f"Waiting for {request.occupy} slot(s) of {_describe(blocked)}.")
             try:  # holders on this host that died: their slots are free now, not when their lease expires
-                if db.attempt(lambda conn: sql.free_dead_holders(conn, [limit.name for limit in blocked])):
+                if db.attempt(functools.partial(sql.free_dead_holders, names=[limit.name for limit in blocked])):
                     continue
             except Busy:
                 pass
@@ -166,4 +168,4 @@ def _run_ids() -> dict[str, Any] | None:
         flow_ctx = ctx.flow_context
         return {"task_run_id": str(ctx.task_run.id),
                 "flow_run_id": flow_ctx.ids["flow_run_id"] if flow_ctx is not None else None}
-    return dict(ctx.ids)
+    return dict(ctx.flow_context.ids) if ctx.flow_context is not None else None

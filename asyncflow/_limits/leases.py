@@ -12,7 +12,9 @@ child nothing is held (the parent's leases are the parent's) and no thread runs.
 from __future__ import annotations
 
 import atexit
+import functools
 import threading
+
 from .. import _fork
 from .._clock import get_clock
 from . import sql
@@ -79,7 +81,7 @@ def _renew_loop(state: _Held) -> None:
         retry: list[tuple[LimitsDB, str]] = []
         for db, lease in releases:
             try:
-                db.attempt(lambda conn, lease=lease: sql.release(conn, lease))
+                db.attempt(functools.partial(sql.release, lease=lease))
             except Busy:
                 retry.append((db, lease))
             except Exception:
@@ -91,7 +93,7 @@ def _renew_loop(state: _Held) -> None:
         renew_failed = False
         for db, items in by_db.items():
             try:
-                db.attempt(lambda conn, items=items: sql.renew(conn, items, now))
+                db.attempt(functools.partial(sql.renew, leases=items, now=now))
             except Exception:  # busy (try again soon) or unusable (the leases expire on their own)
                 renew_failed = True
         with state.lock:
@@ -110,7 +112,7 @@ def _release_all_at_exit() -> None:
         _held.releases = []
     for db, lease in leases:
         try:
-            db.run(lambda conn, lease=lease: sql.release(conn, lease), wait=1.0)
+            db.run(functools.partial(sql.release, lease=lease), wait=1.0)
         except Exception:
             pass
 
