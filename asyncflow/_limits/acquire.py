@@ -98,7 +98,8 @@ async def acquire(request: Request, bridge: Any, on_wait: Callable[[str], None] 
         try:
             claim = db.attempt(functools.partial(sql.claim, names=request.names, occupy=request.occupy,
                                                  mode=request.mode, lease=lease_id, lease_seconds=request.lease_seconds,
-                                                 holder=request.holder, owner=owner, now=now))
+                                                 holder=request.holder, owner=owner, now=now,
+                                                 strict=request.strict))
         except Busy:
             claim = None
         if claim is not None:

@@ -205,10 +205,11 @@ def reset(conn: sqlite3.Connection, name: str, now: float) -> bool:
 
 # -- holding slots -----------------------------------------------------------------------------------
 def claim(conn: sqlite3.Connection, names: Sequence[str], occupy: int, mode: str, lease: str, lease_seconds: float,
-          holder: str | None, owner: tuple[str, str, int, str], now: float) -> Claim:
+          holder: str | None, owner: tuple[str, str, int, str], now: float, strict: bool = False) -> Claim:
     """One attempt, in one transaction under the write lock: take `occupy` slots of every active limit
     named (all or none). `mode` "concurrency" leases them until `now + lease_seconds` (renew, release);
-    "rate_limit" adds them to the limits' decaying slots. Raises ConcurrencySlotAcquisitionError for a
+    "rate_limit" adds them to the limits' decaying slots; `strict`: nothing is taken if a name is not a
+    limit. Raises ConcurrencySlotAcquisitionError for a
     request that can never succeed."""
     marks = ",".join("?" * len(names))
     conn.execute("BEGIN IMMEDIATE")
@@ -218,6 +219,9 @@ def claim(conn: sqlite3.Connection, names: Sequence[str], occupy: int, mode: str
         found = {row[0]: row for row in rows}
         missing = tuple(name for name in names if name not in found)
         inactive = tuple(name for name in names if name in found and not found[name][2])
+        if missing and strict:
+            conn.execute("COMMIT")
+            return Claim(missing=missing, inactive=inactive)
         live = [found[name] for name in names if name in found and found[name][2]]
         _check_possible(live, occupy, mode)
         if live:
