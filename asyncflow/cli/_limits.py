@@ -36,7 +36,7 @@ def _rate(text: str) -> float:
 
 def add_commands(commands: Any) -> None:
     gcl = commands.add_parser(
-        "gcl", aliases=["global-concurrency-limit"], help="manage global concurrency limits",
+        "gcl", help="manage global concurrency limits",
         description="Global concurrency limits, used with `concurrency(...)` and `rate_limit(...)` from "
                     "asyncflow.concurrency.sync / .asyncio, shared by every process on the store.")
     sub = gcl.add_subparsers(dest="action", metavar="{create,ls,inspect,update,delete}", required=True)
