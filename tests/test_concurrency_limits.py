@@ -4,6 +4,7 @@ lease expiry, decay and timeouts run on a fake clock."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -446,3 +447,25 @@ def test_the_memory_store_keeps_limits_in_this_process():
     with sconc.concurrency("db"):
         assert held("db") == 1
     assert held("db") == 0
+
+
+# -- fork safety -----------------------------------------------------------------------------------------
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
+def test_a_forked_child_holds_none_of_its_parents_slots_and_can_take_its_own(sqlite_store):
+    manage.create_limit("db", 1)
+    manage.create_limit("other", 1)
+    with sconc.concurrency("db"):  # the lease thread runs in the parent
+        pid = os.fork()
+        if pid == 0:  # the child: a fresh lease registry, its own connections, the gate open
+            code = 1
+            try:
+                assert leases.held() == []
+                with sconc.concurrency("other", timeout_seconds=10):
+                    assert held("other") == 1
+                assert held("db") == 1  # the parent's slot is the parent's
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert held("db") == 0 and held("other") == 0

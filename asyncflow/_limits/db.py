@@ -55,9 +55,10 @@ class LimitsDB:
         self._keep: sqlite3.Connection | None = None
         if path is None:  # a named in-memory database lives while one connection to it is open
             self._uri = f"file:asyncflow-limits-{os.getpid()}-{next(_memory_ids)}?mode=memory&cache=shared"
-            self._keep = sqlite3.connect(self._uri, uri=True, isolation_level=None, check_same_thread=False)
-            for statement in LIMITS_SCHEMA:
-                self._keep.execute(statement)
+            with _gate:
+                self._keep = sqlite3.connect(self._uri, uri=True, isolation_level=None, check_same_thread=False)
+                for statement in LIMITS_SCHEMA:
+                    self._keep.execute(statement)
 
     def __repr__(self) -> str:
         return f"LimitsDB({self.label!r})"
