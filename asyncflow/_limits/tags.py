@@ -15,14 +15,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .._store import get_store
 from . import sql
 from .acquire import Lease, Request, acquire
-from .db import LimitsDB, current
+from .db import LimitsDB, for_store
 
 REFRESH_SECONDS = 1.0
 TASK_LEASE_SECONDS = 300.0
 WAITING_STATE = "AwaitingConcurrencySlot"
 _known: dict[LimitsDB, tuple[float, frozenset[str]]] = {}  # db -> (read at, monotonic; its active tag limits)
+_last: tuple[Any, LimitsDB | None] = (None, None)  # the process's store and its limit tables, last time
 
 
 def forget(db: LimitsDB) -> None:
@@ -31,7 +33,13 @@ def forget(db: LimitsDB) -> None:
 
 def limited(tags: tuple[str, ...]) -> tuple[LimitsDB | None, list[str]]:
     """The tag limits (their names) that apply to a run with these tags, and where they are."""
-    db = current()
+    global _last
+    store = get_store()
+    if store is _last[0]:
+        db = _last[1]
+    else:
+        db = for_store(store)
+        _last = (store, db)
     if db is None:
         return None, []
     now = time.monotonic()
