@@ -204,3 +204,9 @@ def test_cli_errors_name_the_limit_and_the_fix(home, capsys):
     assert code == 1 and "No concurrency limit 'nope'" in err
     code, _, err = cli("gcl", "update", "db", capsys=capsys)
     assert code == 1 and "nothing to change" in err
+
+
+def test_ls_before_anything_ran_lists_no_limits(home, capsys):
+    assert cli("gcl", "ls", capsys=capsys)[:2] == (0, "No global concurrency limits.\n")
+    assert cli("concurrency-limit", "ls", "--json", capsys=capsys)[:2] == (0, "[]\n")
+    assert not (home / "asyncflow.db").exists()  # listing creates no store

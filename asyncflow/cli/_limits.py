@@ -188,9 +188,14 @@ def tag_reset(args: argparse.Namespace) -> int:
 
 def limits_ls(args: argparse.Namespace, tags: bool) -> int:
     from .._limits import manage
+    from .._store.base import StoreNotFoundError
 
+    try:
+        db = _db()
+    except StoreNotFoundError:  # nothing has run with this home yet: no store, so no limits either
+        db = None
     with _errors():
-        limits = manage.read_limits(tags=tags, db=_db())
+        limits = manage.read_limits(tags=tags, db=db) if db is not None else []
     if args.json:
         out.dump_json([_json(limit) for limit in limits])
         return 0
