@@ -469,3 +469,27 @@ def test_a_forked_child_holds_none_of_its_parents_slots_and_can_take_its_own(sql
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert held("db") == 0 and held("other") == 0
+
+
+def test_a_waiter_whose_first_poll_found_the_database_locked_still_reports_its_wait(sqlite_store):
+    from asyncflow._engine.bridge import BLOCKING, drive_sync
+    from asyncflow._limits.acquire import Request, acquire
+
+    manage.create_limit("db", 1)
+    reports: list[str] = []
+    other = sqlite3.connect(sqlite_store.path, isolation_level=None)
+    with sconc.concurrency("db"):
+        other.execute("BEGIN IMMEDIATE")  # the waiter's first poll finds the database locked
+        request = Request.checked("db", 1, "concurrency", timeout_seconds=30)
+        waiter = threading.Thread(target=lambda: drive_sync(acquire(request, BLOCKING, reports.append)).release())
+        waiter.start()
+        time.sleep(0.2)
+        other.execute("COMMIT")
+        deadline = time.monotonic() + 10
+        while not reports:
+            assert time.monotonic() < deadline, "the wait was never reported"
+            time.sleep(0.01)
+    waiter.join(30)
+    other.close()
+    assert len(reports) == 1 and "'db' (1 of 1 slot(s) in use)" in reports[0]
+    assert held("db") == 0

@@ -82,7 +82,7 @@ async def acquire(request: Request, bridge: Any, on_wait: Callable[[str], None] 
                   quiet: bool = False) -> Lease | None:
     """Wait until `request.occupy` slots of every named active limit are taken (all at once); returns
     the lease to release (None: nothing to hold, such as names that are not limits, or `rate_limit`).
-    `on_wait(message)` is called once, when the first attempt finds a limit full. `quiet`: names that
+    `on_wait(message)` is called once, when an attempt first finds a limit full. `quiet`: names that
     are not limits are expected (tag limits), say nothing."""
     if not request.names:
         return None
@@ -112,9 +112,9 @@ async def acquire(request: Request, bridge: Any, on_wait: Callable[[str], None] 
                     return None
                 leases.hold(db, lease_id, request.lease_seconds)
                 return Lease(db, lease_id, claim.acquired)
+            if not blocked and on_wait is not None:  # the first time a limit is found full
+                on_wait(f"Waiting for {request.occupy} slot(s) of {_describe(claim.blocked)}.")
             blocked = claim.blocked
-            if attempt == 0 and on_wait is not None:
-                on_wait(f"Waiting for {request.occupy} slot(s) of {_describe(blocked)}.")
             try:  # holders on this host that died: their slots are free now, not when their lease expires
                 if db.attempt(functools.partial(sql.free_dead_holders, names=[limit.name for limit in blocked])):
                     continue
