@@ -108,3 +108,12 @@ class BrokerDataError(AsyncflowError, RuntimeError):
 class LostRunError(AsyncflowError, RuntimeError):
     """The broker does not know a background run (its record was deleted, pruned, or lost by a Redis
     without persistence) for longer than ASYNCFLOW_TASK_WORKER_LOST_RUN_SECONDS."""
+
+
+class ConcurrencySlotAcquisitionError(AsyncflowError):
+    """Concurrency slots cannot be acquired: the limits do not exist (with `strict=True`), more slots are
+    asked for than the limit has, `rate_limit` on a limit without slot decay, or no retries are left."""
+
+
+class AcquireConcurrencySlotTimeoutError(AsyncflowError, TimeoutError):
+    """Waiting for concurrency slots took longer than `timeout_seconds`."""

@@ -33,6 +33,11 @@ PUBLIC = {
                                "TaskRunner", "ThreadPoolOptions", "ThreadPoolTaskRunner", "UnpicklableWorkError",
                                "WorkItem", "WorkerDiedError"},
     "asyncflow.utilities.annotations": {"BaseAnnotation", "allow_failure", "opaque", "quote", "unmapped"},
+    "asyncflow.concurrency": {"AcquireConcurrencySlotTimeoutError", "ConcurrencySlotAcquisitionError"},
+    "asyncflow.concurrency.sync": {"AcquireConcurrencySlotTimeoutError", "ConcurrencySlotAcquisitionError",
+                                   "concurrency", "rate_limit"},
+    "asyncflow.concurrency.asyncio": {"AcquireConcurrencySlotTimeoutError", "ConcurrencySlotAcquisitionError",
+                                      "concurrency", "rate_limit"},
     "asyncflow.testing": {"FakeClock", "VirtualTimeLoop", "fake_clock", "isolated_home", "isolated_store",
                           "state_names", "temporary_settings"},
 }

@@ -25,6 +25,7 @@ from .._context import FlowRunContext, RunContext, TaskRunContext, current_run, 
 from .._exceptions import TaskRunTimeoutError, UpstreamTaskError
 from .._futures import TaskRunFuture
 from .._ids import new_id
+from .._limits import tags as limit_tags
 from .._logging import ERROR, INFO, WARNING, ensure_print_capture, log
 from .._logging import flush as flush_logs
 from .._runners.work import Capabilities, WorkItem
@@ -339,19 +340,30 @@ def _resolve_wait_for(resolver: Resolver, wait_for: Any) -> None:
 
 
 async def _attempts(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, Any], bridge: Bridge) -> State[Any]:
-    holder: list[Any] = [None]
+    holder: list[Any] = [None, None]  # [the cache plan (its key lock), the tag limits' lease]
     own = caching.open_run_transaction(call.task)  # None unless a transaction encloses it, or it has hooks
     try:
         state = await _attempt_loop(call, ctx, parameters, bridge, holder)
-    except BaseException:  # cancelled or crashed: a SERIALIZABLE key lock must not outlive the run
-        if holder[0] is not None:
-            holder[0].release()
+    except BaseException:  # cancelled or crashed: a SERIALIZABLE key lock, a slot must not outlive the run
+        for held in holder:
+            if held is not None:
+                held.release()
         if own is not None:
             caching.abandon_run_transaction(own)
         raise
     if own is not None:
         await caching.close_run_transaction(own, bridge)
     return state
+
+
+def _awaiting_slot(call: TaskCall) -> Any:
+    """How a run that waits for a tag limit's slot says so: its state (the store, the CLI, the UI show it)."""
+    return lambda message: set_state(call, _new_state(call, StateType.PENDING, limit_tags.WAITING_STATE, message))
+
+
+def _free_slot(holder: list[Any]) -> None:
+    lease, holder[1] = holder[1], None
+    lease.release()
 
 
 async def _attempt_loop(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, Any], bridge: Bridge,
@@ -364,6 +376,8 @@ async def _attempt_loop(call: TaskCall, ctx: TaskRunContext, parameters: dict[st
     while True:
         attempt += 1
         run.run_count = attempt
+        if run.tags:  # a tag with a concurrency limit: wait for its slot (held while this attempt runs)
+            holder[1] = await limit_tags.acquire_for_task(run, bridge, _awaiting_slot(call))
         if attempt == 1:
             running = set_state(call, _new_state(call, StateType.RUNNING, "Running"))
             run.start_time = running.ts
@@ -376,8 +390,12 @@ async def _attempt_loop(call: TaskCall, ctx: TaskRunContext, parameters: dict[st
             if plan is not None:
                 cached = await plan.lookup(bridge)
                 if cached is not None:
+                    if holder[1] is not None:
+                        _free_slot(holder)
                     return set_state(call, cached)
         state = await _one_attempt(call, args, kwargs, bridge)
+        if holder[1] is not None:
+            _free_slot(holder)
         if state.type is StateType.COMPLETED:
             state = await caching.completed(call, plan, state, bridge)
         if state.type is StateType.FAILED and attempt <= policy.retries and await _should_retry(call, state, bridge):

@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .._limits.schema import LIMITS_SCHEMA
 from .._runs import FlowRun, TaskRun
 from .._states import State, StateDetails, StateType
 from . import owners as _owners
@@ -249,6 +250,8 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX logs_by_flow_run ON logs (flow_run_id, seq)",
         "CREATE INDEX logs_by_root_task_run ON logs (task_run_id, seq) WHERE flow_run_id IS NULL",
     ],
+    # version 6: concurrency limits and the slots their holders lease (asyncflow/_limits/)
+    LIMITS_SCHEMA,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -12,6 +12,8 @@
     asyncflow task-worker serve module:task ... [--limit N]
     asyncflow version [--json]
     asyncflow server start [--host 127.0.0.1] [--port 4200] [--open]
+    asyncflow gcl create NAME --limit N [--slot-decay-per-second X] | ls | inspect NAME | update NAME ... | delete NAME
+    asyncflow concurrency-limit create TAG N | ls | inspect TAG | reset TAG | delete TAG
 
 Exit status: 0 on success, 1 for a problem with the input or the store (an unknown id, no store yet,
 an invalid setting), 2 for a command line that does not parse.
@@ -27,17 +29,18 @@ from ._common import CLIError, close_stores
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import _config, _maintenance, _runs, _server
+    from . import _config, _limits, _maintenance, _runs, _server
 
     parser = argparse.ArgumentParser(
         prog="asyncflow", description="Inspect what ran (flow runs, task runs, states, logs), delete and prune "
-                                      "runs, manage settings and cached results, serve background tasks, "
-                                      "serve the web UI.")
+                                      "runs, manage settings, cached results and concurrency limits, serve "
+                                      "background tasks, serve the web UI.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _runs.add_commands(commands)
     _maintenance.add_commands(commands)
     _config.add_commands(commands)
     _server.add_commands(commands)
+    _limits.add_commands(commands)
     return parser
 
 

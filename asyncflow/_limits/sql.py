@@ -1,0 +1,285 @@
+"""What one short transaction on the limit tables does. Pure functions of a sqlite3 connection (in
+autocommit mode, `isolation_level=None`) and an explicit `now`, so tests drive time by hand.
+
+A limit's slots in use = the slots of its unexpired leases + the `rate_limit` slots not yet decayed.
+A claim takes the database's write lock (`BEGIN IMMEDIATE`) so two processes never both see a free
+slot and take it."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from .._exceptions import ConcurrencySlotAcquisitionError
+from .._store import owners as _owners
+
+TAG_PREFIX = "tag:"  # a tag-based task concurrency limit is the limit named "tag:<tag>" (as in Prefect)
+
+
+@attrs.frozen
+class Limit:
+    """A concurrency limit as stored, with the slots in use at the time it was read."""
+
+    name: str
+    limit: int
+    active: bool
+    slot_decay_per_second: float
+    active_slots: float
+    created: float
+    updated: float
+
+    @property
+    def tag(self) -> str | None:
+        return self.name[len(TAG_PREFIX):] if self.name.startswith(TAG_PREFIX) else None
+
+
+@attrs.frozen
+class Slot:
+    """Slots of one limit held by one lease."""
+
+    lease: str
+    name: str
+    slots: int
+    expires: float
+    holder: str | None
+    host: str
+    pid: int
+    created: float
+
+
+@attrs.frozen
+class Claim:
+    """The outcome of one attempt: `acquired` (the limits now held), else `blocked` (the full ones);
+    `missing` names no limit; `inactive` limits do not limit."""
+
+    acquired: tuple[Limit, ...] = ()
+    blocked: tuple[Limit, ...] = ()
+    missing: tuple[str, ...] = ()
+    inactive: tuple[str, ...] = ()
+
+
+# -- checks (bad input gets a clear error at the earliest point) ------------------------------------------
+def check_names(names: Any, what: str = "names") -> list[str]:
+    """`names` (one string or a list of strings) as a list without duplicates, in order."""
+    values = [names] if isinstance(names, str) else names
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(f"concurrency limit {what} must be a string or a list of strings; got "
+                        f"{type(names).__name__} {names!r}.")
+    checked: list[str] = []
+    for name in values:
+        if not isinstance(name, str):
+            raise TypeError(f"concurrency limit names must be strings; got {type(name).__name__} {name!r} "
+                            f"in {names!r}.")
+        if not name.strip() or name != name.strip():
+            raise ValueError(f"concurrency limit name {name!r} is empty or has leading/trailing spaces: give the "
+                             f"limit's name as `asyncflow gcl ls` shows it.")
+        if name not in checked:
+            checked.append(name)
+    return checked
+
+
+def check_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"a concurrency limit name must be a string; got {type(name).__name__} {name!r}.")
+    return check_names([name])[0]
+
+
+def check_limit(limit: Any) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"a concurrency limit must be a whole number of slots (an int >= 1); got "
+                        f"{type(limit).__name__} {limit!r}.")
+    if limit < 1:
+        raise ValueError(f"a concurrency limit must be at least 1 slot; got {limit}. To stop everything that "
+                         f"uses a limit for a while, disable it (`asyncflow gcl update NAME --disable` lets "
+                         f"everything through) or delete it.")
+    return limit
+
+
+def check_occupy(occupy: Any) -> int:
+    if isinstance(occupy, bool) or not isinstance(occupy, int) or occupy < 1:
+        raise ValueError(f"occupy must be a whole number of slots >= 1; got {occupy!r}.")
+    return occupy
+
+
+def check_decay(decay: Any) -> float:
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not math.isfinite(decay) or decay < 0:
+        raise ValueError(f"slot_decay_per_second must be a finite number >= 0 (0: slots are held until released); "
+                         f"got {decay!r}.")
+    return float(decay)
+
+
+def check_seconds(value: Any, what: str, allow_none: bool = True) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} must be a finite number of seconds >= 0{' or None' if allow_none else ''}; "
+                         f"got {value!r}.")
+    return float(value)
+
+
+# -- reads -------------------------------------------------------------------------------------------
+_LIMIT_COLUMNS = "name, slot_limit, active, slot_decay_per_second, decayed_slots, decayed_at, created, updated"
+
+
+def _decayed(row: Sequence[Any], now: float) -> float:
+    """The `rate_limit` slots of a limit row still taken at `now`."""
+    decay, slots, at = row[3], row[4], row[5]
+    return max(0.0, slots - decay * max(0.0, now - at)) if slots else 0.0
+
+
+def _held(conn: sqlite3.Connection, name: str, now: float) -> int:
+    return conn.execute("SELECT coalesce(sum(slots), 0) FROM concurrency_slots WHERE name = ? AND expires > ?",
+                        (name, now)).fetchone()[0]
+
+
+def _limit(conn: sqlite3.Connection, row: Sequence[Any], now: float) -> Limit:
+    used = _held(conn, row[0], now) + _decayed(row, now)
+    return Limit(row[0], row[1], bool(row[2]), row[3], used, row[6], row[7])
+
+
+def read(conn: sqlite3.Connection, name: str, now: float) -> Limit | None:
+    row = conn.execute(f"SELECT {_LIMIT_COLUMNS} FROM concurrency_limits WHERE name = ?", (name,)).fetchone()
+    return None if row is None else _limit(conn, row, now)
+
+
+def read_all(conn: sqlite3.Connection, now: float, tags: bool | None = None) -> list[Limit]:
+    """Every limit by name (`tags=True`: only tag limits, `False`: only global ones)."""
+    rows = conn.execute(f"SELECT {_LIMIT_COLUMNS} FROM concurrency_limits ORDER BY name").fetchall()
+    limits = [_limit(conn, row, now) for row in rows]
+    if tags is not None:
+        limits = [limit for limit in limits if (limit.tag is not None) == tags]
+    return limits
+
+
+def active_tag_limits(conn: sqlite3.Connection) -> frozenset[str]:
+    rows = conn.execute("SELECT name FROM concurrency_limits WHERE name LIKE 'tag:%' AND active = 1").fetchall()
+    return frozenset(row[0] for row in rows)
+
+
+def slots_of(conn: sqlite3.Connection, name: str, now: float) -> list[Slot]:
+    rows = conn.execute("SELECT lease, name, slots, expires, holder, host, pid, created FROM concurrency_slots "
+                        "WHERE name = ? AND expires > ? ORDER BY created", (name, now)).fetchall()
+    return [Slot(*row) for row in rows]
+
+
+# -- management --------------------------------------------------------------------------------------
+def create(conn: sqlite3.Connection, name: str, limit: int, decay: float, active: bool, now: float) -> Limit:
+    try:
+        conn.execute(f"INSERT INTO concurrency_limits ({_LIMIT_COLUMNS}) VALUES (?, ?, ?, ?, 0, ?, ?, ?)",
+                     (name, limit, int(active), decay, now, now, now))
+    except sqlite3.IntegrityError:
+        raise ValueError(f"a concurrency limit named {name!r} exists already: change it with "
+                         f"`asyncflow gcl update {name} --limit N`, or delete it first.") from None
+    return Limit(name, limit, active, decay, 0.0, now, now)
+
+
+def update(conn: sqlite3.Connection, name: str, now: float, *, limit: int | None = None, decay: float | None = None,
+           active: bool | None = None) -> Limit | None:
+    """Change a limit (None: keep that field); None if there is no such limit."""
+    row = conn.execute(f"SELECT {_LIMIT_COLUMNS} FROM concurrency_limits WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        return None
+    decayed = _decayed(row, now)  # restart decay at `now`, so a new rate applies from now on
+    conn.execute("UPDATE concurrency_limits SET slot_limit = ?, active = ?, slot_decay_per_second = ?, "
+                 "decayed_slots = ?, decayed_at = ?, updated = ? WHERE name = ?",
+                 (row[1] if limit is None else limit, row[2] if active is None else int(active),
+                  row[3] if decay is None else decay, decayed, now, now, name))
+    return read(conn, name, now)
+
+
+def delete(conn: sqlite3.Connection, name: str) -> bool:
+    conn.execute("DELETE FROM concurrency_slots WHERE name = ?", (name,))
+    return conn.execute("DELETE FROM concurrency_limits WHERE name = ?", (name,)).rowcount > 0
+
+
+def reset(conn: sqlite3.Connection, name: str, now: float) -> bool:
+    """Free every slot of a limit (its holders' leases and the rate-limit slots)."""
+    conn.execute("DELETE FROM concurrency_slots WHERE name = ?", (name,))
+    return conn.execute("UPDATE concurrency_limits SET decayed_slots = 0, decayed_at = ?, updated = ? WHERE name = ?",
+                        (now, now, name)).rowcount > 0
+
+
+# -- holding slots -----------------------------------------------------------------------------------
+def claim(conn: sqlite3.Connection, names: Sequence[str], occupy: int, mode: str, lease: str, lease_seconds: float,
+          holder: str | None, owner: tuple[str, str, int, str], now: float, strict: bool = False) -> Claim:
+    """One attempt, in one transaction under the write lock: take `occupy` slots of every active limit
+    named (all or none). `mode` "concurrency" leases them until `now + lease_seconds` (renew, release);
+    "rate_limit" adds them to the limits' decaying slots; `strict`: nothing is taken if a name is not a
+    limit. Raises ConcurrencySlotAcquisitionError for a
+    request that can never succeed."""
+    marks = ",".join("?" * len(names))
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = conn.execute(f"SELECT {_LIMIT_COLUMNS} FROM concurrency_limits WHERE name IN ({marks})",
+                            tuple(names)).fetchall()
+        found = {row[0]: row for row in rows}
+        missing = tuple(name for name in names if name not in found)
+        inactive = tuple(name for name in names if name in found and not found[name][2])
+        if missing and strict:
+            conn.execute("COMMIT")
+            return Claim(missing=missing, inactive=inactive)
+        live = [found[name] for name in names if name in found and found[name][2]]
+        _check_possible(live, occupy, mode)
+        if live:
+            conn.execute(f"DELETE FROM concurrency_slots WHERE expires <= ? AND name IN ({marks})", (now, *names))
+        limits = [_limit(conn, row, now) for row in live]
+        blocked = tuple(limit for limit in limits if limit.active_slots + occupy > limit.limit + 1e-9)
+        if not blocked and live:
+            if mode == "rate_limit":
+                conn.executemany("UPDATE concurrency_limits SET decayed_slots = ?, decayed_at = ? WHERE name = ?",
+                                 [(_decayed(row, now) + occupy, now, row[0]) for row in live])
+            else:
+                host, boot, pid, started = owner
+                conn.executemany("INSERT INTO concurrency_slots (lease, name, slots, expires, holder, host, boot, "
+                                 "pid, started, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                 [(lease, row[0], occupy, now + lease_seconds, holder, host, boot, pid, started, now)
+                                  for row in live])
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    acquired = () if blocked else tuple(attrs.evolve(limit, active_slots=limit.active_slots + occupy)
+                                        for limit in limits)
+    return Claim(acquired, blocked, missing, inactive)
+
+
+def _check_possible(rows: list[Sequence[Any]], occupy: int, mode: str) -> None:
+    for row in rows:
+        if occupy > row[1]:
+            raise ConcurrencySlotAcquisitionError(
+                f"Cannot acquire {occupy} slot(s) of concurrency limit {row[0]!r}: it has {row[1]} slot(s) in all, "
+                f"so the request could never succeed. Ask for at most {row[1]}, or raise the limit "
+                f"(`asyncflow gcl update {row[0]} --limit {occupy}`).")
+        if mode == "rate_limit" and not row[3] > 0:
+            raise ConcurrencySlotAcquisitionError(
+                f"rate_limit needs a concurrency limit with slot decay, and {row[0]!r} has none (its slots would "
+                f"never be freed). Give it one: `asyncflow gcl update {row[0]} --slot-decay-per-second 1`.")
+
+
+def release(conn: sqlite3.Connection, lease: str) -> int:
+    return conn.execute("DELETE FROM concurrency_slots WHERE lease = ?", (lease,)).rowcount
+
+
+def renew(conn: sqlite3.Connection, leases: Sequence[tuple[str, float]], now: float) -> None:
+    """Push back the expiry of held leases: [(lease, lease seconds)]."""
+    conn.executemany("UPDATE concurrency_slots SET expires = ? WHERE lease = ?",
+                     [(now + seconds, lease) for lease, seconds in leases])
+
+
+def free_dead_holders(conn: sqlite3.Connection, names: Sequence[str]) -> int:
+    """Free the slots of these limits held by processes on this host that have ended (killed, crashed):
+    their leases would otherwise stay taken until they expire. Returns the slots freed."""
+    marks = ",".join("?" * len(names))
+    holders = conn.execute(f"SELECT DISTINCT host, boot, pid, started FROM concurrency_slots WHERE name IN ({marks})",
+                           tuple(names)).fetchall()
+    freed = 0
+    for host, boot, pid, started in holders:
+        if _owners.is_gone(host, boot, pid, started) is True:
+            freed += conn.execute("DELETE FROM concurrency_slots WHERE host = ? AND boot = ? AND pid = ? AND "
+                                  "started = ?", (host, boot, pid, started)).rowcount
+    return freed
