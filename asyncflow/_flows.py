@@ -20,7 +20,8 @@ from ._callables import (
     validate_hooks,
 )
 from ._engine.bridge import AWAITING, BLOCKING, drive_sync
-from ._engine.loop import in_async_context
+from ._engine.calling import RunCall, call_site, caller_is_async
+from ._engine.loop import drive_inline
 from ._exceptions import InvalidNameError
 from ._names import flow_name_from_function
 from ._store.records import check_redacted
@@ -159,10 +160,11 @@ class Flow(Generic[P, R]):
         from ._engine.flow_run import FlowCall, run_flow
 
         call = FlowCall(self, parameters, wait_for)
-        if self.isasync or in_async_context():
-            return _await_flow(call, return_state)  # type: ignore[return-value]
-        state = drive_sync(run_flow(call, BLOCKING))
-        return state if return_state else state.result()
+        if self.isasync or caller_is_async():
+            return RunCall(_await_flow, (call, return_state), f"flow {self.name!r}",  # type: ignore[return-value]
+                           call_site())
+        state = drive_inline(drive_sync, run_flow(call, BLOCKING))
+        return state if return_state else state._result()
 
     def validate(self, parameters: dict[str, Any]) -> dict[str, Any]:
         """Coerce parameters to the annotated types (with pydantic, when it is installed)."""
@@ -241,7 +243,7 @@ async def _await_flow(call: Any, return_state: bool) -> Any:
     from ._engine.flow_run import run_flow
 
     state = await run_flow(call, AWAITING)
-    return state if return_state else state.result()
+    return state if return_state else state._result()
 
 
 @overload

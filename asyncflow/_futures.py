@@ -66,7 +66,7 @@ class TaskRunFuture(Generic[R]):
         if self._final is None and not self._block(timeout, "result"):
             raise TimeoutError(f"Task run {self.task_run.id} did not complete within {timeout} seconds")
         assert self._final is not None
-        return self._final.result(raise_on_failure=raise_on_failure)
+        return self._final._result(raise_on_failure=raise_on_failure)
 
     def __await__(self) -> Any:
         return self._await_result().__await__()
@@ -76,7 +76,7 @@ class TaskRunFuture(Generic[R]):
         if self._final is None:
             await self.wait_async()
         assert self._final is not None
-        return self._final.result()
+        return self._final._result()
 
     def add_done_callback(self, fn: Callable[[TaskRunFuture[R]], Any]) -> None:
         """Call `fn(future)` when the run finishes (at once if it already has)."""

@@ -27,7 +27,8 @@ from ._callables import (
 from ._context import current_run
 from ._engine import generators, task_run
 from ._engine.bridge import AWAITING, BLOCKING, drive_sync
-from ._engine.loop import in_async_context
+from ._engine.calling import RunCall, call_site, caller_is_async, see_through
+from ._engine.loop import drive_inline
 from ._engine.retry import build_retry_policy
 from ._futures import TaskRunFuture, TaskRunFutureList
 from ._store.records import check_redacted
@@ -170,12 +171,14 @@ class Task(Generic[P, R]):
             if return_state:
                 raise ValueError("The return_type for a generator task must be 'result'; "
                                  "return_state=True is not supported for generator tasks.")
-            return generators.call_generator_task(self, parameters, wait_for)  # type: ignore[return-value]
+            return generators.call_generator_task(  # type: ignore[return-value]
+                self, parameters, wait_for, caller_is_async())
         call = task_run.TaskCall(self, parameters, wait_for, submitted=False)
-        if self.isasync or in_async_context():
-            return _await_task(call, return_state)  # type: ignore[return-value]
-        state = drive_sync(task_run.run_task(call, BLOCKING))
-        return state if return_state else state.result()
+        if self.isasync or caller_is_async():
+            return RunCall(_await_task, (call, return_state), f"task {self.name!r}",  # type: ignore[return-value]
+                           call_site())
+        state = drive_inline(drive_sync, task_run.run_task(call, BLOCKING))
+        return state if return_state else state._result()
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskRunFuture[R]:
         """Start a run concurrently and return its future at once."""
@@ -184,7 +187,7 @@ class Task(Generic[P, R]):
         parameters = self.binder.bind(args, kwargs)
         future = task_run.submit(self, parameters, wait_for)
         if return_state:
-            if in_async_context():
+            if caller_is_async():
                 return _await_state(future)  # type: ignore[return-value]
             future.wait()
             return future.state  # type: ignore[return-value]
@@ -208,7 +211,7 @@ class Task(Generic[P, R]):
         """Submit one run per item of the iterable arguments; other arguments are broadcast."""
         from ._engine.mapping import map_task
 
-        return map_task(self, args, kwargs)
+        return map_task(self, args, kwargs, caller_is_async())
 
     def with_options(self, **options: Any) -> Task[P, R]:
         """A copy of this task with some options changed."""
@@ -253,12 +256,15 @@ class BoundTask:
         self._task = task
         self._instance = instance
 
+    @see_through
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._task(self._instance, *args, **kwargs)
 
+    @see_through
     def submit(self, *args: Any, **kwargs: Any) -> Any:
         return self._task.submit(self._instance, *args, **kwargs)
 
+    @see_through
     def map(self, *args: Any, **kwargs: Any) -> Any:
         from ._annotations import unmapped
 
@@ -450,7 +456,7 @@ def render_run_name(template: Any, parameters: dict[str, Any], option: str) -> s
 
 async def _await_task(call: Any, return_state: bool) -> Any:
     state = await task_run.run_task(call, AWAITING)
-    return state if return_state else state.result()
+    return state if return_state else state._result()
 
 
 async def _await_state(future: TaskRunFuture[Any]) -> Any:

@@ -1,6 +1,7 @@
 """SPEC §2: in sync code a call behaves like a function call; in async code every call is awaited."""
 
 import asyncio
+import collections.abc
 import inspect
 import threading
 
@@ -29,7 +30,7 @@ def test_sync_task_called_from_sync_code_returns_its_value():
 
 def test_async_task_called_from_sync_code_returns_a_coroutine():
     coro = double_async(2)
-    assert inspect.iscoroutine(coro)
+    assert asyncio.iscoroutine(coro) and isinstance(coro, collections.abc.Coroutine)
     assert asyncio.run(coro) == 4
 
 
@@ -95,7 +96,7 @@ def test_return_state_returns_the_final_state_without_raising():
 @pytest.mark.anyio
 async def test_return_state_is_awaitable_in_async_code():
     state = await double(5, return_state=True)
-    assert state.is_completed() and state.result() == 10
+    assert state.is_completed() and await state.result() == 10
     flow_state = await flow(lambda: 1)(return_state=True)
     assert flow_state.is_completed()
 

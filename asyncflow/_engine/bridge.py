@@ -29,6 +29,7 @@ from .._logging import ERROR, log
 from .._states import State
 from .deadline import call_sync_with_deadline
 from .interrupt import UserCode
+from .loop import run_on_own_loop
 
 
 def drive_sync(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -128,7 +129,7 @@ class Blocking(Bridge):
             async def _await() -> Any:
                 return await value
 
-            return anyio.run(_await)
+            return run_on_own_loop(_await)
         return value
 
     async def call_sync(self, fn: Callable[[], Any], guard: UserCode | None = None, runner: Any = None) -> Any:

@@ -10,7 +10,6 @@ from .._annotations import BaseAnnotation, quote, unmapped
 from .._exceptions import MappingLengthMismatch, MappingMissingIterable, MappingTooLarge
 from .._futures import TaskRunFuture, TaskRunFutureList
 from .._states import State
-from .loop import in_async_context
 from .task_run import submit
 
 
@@ -29,7 +28,7 @@ def _materialise(value: Any) -> Any:
     if isinstance(value, TaskRunFuture):
         return value.result()
     if isinstance(value, State):
-        return value.result()
+        return value._result()
     return value
 
 
@@ -53,7 +52,7 @@ def _items(task: Any, name: str, value: Any, cap: int) -> list[Any]:
     return items if items is not None else list(value)
 
 
-def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskRunFutureList:
+def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], in_async_code: bool) -> TaskRunFutureList:
     wait_for = kwargs.pop("wait_for", None)
     return_state = kwargs.pop("return_state", False)
     binder = task.binder
@@ -110,7 +109,7 @@ def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskRu
         parameters = binder.bind(args_i, kwargs_i)
         futures.append(submit(task, parameters, wait_for))
     if return_state:
-        if in_async_context():
+        if in_async_code:  # the calling rule: awaitable in async code
             return _await_states(futures)  # type: ignore[return-value]
         futures.wait()
         return [f.state for f in futures]  # type: ignore[return-value]

@@ -355,7 +355,7 @@ class DelayedFuture:
         assert final is not None
         if not final.is_final():  # the worker finished it without running it
             raise UpstreamTaskError(f"Task run {self.task_run_id} did not run: {final.message or final.name}")
-        return final.result(raise_on_failure=raise_on_failure)
+        return final._result(raise_on_failure=raise_on_failure)
 
     async def wait_async(self) -> None:
         if self._job is not None:  # the hand-off first, in a thread (cancellable: it goes on anyway)
