@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections.abc import Callable, Iterable
+from sys import _getframe
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from . import _settings
@@ -19,9 +20,9 @@ from ._callables import (
     check_text,
     validate_hooks,
 )
-from ._engine.bridge import AWAITING, BLOCKING, drive_sync
-from ._engine.calling import RunCall, call_site, caller_is_async
-from ._engine.loop import drive_inline
+from ._engine.bridge import AWAITING, BLOCKING
+from ._engine.calling import ASYNC_FLAGS, SEE_THROUGH, RunCall, call_site, is_async_frame
+from ._engine.loop import drive_here
 from ._exceptions import InvalidNameError
 from ._names import flow_name_from_function
 from ._store.records import check_redacted
@@ -160,10 +161,12 @@ class Flow(Generic[P, R]):
         from ._engine.flow_run import FlowCall, run_flow
 
         call = FlowCall(self, parameters, wait_for)
-        if self.isasync or caller_is_async():
+        code = _getframe(1).f_code  # the calling rule, inlined: this is every call's path
+        if self.isasync or code.co_flags & ASYNC_FLAGS or (code.co_name in SEE_THROUGH
+                                                           and is_async_frame(_getframe(1))):
             return RunCall(_await_flow, (call, return_state), f"flow {self.name!r}",  # type: ignore[return-value]
                            call_site())
-        state = drive_inline(drive_sync, run_flow(call, BLOCKING))
+        state = drive_here(run_flow(call, BLOCKING))
         return state if return_state else state._result()
 
     def validate(self, parameters: dict[str, Any]) -> dict[str, Any]:

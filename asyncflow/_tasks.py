@@ -9,6 +9,7 @@ import re
 import string
 import warnings
 from collections.abc import Callable, Iterable
+from sys import _getframe
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from . import _settings
@@ -26,9 +27,17 @@ from ._callables import (
 )
 from ._context import current_run
 from ._engine import generators, task_run
-from ._engine.bridge import AWAITING, BLOCKING, drive_sync
-from ._engine.calling import RunCall, call_site, caller_is_async, see_through
-from ._engine.loop import drive_inline
+from ._engine.bridge import AWAITING, BLOCKING
+from ._engine.calling import (
+    ASYNC_FLAGS,
+    SEE_THROUGH,
+    RunCall,
+    call_site,
+    caller_is_async,
+    is_async_frame,
+    see_through,
+)
+from ._engine.loop import drive_here
 from ._engine.retry import build_retry_policy
 from ._futures import TaskRunFuture, TaskRunFutureList
 from ._store.records import check_redacted
@@ -174,10 +183,12 @@ class Task(Generic[P, R]):
             return generators.call_generator_task(  # type: ignore[return-value]
                 self, parameters, wait_for, caller_is_async())
         call = task_run.TaskCall(self, parameters, wait_for, submitted=False)
-        if self.isasync or caller_is_async():
+        code = _getframe(1).f_code  # the calling rule, inlined: this is every call's path
+        if self.isasync or code.co_flags & ASYNC_FLAGS or (code.co_name in SEE_THROUGH
+                                                           and is_async_frame(_getframe(1))):
             return RunCall(_await_task, (call, return_state), f"task {self.name!r}",  # type: ignore[return-value]
                            call_site())
-        state = drive_inline(drive_sync, task_run.run_task(call, BLOCKING))
+        state = drive_here(task_run.run_task(call, BLOCKING))
         return state if return_state else state._result()
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskRunFuture[R]:

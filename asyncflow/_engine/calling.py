@@ -19,36 +19,43 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 _getframe = sys._getframe
-_ASYNC_FLAGS = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+ASYNC_FLAGS = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+_WRAPPER = "<asyncflow wrapper>"  # the code name of asyncflow's own pass-through wrappers
 # frames that belong to the function they are written in (3.12 inlines the comprehensions, not the rest)
-_SEE_THROUGH_NAMES = frozenset({"<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>", "<lambda>"})
-_SEE_THROUGH_CODES: set[Any] = set()  # asyncflow's own pass-through wrappers (BoundTask.__call__, ...)
+SEE_THROUGH = frozenset({"<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>", "<lambda>", _WRAPPER})
 
 
 def see_through(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Mark an asyncflow wrapper that calls a task or flow on its caller's behalf: its frame is skipped."""
-    _SEE_THROUGH_CODES.add(fn.__code__)
+    """Mark an asyncflow wrapper that calls a task or flow on its caller's behalf: its frame is skipped.
+    (Its code is renamed, so that one lookup of a name finds every frame to skip.)"""
+    fn.__code__ = fn.__code__.replace(co_name=_WRAPPER)
     return fn
 
 
 def caller_is_async(depth: int = 2) -> bool:
     """Is the code `depth` frames up (2: the caller of the function that asks) async code?"""
-    frame: Any = _getframe(depth)
-    code = frame.f_code
-    while code.co_name in _SEE_THROUGH_NAMES or code in _SEE_THROUGH_CODES:
-        if code.co_flags & _ASYNC_FLAGS:  # an async comprehension / async generator expression
-            return True
-        frame = frame.f_back
-        if frame is None:
-            return False
+    code = _getframe(depth).f_code
+    if code.co_flags & ASYNC_FLAGS:
+        return True
+    return code.co_name in SEE_THROUGH and is_async_frame(_getframe(depth))
+
+
+def is_async_frame(frame: Any) -> bool:
+    """Is `frame` async code, counting comprehensions, lambdas and wrappers as their caller's?"""
+    while frame is not None:
         code = frame.f_code
-    return bool(code.co_flags & _ASYNC_FLAGS)
+        if code.co_flags & ASYNC_FLAGS:  # (an async comprehension is async code itself)
+            return True
+        if code.co_name not in SEE_THROUGH:
+            return False
+        frame = frame.f_back
+    return False
 
 
 def call_site(depth: int = 2) -> tuple[str, int]:
     """(file, line) of the code `depth` frames up, skipping the see-through frames, for warnings."""
     frame: Any = _getframe(depth)
-    while frame.f_back is not None and frame.f_code in _SEE_THROUGH_CODES:
+    while frame.f_back is not None and frame.f_code.co_name == _WRAPPER:
         frame = frame.f_back
     return frame.f_code.co_filename, frame.f_lineno
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import sniffio
@@ -32,16 +32,31 @@ def loop_runs_here() -> bool:
     return _thread_local.name is not None or _get_running_loop() is not None
 
 
-def drive_inline(drive: Callable[[Any], Any], coro: Any) -> Any:
-    """`drive(coro)` for a call from sync code. On an event loop's thread the engine runs inline,
+def drive_here(coro: Coroutine[Any, Any, Any]) -> Any:
+    """`drive_sync(coro)` for a call from sync code. On an event loop's thread the engine runs inline,
     blocking the loop as any sync call there does; meanwhile `in_async_context()` is False."""
     if _thread_local.name is None and _get_running_loop() is None:
-        return drive(coro)
+        return drive_sync(coro)
     _inline.depth = getattr(_inline, "depth", 0) + 1
     try:
-        return drive(coro)
+        return drive_sync(coro)
     finally:
         _inline.depth -= 1
+
+
+def drive_sync(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run an engine coroutine to completion in this thread, with no event loop's help.
+
+    With the blocking bridge the engine never awaits anything that suspends, so one `send(None)`
+    finishes it. This costs well under a microsecond, against ~100 µs for a hop to a loop thread and
+    back.
+    """
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise RuntimeError("asyncflow internal error: the engine tried to suspend during a sync call.")
 
 
 def run_on_own_loop(async_fn: Callable[[], Any], backend: str = "asyncio") -> Any:
