@@ -21,7 +21,7 @@ from ._callables import (
     validate_hooks,
 )
 from ._engine.bridge import AWAITING, BLOCKING
-from ._engine.calling import ASYNC_FLAGS, SEE_THROUGH, RunCall, call_site, is_async_frame
+from ._engine.calling import ASYNC_FLAGS, SEE_THROUGH, is_async_frame, unawaited_name
 from ._engine.loop import drive_here
 from ._exceptions import InvalidNameError
 from ._names import flow_name_from_function
@@ -136,6 +136,7 @@ class Flow(Generic[P, R]):
         self._validator: Any = None
         self.__doc__ = getattr(fn, "__doc__", None)
         self.__name__ = name
+        self._unawaited_name = unawaited_name("flow", name)
         self.__wrapped__ = fn
 
     @property
@@ -161,11 +162,12 @@ class Flow(Generic[P, R]):
         from ._engine.flow_run import FlowCall, run_flow
 
         call = FlowCall(self, parameters, wait_for)
-        code = _getframe(1).f_code  # the calling rule, inlined: this is every call's path
-        if self.isasync or code.co_flags & ASYNC_FLAGS or (code.co_name in SEE_THROUGH
-                                                           and is_async_frame(_getframe(1))):
-            return RunCall(_await_flow, (call, return_state), f"flow {self.name!r}",  # type: ignore[return-value]
-                           call_site())
+        frame = _getframe(1)  # the calling rule, inlined: this is every call's path
+        code = frame.f_code
+        if self.isasync or code.co_flags & ASYNC_FLAGS or (code.co_name in SEE_THROUGH and is_async_frame(frame)):
+            pending = _await_flow(call, return_state)  # type: ignore[arg-type]
+            pending.__qualname__ = self._unawaited_name  # type: ignore[attr-defined]
+            return pending  # type: ignore[return-value]
         state = drive_here(run_flow(call, BLOCKING))
         return state if return_state else state._result()
 

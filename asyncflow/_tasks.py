@@ -31,11 +31,10 @@ from ._engine.bridge import AWAITING, BLOCKING
 from ._engine.calling import (
     ASYNC_FLAGS,
     SEE_THROUGH,
-    RunCall,
-    call_site,
     caller_is_async,
     is_async_frame,
     see_through,
+    unawaited_name,
 )
 from ._engine.loop import drive_here
 from ._engine.retry import build_retry_policy
@@ -169,6 +168,7 @@ class Task(Generic[P, R]):
             self.source_code = None
         self.__doc__ = getattr(fn, "__doc__", None)
         self.__name__ = self.name
+        self._unawaited_name = unawaited_name("task", self.name)
         self.__wrapped__ = fn
 
     # -- calling ---------------------------------------------------------------------------------
@@ -183,11 +183,12 @@ class Task(Generic[P, R]):
             return generators.call_generator_task(  # type: ignore[return-value]
                 self, parameters, wait_for, caller_is_async())
         call = task_run.TaskCall(self, parameters, wait_for, submitted=False)
-        code = _getframe(1).f_code  # the calling rule, inlined: this is every call's path
-        if self.isasync or code.co_flags & ASYNC_FLAGS or (code.co_name in SEE_THROUGH
-                                                           and is_async_frame(_getframe(1))):
-            return RunCall(_await_task, (call, return_state), f"task {self.name!r}",  # type: ignore[return-value]
-                           call_site())
+        frame = _getframe(1)  # the calling rule, inlined: this is every call's path
+        code = frame.f_code
+        if self.isasync or code.co_flags & ASYNC_FLAGS or (code.co_name in SEE_THROUGH and is_async_frame(frame)):
+            pending = _await_task(call, return_state)  # type: ignore[arg-type]
+            pending.__qualname__ = self._unawaited_name  # type: ignore[attr-defined]
+            return pending  # type: ignore[return-value]
         state = drive_here(task_run.run_task(call, BLOCKING))
         return state if return_state else state._result()
 

@@ -9,7 +9,7 @@ count as the function they are written in.
 from __future__ import annotations
 
 import asyncio
-import collections.abc
+import inspect
 import threading
 import warnings
 from typing import Any
@@ -52,7 +52,7 @@ EVERY = {**SYNC, **ASYNC}
 
 
 def is_pending_call(value: Any) -> bool:
-    return isinstance(value, collections.abc.Coroutine)
+    return inspect.iscoroutine(value)
 
 
 async def settle(value: Any) -> Any:
@@ -330,12 +330,13 @@ async def test_an_unawaited_call_in_async_code_warns_naming_it_and_the_fix(kind)
         fn(2)  # forgot await: the returned call is dropped at once
     message = str(caught[0].message)
     what = "task" if "task" in kind else "flow"
-    assert f"{what} {fn.name!r} was never awaited" in message and "write `await` before the call" in message
+    assert message.startswith(f"coroutine '{fn.name}() [an asyncflow {what} called without await: "
+                              f"in async code write `await {fn.name}(...)`") and "was never awaited" in message
     assert caught[0].filename == __file__  # it points at the call
 
 
 def test_an_unawaited_async_call_in_sync_code_warns_too():
-    with pytest.warns(RuntimeWarning, match="task 'double_async' was never awaited.*asyncio.run"):
+    with pytest.warns(RuntimeWarning, match=r"double_async\(\) \[an asyncflow task called without await.*asyncio.run"):
         double_async(1)
 
 

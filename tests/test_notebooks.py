@@ -106,4 +106,4 @@ def test_an_unawaited_async_flow_in_a_cell_warns_naming_it(kernel):
     kernel.run(DEFINE)
     _, err, errors = kernel.run("pending = atotal(2)\ndel pending")
     assert not errors, errors
-    assert "flow 'atotal' was never awaited" in err and "`await`" in err
+    assert "coroutine 'atotal() [an asyncflow flow called without await" in err and "`await atotal(...)`" in err

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import inspect
 import sys
-import warnings
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable
 from typing import Any
 
 _getframe = sys._getframe
@@ -52,74 +51,10 @@ def is_async_frame(frame: Any) -> bool:
     return False
 
 
-def call_site(depth: int = 2) -> tuple[str, int]:
-    """(file, line) of the code `depth` frames up, skipping the see-through frames, for warnings."""
-    frame: Any = _getframe(depth)
-    while frame.f_back is not None and frame.f_code.co_name == _WRAPPER:
-        frame = frame.f_back
-    return frame.f_code.co_filename, frame.f_lineno
-
-
-class RunCall(Coroutine[Any, Any, Any]):
-    """What calling a task or flow returns in async code (and an async one in sync code): a coroutine
-    that starts the run when it is awaited (or run by `asyncio.run`, `trio.run`, a task group).
-
-    Dropped without ever being started, it warns (`RuntimeWarning`, pointing at the call) naming the
-    task or flow and the fix, instead of Python's bare "coroutine ... was never awaited"."""
-
-    __slots__ = ("_make", "_args", "_coro", "_what", "_site")
-
-    def __init__(self, make: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...], what: str,
-                 site: tuple[str, int] | None) -> None:
-        self._make = make
-        self._args = args
-        self._coro: Coroutine[Any, Any, Any] | None = None
-        self._what = what  # "task 'add'", "flow 'etl'"
-        self._site = site
-
-    def _start(self) -> Coroutine[Any, Any, Any]:
-        coro = self._coro
-        if coro is None:
-            coro = self._coro = self._make(*self._args)
-            self._args = ()
-        return coro
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._start().__await__()
-
-    def send(self, value: Any) -> Any:
-        return self._start().send(value)
-
-    def throw(self, *exc: Any) -> Any:
-        return self._start().throw(*exc)
-
-    def close(self) -> None:
-        if self._coro is None:  # closed before it started: the run never happens, and nobody is told
-            self._coro = _CLOSED
-            self._args = ()
-            return
-        self._coro.close()
-
-    def __del__(self) -> None:
-        if self._coro is not None:
-            return
-        filename, lineno = self._site if self._site is not None else ("<unknown>", 0)
-        # (under `-W error` this raises, and Python prints it as an exception ignored in __del__)
-        warnings.warn_explicit(
-            f"The call of {self._what} was never awaited, so it never ran. In async code (inside "
-            f"`async def`, or a notebook cell that uses `await`) write `await` before the call, or "
-            f"pass it to a task group; from sync code, run an async task or flow with "
-            f"`asyncio.run(...)` or `anyio.run(...)`.",
-            RuntimeWarning, filename, lineno, module="asyncflow")
-
-    def __repr__(self) -> str:
-        return f"<call of {self._what}>"
-
-
-async def _never() -> None:  # pragma: no cover - a placeholder that is never awaited
-    pass
-
-
-_CLOSED: Any = _never()
-_CLOSED.close()
-
+def unawaited_name(kind: str, name: str) -> str:
+    """The `__qualname__` given to the coroutine a call of a task or flow returns. Python's warning
+    for a coroutine dropped without being awaited quotes it, so the warning names the task or flow
+    and the fix instead of an engine function: "coroutine 'add() [an asyncflow task called without
+    await: ...]' was never awaited". (One attribute set per call; a wrapper object cost microseconds.)"""
+    return (f"{name}() [an asyncflow {kind} called without await: in async code write `await {name}(...)`; "
+            f"from sync code run it with asyncio.run(...) or anyio.run(...)]")
