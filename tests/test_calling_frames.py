@@ -373,3 +373,42 @@ async def test_a_flow_returning_states_gives_states_whose_result_follows_the_rul
     state = sync_helper(lambda _: returns_state(), None)
     assert isinstance(state, State) and sync_helper(lambda s: s.result(), state) == 2
     assert await state.result() == 2
+
+
+@pytest.mark.anyio
+async def test_a_transaction_with_async_commit_hooks_inside_a_sync_flow_inline_on_the_loop_thread():
+    from asyncflow.transactions import transaction
+
+    events = []
+
+    async def committed(txn):
+        await anyio.lowlevel.checkpoint()
+        events.append(("commit", threading.get_ident()))
+
+    @task(on_commit=[committed])
+    def work():
+        return 1
+
+    @flow
+    def body():
+        with transaction():
+            work()
+        return "done"
+
+    assert sync_helper(lambda _: body(), None) == "done"
+    assert len(events) == 1 and events[0][1] != threading.get_ident()  # on a loop of its own, elsewhere
+
+
+@pytest.mark.anyio
+async def test_a_sync_flow_with_a_timeout_inline_on_the_loop_thread_times_out():
+    import time
+
+    @flow(timeout_seconds=0.2)
+    def slow():
+        for _ in range(200):  # short sleeps: the stopped thread leaves at the next one
+            time.sleep(0.02)
+
+    started = time.monotonic()
+    state = sync_helper(lambda _: slow(return_state=True), None)
+    assert state.is_failed() and "timeout" in state.message.lower()
+    assert time.monotonic() - started < 4
