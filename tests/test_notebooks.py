@@ -6,6 +6,7 @@ A cell without `await` is sync code: a sync flow called there returns its value.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -18,10 +19,20 @@ pytestmark = pytest.mark.timeout(90)
 
 
 class Kernel:
-    def __init__(self, home: str) -> None:
+    """A kernel of this environment's Python, through a kernel spec of its own (a machine-wide
+    `python3` spec could name another interpreter)."""
+
+    def __init__(self, home: str, specs: str) -> None:
+        spec_dir = os.path.join(specs, "kernels", "asyncflow-test")
+        os.makedirs(spec_dir)
+        with open(os.path.join(spec_dir, "kernel.json"), "w", encoding="utf-8") as file:
+            json.dump({"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                       "display_name": "asyncflow test", "language": "python"}, file)
         env = dict(os.environ, ASYNCFLOW_HOME=home, PYTHONWARNINGS="default")
-        self.manager, self.client = jupyter_client_manager.start_new_kernel(
-            kernel_name="python3", startup_timeout=60, env=env)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("JUPYTER_PATH", specs)
+            self.manager, self.client = jupyter_client_manager.start_new_kernel(
+                kernel_name="asyncflow-test", startup_timeout=60, env=env)
 
     def run(self, code: str) -> tuple[str, str, list[str]]:
         """Run a cell: (stdout, stderr, errors), waiting until the kernel is idle again."""
@@ -48,7 +59,7 @@ class Kernel:
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
-    k = Kernel(str(tmp_path_factory.mktemp("asyncflow-home")))
+    k = Kernel(str(tmp_path_factory.mktemp("asyncflow-home")), str(tmp_path_factory.mktemp("jupyter")))
     try:
         out, _, errors = k.run("import sys; print(sys.executable)")
         assert not errors and out.strip() == sys.executable  # the kernel runs this environment's asyncflow

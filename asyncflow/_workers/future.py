@@ -48,7 +48,7 @@ class _UnloadableResult(State[Any]):
 
     error: BaseException | None = None
 
-    def result(self, raise_on_failure: bool = True) -> Any:
+    def _result(self, raise_on_failure: bool = True) -> Any:  # (behind `result()` and `aresult()`)
         assert self.error is not None
         raise self.error
 
