@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections.abc import Callable, Coroutine, Iterable
+from sys import _getframe
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, ParamSpec, TypeVar, overload
 
 from . import _methods, _settings
@@ -19,8 +20,9 @@ from ._callables import (
     check_text,
     validate_hooks,
 )
-from ._engine.bridge import AWAITING, BLOCKING, drive_sync
-from ._engine.loop import in_async_context
+from ._engine.bridge import AWAITING, BLOCKING
+from ._engine.calling import ASYNC_FLAGS, SEE_THROUGH, is_async_frame, unawaited_name
+from ._engine.loop import drive_here
 from ._exceptions import InvalidNameError
 from ._names import flow_name_from_function
 from ._store.records import check_redacted
@@ -140,6 +142,7 @@ class Flow(Generic[P, R]):
         self._validator: Any = None
         self.__doc__ = getattr(fn, "__doc__", None)
         self.__name__ = name
+        self._unawaited_name = unawaited_name("flow", name)
         self.__wrapped__ = fn
 
     @property
@@ -193,10 +196,14 @@ class Flow(Generic[P, R]):
         from ._engine.flow_run import FlowCall, run_flow
 
         call = FlowCall(self, parameters, wait_for)
-        if self.isasync or in_async_context():
-            return _await_flow(call, return_state)
-        state = drive_sync(run_flow(call, BLOCKING))
-        return state if return_state else state.result()
+        frame = _getframe(1)  # the calling rule, inlined: this is every call's path
+        code = frame.f_code
+        if self.isasync or code.co_flags & ASYNC_FLAGS or (code.co_name in SEE_THROUGH and is_async_frame(frame)):
+            pending = _await_flow(call, return_state)  # type: ignore[arg-type]
+            pending.__qualname__ = self._unawaited_name  # type: ignore[attr-defined]
+            return pending  # type: ignore[return-value]
+        state = drive_here(run_flow(call, BLOCKING))
+        return state if return_state else state._result()
 
     def validate(self, parameters: dict[str, Any]) -> dict[str, Any]:
         """Coerce parameters to the annotated types (with pydantic, when it is installed)."""
@@ -286,7 +293,7 @@ async def _await_flow(call: Any, return_state: bool) -> Any:
     from ._engine.flow_run import run_flow
 
     state = await run_flow(call, AWAITING)
-    return state if return_state else state.result()
+    return state if return_state else state._result()
 
 
 @overload

@@ -67,7 +67,7 @@ class TaskRunFuture(Generic[R]):
         if self._final is None and not self._block(timeout, "result"):
             raise TimeoutError(f"Task run {self.task_run.id} did not complete within {timeout} seconds")
         assert self._final is not None
-        return self._final.result(raise_on_failure=raise_on_failure)
+        return self._final._result(raise_on_failure=raise_on_failure)
 
     def __await__(self) -> Generator[Any, None, R]:
         return self._await_result().__await__()
@@ -82,7 +82,7 @@ class TaskRunFuture(Generic[R]):
             # move_on_after): that code's cancellation comes first, so its scope catches it; a
             # CancelledRun from here would escape that scope.
             await anyio.lowlevel.checkpoint_if_cancelled()
-        return self._final.result()
+        return self._final._result()
 
     def add_done_callback(self, fn: Callable[[TaskRunFuture[R]], Any]) -> None:
         """Call `fn(future)` when the run finishes (at once if it already has)."""

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._engine.calling import see_through
+
 INSTANCE, CLASS, STATIC = None, "class", "static"
 
 
@@ -72,12 +74,15 @@ class Bound:
             raise AttributeError(name)
         return getattr(self._unbound, name)
 
+    @see_through  # the calling rule looks at who called the bound method
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._unbound(self._self, *args, **kwargs)
 
+    @see_through  # the calling rule looks at who called the bound method
     def submit(self, *args: Any, **kwargs: Any) -> Any:
         return self._unbound.submit(self._self, *args, **kwargs)
 
+    @see_through  # the calling rule looks at who called the bound method
     def map(self, *args: Any, **kwargs: Any) -> Any:
         from ._annotations import unmapped
 

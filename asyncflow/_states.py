@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
+from ._engine.calling import caller_is_async
 from ._exceptions import CancelledRun, CrashedRun, FailedRun, UnfinishedRun
 
 R = TypeVar("R")
@@ -108,7 +109,21 @@ class State(Generic[R]):
 
     # -- result ---------------------------------------------------------------------------------
     def result(self, raise_on_failure: bool = True) -> R:
-        """The run's return value; for a failed run, its exception (raised unless asked not to)."""
+        """The run's return value; for a failed run, its exception (raised unless asked not to).
+
+        The calling rule applies: in async code (an `async def`, a notebook cell that uses `await`)
+        this returns an awaitable of the same (`await state.result()`), as in Prefect 3; in sync code,
+        the value."""
+        if caller_is_async():
+            return self.aresult(raise_on_failure)  # type: ignore[return-value]
+        return self._result(raise_on_failure)
+
+    async def aresult(self, raise_on_failure: bool = True) -> R:
+        """`state.result()` as a coroutine, in any code."""
+        return self._result(raise_on_failure)
+
+    def _result(self, raise_on_failure: bool = True) -> R:
+        """`result()` for asyncflow's own code: the value, wherever it is called from."""
         if self.type in _FAILURE_TYPES:
             if not raise_on_failure and (isinstance(self.data, State) or is_state_iterable(self.data)):
                 return self.data  # type: ignore[no-any-return]  # a flow's returned states, as in Prefect

@@ -29,7 +29,7 @@ from typing import Any, cast
 import anyio
 import anyio.to_thread
 
-from ._engine.loop import context_for_another_thread, in_async_context
+from ._engine.loop import context_for_another_thread, in_async_context, run_on_own_loop
 from ._logging import ERROR, INFO, log
 
 _NOTSET: Any = object()
@@ -501,7 +501,7 @@ def _await_on_own_loop(awaitable: Any, backend: str) -> Any:
     async def wait() -> Any:
         return await awaitable
 
-    return anyio.run(wait, backend=backend)
+    return run_on_own_loop(wait, backend)
 
 
 def _settle_and_run_hooks(txn: Transaction, failed: bool, backend: str) -> None:

@@ -43,7 +43,7 @@ async def run_status(request: Request) -> JSONResponse:
     state = await anyio.to_thread.run_sync(lambda: future.state)
     body = {"state": state.name}
     if state.is_completed():
-        body["result"] = state.result()
+        body["result"] = await state.result()  # in async code, State.result() is awaited
     return JSONResponse(body)
 
 

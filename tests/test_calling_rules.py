@@ -95,7 +95,7 @@ def test_return_state_returns_the_final_state_without_raising():
 @pytest.mark.anyio
 async def test_return_state_is_awaitable_in_async_code():
     state = await double(5, return_state=True)
-    assert state.is_completed() and state.result() == 10
+    assert state.is_completed() and await state.result() == 10
     flow_state = await flow(lambda: 1)(return_state=True)
     assert flow_state.is_completed()
 

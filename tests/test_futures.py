@@ -386,7 +386,7 @@ async def test_submit_with_return_state_is_awaitable_in_async_flow():
     with anyio.fail_after(10):
         state = await f()
     assert isinstance(state, State)
-    assert state.is_completed() and state.result() == 3
+    assert state.is_completed() and await state.result() == 3
 
 
 def test_submit_with_return_state_returns_the_final_state_in_sync_flow():
@@ -762,7 +762,7 @@ async def test_async_flow_returning_futures_aggregates_their_states():
         states = await ok()
         ok_state = await ok(return_state=True)
         bad_state = await bad(return_state=True)
-    assert [s.result() for s in states] == [2, 4]
+    assert [await s.result() for s in states] == [2, 4]
     assert ok_state.is_completed() and ok_state.message == "All states completed."
     assert bad_state.is_failed() and bad_state.message == "1/3 states failed."
 
@@ -776,7 +776,7 @@ async def test_async_flow_returning_mapped_futures_returns_a_plain_list_of_state
     with anyio.fail_after(10):
         states = await f()
     assert type(states) is list
-    assert [s.result() for s in states] == [4, 6]
+    assert [await s.result() for s in states] == [4, 6]
 
 
 # -- failed upstream, allow_failure ----------------------------------------------------------------------

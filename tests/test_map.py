@@ -424,6 +424,6 @@ async def test_map_with_return_state_is_awaitable_in_async_code():
     @flow
     async def f():
         states = await double.map([1, 2], return_state=True)
-        return [s.result() for s in states]
+        return [await s.result() for s in states]
 
     assert await f() == [2, 4]

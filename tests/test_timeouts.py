@@ -87,7 +87,7 @@ async def test_timed_out_async_task_is_retried_with_exact_delays(store):
 
     with fake_clock() as clock:
         state = await flaky(return_state=True)
-    assert state.result() == "ok" and clock.slept == [10.0, 20.0]
+    assert await state.result() == "ok" and clock.slept == [10.0, 20.0]
     assert state_names(store, state.state_details.task_run_id) == [
         "Pending", "Running", "AwaitingRetry", "Retrying", "AwaitingRetry", "Retrying", "Completed"]
 

@@ -29,24 +29,11 @@ from .._logging import ERROR, log
 from .._states import State
 from .deadline import call_sync_with_deadline
 from .interrupt import UserCode
+from .loop import drive_sync as drive_sync  # (its home was here)
+from .loop import run_on_own_loop
 
 if TYPE_CHECKING:
     from .._protocols import EngineRunner
-
-
-def drive_sync(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run an engine coroutine to completion in a thread with no event loop.
-
-    With the blocking bridge the engine never awaits anything that suspends, so one `send(None)`
-    finishes it. This costs well under a microsecond, against ~100 µs for a hop to a loop thread and
-    back.
-    """
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    coro.close()
-    raise RuntimeError("asyncflow internal error: the engine tried to suspend during a sync call.")
 
 
 class Bridge:
@@ -132,7 +119,7 @@ class Blocking(Bridge):
             async def _await() -> Any:
                 return await value
 
-            return anyio.run(_await)
+            return run_on_own_loop(_await)
         return value
 
     async def call_sync(self, fn: Callable[[], Any], guard: UserCode | None = None,

@@ -21,15 +21,16 @@ from collections.abc import AsyncGenerator, Generator
 from typing import Any
 
 from .bridge import AWAITING, BLOCKING
-from .loop import in_async_context
 from .streaming import ConsumerClosed, Emit
 from .task_run import TaskCall, run_task
 
 
-def call_generator_task(task: Any, parameters: dict[str, Any], wait_for: Any) -> Any:
+def call_generator_task(task: Any, parameters: dict[str, Any], wait_for: Any, in_async_code: bool) -> Any:
+    """A generator task called directly: an async generator for an async generator function or a call
+    in async code (the calling rule), else a generator."""
     call = TaskCall(task, parameters, wait_for, submitted=False)
     call.streaming = True
-    if task.kind == "asyncgen" or in_async_context():
+    if task.kind == "asyncgen" or in_async_code:
         return _drive_async(call)
     return _drive_sync(call)
 
@@ -85,7 +86,7 @@ def _drive_sync(call: TaskCall) -> Generator[Any, Any, Any]:
             stepper.sent = yield out.value
         except BaseException as exc:
             stepper.consumer_raised(exc)
-    return None if stepper.closing else stepper.state.result()  # its return value, or its failure raised
+    return None if stepper.closing else stepper.state._result()  # its return value, or its failure raised
 
 
 @types.coroutine
@@ -110,4 +111,4 @@ async def _drive_async(call: TaskCall) -> AsyncGenerator[Any, None]:
             except BaseException as exc:
                 stepper.consumer_raised(exc)
     if not stepper.closing:
-        stepper.state.result()  # a failure is raised (an async generator returns no value)
+        stepper.state._result()  # a failure is raised (an async generator returns no value)

@@ -10,7 +10,6 @@ from .._annotations import BaseAnnotation, allow_failure, quote, unmapped
 from .._exceptions import MappingLengthMismatch, MappingMissingIterable, MappingTooLarge
 from .._futures import TaskRunFuture, TaskRunFutureList
 from .._states import State
-from .loop import in_async_context
 from .task_run import submit
 
 
@@ -37,7 +36,7 @@ def _materialise(value: Any) -> Any:
     if isinstance(value, TaskRunFuture):
         return value.result()
     if isinstance(value, State):
-        return value.result()
+        return value._result()
     return value
 
 
@@ -61,8 +60,8 @@ def _items(task: Any, name: str, value: Any, cap: int) -> list[Any]:
     return items if items is not None else list(value)
 
 
-def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], submit_one: Any = submit
-             ) -> TaskRunFutureList:
+def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], in_async_code: bool,
+             submit_one: Any = submit) -> TaskRunFutureList:
     wait_for = kwargs.pop("wait_for", None)
     return_state = kwargs.pop("return_state", False)
     binder = task.binder
@@ -122,7 +121,7 @@ def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], submit_on
         parameters = binder.bind(args_i, kwargs_i)
         futures.append(submit_one(task, parameters, wait_for))
     if return_state:
-        if in_async_context():
+        if in_async_code:  # the calling rule: awaitable in async code
             return _await_states(futures)  # type: ignore[return-value]
         futures.wait()
         return [f.state for f in futures]  # type: ignore[return-value]

@@ -103,9 +103,9 @@ class Resolver:
 
     def leaf(self, state: State[Any], name: str, allow_failed: bool) -> Any:
         if state.is_completed():
-            return state.result()
+            return state._result()
         if allow_failed and state.is_final():
-            return state.result(raise_on_failure=False)
+            return state._result(raise_on_failure=False)
         if allow_failed and state.type.value == "PENDING":
             return state.data
         raise UpstreamTaskError(f"Upstream task run '{name}' did not reach a 'COMPLETED' state.")

@@ -57,7 +57,7 @@ class DirectUse:
         kwargs = dict(parameters)
         if wait_for is not None:
             kwargs["wait_for"] = wait_for
-        return map_task(task, (), kwargs, submit_one=self._submit_bound)
+        return map_task(task, (), kwargs, False, submit_one=self._submit_bound)  # (futures: no return_state here)
 
     def _submit_bound(self, task: Any, parameters: dict[str, Any], wait_for: Any) -> TaskRunFuture[Any]:
         call = _DirectCall(task, parameters, wait_for, submitted=True)

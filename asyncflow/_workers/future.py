@@ -49,7 +49,7 @@ class _UnloadableResult(State[Any]):
 
     error: BaseException | None = None
 
-    def result(self, raise_on_failure: bool = True) -> Any:
+    def _result(self, raise_on_failure: bool = True) -> Any:  # (behind `result()` and `aresult()`)
         assert self.error is not None
         raise self.error
 
@@ -353,7 +353,7 @@ class DelayedFuture:
         assert final is not None
         if not final.is_final():  # the worker finished it without running it
             raise UpstreamTaskError(f"Task run {self.task_run_id} did not run: {final.message or final.name}")
-        return final.result(raise_on_failure=raise_on_failure)
+        return final._result(raise_on_failure=raise_on_failure)
 
     async def wait_async(self) -> None:
         if self._job is not None:  # the hand-off first, in a thread (cancellable: it goes on anyway)
