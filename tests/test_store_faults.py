@@ -215,6 +215,25 @@ def test_a_damaged_store_runs_the_flow_and_says_to_move_the_file_away(tmp_path):
     assert "is not an asyncflow store: move" in result.stderr and "kept in memory only" in result.stderr
 
 
+def test_a_store_missing_one_of_its_tables_degrades_once_and_says_so(tmp_path):
+    """A file whose schema version is current but which lacks a table (made by a broken build, or
+    edited by hand): one warning naming the problem, and the runs kept in memory — not one warning per
+    record while every write fails."""
+    import sqlite3
+
+    assert run_script(FLOW_SCRIPT, tmp_path).returncode == 0  # a good store first
+    db = sqlite3.connect(tmp_path / "asyncflow.db")
+    db.execute("DROP TABLE counters")
+    db.commit()
+    db.close()
+    result = run_script(FLOW_SCRIPT, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "result 90" in result.stdout and "runs 10" in result.stdout
+    assert result.stderr.count("WARNING") == 1, result.stderr
+    assert "no such table: counters" in result.stderr and "kept in memory only" in result.stderr
+    assert "move" in result.stderr  # the fix: move the file away (a new store is made there)
+
+
 @pytest.fixture
 def public_dir():
     """A directory every user can reach (pytest's tmp_path is private to its user)."""

@@ -29,6 +29,7 @@ import functools
 import json
 import os
 import random
+import re
 import sqlite3
 import time
 import uuid
@@ -279,6 +280,9 @@ def is_busy(exc: BaseException) -> bool:
     return "locked" in text or "busy" in text
 
 
+_SCHEMA_PROBLEM = re.compile(r"no such (table|column)|has no column named")
+
+
 def classify(exc: BaseException) -> str:
     """What an error while writing means: BUSY (retry later), UNUSABLE (the database or its file
     system cannot be used: degrade), or BAD_RECORD (something in the batch: isolate it)."""
@@ -286,6 +290,8 @@ def classify(exc: BaseException) -> str:
         return BUSY
     if isinstance(exc, (OSError, StoreError)):
         return UNUSABLE
+    if isinstance(exc, sqlite3.OperationalError) and _SCHEMA_PROBLEM.search(str(exc)):
+        return UNUSABLE  # a table or column missing: the file's schema, not a record, is at fault
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
         return UNUSABLE if (code & 0xFF) in _UNUSABLE_CODES else BAD_RECORD
@@ -301,6 +307,10 @@ def advice(exc: BaseException, path: Path) -> str:
     text = str(exc).lower()
     if code == 13 or number == _errno.ENOSPC or "full" in text:
         return "The disk is full: free space on it, or set ASYNCFLOW_HOME to a directory on another disk."
+    if _SCHEMA_PROBLEM.search(text):
+        return (f"The file's tables are not the ones its schema version says (made by another build of asyncflow, "
+                f"or edited): move {path} away (a new store is created there), or set ASYNCFLOW_HOME to another "
+                f"directory.")
     if code in (11, 26) or "malformed" in text or "not a database" in text:
         return (f"The file is damaged or is not an asyncflow store: move {path} away (a new store is created "
                 f"there), or set ASYNCFLOW_HOME to another directory.")
