@@ -11,8 +11,9 @@ import pytest
 from asyncflow import task
 
 
-def run_in_thread(fn: Any, *args: Any, timeout: float = 10.0) -> Any:
-    """Run `fn(*args)` in a daemon thread; fail the test (instead of hanging) if it does not finish."""
+def run_in_thread(fn: Any, *args: Any, timeout: float = 60.0) -> Any:
+    """Run `fn(*args)` in a daemon thread; fail the test (instead of hanging) if it does not finish within
+    `timeout` seconds: a hang guard, generous enough for a loaded machine, never a performance bound."""
     outcome: dict[str, Any] = {}
 
     def target() -> None:
