@@ -31,6 +31,16 @@ def runs(request, store):
         yield sqlite_store
 
 
+HANG_GUARD = 60.0  # seconds: only a broken test waits this long
+
+
+def until(condition) -> None:
+    deadline = time.monotonic() + HANG_GUARD
+    while not condition():
+        assert time.monotonic() < deadline, "not within the hang guard"
+        time.sleep(0.005)
+
+
 def final_names(store, ids):
     store.flush()
     return [store.read_task_run(run_id).state.name for run_id in ids]
@@ -253,10 +263,13 @@ def test_a_run_cancelled_right_after_its_start_check_never_runs_its_code(runs, m
     original = scope_module.Scope.claim_start
     reached = threading.Event()
 
+    claimed = threading.Event()
+
     def claim_then_preempted(self, call):
         ok = original(self, call)
         if call.task.name == "slow_sync":
-            time.sleep(0.2)  # the flow fails and cancels the scope right here
+            claimed.set()
+            until(lambda: self.cancelled is not None)  # the flow fails and cancels the scope right here
         return ok
 
     monkeypatch.setattr(scope_module.Scope, "claim_start", claim_then_preempted)
@@ -269,7 +282,7 @@ def test_a_run_cancelled_right_after_its_start_check_never_runs_its_code(runs, m
     @flow
     def f():
         ids.append(slow_sync.submit().task_run_id)
-        time.sleep(0.05)  # the run is past its start check, not yet started
+        assert claimed.wait(HANG_GUARD)  # the run is past its start check, not yet started
         raise RuntimeError("the flow fails")
 
     state = f(return_state=True)
@@ -394,16 +407,40 @@ def test_a_sync_flows_failure_stops_runs_waiting_for_a_thread_slot(store):
 
 
 # -- flows called inside the runs of a flow end with it (review of the ownership work) ----------------
-def _nested(ran_to_end: threading.Event):
+class Leaves:
+    """Both leaves run until the outer flow's deadline stops them (the sync one blocks until the test lets it
+    go on, `release()`): `started` counts them, `ran_to_end` says one ran past its wait."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.ran_to_end, self.proceed, self.sync_ended = threading.Event(), threading.Event(), threading.Event()
+
+    def release(self) -> None:
+        """The deadline has passed: let the sync leaf go on; it stops before its next line."""
+        assert sorted(self.started) == ["async", "sync"]  # (both ran before the deadline)
+        self.proceed.set()
+        assert self.sync_ended.wait(HANG_GUARD)
+        assert not self.ran_to_end.is_set()
+
+
+OUTER_TIMEOUT = 2.0  # real time: both leaves must have started by then (they take a few ms; generous for load)
+
+
+def _nested(leaves: Leaves):
     @task
     def leaf_sync():
-        time.sleep(1.0)
-        ran_to_end.set()
+        leaves.started.append("sync")
+        try:
+            leaves.proceed.wait(HANG_GUARD)
+            leaves.ran_to_end.set()
+        finally:
+            leaves.sync_ended.set()
 
     @task
     async def leaf_async():
-        await anyio.sleep(1.0)
-        ran_to_end.set()
+        leaves.started.append("async")
+        await anyio.sleep(3600)
+        leaves.ran_to_end.set()
 
     @flow
     def sub():
@@ -424,10 +461,10 @@ def _all_runs(store):
 
 
 def test_a_subflow_called_in_a_pool_thread_task_ends_with_its_sync_flows_deadline(runs):
-    ran_to_end = threading.Event()
-    mid = _nested(ran_to_end)
+    leaves = Leaves()
+    mid = _nested(leaves)
 
-    @flow(timeout_seconds=0.3)
+    @flow(timeout_seconds=OUTER_TIMEOUT)
     def outer():
         return mid.submit().result()
 
@@ -436,23 +473,22 @@ def test_a_subflow_called_in_a_pool_thread_task_ends_with_its_sync_flows_deadlin
                                ("outer", "TimedOut"), ("sub", "Cancelled")]
     [sub_run] = [r for r in runs.read_flow_runs() if r.flow_name == "sub"]
     assert "because Flow run" in sub_run.state.message and "timed out" in sub_run.state.message
-    assert not ran_to_end.wait(1.0)
+    leaves.release()
 
 
 @pytest.mark.anyio
 async def test_a_subflow_called_in_a_pool_thread_task_ends_with_its_async_flows_deadline(runs):
-    ran_to_end = threading.Event()
-    mid = _nested(ran_to_end)
+    leaves = Leaves()
+    mid = _nested(leaves)
 
-    @flow(timeout_seconds=0.3)
+    @flow(timeout_seconds=OUTER_TIMEOUT)
     async def outer():
         return await mid.submit()
 
     assert (await outer(return_state=True)).name == "TimedOut"
     assert _all_runs(runs) == [("leaf_async", "Cancelled"), ("leaf_sync", "Cancelled"), ("mid", "Cancelled"),
                                ("outer", "TimedOut"), ("sub", "Cancelled")]
-    await anyio.to_thread.run_sync(ran_to_end.wait, 1.0)
-    assert not ran_to_end.is_set()
+    await anyio.to_thread.run_sync(leaves.release)
 
 
 @pytest.mark.anyio
