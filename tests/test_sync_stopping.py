@@ -24,7 +24,7 @@ GIL_HOLDING_CALLS = {
 }
 
 
-def _eventually(condition, timeout: float = 10.0) -> bool:
+def _eventually(condition, timeout: float = 60.0) -> bool:  # a hang guard
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if condition():
