@@ -13,6 +13,7 @@ import time
 import anyio
 import anyio.lowlevel
 import pytest
+from helpers import Body
 
 from asyncflow import flow, task
 from asyncflow._engine import scope as scope_module
@@ -134,11 +135,10 @@ async def test_a_flow_whose_deadline_passes_with_runs_queued_ends_timed_out_with
 
 
 # -- B3: sync runs in pool threads end with their flow ---------------------------------------------
-def _slow_sync_task(after: threading.Event, seconds: float):
+def _slow_sync_task(body: Body):
     @task
     def slow_sync():
-        time.sleep(seconds)
-        after.set()  # must never run: the flow ended first
+        body.block()  # blocks until the test lets it go on; the line after it must never run
         return "done"
 
     return slow_sync
@@ -146,8 +146,8 @@ def _slow_sync_task(after: threading.Event, seconds: float):
 
 @pytest.mark.anyio
 async def test_a_sync_run_in_a_pool_thread_does_not_outlive_its_async_flows_deadline(runs):
-    after = threading.Event()
-    slow_sync = _slow_sync_task(after, 0.5)
+    body = Body()
+    slow_sync = _slow_sync_task(body)
     ids = []
 
     @flow(timeout_seconds=0.1)
@@ -159,14 +159,14 @@ async def test_a_sync_run_in_a_pool_thread_does_not_outlive_its_async_flows_dead
     assert state.name == "TimedOut"
     assert final_names(runs, ids) == ["Cancelled"]  # already when the flow returns
     assert "timed out" in runs.read_task_run(ids[0]).state.message
-    await anyio.sleep(0.8)  # the blocking call returns meanwhile
-    assert not after.is_set(), "a line after the blocking call ran after the flow had ended"
+    # the blocking call returns now: no line after it runs (if the run had started before the deadline)
+    await anyio.to_thread.run_sync(lambda: body.assert_stopped(if_entered=True))
     assert final_names(runs, ids) == ["Cancelled"]
 
 
-async def _cancel_a_flow_with_a_pool_thread_run(after: threading.Event, seconds: float) -> list:
-    """An async flow submits a sync task blocked for `seconds`; the code awaiting the flow is cancelled."""
-    slow_sync = _slow_sync_task(after, seconds)
+async def _cancel_a_flow_with_a_pool_thread_run(body: Body) -> list:
+    """An async flow submits a sync task that blocks; once it runs, the code awaiting the flow is cancelled."""
+    slow_sync = _slow_sync_task(body)
     ids = []
 
     @flow
@@ -174,26 +174,28 @@ async def _cancel_a_flow_with_a_pool_thread_run(after: threading.Event, seconds:
         ids.append(slow_sync.submit().task_run_id)
         await anyio.sleep(10)
 
-    with anyio.move_on_after(0.1):
-        await f()
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(body.cancel_once_entered, scope)
+            await f()
+    assert scope.cancelled_caught
     return ids
 
 
 @pytest.mark.anyio
 async def test_a_sync_run_in_a_pool_thread_does_not_outlive_the_cancellation_of_its_async_flow(runs):
-    after = threading.Event()
-    ids = await _cancel_a_flow_with_a_pool_thread_run(after, 0.5)
+    body = Body()
+    ids = await _cancel_a_flow_with_a_pool_thread_run(body)
     runs.flush()
     assert [r.state.name for r in runs.read_flow_runs()] == ["Cancelled"]
     assert final_names(runs, ids) == ["Cancelled"]
-    await anyio.sleep(0.8)
-    assert not after.is_set()
+    await anyio.to_thread.run_sync(body.assert_stopped)
     assert final_names(runs, ids) == ["Cancelled"]
 
 
 def test_a_sync_flows_timeout_ends_its_submitted_runs_before_it_returns(runs):
-    after = threading.Event()
-    slow_sync = _slow_sync_task(after, 1.5)
+    body = Body()
+    slow_sync = _slow_sync_task(body)
     ids = []
 
     @flow(timeout_seconds=0.4)  # long enough for the body to submit on a loaded machine
@@ -205,8 +207,7 @@ def test_a_sync_flows_timeout_ends_its_submitted_runs_before_it_returns(runs):
     assert state.name == "TimedOut"
     assert len(ids) == 1
     assert final_names(runs, ids) == ["Cancelled"]
-    time.sleep(1.6)
-    assert not after.is_set()
+    body.assert_stopped(if_entered=True)
     assert final_names(runs, ids) == ["Cancelled"]
 
 
@@ -518,10 +519,12 @@ async def test_async_runs_of_a_sync_subflow_in_a_pool_thread_run_whatever_the_ou
 
 @pytest.mark.anyio
 async def test_a_stopped_pool_thread_run_reports_its_final_state_once(runs):
-    after = threading.Event()
-    ids = await _cancel_a_flow_with_a_pool_thread_run(after, 0.3)
-    await anyio.to_thread.run_sync(after.wait, 0.6)  # its blocking call returns meanwhile, and it raises
-    assert not after.is_set()
+    from asyncflow._engine import interrupt
+
+    body = Body()
+    ids = await _cancel_a_flow_with_a_pool_thread_run(body)
+    await anyio.to_thread.run_sync(body.assert_stopped)  # its blocking call returns now, and it raises
+    await anyio.to_thread.run_sync(until, lambda: not interrupt.watched())  # ... and it has left the run's code
     runs.flush()
     finished = [line.message for line in runs.read_logs(task_run_id=str(ids[0])) if "Finished in state" in line.message]
     assert len(finished) == 1 and "flow run was cancelled" in finished[0]

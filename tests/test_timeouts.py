@@ -13,41 +13,11 @@ import time
 
 import anyio
 import pytest
+from helpers import HANG_GUARD, Body
 
 from asyncflow import flow, task
 from asyncflow._engine.interrupt import SyncRunAborted
 from asyncflow.testing import state_names
-
-HANG_GUARD = 60.0  # seconds: only a broken test waits this long
-
-
-class Body:
-    """Sync user code that blocks until the test lets it go on (`block()`): `entered` once it runs,
-    `went_on` if it ran the line after the blocking call, `ended` once it left (its `finally:`, which
-    runs when the stop is raised in it)."""
-
-    def __init__(self) -> None:
-        self.entered, self.proceed, self.went_on, self.ended = (threading.Event() for _ in range(4))
-
-    def block(self) -> None:
-        self.entered.set()
-        try:
-            self.proceed.wait(HANG_GUARD)  # a call that outlives the deadline
-            self.went_on.set()  # "I will not execute"
-        finally:
-            self.ended.set()
-
-    def assert_stopped(self) -> None:
-        """The caller has moved on: it did so while the body was still blocked, and the body, let go
-        on, is stopped before its next line."""
-        assert self.entered.is_set() and not self.ended.is_set()  # the caller did not wait for the body
-        self.proceed.set()
-        assert self.ended.wait(HANG_GUARD)
-        assert not self.went_on.is_set()
-
-    async def cancel_once_entered(self, scope: anyio.CancelScope) -> None:
-        await anyio.to_thread.run_sync(self.entered.wait, HANG_GUARD)
-        scope.cancel()
 
 
 # -- async code, virtual time ----------------------------------------------------------------------
