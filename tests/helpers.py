@@ -5,14 +5,52 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import pytest
 
 from asyncflow import task
 
+HANG_GUARD = 60.0  # seconds: only a broken test waits this long
 
-def run_in_thread(fn: Any, *args: Any, timeout: float = 10.0) -> Any:
-    """Run `fn(*args)` in a daemon thread; fail the test (instead of hanging) if it does not finish."""
+
+class Body:
+    """Sync user code that blocks until the test lets it go on (`block()`): `entered` once it runs,
+    `went_on` if it ran the line after the blocking call, `ended` once it left (its `finally:`, which
+    runs when the stop is raised in it)."""
+
+    def __init__(self) -> None:
+        self.entered, self.proceed, self.went_on, self.ended = (threading.Event() for _ in range(4))
+
+    def block(self) -> None:
+        self.entered.set()
+        try:
+            self.proceed.wait(HANG_GUARD)  # a call that outlives the deadline
+            self.went_on.set()  # "I will not execute"
+        finally:
+            self.ended.set()
+
+    def assert_stopped(self, *, if_entered: bool = False) -> None:
+        """The caller has moved on: it did so while the body was still blocked, and the body, let go
+        on, is stopped before its next line. `if_entered`: a body that never started (a deadline that passed
+        before its run started, on a loaded machine) is fine too."""
+        if if_entered and not self.entered.is_set():
+            self.proceed.set()
+            return
+        assert self.entered.is_set() and not self.ended.is_set()  # the caller did not wait for the body
+        self.proceed.set()
+        assert self.ended.wait(HANG_GUARD)
+        assert not self.went_on.is_set()
+
+    async def cancel_once_entered(self, scope: anyio.CancelScope) -> None:
+        await anyio.to_thread.run_sync(self.entered.wait, HANG_GUARD)
+        scope.cancel()
+
+
+def run_in_thread(fn: Any, *args: Any, timeout: float = 60.0) -> Any:
+    """Run `fn(*args)` in a daemon thread; fail the test (instead of hanging) if it does not finish within
+    `timeout` seconds: a hang guard, generous enough for a loaded machine, never a performance bound."""
     outcome: dict[str, Any] = {}
 
     def target() -> None:

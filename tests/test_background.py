@@ -201,7 +201,7 @@ def test_sigterm_lets_the_running_run_finish_and_exits(app, tmp_path):
     _out, err = stop(proc)
     assert proc.returncode == 0, err
     assert "stopping gracefully" in err
-    assert future.result(timeout=5) == "slept"
+    assert future.result(timeout=60) == "slept"
 
 
 def test_workers_honour_retries_and_report_failures(app, tmp_path):

@@ -57,12 +57,12 @@ def test_concurrent_claims_never_take_the_same_run(broker, postgres_url):
     assert sum(1 for ids in taken if ids) >= 2  # they took turns (SKIP LOCKED: nobody waited for the others)
 
 
-def test_a_lease_that_expires_makes_the_run_claimable_again_and_only_the_first_completion_counts(broker):
+def test_a_lease_that_expires_makes_the_run_claimable_again_and_only_the_first_completion_counts(broker, postgres_url):
     run = queued()
     broker.enqueue(run)
-    [first] = broker.claim(["k"], "w1", 0.3, 10)
-    assert first.attempts == 1 and broker.claim(["k"], "w2", 30, 10) == []
-    time.sleep(0.4)
+    [first] = broker.claim(["k"], "w1", 60, 10)
+    assert first.attempts == 1 and broker.claim(["k"], "w2", 30, 10) == []  # leased: nobody else takes it
+    expire_leases(postgres_url)  # w1 stopped renewing and its lease ran out
     [again] = broker.claim(["k"], "w2", 30, 10)
     assert again.id == run.id and again.attempts == 2
     assert broker.complete(run.id, "w2", "COMPLETED", "Completed", None, b"r2") is True
@@ -72,40 +72,89 @@ def test_a_lease_that_expires_makes_the_run_claimable_again_and_only_the_first_c
     assert outcome.finished and outcome.result == b"r2" and outcome.state_name == "Completed"
 
 
+def expire_leases(url: str) -> None:
+    """Every lease runs out now, as if its time had passed (a test that sleeps through a short lease is a race
+    under load: a slow step and the lease is gone before the test looks)."""
+    from asyncflow._store.postgres_base import connect
+
+    with connect(url) as conn:
+        conn.execute("UPDATE asyncflow_task_queue SET lease_expires = extract(epoch from clock_timestamp()) - 1 "
+                      "WHERE lease_expires IS NOT NULL")
+
+
+class WatchedWakes(threading.Condition):
+    """The broker's wake-up condition, recording each wait of `wait_for_work`: the timeout it waited with and
+    whether a wake-up (a notification, an interruption) ended it rather than that timeout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[tuple[float | None, bool]] = []
+        self.waiting = threading.Event()  # a wait has begun
+
+    def wait_for(self, predicate, timeout=None):  # type: ignore[no-untyped-def]
+        self.waiting.set()
+        woken = super().wait_for(predicate, timeout)
+        self.waits.append((timeout, woken))
+        return woken
+
+
+def wake_ups(broker: PostgresBroker) -> int:
+    with broker._wakes:
+        return broker._generation
+
+
+def until(condition, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + 60  # a hang guard, not a performance bound
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} within 60 s"
+        time.sleep(0.01)
+
+
+def listening(broker: PostgresBroker) -> WatchedWakes:
+    """Start the broker's listener, wait until it LISTENs (its first look-again wake-up has happened: it would
+    end a wait begun before it, as a spurious wake-up), then watch the broker's waits."""
+    broker.wait_for_work(["nothing"], 0.0)
+    until(lambda: wake_ups(broker) >= 1, "the listener started")
+    watched = broker._wakes = WatchedWakes()
+    return watched
+
+
 def test_an_idle_worker_is_woken_by_a_notification_not_by_polling(broker, postgres_url):
-    woke: list[float] = []
-
-    def wait() -> None:
-        broker.wait_for_work(["k"], 30.0)
-        woke.append(time.monotonic())
-
-    thread = threading.Thread(target=wait)
-    thread.start()
-    time.sleep(0.5)
-    assert not woke  # nothing queued: it waits
+    wakes = listening(broker)
+    waiter = threading.Thread(target=broker.wait_for_work, args=(["k"], 120.0))
+    waiter.start()
+    assert wakes.waiting.wait(60)  # nothing queued: it waits
     other = PostgresBroker(postgres_url)  # another process would do the same
-    enqueued = time.monotonic()
     other.enqueue(queued())
-    thread.join(10)
+    waiter.join(60)
     other.close()
-    assert woke and woke[0] - enqueued < 0.5
-    started = time.monotonic()
-    broker.wait_for_work(["k"], 30.0)  # a run is claimable now: no wait at all
-    assert time.monotonic() - started < 0.5
+    assert not waiter.is_alive()
+    # one wait, for the caller's whole timeout (no polling interval), ended by a wake-up: the notification
+    assert wakes.waits == [(120.0, True)]
+    broker.wait_for_work(["k"], 120.0)  # a run is claimable now: no wait at all
+    assert len(wakes.waits) == 1
 
 
 def test_an_idle_wait_ends_when_a_lease_expires_and_when_interrupted(broker):
+    wakes = listening(broker)
     run = queued()
+    seen = wake_ups(broker)
     broker.enqueue(run)
-    broker.claim(["k"], "w1", 0.5, 10)
-    started = time.monotonic()
-    broker.wait_for_work(["k"], 30.0)  # the worker holding it died: its lease expires
-    assert 0.3 < time.monotonic() - started < 3
-    assert broker.claim(["k"], "w2", 30, 10)[0].id == run.id
-    threading.Timer(0.3, broker.interrupt_waits).start()
-    started = time.monotonic()
-    broker.wait_for_work(["other"], 30.0)
-    assert time.monotonic() - started < 3
+    until(lambda: wake_ups(broker) > seen, "the enqueue's own notification arrived")  # (it would end the wait)
+    lease = 0.5
+    broker.claim(["k"], "w1", lease, 10)
+    broker.wait_for_work(["k"], 60.0)  # the worker holding it died: its lease expires
+    # the wait lasted until the lease's end, not the caller's timeout (none at all if the lease had already
+    # expired when it looked: a slow machine) ...
+    assert all(timeout is not None and timeout <= lease + 0.011 for timeout, _ in wakes.waits), wakes.waits
+    assert broker.claim(["k"], "w2", 30, 10)[0].id == run.id  # ... and not less: the run is claimable
+    wakes.waiting.clear()
+    waiter = threading.Thread(target=broker.wait_for_work, args=(["other"], 120.0))
+    waiter.start()
+    assert wakes.waiting.wait(60)
+    broker.interrupt_waits()
+    waiter.join(60)
+    assert not waiter.is_alive() and wakes.waits[-1] == (120.0, True)  # ended by the interruption
 
 
 def test_a_broker_that_cannot_be_reached_is_a_clear_error_without_the_password():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +27,6 @@ class Example:
     line_counts: dict[str, int] = field(default_factory=dict)  # whole (stripped) line -> exact number
     absent: list[str] = field(default_factory=lambda: ["Traceback"])
     env: dict[str, str] = field(default_factory=dict)
-    max_seconds: float | None = None
 
 
 EXAMPLES = [
@@ -47,7 +45,6 @@ EXAMPLES = [
         in_order=["Summary: total=55, fetched='data from inventory-service', second lookup Cached", FLOW_COMPLETED],
         counts={"Created task run 'square-": 5},
         absent=["Traceback", "ERROR"],
-        max_seconds=5.0,
     ),
     # --- seed 000: tasks documentation ---
     Example(
@@ -203,20 +200,20 @@ EXAMPLES = [
 ]
 
 
-def _run(example: Example, home: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+def _run(example: Example, home: Path) -> subprocess.CompletedProcess[str]:
+    """Run the example in a process of its own (the 60 s timeout is a hang guard; how fast examples run is
+    the benchmark suite's business, not a test's)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCFLOW_") and k != "GIT_COMMIT_SHA"}
     env.update(PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8", ASYNCFLOW_HOME=str(home), **example.env)
-    started = time.perf_counter()
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, example.script], cwd=EXAMPLES_DIR, env=env, timeout=60,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
     )
-    return proc, time.perf_counter() - started
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.script.removesuffix(".py") for e in EXAMPLES])
 def test_example(example: Example, tmp_path: Path) -> None:
-    proc, elapsed = _run(example, tmp_path)
+    proc = _run(example, tmp_path)
     out = proc.stdout
     assert proc.returncode == 0, f"{example.script} exited with {proc.returncode}:\n{out}"
     for text in example.contains:
@@ -234,8 +231,6 @@ def test_example(example: Example, tmp_path: Path) -> None:
             f"line {line!r} appears {lines.count(line)}x, expected {expected}x:\n{out}")
     for text in example.absent:
         assert text not in out, f"{text!r} unexpectedly in the output of {example.script}:\n{out}"
-    if example.max_seconds is not None:
-        assert elapsed < example.max_seconds, f"{example.script} took {elapsed:.2f}s (limit {example.max_seconds}s)"
 
 
 def test_every_example_is_tested() -> None:

@@ -1,11 +1,11 @@
 """Generator tasks and methods as tasks (seed 000)."""
 
 import threading
-import time
 
 import anyio
 import anyio.lowlevel
 import pytest
+from helpers import Body
 
 from asyncflow import flow, task
 from asyncflow.testing import state_names
@@ -268,13 +268,12 @@ async def test_an_async_generator_task_times_out_in_its_own_steps_not_in_its_con
 
 
 def test_a_sync_generator_task_past_its_timeout_is_stopped_and_timed_out(store):
-    after = []
+    body = Body()  # blocks until the test lets it go on; the line after it must never run
 
     @task(timeout_seconds=0.1)
     def slow_gen():
         yield 1
-        time.sleep(0.4)
-        after.append("ran on")  # never: the step was stopped at its deadline
+        body.block()  # the step is stopped at its deadline
         yield 2
 
     seen = []
@@ -282,8 +281,7 @@ def test_a_sync_generator_task_past_its_timeout_is_stopped_and_timed_out(store):
         for value in slow_gen():
             seen.append(value)
     assert seen == [1]
-    time.sleep(0.5)
-    assert after == []
+    body.assert_stopped()
     assert store.read_task_runs()[0].state.name == "TimedOut"
 
 

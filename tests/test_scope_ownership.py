@@ -13,6 +13,7 @@ import time
 import anyio
 import anyio.lowlevel
 import pytest
+from helpers import Body
 
 from asyncflow import flow, task
 from asyncflow._engine import scope as scope_module
@@ -29,6 +30,16 @@ def runs(request, store):
         return
     with isolated_home() as sqlite_store:
         yield sqlite_store
+
+
+HANG_GUARD = 60.0  # seconds: only a broken test waits this long
+
+
+def until(condition) -> None:
+    deadline = time.monotonic() + HANG_GUARD
+    while not condition():
+        assert time.monotonic() < deadline, "not within the hang guard"
+        time.sleep(0.005)
 
 
 def final_names(store, ids):
@@ -124,11 +135,10 @@ async def test_a_flow_whose_deadline_passes_with_runs_queued_ends_timed_out_with
 
 
 # -- B3: sync runs in pool threads end with their flow ---------------------------------------------
-def _slow_sync_task(after: threading.Event, seconds: float):
+def _slow_sync_task(body: Body):
     @task
     def slow_sync():
-        time.sleep(seconds)
-        after.set()  # must never run: the flow ended first
+        body.block()  # blocks until the test lets it go on; the line after it must never run
         return "done"
 
     return slow_sync
@@ -136,8 +146,8 @@ def _slow_sync_task(after: threading.Event, seconds: float):
 
 @pytest.mark.anyio
 async def test_a_sync_run_in_a_pool_thread_does_not_outlive_its_async_flows_deadline(runs):
-    after = threading.Event()
-    slow_sync = _slow_sync_task(after, 0.5)
+    body = Body()
+    slow_sync = _slow_sync_task(body)
     ids = []
 
     @flow(timeout_seconds=0.1)
@@ -149,14 +159,14 @@ async def test_a_sync_run_in_a_pool_thread_does_not_outlive_its_async_flows_dead
     assert state.name == "TimedOut"
     assert final_names(runs, ids) == ["Cancelled"]  # already when the flow returns
     assert "timed out" in runs.read_task_run(ids[0]).state.message
-    await anyio.sleep(0.8)  # the blocking call returns meanwhile
-    assert not after.is_set(), "a line after the blocking call ran after the flow had ended"
+    # the blocking call returns now: no line after it runs (if the run had started before the deadline)
+    await anyio.to_thread.run_sync(lambda: body.assert_stopped(if_entered=True))
     assert final_names(runs, ids) == ["Cancelled"]
 
 
-async def _cancel_a_flow_with_a_pool_thread_run(after: threading.Event, seconds: float) -> list:
-    """An async flow submits a sync task blocked for `seconds`; the code awaiting the flow is cancelled."""
-    slow_sync = _slow_sync_task(after, seconds)
+async def _cancel_a_flow_with_a_pool_thread_run(body: Body) -> list:
+    """An async flow submits a sync task that blocks; once it runs, the code awaiting the flow is cancelled."""
+    slow_sync = _slow_sync_task(body)
     ids = []
 
     @flow
@@ -164,26 +174,28 @@ async def _cancel_a_flow_with_a_pool_thread_run(after: threading.Event, seconds:
         ids.append(slow_sync.submit().task_run_id)
         await anyio.sleep(10)
 
-    with anyio.move_on_after(0.1):
-        await f()
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(body.cancel_once_entered, scope)
+            await f()
+    assert scope.cancelled_caught
     return ids
 
 
 @pytest.mark.anyio
 async def test_a_sync_run_in_a_pool_thread_does_not_outlive_the_cancellation_of_its_async_flow(runs):
-    after = threading.Event()
-    ids = await _cancel_a_flow_with_a_pool_thread_run(after, 0.5)
+    body = Body()
+    ids = await _cancel_a_flow_with_a_pool_thread_run(body)
     runs.flush()
     assert [r.state.name for r in runs.read_flow_runs()] == ["Cancelled"]
     assert final_names(runs, ids) == ["Cancelled"]
-    await anyio.sleep(0.8)
-    assert not after.is_set()
+    await anyio.to_thread.run_sync(body.assert_stopped)
     assert final_names(runs, ids) == ["Cancelled"]
 
 
 def test_a_sync_flows_timeout_ends_its_submitted_runs_before_it_returns(runs):
-    after = threading.Event()
-    slow_sync = _slow_sync_task(after, 1.5)
+    body = Body()
+    slow_sync = _slow_sync_task(body)
     ids = []
 
     @flow(timeout_seconds=0.4)  # long enough for the body to submit on a loaded machine
@@ -195,8 +207,7 @@ def test_a_sync_flows_timeout_ends_its_submitted_runs_before_it_returns(runs):
     assert state.name == "TimedOut"
     assert len(ids) == 1
     assert final_names(runs, ids) == ["Cancelled"]
-    time.sleep(1.6)
-    assert not after.is_set()
+    body.assert_stopped(if_entered=True)
     assert final_names(runs, ids) == ["Cancelled"]
 
 
@@ -253,10 +264,13 @@ def test_a_run_cancelled_right_after_its_start_check_never_runs_its_code(runs, m
     original = scope_module.Scope.claim_start
     reached = threading.Event()
 
+    claimed = threading.Event()
+
     def claim_then_preempted(self, call):
         ok = original(self, call)
         if call.task.name == "slow_sync":
-            time.sleep(0.2)  # the flow fails and cancels the scope right here
+            claimed.set()
+            until(lambda: self.cancelled is not None)  # the flow fails and cancels the scope right here
         return ok
 
     monkeypatch.setattr(scope_module.Scope, "claim_start", claim_then_preempted)
@@ -269,7 +283,7 @@ def test_a_run_cancelled_right_after_its_start_check_never_runs_its_code(runs, m
     @flow
     def f():
         ids.append(slow_sync.submit().task_run_id)
-        time.sleep(0.05)  # the run is past its start check, not yet started
+        assert claimed.wait(HANG_GUARD)  # the run is past its start check, not yet started
         raise RuntimeError("the flow fails")
 
     state = f(return_state=True)
@@ -394,16 +408,40 @@ def test_a_sync_flows_failure_stops_runs_waiting_for_a_thread_slot(store):
 
 
 # -- flows called inside the runs of a flow end with it (review of the ownership work) ----------------
-def _nested(ran_to_end: threading.Event):
+class Leaves:
+    """Both leaves run until the outer flow's deadline stops them (the sync one blocks until the test lets it
+    go on, `release()`): `started` counts them, `ran_to_end` says one ran past its wait."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.ran_to_end, self.proceed, self.sync_ended = threading.Event(), threading.Event(), threading.Event()
+
+    def release(self) -> None:
+        """The deadline has passed: let the sync leaf go on; it stops before its next line."""
+        assert sorted(self.started) == ["async", "sync"]  # (both ran before the deadline)
+        self.proceed.set()
+        assert self.sync_ended.wait(HANG_GUARD)
+        assert not self.ran_to_end.is_set()
+
+
+OUTER_TIMEOUT = 2.0  # real time: both leaves must have started by then (they take a few ms; generous for load)
+
+
+def _nested(leaves: Leaves):
     @task
     def leaf_sync():
-        time.sleep(1.0)
-        ran_to_end.set()
+        leaves.started.append("sync")
+        try:
+            leaves.proceed.wait(HANG_GUARD)
+            leaves.ran_to_end.set()
+        finally:
+            leaves.sync_ended.set()
 
     @task
     async def leaf_async():
-        await anyio.sleep(1.0)
-        ran_to_end.set()
+        leaves.started.append("async")
+        await anyio.sleep(3600)
+        leaves.ran_to_end.set()
 
     @flow
     def sub():
@@ -424,10 +462,10 @@ def _all_runs(store):
 
 
 def test_a_subflow_called_in_a_pool_thread_task_ends_with_its_sync_flows_deadline(runs):
-    ran_to_end = threading.Event()
-    mid = _nested(ran_to_end)
+    leaves = Leaves()
+    mid = _nested(leaves)
 
-    @flow(timeout_seconds=0.3)
+    @flow(timeout_seconds=OUTER_TIMEOUT)
     def outer():
         return mid.submit().result()
 
@@ -436,23 +474,22 @@ def test_a_subflow_called_in_a_pool_thread_task_ends_with_its_sync_flows_deadlin
                                ("outer", "TimedOut"), ("sub", "Cancelled")]
     [sub_run] = [r for r in runs.read_flow_runs() if r.flow_name == "sub"]
     assert "because Flow run" in sub_run.state.message and "timed out" in sub_run.state.message
-    assert not ran_to_end.wait(1.0)
+    leaves.release()
 
 
 @pytest.mark.anyio
 async def test_a_subflow_called_in_a_pool_thread_task_ends_with_its_async_flows_deadline(runs):
-    ran_to_end = threading.Event()
-    mid = _nested(ran_to_end)
+    leaves = Leaves()
+    mid = _nested(leaves)
 
-    @flow(timeout_seconds=0.3)
+    @flow(timeout_seconds=OUTER_TIMEOUT)
     async def outer():
         return await mid.submit()
 
     assert (await outer(return_state=True)).name == "TimedOut"
     assert _all_runs(runs) == [("leaf_async", "Cancelled"), ("leaf_sync", "Cancelled"), ("mid", "Cancelled"),
                                ("outer", "TimedOut"), ("sub", "Cancelled")]
-    await anyio.to_thread.run_sync(ran_to_end.wait, 1.0)
-    assert not ran_to_end.is_set()
+    await anyio.to_thread.run_sync(leaves.release)
 
 
 @pytest.mark.anyio
@@ -482,10 +519,12 @@ async def test_async_runs_of_a_sync_subflow_in_a_pool_thread_run_whatever_the_ou
 
 @pytest.mark.anyio
 async def test_a_stopped_pool_thread_run_reports_its_final_state_once(runs):
-    after = threading.Event()
-    ids = await _cancel_a_flow_with_a_pool_thread_run(after, 0.3)
-    await anyio.to_thread.run_sync(after.wait, 0.6)  # its blocking call returns meanwhile, and it raises
-    assert not after.is_set()
+    from asyncflow._engine import interrupt
+
+    body = Body()
+    ids = await _cancel_a_flow_with_a_pool_thread_run(body)
+    await anyio.to_thread.run_sync(body.assert_stopped)  # its blocking call returns now, and it raises
+    await anyio.to_thread.run_sync(until, lambda: not interrupt.watched())  # ... and it has left the run's code
     runs.flush()
     finished = [line.message for line in runs.read_logs(task_run_id=str(ids[0])) if "Finished in state" in line.message]
     assert len(finished) == 1 and "flow run was cancelled" in finished[0]

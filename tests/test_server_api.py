@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -96,7 +97,7 @@ def runs(home):
 
 @pytest.fixture
 def api(runs):
-    with running_server() as (url, app), httpx.Client(base_url=url, timeout=10) as client:
+    with running_server() as (url, app), httpx.Client(base_url=url, timeout=60) as client:  # a hang guard
         client.app = app  # type: ignore[attr-defined]
         yield client
 
@@ -431,7 +432,23 @@ print("wrote")
 """
 
 
-def test_the_server_keeps_serving_while_another_process_writes(api, tmp_path):
+def test_the_server_keeps_serving_while_another_process_writes(api, home, tmp_path):
+    # another process holds the database's write lock, in a transaction it has not committed: every read
+    # answers while it holds it (a read that waited for the lock would never answer, until the client's
+    # hang guard); then a real writer process writes while the server reads
+    holder = sqlite3.connect(home.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO flows (name, version, created) VALUES ('holder', NULL, 0)")
+    try:
+        other = sqlite3.connect(home.path, timeout=0)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):  # it is held: no other writer gets in
+            other.execute("BEGIN IMMEDIATE")
+        other.close()
+        held = [api.get("/api/v1/flow-runs?limit=50").status_code, api.get("/runs").status_code]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert held == [200, 200]
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     before = len(api.get("/api/v1/flow-runs?flow=busy&limit=500").json()["items"])
@@ -439,13 +456,11 @@ def test_the_server_keeps_serving_while_another_process_writes(api, tmp_path):
     with open(log, "w") as out:  # (a pipe nobody reads while the loop below runs would fill up and block it)
         writer = subprocess.Popen([sys.executable, str(script), "30"], stdout=out, stderr=subprocess.STDOUT,
                                   env={**os.environ, "ASYNCFLOW_LOGGING_LEVEL": "WARNING"})
-    statuses, slowest = [], 0.0
+    statuses = []
     try:
         while writer.poll() is None:
-            started = time.perf_counter()
             statuses.append(api.get("/api/v1/flow-runs?flow=busy&limit=50").status_code)
             statuses.append(api.get("/runs").status_code)
-            slowest = max(slowest, time.perf_counter() - started)
         writer.wait(timeout=60)
     finally:
         if writer.poll() is None:
@@ -453,18 +468,17 @@ def test_the_server_keeps_serving_while_another_process_writes(api, tmp_path):
     output = log.read_text()
     assert "wrote" in output, output
     assert set(statuses) == {200} and len(statuses) >= 2
-    assert slowest < 5, slowest  # never waits for the writer's lock
     after = api.get("/api/v1/flow-runs?flow=busy&limit=500").json()["items"]
     assert len(after) == before + 30
 
 
 # -- `asyncflow server start` ------------------------------------------------------------------------------
-def _start(*args: str, env: dict | None = None) -> tuple[subprocess.Popen, str, float]:
-    started = time.perf_counter()
+def _start(*args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """Start the server; its first line. (How fast it starts is bench/ui.py's business, not a test's.)"""
     proc = subprocess.Popen([sys.executable, "-m", "asyncflow", "server", "start", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env or os.environ.copy())
     line = proc.stdout.readline()
-    return proc, line, time.perf_counter() - started
+    return proc, line
 
 
 def _stop(proc: subprocess.Popen) -> str:
@@ -477,13 +491,12 @@ def _stop(proc: subprocess.Popen) -> str:
 
 
 def test_server_start_serves_loopback_on_the_port_it_names(runs):
-    proc, line, took = _start("--port", "0")
+    proc, line = _start("--port", "0")
     try:
         assert line.startswith("asyncflow UI at http://127.0.0.1:"), line + proc.stderr.read()
         url = line.split(" at ")[1].split(" ")[0]
         response = httpx.get(url + "/api/v1/flow-runs?flow=broken", timeout=10)
         assert [r["id"] for r in response.json()["items"]] == [runs["broken"]]
-        assert took < 10  # (the < 1 s target is measured by bench/ui.py on a quiet machine)
     finally:
         err = _stop(proc)
     assert proc.returncode in (0, -15) and "Traceback" not in err, err
@@ -497,7 +510,7 @@ def test_server_start_elsewhere_warns_and_a_busy_port_is_a_clear_error(home):
         result = subprocess.run([sys.executable, "-m", "asyncflow", "server", "start", "--port", str(port)],
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and f"Port {port} on 127.0.0.1 is in use" in result.stderr, result.stderr
-    proc, line, _ = _start("--host", "0.0.0.0", "--port", "0")
+    proc, line = _start("--host", "0.0.0.0", "--port", "0")
     try:
         assert line.startswith("asyncflow UI at http://127.0.0.1:"), line
     finally:
@@ -507,7 +520,7 @@ def test_server_start_elsewhere_warns_and_a_busy_port_is_a_clear_error(home):
 
 def test_server_start_before_anything_ran_shows_an_empty_store(tmp_path):
     env = {**os.environ, "ASYNCFLOW_HOME": str(tmp_path / "empty-home")}
-    proc, line, _ = _start("--port", "0", env=env)
+    proc, line = _start("--port", "0", env=env)
     try:
         url = line.split(" at ")[1].split(" ")[0]
         assert httpx.get(url + "/api/v1/flow-runs", timeout=10).json() == {"items": [], "next_cursor": None}

@@ -200,7 +200,7 @@ def test_a_flow_with_a_thread_limit_of_zero_fails_at_start_instead_of_hanging(ho
 
             @flow
             def f():
-                return one.submit().result(timeout=3)
+                return one.submit().result(timeout=60)
 
             print("result:", f())
         except Exception as exc:

@@ -144,13 +144,33 @@ endless()
 """
 
 
+def until_running_on_disk(path: Path) -> None:
+    """Until another process's writer has put its flow run and its task run, Running, in the file (a hang
+    guard of 60 s; a fixed sleep for the writer's linger is a race on a loaded machine)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            conn = sqlite3.connect(path)
+            try:
+                running = conn.execute("SELECT (SELECT count(*) FROM flow_runs WHERE state_name = 'Running') + "
+                                       "(SELECT count(*) FROM task_runs WHERE state_name = 'Running')").fetchone()[0]
+            finally:
+                conn.close()
+        except sqlite3.Error:  # not created yet
+            running = 0
+        if running == 2:
+            return
+        assert time.monotonic() < deadline, "the runs did not reach the file within 60 s"
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize("signame", ["SIGKILL", "SIGTERM"])
 def test_runs_of_a_killed_process_show_crashed_in_the_next_cli_command(tmp_path, signame, monkeypatch, capsys):
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(KILLED)], env=env_for(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "started", proc.stderr.read()
-        time.sleep(0.1)  # the writer's linger: the Running states reach the file
+        until_running_on_disk(tmp_path / "asyncflow.db")  # (the writer lingers a few ms)
     finally:
         proc.send_signal(getattr(signal, signame))
         proc.wait(timeout=30)

@@ -329,7 +329,11 @@ def test_runs_of_a_killed_process_are_marked_crashed_when_a_process_opens_the_st
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "started", proc.stderr.read()
-        time.sleep(0.2)  # the writer's linger: the Running states reach the database
+        deadline = time.monotonic() + 60  # until the Running states reach the database (the writer lingers)
+        while sql(postgres_url, "SELECT count(*) FROM flow_runs WHERE state_name = 'Running'")[0][0] == 0 \
+                or sql(postgres_url, "SELECT count(*) FROM task_runs WHERE state_name = 'Running'")[0][0] == 0:
+            assert time.monotonic() < deadline, "the runs did not reach the database within 60 s"
+            time.sleep(0.01)
         live = PostgresStore(postgres_url, create=False)  # its owner is alive: nothing is marked
         assert live.recovered == 0 and live.read_flow_runs()[0].state.is_running()
         live.close()

@@ -295,30 +295,57 @@ def test_a_store_newer_than_this_asyncflow_is_refused(tmp_path):
         SQLiteStore(path)
 
 
-def hold_write_lock(path, seconds):
-    """Another process holding the database: an open write transaction on another connection."""
+def hold_write_lock(path, until):
+    """Another process holding the database: an open write transaction on another connection, committed
+    once `until()` is true (what the test waits for has happened), or after 60 s: a hang guard."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("BEGIN IMMEDIATE")
     conn.execute("INSERT INTO flows (name, version, created) VALUES ('holder', NULL, 0)")
+    released = threading.Event()
 
     def release():
-        time.sleep(seconds)
+        deadline = time.monotonic() + 60
+        while not until() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        released.set()
         conn.execute("COMMIT")
         conn.close()
 
     thread = threading.Thread(target=release, daemon=True)
+    thread.released = released  # type: ignore[attr-defined]
     thread.start()
     return thread
 
 
 def test_a_busy_database_delays_writes_but_loses_nothing(tmp_path, capfd):
-    store = SQLiteStore(tmp_path / "asyncflow.db", busy_timeout=0.05)  # retries ourselves, not SQLite's wait
+    store = SQLiteStore(tmp_path / "asyncflow.db", busy_timeout=0.05,  # retries ourselves, not SQLite's wait
+                        flush_timeout=60)  # (a hang guard: the flow's flush waits for the holder)
+    finishing, flushing_thread, busy_in_flush = threading.Event(), [], [0]
+    write_once = store._write_once
+
+    def counting_write_once(*args, **kwargs):  # counts the flow's flush meeting the busy database
+        written = write_once(*args, **kwargs)
+        if written is False and threading.current_thread() in flushing_thread:
+            busy_in_flush[0] += 1
+        return written
+
+    store._write_once = counting_write_once  # type: ignore[method-assign]
+
+    @flow
+    def held_doubling():
+        values = [double(i) for i in range(5)]
+        flushing_thread.append(threading.current_thread())  # the flow's last flush runs in this thread
+        finishing.set()
+        return values
+
     try:
-        holder = hold_write_lock(store.path, 0.4)
+        # committed once the flow's own flush found the database busy twice (it retries, then writes)
+        holder = hold_write_lock(store.path, until=lambda: busy_in_flush[0] >= 2)
         with isolated_store(store):
-            doubling(5)  # flushes at the end: waits for the holder, retrying, then writes
+            assert held_doubling() == [0, 2, 4, 6, 8]
+        assert holder.released.is_set()
+        assert raw(store, "SELECT count(*) FROM task_runs") == [(5,)]  # on disk when the flow returned
         holder.join()
-        assert raw(store, "SELECT count(*) FROM task_runs") == [(5,)]
         assert "locked" not in capfd.readouterr().err
     finally:
         store.close()
@@ -326,16 +353,17 @@ def test_a_busy_database_delays_writes_but_loses_nothing(tmp_path, capfd):
 
 def test_a_flush_gives_up_after_its_timeout_and_the_records_stay_queued(tmp_path, capfd):
     store = SQLiteStore(tmp_path / "asyncflow.db", busy_timeout=0.02, flush_timeout=0.1)
+    gave_up = threading.Event()
     try:
-        holder = hold_write_lock(store.path, 0.5)
+        holder = hold_write_lock(store.path, until=gave_up.is_set)  # held until the flush returned
         run_id = uuid.uuid4()
         store.record_state(run_id, State(StateType.RUNNING))
-        started = time.monotonic()
-        assert store.flush() is False
-        assert time.monotonic() - started < 0.4
+        assert store.flush() is False  # (a flush that waited for the holder would write, and return True)
+        assert not holder.released.is_set()  # it gave up while the database was still held
+        gave_up.set()
         assert "stayed busy for 0.1 s" in capfd.readouterr().err
         holder.join()
-        assert store.flush(timeout=5) is True
+        assert store.flush(timeout=60) is True
         assert raw(store, "SELECT run_id FROM states") == [(str(run_id),)]
     finally:
         store.close()
@@ -344,13 +372,12 @@ def test_a_flush_gives_up_after_its_timeout_and_the_records_stay_queued(tmp_path
 def test_a_full_queue_makes_recording_wait_and_nothing_is_dropped(tmp_path, capfd):
     store = SQLiteStore(tmp_path / "asyncflow.db", queue_size=10, busy_timeout=0.02)
     try:
-        holder = hold_write_lock(store.path, 0.4)
-        time.sleep(0.05)
+        holder = hold_write_lock(store.path, until=lambda: store.waited > 0)  # held until recording waited
         for _ in range(100):
             store.record_state(uuid.uuid4(), State(StateType.RUNNING))
         assert store.waited > 0  # backpressure: the recording thread waited for room
         holder.join()
-        assert store.flush(timeout=5)
+        assert store.flush(timeout=60)
         assert raw(store, "SELECT count(*) FROM states")[0][0] == 100
         assert "dropped" not in capfd.readouterr().err
     finally:
@@ -359,14 +386,16 @@ def test_a_full_queue_makes_recording_wait_and_nothing_is_dropped(tmp_path, capf
 
 def test_a_stalled_writer_lets_the_queue_grow_with_one_warning_instead_of_blocking(tmp_path, capfd):
     store = SQLiteStore(tmp_path / "asyncflow.db", queue_size=10, busy_timeout=0.02, stall_seconds=0.1)
+    recorded = threading.Event()
     try:
-        holder = hold_write_lock(store.path, 0.6)
-        time.sleep(0.05)
+        holder = hold_write_lock(store.path, until=recorded.is_set)  # the writer stalls until all are recorded
         for _ in range(100):
             store.record_state(uuid.uuid4(), State(StateType.RUNNING))
-        assert "has written nothing for 0.1 s" in capfd.readouterr().err
+        assert not holder.released.is_set()  # recording did not wait for the holder ...
+        recorded.set()
+        assert store.waited == 1 and capfd.readouterr().err.count("has written nothing for 0.1 s") == 1  # ... once
         holder.join()
-        assert store.flush(timeout=5)
+        assert store.flush(timeout=60)
         assert raw(store, "SELECT count(*) FROM states")[0][0] == 100
     finally:
         store.close()
