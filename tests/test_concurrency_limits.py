@@ -34,6 +34,25 @@ def sqlite_store(tmp_path):
     store.close()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path):
+    """The key behaviours on both stores that keep limits for every process: a SQLite file, and a
+    PostgreSQL database on a real server (tests/pg_server.py)."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("sqlite_store")
+        return
+    from asyncflow._store.postgres import PostgresStore
+
+    url = request.getfixturevalue("postgres_url")
+    store = PostgresStore(url)
+    with isolated_store(store):
+        yield store
+    store.close()
+    db = limits_db._databases.pop(url, None)
+    if db is not None:
+        db.close()
+
+
 @pytest.fixture
 def fake_clock():
     clock = FakeClock()
@@ -47,7 +66,7 @@ def held(name: str) -> float:
 
 
 # -- the sync API ------------------------------------------------------------------------------------------
-def test_sync_concurrency_holds_a_slot_only_inside_the_block(sqlite_store):
+def test_sync_concurrency_holds_a_slot_only_inside_the_block(store):
     manage.create_limit("db", 2)
     with sconc.concurrency("db"):
         assert held("db") == 1
@@ -57,14 +76,14 @@ def test_sync_concurrency_holds_a_slot_only_inside_the_block(sqlite_store):
     assert held("db") == 0
 
 
-def test_sync_concurrency_releases_when_the_block_raises(sqlite_store):
+def test_sync_concurrency_releases_when_the_block_raises(store):
     manage.create_limit("db", 1)
     with pytest.raises(ZeroDivisionError), sconc.concurrency("db"):
         raise ZeroDivisionError("in the block")
     assert held("db") == 0
 
 
-def test_a_full_limit_times_out_with_an_error_naming_it(sqlite_store, fake_clock):
+def test_a_full_limit_times_out_with_an_error_naming_it(store, fake_clock):
     manage.create_limit("db", 1)
     with (
         sconc.concurrency("db"),
@@ -78,7 +97,7 @@ def test_a_full_limit_times_out_with_an_error_naming_it(sqlite_store, fake_clock
     assert fake_clock.slept[1] > fake_clock.slept[0] and max(fake_clock.slept) <= 1.25
 
 
-def test_a_waiter_gets_the_slot_when_the_holder_releases_it(sqlite_store):
+def test_a_waiter_gets_the_slot_when_the_holder_releases_it(store):
     manage.create_limit("db", 1)
     inside, spans = threading.Lock(), []
 
@@ -119,7 +138,7 @@ def test_unknown_limit_warns_once_and_runs_unlimited(sqlite_store, capsys):
     assert capsys.readouterr().err.count(f"Concurrency limits ['{name}'] do not exist - skipping acquisition") == 1
 
 
-def test_unknown_limit_with_strict_raises(sqlite_store):
+def test_unknown_limit_with_strict_raises(store):
     manage.create_limit("db", 1)
     with (
         pytest.raises(ConcurrencySlotAcquisitionError, match=r"\['nope'\] must be created before acquiring"),
@@ -129,13 +148,13 @@ def test_unknown_limit_with_strict_raises(sqlite_store):
     assert held("db") == 0
 
 
-def test_an_inactive_limit_does_not_limit(sqlite_store):
+def test_an_inactive_limit_does_not_limit(store):
     manage.create_limit("db", 1, active=False)
     with sconc.concurrency("db", timeout_seconds=0), sconc.concurrency("db", timeout_seconds=0):
         pass
 
 
-def test_several_limits_are_taken_all_or_none(sqlite_store, fake_clock):
+def test_several_limits_are_taken_all_or_none(store, fake_clock):
     manage.create_limit("a", 1)
     manage.create_limit("b", 1)
     with sconc.concurrency("b"):
@@ -146,7 +165,7 @@ def test_several_limits_are_taken_all_or_none(sqlite_store, fake_clock):
         assert held("a") == held("b") == 1
 
 
-def test_occupy_more_than_the_limit_is_an_error_at_once(sqlite_store):
+def test_occupy_more_than_the_limit_is_an_error_at_once(store):
     manage.create_limit("db", 2)
     with (
         pytest.raises(ConcurrencySlotAcquisitionError, match=r"3 slot\(s\) of concurrency limit 'db': it has 2"),
@@ -156,7 +175,7 @@ def test_occupy_more_than_the_limit_is_an_error_at_once(sqlite_store):
 
 
 # -- rate_limit --------------------------------------------------------------------------------------------
-def test_rate_limit_takes_slots_that_decay(sqlite_store, fake_clock):
+def test_rate_limit_takes_slots_that_decay(store, fake_clock):
     manage.create_limit("api", 2, slot_decay_per_second=1.0)
     start = fake_clock.now
     for _ in range(4):
@@ -176,7 +195,7 @@ def test_rate_limit_needs_slot_decay(sqlite_store):
 
 # -- the async API, on asyncio and trio --------------------------------------------------------------------
 @pytest.mark.anyio
-async def test_async_concurrency_limits_concurrent_tasks(sqlite_store):
+async def test_async_concurrency_limits_concurrent_tasks(store):
     manage.create_limit("db", 2)
     active, peak = [0], [0]
 
@@ -195,7 +214,7 @@ async def test_async_concurrency_limits_concurrent_tasks(sqlite_store):
 
 
 @pytest.mark.anyio
-async def test_cancelling_a_holder_releases_its_slot(sqlite_store):
+async def test_cancelling_a_holder_releases_its_slot(store):
     manage.create_limit("db", 1)
     entered = anyio.Event()
 
@@ -213,7 +232,7 @@ async def test_cancelling_a_holder_releases_its_slot(sqlite_store):
 
 
 @pytest.mark.anyio
-async def test_cancelling_a_waiter_leaves_nothing_held(sqlite_store):
+async def test_cancelling_a_waiter_leaves_nothing_held(store):
     manage.create_limit("db", 1)
     async with aconc.concurrency("db"):
         with anyio.move_on_after(0.1) as scope:
@@ -225,7 +244,7 @@ async def test_cancelling_a_waiter_leaves_nothing_held(sqlite_store):
 
 
 @pytest.mark.anyio
-async def test_async_timeout_and_rate_limit(sqlite_store, fake_clock):
+async def test_async_timeout_and_rate_limit(store, fake_clock):
     manage.create_limit("db", 1, slot_decay_per_second=0.5)
     await aconc.rate_limit("db")
     with pytest.raises(AcquireConcurrencySlotTimeoutError, match="timed out after 1 second"):
@@ -240,7 +259,7 @@ def _claim_as(owner: tuple[str, str, int, str], name: str, lease_seconds: float,
                                          owner, now))
 
 
-def test_a_lease_that_is_not_renewed_expires(sqlite_store, fake_clock):
+def test_a_lease_that_is_not_renewed_expires(store, fake_clock):
     """A holder on another host that died (nobody can check its process): its slot is free once its
     lease runs out, not before."""
     manage.create_limit("db", 1)
@@ -251,7 +270,7 @@ def test_a_lease_that_is_not_renewed_expires(sqlite_store, fake_clock):
         assert held("db") == 1
 
 
-def test_a_dead_holder_on_this_host_frees_its_slot_at_once(sqlite_store, fake_clock):
+def test_a_dead_holder_on_this_host_frees_its_slot_at_once(store, fake_clock):
     manage.create_limit("db", 1)
     gone = (owners.HOST, owners.BOOT, 2**22 + 12345, "1")  # no such pid
     assert _claim_as(gone, "db", 300, fake_clock.now).acquired
@@ -259,7 +278,7 @@ def test_a_dead_holder_on_this_host_frees_its_slot_at_once(sqlite_store, fake_cl
         pass
 
 
-def test_held_leases_are_renewed_while_the_block_runs(sqlite_store):
+def test_held_leases_are_renewed_while_the_block_runs(store):
     manage.create_limit("db", 1)
     with sconc.concurrency("db", lease_duration=1):
         first = manage.read_limit("db")[1][0].expires
@@ -285,7 +304,7 @@ def test_a_release_that_finds_the_database_locked_is_retried(sqlite_store):
 
 
 # -- tag limits on task runs -------------------------------------------------------------------------------
-def test_tag_limit_limits_concurrent_mapped_task_runs(sqlite_store):
+def test_tag_limit_limits_concurrent_mapped_task_runs(store):
     manage.create_limit("tag:io", 2)
     lock, active, peak = threading.Lock(), [0], [0]
 
@@ -308,7 +327,7 @@ def test_tag_limit_limits_concurrent_mapped_task_runs(sqlite_store):
     assert held("tag:io") == 0
 
 
-def test_a_task_run_waiting_for_a_slot_shows_it_in_its_state(sqlite_store):
+def test_a_task_run_waiting_for_a_slot_shows_it_in_its_state(store):
     manage.create_limit("tag:io", 1)
 
     @task(tags=["io"])
@@ -325,7 +344,7 @@ def test_a_task_run_waiting_for_a_slot_shows_it_in_its_state(sqlite_store):
         runner.start()
         deadline = time.monotonic() + 30
         while True:  # visible in the store while it waits (the CLI and the UI read it there)
-            runs = sqlite_store.read_task_runs()
+            runs = store.read_task_runs()
             if runs and runs[0].state.name == "AwaitingConcurrencySlot":
                 break
             assert time.monotonic() < deadline, "the waiting run's state never showed it"
@@ -334,12 +353,12 @@ def test_a_task_run_waiting_for_a_slot_shows_it_in_its_state(sqlite_store):
         assert state.is_pending() and "'tag:io' (1 of 1 slot(s) in use)" in (state.message or "")
     runner.join(30)
     assert result == ["done"]
-    names = [s.name for s in sqlite_store.read_states(runs[0].id)]
+    names = [s.name for s in store.read_states(runs[0].id)]
     assert names == ["Pending", "AwaitingConcurrencySlot", "Running", "Completed"]
 
 
 @pytest.mark.anyio
-async def test_tag_limit_on_async_tasks(sqlite_store):
+async def test_tag_limit_on_async_tasks(store):
     manage.create_limit("tag:gpu", 2)
     active, peak = [0], [0]
 
@@ -359,7 +378,7 @@ async def test_tag_limit_on_async_tasks(sqlite_store):
     assert peak[0] == 2
 
 
-def test_a_failed_or_retried_task_run_gives_its_slot_back(sqlite_store):
+def test_a_failed_or_retried_task_run_gives_its_slot_back(store):
     manage.create_limit("tag:flaky", 1)
     calls = []
 
@@ -374,7 +393,7 @@ def test_a_failed_or_retried_task_run_gives_its_slot_back(sqlite_store):
     assert calls == [1, 1] and held("tag:flaky") == 0
 
 
-def test_tasks_without_limited_tags_take_no_slot(sqlite_store):
+def test_tasks_without_limited_tags_take_no_slot(store):
     manage.create_limit("tag:io", 1)
 
     @task(tags=["cpu"])
@@ -412,7 +431,7 @@ def test_bad_concurrency_arguments_are_rejected_before_waiting(sqlite_store, kwa
         pass
 
 
-def test_create_twice_and_unknown_names_say_what_to_do(sqlite_store):
+def test_create_twice_and_unknown_names_say_what_to_do(store):
     manage.create_limit("db", 1)
     with pytest.raises(ValueError, match="exists already: change it with `asyncflow gcl update db"):
         manage.create_limit("db", 2)
