@@ -490,7 +490,7 @@ def test_an_older_postgres_store_is_upgraded_with_the_limit_tables(postgres_url)
             db.close()
 
 
-def test_a_postgres_lease_past_its_expiry_is_freed_for_the_next_claim(limits_store):
+def test_a_lease_past_its_expiry_is_freed_for_the_next_claim(limits_store):
     """A holder on another machine that vanished: once its lease's expiry has passed (set in the past
     here, as if the time had gone by), its slot is the next claim's."""
     manage.create_limit("db", 1)

@@ -13,9 +13,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
-
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
