@@ -11,7 +11,9 @@ attempt `Busy`: the caller tries again later, as with SQLite's write lock."""
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,6 +32,17 @@ class PgConnection(Shared):
     `BEGIN IMMEDIATE` as `BEGIN`, and the claim's row locks (`for_update`)."""
 
     for_update = " FOR UPDATE"
+
+    def __init__(self, conn: Any) -> None:
+        super().__init__(conn)
+        self.pid = os.getpid()
+
+    def __del__(self) -> None:
+        """A thread that ended (its thread-local is gone) closes its connection: none is left open on the
+        server. Only in the process that opened it (a forked child's copies are forgotten, never closed)."""
+        if self.pid == os.getpid():
+            with contextlib.suppress(Exception):
+                self.conn.close()
 
     def execute(self, sql: str, params: Any = ()) -> Any:
         if sql == "BEGIN IMMEDIATE":
@@ -52,7 +65,7 @@ class PgLimitsDB(LimitsDB):
         self.label = f"the PostgreSQL store {redact(url)}"
         self._local = threading.local()
         self._keep = None
-        self._opened: list[Any] = []  # every thread's connection (a forked child forgets them all)
+        self._opened: weakref.WeakSet[PgConnection] = weakref.WeakSet()  # every live thread's (for a fork)
 
     def _connect(self) -> Any:
         conn: PgConnection | None = getattr(self._local, "db", None)
@@ -63,7 +76,7 @@ class PgLimitsDB(LimitsDB):
             raw.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
             conn = self._local.db = PgConnection(raw)
             with _lock:
-                self._opened = [c for c in self._opened if not c.closed] + [raw]
+                self._opened.add(conn)
         return conn
 
     def attempt(self, op: Callable[[Any], T]) -> T:
@@ -104,17 +117,17 @@ class PgLimitsDB(LimitsDB):
 
     def forget_in_child(self) -> None:
         """(in a forked child) The parent's connections are the parent's: never used, never closed here."""
-        for conn in self._opened:
-            forget_in_child(conn)
-            _INHERITED.append(conn)  # (a connection that is collected closes itself: kept here)
-        self._opened = []
+        for conn in list(self._opened):
+            forget_in_child(conn.conn)
+            _INHERITED.append(conn)  # (the parent's: kept, never closed here)
+        self._opened = weakref.WeakSet()
         self._local = threading.local()
 
     def close(self) -> None:
         """Close every connection this process opened to the tables (the store is going away)."""
         with _lock:
-            opened, self._opened = self._opened, []
+            opened, self._opened = list(self._opened), weakref.WeakSet()
         for conn in opened:
             with contextlib.suppress(Exception):
-                conn.close()
+                conn.conn.close()
         self._local = threading.local()
