@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import sqlite3
+import sys
 import threading
 import time
 import weakref
@@ -112,8 +113,9 @@ def for_store(store: Any) -> LimitsDB | None:
     """The limit tables of `store`: its SQLite file, or a private in-memory database for a memory
     store, its PostgreSQL database; None for a store that has none."""
     from .._store.memory import MemoryStore
-    from .._store.postgres import PostgresStore
     from .._store.sqlite import SQLiteStore
+
+    postgres = sys.modules.get("asyncflow._store.postgres")  # (imported already if the store is one)
 
     if isinstance(store, SQLiteStore):
         key = str(store.path)
@@ -124,7 +126,7 @@ def for_store(store: Any) -> LimitsDB | None:
                 if db is None:
                     db = _databases[key] = LimitsDB(key)
         return db
-    if isinstance(store, PostgresStore):
+    if postgres is not None and isinstance(store, postgres.PostgresStore):
         key = store.url
         db = _databases.get(key)
         if db is None:

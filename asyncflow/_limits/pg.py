@@ -22,7 +22,8 @@ from .._store.postgres_base import Shared, advice, connect, describe, forget_in_
 from .db import _INHERITED, Busy, LimitsDB, _gate
 
 T = TypeVar("T")
-LOCK_TIMEOUT_MS = 2000  # one attempt waits at most this long for another transaction's lock on a limit row
+LOCK_TIMEOUT_MS = 250  # one attempt waits at most this long for another claim's lock on a limit row (it
+# runs on the caller's thread, an event loop's too: longer waits happen between attempts, with backoff)
 _lock = threading.Lock()
 _BUSY_STATES = frozenset({"40001", "40P01", "55P03"})  # serialization failure, deadlock, lock timeout
 
