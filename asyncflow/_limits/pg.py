@@ -125,10 +125,12 @@ class PgLimitsDB(LimitsDB):
         self._local = threading.local()
 
     def close(self) -> None:
-        """Close every connection this process opened to the tables (the store is going away)."""
+        """Close every connection this process opened to the tables (the store is going away). A thread
+        that uses one meanwhile (the lease thread) finishes its statement first; its next attempt opens
+        a new connection."""
         with _lock:
             opened, self._opened = list(self._opened), weakref.WeakSet()
-        for conn in opened:
-            with contextlib.suppress(Exception):
+        for conn in opened:  # (another thread may be using it: wait for its statement, never close under it)
+            with conn.conn.lock, contextlib.suppress(Exception):
                 conn.conn.close()
         self._local = threading.local()
