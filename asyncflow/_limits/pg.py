@@ -38,12 +38,14 @@ class PgConnection(Shared):
         super().__init__(conn)
         self.pid = os.getpid()
 
-    def __del__(self) -> None:
+    def __del__(self, _getpid: Callable[[], int] = os.getpid) -> None:  # (`os` may be gone at shutdown)
         """A thread that ended (its thread-local is gone) closes its connection: none is left open on the
         server. Only in the process that opened it (a forked child's copies are forgotten, never closed)."""
-        if self.pid == os.getpid():
-            with contextlib.suppress(Exception):
+        if self.pid == _getpid():
+            try:  # noqa: SIM105 (not contextlib: module globals may be gone at shutdown)
                 self.conn.close()
+            except Exception:
+                pass
 
     def execute(self, sql: str, params: Any = ()) -> Any:
         if sql == "BEGIN IMMEDIATE":
