@@ -34,6 +34,25 @@ def sqlite_store(tmp_path):
     store.close()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def limits_store(request, tmp_path):
+    """The key behaviours on both stores that keep limits for every process: a SQLite file, and a
+    PostgreSQL database on a real server (tests/pg_server.py)."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("sqlite_store")
+        return
+    from asyncflow._store.postgres import PostgresStore
+
+    url = request.getfixturevalue("postgres_url")
+    store = PostgresStore(url)
+    with isolated_store(store):
+        yield store
+    store.close()
+    db = limits_db._databases.pop(url, None)
+    if db is not None:
+        db.close()
+
+
 @pytest.fixture
 def fake_clock():
     clock = FakeClock()
@@ -47,7 +66,7 @@ def held(name: str) -> float:
 
 
 # -- the sync API ------------------------------------------------------------------------------------------
-def test_sync_concurrency_holds_a_slot_only_inside_the_block(sqlite_store):
+def test_sync_concurrency_holds_a_slot_only_inside_the_block(limits_store):
     manage.create_limit("db", 2)
     with sconc.concurrency("db"):
         assert held("db") == 1
@@ -57,14 +76,14 @@ def test_sync_concurrency_holds_a_slot_only_inside_the_block(sqlite_store):
     assert held("db") == 0
 
 
-def test_sync_concurrency_releases_when_the_block_raises(sqlite_store):
+def test_sync_concurrency_releases_when_the_block_raises(limits_store):
     manage.create_limit("db", 1)
     with pytest.raises(ZeroDivisionError), sconc.concurrency("db"):
         raise ZeroDivisionError("in the block")
     assert held("db") == 0
 
 
-def test_a_full_limit_times_out_with_an_error_naming_it(sqlite_store, fake_clock):
+def test_a_full_limit_times_out_with_an_error_naming_it(limits_store, fake_clock):
     manage.create_limit("db", 1)
     with (
         sconc.concurrency("db"),
@@ -78,7 +97,7 @@ def test_a_full_limit_times_out_with_an_error_naming_it(sqlite_store, fake_clock
     assert fake_clock.slept[1] > fake_clock.slept[0] and max(fake_clock.slept) <= 1.25
 
 
-def test_a_waiter_gets_the_slot_when_the_holder_releases_it(sqlite_store):
+def test_a_waiter_gets_the_slot_when_the_holder_releases_it(limits_store):
     manage.create_limit("db", 1)
     inside, spans = threading.Lock(), []
 
@@ -119,7 +138,7 @@ def test_unknown_limit_warns_once_and_runs_unlimited(sqlite_store, capsys):
     assert capsys.readouterr().err.count(f"Concurrency limits ['{name}'] do not exist - skipping acquisition") == 1
 
 
-def test_unknown_limit_with_strict_raises(sqlite_store):
+def test_unknown_limit_with_strict_raises(limits_store):
     manage.create_limit("db", 1)
     with (
         pytest.raises(ConcurrencySlotAcquisitionError, match=r"\['nope'\] must be created before acquiring"),
@@ -129,13 +148,13 @@ def test_unknown_limit_with_strict_raises(sqlite_store):
     assert held("db") == 0
 
 
-def test_an_inactive_limit_does_not_limit(sqlite_store):
+def test_an_inactive_limit_does_not_limit(limits_store):
     manage.create_limit("db", 1, active=False)
     with sconc.concurrency("db", timeout_seconds=0), sconc.concurrency("db", timeout_seconds=0):
         pass
 
 
-def test_several_limits_are_taken_all_or_none(sqlite_store, fake_clock):
+def test_several_limits_are_taken_all_or_none(limits_store, fake_clock):
     manage.create_limit("a", 1)
     manage.create_limit("b", 1)
     with sconc.concurrency("b"):
@@ -146,7 +165,7 @@ def test_several_limits_are_taken_all_or_none(sqlite_store, fake_clock):
         assert held("a") == held("b") == 1
 
 
-def test_occupy_more_than_the_limit_is_an_error_at_once(sqlite_store):
+def test_occupy_more_than_the_limit_is_an_error_at_once(limits_store):
     manage.create_limit("db", 2)
     with (
         pytest.raises(ConcurrencySlotAcquisitionError, match=r"3 slot\(s\) of concurrency limit 'db': it has 2"),
@@ -156,7 +175,7 @@ def test_occupy_more_than_the_limit_is_an_error_at_once(sqlite_store):
 
 
 # -- rate_limit --------------------------------------------------------------------------------------------
-def test_rate_limit_takes_slots_that_decay(sqlite_store, fake_clock):
+def test_rate_limit_takes_slots_that_decay(limits_store, fake_clock):
     manage.create_limit("api", 2, slot_decay_per_second=1.0)
     start = fake_clock.now
     for _ in range(4):
@@ -176,7 +195,7 @@ def test_rate_limit_needs_slot_decay(sqlite_store):
 
 # -- the async API, on asyncio and trio --------------------------------------------------------------------
 @pytest.mark.anyio
-async def test_async_concurrency_limits_concurrent_tasks(sqlite_store):
+async def test_async_concurrency_limits_concurrent_tasks(limits_store):
     manage.create_limit("db", 2)
     active, peak = [0], [0]
 
@@ -195,7 +214,7 @@ async def test_async_concurrency_limits_concurrent_tasks(sqlite_store):
 
 
 @pytest.mark.anyio
-async def test_cancelling_a_holder_releases_its_slot(sqlite_store):
+async def test_cancelling_a_holder_releases_its_slot(limits_store):
     manage.create_limit("db", 1)
     entered = anyio.Event()
 
@@ -213,7 +232,7 @@ async def test_cancelling_a_holder_releases_its_slot(sqlite_store):
 
 
 @pytest.mark.anyio
-async def test_cancelling_a_waiter_leaves_nothing_held(sqlite_store):
+async def test_cancelling_a_waiter_leaves_nothing_held(limits_store):
     manage.create_limit("db", 1)
     async with aconc.concurrency("db"):
         with anyio.move_on_after(0.1) as scope:
@@ -225,7 +244,7 @@ async def test_cancelling_a_waiter_leaves_nothing_held(sqlite_store):
 
 
 @pytest.mark.anyio
-async def test_async_timeout_and_rate_limit(sqlite_store, fake_clock):
+async def test_async_timeout_and_rate_limit(limits_store, fake_clock):
     manage.create_limit("db", 1, slot_decay_per_second=0.5)
     await aconc.rate_limit("db")
     with pytest.raises(AcquireConcurrencySlotTimeoutError, match="timed out after 1 second"):
@@ -240,7 +259,7 @@ def _claim_as(owner: tuple[str, str, int, str], name: str, lease_seconds: float,
                                          owner, now))
 
 
-def test_a_lease_that_is_not_renewed_expires(sqlite_store, fake_clock):
+def test_a_lease_that_is_not_renewed_expires(limits_store, fake_clock):
     """A holder on another host that died (nobody can check its process): its slot is free once its
     lease runs out, not before."""
     manage.create_limit("db", 1)
@@ -251,7 +270,7 @@ def test_a_lease_that_is_not_renewed_expires(sqlite_store, fake_clock):
         assert held("db") == 1
 
 
-def test_a_dead_holder_on_this_host_frees_its_slot_at_once(sqlite_store, fake_clock):
+def test_a_dead_holder_on_this_host_frees_its_slot_at_once(limits_store, fake_clock):
     manage.create_limit("db", 1)
     gone = (owners.HOST, owners.BOOT, 2**22 + 12345, "1")  # no such pid
     assert _claim_as(gone, "db", 300, fake_clock.now).acquired
@@ -259,7 +278,7 @@ def test_a_dead_holder_on_this_host_frees_its_slot_at_once(sqlite_store, fake_cl
         pass
 
 
-def test_held_leases_are_renewed_while_the_block_runs(sqlite_store):
+def test_held_leases_are_renewed_while_the_block_runs(limits_store):
     manage.create_limit("db", 1)
     with sconc.concurrency("db", lease_duration=1):
         first = manage.read_limit("db")[1][0].expires
@@ -285,7 +304,7 @@ def test_a_release_that_finds_the_database_locked_is_retried(sqlite_store):
 
 
 # -- tag limits on task runs -------------------------------------------------------------------------------
-def test_tag_limit_limits_concurrent_mapped_task_runs(sqlite_store):
+def test_tag_limit_limits_concurrent_mapped_task_runs(limits_store):
     manage.create_limit("tag:io", 2)
     lock, active, peak = threading.Lock(), [0], [0]
 
@@ -308,7 +327,7 @@ def test_tag_limit_limits_concurrent_mapped_task_runs(sqlite_store):
     assert held("tag:io") == 0
 
 
-def test_a_task_run_waiting_for_a_slot_shows_it_in_its_state(sqlite_store):
+def test_a_task_run_waiting_for_a_slot_shows_it_in_its_state(limits_store):
     manage.create_limit("tag:io", 1)
 
     @task(tags=["io"])
@@ -325,7 +344,7 @@ def test_a_task_run_waiting_for_a_slot_shows_it_in_its_state(sqlite_store):
         runner.start()
         deadline = time.monotonic() + 30
         while True:  # visible in the store while it waits (the CLI and the UI read it there)
-            runs = sqlite_store.read_task_runs()
+            runs = limits_store.read_task_runs()
             if runs and runs[0].state.name == "AwaitingConcurrencySlot":
                 break
             assert time.monotonic() < deadline, "the waiting run's state never showed it"
@@ -334,12 +353,12 @@ def test_a_task_run_waiting_for_a_slot_shows_it_in_its_state(sqlite_store):
         assert state.is_pending() and "'tag:io' (1 of 1 slot(s) in use)" in (state.message or "")
     runner.join(30)
     assert result == ["done"]
-    names = [s.name for s in sqlite_store.read_states(runs[0].id)]
+    names = [s.name for s in limits_store.read_states(runs[0].id)]
     assert names == ["Pending", "AwaitingConcurrencySlot", "Running", "Completed"]
 
 
 @pytest.mark.anyio
-async def test_tag_limit_on_async_tasks(sqlite_store):
+async def test_tag_limit_on_async_tasks(limits_store):
     manage.create_limit("tag:gpu", 2)
     active, peak = [0], [0]
 
@@ -359,7 +378,7 @@ async def test_tag_limit_on_async_tasks(sqlite_store):
     assert peak[0] == 2
 
 
-def test_a_failed_or_retried_task_run_gives_its_slot_back(sqlite_store):
+def test_a_failed_or_retried_task_run_gives_its_slot_back(limits_store):
     manage.create_limit("tag:flaky", 1)
     calls = []
 
@@ -374,7 +393,7 @@ def test_a_failed_or_retried_task_run_gives_its_slot_back(sqlite_store):
     assert calls == [1, 1] and held("tag:flaky") == 0
 
 
-def test_tasks_without_limited_tags_take_no_slot(sqlite_store):
+def test_tasks_without_limited_tags_take_no_slot(limits_store):
     manage.create_limit("tag:io", 1)
 
     @task(tags=["cpu"])
@@ -412,7 +431,7 @@ def test_bad_concurrency_arguments_are_rejected_before_waiting(sqlite_store, kwa
         pass
 
 
-def test_create_twice_and_unknown_names_say_what_to_do(sqlite_store):
+def test_create_twice_and_unknown_names_say_what_to_do(limits_store):
     manage.create_limit("db", 1)
     with pytest.raises(ValueError, match="exists already: change it with `asyncflow gcl update db"):
         manage.create_limit("db", 2)
@@ -447,6 +466,72 @@ def test_an_older_store_file_is_upgraded_with_the_limit_tables(tmp_path):
         store.close()
 
 
+def test_an_older_postgres_store_is_upgraded_with_the_limit_tables(postgres_url):
+    import psycopg
+
+    from asyncflow._store import postgres as pg_module
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # what asyncflow wrote at schema version 1
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for statement in pg_module.MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version VALUES (1)")
+    store = pg_module.PostgresStore(postgres_url)
+    try:
+        with isolated_store(store):
+            manage.create_limit("db", 1)
+            with sconc.concurrency("db"):
+                assert held("db") == 1
+        assert store.schema_version() == pg_module.SCHEMA_VERSION == 2
+    finally:
+        store.close()
+        db = limits_db._databases.pop(postgres_url, None)
+        if db is not None:
+            db.close()
+
+
+def test_a_lease_past_its_expiry_is_freed_for_the_next_claim(limits_store):
+    """A holder on another machine that vanished: once its lease's expiry has passed (set in the past
+    here, as if the time had gone by), its slot is the next claim's."""
+    manage.create_limit("db", 1)
+    assert _claim_as(("another-host", "boot", 4242, "1"), "db", 300, time.time()).acquired
+    with pytest.raises(AcquireConcurrencySlotTimeoutError, match="'db' \\(1 of 1"), \
+            sconc.concurrency("db", timeout_seconds=0.05):
+        pass
+    db = limits_db.current_or_raise()
+    db.run(lambda conn: conn.execute("UPDATE concurrency_slots SET expires = ? WHERE lease = 'crashed-lease'",
+                                     (time.time() - 1,)))
+    with sconc.concurrency("db", timeout_seconds=0):
+        assert [slot.host for slot in manage.read_limit("db")[1]] == [owners.HOST]
+
+
+def test_threads_with_their_own_connections_never_take_the_last_slot_twice(limits_store):
+    """Each thread claims on its own connection (on PostgreSQL, its own session): many claims at once on
+    a limit of 3 take exactly 3 slots."""
+    manage.create_limit("db", 3)
+    db = limits_db.current_or_raise()
+    start, results = threading.Barrier(8), []
+
+    def claim(i: int) -> None:
+        start.wait(10)
+        while True:
+            try:
+                results.append(db.attempt(lambda conn: sql.claim(conn, ["db"], 1, "concurrency", f"lease-{i}", 300,
+                                                                 None, owners.this_process(), time.time())))
+                return
+            except limits_db.Busy:
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 8
+    assert sum(1 for result in results if result.acquired) == 3 and held("db") == 3
+    db.run(lambda conn: [sql.release(conn, f"lease-{i}") for i in range(8)])
+
+
 def test_the_memory_store_keeps_limits_in_this_process():
     manage.create_limit("db", 1)  # the suite's default store is in memory
     with sconc.concurrency("db"):
@@ -456,7 +541,7 @@ def test_the_memory_store_keeps_limits_in_this_process():
 
 # -- fork safety -----------------------------------------------------------------------------------------
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
-def test_a_forked_child_holds_none_of_its_parents_slots_and_can_take_its_own(sqlite_store):
+def test_a_forked_child_holds_none_of_its_parents_slots_and_can_take_its_own(limits_store):
     manage.create_limit("db", 1)
     manage.create_limit("other", 1)
     with sconc.concurrency("db"):  # the lease thread runs in the parent
@@ -473,7 +558,37 @@ def test_a_forked_child_holds_none_of_its_parents_slots_and_can_take_its_own(sql
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert held("db") == 0 and held("other") == 0
+    assert held("db") == 0 and held("other") == 0  # (on the parent's connection: the child left it alone)
+
+
+@pytest.mark.parametrize("limits_store", ["postgres"], indirect=True)
+def test_threads_that_ended_leave_no_postgres_connection_open(limits_store, postgres_url):
+    """(The SQLite store's connections are files, not server sessions.)"""
+    import gc
+
+    import psycopg
+
+    def sessions() -> int:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            return int(conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                    "AND application_name = 'asyncflow'").fetchone()[0])
+
+    manage.create_limit("db", 1)
+    before = sessions()
+
+    def use() -> None:
+        with sconc.concurrency("db", timeout_seconds=30):
+            pass
+
+    for _ in range(5):
+        thread = threading.Thread(target=use)
+        thread.start()
+        thread.join(30)
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while sessions() > before + 1:  # (the lease thread may still hold one while it winds down)
+        assert time.monotonic() < deadline, f"{sessions() - before} connections left open by ended threads"
+        time.sleep(0.05)
 
 
 def test_a_waiter_whose_first_poll_found_the_database_locked_still_reports_its_wait(sqlite_store):

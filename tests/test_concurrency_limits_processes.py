@@ -1,8 +1,10 @@
-"""Concurrency limits across real processes sharing one store (ASYNCFLOW_HOME): a limit of 1 is never
-held by two processes at once, a SIGKILLed holder's slot is freed, and the CLI manages the limits."""
+"""Concurrency limits across real processes sharing one store (ASYNCFLOW_HOME's SQLite file, or a
+PostgreSQL database on a real server): a limit of 1 is never held by two processes at once, a SIGKILLed
+holder's slot is freed, and the CLI manages the limits."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,11 +13,14 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from asyncflow.cli import main
+from asyncflow.testing import isolated_home, isolated_store
 
 HOLDER = textwrap.dedent("""
     import sys, time
@@ -69,6 +74,8 @@ TAGGED = textwrap.dedent("""
 def env_for(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCFLOW_")}
     env.update(ASYNCFLOW_HOME=str(home), PYTHONUNBUFFERED="1")
+    if os.environ.get("ASYNCFLOW_STORE"):  # the PostgreSQL store the test runs on (`shared`)
+        env["ASYNCFLOW_STORE"] = os.environ["ASYNCFLOW_STORE"]
     return env
 
 
@@ -78,6 +85,59 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("ASYNCFLOW_HOME", str(home))
     monkeypatch.delenv("ASYNCFLOW_STORE", raising=False)
     return home
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def shared(request, home):
+    """The store every process of the test shares: ASYNCFLOW_HOME's SQLite file, or a PostgreSQL database
+    (ASYNCFLOW_STORE) on a real server. Yields its URL (None: SQLite)."""
+    from asyncflow import _settings
+
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    if url is not None:
+        os.environ["ASYNCFLOW_STORE"] = url
+    _settings.reload()
+    try:
+        yield url
+    finally:
+        os.environ.pop("ASYNCFLOW_STORE", None)
+        _settings.reload()
+        if url is not None:
+            from asyncflow._limits import db as limits_db
+
+            db = limits_db._databases.pop(url, None)
+            if db is not None:
+                db.close()
+
+
+@contextlib.contextmanager
+def this_process_on(home: Path, url: str | None) -> Iterator[Any]:
+    """This process recording into the shared store (as the subprocesses do)."""
+    if url is None:
+        with isolated_home(home) as store:
+            yield store
+        return
+    from asyncflow._store.postgres import PostgresStore
+
+    store = PostgresStore(url)
+    try:
+        with isolated_store(store):
+            yield store
+    finally:
+        store.close()
+
+
+def waiting_states(home: Path, url: str | None) -> int:
+    """How many `AwaitingConcurrencySlot` states for the tag limit `io` the shared store recorded."""
+    query = ("SELECT count(*) FROM states WHERE type = 'PENDING' AND name = 'AwaitingConcurrencySlot' "
+             "AND message LIKE '%tag:io%'")
+    if url is None:
+        with sqlite3.connect(home / "asyncflow.db") as conn:
+            return int(conn.execute(query).fetchone()[0])
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return int(conn.execute(query.replace("%", "%%"), ()).fetchone()[0])
 
 
 def spans(log: Path) -> list[tuple[float, float]]:
@@ -101,7 +161,7 @@ def cli(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_two_processes_never_hold_a_limit_of_one_at_once(home, tmp_path, capsys):
+def test_two_processes_never_hold_a_limit_of_one_at_once(shared, home, tmp_path, capsys):
     assert cli("gcl", "create", "shared", "--limit", "1", capsys=capsys)[0] == 0
     script, log = tmp_path / "holder.py", tmp_path / "spans.log"
     script.write_text(HOLDER)
@@ -113,7 +173,7 @@ def test_two_processes_never_hold_a_limit_of_one_at_once(home, tmp_path, capsys)
     assert len(spans(log)) == 10  # every block ran, and no two overlapped (spans() checks)
 
 
-def test_a_sigkilled_holder_frees_its_slot(home, tmp_path, capsys):
+def test_a_sigkilled_holder_frees_its_slot(shared, home, tmp_path, capsys):
     assert cli("gcl", "create", "shared", "--limit", "1", capsys=capsys)[0] == 0
     script, marker = tmp_path / "killed.py", tmp_path / "holding"
     script.write_text(KILLED)
@@ -133,14 +193,13 @@ def test_a_sigkilled_holder_frees_its_slot(home, tmp_path, capsys):
             proc.wait(30)
     # its lease runs for an hour, but its process is gone: the next claim frees the slot
     from asyncflow.concurrency.sync import concurrency
-    from asyncflow.testing import isolated_home
 
-    with isolated_home(home), concurrency("shared", timeout_seconds=10):
+    with this_process_on(home, shared), concurrency("shared", timeout_seconds=10):
         code, out, _ = cli("gcl", "inspect", "shared", "--json", capsys=capsys)
         assert [holder["pid"] for holder in json.loads(out)["holders"]] == [os.getpid()]
 
 
-def test_tag_limit_holds_across_processes(home, tmp_path, capsys):
+def test_tag_limit_holds_across_processes(shared, home, tmp_path, capsys):
     assert cli("concurrency-limit", "create", "io", "1", capsys=capsys)[0] == 0
     script, log = tmp_path / "tagged.py", tmp_path / "spans.log"
     script.write_text(TAGGED)
@@ -150,14 +209,12 @@ def test_tag_limit_holds_across_processes(home, tmp_path, capsys):
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
     assert len(spans(log)) == 6
-    with sqlite3.connect(home / "asyncflow.db") as conn:  # waiting is recorded, for the CLI and the UI
-        waits = conn.execute("SELECT count(*) FROM states WHERE type = 'PENDING' AND name = 'AwaitingConcurrencySlot' "
-                             "AND message LIKE '%tag:io%'").fetchone()[0]
+    waits = waiting_states(home, shared)  # waiting is recorded, for the CLI and the UI
     assert waits >= 2  # each process maps 3 runs at once: at least two of them wait
 
 
 # -- the CLI ----------------------------------------------------------------------------------------------
-def test_gcl_create_ls_inspect_update_delete(home, capsys):
+def test_gcl_create_ls_inspect_update_delete(shared, home, capsys):
     code, out, _ = cli("gcl", "create", "db", "--limit", "3", "--slot-decay-per-second", "0.5", capsys=capsys)
     assert code == 0 and "Created concurrency limit 'db': 3 slot(s), 0.5 slot(s) freed per second." in out
     code, out, _ = cli("gcl", "ls", capsys=capsys)
@@ -170,9 +227,10 @@ def test_gcl_create_ls_inspect_update_delete(home, capsys):
     assert cli("gcl", "delete", "db", capsys=capsys)[:2] == (0, "Deleted concurrency limit 'db'.\n")
     code, out, _ = cli("gcl", "ls", "--json", capsys=capsys)
     assert code == 0 and json.loads(out) == []
+    assert (home / "asyncflow.db").exists() is (shared is None)  # on PostgreSQL, no file at all
 
 
-def test_concurrency_limit_create_ls_inspect_reset_delete(home, capsys):
+def test_concurrency_limit_create_ls_inspect_reset_delete(shared, home, capsys):
     code, out, _ = cli("concurrency-limit", "create", "io", "2", capsys=capsys)
     assert code == 0 and "Created tag concurrency limit for tag 'io': 2 slot(s)." in out
     code, out, _ = cli("concurrency-limit", "ls", "--json", capsys=capsys)
@@ -196,7 +254,7 @@ def test_cli_rejects_bad_limits(home, capsys, argv):
     assert "expected" in capsys.readouterr().err
 
 
-def test_cli_errors_name_the_limit_and_the_fix(home, capsys):
+def test_cli_errors_name_the_limit_and_the_fix(shared, home, capsys):
     assert cli("gcl", "create", "db", "--limit", "1", capsys=capsys)[0] == 0
     code, _, err = cli("gcl", "create", "db", "--limit", "1", capsys=capsys)
     assert code == 1 and "exists already: change it with `asyncflow gcl update db" in err

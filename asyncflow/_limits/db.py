@@ -2,8 +2,8 @@
 
 The tables live in the process's store: the SQLite store's file (so every process with the same
 ASYNCFLOW_HOME shares them), or, with `ASYNCFLOW_STORE=memory`, an in-memory database private to
-this process. The PostgreSQL store has no limit tables yet: using a limit there raises a clear error,
-and tag limits do not apply.
+this process, or the PostgreSQL store's database (`pg.py`: every machine that records there shares
+them).
 
 Fork safety, as in the SQLite broker: each thread has its own connection; every call into SQLite
 passes the fork gate (`_fork.Gate`) and waits at most `BUSY_MS` inside it for another connection's
@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import sqlite3
+import sys
 import threading
 import time
 import weakref
@@ -29,7 +30,7 @@ BUSY_MS = 20  # one attempt waits this long for another connection's write lock 
 MANAGE_WAIT_SECONDS = 30.0  # management calls (the CLI, create/update/delete) retry this long in all
 
 _gate = _fork.Gate()
-_INHERITED: list[sqlite3.Connection] = []  # a forked child's copies of its parent's connections: never used
+_INHERITED: list[Any] = []  # a forked child's copies of its parent's connections: never used
 _databases: dict[str, LimitsDB] = {}
 _by_memory_store: weakref.WeakKeyDictionary[Any, LimitsDB] = weakref.WeakKeyDictionary()
 _memory_ids = itertools.count()
@@ -110,9 +111,11 @@ class LimitsDB:
 
 def for_store(store: Any) -> LimitsDB | None:
     """The limit tables of `store`: its SQLite file, or a private in-memory database for a memory
-    store; None for a store that has none (PostgreSQL)."""
+    store, its PostgreSQL database; None for a store that has none."""
     from .._store.memory import MemoryStore
     from .._store.sqlite import SQLiteStore
+
+    postgres = sys.modules.get("asyncflow._store.postgres")  # (imported already if the store is one)
 
     if isinstance(store, SQLiteStore):
         key = str(store.path)
@@ -122,6 +125,17 @@ def for_store(store: Any) -> LimitsDB | None:
                 db = _databases.get(key)
                 if db is None:
                     db = _databases[key] = LimitsDB(key)
+        return db
+    if postgres is not None and isinstance(store, postgres.PostgresStore):
+        key = store.url
+        db = _databases.get(key)
+        if db is None:
+            from .pg import PgLimitsDB
+
+            with _lock:
+                db = _databases.get(key)
+                if db is None:
+                    db = _databases[key] = PgLimitsDB(key)
         return db
     if isinstance(store, MemoryStore):
         db = _by_memory_store.get(store)
@@ -147,9 +161,9 @@ def current_or_raise() -> LimitsDB:
         from .._store import get_store
 
         raise ConcurrencySlotAcquisitionError(
-            f"Concurrency limits are kept in the SQLite store (or in memory), and this process records into "
-            f"{get_store()!r}, which has no limit tables yet. Use the SQLite store for runs that need "
-            f"concurrency limits (unset ASYNCFLOW_STORE).")
+            f"Concurrency limits are kept in the SQLite or PostgreSQL store (or in memory), and this process "
+            f"records into {get_store()!r}, which has no limit tables. Use one of those stores for runs that "
+            f"need concurrency limits (unset ASYNCFLOW_STORE for the SQLite store).")
     return db
 
 
@@ -159,6 +173,10 @@ def _reset_in_child() -> None:
     limits are the parent's: the child starts with none."""
     global _lock
     for db in list(_databases.values()):
+        forget = getattr(db, "forget_in_child", None)
+        if forget is not None:  # PostgreSQL: the parent's connections, in every thread
+            forget()
+            continue
         inherited = getattr(db._local, "db", None)
         if inherited is not None:
             _INHERITED.append(inherited)

@@ -1,4 +1,4 @@
-"""The concurrency-limit tables (schema version 6 of the SQLite store).
+"""The concurrency-limit tables (schema version 6 of the SQLite store, 2 of the PostgreSQL store).
 
 `concurrency_limits`: one row per limit; a tag-based task limit is the limit named `tag:<tag>`, as in
 Prefect. `decayed_slots` at `decayed_at` are the slots `rate_limit` took; they drain at
@@ -32,3 +32,6 @@ LIMITS_SCHEMA: list[str] = [
         PRIMARY KEY (lease, name))""",
     "CREATE INDEX concurrency_slots_by_name ON concurrency_slots (name)",
 ]
+
+PG_LIMITS_SCHEMA: list[str] = [statement.replace(" REAL ", " DOUBLE PRECISION ") for statement in LIMITS_SCHEMA]
+"""The same tables in PostgreSQL (its REAL is single precision: times need double)."""

@@ -3,7 +3,8 @@ autocommit mode, `isolation_level=None`) and an explicit `now`, so tests drive t
 
 A limit's slots in use = the slots of its unexpired leases + the `rate_limit` slots not yet decayed.
 A claim takes the database's write lock (`BEGIN IMMEDIATE`) so two processes never both see a free
-slot and take it."""
+slot and take it. The same functions run on a PostgreSQL store (`pg.PgConnection`: `?` translated,
+`BEGIN IMMEDIATE` as `BEGIN`), where a claim locks the rows of its limits (`for_update`) instead."""
 
 from __future__ import annotations
 
@@ -168,12 +169,11 @@ def slots_of(conn: sqlite3.Connection, name: str, now: float) -> list[Slot]:
 
 # -- management --------------------------------------------------------------------------------------
 def create(conn: sqlite3.Connection, name: str, limit: int, decay: float, active: bool, now: float) -> Limit:
-    try:
-        conn.execute(f"INSERT INTO concurrency_limits ({_LIMIT_COLUMNS}) VALUES (?, ?, ?, ?, 0, ?, ?, ?)",
-                     (name, limit, int(active), decay, now, now, now))
-    except sqlite3.IntegrityError:
+    inserted = conn.execute(f"INSERT INTO concurrency_limits ({_LIMIT_COLUMNS}) VALUES (?, ?, ?, ?, 0, ?, ?, ?) "
+                            f"ON CONFLICT (name) DO NOTHING", (name, limit, int(active), decay, now, now, now))
+    if inserted.rowcount == 0:
         raise ValueError(f"a concurrency limit named {name!r} exists already: change it with "
-                         f"`asyncflow gcl update {name} --limit N`, or delete it first.") from None
+                         f"`asyncflow gcl update {name} --limit N`, or delete it first.")
     return Limit(name, limit, active, decay, 0.0, now, now)
 
 
@@ -212,10 +212,11 @@ def claim(conn: sqlite3.Connection, names: Sequence[str], occupy: int, mode: str
     limit. Raises ConcurrencySlotAcquisitionError for a
     request that can never succeed."""
     marks = ",".join("?" * len(names))
+    lock = getattr(conn, "for_update", "")  # PostgreSQL: lock the limits' rows, in one order (no deadlock)
     conn.execute("BEGIN IMMEDIATE")
     try:
-        rows = conn.execute(f"SELECT {_LIMIT_COLUMNS} FROM concurrency_limits WHERE name IN ({marks})",
-                            tuple(names)).fetchall()
+        rows = conn.execute(f"SELECT {_LIMIT_COLUMNS} FROM concurrency_limits WHERE name IN ({marks}) "
+                            f"ORDER BY name{lock}", tuple(names)).fetchall()
         found = {row[0]: row for row in rows}
         missing = tuple(name for name in names if name not in found)
         inactive = tuple(name for name in names if name in found and not found[name][2])

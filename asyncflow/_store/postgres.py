@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from .._limits.schema import PG_LIMITS_SCHEMA
 from . import owners as _owners
 from . import sqlite_reads
 from .base import (
@@ -105,6 +106,7 @@ MIGRATIONS: list[list[str]] = [
             key TEXT PRIMARY KEY, data BYTEA NOT NULL, expiration DOUBLE PRECISION, task TEXT,
             size BIGINT NOT NULL, written DOUBLE PRECISION NOT NULL)""",
     ],
+    PG_LIMITS_SCHEMA,  # version 2: concurrency limits and the slots their holders lease (asyncflow/_limits/)
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

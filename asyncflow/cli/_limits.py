@@ -112,8 +112,8 @@ def _db(create: bool = False) -> Any:
                        "it to keep them in ASYNCFLOW_HOME/asyncflow.db, shared by every process.")
     db = for_store(store)
     if db is None:
-        raise CLIError(f"Concurrency limits are kept in the SQLite store; {store!r} has no limit tables yet. Unset "
-                       f"ASYNCFLOW_STORE to use ASYNCFLOW_HOME/asyncflow.db.")
+        raise CLIError(f"Concurrency limits are kept in the SQLite or PostgreSQL store; {store!r} has no limit "
+                       f"tables. Unset ASYNCFLOW_STORE to use ASYNCFLOW_HOME/asyncflow.db.")
     return db
 
 
