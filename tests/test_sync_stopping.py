@@ -57,6 +57,8 @@ def test_many_stuck_sync_calls_share_one_reinjector_thread(store, gate, short_gr
     monkeypatch.setattr(interrupt, "_SAFETY_FIRST_SECONDS", 60.0)
     n = 25
     went_on = []
+    # a stopper of an earlier test may still be alive, about to exit as idle: count the ones started here
+    earlier = {t for t in threading.enumerate() if t.name == "asyncflow-stopper"}
 
     @task(timeout_seconds=0.05)
     def stuck(i):
@@ -73,7 +75,8 @@ def test_many_stuck_sync_calls_share_one_reinjector_thread(store, gate, short_gr
     names = _thread_names()
     assert names.count("asyncflow-timed-task") == n
     assert names.count("asyncflow-abort") == 0  # no helper thread per stuck call ...
-    assert names.count("asyncflow-stopper") == 1  # ... one stopper serves them all
+    started_here = [t for t in threading.enumerate() if t.name == "asyncflow-stopper" and t not in earlier]
+    assert len(started_here) <= 1 and names.count("asyncflow-stopper") >= 1  # ... one stopper serves them all
 
     # bounded: a stuck call's stop is still pending, so it is not injected again and again
     before = interrupt.injections()
