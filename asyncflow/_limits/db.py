@@ -109,6 +109,17 @@ class LimitsDB:
             f"store's file is writable by this user and the disk is not full.")
 
 
+def _once(cache: Any, key: Any, make: Any) -> Any:
+    """`cache[key]`, made by `make(key)` the first time (by one thread only)."""
+    db = cache.get(key)
+    if db is None:
+        with _lock:
+            db = cache.get(key)
+            if db is None:
+                db = cache[key] = make(key)
+    return db
+
+
 def for_store(store: Any) -> LimitsDB | None:
     """The limit tables of `store`: its SQLite file, or a private in-memory database for a memory
     store, its PostgreSQL database; None for a store that has none."""
@@ -118,33 +129,13 @@ def for_store(store: Any) -> LimitsDB | None:
     postgres = sys.modules.get("asyncflow._store.postgres")  # (imported already if the store is one)
 
     if isinstance(store, SQLiteStore):
-        key = str(store.path)
-        db = _databases.get(key)
-        if db is None:
-            with _lock:
-                db = _databases.get(key)
-                if db is None:
-                    db = _databases[key] = LimitsDB(key)
-        return db
+        return _once(_databases, str(store.path), LimitsDB)
     if postgres is not None and isinstance(store, postgres.PostgresStore):
-        key = store.url
-        db = _databases.get(key)
-        if db is None:
-            from .pg import PgLimitsDB
+        from .pg import PgLimitsDB
 
-            with _lock:
-                db = _databases.get(key)
-                if db is None:
-                    db = _databases[key] = PgLimitsDB(key)
-        return db
+        return _once(_databases, store.url, PgLimitsDB)
     if isinstance(store, MemoryStore):
-        db = _by_memory_store.get(store)
-        if db is None:
-            with _lock:
-                db = _by_memory_store.get(store)
-                if db is None:
-                    db = _by_memory_store[store] = LimitsDB(None)
-        return db
+        return _once(_by_memory_store, store, lambda _: LimitsDB(None))
     return None
 
 
