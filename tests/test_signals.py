@@ -157,6 +157,149 @@ def test_sigterm_ends_a_sync_task_on_a_pool_thread_of_an_async_flow_crashed(tmp_
     assert_ended_by(tmp_path, signal.SIGTERM, returncode, err)
 
 
+CAUGHT_BY_ANOTHER_THREAD = """
+    import signal, sys, threading, time
+    from pathlib import Path
+    from asyncflow import flow, task
+
+    def deliver_to_this_thread():
+        # wait until the main thread sleeps in the task, then take SIGTERM on this thread: Python only
+        # notes it here, as when the kernel picks another thread or the signal lands just before the
+        # main thread enters a blocking call (the race a loaded machine hits)
+        main = threading.main_thread().ident
+        while sys._current_frames()[main].f_code.co_name != "work":
+            time.sleep(0.01)
+        time.sleep(0.2)
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+    @task
+    def work():
+        Path(sys.argv[1]).touch()
+        time.sleep(3600)
+
+    @flow
+    def pipeline():
+        threading.Thread(target=deliver_to_this_thread, daemon=True).start()
+        work()
+
+    pipeline()
+"""
+
+STUCK_IN_C = """
+    import sqlite3, sys, threading
+    from pathlib import Path
+    from asyncflow import flow, task
+
+    locked = Path(sys.argv[1]).with_name("locked.db")
+    holder = sqlite3.connect(locked, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+
+    @task
+    def work():
+        waiter = sqlite3.connect(locked, timeout=3600, isolation_level=None)
+        threading.Timer(0.2, Path(sys.argv[1]).touch).start()
+        waiter.execute("BEGIN EXCLUSIVE")  # SQLite's busy wait: C code that never returns to Python
+
+    @flow
+    def pipeline():
+        work()
+
+    pipeline()
+"""
+
+
+def test_a_signal_caught_on_another_thread_still_ends_a_sleeping_sync_flow_by_the_signal(tmp_path):
+    proc = start(tmp_path, CAUGHT_BY_ANOTHER_THREAD)
+    try:
+        _, err = proc.communicate(timeout=BOUND)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"the process did not end within {BOUND} s of the signal: {err}")
+    assert_ended_by(tmp_path, signal.SIGTERM, proc.returncode, err)
+
+
+def test_sigterm_ends_a_flow_whose_main_thread_is_stuck_in_c_code_that_never_returns_to_python(tmp_path):
+    proc = start(tmp_path, STUCK_IN_C)
+    wait_ready(proc, tmp_path)
+    returncode, _, err = signal_and_wait(proc, signal.SIGTERM)
+    assert_ended_by(tmp_path, signal.SIGTERM, returncode, err)
+
+
+def run_script(home: Path, source: str) -> subprocess.CompletedProcess[str]:
+    script = home / "script.py"
+    script.write_text(textwrap.dedent(source), encoding="utf-8")
+    return subprocess.run([sys.executable, "-W", "error", str(script)], env=env_for(home), capture_output=True,
+                          text=True, timeout=BOUND)
+
+
+TRIO_AFTER_A_FLOW = """
+    import json, anyio
+    from asyncflow import flow
+
+    @flow
+    def first():
+        return 1
+
+    @flow
+    async def later():
+        return 2
+
+    print(json.dumps([first(), anyio.run(later, backend="trio"), anyio.run(later, backend="asyncio")]))
+"""
+
+TRIO_IN_A_TASK = """
+    import json, anyio
+    from asyncflow import flow, task
+
+    @task
+    def work():
+        async def main():
+            return 1
+        return anyio.run(main, backend="trio")
+
+    @flow
+    def pipeline():
+        return work()
+
+    print(json.dumps([pipeline(), pipeline()]))
+"""
+
+
+@pytest.mark.parametrize("source", [TRIO_AFTER_A_FLOW, TRIO_IN_A_TASK], ids=["after a flow", "in a task"])
+def test_the_signal_watch_never_makes_trio_warn_of_a_wakeup_fd_collision(tmp_path, source):
+    proc = run_script(tmp_path, source)  # -W error: trio's RuntimeWarning would be an error
+    assert proc.returncode == 0, proc.stderr
+    assert "collided" not in proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) in ([1, 2, 2], [1, 1])
+
+
+def test_a_child_forked_in_a_sync_flow_that_gets_sigterm_does_not_end_its_parent(tmp_path):
+    proc = run_script(tmp_path, """
+        import json, os, signal, time
+        from asyncflow import flow, task
+
+        @task
+        def work():
+            pid = os.fork()
+            if pid == 0:  # the child: ends by SIGTERM, as it would without asyncflow
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(60)
+                os._exit(0)
+            _, status = os.waitpid(pid, 0)
+            time.sleep(1)  # long enough for a watcher to act on a signal it took for its own
+            return os.waitstatus_to_exitcode(status)
+
+        @flow
+        def pipeline():
+            return work()
+
+        print(json.dumps(pipeline()))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == -signal.SIGTERM
+
+
 def test_sigint_still_ends_a_sync_flow_crashed_by_keyboard_interrupt(tmp_path):
     proc = start(tmp_path, SYNC_FLOW)
     wait_ready(proc, tmp_path)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
-from .. import _states
+from .. import _signals, _states
 from .._clock import get_clock
 from .._context import FlowRunContext, TaskRunContext, current_run, current_tags
 from .._exceptions import FlowRunTimeoutError, UpstreamTaskError
@@ -92,6 +92,8 @@ async def run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
         ctx.ids = call.ids
         store.record_flow_run(run, run.state)
         OPEN[run.id] = run
+        if parent is None:  # on the main thread: no signal waits for the main thread (`_signals.watch`)
+            _signals.watch()
         log(INFO, "asyncflow.engine", f"Created flow run '{run.name}' for flow '{flow.name}'")
         if call.wait_for or not all(type(value) in _ATOM_TYPES for value in call.parameters.values()):
             try:
