@@ -46,6 +46,8 @@ from .scope import BaseExceptionGroup, Scope, owning, raise_sole
 from .streaming import stream_attempt
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from .._protocols import Dispatcher, EngineRunner
 
 _global_counters: dict[str, Any] = {}
@@ -108,10 +110,16 @@ class TaskCall:
 
 
 # -- entry points --------------------------------------------------------------------------------
-async def run_task(call: TaskCall, bridge: Bridge) -> State[Any]:
-    """Run a task to its final state. A run with no parent owns the scope its children run in."""
+def run_task(call: TaskCall, bridge: Bridge) -> Coroutine[Any, Any, State[Any]]:
+    """Run a task to its final state (a coroutine). A run with no parent owns the scope its children
+    run in. A run in a flow is `_run` itself: no extra coroutine per run (each one is an object the
+    cyclic GC walks while the run waits, and a frame every resumption passes through)."""
     if call.parent is not None:
-        return await _run(call, bridge, call.parent.scope)
+        return _run(call, bridge, call.parent.scope)
+    return _run_root(call, bridge)
+
+
+async def _run_root(call: TaskCall, bridge: Bridge) -> State[Any]:
     label = f"Task run '{call.run.name}'"
     try:
         if bridge.blocking or call.streaming:  # (a generator hands out values: no task group may span its yields)
@@ -457,6 +465,8 @@ async def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any]
         if call.submitted and caps.async_tasks and runner is not None:
             item = WorkItem(_call_async, (fn, args, kwargs, task.timeout_seconds), is_async=True, label=call.label)
             return (await runner.submit(item)).unwrap()
+        if not task.timeout_seconds:
+            return await fn(*args, **kwargs)  # (one coroutine fewer than through `_call_async`)
         return await _call_async(fn, args, kwargs, task.timeout_seconds)
     bound = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
     if task.timeout_seconds:  # the engine stops it at its deadline (no local runner enforces timeouts)
