@@ -13,6 +13,12 @@ the engine puts in the `TimedOut` state:
 - `SYNC_LATE_RETURN`: the same, but the function returned (or raised) before the stop could land: its
   result is discarded, the run is still `TimedOut`.
 
+A late stop alone does not prove that the function held the GIL: on a busy machine the stopper itself
+may run late, or another thread may hold the GIL. So the GIL is blamed only when the function's thread
+demonstrably ran after the deadline: it used more CPU in all than it could have used before the
+deadline (its CPU clock, `UserCode.measure_cpu`). A sleeping thread that was stopped late gets
+`SYNC_ENFORCEMENT`, one that returned late `SYNC_LATE_RETURN_BUSY`.
+
 A call that never returns cannot be stopped by any thread: see `interrupt` (and, for a hard stop,
 run the task in a process).
 """
@@ -25,7 +31,7 @@ from typing import Any
 import anyio
 
 from .._exceptions import FlowRunTimeoutError, TaskRunTimeoutError
-from .interrupt import ThreadCall
+from .interrupt import ThreadCall, cpu_after
 from .loop import context_for_another_thread, threadsafe_caller
 
 SYNC_ENFORCEMENT = ("the function was stopped at the deadline: the caller moved on at once, and its thread "
@@ -37,7 +43,10 @@ SYNC_GIL_ENFORCEMENT = ("the deadline passed while the function's thread held th
 SYNC_LATE_RETURN = ("the deadline passed while the function's thread held the GIL (C code that does not "
                     "release it), so nothing could stop it on time; it returned {late:.2f} s late, before the "
                     "stop could land, and its result was discarded")
-_GIL_LATE_SECONDS = 0.1  # a stop this late means the stopper could not run: the thread held the GIL
+SYNC_LATE_RETURN_BUSY = ("the function returned {late:.2f} s after the deadline, before the stop could land "
+                         "(the stop itself ran late: the machine was busy), and its result was discarded")
+_GIL_LATE_SECONDS = 0.1  # a stop this late means the stopper could not run on time ...
+_RAN_AFTER_SECONDS = 0.02  # ... and the function's thread is to blame if it ran this long after the deadline
 
 
 async def call_sync_with_deadline(fn: Any, limit: float, sync: bool, kind: str, label: str | None = None) -> Any:
@@ -65,9 +74,15 @@ async def call_sync_with_deadline(fn: Any, limit: float, sync: bool, kind: str, 
 
 
 def _enforcement(thread_call: ThreadCall, deadline: float) -> str:
+    user = thread_call.user
     if thread_call.late:
-        return SYNC_LATE_RETURN.format(late=max(0.0, thread_call.returned_at - deadline))
-    late = thread_call.user.aborted_at - deadline
-    if late >= _GIL_LATE_SECONDS:
+        late = max(0.0, thread_call.returned_at - deadline)
+        ran = cpu_after(deadline, user.started_at, thread_call.cpu_at_return - thread_call.cpu_at_start)
+        if late < _RAN_AFTER_SECONDS or ran >= _RAN_AFTER_SECONDS:
+            return SYNC_LATE_RETURN.format(late=late)
+        return SYNC_LATE_RETURN_BUSY.format(late=late)
+    late = user.aborted_at - deadline
+    ran_after = user.cpu_after(deadline)  # None without a per-thread CPU clock (Windows): lateness decides
+    if late >= _GIL_LATE_SECONDS and (ran_after is None or ran_after >= _RAN_AFTER_SECONDS):
         return SYNC_GIL_ENFORCEMENT.format(late=late)
     return SYNC_ENFORCEMENT

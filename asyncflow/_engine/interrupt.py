@@ -80,6 +80,7 @@ _CLOSE_ATTEMPTS = 1000  # a stop firing inside close() is absorbed and close() r
 _DROP_ATTEMPTS = 100  # calls to let the marker exception fire (it fires at the first)
 
 _now = time.monotonic
+_cpu_clock_of = getattr(time, "pthread_getcpuclockid", None)  # (not on Windows)
 
 
 class SyncRunAborted(BaseException):
@@ -130,7 +131,7 @@ class UserCode:
     """A sync callable running in some thread, which another thread may stop."""
 
     __slots__ = ("_lock", "_thread_id", "_thread_name", "_inside", "_fired", "_run", "aborted",
-                 "aborted_at", "label")
+                 "aborted_at", "label", "cpu_clock", "cpu_at_start", "cpu_at_abort", "started_at")
 
     def __init__(self, label: str | None = None) -> None:
         self._lock = threading.Lock()
@@ -142,6 +143,27 @@ class UserCode:
         self.aborted = False
         self.aborted_at = 0.0
         self.label = label
+        # CPU time of the thread (`measure_cpu()`): how busy it was when a late stop landed
+        self.cpu_clock: int | None = None
+        self.cpu_at_start = self.cpu_at_abort = self.started_at = 0.0
+
+    def measure_cpu(self) -> None:
+        """From the thread that will run the user code, before `run`: keep its CPU clock, so that a stop
+        can tell how much CPU the thread used (a thread holding the GIL runs; a sleeping one does not)."""
+        self.started_at = _now()
+        if _cpu_clock_of is not None:
+            try:
+                self.cpu_clock = _cpu_clock_of(threading.get_ident())
+                self.cpu_at_start = time.clock_gettime(self.cpu_clock)
+            except OSError:
+                self.cpu_clock = None
+
+    def cpu_after(self, deadline: float) -> float | None:
+        """At least how many CPU seconds the thread used between `deadline` and the stop: what it used
+        in all, less what it could have used before the deadline (None: not measured)."""
+        if self.cpu_clock is None or not self.aborted:
+            return None
+        return cpu_after(deadline, self.started_at, self.cpu_at_abort - self.cpu_at_start)
 
     def run(self, fn: Callable[[], R]) -> R:
         self._thread_id = threading.get_ident()
@@ -181,6 +203,11 @@ class UserCode:
             self.aborted_at = _now()
             if not self._inside:
                 return
+            if self.cpu_clock is not None:  # the thread is inside the user code, so alive: its clock is valid
+                try:
+                    self.cpu_at_abort = time.clock_gettime(self.cpu_clock)
+                except OSError:
+                    self.cpu_clock = None
             _aborted_in_thread[self._thread_id] = self
             _inject(self._thread_id)
             self._thread_name = _thread_name(self._thread_id)
@@ -421,6 +448,11 @@ def wakeups() -> int:
     return _counters["wakeups"]
 
 
+def cpu_after(deadline: float, started_at: float, cpu_used: float) -> float:
+    """A lower bound of the CPU a thread used after `deadline`, from what it used since `started_at`."""
+    return cpu_used - max(0.0, deadline - started_at)
+
+
 class ThreadCall:
     """Run a sync callable in a fresh thread of its own; the stopper stops it at `deadline`.
 
@@ -437,6 +469,8 @@ class ThreadCall:
         self.deadline = deadline  # on time.monotonic()
         self.late = False
         self.returned_at = 0.0
+        self.cpu_at_return = 0.0  # the thread's own CPU clock (`time.thread_time`) when it returned
+        self.cpu_at_start = 0.0
         self._fn = fn
         self._context = context
         self._on_done: Callable[[], None] | None = None
@@ -449,6 +483,8 @@ class ThreadCall:
 
     def _main(self) -> None:
         try:
+            self.cpu_at_start = time.thread_time()
+            self.user.measure_cpu()
             self.result = self._context.run(self.user.run, self._fn)
             self._check_late()
         except SyncRunAborted:
@@ -468,6 +504,7 @@ class ThreadCall:
 
     def _check_late(self) -> None:
         self.returned_at = _now()
+        self.cpu_at_return = time.thread_time()
         if self.deadline is not None and self.returned_at >= self.deadline:
             self.late = True
             self.result = self.error = None
