@@ -85,6 +85,37 @@ async def test_an_async_flow_is_on_disk_when_it_returns(db):
 
 
 @pytest.mark.anyio
+async def test_many_async_flows_ending_at_once_are_each_on_disk_when_they_return_and_share_flushes(
+        db, monkeypatch):
+    from asyncflow._engine import flow_run, flushing
+
+    flushes = []
+    for module in (flow_run, flushing):  # every way the engine flushes when a root run ends
+        monkeypatch.setattr(module, "flush_store", lambda: flushes.append(1) or db.flush())
+    seen: dict[str, list[tuple[str]]] = {}
+
+    @task
+    async def step(i):
+        await anyio.sleep(0.01)
+        return i
+
+    @flow
+    async def one(i):
+        return await step(i)
+
+    async def run_and_look(i):
+        state = await one(i, return_state=True)
+        flow_run_id = str(state.state_details.flow_run_id)
+        seen[flow_run_id] = raw(db, "SELECT state_name FROM flow_runs WHERE id = ?", flow_run_id)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(200):
+            tg.start_soon(run_and_look, i)
+    assert list(seen.values()) == [[("Completed",)]] * 200  # each caller found its run written
+    assert len(flushes) < 200  # flows that ended together shared a flush
+
+
+@pytest.mark.anyio
 async def test_a_cancelled_async_flow_is_on_disk_when_the_cancellation_arrives(db):
     @flow
     async def waits():

@@ -28,6 +28,7 @@ from .._store import pending as store_pending
 from .._store.records import redact
 from .bridge import OWN_THREAD, Bridge, run_hooks
 from .common import exception_message, log_final_state
+from .flushing import flush_on_loop
 from .interrupt import SyncRunAborted
 from .open_runs import OPEN
 from .resolve import Resolver, unfinished_in
@@ -135,8 +136,9 @@ async def run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
         if parent is None:
             flush_logs()  # a root run's lines are all out when the caller gets its result
             if store_pending():  # and everything it recorded is in the store (the store bounds the wait)
-                await bridge.shielded(bridge.io(flush_store), STORE_FLUSH_SHIELD_SECONDS,
-                                      f"{call.label}: writing its records to the store", call.ids)
+                await bridge.shielded(bridge.io(flush_store) if bridge.blocking else flush_on_loop(bridge),
+                                      STORE_FLUSH_SHIELD_SECONDS, f"{call.label}: writing its records to the store",
+                                      call.ids)
 
 
 async def _with_runner(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, Any], bridge: Bridge
