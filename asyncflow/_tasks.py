@@ -479,6 +479,8 @@ def resolve_caching(name: str, fn: Any, cache_policy: Any, cache_key_fn: Any, ca
     from . import _caching, _results
 
     owner = f"task {name!r}"
+    if cache_policy is _NOTSET and cache_key_fn is None and _settings.TASKS_DEFAULT_NO_CACHE.value():
+        cache_policy = _caching.NO_CACHE  # (as if the task set it: the same resolution follows)
     given = cache_policy is not _NOTSET
     cache_policy = _caching.as_policy(cache_policy, owner) if given else None
     if cache_key_fn is not None and not callable(cache_key_fn):
@@ -518,6 +520,8 @@ def resolve_caching(name: str, fn: Any, cache_policy: Any, cache_key_fn: Any, ca
         policy = _caching.DEFAULT if result_storage_key is None else None  # (the storage key is the record's key)
     elif result_storage_key is not None and not isinstance(policy, _caching.NoCache):
         policy = None
+    if _settings.TASKS_DISABLE_CACHING.value():  # no key at all: nothing is read or written under one
+        policy, result_storage_key = _caching.NO_CACHE, None
     refresh = refresh_cache if refresh_cache is not None else bool(_settings.TASKS_REFRESH_CACHE.value())
     return CachingOptions(policy, settings if policy is None else policy, explicit, persist_result, cache_expiration,
                           result_storage, result_serializer, result_storage_key, refresh)
