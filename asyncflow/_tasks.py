@@ -443,8 +443,8 @@ def _check_key_fields(template: str, binder: Binder, option: str) -> None:
 class CachingOptions:
     """A task's caching and result options, checked and resolved once, at decoration time."""
 
-    __slots__ = ("policy", "settings", "explicit", "persist", "expiration", "storage", "serializer", "storage_key",
-                 "refresh", "persist_by_default")
+    __slots__ = ("policy", "settings", "explicit", "persist", "run_persist", "expiration", "storage", "serializer",
+                 "storage_key", "refresh", "persist_by_default")
 
     def __init__(self, policy: Any, settings: Any, explicit: bool, persist: bool | None, expiration: Any,
                  storage: Any, serializer: Any, storage_key: str | None, refresh: bool) -> None:
@@ -452,7 +452,9 @@ class CachingOptions:
         self.policy = policy  # what computes the key (None: no key, unless storage_key names one)
         self.settings = settings  # whose key_storage, isolation_level and lock_manager apply
         self.explicit = explicit
-        self.persist = persist
+        self.persist = persist  # what the task says (`task.persist_result`)
+        # what its runs do before asking their flow: the task's word, else ASYNCFLOW_TASKS_DEFAULT_PERSIST_RESULT
+        self.run_persist = persist if persist is not None else _settings.TASKS_DEFAULT_PERSIST_RESULT.value()
         self.expiration = expiration
         self.storage = storage
         self.serializer = serializer

@@ -91,3 +91,27 @@ def test_a_bad_caching_setting_is_refused_naming_it(monkeypatch, name):
     finally:
         monkeypatch.delenv(name)
         _settings.reload()
+
+
+def test_tasks_default_persist_result_true_persists_and_caches_tasks_that_do_not_say():
+    with temporary_settings(ASYNCFLOW_TASKS_DEFAULT_PERSIST_RESULT="true"):
+        names, calls = _calls_when_called_twice(lambda fn: task(name="step")(fn))
+        assert task(lambda: None).persist_result is None  # as in Prefect: the task itself did not say
+    assert names == ["Completed", "Cached"] and calls == [1]
+
+
+def test_tasks_default_persist_result_false_overrides_the_flow_but_not_the_task():
+    with temporary_settings(ASYNCFLOW_TASKS_DEFAULT_PERSIST_RESULT="false"):
+        quiet = task(name="quiet")(lambda x: x)
+        loud = task(name="loud", persist_result=True)(lambda x: x)
+
+    @flow(persist_result=True)
+    def both():
+        return [t(1, return_state=True).name for t in (quiet, quiet, loud, loud)]
+
+    assert both() == ["Completed", "Completed", "Completed", "Cached"]
+
+
+@pytest.mark.parametrize("name", ["ASYNCFLOW_TASKS_DEFAULT_PERSIST_RESULT"])
+def test_a_bad_persist_setting_is_refused_naming_it(monkeypatch, name):
+    test_a_bad_caching_setting_is_refused_naming_it(monkeypatch, name)
