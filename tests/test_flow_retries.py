@@ -392,3 +392,19 @@ def test_a_subflow_whose_parameters_cannot_be_hashed_runs_again_with_a_warning(c
     parent()
     assert len(calls) == 2
     assert "cannot be matched with its run in an earlier attempt" in capsys.readouterr().err
+
+
+def test_a_subflow_called_in_a_process_pool_task_of_a_flow_with_retries_runs():
+    """The worker process has a copy of the flow run's context without the flow: nothing to reuse there."""
+    import runner_cases as cases
+
+    from asyncflow.task_runners import ProcessPoolTaskRunner
+
+    @flow(retries=1, task_runner=ProcessPoolTaskRunner(max_workers=1))
+    def parent():
+        value = cases.calls_a_subflow.submit(1).result()
+        if flow_run.run_count == 1:
+            raise RuntimeError("fail after the task")
+        return value
+
+    assert parent() == 2

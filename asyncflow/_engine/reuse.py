@@ -35,7 +35,8 @@ def parent_flow(call: Any) -> FlowRunContext | None:
     if parent is None:
         return None
     flow_ctx = parent.flow_context
-    if flow_ctx is None or not flow_ctx.flow.retries:
+    # (a process-pool worker's copy of the flow's context has no flow: its retries are the parent process's)
+    if flow_ctx is None or flow_ctx.flow is None or not flow_ctx.flow.retries:
         return None
     return flow_ctx
 
