@@ -96,4 +96,3 @@ def remember(flow_ctx: FlowRunContext, identity: Identity, run_name: str, state:
     if flow_ctx.completed_subflows is None:
         flow_ctx.completed_subflows = {}
     flow_ctx.completed_subflows[identity] = (run_name, state)
-
