@@ -50,7 +50,8 @@ class RunContext:
 
 
 class FlowRunContext(RunContext):
-    __slots__ = ("flow", "flow_run", "task_runner", "run_counters", "label", "ids")
+    __slots__ = ("flow", "flow_run", "task_runner", "run_counters", "label", "ids", "subflow_calls",
+                 "completed_subflows")
 
     def __init__(self, flow: Any, flow_run: FlowRun, parent: RunContext | None, log_prints: bool,
                  scope: Scope | None, task_runner: EngineRunner | None) -> None:
@@ -62,6 +63,10 @@ class FlowRunContext(RunContext):
         self.run_counters: dict[str, Any] = {}  # task key -> itertools.count
         self.label = f"Flow run '{flow_run.name}'"  # set again once the run is named
         self.ids = {"flow_run_id": str(flow_run.id)}
+        # a flow with retries: its subflow calls in this attempt, and the subflows that completed in its
+        # attempts so far (`_engine/reuse.py`)
+        self.subflow_calls: dict[Any, Any] | None = None
+        self.completed_subflows: dict[Any, Any] | None = None
 
     @property
     def parameters(self) -> dict[str, Any]:

@@ -472,6 +472,19 @@ TASKS_REFRESH_CACHE = _declare(
     "ASYNCFLOW_TASKS_REFRESH_CACHE", _parse_bool, False,
     "Recompute and overwrite cached results for every task that does not set `refresh_cache`.",
     "true or false")
+TASKS_DEFAULT_PERSIST_RESULT = _declare(
+    "ASYNCFLOW_TASKS_DEFAULT_PERSIST_RESULT", _parse_bool, None,
+    "Whether tasks that do not set `persist_result` persist their results (and so cache with the DEFAULT "
+    "policy); unset: their flow's `persist_result`, else ASYNCFLOW_RESULTS_PERSIST_BY_DEFAULT. `false` "
+    "overrides the flow's. Read when a task is defined.", "true or false (or unset)")
+TASKS_DEFAULT_NO_CACHE = _declare(
+    "ASYNCFLOW_TASKS_DEFAULT_NO_CACHE", _parse_bool, False,
+    "Give tasks that set neither `cache_policy` nor `cache_key_fn` the policy NO_CACHE (read when a task is "
+    "defined).", "true or false")
+TASKS_DISABLE_CACHING = _declare(
+    "ASYNCFLOW_TASKS_DISABLE_CACHING", _parse_bool, False,
+    "Turn caching off for every task, whatever its `cache_policy`, `cache_key_fn` or `result_storage_key` "
+    "(read when a task is defined).", "true or false")
 
 TASK_WORKER_LEASE_SECONDS = _declare(
     "ASYNCFLOW_TASK_WORKER_LEASE_SECONDS", _parse_lease, 30.0,

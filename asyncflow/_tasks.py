@@ -443,8 +443,8 @@ def _check_key_fields(template: str, binder: Binder, option: str) -> None:
 class CachingOptions:
     """A task's caching and result options, checked and resolved once, at decoration time."""
 
-    __slots__ = ("policy", "settings", "explicit", "persist", "expiration", "storage", "serializer", "storage_key",
-                 "refresh", "persist_by_default")
+    __slots__ = ("policy", "settings", "explicit", "persist", "run_persist", "expiration", "storage", "serializer",
+                 "storage_key", "refresh", "persist_by_default")
 
     def __init__(self, policy: Any, settings: Any, explicit: bool, persist: bool | None, expiration: Any,
                  storage: Any, serializer: Any, storage_key: str | None, refresh: bool) -> None:
@@ -452,7 +452,9 @@ class CachingOptions:
         self.policy = policy  # what computes the key (None: no key, unless storage_key names one)
         self.settings = settings  # whose key_storage, isolation_level and lock_manager apply
         self.explicit = explicit
-        self.persist = persist
+        self.persist = persist  # what the task says (`task.persist_result`)
+        # what its runs do before asking their flow: the task's word, else ASYNCFLOW_TASKS_DEFAULT_PERSIST_RESULT
+        self.run_persist = persist if persist is not None else _settings.TASKS_DEFAULT_PERSIST_RESULT.value()
         self.expiration = expiration
         self.storage = storage
         self.serializer = serializer
@@ -479,6 +481,8 @@ def resolve_caching(name: str, fn: Any, cache_policy: Any, cache_key_fn: Any, ca
     from . import _caching, _results
 
     owner = f"task {name!r}"
+    if cache_policy is _NOTSET and cache_key_fn is None and _settings.TASKS_DEFAULT_NO_CACHE.value():
+        cache_policy = _caching.NO_CACHE  # (as if the task set it: the same resolution follows)
     given = cache_policy is not _NOTSET
     cache_policy = _caching.as_policy(cache_policy, owner) if given else None
     if cache_key_fn is not None and not callable(cache_key_fn):
@@ -518,6 +522,8 @@ def resolve_caching(name: str, fn: Any, cache_policy: Any, cache_key_fn: Any, ca
         policy = _caching.DEFAULT if result_storage_key is None else None  # (the storage key is the record's key)
     elif result_storage_key is not None and not isinstance(policy, _caching.NoCache):
         policy = None
+    if _settings.TASKS_DISABLE_CACHING.value():  # no key at all: nothing is read or written under one
+        policy, result_storage_key = _caching.NO_CACHE, None
     refresh = refresh_cache if refresh_cache is not None else bool(_settings.TASKS_REFRESH_CACHE.value())
     return CachingOptions(policy, settings if policy is None else policy, explicit, persist_result, cache_expiration,
                           result_storage, result_serializer, result_storage_key, refresh)

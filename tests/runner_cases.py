@@ -171,3 +171,13 @@ async def unpicklable_result_is_a_clear_error(runner: Any) -> None:
     name, message = await f()
     assert name == "Failed"
     assert "'returns_a_lock'" in message and "_thread.lock" in message and "cannot be pickled" in message
+
+
+@flow
+def plus_one_flow(x: int) -> int:
+    return x + 1
+
+
+@task
+def calls_a_subflow(x: int) -> int:
+    return plus_one_flow(x)

@@ -88,8 +88,8 @@ def _result_store(task: Any, flow: Any, key_storage: Any = None) -> _results.Res
 
 def _persist(task: Any, flow: Any) -> bool:
     options = task.caching
-    if options.persist is not None:
-        return options.persist
+    if options.run_persist is not None:  # the task's persist_result, else the tasks' default setting
+        return options.run_persist
     if options.explicit:
         return True
     if flow is not None and flow.persist_result is not None:

@@ -26,6 +26,7 @@ from .._store import flush as flush_store
 from .._store import get_store
 from .._store import pending as store_pending
 from .._store.records import redact
+from . import reuse
 from .bridge import OWN_THREAD, Bridge, run_hooks
 from .common import exception_message, log_final_state
 from .flushing import flush_on_loop
@@ -77,6 +78,19 @@ def _set(call: FlowCall, type_: StateType, name: str, message: str | None = None
 
 
 async def run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
+    parent_flow = reuse.parent_flow(call)  # None unless this is a subflow of a flow with retries
+    if parent_flow is None:
+        return await _run_flow(call, bridge)
+    identity, earlier = await reuse.find_earlier(call, parent_flow, bridge)
+    if earlier is not None:  # it completed in an earlier attempt of the parent: not run again
+        return earlier
+    state = await _run_flow(call, bridge)
+    if identity is not None:
+        reuse.remember(parent_flow, identity, call.run.name, state)
+    return state
+
+
+async def _run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
     flow, run = call.flow, call.run
     store = get_store()
     parent = call.parent
@@ -185,6 +199,7 @@ async def _attempts(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, A
         attempt += 1
         run.run_count = attempt
         ctx.children = None
+        ctx.subflow_calls = None  # each attempt counts its subflow calls from the first
         if ctx.scope is not None:  # the previous attempt's scope: this run goes on in a new one
             ctx.scope.detach()
         running = _set(call, StateType.RUNNING, "Running" if attempt == 1 else "Retrying")
