@@ -137,6 +137,34 @@ def test_a_tag_limit_created_through_the_client_limits_task_runs_and_lists_their
     assert all(1 <= len(ids) <= 2 and set(ids) <= task_run_ids for ids in seen)
 
 
+@pytest.mark.anyio
+async def test_a_tag_limit_created_with_the_async_client_limits_async_task_runs(limits_store):
+    active, peak, want = [0], [0], [1]
+
+    @task(tags=["gpu"])
+    async def train(i: int) -> int:
+        active[0] += 1
+        peak[0] = max(peak[0], active[0])
+        with anyio.move_on_after(10):  # hold the slot until as many runs as the limit allows are in
+            while peak[0] < want[0]:
+                await anyio.sleep(0.005)
+        active[0] -= 1
+        return i
+
+    @flow
+    async def pipeline() -> list[int]:
+        return [await f for f in train.map(range(5))]  # all five start at once on the loop
+
+    async with get_client() as client:
+        await client.create_concurrency_limit("gpu", 1)
+        assert await pipeline() == list(range(5))
+        assert peak[0] == 1
+        await client.create_concurrency_limit("gpu", 3)  # raised at once for this process's task runs
+        peak[0], want[0] = 0, 3
+        assert await pipeline() == list(range(5))
+        assert peak[0] == 3
+
+
 def test_reset_with_slot_override_keeps_only_those_task_runs_slots(limits_store):
     keep, drop = uuid.uuid4(), uuid.uuid4()
     with get_client(sync_client=True) as client:
