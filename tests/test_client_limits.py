@@ -139,15 +139,16 @@ def test_a_tag_limit_created_through_the_client_limits_task_runs_and_lists_their
 
 @pytest.mark.anyio
 async def test_a_tag_limit_created_with_the_async_client_limits_async_task_runs(limits_store):
-    active, peak, want = [0], [0], [1]
+    active, peak, want, enough = [0], [0], [1], [anyio.Event()]
 
     @task(tags=["gpu"])
     async def train(i: int) -> int:
         active[0] += 1
         peak[0] = max(peak[0], active[0])
+        if peak[0] >= want[0]:
+            enough[0].set()
         with anyio.move_on_after(10):  # hold the slot until as many runs as the limit allows are in
-            while peak[0] < want[0]:
-                await anyio.sleep(0.005)
+            await enough[0].wait()
         active[0] -= 1
         return i
 
@@ -160,7 +161,7 @@ async def test_a_tag_limit_created_with_the_async_client_limits_async_task_runs(
         assert await pipeline() == list(range(5))
         assert peak[0] == 1
         await client.create_concurrency_limit("gpu", 3)  # raised at once for this process's task runs
-        peak[0], want[0] = 0, 3
+        peak[0], want[0], enough[0] = 0, 3, anyio.Event()
         assert await pipeline() == list(range(5))
         assert peak[0] == 3
 
