@@ -24,6 +24,7 @@ from ._exceptions import TaskRunTimeoutError as TaskRunTimeoutError
 from ._exceptions import UnfinishedRun as UnfinishedRun
 from ._exceptions import UpstreamTaskError as UpstreamTaskError
 from ._settings import SettingError as SettingError
+from ._store.base import ObjectAlreadyExists as ObjectAlreadyExists
 from ._store.base import ObjectNotFound as ObjectNotFound
 from ._store.base import StoreError as StoreError
 
@@ -31,7 +32,8 @@ __all__ = [
     "AsyncflowError", "BlockingResultError", "BrokerDataError", "BrokerUnavailableError", "CancelledRun",
     "CrashedRun", "FailedRun", "FlowRunTimeoutError", "InvalidNameError", "LostRunError",
     "MappingLengthMismatch", "MappingMissingIterable", "MappingTooLarge", "MissingContextError",
-    "ObjectNotFound", "ParameterBindError", "ReservedArgumentError", "ResultRecordError", "ResultWriteError",
+    "ObjectAlreadyExists", "ObjectNotFound", "ParameterBindError", "ReservedArgumentError", "ResultRecordError",
+    "ResultWriteError",
     "RunStateError", "ScopeClosedError", "SettingError", "StoreError", "TaskRunTimeoutError", "UnfinishedRun",
     "UpstreamTaskError",
 ]

@@ -75,7 +75,15 @@ class Request:
                             f"got {type(holder).__name__}.")
         return cls(sql.check_names(names) if names else [], sql.check_occupy(occupy), mode,
                    sql.check_seconds(timeout_seconds, "timeout_seconds"), max_retries, lease, bool(strict),
-                   None if holder is None else str(holder))
+                   _holder(holder))
+
+
+def _holder(holder: Any) -> str | None:
+    """As stored: a string as given; Prefect's `{"type": "task_run", "id": ...}` as "task_run:<id>" (the
+    form the engine's tag limits record, and the client's `active_slots` read)."""
+    if isinstance(holder, dict) and set(holder) == {"type", "id"}:
+        return f"{holder['type']}:{holder['id']}"
+    return None if holder is None else str(holder)
 
 
 async def acquire(request: Request, bridge: Any, on_wait: Callable[[str], None] | None = None,

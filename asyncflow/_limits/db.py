@@ -146,14 +146,17 @@ def current() -> LimitsDB | None:
     return for_store(get_store())
 
 
-def current_or_raise() -> LimitsDB:
-    db = current()
-    if db is None:
+def current_or_raise(store: Any = None) -> LimitsDB:
+    """The limit tables of `store` (default: the process's store), or an error saying which stores have them."""
+    if store is None:
         from .._store import get_store
 
+        store = get_store()
+    db = for_store(store)
+    if db is None:
         raise ConcurrencySlotAcquisitionError(
             f"Concurrency limits are kept in the SQLite or PostgreSQL store (or in memory), and this process "
-            f"records into {get_store()!r}, which has no limit tables. Use one of those stores for runs that "
+            f"records into {store!r}, which has no limit tables. Use one of those stores for runs that "
             f"need concurrency limits (unset ASYNCFLOW_STORE for the SQLite store).")
     return db
 

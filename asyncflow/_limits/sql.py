@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,8 +18,10 @@ import attrs
 
 from .._exceptions import ConcurrencySlotAcquisitionError
 from .._store import owners as _owners
+from .._store.base import ObjectAlreadyExists
 
 TAG_PREFIX = "tag:"  # a tag-based task concurrency limit is the limit named "tag:<tag>" (as in Prefect)
+_IDS = uuid.UUID("0d6c2f4e-6a0b-4f0e-9a53-6c1f1e1b7a11")  # the namespace of limits' ids (uuid5)
 
 
 @attrs.frozen
@@ -36,6 +39,12 @@ class Limit:
     @property
     def tag(self) -> str | None:
         return self.name[len(TAG_PREFIX):] if self.name.startswith(TAG_PREFIX) else None
+
+    @property
+    def id(self) -> uuid.UUID:
+        """The limit's id (what Prefect's client returns): the same for as long as the limit keeps its
+        name, a new one for a limit made again (or renamed). Derived, so the tables need no id column."""
+        return uuid.uuid5(_IDS, f"{self.name}\0{self.created!r}")
 
 
 @attrs.frozen
@@ -147,13 +156,22 @@ def read(conn: sqlite3.Connection, name: str, now: float) -> Limit | None:
     return None if row is None else _limit(conn, row, now)
 
 
-def read_all(conn: sqlite3.Connection, now: float, tags: bool | None = None) -> list[Limit]:
-    """Every limit by name (`tags=True`: only tag limits, `False`: only global ones)."""
-    rows = conn.execute(f"SELECT {_LIMIT_COLUMNS} FROM concurrency_limits ORDER BY name").fetchall()
-    limits = [_limit(conn, row, now) for row in rows]
-    if tags is not None:
-        limits = [limit for limit in limits if (limit.tag is not None) == tags]
-    return limits
+def read_all(conn: sqlite3.Connection, now: float, tags: bool | None = None, limit: int | None = None,
+             offset: int = 0) -> list[Limit]:
+    """Every limit by name (`tags=True`: only tag limits, `False`: only global ones), or `limit` of
+    them after the first `offset`."""
+    where = "" if tags is None else f"WHERE substr(name, 1, {len(TAG_PREFIX)}) {'=' if tags else '<>'} 'tag:' "
+    page = "" if limit is None else f" LIMIT {int(limit)} OFFSET {int(offset)}"
+    rows = conn.execute(f"SELECT {_LIMIT_COLUMNS} FROM concurrency_limits {where}ORDER BY name{page}").fetchall()
+    return [_limit(conn, row, now) for row in rows]
+
+
+def find_by_id(conn: sqlite3.Connection, limit_id: uuid.UUID, now: float) -> Limit | None:
+    rows = conn.execute(f"SELECT {_LIMIT_COLUMNS} FROM concurrency_limits").fetchall()
+    for row in rows:
+        if Limit(row[0], row[1], bool(row[2]), row[3], 0.0, row[6], row[7]).id == limit_id:
+            return _limit(conn, row, now)
+    return None
 
 
 def active_tag_limits(conn: sqlite3.Connection) -> frozenset[str]:
@@ -172,22 +190,44 @@ def create(conn: sqlite3.Connection, name: str, limit: int, decay: float, active
     inserted = conn.execute(f"INSERT INTO concurrency_limits ({_LIMIT_COLUMNS}) VALUES (?, ?, ?, ?, 0, ?, ?, ?) "
                             f"ON CONFLICT (name) DO NOTHING", (name, limit, int(active), decay, now, now, now))
     if inserted.rowcount == 0:
-        raise ValueError(f"a concurrency limit named {name!r} exists already: change it with "
-                         f"`asyncflow gcl update {name} --limit N`, or delete it first.")
+        raise _exists(name)
     return Limit(name, limit, active, decay, 0.0, now, now)
 
 
+def _exists(name: str) -> ObjectAlreadyExists:
+    return ObjectAlreadyExists(f"a concurrency limit named {name!r} exists already: change it with "
+                               f"`asyncflow gcl update {name} --limit N` (or the client's "
+                               f"update_global_concurrency_limit), or delete it first.")
+
+
 def update(conn: sqlite3.Connection, name: str, now: float, *, limit: int | None = None, decay: float | None = None,
-           active: bool | None = None) -> Limit | None:
-    """Change a limit (None: keep that field); None if there is no such limit."""
-    row = conn.execute(f"SELECT {_LIMIT_COLUMNS} FROM concurrency_limits WHERE name = ?", (name,)).fetchone()
-    if row is None:
-        return None
-    decayed = _decayed(row, now)  # restart decay at `now`, so a new rate applies from now on
-    conn.execute("UPDATE concurrency_limits SET slot_limit = ?, active = ?, slot_decay_per_second = ?, "
-                 "decayed_slots = ?, decayed_at = ?, updated = ? WHERE name = ?",
-                 (row[1] if limit is None else limit, row[2] if active is None else int(active),
-                  row[3] if decay is None else decay, decayed, now, now, name))
+           active: bool | None = None, new_name: str | None = None) -> Limit | None:
+    """Change a limit (None: keep that field; `new_name`: rename it, with the slots held now); None if
+    there is no such limit."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        lock = getattr(conn, "for_update", "")
+        row = conn.execute(f"SELECT {_LIMIT_COLUMNS} FROM concurrency_limits WHERE name = ?{lock}",
+                           (name,)).fetchone()
+        if row is None:
+            conn.execute("COMMIT")
+            return None
+        if new_name is not None and new_name != name:
+            if conn.execute("SELECT 1 FROM concurrency_limits WHERE name = ?", (new_name,)).fetchone() is not None:
+                raise _exists(new_name)
+            conn.execute("UPDATE concurrency_limits SET name = ? WHERE name = ?", (new_name, name))
+            conn.execute("UPDATE concurrency_slots SET name = ? WHERE name = ?", (new_name, name))
+            name = new_name
+        decayed = _decayed(row, now)  # restart decay at `now`, so a new rate applies from now on
+        conn.execute("UPDATE concurrency_limits SET slot_limit = ?, active = ?, slot_decay_per_second = ?, "
+                     "decayed_slots = ?, decayed_at = ?, updated = ? WHERE name = ?",
+                     (row[1] if limit is None else limit, row[2] if active is None else int(active),
+                      row[3] if decay is None else decay, decayed, now, now, name))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
     return read(conn, name, now)
 
 
@@ -196,9 +236,12 @@ def delete(conn: sqlite3.Connection, name: str) -> bool:
     return conn.execute("DELETE FROM concurrency_limits WHERE name = ?", (name,)).rowcount > 0
 
 
-def reset(conn: sqlite3.Connection, name: str, now: float) -> bool:
-    """Free every slot of a limit (its holders' leases and the rate-limit slots)."""
-    conn.execute("DELETE FROM concurrency_slots WHERE name = ?", (name,))
+def reset(conn: sqlite3.Connection, name: str, now: float, keep: Sequence[str] = ()) -> bool:
+    """Free every slot of a limit (its holders' leases and the rate-limit slots), but those of the
+    holders named in `keep`."""
+    marks = ",".join("?" * len(keep))
+    spare = f" AND (holder IS NULL OR holder NOT IN ({marks}))" if keep else ""
+    conn.execute(f"DELETE FROM concurrency_slots WHERE name = ?{spare}", (name, *keep))
     return conn.execute("UPDATE concurrency_limits SET decayed_slots = 0, decayed_at = ?, updated = ? WHERE name = ?",
                         (now, now, name)).rowcount > 0
 

@@ -17,10 +17,16 @@ if TYPE_CHECKING:
 
 
 class ObjectNotFound(KeyError):
-    """No run with this id in the store (a `KeyError`, like Prefect's `ObjectNotFound`)."""
+    """No run with this id, or no concurrency limit with this name, in the store (a `KeyError`; Prefect's
+    client raises its `ObjectNotFound` for the same)."""
 
     def __str__(self) -> str:  # KeyError's str() is the repr of its argument: show the message itself
         return str(self.args[0]) if self.args else ""
+
+
+class ObjectAlreadyExists(ValueError):
+    """A concurrency limit with this name exists already (a `ValueError`; Prefect's client raises its
+    `ObjectAlreadyExists` for the same)."""
 
 
 class StoreError(RuntimeError):

@@ -16,6 +16,11 @@ far. The async client runs each read in a worker thread, so the event loop never
 Runs come back as attrs records (`FlowRun`, `TaskRun`) carrying their current `state`; state
 histories as `State` objects (no result data: the store keeps what happened, not values).
 
+Concurrency limits are managed with Prefect's client methods (docs/concurrency-limits.md, "From
+Python"): `create_concurrency_limit(tag, n)`, `create_global_concurrency_limit(GlobalConcurrencyLimitCreate(
+name=..., limit=...))`, `update_global_concurrency_limit`, `read_global_concurrency_limits`, ... with the
+schemas in `asyncflow.client.schemas` (`.actions`, `.objects`, `.responses`, Prefect's paths).
+
 The read API a UI stands on (docs/store.md, "Reading it"): `RunFilter`, cursor paging (pass
 `cursor=None` for the first page: a `Page` comes back, with `next_cursor`), the change feed
 (`read_changes(since)`), logs since a sequence number, a flow run's whole `read_timeline`, and
@@ -38,7 +43,7 @@ import attrs
 from .._runs import FlowRun, TaskRun
 from .._states import State
 from .._store import LogRecord, ObjectNotFound, RunStore, get_store
-from .._store.base import as_uuid, check_limit, state_filter
+from .._store.base import ObjectAlreadyExists, as_uuid, check_limit, state_filter
 from .._store.reads import (
     Change,
     Page,
@@ -53,6 +58,7 @@ from .._store.reads import (
     check_since,
     levels_from,
 )
+from ._limits import AsyncLimitMethods, SyncLimitMethods
 
 T = TypeVar("T")
 
@@ -202,7 +208,7 @@ def _check_logs_since(since: Any, flow_run_id: Any, task_run_id: Any, level: Any
         as_uuid(task_run_id, "task_run_id")
 
 
-class AsyncflowClient(_Reads):
+class AsyncflowClient(_Reads, AsyncLimitMethods):
     """The async client: `async with get_client() as client: await client.read_flow_run(id)`."""
 
     async def __aenter__(self) -> AsyncflowClient:
@@ -299,7 +305,7 @@ class AsyncflowClient(_Reads):
         return await self._off_loop(self._counts, filter, bucket_seconds)
 
 
-class SyncAsyncflowClient(_Reads):
+class SyncAsyncflowClient(_Reads, SyncLimitMethods):
     """The sync client: `with get_client(sync_client=True) as client: client.read_flow_run(id)`."""
 
     def __enter__(self) -> SyncAsyncflowClient:
@@ -393,5 +399,5 @@ def get_client(sync_client: bool = False) -> Any:
     return SyncAsyncflowClient() if sync_client else AsyncflowClient()
 
 
-__all__ = ["AsyncflowClient", "Change", "LogRecord", "ObjectNotFound", "Page", "RunFilter", "StateCount",
-           "SyncAsyncflowClient", "TaskRunTimeline", "Timeline", "get_client"]
+__all__ = ["AsyncflowClient", "Change", "LogRecord", "ObjectAlreadyExists", "ObjectNotFound", "Page", "RunFilter",
+           "StateCount", "SyncAsyncflowClient", "TaskRunTimeline", "Timeline", "get_client"]
