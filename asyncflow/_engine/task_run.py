@@ -46,7 +46,7 @@ from .scope import BaseExceptionGroup, Scope, owning, raise_sole
 from .streaming import stream_attempt
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
+    from collections.abc import Awaitable, Coroutine
 
     from .._protocols import Dispatcher, EngineRunner
 
@@ -448,36 +448,56 @@ async def _one_attempt(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, 
 _LOCAL = Capabilities()
 
 
-async def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any], bridge: Bridge) -> Any:
+def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any], bridge: Bridge) -> Awaitable[Any]:
+    """The awaitable that calls the function once. A plain function: on the common paths it returns the
+    call's own coroutine (the task's, or the bridge's), so a run has one coroutine fewer (each one is an
+    object the cyclic GC walks while the run waits, and a frame every resumption passes through)."""
+    if call.streaming:
+        return stream_attempt(call.task, args, kwargs, bridge)
+    if call.submitted and not bridge.blocking and deadline_passed():
+        return _after_checkpoint(call, args, kwargs, bridge)
+    return _dispatch(call, args, kwargs, bridge)
+
+
+async def _after_checkpoint(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any], bridge: Bridge) -> Any:
+    await anyio.lowlevel.checkpoint()  # the backend delivers the cancellation: no user code after a deadline
+    return await _dispatch(call, args, kwargs, bridge)
+
+
+def _dispatch(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any], bridge: Bridge) -> Awaitable[Any]:
     task = call.task
     fn = task.fn
-    if call.streaming:
-        return await stream_attempt(task, args, kwargs, bridge)
-    if call.submitted and not bridge.blocking and deadline_passed():
-        await anyio.lowlevel.checkpoint()  # the backend delivers the cancellation: no user code after a deadline
     runner = call.runner
     caps = runner.capabilities if runner is not None else _LOCAL
     if caps.remote and runner is not None:
         if call.submitted:  # the work item travels; the engine stays here
-            return await call_remote(call, runner, args, kwargs)
+            return call_remote(call, runner, args, kwargs)
         runner, caps = None, _LOCAL  # a direct call runs here, as with any runner
     if task.isasync:
         if call.submitted and caps.async_tasks and runner is not None:
             item = WorkItem(_call_async, (fn, args, kwargs, task.timeout_seconds), is_async=True, label=call.label)
-            return (await runner.submit(item)).unwrap()
+            return _unwrapped(runner.submit(item))
         if not task.timeout_seconds:
-            return await fn(*args, **kwargs)  # (one coroutine fewer than through `_call_async`)
-        return await _call_async(fn, args, kwargs, task.timeout_seconds)
+            return fn(*args, **kwargs)
+        return _call_async(fn, args, kwargs, task.timeout_seconds)
     bound = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
     if task.timeout_seconds:  # the engine stops it at its deadline (no local runner enforces timeouts)
-        return await bridge.call_with_deadline(bound, task.timeout_seconds, "Task")
+        return bridge.call_with_deadline(bound, task.timeout_seconds, "Task")
     if runner is None or (bridge.blocking and not call.submitted):  # inline in the caller's thread
-        return await bridge.call_sync(bound, call.guard, None)
+        return bridge.call_sync(bound, call.guard, None)
     # a pool-thread run's guard lets its scope stop it; on a loop, cancelling the task stops the thread
     item = WorkItem(bound, guard=call.guard)
     if bridge.blocking:  # a submitted run in one of the runner's threads (its dispatcher)
-        return runner.run_inline(item).unwrap()
-    return (await runner.submit(item)).unwrap()
+        return _ready(runner.run_inline(item).unwrap())
+    return _unwrapped(runner.submit(item))
+
+
+async def _unwrapped(outcome: Awaitable[Any]) -> Any:
+    return (await outcome).unwrap()
+
+
+async def _ready(value: Any) -> Any:
+    return value
 
 
 async def _call_async(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], limit: float | None) -> Any:
