@@ -19,6 +19,7 @@ one the line is about) is stored as a log row, as before. The memory store store
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .._states import State, StateType
@@ -29,7 +30,7 @@ LEVEL_SQL = f"CASE WHEN s.line = {FINISHED_ERROR} THEN 'ERROR' ELSE 'INFO' END" 
 _TYPES = {t.value: t for t in StateType}
 
 
-def codes_for(levels: list[str] | None) -> list[int] | None:
+def codes_for(levels: Sequence[str] | None) -> list[int] | None:
     """The line codes whose level is one of `levels` (None: every code)."""
     if levels is None:
         return None

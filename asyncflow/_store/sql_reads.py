@@ -104,13 +104,12 @@ class SqlRunReads:
                 for type_, name, message, ts, details in rows]
 
     def read_logs(self, *, flow_run_id: str | None = None, task_run_id: str | None = None) -> list[LogRecord]:
-        from .sqlite_reads import log_filter
+        """In the order they were recorded, the engine's lines derived from states included (lines.py)."""
+        from .sqlite_reads import log_lines
 
-        where, params = log_filter(self._shared_query, flow_run_id, task_run_id)
-        sql = "SELECT flow_run_id, task_run_id, level, message, ts FROM logs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        return [LogRecord(*row) for row in self._shared_query(sql + " ORDER BY seq", params, flush=False)]
+        records = log_lines(lambda sql, params: self._shared_query(sql, params, flush=False), self._shared_query,
+                            0, flow_run_id, task_run_id, None, None)
+        return [LogRecord(r.flow_run_id, r.task_run_id, r.level, r.message, r.ts) for r in records]
 
     def find_run_ids(self, part: str, table: str) -> list[str]:
         """Ids in `flow_runs` or `task_runs` that start with `part`, else that end with it (for the

@@ -253,6 +253,33 @@ MIGRATIONS: list[list[str]] = [
     ],
     # version 6: concurrency limits and the slots their holders lease (asyncflow/_limits/)
     LIMITS_SCHEMA,
+    [  # version 7: states and log lines are numbered from one counter (`seq`, in the order they were recorded),
+       # so that the engine's lines a state already says are marked on it (`line`, with `flow_ref`, the flow
+       # run the line belongs to; lines.py) instead of stored as log rows, and read back in their place; a
+       # state keeps its run's id only when its run's number is not known (the run's row has it). The
+       # counter never goes down: numbers are never reused.
+        "ALTER TABLE states RENAME TO states_v6",
+        "INSERT INTO counters (name, value) SELECT 'seq', max(coalesce((SELECT max(seq) FROM states_v6), 0), "
+        "coalesce((SELECT max(seq) FROM logs), 0), "
+        "coalesce((SELECT max(seq) FROM sqlite_sequence WHERE name IN ('states_v6', 'logs')), 0))",
+        """CREATE TABLE states (
+            seq INTEGER PRIMARY KEY,
+            run_ref INTEGER,
+            run_id TEXT,
+            type TEXT NOT NULL,
+            name TEXT NOT NULL,
+            message TEXT,
+            ts REAL NOT NULL,
+            details TEXT,
+            line INTEGER,
+            flow_ref INTEGER)""",
+        "INSERT INTO states (seq, run_ref, run_id, type, name, message, ts, details) "
+        "SELECT seq, run_ref, run_id, type, name, message, ts, details FROM states_v6",
+        "DROP TABLE states_v6",
+        "CREATE INDEX states_by_run ON states (run_ref, seq)",
+        # a flow run's lines in order (the index holds the rowid, `seq`, after flow_ref)
+        "CREATE INDEX states_lines_by_flow ON states (flow_ref) WHERE flow_ref IS NOT NULL",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -260,7 +287,8 @@ _FLOW_RUN_COLUMNS = "ref, " + _V2_FLOW_RUN_COLUMNS  # what reads select (`_flow_
 _TASK_RUN_COLUMNS = "ref, " + _V2_TASK_RUN_COLUMNS
 _FLOW_RUN_INSERT = _FLOW_RUN_COLUMNS + ", owner"  # the order of a run row the writer builds
 _TASK_RUN_INSERT = _TASK_RUN_COLUMNS + ", owner"
-_LAST_REF = "SELECT value FROM counters WHERE name = 'ref'"
+_COUNTERS = "SELECT (SELECT value FROM counters WHERE name = 'ref'), (SELECT value FROM counters WHERE name = 'seq')"
+SET_COUNTERS = "UPDATE counters SET value = CASE name WHEN 'ref' THEN ? ELSE ? END WHERE name IN ('ref', 'seq')"
 # a state written to a run of an earlier batch: the newest state by time is the run's current state
 _UPDATE_RUN = """UPDATE {table} SET
     state_type = CASE WHEN state_ts IS NULL OR state_ts <= ?4 THEN ?1 ELSE state_type END,
@@ -616,11 +644,12 @@ class SQLiteStore(SqlRunReads, BatchWriter):
             raise
 
     def _write_in_transaction(self, conn: sqlite3.Connection, batch: list[tuple[Any, ...]]) -> None:
-        first_ref = conn.execute(_LAST_REF).fetchone()[0]
-        rows = fold(batch, next_ref=first_ref, owner=self._owner_id(conn), open_runs=self._open_runs,
-                    find_ref=lambda run_id: self._find_ref(conn, run_id), parameters_json=self.privacy.json)
-        if rows.next_ref != first_ref:
-            conn.execute("UPDATE counters SET value = ? WHERE name = 'ref'", (rows.next_ref,))
+        first_ref, first_seq = conn.execute(_COUNTERS).fetchone()
+        rows = fold(batch, next_ref=first_ref, next_seq=first_seq, owner=self._owner_id(conn),
+                    open_runs=self._open_runs, find_ref=lambda run_id: self._find_ref(conn, run_id),
+                    parameters_json=self.privacy.json)
+        if rows.next_ref != first_ref or rows.next_seq != first_seq:
+            conn.execute(SET_COUNTERS, (rows.next_ref, rows.next_seq))
         states, renames = rows.states, rows.renames
         if rows.flows:
             _insert(conn, "INSERT INTO flows (name, version, created)", 3, list(rows.flows.values()),
@@ -648,9 +677,10 @@ class SQLiteStore(SqlRunReads, BatchWriter):
             if updates:
                 conn.executemany(_UPDATE_RUN.format(table=table), updates)
         if states:
-            _insert(conn, "INSERT INTO states (run_ref, run_id, type, name, message, ts, details)", 7, states)
+            _insert(conn, "INSERT INTO states (run_ref, run_id, type, name, message, ts, details, line, flow_ref, seq)",
+                    10, states)
         if rows.logs:
-            _insert(conn, "INSERT INTO logs (flow_run_id, task_run_id, level, message, ts)", 5, rows.logs)
+            _insert(conn, "INSERT INTO logs (flow_run_id, task_run_id, level, message, ts, seq)", 6, rows.logs)
 
     def _find_ref(self, conn: sqlite3.Connection, run_id: uuid.UUID) -> list[Any] | None:
         """[ref, is a flow run] of a run written earlier, or None if it is not in the database."""
