@@ -206,7 +206,7 @@ def task_runs_page(query: Query, filter: Any, limit: Any, cursor: Any, newest_fi
 def changes(query: Query, since: Any, limit: Any) -> tuple[list[Change], int]:
     since, limit = check_since(since), check_feed_limit(limit)
     rows = query(
-        "SELECT s.seq, s.run_id, "
+        "SELECT s.seq, coalesce(t.id, f.id, s.run_id), "
         "CASE WHEN t.ref IS NOT NULL THEN 'task_run' WHEN f.ref IS NOT NULL THEN 'flow_run' END, "
         "CASE WHEN t.ref IS NOT NULL THEN t.flow_run_id ELSE f.id END, coalesce(t.name, f.name), "
         "s.type, s.name, s.message, s.ts "
@@ -272,13 +272,7 @@ def log_lines(query: Query, lookup: Query, since: int, flow_run_id: Any, task_ru
             derived.append(f"s.line IN ({', '.join(map(str, codes))})")
     sql = f"SELECT {_LOG_COLUMNS} FROM logs WHERE " + " AND ".join(where)
     if derived is not None:
-        other = _LINE_ROWS + " AND ".join(derived)
-        if limit is not None:  # each side stops at `limit` rows
-            sql = f"SELECT * FROM ({sql} ORDER BY seq LIMIT ?) AS l"
-            other = f"SELECT * FROM ({other} ORDER BY s.seq LIMIT ?) AS d"
-            params.append(limit)
-            derived_params.append(limit)
-        sql = f"{sql} UNION ALL {other}"
+        sql = f"{sql} UNION ALL {_LINE_ROWS}{' AND '.join(derived)}"  # merged in order (each side is)
         params += derived_params
     sql += " ORDER BY seq"
     if limit is not None:
