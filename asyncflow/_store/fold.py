@@ -44,8 +44,10 @@ class Folded:
         self.flow_runs: list[list[Any]] = []
         self.task_runs: list[list[Any]] = []
         self.renames: list[tuple[str, int]] = []
-        # (run ref, run id (only when the ref is not known), type, name, message, ts, details, line, flow ref,
-        # seq): `line` and `flow ref` (the ref of the flow run the line belongs to) for a state carrying a line
+        # a plain state (no message, no details, its run's ref known): (run ref, type, name, line, flow ref,
+        # ts, seq); any other: (run ref, run id (only when the ref is not known), type, name, message, details,
+        # line, flow ref, ts, seq). `line` and `flow ref` (the ref of the flow run the line belongs to) are
+        # set on a state carrying an engine line (lines.py). Fewer values per row: less to bind.
         self.states: list[tuple[Any, ...]] = []
         self.logs: list[tuple[Any, ...]] = []  # (flow run id, task run id, level, message, ts, seq)
         self.flow_updates: list[list[Any]] = []
@@ -96,8 +98,12 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
                 name, message = clean(name), clean(message)
             seq += 1
             entry[4] = len(states)
-            states.append((ref, key if ref is None else None, type_text, name, message, ts, details_json(details),
-                           None, None, seq))
+            details_text = details_json(details)
+            if message is None and details_text is None and ref is not None:
+                states.append((ref, type_text, name, None, None, ts, seq))
+            else:
+                states.append((ref, key if ref is None else None, type_text, name, message, details_text, None, None,
+                               ts, seq))
             current = row[offset + 3]
             if current is None or current <= ts:  # the newest state by time is the current one
                 row[offset] = type_text
@@ -120,15 +126,15 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
             entry = seen.get(run_id.int)
             if entry is not None and entry[4] is not None:
                 state = states[entry[4]]
-                if state[5] == ts and state[7] is None and state[0] is not None:  # the run's last state: the line's
+                if state[-2] == ts and state[-4] is None and state[0] is not None:  # the run's last state: the line's
                     if flow_id is None:  # a task run outside any flow
-                        states[entry[4]] = (*state[:7], code, None, state[9])
+                        states[entry[4]] = (*state[:-4], code, None, *state[-2:])
                         continue
                     flow = seen.get(flow_id.int)
                     if flow is None:
                         flow = open_runs.get(flow_id.int) or find_ref(flow_id)
                     if flow is not None and flow[0] is not None:
-                        states[entry[4]] = (*state[:7], code, flow[0], state[9])
+                        states[entry[4]] = (*state[:-4], code, flow[0], *state[-2:])
                         continue
             seq += 1
             logs.append((flow_run_id, task_run_id, level, clean(message) if cleaning else message, ts, seq))

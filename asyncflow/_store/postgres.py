@@ -54,6 +54,7 @@ from .postgres_base import (
 )
 from .records import Privacy
 from .sql_reads import SqlRunReads
+from .sqlite import PLAIN_STATE_COLUMNS, STATE_COLUMNS
 from .writer import BUSY, UNUSABLE, BatchWriter, report
 
 _MIGRATION_LOCK = 0x6173796E63666C6F  # pg_advisory_xact_lock key while the schema is created or upgraded
@@ -377,8 +378,11 @@ class PostgresStore(SqlRunReads, BatchWriter):
                 if updates:
                     cur.executemany(_UPDATE_RUN.format(table=table), updates)
             if states:
-                _copy(cur, "COPY states (run_ref, run_id, type, name, message, ts, details, line, flow_ref, seq) "
-                      "FROM STDIN", states)
+                plain = [state for state in states if len(state) == 7]  # the two shapes of a state row (fold.py)
+                if plain:
+                    _copy(cur, f"COPY states ({PLAIN_STATE_COLUMNS}) FROM STDIN", plain)
+                if len(plain) < len(states):
+                    _copy(cur, f"COPY states ({STATE_COLUMNS}) FROM STDIN", [s for s in states if len(s) == 10])
             if rows.logs:
                 _copy(cur, "COPY logs (flow_run_id, task_run_id, level, message, ts, seq) FROM STDIN", rows.logs)
 

@@ -132,6 +132,9 @@ class SqlRunReads:
             f"SELECT id FROM {table} WHERE id LIKE ? ORDER BY id LIMIT 10", ("%" + part,), flush=False)]
 
     def counts(self) -> dict[str, int]:
-        """How many rows each table holds (for `asyncflow version` and the tests)."""
-        return {table: self._shared_query(f"SELECT count(*) FROM {table}")[0][0]
-                for table in ("flows", "flow_runs", "task_runs", "states", "logs")}
+        """How many rows each table holds (for `asyncflow version` and the tests); `logs` counts the log
+        lines, the engine's lines marked on states included (lines.py)."""
+        counts = {table: self._shared_query(f"SELECT count(*) FROM {table}")[0][0]
+                  for table in ("flows", "flow_runs", "task_runs", "states", "logs")}
+        counts["logs"] += self._shared_query("SELECT count(*) FROM states WHERE line IS NOT NULL", flush=False)[0][0]
+        return counts

@@ -299,6 +299,10 @@ _UPDATE_RUN = """UPDATE {table} SET
     run_count = run_count + ?5, start_time = coalesce(start_time, ?6), owner = ?8 WHERE ref = ?9"""
 
 
+PLAIN_STATE_COLUMNS = "run_ref, type, name, line, flow_ref, ts, seq"  # the two shapes of a state row (fold.py)
+STATE_COLUMNS = "run_ref, run_id, type, name, message, details, line, flow_ref, ts, seq"
+
+
 def is_busy(exc: BaseException) -> bool:
     """True for SQLITE_BUSY / SQLITE_LOCKED: another connection holds the database; retry later."""
     code = getattr(exc, "sqlite_errorcode", None)
@@ -676,9 +680,12 @@ class SQLiteStore(SqlRunReads, BatchWriter):
         for table, updates in (("task_runs", rows.task_updates), ("flow_runs", rows.flow_updates)):
             if updates:
                 conn.executemany(_UPDATE_RUN.format(table=table), updates)
-        if states:
-            _insert(conn, "INSERT INTO states (run_ref, run_id, type, name, message, ts, details, line, flow_ref, seq)",
-                    10, states)
+        if states:  # plain states (7 values) and the others (10): see fold.Folded
+            plain = [state for state in states if len(state) == 7]
+            if plain:
+                _insert(conn, f"INSERT INTO states ({PLAIN_STATE_COLUMNS})", 7, plain)
+            if len(plain) < len(states):
+                _insert(conn, f"INSERT INTO states ({STATE_COLUMNS})", 10, [row for row in states if len(row) == 10])
         if rows.logs:
             _insert(conn, "INSERT INTO logs (flow_run_id, task_run_id, level, message, ts, seq)", 6, rows.logs)
 
