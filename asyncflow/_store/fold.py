@@ -16,6 +16,7 @@ from typing import Any
 from .._states import FINAL_TYPES, StateType
 from .records import FLOW, LINE, LOG, STATE, TASK, details_json
 
+PLAIN_NAMES = {t.value: t.value.capitalize() for t in StateType}  # a state's name when it is its type's own
 TASK_STATE_COLUMN, FLOW_STATE_COLUMN = 11, 10  # where the state columns start in a run row
 OPEN_RUNS_KEPT = 100_000  # runs a writer remembers (their ref) until their final state
 _FINAL_IDS = frozenset(id(t) for t in FINAL_TYPES)  # identity checks: an Enum's hash runs Python code
@@ -73,6 +74,9 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
     # share their flow run)
     seen: dict[int, list[Any]] = {}
     texts: dict[int, str] = {}
+    flow_refs: dict[int, int] = {}  # flow runs' refs, by their id's int, for the lines of this batch
+    last_details: Any = None
+    details_text: str | None = None
     running, final_ids = StateType.RUNNING, _FINAL_IDS
     cleaning = clean is not _same  # SQLite stores any text: no call per value there
     for record in batch:
@@ -85,9 +89,8 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
                 known = open_runs.get(rid)
                 if known is None:
                     known = find_ref(run_id)
-                key = str(run_id)
                 if known is None:  # its run record never arrived: keep the state (and its run's id) anyway
-                    entry = seen[rid] = [None, key, [None, None, None, None, 0, None, None, owner], 0, None]
+                    entry = seen[rid] = [None, str(run_id), [None, None, None, None, 0, None, None, owner], 0, None]
                 else:
                     row = [None, None, None, None, 0, None, None, owner, known[0]]
                     (out.flow_updates if known[1] else out.task_updates).append(row)
@@ -96,14 +99,16 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
             type_text = type_._value_  # not `.value`: a descriptor written in Python
             if cleaning:
                 name, message = clean(name), clean(message)
+            stored_name = None if name == PLAIN_NAMES[type_text] else name  # read back as the type's own name
             seq += 1
             entry[4] = len(states)
-            details_text = details_json(details)
+            if details is not last_details:  # a run's states mostly share theirs
+                last_details, details_text = details, details_json(details)
             if message is None and details_text is None and ref is not None:
-                states.append((ref, type_text, name, None, None, ts, seq))
+                states.append((ref, type_text, stored_name, None, None, ts, seq))
             else:
-                states.append((ref, key if ref is None else None, type_text, name, message, details_text, None, None,
-                               ts, seq))
+                states.append((ref, key if ref is None else None, type_text, stored_name, message, details_text, None,
+                               None, ts, seq))
             current = row[offset + 3]
             if current is None or current <= ts:  # the newest state by time is the current one
                 row[offset] = type_text
@@ -125,16 +130,21 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
             _, flow_run_id, task_run_id, level, message, ts, run_id, code, flow_id = record
             entry = seen.get(run_id.int)
             if entry is not None and entry[4] is not None:
-                state = states[entry[4]]
+                index = entry[4]
+                state = states[index]
                 if state[-2] == ts and state[-4] is None and state[0] is not None:  # the run's last state: the line's
                     if flow_id is None:  # a task run outside any flow
-                        states[entry[4]] = (*state[:-4], code, None, *state[-2:])
-                        continue
-                    flow = seen.get(flow_id.int)
-                    if flow is None:
-                        flow = open_runs.get(flow_id.int) or find_ref(flow_id)
-                    if flow is not None and flow[0] is not None:
-                        states[entry[4]] = (*state[:-4], code, flow[0], *state[-2:])
+                        flow_ref = None
+                    else:
+                        flow_ref = flow_refs.get(flow_id.int)
+                        if flow_ref is None:
+                            flow = seen.get(flow_id.int) or open_runs.get(flow_id.int) or find_ref(flow_id)
+                            flow_ref = None if flow is None else flow_refs.setdefault(flow_id.int, flow[0])
+                    if flow_id is None or flow_ref is not None:
+                        if len(state) == 7:  # plain: (ref, type, name, line, flow ref, ts, seq)
+                            states[index] = (state[0], state[1], state[2], code, flow_ref, state[5], state[6])
+                        else:
+                            states[index] = (*state[:-4], code, flow_ref, *state[-2:])
                         continue
             seq += 1
             logs.append((flow_run_id, task_run_id, level, clean(message) if cleaning else message, ts, seq))

@@ -37,15 +37,16 @@ def codes_for(levels: Sequence[str] | None) -> list[int] | None:
     return [code for code, level in LEVELS.items() if level in levels]
 
 
-def text(code: int, type_: str, name: str, message: str | None, run_name: str | None,
+def text(code: int, type_: str, name: str | None, message: str | None, run_name: str | None,
          task_name: str | None) -> str:
     """The line as the engine wrote it (`_engine/task_run._log_created`, `_engine/common.log_final_state`)."""
     if code == CREATED:
         return f"Created task run '{run_name}' for task '{task_name}'"
-    return f"Finished in state {State(_TYPES[type_], name, message)!r}"
+    kind = _TYPES[type_]
+    return f"Finished in state {State(kind, kind.value.capitalize() if name is None else name, message)!r}"
 
 
-def row(flow_run_id: Any, task_run_id: Any, code: int, type_: str, name: str, message: str | None,
+def row(flow_run_id: Any, task_run_id: Any, code: int, type_: str, name: str | None, message: str | None,
         ts: float, seq: int, run_name: str | None, task_name: str | None) -> tuple[Any, ...]:
     """A derived line as a log row: (flow_run_id, task_run_id, level, message, ts, seq)."""
     return (flow_run_id, task_run_id, LEVELS[code], text(code, type_, name, message, run_name, task_name), ts, seq)

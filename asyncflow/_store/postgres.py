@@ -109,11 +109,13 @@ MIGRATIONS: list[list[str]] = [
     ],
     PG_LIMITS_SCHEMA,  # version 2: concurrency limits and the slots their holders lease (asyncflow/_limits/)
     [  # version 3 (the SQLite store's 7): states and log lines numbered from one counter, engine lines marked
-       # on their state (`line`, lines.py), a state's run id kept only when its run's number is not known
+       # on their state (`line`, lines.py), a state's run id kept only when its run's number is not known, its
+       # name only when it is not its type's own
         "ALTER TABLE states ADD COLUMN line SMALLINT",
         "ALTER TABLE states ADD COLUMN flow_ref BIGINT",
         "CREATE INDEX states_lines_by_flow ON states (flow_ref, seq) WHERE flow_ref IS NOT NULL",
         "ALTER TABLE states ALTER COLUMN run_id DROP NOT NULL",
+        "ALTER TABLE states ALTER COLUMN name DROP NOT NULL",
         "INSERT INTO counters (name, value) SELECT 'seq', greatest((SELECT coalesce(max(seq), 0) FROM states), "
         "(SELECT coalesce(max(seq), 0) FROM logs), (SELECT coalesce(max(last_value), 0) FROM pg_sequences "
         "WHERE sequencename IN ('states_seq_seq', 'logs_seq_seq')))",

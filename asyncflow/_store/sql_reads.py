@@ -12,6 +12,7 @@ from typing import Any
 from .._runs import FlowRun, TaskRun
 from .._states import State, StateType
 from .base import LogRecord, ObjectNotFound, as_uuid, check_limit, state_filter
+from .fold import PLAIN_NAMES
 
 
 class SqlRunReads:
@@ -100,7 +101,8 @@ class SqlRunReads:
             flow_run_id, task_run_id = _uuid_or_none(flow_run_text), uuid.UUID(key)
         rows = self._shared_query("SELECT type, name, message, ts, details FROM states WHERE run_ref = ? "
                                   "ORDER BY ts, seq", (ref,), flush=False)
-        return [State(StateType(type_), name, message, None, _details_from(details, flow_run_id, task_run_id), ts)
+        return [State(StateType(type_), PLAIN_NAMES[type_] if name is None else name, message, None,
+                      _details_from(details, flow_run_id, task_run_id), ts)
                 for type_, name, message, ts, details in rows]
 
     def read_logs(self, *, flow_run_id: str | None = None, task_run_id: str | None = None) -> list[LogRecord]:

@@ -256,7 +256,8 @@ MIGRATIONS: list[list[str]] = [
     [  # version 7: states and log lines are numbered from one counter (`seq`, in the order they were recorded),
        # so that the engine's lines a state already says are marked on it (`line`, with `flow_ref`, the flow
        # run the line belongs to; lines.py) instead of stored as log rows, and read back in their place; a
-       # state keeps its run's id only when its run's number is not known (the run's row has it). The
+       # state keeps its run's id only when its run's number is not known (the run's row has it), and its
+       # name only when it is not its type's own (`Completed` for COMPLETED: read back as such). The
        # counter never goes down: numbers are never reused.
         "ALTER TABLE states RENAME TO states_v6",
         "INSERT INTO counters (name, value) SELECT 'seq', max(coalesce((SELECT max(seq) FROM states_v6), 0), "
@@ -267,7 +268,7 @@ MIGRATIONS: list[list[str]] = [
             run_ref INTEGER,
             run_id TEXT,
             type TEXT NOT NULL,
-            name TEXT NOT NULL,
+            name TEXT,
             message TEXT,
             ts REAL NOT NULL,
             details TEXT,
@@ -276,7 +277,7 @@ MIGRATIONS: list[list[str]] = [
         "INSERT INTO states (seq, run_ref, run_id, type, name, message, ts, details) "
         "SELECT seq, run_ref, run_id, type, name, message, ts, details FROM states_v6",
         "DROP TABLE states_v6",
-        "CREATE INDEX states_by_run ON states (run_ref, seq)",
+        "CREATE INDEX states_by_run ON states (run_ref)",  # ordered by (run_ref, rowid): the rowid is seq
         # a flow run's lines in order (the index holds the rowid, `seq`, after flow_ref)
         "CREATE INDEX states_lines_by_flow ON states (flow_ref) WHERE flow_ref IS NOT NULL",
     ],
@@ -664,7 +665,7 @@ class SQLiteStore(SqlRunReads, BatchWriter):
         task_runs = rows.task_runs
         if task_runs:
             before = conn.total_changes
-            _insert(conn, f"INSERT INTO task_runs ({_TASK_RUN_INSERT})", 19, task_runs, " ON CONFLICT (id) DO NOTHING")
+            _insert_task_runs(conn, task_runs, self._owner_id(conn))
             if conn.total_changes - before < len(task_runs):  # some were written already (by another writer)
                 existing: dict[str, int] = {}
                 keys = [row[1] for row in task_runs]
@@ -824,12 +825,32 @@ class SQLiteStore(SqlRunReads, BatchWriter):
         return sqlite_reads.count_by_state(self._stored, filter, bucket_seconds)
 
 
-_STATEMENTS: dict[tuple[str, int, int, str], str] = {}
+_PLAIN_TASK_RUN = ("ref, id, name, task_name, task_key, flow_run_id, parameters, tags, created, state_type, "
+                   "state_name, state_ts, run_count, start_time, end_time")
+
+
+def _insert_task_runs(conn: sqlite3.Connection, rows: list[list[Any]], owner: int) -> None:
+    """Task run rows (fold.py's layout): most have no version, no parent task run and no state message
+    (and all the writer's owner): those are written with 15 values instead of 19, the rest as they are."""
+    plain = [(r[0], r[1], r[2], r[3], r[4], r[6], r[8], r[9], r[10], r[11], r[12], r[14], r[15], r[16], r[17])
+             for r in rows if r[5] is None and r[7] is None and r[13] is None]
+    if plain:
+        _insert(conn, f"INSERT INTO task_runs ({_PLAIN_TASK_RUN}, owner)", 15, plain,
+                " ON CONFLICT (id) DO NOTHING", f"{int(owner)}")
+    if len(plain) < len(rows):
+        _insert(conn, f"INSERT INTO task_runs ({_TASK_RUN_INSERT})", 19,
+                [r for r in rows if r[5] is not None or r[7] is not None or r[13] is not None],
+                " ON CONFLICT (id) DO NOTHING")
+
+
+_STATEMENTS: dict[tuple[str, int, int, str, str], str] = {}
 _MAX_VARIABLES = 32766  # SQLite's default limit since 3.32 (checked per connection where Python can)
 
 
-def _insert(conn: sqlite3.Connection, head: str, width: int, rows: list[Any], tail: str = "") -> None:
-    """Insert many rows with few statements (multi-row VALUES, a few cached sizes).
+def _insert(conn: sqlite3.Connection, head: str, width: int, rows: list[Any], tail: str = "",
+            constant: str = "") -> None:
+    """Insert many rows with few statements (multi-row VALUES, a few cached sizes). `constant`: the SQL
+    of one more value, the same in every row (the head names its column last).
 
     `executemany` releases and retakes the GIL for every row, and a thread that wants the GIL back
     waits up to the switch interval (5 ms) while the engine's thread runs: row by row, the writer
@@ -841,10 +862,10 @@ def _insert(conn: sqlite3.Connection, head: str, width: int, rows: list[Any], ta
         size = biggest
         while size > total - start:
             size >>= 3 if size >= 8 else 1
-        key = (head, width, size, tail)
+        key = (head, width, size, tail, constant)
         sql = _STATEMENTS.get(key)
         if sql is None:
-            one = "(" + ", ".join("?" * width) + ")"
+            one = "(" + ", ".join(["?"] * width + ([constant] if constant else [])) + ")"
             sql = _STATEMENTS[key] = f"{head} VALUES {', '.join([one] * size)}{tail}"
         conn.execute(sql, [value for row in rows[start:start + size] for value in row])
         start += size

@@ -22,6 +22,7 @@ from .._runs import FlowRun, TaskRun
 from .._states import State, StateDetails, StateType
 from . import lines
 from .base import LogRecord, ObjectNotFound, as_uuid
+from .fold import PLAIN_NAMES
 from .reads import (
     Change,
     Page,
@@ -123,7 +124,7 @@ class _Rows:
     def state(self, ref: int, type_: str, name: str, message: str | None, ts: float,
               details: str | None) -> State[Any]:
         plain = self.details[ref]
-        return State(_TYPES[type_], name, message, None,
+        return State(_TYPES[type_], PLAIN_NAMES[type_] if name is None else name, message, None,
                      _details_from(details, plain.flow_run_id, plain.task_run_id) if details else plain, ts)
 
 
@@ -213,7 +214,8 @@ def changes(query: Query, since: Any, limit: Any) -> tuple[list[Change], int]:
         "FROM states s LEFT JOIN task_runs t ON t.ref = s.run_ref LEFT JOIN flow_runs f ON f.ref = s.run_ref "
         "WHERE s.seq > ? ORDER BY s.seq LIMIT ?", (since, limit))
     ids = _Rows()
-    out = [Change(seq, uuid.UUID(run_id), kind, ids.uuid(flow_run_id), name, _TYPES[type_], state_name, message, ts)
+    out = [Change(seq, uuid.UUID(run_id), kind, ids.uuid(flow_run_id), name, _TYPES[type_],
+                  PLAIN_NAMES[type_] if state_name is None else state_name, message, ts)
            for seq, run_id, kind, flow_run_id, name, type_, state_name, message, ts in rows]
     return out, (out[-1].seq if out else since)
 
