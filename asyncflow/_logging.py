@@ -192,7 +192,11 @@ class Sink:
 
     def emit(self, level: int, where: str, message: str, flow_run_id: str | None = None,
              task_run_id: str | None = None, exc_info: Any = None, extra: Mapping[str, Any] | None = None,
-             ts: float | None = None, exc_text: str | None = None, forward: bool = True) -> None:
+             ts: float | None = None, exc_text: str | None = None, forward: bool = True,
+             line_of: Any = None) -> None:
+        """`line_of`: (run id, code, flow run id) of an engine line that says what that run's state
+        recorded just before says (its `ts` is the state's): the store derives it from the state
+        (`_store/lines.py`)."""
         if (flow_run_id is not None or task_run_id is not None) and _run_logs_disabled.get():
             return
         captured = _captured.get()
@@ -208,8 +212,12 @@ class Sink:
         levelname = _NAMES.get(level, "INFO")
         exc = exc_text if exc_text is not None else _exc_text(exc_info)
         if flow_run_id is not None or task_run_id is not None:  # the stored line keeps the traceback (the UI shows it)
-            _store.get_store().record_log(flow_run_id=flow_run_id, task_run_id=task_run_id, level=levelname,
-                                          message=f"{message}\n{exc}" if exc else message, ts=ts)
+            if line_of is None or exc:
+                _store.get_store().record_log(flow_run_id=flow_run_id, task_run_id=task_run_id, level=levelname,
+                                              message=f"{message}\n{exc}" if exc else message, ts=ts)
+            else:
+                _store.get_store().record_state_line(*line_of, flow_run_id=flow_run_id, task_run_id=task_run_id,
+                                                     level=levelname, message=message, ts=ts)
         if forward:  # to the standard library's loggers, if a handler is attached up their hierarchy
             std = _TASK_RUNS if task_run_id is not None else _FLOW_RUNS if flow_run_id is not None else None
             if std is None or std.handlers or _ASYNCFLOW.handlers or _ROOT.handlers:  # (cheap, for run lines)
@@ -418,6 +426,17 @@ def log(level: int, where: str, message: str, ids: dict[str, Any] | None = None,
             target.emit(level, where, message, ids.get("flow_run_id"), ids.get("task_run_id"), exc_info)
         else:
             target.emit(level, where, message, None, None, exc_info)
+
+
+def state_line(level: int, where: str, message: str, ids: dict[str, Any], run_id: Any, code: int, flow_id: Any,
+               ts: float) -> None:
+    """An engine line that says what the state of `run_id` (in the flow run `flow_id`, a UUID or None)
+    just recorded says, at that state's time `ts`: on the console as any line, in the store derived from
+    the state (`_store/lines.py`)."""
+    target = _sink if _sink is not None else sink()
+    if level >= target.level:
+        target.emit(level, where, message, ids.get("flow_run_id"), ids.get("task_run_id"), None, None, ts,
+                    line_of=(run_id, code, flow_id))
 
 
 def _to_sink(_: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:

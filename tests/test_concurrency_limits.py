@@ -482,7 +482,7 @@ def test_an_older_postgres_store_is_upgraded_with_the_limit_tables(postgres_url)
             manage.create_limit("db", 1)
             with sconc.concurrency("db"):
                 assert held("db") == 1
-        assert store.schema_version() == pg_module.SCHEMA_VERSION == 2
+        assert store.schema_version() == pg_module.SCHEMA_VERSION >= 2  # 2: the limit tables
     finally:
         store.close()
         db = limits_db._databases.pop(postgres_url, None)

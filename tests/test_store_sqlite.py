@@ -62,9 +62,12 @@ def test_a_flow_is_on_disk_when_it_returns(db):
         ("double-0",), ("double-1",), ("double-2",)]
     assert raw(db, "SELECT count(*) FROM states") == [(4 * 3,)]  # 3 per task run, 3 for the flow run
     assert raw(db, "SELECT name FROM flows") == [("doubling",)]
-    messages = [m for (m,) in raw(db, "SELECT message FROM logs WHERE flow_run_id = ? ORDER BY seq", flow_run_id)]
+    messages = [line.message for line in db.read_logs(flow_run_id=flow_run_id)]
     assert "Created task run 'double-0' for task 'double'" in messages
     assert messages[-1] == "Finished in state Completed()"
+    # the engine's lines are marked on their states, not stored as log rows (lines.py)
+    assert raw(db, "SELECT count(*) FROM logs") == [(0,)]
+    assert raw(db, "SELECT count(*) FROM states WHERE line IS NOT NULL") == [(3 * 2 + 1,)]
 
 
 @pytest.mark.anyio

@@ -115,7 +115,7 @@ async def _run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
                 await _wait_for_upstream(call, bridge)
             except UpstreamTaskError as exc:
                 state = _set(call, StateType.PENDING, "NotReady", str(exc))
-                log_final_state(state, call.label, call.ids)
+                log_final_state(state, call.label, call.ids, call.run)
                 return state
         try:
             parameters = flow.validate(call.parameters)
@@ -126,7 +126,7 @@ async def _run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
         else:
             run.parameters = redact(parameters, flow.redact_parameters) if flow.redact_parameters else parameters
             state = await _with_runner(call, ctx, parameters, bridge)
-        log_final_state(state, call.label, call.ids)
+        log_final_state(state, call.label, call.ids, call.run)
         await _final_hooks(call, state, bridge)
         return state
     except BaseException as exc:
@@ -137,7 +137,7 @@ async def _run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
             state = _set(call, StateType.CANCELLED, "Cancelled", why, exc)
         else:
             state = _set(call, StateType.CRASHED, "Crashed", f"Execution was aborted by an interrupt: {exc!r}", exc)
-        log_final_state(state, call.label or f"Flow run '{run.name}'", call.ids)
+        log_final_state(state, call.label or f"Flow run '{run.name}'", call.ids, call.run)
         # hooks of a cancelled run still get to run, for a bounded time
         await bridge.shielded(_final_hooks(call, state, bridge), SHIELDED_HOOKS_SECONDS,
                               f"{call.label}: the hooks of the ended flow run", call.ids)

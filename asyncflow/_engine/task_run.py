@@ -26,12 +26,13 @@ from .._exceptions import TaskRunTimeoutError, UpstreamTaskError
 from .._futures import TaskRunFuture
 from .._ids import new_id
 from .._limits import tags as limit_tags
-from .._logging import ERROR, INFO, WARNING, ensure_print_capture, log
+from .._logging import ERROR, INFO, WARNING, ensure_print_capture, log, state_line
 from .._logging import flush as flush_logs
 from .._runners.work import Capabilities, WorkItem
 from .._runs import TaskRun
 from .._states import State, StateDetails, StateType
 from .._store import get_store
+from .._store.lines import CREATED
 from .._store.records import redact
 from . import caching
 from .bridge import AWAITING, BLOCKING, Bridge, drive_sync, run_hooks
@@ -186,7 +187,7 @@ def resolve(call: TaskCall, state: State[Any]) -> None:
         call.final = state
         call.run.state = state
         get_store().record_state(call.run.id, state)
-    log_final_state(state, call.label or f"Task run '{call.run.name}'", call.ids)
+    log_final_state(state, call.label or f"Task run '{call.run.name}'", call.ids, call.run)
     _after_final(call, state)
 
 
@@ -273,7 +274,7 @@ async def _run(call: TaskCall, bridge: Bridge, scope: Scope | None) -> State[Any
             parameters = await resolve_inputs(call, bridge)
         except UpstreamTaskError as exc:
             state = set_state(call, _new_state(call, StateType.PENDING, "NotReady", str(exc)))
-            log_final_state(state, call.label, call.ids)
+            log_final_state(state, call.label, call.ids, call.run)
             return state
         ctx.parameters = parameters
         if call.ticket is not None and (runner := call.runner) is not None:
@@ -286,14 +287,14 @@ async def _run(call: TaskCall, bridge: Bridge, scope: Scope | None) -> State[Any
             await _wait_children(ctx, call, bridge)
         if call.final is not None:  # its scope resolved it meanwhile (and said so): nothing more to say
             return call.final
-        log_final_state(state, call.label, call.ids)
+        log_final_state(state, call.label, call.ids, call.run)
         if task.on_completion or task.on_failure:
             await _final_hooks(call, state, bridge)
         return state
     except Exception as exc:  # before user code ran: a bad run name template, an unresolvable input...
         state = set_state(call, _new_state(call, StateType.FAILED, "Failed",
                                            f"Task run could not start: {type(exc).__name__}: {exc}", exc))
-        log_final_state(state, call.label or f"Task run '{run.name}'", call.ids)
+        log_final_state(state, call.label or f"Task run '{run.name}'", call.ids, call.run)
         return state
     except BaseException as exc:
         if call.final is not None:  # its scope stopped it and resolved it already
@@ -307,7 +308,7 @@ async def _run(call: TaskCall, bridge: Bridge, scope: Scope | None) -> State[Any
         else:
             state = set_state(call, _new_state(
                 call, StateType.CRASHED, "Crashed", f"Execution was aborted by an interrupt: {exc!r}", exc))
-        log_final_state(state, call.label or f"Task run '{run.name}'", call.ids)
+        log_final_state(state, call.label or f"Task run '{run.name}'", call.ids, call.run)
         raise
     finally:
         current_run.reset(token)
@@ -319,7 +320,10 @@ def _log_created(call: TaskCall) -> None:
     parent = call.parent
     message = f"Created task run '{call.run.name}' for task '{call.task.name}'"
     flow_ctx = parent.flow_context if parent is not None else None
-    if flow_ctx is not None:
+    if flow_ctx is not None and not call.submitted:  # the line is the run's first state, just recorded
+        state_line(INFO, flow_ctx.label, message, flow_ctx.ids, call.run.id, CREATED, call.run.flow_run_id,
+                   call.run.state.ts)
+    elif flow_ctx is not None:
         log(INFO, flow_ctx.label, message, flow_ctx.ids)
     else:
         log(INFO, "asyncflow.engine", message)

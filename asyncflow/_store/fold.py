@@ -14,8 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .._states import FINAL_TYPES, StateType
-from .records import FLOW, LOG, STATE, TASK, details_json
+from .records import FLOW, LINE, LOG, STATE, TASK, details_json
 
+PLAIN_NAMES = {t.value: t.value.capitalize() for t in StateType}  # a state's name when it is its type's own
 TASK_STATE_COLUMN, FLOW_STATE_COLUMN = 11, 10  # where the state columns start in a run row
 OPEN_RUNS_KEPT = 100_000  # runs a writer remembers (their ref) until their final state
 _FINAL_IDS = frozenset(id(t) for t in FINAL_TYPES)  # identity checks: an Enum's hash runs Python code
@@ -37,32 +38,45 @@ class Folded:
     """The rows of one batch (see the module's docstring)."""
 
     __slots__ = ("flows", "flow_runs", "task_runs", "renames", "states", "logs", "flow_updates", "task_updates",
-                 "next_ref")
+                 "next_ref", "next_seq")
 
-    def __init__(self, next_ref: int) -> None:
+    def __init__(self, next_ref: int, next_seq: int) -> None:
         self.flows: dict[str, tuple[Any, ...]] = {}  # flow name -> (name, version, created): once per batch
         self.flow_runs: list[list[Any]] = []
         self.task_runs: list[list[Any]] = []
         self.renames: list[tuple[str, int]] = []
-        self.states: list[tuple[Any, ...]] = []  # (run ref, run id, type, name, message, ts, details)
-        self.logs: list[tuple[Any, ...]] = []  # (flow run id, task run id, level, message, ts)
+        # a plain state (no message, no details, its run's ref known): (run ref, type, name, line, flow ref,
+        # ts, seq); any other: (run ref, run id (only when the ref is not known), type, name, message, details,
+        # line, flow ref, ts, seq). `line` and `flow ref` (the ref of the flow run the line belongs to) are
+        # set on a state carrying an engine line (lines.py). Fewer values per row: less to bind.
+        self.states: list[tuple[Any, ...]] = []
+        self.logs: list[tuple[Any, ...]] = []  # (flow run id, task run id, level, message, ts, seq)
         self.flow_updates: list[list[Any]] = []
         self.task_updates: list[list[Any]] = []
         self.next_ref = next_ref
+        self.next_seq = next_seq  # the last number given to a state or a log line (one sequence: lines.py)
 
 
-def fold(batch: list[tuple[Any, ...]], *, next_ref: int, owner: int, open_runs: dict[int, list[Any]],
+def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: int, open_runs: dict[int, list[Any]],
          find_ref: Callable[[Any], list[Any] | None], parameters_json: Callable[[Any], str],
          clean: Callable[[Any], Any] = _same) -> Folded:
-    """Fold `batch`. `open_runs` (the writer's memory of runs written and not yet final, by their id's
-    int: a UUID's hash runs Python code) is updated; `find_ref(run_id)` looks up a run written before
+    """Fold `batch`. States and log lines are numbered after `next_seq`, in the order they were
+    recorded; an engine line (LINE) marks the state it is about when that state is in this batch (its
+    run's last one, with the line's time), else it becomes a log row (lines.py). `open_runs` (the
+    writer's memory of runs written and not yet final, by their id's int: a UUID's hash runs Python
+    code) is updated; `find_ref(run_id)` looks up a run written before
     it; `clean` makes a text storable (PostgreSQL refuses NUL characters)."""
-    out = Folded(next_ref)
+    out = Folded(next_ref, next_seq)
+    seq = next_seq
     states, logs, renames = out.states, out.logs, out.renames
     # per run seen in this batch (by its id's int): [ref, id text, row holding its state columns, where
-    # they start]; parent ids as text (a batch's task runs mostly share their flow run)
+    # they start, index of its last state in `states`]; parent ids as text (a batch's task runs mostly
+    # share their flow run)
     seen: dict[int, list[Any]] = {}
     texts: dict[int, str] = {}
+    flow_refs: dict[int, int] = {}  # flow runs' refs, by their id's int, for the lines of this batch
+    last_details: Any = None
+    details_text: str | None = None
     running, final_ids = StateType.RUNNING, _FINAL_IDS
     cleaning = clean is not _same  # SQLite stores any text: no call per value there
     for record in batch:
@@ -75,18 +89,26 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, owner: int, open_runs: 
                 known = open_runs.get(rid)
                 if known is None:
                     known = find_ref(run_id)
-                key = str(run_id)
-                if known is None:  # its run record never arrived: keep the state anyway
-                    entry = seen[rid] = [None, key, [None, None, None, None, 0, None, None, owner], 0]
+                if known is None:  # its run record never arrived: keep the state (and its run's id) anyway
+                    entry = seen[rid] = [None, str(run_id), [None, None, None, None, 0, None, None, owner], 0, None]
                 else:
                     row = [None, None, None, None, 0, None, None, owner, known[0]]
                     (out.flow_updates if known[1] else out.task_updates).append(row)
-                    entry = seen[rid] = [known[0], key, row, 0]
-            ref, key, row, offset = entry
+                    entry = seen[rid] = [known[0], None, row, 0, None]
+            ref, key, row, offset, _ = entry
             type_text = type_._value_  # not `.value`: a descriptor written in Python
             if cleaning:
                 name, message = clean(name), clean(message)
-            states.append((ref, key, type_text, name, message, ts, details_json(details)))
+            stored_name = None if name == PLAIN_NAMES[type_text] else name  # read back as the type's own name
+            seq += 1
+            entry[4] = len(states)
+            if details is not last_details:  # a run's states mostly share theirs
+                last_details, details_text = details, details_json(details)
+            if message is None and details_text is None and ref is not None:
+                states.append((ref, type_text, stored_name, None, None, ts, seq))
+            else:
+                states.append((ref, key if ref is None else None, type_text, stored_name, message, details_text, None,
+                               None, ts, seq))
             current = row[offset + 3]
             if current is None or current <= ts:  # the newest state by time is the current one
                 row[offset] = type_text
@@ -102,7 +124,30 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, owner: int, open_runs: 
                 open_runs.pop(rid, None)
         elif kind == LOG:
             _, flow_run_id, task_run_id, level, message, ts = record
-            logs.append((flow_run_id, task_run_id, level, clean(message) if cleaning else message, ts))
+            seq += 1
+            logs.append((flow_run_id, task_run_id, level, clean(message) if cleaning else message, ts, seq))
+        elif kind == LINE:
+            _, flow_run_id, task_run_id, level, message, ts, run_id, code, flow_id = record
+            entry = seen.get(run_id.int)
+            if entry is not None and entry[4] is not None:
+                index = entry[4]
+                state = states[index]
+                if state[-2] == ts and state[-4] is None and state[0] is not None:  # the run's last state: the line's
+                    if flow_id is None:  # a task run outside any flow
+                        flow_ref = None
+                    else:
+                        flow_ref = flow_refs.get(flow_id.int)
+                        if flow_ref is None:
+                            flow = seen.get(flow_id.int) or open_runs.get(flow_id.int) or find_ref(flow_id)
+                            flow_ref = None if flow is None else flow_refs.setdefault(flow_id.int, flow[0])
+                    if flow_id is None or flow_ref is not None:
+                        if len(state) == 7:  # plain: (ref, type, name, line, flow ref, ts, seq)
+                            states[index] = (state[0], state[1], state[2], code, flow_ref, state[5], state[6])
+                        else:
+                            states[index] = (*state[:-4], code, flow_ref, *state[-2:])
+                        continue
+            seq += 1
+            logs.append((flow_run_id, task_run_id, level, clean(message) if cleaning else message, ts, seq))
         elif kind == TASK:
             (_, run_id, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters,
              tags, created) = record
@@ -135,7 +180,7 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, owner: int, open_runs: 
                    None, None, None, None, 0, None, None, owner]
             out.task_runs.append(row)
             open_runs[rid] = [out.next_ref, False]
-            seen[rid] = [out.next_ref, key, row, TASK_STATE_COLUMN]
+            seen[rid] = [out.next_ref, key, row, TASK_STATE_COLUMN, None]
         elif kind == FLOW:
             (_, run_id, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id,
              created) = record
@@ -151,7 +196,8 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, owner: int, open_runs: 
                    None, None, None, None, 0, None, None, owner]
             out.flow_runs.append(row)
             open_runs[rid] = [out.next_ref, True]
-            seen[rid] = [out.next_ref, key, row, FLOW_STATE_COLUMN]
+            seen[rid] = [out.next_ref, key, row, FLOW_STATE_COLUMN, None]
+    out.next_seq = seq
     while len(open_runs) > OPEN_RUNS_KEPT:  # runs that never end (NotReady...) are looked up if needed
         del open_runs[next(iter(open_runs))]
     return out

@@ -109,9 +109,12 @@ def crash_open_runs(conn: Any, owner_id: int, message: str) -> int:
             continue
         conn.executemany(f"UPDATE {table} SET state_type = 'CRASHED', state_name = 'Crashed', state_message = ?, "
                          f"state_ts = ?, end_time = ? WHERE ref = ?", [(message, ts, ts, ref) for ref, _, ts in runs])
-        conn.executemany("INSERT INTO states (run_ref, run_id, type, name, message, ts) "
+        # numbered from the counter states and log lines share (lines.py), under the caller's write lock
+        seq = conn.execute("SELECT value FROM counters WHERE name = 'seq'").fetchone()[0]
+        conn.executemany("INSERT INTO states (seq, run_ref, type, name, message, ts) "
                          "VALUES (?, ?, 'CRASHED', 'Crashed', ?, ?)",
-                         [(ref, id_, message, ts) for ref, id_, ts in runs])
+                         [(seq + n, run_ref, message, ts) for n, (run_ref, _, ts) in enumerate(runs, 1)])
+        conn.execute("UPDATE counters SET value = ? WHERE name = 'seq'", (seq + len(runs),))
         crashed += len(runs)
     return crashed
 

@@ -54,6 +54,7 @@ from .postgres_base import (
 )
 from .records import Privacy
 from .sql_reads import SqlRunReads
+from .sqlite import PLAIN_STATE_COLUMNS, STATE_COLUMNS
 from .writer import BUSY, UNUSABLE, BatchWriter, report
 
 _MIGRATION_LOCK = 0x6173796E63666C6F  # pg_advisory_xact_lock key while the schema is created or upgraded
@@ -107,12 +108,27 @@ MIGRATIONS: list[list[str]] = [
             size BIGINT NOT NULL, written DOUBLE PRECISION NOT NULL)""",
     ],
     PG_LIMITS_SCHEMA,  # version 2: concurrency limits and the slots their holders lease (asyncflow/_limits/)
+    [  # version 3 (the SQLite store's 7): states and log lines numbered from one counter, engine lines marked
+       # on their state (`line`, lines.py), a state's run id kept only when its run's number is not known, its
+       # name only when it is not its type's own
+        "ALTER TABLE states ADD COLUMN line SMALLINT",
+        "ALTER TABLE states ADD COLUMN flow_ref BIGINT",
+        "CREATE INDEX states_lines_by_flow ON states (flow_ref, seq) WHERE flow_ref IS NOT NULL",
+        "ALTER TABLE states ALTER COLUMN run_id DROP NOT NULL",
+        "ALTER TABLE states ALTER COLUMN name DROP NOT NULL",
+        "INSERT INTO counters (name, value) SELECT 'seq', greatest((SELECT coalesce(max(seq), 0) FROM states), "
+        "(SELECT coalesce(max(seq), 0) FROM logs), (SELECT coalesce(max(last_value), 0) FROM pg_sequences "
+        "WHERE sequencename IN ('states_seq_seq', 'logs_seq_seq')))",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _FLOW_RUN_COLUMNS = sqlite_reads._FLOW_RUN_COLUMNS  # what reads select (`sqlite._flow_run` unpacks it)
 _TASK_RUN_COLUMNS = sqlite_reads._TASK_RUN_COLUMNS
 _LOCK_COUNTER = "SELECT value FROM counters WHERE name = 'ref' FOR UPDATE"
+_SEQ = "SELECT value FROM counters WHERE name = 'seq'"  # read after the lock (READ COMMITTED: a fresh snapshot)
+_SET_COUNTERS = ("UPDATE counters SET value = CASE name WHEN 'ref' THEN %s::bigint ELSE %s::bigint END "
+                 "WHERE name IN ('ref', 'seq')")
 # a state written to a run of an earlier batch: the newest state by time is the run's current state
 _UPDATE_RUN = """UPDATE {table} AS r SET
     state_type = CASE WHEN r.state_ts IS NULL OR r.state_ts <= v.ts THEN v.type ELSE r.state_type END,
@@ -336,11 +352,12 @@ class PostgresStore(SqlRunReads, BatchWriter):
         """New runs are numbered (`ref`) under the counter's row lock (batches of all processes commit in
         number order); the batch is folded into rows as for every store (`fold.py`)."""
         first_ref = conn.execute(_LOCK_COUNTER).fetchone()[0]
-        rows = fold(batch, next_ref=first_ref, owner=self._owner_id(conn), open_runs=self._open_runs,
-                    find_ref=lambda run_id: self._find_ref(conn, run_id), parameters_json=self.privacy.json,
-                    clean=_clean)
-        if rows.next_ref != first_ref:
-            conn.execute("UPDATE counters SET value = %s WHERE name = 'ref'", (rows.next_ref,))
+        first_seq = conn.execute(_SEQ).fetchone()[0]
+        rows = fold(batch, next_ref=first_ref, next_seq=first_seq, owner=self._owner_id(conn),
+                    open_runs=self._open_runs, find_ref=lambda run_id: self._find_ref(conn, run_id),
+                    parameters_json=self.privacy.json, clean=_clean)
+        if rows.next_ref != first_ref or rows.next_seq != first_seq:
+            conn.execute(_SET_COUNTERS, (rows.next_ref, rows.next_seq))
         states, renames, task_runs = rows.states, rows.renames, rows.task_runs
         with conn.cursor() as cur:
             if rows.flows:
@@ -363,9 +380,13 @@ class PostgresStore(SqlRunReads, BatchWriter):
                 if updates:
                     cur.executemany(_UPDATE_RUN.format(table=table), updates)
             if states:
-                _copy(cur, "COPY states (run_ref, run_id, type, name, message, ts, details) FROM STDIN", states)
+                plain = [state for state in states if len(state) == 7]  # the two shapes of a state row (fold.py)
+                if plain:
+                    _copy(cur, f"COPY states ({PLAIN_STATE_COLUMNS}) FROM STDIN", plain)
+                if len(plain) < len(states):
+                    _copy(cur, f"COPY states ({STATE_COLUMNS}) FROM STDIN", [s for s in states if len(s) == 10])
             if rows.logs:
-                _copy(cur, "COPY logs (flow_run_id, task_run_id, level, message, ts) FROM STDIN", rows.logs)
+                _copy(cur, "COPY logs (flow_run_id, task_run_id, level, message, ts, seq) FROM STDIN", rows.logs)
 
     def _find_ref(self, conn: Any, run_id: uuid.UUID) -> list[Any] | None:
         row = conn.execute("SELECT ref, 0 FROM task_runs WHERE id = %(id)s UNION ALL "

@@ -15,12 +15,15 @@ from typing import Any
 from .._runs import FlowRun, TaskRun
 from .._states import State, StateDetails
 
-FLOW, TASK, STATE, LOG, MARK, NEW = range(6)  # record kinds, the first item of each record
+FLOW, TASK, STATE, LOG, MARK, NEW, LINE = range(7)  # record kinds, the first item of each record
 
 # (FLOW, id, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id, created)
 # (TASK, id, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters, tags, created)
 # (STATE, run_id, type, name, message, ts, details)
 # (LOG, flow_run_id, task_run_id, level, message, ts)
+# (LINE, flow_run_id, task_run_id, level, message, ts, run_id, code, flow_id): an engine line about the state of
+#   run_id recorded just before, with that state's ts, in flow run flow_id (a UUID or None) (lines.py): a
+#   database store derives it from the state row
 # (MARK, [done]): a flush waits until the writer has passed it
 # (NEW, run record, state record): a new run and its first state, queued as one record so that no batch
 #   boundary (and no other thread's record) falls between them: a run is never stored without its first

@@ -89,9 +89,10 @@ def delete_flow_runs(conn: sqlite3.Connection, ids: Iterable[Any], gone: set[str
             gone.update(row[0] for row in conn.execute(
                 f"SELECT id FROM task_runs WHERE flow_run_id IN ({marks})", chunk))
         counts["logs"] += conn.execute(f"DELETE FROM logs WHERE flow_run_id IN ({marks})", chunk).rowcount
-        counts["states"] += conn.execute(
-            f"DELETE FROM states WHERE run_ref IN (SELECT ref FROM task_runs WHERE flow_run_id IN ({marks}) "
-            f"UNION ALL SELECT ref FROM flow_runs WHERE id IN ({marks}))", chunk + chunk).rowcount
+        where = (f"run_ref IN (SELECT ref FROM task_runs WHERE flow_run_id IN ({marks}) "
+                 f"UNION ALL SELECT ref FROM flow_runs WHERE id IN ({marks}))")
+        counts["logs"] += _lines_in(conn, where, chunk + chunk)
+        counts["states"] += conn.execute(f"DELETE FROM states WHERE {where}", chunk + chunk).rowcount
         counts["states"] += conn.execute(  # states whose run record had not arrived when they were written
             f"DELETE FROM states WHERE run_ref IS NULL AND (run_id IN ({marks}) OR run_id IN "
             f"(SELECT id FROM task_runs WHERE flow_run_id IN ({marks})))", chunk + chunk).rowcount
@@ -148,6 +149,7 @@ def prune_batch(conn: sqlite3.Connection, before_ts: float, cursor: Cursor = STA
         refs = [row[0] for row in rows if row[4]]
         roots = [row[1] for row in rows if row[4] and row[2] is None]  # their lines are not under a flow run
         for chunk in _chunks(refs):
+            counts["logs"] += _lines_in(conn, f"run_ref IN ({_marks(chunk)})", chunk)
             counts["states"] += _delete_or_count(conn, dry_run, "states", f"run_ref IN ({_marks(chunk)})", chunk)
             if not dry_run:
                 counts["task_runs"] += conn.execute(
@@ -175,15 +177,16 @@ def prune_batch(conn: sqlite3.Connection, before_ts: float, cursor: Cursor = STA
                     return counts, cursor  # the same flow runs again, for the rest of their lines
             for chunk in _chunks(ids):  # task runs recorded since the task-run phase looked
                 marks = _marks(chunk)
-                counts["states"] += conn.execute(
-                    f"DELETE FROM states WHERE run_ref IN (SELECT ref FROM task_runs WHERE flow_run_id IN ({marks}))",
-                    chunk).rowcount
+                where = f"run_ref IN (SELECT ref FROM task_runs WHERE flow_run_id IN ({marks}))"
+                counts["logs"] += _lines_in(conn, where, chunk)
+                counts["states"] += conn.execute(f"DELETE FROM states WHERE {where}", chunk).rowcount
                 counts["task_runs"] += conn.execute(
                     f"DELETE FROM task_runs WHERE flow_run_id IN ({marks})", chunk).rowcount
         elif ids:
             for chunk in _chunks(ids):
                 counts["logs"] += _delete_or_count(conn, True, "logs", f"flow_run_id IN ({_marks(chunk)})", chunk)
         for chunk in _chunks(refs):
+            counts["logs"] += _lines_in(conn, f"run_ref IN ({_marks(chunk)})", chunk)
             counts["states"] += _delete_or_count(conn, dry_run, "states", f"run_ref IN ({_marks(chunk)})", chunk)
             if not dry_run:
                 counts["flow_runs"] += conn.execute(
@@ -221,6 +224,11 @@ def prune_batch(conn: sqlite3.Connection, before_ts: float, cursor: Cursor = STA
             counts["flows"] = _drop_unused_flows(conn)
         return counts, None
     raise ValueError(f"not a prune cursor: {cursor!r}")
+
+
+def _lines_in(conn: sqlite3.Connection, where: str, params: list[Any]) -> int:
+    """The engine's lines marked on the states `where` selects (lines.py): log lines that go with them."""
+    return int(conn.execute(f"SELECT count(*) FROM states WHERE line IS NOT NULL AND {where}", params).fetchone()[0])
 
 
 def _delete_or_count(conn: sqlite3.Connection, dry_run: bool, table: str, where: str, params: list[Any]) -> int:

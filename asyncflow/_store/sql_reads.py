@@ -12,6 +12,7 @@ from typing import Any
 from .._runs import FlowRun, TaskRun
 from .._states import State, StateType
 from .base import LogRecord, ObjectNotFound, as_uuid, check_limit, state_filter
+from .fold import PLAIN_NAMES
 
 
 class SqlRunReads:
@@ -100,17 +101,17 @@ class SqlRunReads:
             flow_run_id, task_run_id = _uuid_or_none(flow_run_text), uuid.UUID(key)
         rows = self._shared_query("SELECT type, name, message, ts, details FROM states WHERE run_ref = ? "
                                   "ORDER BY ts, seq", (ref,), flush=False)
-        return [State(StateType(type_), name, message, None, _details_from(details, flow_run_id, task_run_id), ts)
+        return [State(StateType(type_), PLAIN_NAMES[type_] if name is None else name, message, None,
+                      _details_from(details, flow_run_id, task_run_id), ts)
                 for type_, name, message, ts, details in rows]
 
     def read_logs(self, *, flow_run_id: str | None = None, task_run_id: str | None = None) -> list[LogRecord]:
-        from .sqlite_reads import log_filter
+        """In the order they were recorded, the engine's lines derived from states included (lines.py)."""
+        from .sqlite_reads import log_lines
 
-        where, params = log_filter(self._shared_query, flow_run_id, task_run_id)
-        sql = "SELECT flow_run_id, task_run_id, level, message, ts FROM logs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        return [LogRecord(*row) for row in self._shared_query(sql + " ORDER BY seq", params, flush=False)]
+        records = log_lines(lambda sql, params: self._shared_query(sql, params, flush=False), self._shared_query,
+                            0, flow_run_id, task_run_id, None, None)
+        return [LogRecord(r.flow_run_id, r.task_run_id, r.level, r.message, r.ts) for r in records]
 
     def find_run_ids(self, part: str, table: str) -> list[str]:
         """Ids in `flow_runs` or `task_runs` that start with `part`, else that end with it (for the
@@ -133,6 +134,9 @@ class SqlRunReads:
             f"SELECT id FROM {table} WHERE id LIKE ? ORDER BY id LIMIT 10", ("%" + part,), flush=False)]
 
     def counts(self) -> dict[str, int]:
-        """How many rows each table holds (for `asyncflow version` and the tests)."""
-        return {table: self._shared_query(f"SELECT count(*) FROM {table}")[0][0]
-                for table in ("flows", "flow_runs", "task_runs", "states", "logs")}
+        """How many rows each table holds (for `asyncflow version` and the tests); `logs` counts the log
+        lines, the engine's lines marked on states included (lines.py)."""
+        counts = {table: self._shared_query(f"SELECT count(*) FROM {table}")[0][0]
+                  for table in ("flows", "flow_runs", "task_runs", "states", "logs")}
+        counts["logs"] += self._shared_query("SELECT count(*) FROM states WHERE line IS NOT NULL", flush=False)[0][0]
+        return counts

@@ -253,6 +253,34 @@ MIGRATIONS: list[list[str]] = [
     ],
     # version 6: concurrency limits and the slots their holders lease (asyncflow/_limits/)
     LIMITS_SCHEMA,
+    [  # version 7: states and log lines are numbered from one counter (`seq`, in the order they were recorded),
+       # so that the engine's lines a state already says are marked on it (`line`, with `flow_ref`, the flow
+       # run the line belongs to; lines.py) instead of stored as log rows, and read back in their place; a
+       # state keeps its run's id only when its run's number is not known (the run's row has it), and its
+       # name only when it is not its type's own (`Completed` for COMPLETED: read back as such). The
+       # counter never goes down: numbers are never reused.
+        "ALTER TABLE states RENAME TO states_v6",
+        "INSERT INTO counters (name, value) SELECT 'seq', max(coalesce((SELECT max(seq) FROM states_v6), 0), "
+        "coalesce((SELECT max(seq) FROM logs), 0), "
+        "coalesce((SELECT max(seq) FROM sqlite_sequence WHERE name IN ('states_v6', 'logs')), 0))",
+        """CREATE TABLE states (
+            seq INTEGER PRIMARY KEY,
+            run_ref INTEGER,
+            run_id TEXT,
+            type TEXT NOT NULL,
+            name TEXT,
+            message TEXT,
+            ts REAL NOT NULL,
+            details TEXT,
+            line INTEGER,
+            flow_ref INTEGER)""",
+        "INSERT INTO states (seq, run_ref, run_id, type, name, message, ts, details) "
+        "SELECT seq, run_ref, run_id, type, name, message, ts, details FROM states_v6",
+        "DROP TABLE states_v6",
+        "CREATE INDEX states_by_run ON states (run_ref)",  # ordered by (run_ref, rowid): the rowid is seq
+        # a flow run's lines in order (the index holds the rowid, `seq`, after flow_ref)
+        "CREATE INDEX states_lines_by_flow ON states (flow_ref) WHERE flow_ref IS NOT NULL",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -260,7 +288,8 @@ _FLOW_RUN_COLUMNS = "ref, " + _V2_FLOW_RUN_COLUMNS  # what reads select (`_flow_
 _TASK_RUN_COLUMNS = "ref, " + _V2_TASK_RUN_COLUMNS
 _FLOW_RUN_INSERT = _FLOW_RUN_COLUMNS + ", owner"  # the order of a run row the writer builds
 _TASK_RUN_INSERT = _TASK_RUN_COLUMNS + ", owner"
-_LAST_REF = "SELECT value FROM counters WHERE name = 'ref'"
+_COUNTERS = "SELECT (SELECT value FROM counters WHERE name = 'ref'), (SELECT value FROM counters WHERE name = 'seq')"
+SET_COUNTERS = "UPDATE counters SET value = CASE name WHEN 'ref' THEN ? ELSE ? END WHERE name IN ('ref', 'seq')"
 # a state written to a run of an earlier batch: the newest state by time is the run's current state
 _UPDATE_RUN = """UPDATE {table} SET
     state_type = CASE WHEN state_ts IS NULL OR state_ts <= ?4 THEN ?1 ELSE state_type END,
@@ -269,6 +298,10 @@ _UPDATE_RUN = """UPDATE {table} SET
     state_ts = CASE WHEN state_ts IS NULL OR state_ts <= ?4 THEN ?4 ELSE state_ts END,
     end_time = CASE WHEN state_ts IS NULL OR state_ts <= ?4 THEN ?7 ELSE end_time END,
     run_count = run_count + ?5, start_time = coalesce(start_time, ?6), owner = ?8 WHERE ref = ?9"""
+
+
+PLAIN_STATE_COLUMNS = "run_ref, type, name, line, flow_ref, ts, seq"  # the two shapes of a state row (fold.py)
+STATE_COLUMNS = "run_ref, run_id, type, name, message, details, line, flow_ref, ts, seq"
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -616,11 +649,12 @@ class SQLiteStore(SqlRunReads, BatchWriter):
             raise
 
     def _write_in_transaction(self, conn: sqlite3.Connection, batch: list[tuple[Any, ...]]) -> None:
-        first_ref = conn.execute(_LAST_REF).fetchone()[0]
-        rows = fold(batch, next_ref=first_ref, owner=self._owner_id(conn), open_runs=self._open_runs,
-                    find_ref=lambda run_id: self._find_ref(conn, run_id), parameters_json=self.privacy.json)
-        if rows.next_ref != first_ref:
-            conn.execute("UPDATE counters SET value = ? WHERE name = 'ref'", (rows.next_ref,))
+        first_ref, first_seq = conn.execute(_COUNTERS).fetchone()
+        rows = fold(batch, next_ref=first_ref, next_seq=first_seq, owner=self._owner_id(conn),
+                    open_runs=self._open_runs, find_ref=lambda run_id: self._find_ref(conn, run_id),
+                    parameters_json=self.privacy.json)
+        if rows.next_ref != first_ref or rows.next_seq != first_seq:
+            conn.execute(SET_COUNTERS, (rows.next_ref, rows.next_seq))
         states, renames = rows.states, rows.renames
         if rows.flows:
             _insert(conn, "INSERT INTO flows (name, version, created)", 3, list(rows.flows.values()),
@@ -631,7 +665,7 @@ class SQLiteStore(SqlRunReads, BatchWriter):
         task_runs = rows.task_runs
         if task_runs:
             before = conn.total_changes
-            _insert(conn, f"INSERT INTO task_runs ({_TASK_RUN_INSERT})", 19, task_runs, " ON CONFLICT (id) DO NOTHING")
+            _insert_task_runs(conn, task_runs, self._owner_id(conn))
             if conn.total_changes - before < len(task_runs):  # some were written already (by another writer)
                 existing: dict[str, int] = {}
                 keys = [row[1] for row in task_runs]
@@ -647,10 +681,14 @@ class SQLiteStore(SqlRunReads, BatchWriter):
         for table, updates in (("task_runs", rows.task_updates), ("flow_runs", rows.flow_updates)):
             if updates:
                 conn.executemany(_UPDATE_RUN.format(table=table), updates)
-        if states:
-            _insert(conn, "INSERT INTO states (run_ref, run_id, type, name, message, ts, details)", 7, states)
+        if states:  # plain states (7 values) and the others (10): see fold.Folded
+            plain = [state for state in states if len(state) == 7]
+            if plain:
+                _insert(conn, f"INSERT INTO states ({PLAIN_STATE_COLUMNS})", 7, plain)
+            if len(plain) < len(states):
+                _insert(conn, f"INSERT INTO states ({STATE_COLUMNS})", 10, [row for row in states if len(row) == 10])
         if rows.logs:
-            _insert(conn, "INSERT INTO logs (flow_run_id, task_run_id, level, message, ts)", 5, rows.logs)
+            _insert(conn, "INSERT INTO logs (flow_run_id, task_run_id, level, message, ts, seq)", 6, rows.logs)
 
     def _find_ref(self, conn: sqlite3.Connection, run_id: uuid.UUID) -> list[Any] | None:
         """[ref, is a flow run] of a run written earlier, or None if it is not in the database."""
@@ -787,12 +825,32 @@ class SQLiteStore(SqlRunReads, BatchWriter):
         return sqlite_reads.count_by_state(self._stored, filter, bucket_seconds)
 
 
-_STATEMENTS: dict[tuple[str, int, int, str], str] = {}
+_PLAIN_TASK_RUN = ("ref, id, name, task_name, task_key, flow_run_id, parameters, tags, created, state_type, "
+                   "state_name, state_ts, run_count, start_time, end_time")
+
+
+def _insert_task_runs(conn: sqlite3.Connection, rows: list[list[Any]], owner: int) -> None:
+    """Task run rows (fold.py's layout): most have no version, no parent task run and no state message
+    (and all the writer's owner): those are written with 15 values instead of 19, the rest as they are."""
+    plain = [(r[0], r[1], r[2], r[3], r[4], r[6], r[8], r[9], r[10], r[11], r[12], r[14], r[15], r[16], r[17])
+             for r in rows if r[5] is None and r[7] is None and r[13] is None]
+    if plain:
+        _insert(conn, f"INSERT INTO task_runs ({_PLAIN_TASK_RUN}, owner)", 15, plain,
+                " ON CONFLICT (id) DO NOTHING", f"{int(owner)}")
+    if len(plain) < len(rows):
+        _insert(conn, f"INSERT INTO task_runs ({_TASK_RUN_INSERT})", 19,
+                [r for r in rows if r[5] is not None or r[7] is not None or r[13] is not None],
+                " ON CONFLICT (id) DO NOTHING")
+
+
+_STATEMENTS: dict[tuple[str, int, int, str, str], str] = {}
 _MAX_VARIABLES = 32766  # SQLite's default limit since 3.32 (checked per connection where Python can)
 
 
-def _insert(conn: sqlite3.Connection, head: str, width: int, rows: list[Any], tail: str = "") -> None:
-    """Insert many rows with few statements (multi-row VALUES, a few cached sizes).
+def _insert(conn: sqlite3.Connection, head: str, width: int, rows: list[Any], tail: str = "",
+            constant: str = "") -> None:
+    """Insert many rows with few statements (multi-row VALUES, a few cached sizes). `constant`: the SQL
+    of one more value, the same in every row (the head names its column last).
 
     `executemany` releases and retakes the GIL for every row, and a thread that wants the GIL back
     waits up to the switch interval (5 ms) while the engine's thread runs: row by row, the writer
@@ -804,10 +862,10 @@ def _insert(conn: sqlite3.Connection, head: str, width: int, rows: list[Any], ta
         size = biggest
         while size > total - start:
             size >>= 3 if size >= 8 else 1
-        key = (head, width, size, tail)
+        key = (head, width, size, tail, constant)
         sql = _STATEMENTS.get(key)
         if sql is None:
-            one = "(" + ", ".join("?" * width) + ")"
+            one = "(" + ", ".join(["?"] * width + ([constant] if constant else [])) + ")"
             sql = _STATEMENTS[key] = f"{head} VALUES {', '.join([one] * size)}{tail}"
         conn.execute(sql, [value for row in rows[start:start + size] for value in row])
         start += size

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._runs import FlowRun, TaskRun
 from .._states import State, StateDetails, StateType
+from . import lines
 from .base import LogRecord, ObjectNotFound, as_uuid
+from .fold import PLAIN_NAMES
 from .reads import (
     Change,
     Page,
@@ -122,7 +124,7 @@ class _Rows:
     def state(self, ref: int, type_: str, name: str, message: str | None, ts: float,
               details: str | None) -> State[Any]:
         plain = self.details[ref]
-        return State(_TYPES[type_], name, message, None,
+        return State(_TYPES[type_], PLAIN_NAMES[type_] if name is None else name, message, None,
                      _details_from(details, plain.flow_run_id, plain.task_run_id) if details else plain, ts)
 
 
@@ -205,52 +207,89 @@ def task_runs_page(query: Query, filter: Any, limit: Any, cursor: Any, newest_fi
 def changes(query: Query, since: Any, limit: Any) -> tuple[list[Change], int]:
     since, limit = check_since(since), check_feed_limit(limit)
     rows = query(
-        "SELECT s.seq, s.run_id, "
+        "SELECT s.seq, coalesce(t.id, f.id, s.run_id), "
         "CASE WHEN t.ref IS NOT NULL THEN 'task_run' WHEN f.ref IS NOT NULL THEN 'flow_run' END, "
         "CASE WHEN t.ref IS NOT NULL THEN t.flow_run_id ELSE f.id END, coalesce(t.name, f.name), "
         "s.type, s.name, s.message, s.ts "
         "FROM states s LEFT JOIN task_runs t ON t.ref = s.run_ref LEFT JOIN flow_runs f ON f.ref = s.run_ref "
         "WHERE s.seq > ? ORDER BY s.seq LIMIT ?", (since, limit))
     ids = _Rows()
-    out = [Change(seq, uuid.UUID(run_id), kind, ids.uuid(flow_run_id), name, _TYPES[type_], state_name, message, ts)
+    out = [Change(seq, uuid.UUID(run_id), kind, ids.uuid(flow_run_id), name, _TYPES[type_],
+                  PLAIN_NAMES[type_] if state_name is None else state_name, message, ts)
            for seq, run_id, kind, flow_run_id, name, type_, state_name, message, ts in rows]
     return out, (out[-1].seq if out else since)
 
 
-def log_filter(query: Query, flow_run_id: Any, task_run_id: Any) -> tuple[list[str], list[Any]]:
-    """WHERE terms for a run's log lines. A task run's lines are found through its flow run's
-    (indexed), or, for a task run called outside any flow, through the index of such runs' lines."""
+_LOG_COLUMNS = ("flow_run_id, task_run_id, level, message, ts, seq, CAST(NULL AS INTEGER) AS line, "
+                "CAST(NULL AS TEXT) AS type, CAST(NULL AS TEXT) AS name, CAST(NULL AS TEXT) AS state_message, "
+                "CAST(NULL AS TEXT) AS run_name, CAST(NULL AS TEXT) AS task_name")
+# the engine's lines marked on states (lines.py): the flow run by the line's flow_ref, the task run by its run_ref
+_LINE_ROWS = (f"SELECT f.id, CASE WHEN s.line <> {lines.CREATED} THEN t.id END, NULL, NULL, s.ts, s.seq, s.line, "
+              "s.type, s.name, s.message, t.name, t.task_name FROM states s LEFT JOIN task_runs t ON t.ref = s.run_ref "
+              "LEFT JOIN flow_runs f ON f.ref = s.flow_ref WHERE ")
+
+
+def log_lines(query: Query, lookup: Query, since: int, flow_run_id: Any, task_run_id: Any,
+              levels: Sequence[str] | None, limit: int | None) -> list[LogRecord]:
+    """A run's log lines (or every run's) after `since`, in order: the log rows, and the engine's lines
+    derived from the states they are marked on (lines.py), merged by their number. A task run's rows are
+    found through its flow run's (indexed), or, for a task run called outside any flow, through the index
+    of such runs' rows; its derived lines through its states, a flow run's through `states_lines_by_flow`.
+    `lookup` runs the query that finds a task run's flow run (the first statement of a read)."""
     flow_key = str(as_uuid(flow_run_id, "flow_run_id")) if flow_run_id is not None else None
     task_key = str(as_uuid(task_run_id, "task_run_id")) if task_run_id is not None else None
-    where: list[str] = []
-    params: list[Any] = []
-    if task_key is not None and flow_key is None:
-        owner = query("SELECT flow_run_id FROM task_runs WHERE id = ?", (task_key,))
-        if owner and owner[0][0] is not None:
-            flow_key = owner[0][0]
-        elif owner:
-            where.append("flow_run_id IS NULL")
+    where: list[str] = ["seq > ?"]
+    params: list[Any] = [since]
+    found: list[str] = ["s.seq > ?", "s.line IS NOT NULL"]  # the derived lines' terms
+    derived_params: list[Any] = [since]
+    derived: list[str] | None = found
+    if task_key is not None:
+        owner = lookup("SELECT flow_run_id FROM task_runs WHERE id = ?", (task_key,))
+        if not owner or (flow_key is not None and owner[0][0] != flow_key):
+            derived = None  # no such task run (or not in that flow run): no lines to derive
+        else:
+            found += ["s.run_ref = (SELECT ref FROM task_runs WHERE id = ?)", f"s.line <> {lines.CREATED}"]
+            derived_params.append(task_key)
+        if flow_key is None and owner:
+            if owner[0][0] is not None:
+                flow_key = owner[0][0]
+            else:
+                where.append("flow_run_id IS NULL")
+    elif flow_key is not None:
+        found.append("s.flow_ref = (SELECT ref FROM flow_runs WHERE id = ?)")
+        derived_params.append(flow_key)
     if flow_key is not None:
         where.append("flow_run_id = ?")
         params.append(flow_key)
     if task_key is not None:
         where.append("task_run_id = ?")
         params.append(task_key)
-    return where, params
+    if levels is not None:
+        where.append(f"level IN ({_marks(levels)})" if levels else "1 = 0")
+        params += list(levels)
+        codes = lines.codes_for(levels)
+        if not codes:
+            derived = None
+        elif derived is not None and len(codes) < len(lines.LEVELS):
+            derived.append(f"s.line IN ({', '.join(map(str, codes))})")
+    sql = f"SELECT {_LOG_COLUMNS} FROM logs WHERE " + " AND ".join(where)
+    if derived is not None:
+        sql = f"{sql} UNION ALL {_LINE_ROWS}{' AND '.join(derived)}"  # merged in order (each side is)
+        params += derived_params
+    sql += " ORDER BY seq"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    line_row = lines.row
+    return [LogRecord(*row[:6]) if row[6] is None else LogRecord(*line_row(*row[:2], *row[6:10], *row[4:6], *row[10:]))
+            for row in query(sql, params)]
 
 
 def logs_since(query: Query, since: Any, flow_run_id: Any, task_run_id: Any, level: Any,
                limit: Any) -> tuple[list[LogRecord], int]:
     since, limit, levels = check_since(since), check_feed_limit(limit), levels_from(level)
-    where, params = log_filter(query, flow_run_id, task_run_id)
-    where.insert(0, "seq > ?")
-    params.insert(0, since)
-    if levels is not None:
-        where.append(f"level IN ({_marks(levels)})" if levels else "1 = 0")
-        params += levels
-    rows = query("SELECT flow_run_id, task_run_id, level, message, ts, seq FROM logs WHERE "
-                 + " AND ".join(where) + " ORDER BY seq LIMIT ?", [*params, limit])
-    return [LogRecord(*row) for row in rows], (rows[-1][5] if rows else since)
+    records = log_lines(query, query, since, flow_run_id, task_run_id, levels, limit)
+    return records, (records[-1].seq if records else since)  # type: ignore[return-value]
 
 
 def timeline(query: Query, flow_run_id: Any, where: str, dialect: Dialect = SQLITE) -> Timeline:

@@ -37,7 +37,7 @@ from typing import Any
 from .. import _fork
 from .._states import FINAL_TYPES, State, StateType
 from . import records as _records
-from .records import FLOW, LOG, MARK, NEW, STATE, TASK
+from .records import FLOW, LINE, LOG, MARK, NEW, STATE, TASK
 
 BUSY, UNUSABLE, BAD_RECORD = "busy", "unusable", "bad record"  # what a write error means (`_classify`)
 READ_METHODS = ("read_flow_run", "read_task_run", "read_flow_runs", "read_task_runs", "read_states",
@@ -165,6 +165,19 @@ class BatchWriter:
     def record_log(self, *, flow_run_id: str | None, task_run_id: str | None, level: str, message: str,
                    ts: float) -> None:
         record = (LOG, flow_run_id, task_run_id, level, message, ts)
+        if len(self._queue) < self.queue_size:
+            self._queue.append(record)
+        else:
+            self._overflow(record)
+        if self._sleeping:
+            self._wake()
+
+    def record_state_line(self, run_id: Any, code: int, flow_id: Any, *, flow_run_id: str | None,
+                          task_run_id: str | None, level: str, message: str, ts: float) -> None:
+        """An engine line that says what the state of `run_id` recorded just before says (lines.py), in
+        the flow run `flow_id` (a UUID, None for a task run outside flows): stored as a mark on that
+        state's row, read back as the log line."""
+        record = (LINE, flow_run_id, task_run_id, level, message, ts, run_id, code, flow_id)
         if len(self._queue) < self.queue_size:
             self._queue.append(record)
         else:
@@ -369,7 +382,7 @@ class BatchWriter:
                         run.end_time = state.ts
                         del runs[record[1]]
                 fallback.record_state(record[1], state)
-            elif kind == LOG:
+            elif kind in (LOG, LINE):
                 fallback.record_log(flow_run_id=record[1], task_run_id=record[2], level=record[3],
                                     message=record[4], ts=record[5])
             elif kind in (FLOW, TASK):
@@ -453,7 +466,7 @@ def _describe(record: tuple[Any, ...]) -> str:
     kind = record[0]
     if kind == STATE:
         return f"state {record[3]!r} of run {record[1]}"
-    if kind == LOG:
+    if kind in (LOG, LINE):
         return f"a log line of run {record[2] or record[1]}"
     if kind in (FLOW, TASK):
         return f"{'flow' if kind == FLOW else 'task'} run {record[2]!r} ({record[1]})"
