@@ -38,6 +38,33 @@ def _thread_names() -> list[str]:
     return [t.name for t in threading.enumerate()]
 
 
+def _settled() -> int:
+    """Wait until every stopped call either left (it was stopped before it reached the gate: its thread
+    started late, or ran the lines before `gate.wait()` past its 50 ms deadline, as happens under load)
+    or is stuck in the gate; how many are stuck. A call stopped before the gate is the library doing its
+    job, but not a stuck thread: the tests below stop calls until the ones they need are stuck."""
+    def every_live_call_stuck() -> bool:
+        return len(interrupt.stuck_threads()) == _thread_names().count("asyncflow-timed-task")
+
+    assert _eventually(every_live_call_stuck)
+    return len(interrupt.stuck_threads())
+
+
+def _late_the_first_time():
+    """A function that, called first, runs Python code past a 50 ms deadline (what a thread scheduled
+    late does) and is stopped in it; every later call returns at once. It makes each run of a test take
+    the path of a call stopped before the gate."""
+    calls = itertools.count()
+
+    def maybe_late() -> None:
+        if next(calls) == 0:
+            end = time.monotonic() + 30  # a hang guard: the stop lands in this loop at the deadline
+            while time.monotonic() < end:
+                pass
+
+    return maybe_late
+
+
 @pytest.fixture
 def short_grace(monkeypatch):
     monkeypatch.setattr(interrupt, "_STUCK_GRACE_SECONDS", 0.1)
@@ -61,14 +88,11 @@ def test_many_stuck_sync_calls_share_one_reinjector_thread(store, gate, short_gr
     # a stopper of an earlier test may still be alive, about to exit as idle: count the ones started here
     earlier = {t for t in threading.enumerate() if t.name == "asyncflow-stopper"}
 
-    calls = itertools.count()  # the first call is still running Python code at its deadline, as a late thread does
+    maybe_late = _late_the_first_time()
 
     @task(timeout_seconds=0.05)
     def stuck(i):
-        if next(calls) == 0:
-            end = time.monotonic() + 30  # a hang guard: the stop lands in this loop at the deadline
-            while time.monotonic() < end:
-                pass
+        maybe_late()
         gate.wait()  # blocked in a C lock acquire: cannot be interrupted
         went_on.append(i)
 
@@ -77,19 +101,9 @@ def test_many_stuck_sync_calls_share_one_reinjector_thread(store, gate, short_gr
         futures = [stuck.submit(i) for i in range(count)]
         return [f.wait() or f.state.name for f in futures]
 
-    def settled() -> int:
-        """Wait until every stopped call either left (it was stopped before it reached the gate: its
-        thread started late or ran the lines before `gate.wait()` past the 50 ms deadline, as happens
-        under load) or is stuck in the gate; how many are stuck."""
-        def every_live_call_stuck() -> bool:
-            return len(interrupt.stuck_threads()) == _thread_names().count("asyncflow-timed-task")
-
-        assert _eventually(every_live_call_stuck)
-        return len(interrupt.stuck_threads())
-
     # a call stopped before it reached the gate is not stuck (it raised SyncRunAborted in Python code and
     # left): keep stopping calls until n of them are stuck in the gate, whatever the machine's load
-    while (stuck_now := settled()) < n:
+    while (stuck_now := _settled()) < n:
         assert many(n - stuck_now) == ["TimedOut"] * (n - stuck_now)
     assert len(interrupt.stuck_threads()) == n
     names = _thread_names()
@@ -135,15 +149,18 @@ def test_a_stuck_thread_is_counted_and_reported_and_released_when_its_call_retur
     from asyncflow._logging import flush
 
     went_on = threading.Event()
+    maybe_late = _late_the_first_time()
 
     @task(timeout_seconds=0.05, task_run_name="blocked-in-c")
     def stuck():
+        maybe_late()
         gate.wait()
         went_on.set()
 
-    state = stuck(return_state=True)
-    assert state.name == "TimedOut"
-    assert _eventually(lambda: len(interrupt.stuck_threads()) == 1)
+    while _settled() < 1:  # until a call is stuck in the gate (the last one: the others left)
+        state = stuck(return_state=True)
+        assert state.name == "TimedOut"
+    assert len(interrupt.stuck_threads()) == 1
     [entry] = interrupt.stuck_threads()
     assert entry.run == "Task run 'blocked-in-c'" and entry.thread == "asyncflow-timed-task"
 
