@@ -285,7 +285,9 @@ def _hold_the_database(path, held, release, seconds=10.0):
 @pytest.mark.parametrize("broker_url", ["sqlite"], indirect=True)
 async def test_delay_in_async_code_returns_its_future_while_the_database_is_held(app, anyio_backend):
     """B14: `.delay()` enqueued inline and stalled the event loop for as long as another connection held
-    the database (1.53 s in r18). The loop keeps ticking; the run reaches the queue and a worker after."""
+    the database (1.53 s in r18). `.delay()` returns and the loop keeps running other tasks while the
+    database is held; the run reaches the queue and a worker after. (Ordered, never timed: a wall-clock
+    bound on the loop's longest gap failed under load, 0.90 s against 0.25 s, with nothing stalling it.)"""
     import sqlite3
     import threading
 
@@ -298,35 +300,34 @@ async def test_delay_in_async_code_returns_its_future_while_the_database_is_held
     with isolated_home(home) as store:  # a real SQLite store in the broker's database
         get_broker()  # the queue table exists: what is held below is only the write lock
         held, release = threading.Event(), threading.Event()
-        holder = threading.Thread(target=_hold_the_database,
-                                  args=(os.path.join(home, "asyncflow.db"), held, release, 2.0))
+        holder = threading.Thread(target=_hold_the_database,  # held until the test lets go (60 s: a hang guard)
+                                  args=(os.path.join(home, "asyncflow.db"), held, release, 60.0))
         holder.start()
         try:
             await anyio.to_thread.run_sync(held.wait, 10)
-            gaps = []
+            ticks, ticked = [0], anyio.Event()
 
-            async def ticker():
-                last = time.monotonic()
+            async def ticker(after: int) -> None:  # other work on the loop, counted (not timed)
                 while True:
                     await anyio.sleep(0.01)
-                    now = time.monotonic()
-                    gaps.append(now - last)
-                    last = now
+                    ticks[0] += 1
+                    if ticks[0] >= after:
+                        ticked.set()
 
+            # An enqueue on the loop would wait for the lock (LOCK_WAIT_SECONDS, 30 s) that only this test
+            # releases, and only after the loop went on: so everything below happens while it is held.
+            futures = [app.send_email.delay(f"user{i}@example.org", "Hi") for i in range(3)]
+            assert [f.state.name for f in futures] == ["Scheduled"] * 3  # without asking the database
             async with anyio.create_task_group() as tg:
-                tg.start_soon(ticker)
-                await anyio.sleep(0.05)
-                started = time.monotonic()
-                futures = [app.send_email.delay(f"user{i}@example.org", "Hi") for i in range(3)]
-                returned_after = time.monotonic() - started
-                assert [f.state.name for f in futures] == ["Scheduled"] * 3  # without asking the database
-                await anyio.sleep(0.5)  # the database is still held: the enqueues wait in their thread
+                tg.start_soon(ticker, 10)
+                with anyio.fail_after(60):  # (a hang guard)
+                    await ticked.wait()  # the loop keeps running other tasks ...
                 tg.cancel_scope.cancel()
+            assert not _enqueuer.flush(0)  # ... while the enqueues still wait for the database, in their thread
+            assert not release.is_set() and holder.is_alive()
         finally:
             release.set()
             holder.join(10)
-        assert returned_after < 0.1, f".delay() blocked the event loop for {returned_after:.2f}s"
-        assert max(gaps) < 0.25, f"longest event-loop stall: {max(gaps):.2f}s"
 
         # once the database is free, the runs reach the queue (in order) and the store
         await anyio.to_thread.run_sync(_enqueuer.flush, 30)

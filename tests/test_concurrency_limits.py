@@ -4,6 +4,7 @@ lease expiry, decay and timeouts run on a fake clock."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sqlite3
@@ -250,6 +251,76 @@ async def test_async_timeout_and_rate_limit(limits_store, fake_clock):
     with pytest.raises(AcquireConcurrencySlotTimeoutError, match="timed out after 1 second"):
         await aconc.rate_limit("db", timeout_seconds=1)
     await aconc.rate_limit("db", timeout_seconds=5)  # decayed after 2 s
+
+
+@contextlib.contextmanager
+def _database_busy_until_a_release_was_tried(store, monkeypatch):
+    """Another connection holds the store file's write lock (as the store's writer and the lease
+    thread do, for a moment, under load) until one attempt to release a slot has found it taken.
+    Yields the names of the threads whose attempt freed the slots."""
+    tried, freed_in = threading.Event(), []
+    real_release = sql.release
+
+    def release(conn, lease):
+        try:
+            freed = real_release(conn, lease)
+        except sqlite3.OperationalError:
+            tried.set()
+            raise
+        freed_in.append(threading.current_thread().name)
+        return freed
+
+    monkeypatch.setattr(sql, "release", release)
+    other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+
+    def let_go() -> None:
+        tried.wait(60)  # (a hang guard)
+        other.execute("COMMIT")
+
+    thread = threading.Thread(target=let_go, daemon=True)
+    thread.start()
+    try:
+        yield freed_in
+    finally:
+        tried.set()
+        thread.join(60)
+        other.close()
+
+
+def test_a_sync_block_frees_its_slot_before_it_ends_even_while_the_database_is_busy(sqlite_store, monkeypatch):
+    manage.create_limit("db", 1)
+    with contextlib.ExitStack() as stack:
+        with sconc.concurrency("db"):
+            freed_in = stack.enter_context(_database_busy_until_a_release_was_tried(sqlite_store, monkeypatch))
+        assert freed_in == [threading.current_thread().name]  # before: left to the lease thread, for later
+        assert held("db") == 0
+
+
+@pytest.mark.anyio
+async def test_an_async_block_frees_its_slot_before_it_ends_even_while_the_database_is_busy(sqlite_store,
+                                                                                            monkeypatch):
+    manage.create_limit("db", 1)
+    with contextlib.ExitStack() as stack:
+        async with aconc.concurrency("db"):
+            freed_in = stack.enter_context(_database_busy_until_a_release_was_tried(sqlite_store, monkeypatch))
+        assert freed_in == [threading.current_thread().name]  # awaited on the loop, which kept running
+        assert held("db") == 0
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_async_block_frees_its_slot_before_it_ends_even_while_the_database_is_busy(
+        sqlite_store, monkeypatch):
+    manage.create_limit("db", 1)
+    with contextlib.ExitStack() as stack:
+        with anyio.CancelScope() as scope:
+            async with aconc.concurrency("db"):
+                freed_in = stack.enter_context(_database_busy_until_a_release_was_tried(sqlite_store, monkeypatch))
+                scope.cancel()
+                await anyio.sleep_forever()
+        assert scope.cancelled_caught
+        assert freed_in == [threading.current_thread().name]
+        assert held("db") == 0
 
 
 # -- leases: released when the holder is gone -------------------------------------------------------------

@@ -160,7 +160,7 @@ async def test_a_sync_run_in_a_pool_thread_does_not_outlive_its_async_flows_dead
     assert final_names(runs, ids) == ["Cancelled"]  # already when the flow returns
     assert "timed out" in runs.read_task_run(ids[0]).state.message
     # the blocking call returns now: no line after it runs (if the run had started before the deadline)
-    await anyio.to_thread.run_sync(lambda: body.assert_stopped(if_entered=True))
+    await anyio.to_thread.run_sync(body.assert_stopped)
     assert final_names(runs, ids) == ["Cancelled"]
 
 
@@ -207,7 +207,7 @@ def test_a_sync_flows_timeout_ends_its_submitted_runs_before_it_returns(runs):
     assert state.name == "TimedOut"
     assert len(ids) == 1
     assert final_names(runs, ids) == ["Cancelled"]
-    body.assert_stopped(if_entered=True)
+    body.assert_stopped()
     assert final_names(runs, ids) == ["Cancelled"]
 
 

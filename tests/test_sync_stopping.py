@@ -6,6 +6,7 @@ and no assertion on how long anything took."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import sys
 import threading
@@ -37,6 +38,33 @@ def _thread_names() -> list[str]:
     return [t.name for t in threading.enumerate()]
 
 
+def _settled() -> int:
+    """Wait until every stopped call either left (it was stopped before it reached the gate: its thread
+    started late, or ran the lines before `gate.wait()` past its 50 ms deadline, as happens under load)
+    or is stuck in the gate; how many are stuck. A call stopped before the gate is the library doing its
+    job, but not a stuck thread: the tests below stop calls until the ones they need are stuck."""
+    def every_live_call_stuck() -> bool:
+        return len(interrupt.stuck_threads()) == _thread_names().count("asyncflow-timed-task")
+
+    assert _eventually(every_live_call_stuck)
+    return len(interrupt.stuck_threads())
+
+
+def _late_the_first_time():
+    """A function that, called first, runs Python code past a 50 ms deadline (what a thread scheduled
+    late does) and is stopped in it; every later call returns at once. It makes each run of a test take
+    the path of a call stopped before the gate."""
+    calls = itertools.count()
+
+    def maybe_late() -> None:
+        if next(calls) == 0:
+            end = time.monotonic() + 30  # a hang guard: the stop lands in this loop at the deadline
+            while time.monotonic() < end:
+                pass
+
+    return maybe_late
+
+
 @pytest.fixture
 def short_grace(monkeypatch):
     monkeypatch.setattr(interrupt, "_STUCK_GRACE_SECONDS", 0.1)
@@ -60,18 +88,24 @@ def test_many_stuck_sync_calls_share_one_reinjector_thread(store, gate, short_gr
     # a stopper of an earlier test may still be alive, about to exit as idle: count the ones started here
     earlier = {t for t in threading.enumerate() if t.name == "asyncflow-stopper"}
 
+    maybe_late = _late_the_first_time()
+
     @task(timeout_seconds=0.05)
     def stuck(i):
+        maybe_late()
         gate.wait()  # blocked in a C lock acquire: cannot be interrupted
         went_on.append(i)
 
     @flow
-    def many():
-        futures = [stuck.submit(i) for i in range(n)]
+    def many(count):
+        futures = [stuck.submit(i) for i in range(count)]
         return [f.wait() or f.state.name for f in futures]
 
-    assert many() == ["TimedOut"] * n
-    assert _eventually(lambda: len(interrupt.stuck_threads()) == n)
+    # a call stopped before it reached the gate is not stuck (it raised SyncRunAborted in Python code and
+    # left): keep stopping calls until n of them are stuck in the gate, whatever the machine's load
+    while (stuck_now := _settled()) < n:
+        assert many(n - stuck_now) == ["TimedOut"] * (n - stuck_now)
+    assert len(interrupt.stuck_threads()) == n
     names = _thread_names()
     assert names.count("asyncflow-timed-task") == n
     assert names.count("asyncflow-abort") == 0  # no helper thread per stuck call ...
@@ -115,15 +149,18 @@ def test_a_stuck_thread_is_counted_and_reported_and_released_when_its_call_retur
     from asyncflow._logging import flush
 
     went_on = threading.Event()
+    maybe_late = _late_the_first_time()
 
     @task(timeout_seconds=0.05, task_run_name="blocked-in-c")
     def stuck():
+        maybe_late()
         gate.wait()
         went_on.set()
 
-    state = stuck(return_state=True)
-    assert state.name == "TimedOut"
-    assert _eventually(lambda: len(interrupt.stuck_threads()) == 1)
+    while _settled() < 1:  # until a call is stuck in the gate (the last one: the others left)
+        state = stuck(return_state=True)
+        assert state.name == "TimedOut"
+    assert len(interrupt.stuck_threads()) == 1
     [entry] = interrupt.stuck_threads()
     assert entry.run == "Task run 'blocked-in-c'" and entry.thread == "asyncflow-timed-task"
 
@@ -143,12 +180,16 @@ def test_a_stuck_thread_is_counted_and_reported_and_released_when_its_call_retur
 
 
 # -- C code holding the GIL past the deadline --------------------------------------------------------
-# Guaranteed: the run ends TimedOut, never Completed, and its message says the GIL was held when the
-# function's thread demonstrably ran past the deadline (its CPU clock says so). The stop
-# itself lands when the C call lets another thread run: right after the call in practice (in ~95-100 %
-# of runs here), but on Python 3.11 nothing can guarantee it (see `interrupt`'s docstring), so the
-# "no further line" tests count runs over several attempts instead of asserting on a single race.
-TRIES = 8
+# Guaranteed: the run ends TimedOut, never Completed, and its message says how it was stopped. A thread
+# inside the C call at its deadline holds the GIL past it, and its message says so (its CPU clock shows it
+# ran past the deadline); a thread scheduled
+# late (under load) is not in the call yet at its 20 ms deadline, is stopped on time before it, and its
+# message says that instead. So the tests run until GIL_RUNS runs were inside the call at their deadline
+# (MAX_RUNS is a hang guard), whatever the load. The stop itself lands when the C call lets another
+# thread run: right after the call in practice (in ~95-100 % of runs here), but on Python 3.11 nothing
+# can guarantee it (see `interrupt`'s docstring), so "no further line" is counted over the runs.
+GIL_RUNS = 4
+MAX_RUNS = 40
 
 
 def _says_how_it_was_stopped(message: str) -> bool:
@@ -158,6 +199,26 @@ def _says_how_it_was_stopped(message: str) -> bool:
     either way the message is one of the two."""
     assert "held the GIL" in message or "stopped at the deadline" in message, message
     return "held the GIL" in message
+
+
+class _GilRuns:
+    """Counts runs until GIL_RUNS of them held the GIL past their deadline; `lines_run`: runs that ran
+    the line after the C call."""
+
+    def __init__(self) -> None:
+        self.runs = self.gil_runs = self.lines_run = 0
+
+    def more(self) -> bool:
+        if self.gil_runs >= GIL_RUNS:
+            return False
+        assert self.runs < MAX_RUNS, f"{self.gil_runs} of {self.runs} runs were inside the C call at the deadline"
+        return True
+
+    def add(self, state, went_on=()) -> None:
+        assert state.name == "TimedOut", state  # every time, whichever way it was stopped
+        self.runs += 1
+        self.gil_runs += _says_how_it_was_stopped(state.message)
+        self.lines_run += bool(went_on)
 
 
 def _gil_task(hold_the_gil, went_on):
@@ -173,30 +234,22 @@ def _gil_task(hold_the_gil, went_on):
 @pytest.mark.parametrize("call", sorted(GIL_HOLDING_CALLS))
 def test_a_sync_task_past_its_deadline_in_gil_holding_c_code_ends_timed_out_and_runs_no_further_line(
         store, call):
-    lines_run = gil_messages = 0
-    for _ in range(TRIES):
+    counted = _GilRuns()
+    while counted.more():
         went_on: list[str] = []
-        state = _gil_task(GIL_HOLDING_CALLS[call], went_on)(return_state=True)
-        assert state.name == "TimedOut", state  # every time
-        gil_messages += _says_how_it_was_stopped(state.message)
-        time.sleep(0.05)
-        lines_run += bool(went_on)
-    assert lines_run <= TRIES // 2  # before: every run went on (and ended Completed)
-    assert gil_messages  # a thread scheduled late under load may not be inside the C call at its deadline
+        counted.add(_gil_task(GIL_HOLDING_CALLS[call], went_on)(return_state=True), went_on)
+        time.sleep(0.05)  # (the stop lands after the call returns: give the thread the time to raise it)
+    assert counted.lines_run <= counted.runs // 2  # before: every run went on (and ended Completed)
 
 
 @pytest.mark.anyio
 async def test_a_gil_holding_sync_task_awaited_from_async_code_ends_timed_out_and_runs_no_further_line(store):
-    lines_run = gil_messages = 0
-    for _ in range(TRIES // 2):
+    counted = _GilRuns()
+    while counted.more():
         went_on: list[str] = []
-        state = await _gil_task(GIL_HOLDING_CALLS["sum"], went_on)(return_state=True)
-        assert state.name == "TimedOut", state
-        gil_messages += _says_how_it_was_stopped(state.message)
+        counted.add(await _gil_task(GIL_HOLDING_CALLS["sum"], went_on)(return_state=True), went_on)
         await anyio.sleep(0.05)
-        lines_run += bool(went_on)
-    assert lines_run <= TRIES // 4
-    assert gil_messages  # at least one run was inside the C call at its deadline, and says so
+    assert counted.lines_run <= counted.runs // 2
 
 
 def test_a_sync_task_that_returns_after_its_deadline_while_holding_the_gil_ends_timed_out(store):
@@ -207,17 +260,14 @@ def test_a_sync_task_that_returns_after_its_deadline_while_holding_the_gil_ends_
     def hog():
         return GIL_HOLDING_CALLS["sum"]()
 
-    gil_messages = 0
-    for _ in range(3):
-        state = hog(return_state=True)
-        assert state.name == "TimedOut", state
-        gil_messages += _says_how_it_was_stopped(state.message)
-    assert gil_messages
+    counted = _GilRuns()
+    while counted.more():
+        counted.add(hog(return_state=True))
 
 
 def test_a_sync_flow_past_its_deadline_in_gil_holding_c_code_ends_timed_out(store):
-    lines_run = gil_messages = 0
-    for _ in range(TRIES // 2):
+    counted = _GilRuns()
+    while counted.more():
         went_on: list[str] = []
 
         @flow(timeout_seconds=0.02)
@@ -225,13 +275,9 @@ def test_a_sync_flow_past_its_deadline_in_gil_holding_c_code_ends_timed_out(stor
             GIL_HOLDING_CALLS["sum"]()
             went_on.append("the line after the call")
 
-        state = hog(return_state=True)
-        assert state.name == "TimedOut", state
-        gil_messages += _says_how_it_was_stopped(state.message)
+        counted.add(hog(return_state=True), went_on)
         time.sleep(0.05)
-        lines_run += bool(went_on)
-    assert lines_run <= TRIES // 4
-    assert gil_messages
+    assert counted.lines_run <= counted.runs // 2
 
 
 def test_a_sync_task_that_sleeps_past_its_deadline_still_says_it_was_stopped_at_the_deadline(store):

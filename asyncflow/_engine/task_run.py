@@ -373,9 +373,9 @@ def _awaiting_slot(call: TaskCall) -> Any:
     return lambda message: set_state(call, _new_state(call, StateType.PENDING, limit_tags.WAITING_STATE, message))
 
 
-def _free_slot(holder: list[Any]) -> None:
+async def _free_slot(holder: list[Any], bridge: Bridge) -> None:
     lease, holder[1] = holder[1], None
-    lease.release()
+    await lease.free(bridge)  # before the run goes on: its slot is free once its attempt has ended
 
 
 async def _attempt_loop(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, Any], bridge: Bridge,
@@ -403,11 +403,11 @@ async def _attempt_loop(call: TaskCall, ctx: TaskRunContext, parameters: dict[st
                 cached = await plan.lookup(bridge)
                 if cached is not None:
                     if holder[1] is not None:
-                        _free_slot(holder)
+                        await _free_slot(holder, bridge)
                     return set_state(call, cached)
         state = await _one_attempt(call, args, kwargs, bridge)
         if holder[1] is not None:
-            _free_slot(holder)
+            await _free_slot(holder, bridge)
         if state.type is StateType.COMPLETED:
             state = await caching.completed(call, plan, state, bridge)
         if state.type is StateType.FAILED and attempt <= policy.retries and await _should_retry(call, state, bridge):

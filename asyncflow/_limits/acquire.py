@@ -16,9 +16,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import attrs
 
-from .._clock import get_clock
+from .._clock import Clock, get_clock
 from .._exceptions import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError
 from .._logging import WARNING, log
 from .._store import owners as _owners
@@ -29,6 +30,7 @@ FIRST_DELAY = 0.01
 MAX_DELAY = 1.0
 _warned: set[tuple[str, ...]] = set()
 _warned_lock = threading.Lock()
+_REAL_TIME = Clock()  # waiting for another connection's lock is real time, whatever clock the engine uses
 
 
 @attrs.define(eq=False)
@@ -41,9 +43,24 @@ class Lease:
     released: bool = False
 
     def release(self) -> None:
+        """One attempt now; if the database is busy the lease thread frees the slots soon after (for a
+        run that was cancelled or crashed: nothing waits for it)."""
         if not self.released:
             self.released = True
             leases.release(self.db, self.id)
+
+    async def free(self, bridge: Any) -> None:
+        """Free the slots before the holder goes on (the block has ended: its slots are free), waiting
+        through `bridge` while the database is busy: on an event loop awaiting, shielded from a
+        cancellation (a cancelled block still frees what it held), in a thread sleeping."""
+        if self.released:
+            return
+        self.released = True
+        if bridge.blocking:
+            await leases.release_waiting(self.db, self.id, functools.partial(bridge.sleep, _REAL_TIME))
+            return
+        with anyio.CancelScope(shield=True):
+            await leases.release_waiting(self.db, self.id, functools.partial(bridge.sleep, _REAL_TIME))
 
 
 @attrs.frozen

@@ -3,8 +3,11 @@
 One background thread per process (started with the first lease, ended when none is left) renews
 every held lease a few times per lease duration, so a lease outlives its holder only by its duration
 if the holder crashes without releasing it (on this host the dead holder's slots are freed at once:
-see `sql.free_dead_holders`). A release that finds the database busy is handed to the same thread,
-which retries it: a release never waits on the caller's thread (an event loop) for long.
+see `sql.free_dead_holders`). A `concurrency` block (or a task run's tag slot) is released before its
+holder goes on (`release_waiting`): while the database is busy the holder waits between short attempts,
+awaiting on an event loop (which keeps running) or sleeping in a thread, and only a database busy for
+`RELEASE_WAIT_SECONDS` leaves the release to the same thread, which retries it. A release from a
+cancelled or crashed run (`release`) makes one attempt and leaves the rest to the thread.
 
 Every call into SQLite is one short attempt through the fork gate (`db.LimitsDB.attempt`). In a forked
 child nothing is held (the parent's leases are the parent's) and no thread runs."""
@@ -15,6 +18,8 @@ import atexit
 import contextlib
 import functools
 import threading
+import time
+from collections.abc import Awaitable, Callable
 
 from .. import _fork
 from .._clock import get_clock
@@ -32,6 +37,7 @@ class _Held:
 
 
 _held = _Held()
+RELEASE_WAIT_SECONDS = 5.0  # a holder waits this long for a busy database before leaving its release to the thread
 
 
 def hold(db: LimitsDB, lease: str, seconds: float) -> None:
@@ -53,6 +59,32 @@ def release(db: LimitsDB, lease: str) -> None:
         pass
     except Exception:  # an unusable database: its lease expires on its own
         return
+    _hand_to_thread(db, lease)
+
+
+async def release_waiting(db: LimitsDB, lease: str, sleep: Callable[[float], Awaitable[None]]) -> None:
+    """Stop renewing `lease` and free its slots before returning: while another connection holds the
+    write lock (the store's writer and this module's thread write the same file), wait between short
+    attempts with `sleep`, up to `RELEASE_WAIT_SECONDS`; only then is it left to the thread."""
+    with _held.lock:
+        _held.leases.pop(lease, None)
+    deadline = time.monotonic() + RELEASE_WAIT_SECONDS
+    delay = 0.002
+    while True:
+        try:
+            db.attempt(functools.partial(sql.release, lease=lease))
+            return
+        except Busy:
+            if time.monotonic() >= deadline:
+                break
+        except Exception:  # an unusable database: its lease expires on its own
+            return
+        await sleep(delay)
+        delay = min(delay * 2, 0.05)
+    _hand_to_thread(db, lease)
+
+
+def _hand_to_thread(db: LimitsDB, lease: str) -> None:
     with _held.lock:
         _held.releases.append((db, lease))
         _ensure_thread()

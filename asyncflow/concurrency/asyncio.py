@@ -35,7 +35,7 @@ async def concurrency(names: str | list[str], occupy: int = 1, timeout_seconds: 
         yield
     finally:
         if lease is not None:
-            lease.release()
+            await lease.free(AWAITING)
 
 
 async def rate_limit(names: str | list[str], occupy: int = 1, timeout_seconds: float | None = None,

@@ -39,7 +39,7 @@ def concurrency(names: str | list[str], occupy: int = 1, timeout_seconds: float 
         yield
     finally:
         if lease is not None:
-            lease.release()
+            drive_sync(lease.free(BLOCKING))
 
 
 def rate_limit(names: str | list[str], occupy: int = 1, timeout_seconds: float | None = None,
