@@ -16,7 +16,6 @@ import anyio
 import pytest
 
 from asyncflow import flow, task
-from asyncflow._clock import set_clock
 from asyncflow._limits import db as limits_db
 from asyncflow._limits import leases, manage, sql, tags
 from asyncflow._store import owners
@@ -24,42 +23,9 @@ from asyncflow._store.sqlite import SCHEMA_VERSION, SQLiteStore
 from asyncflow.concurrency import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError
 from asyncflow.concurrency import asyncio as aconc
 from asyncflow.concurrency import sync as sconc
-from asyncflow.testing import FakeClock, isolated_store
+from asyncflow.testing import isolated_store
 
-
-@pytest.fixture
-def sqlite_store(tmp_path):
-    store = SQLiteStore(tmp_path / "asyncflow.db")
-    with isolated_store(store):
-        yield store
-    store.close()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def limits_store(request, tmp_path):
-    """The key behaviours on both stores that keep limits for every process: a SQLite file, and a
-    PostgreSQL database on a real server (tests/pg_server.py)."""
-    if request.param == "sqlite":
-        yield request.getfixturevalue("sqlite_store")
-        return
-    from asyncflow._store.postgres import PostgresStore
-
-    url = request.getfixturevalue("postgres_url")
-    store = PostgresStore(url)
-    with isolated_store(store):
-        yield store
-    store.close()
-    db = limits_db._databases.pop(url, None)
-    if db is not None:
-        db.close()
-
-
-@pytest.fixture
-def fake_clock():
-    clock = FakeClock()
-    previous = set_clock(clock)
-    yield clock
-    set_clock(previous)
+pytest_plugins = ["limits_fixtures"]  # sqlite_store, limits_store, fake_clock
 
 
 def held(name: str) -> float:
