@@ -154,8 +154,12 @@ def _disarm() -> None:
     if _armed:
         _armed = False
         _give_back_wakeup_fd()
-        with contextlib.suppress(ValueError):
-            sys.meta_path.remove(_TrioComing)
+        _unhook()
+
+
+def _unhook() -> None:
+    with contextlib.suppress(ValueError):
+        sys.meta_path.remove(_TrioComing)
 
 
 class _TrioComing:
@@ -236,8 +240,13 @@ def _before_fork() -> None:
 def _after_fork_in_parent() -> None:
     global _armed
     if _armed and threading.get_ident() == _main_ident:
-        with contextlib.suppress(ValueError, OSError):
-            _armed = _take_wakeup_fd()
+        try:
+            rearmed = _take_wakeup_fd()
+        except (ValueError, OSError):
+            rearmed = False
+        if not rearmed:  # another library took the wakeup fd meanwhile: the watch ends, hook and all
+            _armed = False
+            _unhook()
 
 
 def _reset_in_child() -> None:
@@ -245,8 +254,7 @@ def _reset_in_child() -> None:
     if _armed:
         with contextlib.suppress(ValueError, OSError):
             signal.set_wakeup_fd(-1)
-        with contextlib.suppress(ValueError):
-            sys.meta_path.remove(_TrioComing)
+        _unhook()
     if _pipe is not None:
         for fd in _pipe:
             with contextlib.suppress(OSError):
