@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 
+from .. import _fork
 from .._store import flush as flush_store
 
 
@@ -60,10 +61,4 @@ def _reset_in_child() -> None:
     _groups.clear()  # a round in flight at the fork is the parent's
 
 
-def _register_fork_reset() -> None:
-    from .. import _fork
-
-    _fork.register("root flushes", _reset_in_child)
-
-
-_register_fork_reset()
+_fork.register("root flushes", _reset_in_child)
