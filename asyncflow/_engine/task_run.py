@@ -12,6 +12,7 @@ import datetime as dt
 import functools
 import inspect
 import itertools
+import math
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -167,8 +168,10 @@ async def run_submitted(call: TaskCall) -> None:
 
 
 def deadline_passed() -> bool:
-    """In a cancelled scope the effective deadline is -inf, so one comparison covers both cases."""
-    return anyio.current_effective_deadline() <= anyio.current_time()
+    """In a cancelled scope the effective deadline is -inf, so one comparison covers both cases; without
+    a deadline (the common case) the clock is not read (a run asks twice: ~1.5 µs of ~2.4 on asyncio)."""
+    deadline = anyio.current_effective_deadline()
+    return deadline != math.inf and deadline <= anyio.current_time()
 
 
 _final_lock = threading.Lock()  # a submitted run's final state: its engine and its scope race for it
