@@ -58,8 +58,8 @@ def test_a_flow_is_on_disk_when_it_returns(db):
     flow_run_id = str(state.state_details.flow_run_id)
     assert raw(db, "SELECT name, flow_name, state_name, run_count FROM flow_runs WHERE id = ?", flow_run_id) == [
         (db.read_flow_run(flow_run_id).name, "doubling", "Completed", 1)]
-    assert raw(db, "SELECT name FROM task_runs WHERE flow_run_id = ? ORDER BY created", flow_run_id) == [
-        ("double-0",), ("double-1",), ("double-2",)]
+    assert raw(db, "SELECT t.name FROM task_runs t JOIN flow_runs f ON f.ref = t.flow_ref WHERE f.id = ? "
+                   "ORDER BY t.created", flow_run_id) == [("double-0",), ("double-1",), ("double-2",)]
     assert raw(db, "SELECT count(*) FROM states") == [(4 * 3,)]  # 3 per task run, 3 for the flow run
     assert raw(db, "SELECT name FROM flows") == [("doubling",)]
     messages = [line.message for line in db.read_logs(flow_run_id=flow_run_id)]
