@@ -12,6 +12,7 @@ from asyncflow import flow, task
 from asyncflow._runs import FlowRun, TaskRun
 from asyncflow._states import State, StateType
 from asyncflow._store import sqlite as sqlite_module
+from asyncflow._store.fold import STATE_CODES
 from asyncflow._store.reads import RunFilter
 from asyncflow._store.sqlite import SCHEMA_VERSION, SQLiteStore
 from asyncflow.testing import isolated_store
@@ -134,10 +135,16 @@ def test_a_schema_7_store_is_upgraded_with_its_task_runs_under_their_flow_runs(t
                      "created) VALUES (?, ?, ?, 't', 'k', ?, '{}', '[]', ?)", (ref, tasks[ref], f"t-{ref}", flow_id,
                                                                              float(ref)))
     conn.execute("UPDATE counters SET value = 6 WHERE name = 'ref'")
+    conn.execute("INSERT INTO states (seq, run_ref, type, ts) VALUES (1, 2, 'COMPLETED', 3.0)")
+    conn.execute("INSERT INTO states (seq, run_ref, type, name, ts) VALUES (2, 2, 'FAILED', 'Oops', 4.0)")
     conn.close()
     store = SQLiteStore(path)
     try:
         assert store._query("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+        assert [(s.type, s.name) for s in store.read_states(tasks[2])] == [
+            (StateType.COMPLETED, "Completed"), (StateType.FAILED, "Oops")]
+        assert store._query("SELECT type FROM states ORDER BY seq") == [(STATE_CODES["COMPLETED"],),
+                                                                       (STATE_CODES["FAILED"],)]
         assert [r.name for r in store.read_task_runs(flow_run_id=stored)] == ["t-2", "t-4"]
         assert [r.name for r in store.read_task_runs(flow_run_id=never)] == ["t-3", "t-5"]
         assert [str(r.flow_run_id) for r in store.read_task_runs()] == [stored, never, stored, never, "None"]
@@ -160,5 +167,38 @@ def test_the_task_runs_of_several_flow_runs_in_one_batch_keep_their_own(tmp_path
         store.flush()
         for flow_run_id in ids:
             assert [str(r.flow_run_id) for r in store.read_task_runs(flow_run_id=flow_run_id)] == [flow_run_id] * 2
+    finally:
+        store.close()
+
+
+def test_a_schema_3_postgres_store_is_upgraded_with_its_task_runs_under_their_flow_runs(postgres_url):
+    import psycopg
+
+    from asyncflow._store import postgres as pg_module
+
+    stored, never = str(uuid.uuid4()), str(uuid.uuid4())
+    tasks = {ref: str(uuid.uuid4()) for ref in (2, 3)}
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # what asyncflow wrote at schema version 3
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for statements in pg_module.MIGRATIONS[:3]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute("INSERT INTO schema_version VALUES (3)")
+        conn.execute("INSERT INTO flow_runs (ref, id, name, flow_name, parameters, tags, created) "
+                     "VALUES (1, %s, 'old-run', 'old', '{}', '[]', 1.0)", (stored,))
+        for ref, flow_id in ((2, stored), (3, never)):
+            conn.execute("INSERT INTO task_runs (ref, id, name, task_name, task_key, flow_run_id, parameters, tags, "
+                         "created) VALUES (%s, %s, %s, 't', 'k', %s, '{}', '[]', %s)",
+                         (ref, tasks[ref], f"t-{ref}", flow_id, float(ref)))
+        conn.execute("UPDATE counters SET value = 3 WHERE name = 'ref'")
+        conn.execute("INSERT INTO states (seq, run_ref, type, ts) VALUES (1, 2, 'COMPLETED', 3.0)")
+    store = pg_module.PostgresStore(postgres_url)
+    try:
+        assert store.schema_version() == pg_module.SCHEMA_VERSION
+        assert [r.name for r in store.read_task_runs(flow_run_id=stored)] == ["t-2"]
+        assert [str(r.flow_run_id) for r in store.read_task_runs(flow_run_id=never)] == [never]
+        assert [s.type for s in store.read_states(tasks[2])] == [StateType.COMPLETED]
+        assert store._query("SELECT type FROM states") == [(STATE_CODES["COMPLETED"],)]
+        assert store._query("SELECT value FROM counters WHERE name = 'ref'") == [(4,)]
     finally:
         store.close()

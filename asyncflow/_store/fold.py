@@ -16,7 +16,13 @@ from typing import Any
 from .._states import FINAL_TYPES, StateType
 from .records import FLOW, LINE, LOG, STATE, TASK, details_json
 
-PLAIN_NAMES = {t.value: t.value.capitalize() for t in StateType}  # a state's name when it is its type's own
+# a state row's type, as a number (fixed: stored): one byte instead of the type's name (SQLite 8, PostgreSQL 4)
+STATE_CODES = {"SCHEDULED": 0, "PENDING": 1, "RUNNING": 2, "COMPLETED": 3, "FAILED": 4, "CANCELLED": 5, "CRASHED": 6,
+               "PAUSED": 7, "CANCELLING": 8}
+# a stored type (its number, or its name in rows written before) -> the StateType, and its own name
+STORED_TYPES: dict[Any, StateType] = {**{t.value: t for t in StateType},
+                                      **{STATE_CODES[t.value]: t for t in StateType}}
+PLAIN_NAMES = {key: t.value.capitalize() for key, t in STORED_TYPES.items()}  # a state's name when it is its type's own
 TASK_STATE_COLUMN, FLOW_STATE_COLUMN = 12, 10  # where the state columns start in a run row
 OPEN_RUNS_KEPT = 100_000  # runs a writer remembers (their ref) until their final state
 _FINAL_IDS = frozenset(id(t) for t in FINAL_TYPES)  # identity checks: an Enum's hash runs Python code
@@ -109,6 +115,7 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
                     entry = seen[rid] = [known[0], None, row, 0, None]
             ref, key, row, offset, _ = entry
             type_text = type_._value_  # not `.value`: a descriptor written in Python
+            code = STATE_CODES[type_text]
             if cleaning:
                 name, message = clean(name), clean(message)
             stored_name = None if name == PLAIN_NAMES[type_text] else name  # read back as the type's own name
@@ -117,9 +124,9 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
             if details is not last_details:  # a run's states mostly share theirs
                 last_details, details_text = details, details_json(details)
             if message is None and details_text is None and ref is not None:
-                states.append((ref, type_text, stored_name, None, None, ts, seq))
+                states.append((ref, code, stored_name, None, None, ts, seq))
             else:
-                states.append((ref, key if ref is None else None, type_text, stored_name, message, details_text, None,
+                states.append((ref, key if ref is None else None, code, stored_name, message, details_text, None,
                                None, ts, seq))
             current = row[offset + 3]
             if current is None or current <= ts:  # the newest state by time is the current one

@@ -54,7 +54,7 @@ from .postgres_base import (
 )
 from .records import Privacy
 from .sql_reads import SqlRunReads
-from .sqlite import FIND_FLOW_REF, FIND_GIVEN, PLAIN_STATE_COLUMNS, STATE_COLUMNS, TASK_RUN_INSERT
+from .sqlite import CODE_OF_TYPE, FIND_FLOW_REF, FIND_GIVEN, PLAIN_STATE_COLUMNS, STATE_COLUMNS, TASK_RUN_INSERT
 from .writer import BUSY, UNUSABLE, BatchWriter, report
 
 _MIGRATION_LOCK = 0x6173796E63666C6F  # pg_advisory_xact_lock key while the schema is created or upgraded
@@ -133,6 +133,8 @@ MIGRATIONS: list[list[str]] = [
         "DROP INDEX task_runs_by_flow_run",
         "CREATE INDEX task_runs_by_flow ON task_runs (flow_ref, created, ref)",
         "CREATE INDEX task_runs_by_flow_id ON task_runs (flow_run_id) WHERE flow_run_id IS NOT NULL",
+        # and a state row's type is a number (fold.STATE_CODES)
+        f"ALTER TABLE states ALTER COLUMN type TYPE SMALLINT USING ({CODE_OF_TYPE} END)::smallint",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -10,9 +10,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._runs import FlowRun, TaskRun
-from .._states import State, StateType
+from .._states import State
 from .base import LogRecord, ObjectNotFound, as_uuid, check_limit, state_filter
-from .fold import PLAIN_NAMES
+from .fold import PLAIN_NAMES, STORED_TYPES
 
 
 class SqlRunReads:
@@ -102,7 +102,7 @@ class SqlRunReads:
             flow_run_id, task_run_id = _uuid_or_none(flow_run_text), uuid.UUID(key)
         rows = self._shared_query("SELECT type, name, message, ts, details FROM states WHERE run_ref = ? "
                                   "ORDER BY ts, seq", (ref,), flush=False)
-        return [State(StateType(type_), PLAIN_NAMES[type_] if name is None else name, message, None,
+        return [State(STORED_TYPES[type_], PLAIN_NAMES[type_] if name is None else name, message, None,
                       _details_from(details, flow_run_id, task_run_id), ts)
                 for type_, name, message, ts, details in rows]
 

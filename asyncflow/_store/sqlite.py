@@ -45,7 +45,7 @@ from .base import (
     StoreError,
     StoreNotFoundError,
 )
-from .fold import fold, merge_known
+from .fold import STATE_CODES, fold, merge_known
 from .records import Privacy, parameters_json, parameters_snapshot
 from .sql_reads import SqlRunReads
 from .writer import BAD_RECORD, BUSY, UNUSABLE, BatchWriter, describe_error, report
@@ -60,6 +60,9 @@ _V2_FLOW_RUN_COLUMNS = ("id, name, flow_name, flow_version, parameters, tags, pa
 _V2_TASK_RUN_COLUMNS = ("id, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters, "
                         "tags, created, state_type, state_name, state_message, state_ts, run_count, start_time, "
                         "end_time")
+
+# a state type's name (`type`) as its number (fold.STATE_CODES), in SQL
+CODE_OF_TYPE = f"CASE type {' '.join(f'WHEN {name!r} THEN {code}' for name, code in STATE_CODES.items())}"
 
 # -- the schema: one list of statements per version; a database at version n runs MIGRATIONS[n:] ---
 MIGRATIONS: list[list[str]] = [
@@ -302,6 +305,25 @@ MIGRATIONS: list[list[str]] = [
         "DROP INDEX task_runs_by_flow_run",
         "CREATE INDEX task_runs_by_flow ON task_runs (flow_ref, created)",
         "CREATE INDEX task_runs_by_flow_id ON task_runs (flow_run_id) WHERE flow_run_id IS NOT NULL",
+        # and a state row's type is a number (fold.STATE_CODES: one byte instead of up to ten); the column has
+        # no type, so that SQLite keeps the number as it is. The states are copied once.
+        "ALTER TABLE states RENAME TO states_v7",
+        """CREATE TABLE states (
+            seq INTEGER PRIMARY KEY,
+            run_ref INTEGER,
+            run_id TEXT,
+            type NOT NULL,
+            name TEXT,
+            message TEXT,
+            ts REAL NOT NULL,
+            details TEXT,
+            line INTEGER,
+            flow_ref INTEGER)""",
+        f"INSERT INTO states SELECT seq, run_ref, run_id, {CODE_OF_TYPE} ELSE type END, name, message, ts, details, "
+        "line, flow_ref FROM states_v7",
+        "DROP TABLE states_v7",
+        "CREATE INDEX states_by_run ON states (run_ref)",
+        "CREATE INDEX states_lines_by_flow ON states (flow_ref) WHERE flow_ref IS NOT NULL",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -22,7 +22,7 @@ from .._runs import FlowRun, TaskRun
 from .._states import State, StateDetails, StateType
 from . import lines
 from .base import LogRecord, ObjectNotFound, as_uuid
-from .fold import PLAIN_NAMES
+from .fold import PLAIN_NAMES, STORED_TYPES
 from .reads import (
     Change,
     Page,
@@ -121,10 +121,10 @@ class _Rows:
                        self._state(state_type, state_name, state_message, state_ts, created, details),
                        task_version, run_count, start_time, end_time)
 
-    def state(self, ref: int, type_: str, name: str, message: str | None, ts: float,
+    def state(self, ref: int, type_: Any, name: str, message: str | None, ts: float,
               details: str | None) -> State[Any]:
         plain = self.details[ref]
-        return State(_TYPES[type_], PLAIN_NAMES[type_] if name is None else name, message, None,
+        return State(STORED_TYPES[type_], PLAIN_NAMES[type_] if name is None else name, message, None,
                      _details_from(details, plain.flow_run_id, plain.task_run_id) if details else plain, ts)
 
 
@@ -214,14 +214,14 @@ def changes(query: Query, since: Any, limit: Any) -> tuple[list[Change], int]:
         "FROM states s LEFT JOIN task_runs t ON t.ref = s.run_ref LEFT JOIN flow_runs f ON f.ref = s.run_ref "
         "WHERE s.seq > ? ORDER BY s.seq LIMIT ?", (since, limit))
     ids = _Rows()
-    out = [Change(seq, uuid.UUID(run_id), kind, ids.uuid(flow_run_id), name, _TYPES[type_],
+    out = [Change(seq, uuid.UUID(run_id), kind, ids.uuid(flow_run_id), name, STORED_TYPES[type_],
                   PLAIN_NAMES[type_] if state_name is None else state_name, message, ts)
            for seq, run_id, kind, flow_run_id, name, type_, state_name, message, ts in rows]
     return out, (out[-1].seq if out else since)
 
 
 _LOG_COLUMNS = ("flow_run_id, task_run_id, level, message, ts, seq, CAST(NULL AS INTEGER) AS line, "
-                "CAST(NULL AS TEXT) AS type, CAST(NULL AS TEXT) AS name, CAST(NULL AS TEXT) AS state_message, "
+                "CAST(NULL AS SMALLINT) AS type, CAST(NULL AS TEXT) AS name, CAST(NULL AS TEXT) AS state_message, "
                 "CAST(NULL AS TEXT) AS run_name, CAST(NULL AS TEXT) AS task_name")
 # the engine's lines marked on states (lines.py): the flow run by the line's flow_ref, the task run by its run_ref
 _LINE_ROWS = (f"SELECT f.id, CASE WHEN s.line <> {lines.CREATED} THEN t.id END, NULL, NULL, s.ts, s.seq, s.line, "
