@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from asyncflow._store.fold import STATE_CODES
 from asyncflow.cli import main
 from asyncflow.testing import isolated_home, isolated_store
 
@@ -129,7 +130,7 @@ def this_process_on(home: Path, url: str | None) -> Iterator[Any]:
 
 def waiting_states(home: Path, url: str | None) -> int:
     """How many `AwaitingConcurrencySlot` states for the tag limit `io` the shared store recorded."""
-    query = ("SELECT count(*) FROM states WHERE type = 'PENDING' AND name = 'AwaitingConcurrencySlot' "
+    query = (f"SELECT count(*) FROM states WHERE type = {STATE_CODES['PENDING']} AND name = 'AwaitingConcurrencySlot' "
              "AND message LIKE '%tag:io%'")
     if url is None:
         with sqlite3.connect(home / "asyncflow.db") as conn:

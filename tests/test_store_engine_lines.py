@@ -233,11 +233,15 @@ def test_a_line_whose_state_was_written_in_an_earlier_batch_is_stored_as_a_log_r
 
 def test_a_schema_6_store_is_upgraded_with_its_log_rows_and_one_sequence(tmp_path):
     path = tmp_path / "asyncflow.db"
-    old = SQLiteStore(path)
-    old.close()
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = sqlite3.connect(path, isolation_level=None)  # the tables of schema 6
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version VALUES (6)")
+    for statements in sqlite_module.MIGRATIONS[:6]:
+        for statement in statements:
+            conn.execute(statement)
     flow_id = str(uuid.uuid4())
-    conn.execute("DROP TABLE states")  # back to schema 6's states table, with a line stored as a log row
+    conn.execute("DROP TABLE states")  # schema 6's states table, with a line stored as a log row
     conn.execute("DELETE FROM counters WHERE name = 'seq'")
     conn.execute("""CREATE TABLE states (seq INTEGER PRIMARY KEY AUTOINCREMENT, run_ref INTEGER, run_id TEXT NOT NULL,
                     type TEXT NOT NULL, name TEXT NOT NULL, message TEXT, ts REAL NOT NULL, details TEXT)""")

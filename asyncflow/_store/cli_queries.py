@@ -8,11 +8,12 @@ import sqlite3
 from typing import Any
 
 from .base import as_uuid
+from .sqlite import IN_FLOW
 
 
 def task_run_state_counts(conn: sqlite3.Connection, flow_run_id: Any) -> list[tuple[str, int]]:
     """[(state name, number of task runs)] of a flow run, in the order the states first appear."""
     rows = conn.execute(
-        "SELECT coalesce(state_name, 'Pending'), count(*), min(ref) FROM task_runs WHERE flow_run_id = ? "
-        "GROUP BY 1 ORDER BY 3", (str(as_uuid(flow_run_id, "flow_run_id")),)).fetchall()
+        f"SELECT coalesce(state_name, 'Pending'), count(*), min(ref) FROM task_runs WHERE {IN_FLOW} "
+        "GROUP BY 1 ORDER BY 3", [str(as_uuid(flow_run_id, "flow_run_id"))] * 2).fetchall()
     return [(name, count) for name, count, _ in rows]

@@ -16,14 +16,24 @@ from typing import Any
 from .._states import FINAL_TYPES, StateType
 from .records import FLOW, LINE, LOG, STATE, TASK, details_json
 
-PLAIN_NAMES = {t.value: t.value.capitalize() for t in StateType}  # a state's name when it is its type's own
-TASK_STATE_COLUMN, FLOW_STATE_COLUMN = 11, 10  # where the state columns start in a run row
+# a state row's type, as a number (fixed: stored): one byte instead of the type's name (SQLite 8, PostgreSQL 4)
+STATE_CODES = {"SCHEDULED": 0, "PENDING": 1, "RUNNING": 2, "COMPLETED": 3, "FAILED": 4, "CANCELLED": 5, "CRASHED": 6,
+               "PAUSED": 7, "CANCELLING": 8}
+# a stored type (its number, or its name in rows written before) -> the StateType, and its own name
+STORED_TYPES: dict[Any, StateType] = {**{t.value: t for t in StateType},
+                                      **{STATE_CODES[t.value]: t for t in StateType}}
+PLAIN_NAMES = {key: t.value.capitalize() for key, t in STORED_TYPES.items()}  # a state's name when it is its type's own
+TASK_STATE_COLUMN, FLOW_STATE_COLUMN = 12, 10  # where the state columns start in a run row
 OPEN_RUNS_KEPT = 100_000  # runs a writer remembers (their ref) until their final state
 _FINAL_IDS = frozenset(id(t) for t in FINAL_TYPES)  # identity checks: an Enum's hash runs Python code
 
 
 def _same(value: Any) -> Any:
     return value
+
+
+def _none(run_id: Any) -> Any:
+    return None
 
 
 def _text(value: Any) -> str | None:
@@ -59,13 +69,20 @@ class Folded:
 
 def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: int, open_runs: dict[int, list[Any]],
          find_ref: Callable[[Any], list[Any] | None], parameters_json: Callable[[Any], str],
-         clean: Callable[[Any], Any] = _same) -> Folded:
+         clean: Callable[[Any], Any] = _same, find_flow_ref: Callable[[Any], list[Any] | None] = _none,
+         find_given: Callable[[Any], int | None] = _none) -> Folded:
     """Fold `batch`. States and log lines are numbered after `next_seq`, in the order they were
     recorded; an engine line (LINE) marks the state it is about when that state is in this batch (its
     run's last one, with the line's time), else it becomes a log row (lines.py). `open_runs` (the
     writer's memory of runs written and not yet final, by their id's int: a UUID's hash runs Python
     code) is updated; `find_ref(run_id)` looks up a run written before
-    it; `clean` makes a text storable (PostgreSQL refuses NUL characters)."""
+    it; `clean` makes a text storable (PostgreSQL refuses NUL characters).
+
+    A task run points at its flow run by number (`flow_ref`). A flow run that is not stored yet (a
+    background run's caller, in another process) is given its number ahead of its row, and the task run
+    keeps the flow run's id as text too; the flow run takes that number when it arrives.
+    `find_flow_ref(flow_id)` is the number of a flow run stored or given ahead, `find_given(flow_id)` the
+    number given ahead only."""
     out = Folded(next_ref, next_seq)
     seq = next_seq
     states, logs, renames = out.states, out.logs, out.renames
@@ -73,7 +90,8 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
     # they start, index of its last state in `states`]; parent ids as text (a batch's task runs mostly
     # share their flow run)
     seen: dict[int, list[Any]] = {}
-    texts: dict[int, str] = {}
+    # the flow runs of this batch's task runs, by their id's int: (number, id text if given ahead else None)
+    flows_of_tasks: dict[int, tuple[int, str | None]] = {}
     flow_refs: dict[int, int] = {}  # flow runs' refs, by their id's int, for the lines of this batch
     last_details: Any = None
     details_text: str | None = None
@@ -97,6 +115,7 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
                     entry = seen[rid] = [known[0], None, row, 0, None]
             ref, key, row, offset, _ = entry
             type_text = type_._value_  # not `.value`: a descriptor written in Python
+            code = STATE_CODES[type_text]
             if cleaning:
                 name, message = clean(name), clean(message)
             stored_name = None if name == PLAIN_NAMES[type_text] else name  # read back as the type's own name
@@ -105,9 +124,9 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
             if details is not last_details:  # a run's states mostly share theirs
                 last_details, details_text = details, details_json(details)
             if message is None and details_text is None and ref is not None:
-                states.append((ref, type_text, stored_name, None, None, ts, seq))
+                states.append((ref, code, stored_name, None, None, ts, seq))
             else:
-                states.append((ref, key if ref is None else None, type_text, stored_name, message, details_text, None,
+                states.append((ref, key if ref is None else None, code, stored_name, message, details_text, None,
                                None, ts, seq))
             current = row[offset + 3]
             if current is None or current <= ts:  # the newest state by time is the current one
@@ -162,20 +181,19 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
             if known is not None:  # written by an earlier batch: a new name
                 renames.append((name, known[0]))
                 continue
+            if flow_run_id is None:
+                flow_ref = flow_text = None
+            else:
+                flow_ref, flow_text = flows_of_tasks.get(flow_run_id.int) or _flow_of_task(
+                    flow_run_id, seen, open_runs, find_flow_ref, flows_of_tasks, out)
             out.next_ref += 1
             key = str(run_id)
-            if flow_run_id is None:
-                flow_text = None
-            else:
-                flow_text = texts.get(flow_run_id.int)
-                if flow_text is None:
-                    flow_text = texts[flow_run_id.int] = str(flow_run_id)
             if cleaning:
                 task_name, task_key, task_version = clean(task_name), clean(task_key), clean(task_version)
                 text, tags_text = clean(parameters_json(parameters)), clean(_tags(tags))
             else:
                 text, tags_text = parameters_json(parameters), _tags(tags)
-            row = [out.next_ref, key, name, task_name, task_key, task_version, flow_text,
+            row = [out.next_ref, key, name, task_name, task_key, task_version, flow_ref, flow_text,
                    None if parent_task_run_id is None else str(parent_task_run_id), text, tags_text, created,
                    None, None, None, None, 0, None, None, owner]
             out.task_runs.append(row)
@@ -187,20 +205,46 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
             rid = run_id.int
             if rid in seen or rid in open_runs:
                 continue
-            out.next_ref += 1
+            given = flows_of_tasks.get(rid)  # its number, given ahead to its task runs (this batch or before)
+            ref = given[0] if given is not None and given[1] is not None else find_given(run_id)
+            if ref is None:
+                out.next_ref += 1
+                ref = out.next_ref
+            flows_of_tasks[rid] = (ref, None)
             key = str(run_id)
             flow_name = clean(flow_name)
             out.flows[flow_name] = (flow_name, clean(flow_version), created)
-            row = [out.next_ref, key, clean(name), flow_name, clean(flow_version), clean(parameters_json(parameters)),
+            row = [ref, key, clean(name), flow_name, clean(flow_version), clean(parameters_json(parameters)),
                    clean(_tags(tags)), _text(parent_flow_run_id), _text(parent_task_run_id), created,
                    None, None, None, None, 0, None, None, owner]
             out.flow_runs.append(row)
-            open_runs[rid] = [out.next_ref, True]
-            seen[rid] = [out.next_ref, key, row, FLOW_STATE_COLUMN, None]
+            open_runs[rid] = [ref, True]
+            seen[rid] = [ref, key, row, FLOW_STATE_COLUMN, None]
     out.next_seq = seq
     while len(open_runs) > OPEN_RUNS_KEPT:  # runs that never end (NotReady...) are looked up if needed
         del open_runs[next(iter(open_runs))]
     return out
+
+
+def _flow_of_task(flow_id: Any, seen: dict[int, list[Any]], open_runs: dict[int, list[Any]],
+                  find_flow_ref: Callable[[Any], list[Any] | None], flows_of_tasks: dict[int, tuple[int, str | None]],
+                  out: Folded) -> tuple[int, str | None]:
+    """(number, id text or None) of a task run's flow run: written (this batch or before: its number), or
+    not stored yet: the number given ahead of its row (by an earlier batch, or now), with its id as text."""
+    fid = flow_id.int
+    flow = seen.get(fid) or open_runs.get(fid)
+    found: tuple[int, str | None]
+    if flow is not None:
+        found = (flow[0], None)
+    else:
+        known = find_flow_ref(flow_id)  # [number, stored] or None
+        if known is None:
+            out.next_ref += 1
+            found = (out.next_ref, str(flow_id))
+        else:
+            found = (known[0], None if known[1] else str(flow_id))
+    flows_of_tasks[fid] = found
+    return found
 
 
 def merge_known(task_runs: list[list[Any]], existing: dict[str, int], open_runs: dict[int, list[Any]],

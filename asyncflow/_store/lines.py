@@ -22,12 +22,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .._states import State, StateType
+from .._states import State
+from .fold import STORED_TYPES
 
 CREATED, FINISHED_INFO, FINISHED_ERROR = 1, 2, 3  # states.line: which line a state row carries
 LEVELS = {CREATED: "INFO", FINISHED_INFO: "INFO", FINISHED_ERROR: "ERROR"}
 LEVEL_SQL = f"CASE WHEN s.line = {FINISHED_ERROR} THEN 'ERROR' ELSE 'INFO' END"  # a derived line's level
-_TYPES = {t.value: t for t in StateType}
 
 
 def codes_for(levels: Sequence[str] | None) -> list[int] | None:
@@ -37,16 +37,16 @@ def codes_for(levels: Sequence[str] | None) -> list[int] | None:
     return [code for code, level in LEVELS.items() if level in levels]
 
 
-def text(code: int, type_: str, name: str | None, message: str | None, run_name: str | None,
+def text(code: int, type_: Any, name: str | None, message: str | None, run_name: str | None,
          task_name: str | None) -> str:
     """The line as the engine wrote it (`_engine/task_run._log_created`, `_engine/common.log_final_state`)."""
     if code == CREATED:
         return f"Created task run '{run_name}' for task '{task_name}'"
-    kind = _TYPES[type_]
+    kind = STORED_TYPES[type_]
     return f"Finished in state {State(kind, kind.value.capitalize() if name is None else name, message)!r}"
 
 
-def row(flow_run_id: Any, task_run_id: Any, code: int, type_: str, name: str | None, message: str | None,
+def row(flow_run_id: Any, task_run_id: Any, code: int, type_: Any, name: str | None, message: str | None,
         ts: float, seq: int, run_name: str | None, task_name: str | None) -> tuple[Any, ...]:
     """A derived line as a log row: (flow_run_id, task_run_id, level, message, ts, seq)."""
     return (flow_run_id, task_run_id, LEVELS[code], text(code, type_, name, message, run_name, task_name), ts, seq)

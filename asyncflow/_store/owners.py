@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .fold import STATE_CODES
+
 # gethostname() is uname's nodename: without importing socket on the store's open path
 HOST = os.uname().nodename if hasattr(os, "uname") else __import__("socket").gethostname()
 OPEN_CONDITION = ("end_time IS NULL AND (state_type IS NULL OR state_type = 'RUNNING' "
@@ -112,7 +114,7 @@ def crash_open_runs(conn: Any, owner_id: int, message: str) -> int:
         # numbered from the counter states and log lines share (lines.py), under the caller's write lock
         seq = conn.execute("SELECT value FROM counters WHERE name = 'seq'").fetchone()[0]
         conn.executemany("INSERT INTO states (seq, run_ref, type, name, message, ts) "
-                         "VALUES (?, ?, 'CRASHED', 'Crashed', ?, ?)",
+                         f"VALUES (?, ?, {STATE_CODES['CRASHED']}, 'Crashed', ?, ?)",
                          [(seq + n, run_ref, message, ts) for n, (run_ref, _, ts) in enumerate(runs, 1)])
         conn.execute("UPDATE counters SET value = ? WHERE name = 'seq'", (seq + len(runs),))
         crashed += len(runs)

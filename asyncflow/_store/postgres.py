@@ -54,7 +54,7 @@ from .postgres_base import (
 )
 from .records import Privacy
 from .sql_reads import SqlRunReads
-from .sqlite import PLAIN_STATE_COLUMNS, STATE_COLUMNS
+from .sqlite import CODE_OF_TYPE, FIND_FLOW_REF, FIND_GIVEN, PLAIN_STATE_COLUMNS, STATE_COLUMNS, TASK_RUN_INSERT
 from .writer import BUSY, UNUSABLE, BatchWriter, report
 
 _MIGRATION_LOCK = 0x6173796E63666C6F  # pg_advisory_xact_lock key while the schema is created or upgraded
@@ -119,6 +119,22 @@ MIGRATIONS: list[list[str]] = [
         "INSERT INTO counters (name, value) SELECT 'seq', greatest((SELECT coalesce(max(seq), 0) FROM states), "
         "(SELECT coalesce(max(seq), 0) FROM logs), (SELECT coalesce(max(last_value), 0) FROM pg_sequences "
         "WHERE sequencename IN ('states_seq_seq', 'logs_seq_seq')))",
+    ],
+    [  # version 4 (the SQLite store's 8): a task run points at its flow run by number (`flow_ref`); the flow
+       # run's id is kept as text only when that flow run was not stored when the task run was written (fold.py)
+        "ALTER TABLE task_runs ADD COLUMN flow_ref BIGINT",
+        "UPDATE task_runs t SET flow_ref = f.ref FROM flow_runs f WHERE f.id = t.flow_run_id",
+        "UPDATE task_runs SET flow_run_id = NULL WHERE flow_ref IS NOT NULL",
+        "WITH o AS (SELECT flow_run_id AS id, (SELECT value FROM counters WHERE name = 'ref') "
+        "+ row_number() OVER (ORDER BY min(ref)) AS ref FROM task_runs WHERE flow_run_id IS NOT NULL "
+        "GROUP BY flow_run_id) UPDATE task_runs t SET flow_ref = o.ref FROM o WHERE t.flow_run_id = o.id",
+        "UPDATE counters SET value = greatest(value, (SELECT coalesce(max(flow_ref), 0) FROM task_runs)) "
+        "WHERE name = 'ref'",
+        "DROP INDEX task_runs_by_flow_run",
+        "CREATE INDEX task_runs_by_flow ON task_runs (flow_ref, created, ref)",
+        "CREATE INDEX task_runs_by_flow_id ON task_runs (flow_run_id) WHERE flow_run_id IS NOT NULL",
+        # and a state row's type is a number (fold.STATE_CODES)
+        f"ALTER TABLE states ALTER COLUMN type TYPE SMALLINT USING ({CODE_OF_TYPE} END)::smallint",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -355,7 +371,9 @@ class PostgresStore(SqlRunReads, BatchWriter):
         first_seq = conn.execute(_SEQ).fetchone()[0]
         rows = fold(batch, next_ref=first_ref, next_seq=first_seq, owner=self._owner_id(conn),
                     open_runs=self._open_runs, find_ref=lambda run_id: self._find_ref(conn, run_id),
-                    parameters_json=self.privacy.json, clean=_clean)
+                    parameters_json=self.privacy.json, clean=_clean,
+                    find_flow_ref=lambda flow_id: _find_flow_ref(conn, flow_id),
+                    find_given=lambda flow_id: _find_given(conn, flow_id))
         if rows.next_ref != first_ref or rows.next_seq != first_seq:
             conn.execute(_SET_COUNTERS, (rows.next_ref, rows.next_seq))
         states, renames, task_runs = rows.states, rows.renames, rows.task_runs
@@ -367,7 +385,7 @@ class PostgresStore(SqlRunReads, BatchWriter):
             if rows.flow_runs:
                 _insert_runs(cur, "flow_runs", _FLOW_RUN_COLUMNS + ", owner", rows.flow_runs)
             if task_runs:
-                written = _insert_runs(cur, "task_runs", _TASK_RUN_COLUMNS + ", owner", task_runs)
+                written = _insert_runs(cur, "task_runs", TASK_RUN_INSERT, task_runs)
                 if written < len(task_runs):  # some were written already (by another process: a background run)
                     existing = dict(cur.execute("SELECT id, ref FROM task_runs WHERE id = ANY(%s)",
                                                 ([row[1] for row in task_runs],)).fetchall())
@@ -534,6 +552,17 @@ def _schema_version(conn: Any) -> int:
         return 0
     row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
     return int(row[0]) if row and row[0] is not None else 0
+
+
+def _find_flow_ref(conn: Any, flow_id: uuid.UUID) -> list[Any] | None:
+    key = str(flow_id)
+    row = conn.execute(FIND_FLOW_REF.replace("?", "%s"), (key, key)).fetchone()
+    return None if row is None else [row[0], bool(row[1])]
+
+
+def _find_given(conn: Any, flow_id: uuid.UUID) -> int | None:
+    row = conn.execute(FIND_GIVEN.replace("?", "%s"), (str(flow_id),)).fetchone()
+    return None if row is None else row[0]
 
 
 def _insert_runs(cur: Any, table: str, columns: str, rows: list[list[Any]]) -> int:

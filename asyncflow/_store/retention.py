@@ -67,6 +67,11 @@ def _marks(items: list[Any]) -> str:
     return ",".join("?" * len(items))
 
 
+def _flows(marks: str) -> str:
+    """The numbers of the flow runs whose ids are `marks` (task runs point at their flow run by number)."""
+    return f"(SELECT ref FROM flow_runs WHERE id IN ({marks}))"
+
+
 # -- deleting flow runs ------------------------------------------------------------------------------
 def delete_flow_runs(conn: sqlite3.Connection, ids: Iterable[Any], gone: set[str] | None = None) -> dict[str, int]:
     """Delete these flow runs and everything under them: their subflow runs (recursively), the task runs
@@ -87,16 +92,17 @@ def delete_flow_runs(conn: sqlite3.Connection, ids: Iterable[Any], gone: set[str
         if gone is not None:
             gone.update(chunk)
             gone.update(row[0] for row in conn.execute(
-                f"SELECT id FROM task_runs WHERE flow_run_id IN ({marks})", chunk))
+                f"SELECT id FROM task_runs WHERE flow_ref IN {_flows(marks)}", chunk))
         counts["logs"] += conn.execute(f"DELETE FROM logs WHERE flow_run_id IN ({marks})", chunk).rowcount
-        where = (f"run_ref IN (SELECT ref FROM task_runs WHERE flow_run_id IN ({marks}) "
+        where = (f"run_ref IN (SELECT ref FROM task_runs WHERE flow_ref IN {_flows(marks)} "
                  f"UNION ALL SELECT ref FROM flow_runs WHERE id IN ({marks}))")
         counts["logs"] += _lines_in(conn, where, chunk + chunk)
         counts["states"] += conn.execute(f"DELETE FROM states WHERE {where}", chunk + chunk).rowcount
         counts["states"] += conn.execute(  # states whose run record had not arrived when they were written
             f"DELETE FROM states WHERE run_ref IS NULL AND (run_id IN ({marks}) OR run_id IN "
-            f"(SELECT id FROM task_runs WHERE flow_run_id IN ({marks})))", chunk + chunk).rowcount
-        counts["task_runs"] += conn.execute(f"DELETE FROM task_runs WHERE flow_run_id IN ({marks})", chunk).rowcount
+            f"(SELECT id FROM task_runs WHERE flow_ref IN {_flows(marks)}))", chunk + chunk).rowcount
+        counts["task_runs"] += conn.execute(f"DELETE FROM task_runs WHERE flow_ref IN {_flows(marks)}",
+                                            chunk).rowcount
         counts["flow_runs"] += conn.execute(f"DELETE FROM flow_runs WHERE id IN ({marks})", chunk).rowcount
     if tree:
         counts["flows"] += _drop_unused_flows(conn)
@@ -143,8 +149,8 @@ def prune_batch(conn: sqlite3.Connection, before_ts: float, cursor: Cursor = STA
     params: dict[str, Any] = {"before": before_ts, "after": after, "n": batch_runs}
     if phase == _TASK_RUNS:
         rows = conn.execute(
-            f"SELECT t.ref, t.id, t.flow_run_id, t.created, CASE WHEN f.ref IS NULL THEN {_prunable('t')} "
-            f"ELSE {_prunable('f')} END FROM task_runs t LEFT JOIN flow_runs f ON f.id = t.flow_run_id "
+            f"SELECT t.ref, t.id, t.flow_ref, t.created, CASE WHEN f.ref IS NULL THEN {_prunable('t')} "
+            f"ELSE {_prunable('f')} END FROM task_runs t LEFT JOIN flow_runs f ON f.ref = t.flow_ref "
             f"WHERE t.ref > :after ORDER BY t.ref LIMIT :n", params).fetchall()
         refs = [row[0] for row in rows if row[4]]
         roots = [row[1] for row in rows if row[4] and row[2] is None]  # their lines are not under a flow run
@@ -177,11 +183,11 @@ def prune_batch(conn: sqlite3.Connection, before_ts: float, cursor: Cursor = STA
                     return counts, cursor  # the same flow runs again, for the rest of their lines
             for chunk in _chunks(ids):  # task runs recorded since the task-run phase looked
                 marks = _marks(chunk)
-                where = f"run_ref IN (SELECT ref FROM task_runs WHERE flow_run_id IN ({marks}))"
+                where = f"run_ref IN (SELECT ref FROM task_runs WHERE flow_ref IN {_flows(marks)})"
                 counts["logs"] += _lines_in(conn, where, chunk)
                 counts["states"] += conn.execute(f"DELETE FROM states WHERE {where}", chunk).rowcount
                 counts["task_runs"] += conn.execute(
-                    f"DELETE FROM task_runs WHERE flow_run_id IN ({marks})", chunk).rowcount
+                    f"DELETE FROM task_runs WHERE flow_ref IN {_flows(marks)}", chunk).rowcount
         elif ids:
             for chunk in _chunks(ids):
                 counts["logs"] += _delete_or_count(conn, True, "logs", f"flow_run_id IN ({_marks(chunk)})", chunk)

@@ -10,9 +10,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._runs import FlowRun, TaskRun
-from .._states import State, StateType
+from .._states import State
 from .base import LogRecord, ObjectNotFound, as_uuid, check_limit, state_filter
-from .fold import PLAIN_NAMES
+from .fold import PLAIN_NAMES, STORED_TYPES
 
 
 class SqlRunReads:
@@ -68,13 +68,13 @@ class SqlRunReads:
     def read_task_runs(self, *, flow_run_id: uuid.UUID | None = None, limit: int | None = None,
                        newest_first: bool = False) -> list[TaskRun]:
         """In the order they were created (or the newest first)."""
-        from .sqlite import _TASK_RUN_COLUMNS, _task_run
+        from .sqlite import _TASK_RUN_COLUMNS, IN_FLOW, _task_run
 
         limit = check_limit(limit)
         sql, params = f"SELECT {_TASK_RUN_COLUMNS} FROM task_runs", []  # type: str, list[Any]
-        if flow_run_id is not None:  # the index on (flow_run_id, created)
-            sql += " WHERE flow_run_id = ?"
-            params.append(str(as_uuid(flow_run_id, "flow_run_id")))
+        if flow_run_id is not None:  # the index on (flow_ref, created)
+            sql += f" WHERE {IN_FLOW}"
+            params += [str(as_uuid(flow_run_id, "flow_run_id"))] * 2
             sql += " ORDER BY created DESC, ref DESC" if newest_first else " ORDER BY created, ref"
         else:  # insertion order: no index to keep up to date
             sql += " ORDER BY ref DESC" if newest_first else " ORDER BY ref"
@@ -85,10 +85,11 @@ class SqlRunReads:
 
     def read_states(self, run_id: uuid.UUID) -> list[State[Any]]:
         """A run's states by time (then by the order they were stored)."""
-        from .sqlite import _details_from, _uuid_or_none
+        from .sqlite import FLOW_ID_OF_TASK, _details_from, _uuid_or_none
 
         key = str(as_uuid(run_id))
-        owner = self._shared_query("SELECT ref, flow_run_id, 0 FROM task_runs WHERE id = ? UNION ALL "
+        owner = self._shared_query(f"SELECT ref, {FLOW_ID_OF_TASK.format(t='task_runs')}, 0 FROM task_runs "
+                                   "WHERE id = ? UNION ALL "
                                    "SELECT ref, NULL, 1 FROM flow_runs WHERE id = ?", (key, key))
         if not owner:
             return []
@@ -101,7 +102,7 @@ class SqlRunReads:
             flow_run_id, task_run_id = _uuid_or_none(flow_run_text), uuid.UUID(key)
         rows = self._shared_query("SELECT type, name, message, ts, details FROM states WHERE run_ref = ? "
                                   "ORDER BY ts, seq", (ref,), flush=False)
-        return [State(StateType(type_), PLAIN_NAMES[type_] if name is None else name, message, None,
+        return [State(STORED_TYPES[type_], PLAIN_NAMES[type_] if name is None else name, message, None,
                       _details_from(details, flow_run_id, task_run_id), ts)
                 for type_, name, message, ts, details in rows]
 

@@ -45,7 +45,7 @@ from .base import (
     StoreError,
     StoreNotFoundError,
 )
-from .fold import fold, merge_known
+from .fold import STATE_CODES, fold, merge_known
 from .records import Privacy, parameters_json, parameters_snapshot
 from .sql_reads import SqlRunReads
 from .writer import BAD_RECORD, BUSY, UNUSABLE, BatchWriter, describe_error, report
@@ -60,6 +60,9 @@ _V2_FLOW_RUN_COLUMNS = ("id, name, flow_name, flow_version, parameters, tags, pa
 _V2_TASK_RUN_COLUMNS = ("id, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters, "
                         "tags, created, state_type, state_name, state_message, state_ts, run_count, start_time, "
                         "end_time")
+
+# a state type's name (`type`) as its number (fold.STATE_CODES), in SQL
+CODE_OF_TYPE = f"CASE type {' '.join(f'WHEN {name!r} THEN {code}' for name, code in STATE_CODES.items())}"
 
 # -- the schema: one list of statements per version; a database at version n runs MIGRATIONS[n:] ---
 MIGRATIONS: list[list[str]] = [
@@ -281,13 +284,60 @@ MIGRATIONS: list[list[str]] = [
         # a flow run's lines in order (the index holds the rowid, `seq`, after flow_ref)
         "CREATE INDEX states_lines_by_flow ON states (flow_ref) WHERE flow_ref IS NOT NULL",
     ],
+    [  # version 8: a task run points at its flow run by number (`flow_ref`) instead of by
+       # its 36-character id, in its row and in the index that finds a flow run's task runs (a third of the bytes
+       # per task run). The id is kept as text (`flow_run_id`) only when its flow run was not stored when the task
+       # run was written (a background run's caller in another process): the number is then given to the flow
+       # run ahead of its row, and the flow run takes it when it arrives (fold.py).
+        "ALTER TABLE task_runs ADD COLUMN flow_ref INTEGER",
+        "UPDATE task_runs SET flow_ref = (SELECT f.ref FROM flow_runs f WHERE f.id = task_runs.flow_run_id) "
+        "WHERE flow_run_id IS NOT NULL",
+        "UPDATE task_runs SET flow_run_id = NULL WHERE flow_ref IS NOT NULL",
+        # a flow run that was never stored: its task runs share one number, given now (the counter's next)
+        "CREATE TEMPORARY TABLE asyncflow_orphan_flows AS SELECT flow_run_id AS id, "
+        "(SELECT value FROM counters WHERE name = 'ref') + row_number() OVER (ORDER BY min(ref)) AS ref "
+        "FROM task_runs WHERE flow_run_id IS NOT NULL GROUP BY flow_run_id",
+        "UPDATE task_runs SET flow_ref = (SELECT o.ref FROM asyncflow_orphan_flows o "
+        "WHERE o.id = task_runs.flow_run_id) WHERE flow_run_id IS NOT NULL",
+        "UPDATE counters SET value = max(value, coalesce((SELECT max(ref) FROM asyncflow_orphan_flows), 0)) "
+        "WHERE name = 'ref'",
+        "DROP TABLE asyncflow_orphan_flows",
+        "DROP INDEX task_runs_by_flow_run",
+        "CREATE INDEX task_runs_by_flow ON task_runs (flow_ref, created)",
+        "CREATE INDEX task_runs_by_flow_id ON task_runs (flow_run_id) WHERE flow_run_id IS NOT NULL",
+        # and a state row's type is a number (fold.STATE_CODES: one byte instead of up to ten); the column has
+        # no type, so that SQLite keeps the number as it is. The states are copied once.
+        "ALTER TABLE states RENAME TO states_v7",
+        """CREATE TABLE states (
+            seq INTEGER PRIMARY KEY,
+            run_ref INTEGER,
+            run_id TEXT,
+            type NOT NULL,
+            name TEXT,
+            message TEXT,
+            ts REAL NOT NULL,
+            details TEXT,
+            line INTEGER,
+            flow_ref INTEGER)""",
+        f"INSERT INTO states SELECT seq, run_ref, run_id, {CODE_OF_TYPE} ELSE type END, name, message, ts, details, "
+        "line, flow_ref FROM states_v7",
+        "DROP TABLE states_v7",
+        "CREATE INDEX states_by_run ON states (run_ref)",
+        "CREATE INDEX states_lines_by_flow ON states (flow_ref) WHERE flow_ref IS NOT NULL",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _FLOW_RUN_COLUMNS = "ref, " + _V2_FLOW_RUN_COLUMNS  # what reads select (`_flow_run` unpacks it)
-_TASK_RUN_COLUMNS = "ref, " + _V2_TASK_RUN_COLUMNS
+# a task run's flow run id: its flow run's (by number), else the text kept when that flow run was not stored
+FLOW_ID_OF_TASK = ("coalesce((SELECT f.id FROM flow_runs f WHERE f.ref = {t}.flow_ref), {t}.flow_run_id)")
+# the task runs of the flow run whose id is the parameter (twice): its number, or the one given ahead of its row
+IN_FLOW = ("flow_ref = coalesce((SELECT f.ref FROM flow_runs f WHERE f.id = ?), "
+           "(SELECT o.flow_ref FROM task_runs o WHERE o.flow_run_id = ? LIMIT 1))")
+_TASK_RUN_COLUMNS = "ref, " + _V2_TASK_RUN_COLUMNS.replace(
+    "flow_run_id,", FLOW_ID_OF_TASK.format(t="task_runs") + " AS flow_run_id,")
 _FLOW_RUN_INSERT = _FLOW_RUN_COLUMNS + ", owner"  # the order of a run row the writer builds
-_TASK_RUN_INSERT = _TASK_RUN_COLUMNS + ", owner"
+TASK_RUN_INSERT = "ref, " + _V2_TASK_RUN_COLUMNS.replace("flow_run_id,", "flow_ref, flow_run_id,") + ", owner"
 _COUNTERS = "SELECT (SELECT value FROM counters WHERE name = 'ref'), (SELECT value FROM counters WHERE name = 'seq')"
 SET_COUNTERS = "UPDATE counters SET value = CASE name WHEN 'ref' THEN ? ELSE ? END WHERE name IN ('ref', 'seq')"
 # a state written to a run of an earlier batch: the newest state by time is the run's current state
@@ -652,7 +702,8 @@ class SQLiteStore(SqlRunReads, BatchWriter):
         first_ref, first_seq = conn.execute(_COUNTERS).fetchone()
         rows = fold(batch, next_ref=first_ref, next_seq=first_seq, owner=self._owner_id(conn),
                     open_runs=self._open_runs, find_ref=lambda run_id: self._find_ref(conn, run_id),
-                    parameters_json=self.privacy.json)
+                    parameters_json=self.privacy.json, find_flow_ref=lambda flow_id: _find_flow_ref(conn, flow_id),
+                    find_given=lambda flow_id: _find_given(conn, flow_id))
         if rows.next_ref != first_ref or rows.next_seq != first_seq:
             conn.execute(SET_COUNTERS, (rows.next_ref, rows.next_seq))
         states, renames = rows.states, rows.renames
@@ -825,21 +876,39 @@ class SQLiteStore(SqlRunReads, BatchWriter):
         return sqlite_reads.count_by_state(self._stored, filter, bucket_seconds)
 
 
-_PLAIN_TASK_RUN = ("ref, id, name, task_name, task_key, flow_run_id, parameters, tags, created, state_type, "
+# a flow run's number: [number, stored]: its row's, else the one given ahead to its task runs (fold.py)
+FIND_FLOW_REF = ("SELECT ref, 1 FROM flow_runs WHERE id = ? UNION ALL "
+                 "SELECT flow_ref, 0 FROM task_runs WHERE flow_run_id = ? LIMIT 1")
+FIND_GIVEN = "SELECT flow_ref FROM task_runs WHERE flow_run_id = ? LIMIT 1"
+
+
+def _find_flow_ref(conn: sqlite3.Connection, flow_id: uuid.UUID) -> list[Any] | None:
+    key = str(flow_id)
+    row = conn.execute(FIND_FLOW_REF, (key, key)).fetchone()
+    return None if row is None else [row[0], bool(row[1])]
+
+
+def _find_given(conn: sqlite3.Connection, flow_id: uuid.UUID) -> int | None:
+    row = conn.execute(FIND_GIVEN, (str(flow_id),)).fetchone()
+    return None if row is None else row[0]
+
+
+_PLAIN_TASK_RUN = ("ref, id, name, task_name, task_key, flow_ref, parameters, tags, created, state_type, "
                    "state_name, state_ts, run_count, start_time, end_time")
 
 
 def _insert_task_runs(conn: sqlite3.Connection, rows: list[list[Any]], owner: int) -> None:
-    """Task run rows (fold.py's layout): most have no version, no parent task run and no state message
-    (and all the writer's owner): those are written with 15 values instead of 19, the rest as they are."""
-    plain = [(r[0], r[1], r[2], r[3], r[4], r[6], r[8], r[9], r[10], r[11], r[12], r[14], r[15], r[16], r[17])
-             for r in rows if r[5] is None and r[7] is None and r[13] is None]
+    """Task run rows (fold.py's layout): most have no version, no flow run id text, no parent task run and
+    no state message (and all the writer's owner): those are written with 15 values instead of 20, the rest
+    as they are."""
+    plain = [(r[0], r[1], r[2], r[3], r[4], r[6], r[9], r[10], r[11], r[12], r[13], r[15], r[16], r[17], r[18])
+             for r in rows if r[5] is None and r[7] is None and r[8] is None and r[14] is None]
     if plain:
         _insert(conn, f"INSERT INTO task_runs ({_PLAIN_TASK_RUN}, owner)", 15, plain,
                 " ON CONFLICT (id) DO NOTHING", f"{int(owner)}")
     if len(plain) < len(rows):
-        _insert(conn, f"INSERT INTO task_runs ({_TASK_RUN_INSERT})", 19,
-                [r for r in rows if r[5] is not None or r[7] is not None or r[13] is not None],
+        _insert(conn, f"INSERT INTO task_runs ({TASK_RUN_INSERT})", 20,
+                [r for r in rows if r[5] is not None or r[7] is not None or r[8] is not None or r[14] is not None],
                 " ON CONFLICT (id) DO NOTHING")
 
 

@@ -5,7 +5,7 @@ writer: a UI polls) and runs a fixed number of statements, whatever the size of 
 
 - pages: one statement, keyset on (created, ref) with `LIMIT n + 1`, served by the indexes on
   flow_runs (created), (flow_name, created), (parent_flow_run_id, created) and task_runs
-  (flow_run_id, created) (each also holds `ref`, the rowid);
+  (flow_ref, created) (each also holds `ref`, the rowid);
 - changes and logs since a sequence number: one range on the `seq` primary key;
 - a timeline: one statement for the runs (the subflow tree by a recursive CTE, their task runs)
   and one for all their states (by run_ref, through a JSON array of refs).
@@ -22,7 +22,7 @@ from .._runs import FlowRun, TaskRun
 from .._states import State, StateDetails, StateType
 from . import lines
 from .base import LogRecord, ObjectNotFound, as_uuid
-from .fold import PLAIN_NAMES
+from .fold import PLAIN_NAMES, STORED_TYPES
 from .reads import (
     Change,
     Page,
@@ -41,12 +41,12 @@ from .reads import (
     page_of,
     query_key,
 )
-from .sqlite import _FLOW_RUN_COLUMNS, _TASK_RUN_COLUMNS, _details_from
+from .sqlite import _FLOW_RUN_COLUMNS, _TASK_RUN_COLUMNS, _V2_TASK_RUN_COLUMNS, FLOW_ID_OF_TASK, IN_FLOW, _details_from
 
 Query = Callable[[str, Any], list[tuple[Any, ...]]]
 
 _FLOW_CREATED = _FLOW_RUN_COLUMNS.split(", ").index("created")  # where `created` is in a run row (ref first)
-_TASK_CREATED = _TASK_RUN_COLUMNS.split(", ").index("created")
+_TASK_CREATED = ("ref, " + _V2_TASK_RUN_COLUMNS).split(", ").index("created")
 _STATE_NAME = "coalesce(state_name, 'Pending')"  # a run whose states are not written yet reads as Pending
 _STATE_TYPE = "coalesce(state_type, 'PENDING')"
 
@@ -121,10 +121,10 @@ class _Rows:
                        self._state(state_type, state_name, state_message, state_ts, created, details),
                        task_version, run_count, start_time, end_time)
 
-    def state(self, ref: int, type_: str, name: str, message: str | None, ts: float,
+    def state(self, ref: int, type_: Any, name: str, message: str | None, ts: float,
               details: str | None) -> State[Any]:
         plain = self.details[ref]
-        return State(_TYPES[type_], PLAIN_NAMES[type_] if name is None else name, message, None,
+        return State(STORED_TYPES[type_], PLAIN_NAMES[type_] if name is None else name, message, None,
                      _details_from(details, plain.flow_run_id, plain.task_run_id) if details else plain, ts)
 
 
@@ -142,15 +142,15 @@ def _where(f: RunFilter, table: str, dialect: Dialect = SQLITE) -> tuple[list[st
         if flows:
             where.append(f"flow_name IN ({_marks(names)})")
         else:
-            where.append(f"flow_run_id IN (SELECT id FROM flow_runs WHERE flow_name IN ({_marks(names)}))")
+            where.append(f"flow_ref IN (SELECT ref FROM flow_runs WHERE flow_name IN ({_marks(names)}))")
         params += names
     if f.task_names is not None:
         names = sorted(f.task_names)
         where.append(f"task_name IN ({_marks(names)})")
         params += names
     if f.parent_flow_run_id is not None:
-        where.append("parent_flow_run_id = ?" if flows else "flow_run_id = ?")
-        params.append(str(f.parent_flow_run_id))
+        where.append("parent_flow_run_id = ?" if flows else IN_FLOW)
+        params += [str(f.parent_flow_run_id)] * (1 if flows else 2)
     if f.since is not None:
         where.append("created >= ?")
         params.append(f.since)
@@ -209,19 +209,19 @@ def changes(query: Query, since: Any, limit: Any) -> tuple[list[Change], int]:
     rows = query(
         "SELECT s.seq, coalesce(t.id, f.id, s.run_id), "
         "CASE WHEN t.ref IS NOT NULL THEN 'task_run' WHEN f.ref IS NOT NULL THEN 'flow_run' END, "
-        "CASE WHEN t.ref IS NOT NULL THEN t.flow_run_id ELSE f.id END, coalesce(t.name, f.name), "
+        f"CASE WHEN t.ref IS NOT NULL THEN {FLOW_ID_OF_TASK.format(t='t')} ELSE f.id END, coalesce(t.name, f.name), "
         "s.type, s.name, s.message, s.ts "
         "FROM states s LEFT JOIN task_runs t ON t.ref = s.run_ref LEFT JOIN flow_runs f ON f.ref = s.run_ref "
         "WHERE s.seq > ? ORDER BY s.seq LIMIT ?", (since, limit))
     ids = _Rows()
-    out = [Change(seq, uuid.UUID(run_id), kind, ids.uuid(flow_run_id), name, _TYPES[type_],
+    out = [Change(seq, uuid.UUID(run_id), kind, ids.uuid(flow_run_id), name, STORED_TYPES[type_],
                   PLAIN_NAMES[type_] if state_name is None else state_name, message, ts)
            for seq, run_id, kind, flow_run_id, name, type_, state_name, message, ts in rows]
     return out, (out[-1].seq if out else since)
 
 
 _LOG_COLUMNS = ("flow_run_id, task_run_id, level, message, ts, seq, CAST(NULL AS INTEGER) AS line, "
-                "CAST(NULL AS TEXT) AS type, CAST(NULL AS TEXT) AS name, CAST(NULL AS TEXT) AS state_message, "
+                "CAST(NULL AS SMALLINT) AS type, CAST(NULL AS TEXT) AS name, CAST(NULL AS TEXT) AS state_message, "
                 "CAST(NULL AS TEXT) AS run_name, CAST(NULL AS TEXT) AS task_name")
 # the engine's lines marked on states (lines.py): the flow run by the line's flow_ref, the task run by its run_ref
 _LINE_ROWS = (f"SELECT f.id, CASE WHEN s.line <> {lines.CREATED} THEN t.id END, NULL, NULL, s.ts, s.seq, s.line, "
@@ -244,7 +244,7 @@ def log_lines(query: Query, lookup: Query, since: int, flow_run_id: Any, task_ru
     derived_params: list[Any] = [since]
     derived: list[str] | None = found
     if task_key is not None:
-        owner = lookup("SELECT flow_run_id FROM task_runs WHERE id = ?", (task_key,))
+        owner = lookup(f"SELECT {FLOW_ID_OF_TASK.format(t='task_runs')} FROM task_runs WHERE id = ?", (task_key,))
         if not owner or (flow_key is not None and owner[0][0] != flow_key):
             derived = None  # no such task run (or not in that flow run): no lines to derive
         else:
@@ -299,7 +299,8 @@ def timeline(query: Query, flow_run_id: Any, where: str, dialect: Dialect = SQLI
     tree = ("WITH RECURSIVE tree(id) AS (SELECT CAST(? AS TEXT) UNION "
             "SELECT f.id FROM flow_runs f JOIN tree ON f.parent_flow_run_id = tree.id) ")
     flows = f"SELECT 1, {_FLOW_RUN_COLUMNS}, NULL FROM flow_runs WHERE id IN (SELECT id FROM tree)"
-    tasks = f"SELECT 0, {_TASK_RUN_COLUMNS} FROM task_runs WHERE flow_run_id IN (SELECT id FROM tree)"
+    tasks = (f"SELECT 0, {_TASK_RUN_COLUMNS} FROM task_runs "
+             "WHERE flow_ref IN (SELECT ref FROM flow_runs WHERE id IN (SELECT id FROM tree))")
     if dialect.mixed_union:
         rows = query(tree + flows + " UNION ALL " + tasks, (str(root),))
     else:
