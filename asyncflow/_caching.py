@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import enum
-import hashlib
 import inspect
 import json
 import pathlib
@@ -22,6 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+
+from ._digest import md5
 
 
 class UnhashableKeyPart(Exception):
@@ -74,7 +75,7 @@ def _canonical(value: Any, what: str, depth: int = 0) -> Any:
     import cloudpickle  # only for values nothing above covers: not on asyncflow's import path
 
     try:
-        return ["pickle", qualname, hashlib.md5(cloudpickle.dumps(value)).hexdigest()]
+        return ["pickle", qualname, md5(cloudpickle.dumps(value)).hexdigest()]
     except Exception as exc:  # locks, sockets, open files, generators...
         raise UnhashableKeyPart(what, value, f"{type(exc).__name__}: {exc}") from None
 
@@ -82,11 +83,11 @@ def _canonical(value: Any, what: str, depth: int = 0) -> Any:
 def stable_hash(value: Any, what: str) -> str:
     """md5 of a canonical, type-keeping encoding of `value`; raises UnhashableKeyPart naming `what`."""
     payload = json.dumps(_canonical(value, what), sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.md5(payload).hexdigest()
+    return md5(payload).hexdigest()
 
 
 def combine(*parts: str) -> str:
-    return hashlib.md5("|".join(parts).encode()).hexdigest()
+    return md5("|".join(parts).encode()).hexdigest()
 
 
 # -- the task's code: its own code, the values its closure captured, and the globals it reads -------
@@ -109,7 +110,7 @@ def code_fingerprint(fn: Any) -> str:
         return _code_fingerprints[fn]
     except (KeyError, TypeError):
         pass
-    digest = hashlib.md5()
+    digest = md5()
     code = getattr(fn, "__code__", None)
     if code is not None:
         _code_digest(code, digest)

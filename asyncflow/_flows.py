@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from collections.abc import Callable, Coroutine, Iterable
 from sys import _getframe
@@ -20,6 +19,7 @@ from ._callables import (
     check_text,
     validate_hooks,
 )
+from ._digest import md5
 from ._engine.bridge import AWAITING, BLOCKING
 from ._engine.calling import ASYNC_FLAGS, SEE_THROUGH, is_async_frame, unawaited_name
 from ._engine.loop import drive_here
@@ -46,7 +46,7 @@ def _file_hash(path: str | None) -> str | None:
     if path not in _file_hashes:
         try:
             with open(path, "rb") as fh:
-                _file_hashes[path] = hashlib.md5(fh.read()).hexdigest()
+                _file_hashes[path] = md5(fh.read()).hexdigest()
         except OSError:
             _file_hashes[path] = None
     return _file_hashes[path]

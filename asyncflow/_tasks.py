@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import inspect
 import re
 import string
@@ -26,6 +25,7 @@ from ._callables import (
     validate_hooks,
 )
 from ._context import current_run
+from ._digest import md5
 from ._engine import generators, task_run
 from ._engine.bridge import AWAITING, BLOCKING
 from ._engine.calling import (
@@ -60,7 +60,7 @@ _NOTSET: Any = _NotSet()
 def _task_key(fn: Callable[..., Any], name: str) -> str:
     qualname = getattr(fn, "__qualname__", type(fn).__name__)
     code = getattr(fn, "__code__", None)
-    digest = hashlib.md5(f"{name}|{qualname}".encode())
+    digest = md5(f"{name}|{qualname}".encode())
     if code is not None:  # bytecode, constants and names, nested code included: bodies differ, keys differ
         from ._caching import _code_digest
 
