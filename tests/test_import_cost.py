@@ -21,6 +21,7 @@ HEAVY = {
     # and anyio's thread hops, portals and checkpoints (with concurrent.futures and typing_extensions)
     "sqlite3", "asyncflow._limits", "asyncflow._transactions", "hashlib", "_hashlib", "anyio.to_thread",
     "anyio.from_thread", "anyio.lowlevel", "concurrent.futures", "typing_extensions",
+    "pathlib",  # (with urllib.parse and ipaddress: the first setting read imports it)
 }
 # A sync flow calling a sync task on the SQLite store (the default) still needs none of these (defining
 # a task still imports the cache policies and result storage modules, but not their pickling or files).
