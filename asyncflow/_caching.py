@@ -22,6 +22,7 @@ from typing import Any
 
 import attrs
 
+from ._digest import code_digest as _code_digest
 from ._digest import md5
 
 
@@ -92,16 +93,6 @@ def combine(*parts: str) -> str:
 
 # -- the task's code: its own code, the values its closure captured, and the globals it reads -------
 _code_fingerprints: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
-
-
-def _code_digest(code: types.CodeType, digest: Any) -> None:
-    digest.update(code.co_code)
-    digest.update(repr(code.co_names).encode())
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            _code_digest(const, digest)
-        else:
-            digest.update(repr(const).encode())
 
 
 def code_fingerprint(fn: Any) -> str:

@@ -5,6 +5,7 @@ builds drop it) use hashlib's."""
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 try:
@@ -20,3 +21,15 @@ def md5(data: bytes = b"") -> Any:
     import hashlib
 
     return hashlib.md5(data)
+
+
+def code_digest(code: types.CodeType, digest: Any) -> None:
+    """Feed a function's code into `digest`: bytecode, names and constants, nested code included (task
+    keys and cache keys: bodies differ, keys differ)."""
+    digest.update(code.co_code)
+    digest.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            code_digest(const, digest)
+        else:
+            digest.update(repr(const).encode())

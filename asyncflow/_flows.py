@@ -132,12 +132,13 @@ class Flow(Generic[P, R]):
         check_run_name_template(flow_run_name, self.binder, "flow_run_name", f"flow {name!r}")
         if persist_result is not None and not isinstance(persist_result, bool):
             raise TypeError(f"flow {name!r}: persist_result must be True, False or None; got {persist_result!r}.")
-        from . import _results
+        if result_storage is not None or result_serializer is not None:  # (result storage: imported when used)
+            from . import _results
 
-        if result_storage is not None:
-            _results.storage_root(result_storage)  # the defaults for this flow's tasks: checked now
-        if result_serializer is not None:
-            _results.get_serializer(result_serializer)
+            if result_storage is not None:
+                _results.storage_root(result_storage)  # the defaults for this flow's tasks: checked now
+            if result_serializer is not None:
+                _results.get_serializer(result_serializer)
         self.isasync = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
         self._validator: Any = None
         self.__doc__ = getattr(fn, "__doc__", None)

@@ -23,8 +23,8 @@ HEAVY = {
     "anyio.from_thread", "anyio.lowlevel", "concurrent.futures", "typing_extensions",
     "pathlib",  # (with urllib.parse and ipaddress: the first setting read imports it)
 }
-# A sync flow calling a sync task on the SQLite store (the default) still needs none of these (defining
-# a task still imports the cache policies and result storage modules, but not their pickling or files).
+# A sync flow calling a sync task on the SQLite store (the default) still needs none of these: a task
+# that sets no caching option has the default policy, looked up when read, and persists nothing.
 NOT_FOR_A_SYNC_FLOW = {
     "asyncio", "ssl", "subprocess", "cloudpickle", "pickle", "ctypes", "tempfile", "shutil", "bz2", "lzma",
     "asyncflow.client", "asyncflow.cli", "asyncflow.server", "asyncflow._store.memory", "asyncflow._store.reads",
@@ -33,6 +33,7 @@ NOT_FOR_A_SYNC_FLOW = {
     # flow version are md5s without OpenSSL; a sync flow hops no thread and starts no loop
     "asyncflow._limits.tags", "asyncflow._limits.acquire", "asyncflow._transactions", "hashlib", "_hashlib",
     "anyio.to_thread", "anyio.from_thread", "anyio.lowlevel", "concurrent.futures",
+    "asyncflow._caching",  # (not _results: the store's background retention pass may prune lock files)
 }
 
 
@@ -136,3 +137,20 @@ def test_task_keys_and_cache_keys_are_the_md5_digests_hashlib_gives():
         digest.update(data[:3]), reference.update(data[:3])
         digest.update(data[3:]), reference.update(data[3:])
         assert digest.digest() == reference.digest()
+
+
+def test_the_default_cache_policy_is_looked_up_when_read(tmp_path):
+    code = """
+        import sys
+        import asyncflow
+
+        @asyncflow.task
+        def plain():
+            return 1
+
+        assert "asyncflow._caching" not in sys.modules
+        from asyncflow.cache_policies import DEFAULT
+        assert plain.cache_policy is DEFAULT and plain.caching.policy is DEFAULT
+        assert plain.with_options(name="copy").cache_policy is DEFAULT
+    """
+    assert loaded_after(code, tmp_path, {"asyncflow._caching"}) == ["asyncflow._caching"]
