@@ -11,27 +11,32 @@ from ._logging import get_run_logger as get_run_logger
 from ._states import State as State
 from ._tasks import Task as Task
 from ._tasks import task as task
-from ._transactions import transaction as transaction
 
 if TYPE_CHECKING:
+    from ._transactions import transaction as transaction
     from .client import get_client as get_client
 
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> object:
-    """`get_client` is imported on first use: the client (and the store's query layer) is not needed to
-    define and run flows, so `import asyncflow` does not pay for it."""
-    if name == "get_client":
-        from .client import get_client
+# imported on first use: defining and running flows needs neither the client (and the store's query
+# layer) nor transactions, so `import asyncflow` does not pay for them
+_LAZY = {"get_client": "client", "transaction": "_transactions"}
 
-        globals()["get_client"] = get_client
-        return get_client
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), "get_client"})
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = ["Flow", "State", "Task", "allow_failure", "flow", "get_client", "get_run_logger", "tags", "task",

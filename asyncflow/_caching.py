@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import enum
-import hashlib
 import inspect
 import json
 import pathlib
@@ -22,6 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+
+from ._digest import code_digest as _code_digest
+from ._digest import md5
 
 
 class UnhashableKeyPart(Exception):
@@ -74,7 +76,7 @@ def _canonical(value: Any, what: str, depth: int = 0) -> Any:
     import cloudpickle  # only for values nothing above covers: not on asyncflow's import path
 
     try:
-        return ["pickle", qualname, hashlib.md5(cloudpickle.dumps(value)).hexdigest()]
+        return ["pickle", qualname, md5(cloudpickle.dumps(value)).hexdigest()]
     except Exception as exc:  # locks, sockets, open files, generators...
         raise UnhashableKeyPart(what, value, f"{type(exc).__name__}: {exc}") from None
 
@@ -82,25 +84,15 @@ def _canonical(value: Any, what: str, depth: int = 0) -> Any:
 def stable_hash(value: Any, what: str) -> str:
     """md5 of a canonical, type-keeping encoding of `value`; raises UnhashableKeyPart naming `what`."""
     payload = json.dumps(_canonical(value, what), sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.md5(payload).hexdigest()
+    return md5(payload).hexdigest()
 
 
 def combine(*parts: str) -> str:
-    return hashlib.md5("|".join(parts).encode()).hexdigest()
+    return md5("|".join(parts).encode()).hexdigest()
 
 
 # -- the task's code: its own code, the values its closure captured, and the globals it reads -------
 _code_fingerprints: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
-
-
-def _code_digest(code: types.CodeType, digest: Any) -> None:
-    digest.update(code.co_code)
-    digest.update(repr(code.co_names).encode())
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            _code_digest(const, digest)
-        else:
-            digest.update(repr(const).encode())
 
 
 def code_fingerprint(fn: Any) -> str:
@@ -109,7 +101,7 @@ def code_fingerprint(fn: Any) -> str:
         return _code_fingerprints[fn]
     except (KeyError, TypeError):
         pass
-    digest = hashlib.md5()
+    digest = md5()
     code = getattr(fn, "__code__", None)
     if code is not None:
         _code_digest(code, digest)

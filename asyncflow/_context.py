@@ -12,9 +12,12 @@ if TYPE_CHECKING:
     from ._engine.scope import Scope
     from ._protocols import EngineRunner
     from ._runs import FlowRun, TaskRun
+    from ._transactions import Transaction
 
 current_run: ContextVar[RunContext | None] = ContextVar("asyncflow_current_run", default=None)
 current_tags: ContextVar[frozenset[str]] = ContextVar("asyncflow_tags", default=frozenset())
+# the innermost open transaction (`_transactions`); here so that the engine reads it without importing them
+current_transaction: ContextVar[Transaction | None] = ContextVar("asyncflow_transaction", default=None)
 
 
 @contextlib.contextmanager

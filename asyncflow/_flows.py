@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from collections.abc import Callable, Coroutine, Iterable
 from sys import _getframe
@@ -20,6 +19,7 @@ from ._callables import (
     check_text,
     validate_hooks,
 )
+from ._digest import md5
 from ._engine.bridge import AWAITING, BLOCKING
 from ._engine.calling import ASYNC_FLAGS, SEE_THROUGH, is_async_frame, unawaited_name
 from ._engine.loop import drive_here
@@ -46,7 +46,7 @@ def _file_hash(path: str | None) -> str | None:
     if path not in _file_hashes:
         try:
             with open(path, "rb") as fh:
-                _file_hashes[path] = hashlib.md5(fh.read()).hexdigest()
+                _file_hashes[path] = md5(fh.read()).hexdigest()
         except OSError:
             _file_hashes[path] = None
     return _file_hashes[path]
@@ -132,12 +132,13 @@ class Flow(Generic[P, R]):
         check_run_name_template(flow_run_name, self.binder, "flow_run_name", f"flow {name!r}")
         if persist_result is not None and not isinstance(persist_result, bool):
             raise TypeError(f"flow {name!r}: persist_result must be True, False or None; got {persist_result!r}.")
-        from . import _results
+        if result_storage is not None or result_serializer is not None:  # (result storage: imported when used)
+            from . import _results
 
-        if result_storage is not None:
-            _results.storage_root(result_storage)  # the defaults for this flow's tasks: checked now
-        if result_serializer is not None:
-            _results.get_serializer(result_serializer)
+            if result_storage is not None:
+                _results.storage_root(result_storage)  # the defaults for this flow's tasks: checked now
+            if result_serializer is not None:
+                _results.get_serializer(result_serializer)
         self.isasync = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
         self._validator: Any = None
         self.__doc__ = getattr(fn, "__doc__", None)

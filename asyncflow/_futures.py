@@ -9,7 +9,6 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import anyio
-import anyio.lowlevel
 
 from ._engine.loop import in_async_context, threadsafe_caller
 from ._engine.threads import current_thread_slot
@@ -81,7 +80,9 @@ class TaskRunFuture(Generic[R]):
             # The run was cancelled, most likely with the awaiting code (a caller's timeout or
             # move_on_after): that code's cancellation comes first, so its scope catches it; a
             # CancelledRun from here would escape that scope.
-            await anyio.lowlevel.checkpoint_if_cancelled()
+            from anyio.lowlevel import checkpoint_if_cancelled
+
+            await checkpoint_if_cancelled()
         return self._final._result()
 
     def add_done_callback(self, fn: Callable[[TaskRunFuture[R]], Any]) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import weakref
 from typing import Any
 
 from ._caching import code_fingerprint, stable_hash
+from ._digest import md5
 
 _task_prefixes: weakref.WeakKeyDictionary[Any, tuple[Any, str]] = weakref.WeakKeyDictionary()
 
@@ -25,6 +25,6 @@ def task_input_hash(context: Any, arguments: dict[str, Any]) -> str:
     if known is not None and known[0] is fn:
         prefix = known[1]
     else:  # the task's part of the key, computed once per task and function (`task.fn` may be replaced)
-        prefix = hashlib.md5(f"{task.task_key}|{code_fingerprint(fn)}".encode()).hexdigest()
+        prefix = md5(f"{task.task_key}|{code_fingerprint(fn)}".encode()).hexdigest()
         _task_prefixes[task] = (fn, prefix)
     return prefix + stable_hash(arguments, "the task's inputs")[:24]

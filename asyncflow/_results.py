@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -41,10 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.to_thread
 
 from . import _settings
 from ._clock import get_clock
+from ._digest import md5
 from ._exceptions import ResultRecordError, ResultWriteError
 
 MISSING: Any = object()
@@ -298,6 +297,8 @@ class ResultStore:
         store's; else ResultRecordError. Nothing is deserialized before both checks pass."""
         if data.startswith(_CHECKSUM_FIELD):
             checksum = data[len(_CHECKSUM_FIELD):_COVERED_FROM]
+            import hashlib  # (reading or writing a result: not on a plain run's path)
+
             if checksum != hashlib.sha256(memoryview(data)[_COVERED_FROM:]).hexdigest().encode():
                 raise ResultRecordError(path, "is corrupt (its checksum does not match its content)")
         header_line, newline, payload = data.partition(b"\n")
@@ -342,6 +343,8 @@ class ResultStore:
                   "task": task_name}
         # what the checksum covers: the header's other fields (after `{"sha256": "<hex>`), then the payload
         covered = b'", ' + json.dumps(header, sort_keys=True).encode()[1:] + b"\n"
+        import hashlib
+
         digest = hashlib.sha256(covered)
         digest.update(payload)
         return _CHECKSUM_FIELD + digest.hexdigest().encode() + covered + payload
@@ -361,7 +364,9 @@ class ResultStore:
             MEMORY.put(self._root_key, key, value, expiration)
 
     async def write_async(self, key: str, value: Any, data: bytes, expiration: float | None) -> None:
-        await anyio.to_thread.run_sync(self.write, key, value, data, expiration)
+        from anyio import to_thread
+
+        await to_thread.run_sync(self.write, key, value, data, expiration)
 
     def _remove(self, key: str) -> None:
         MEMORY.forget(self._root_key, key)
@@ -373,7 +378,7 @@ class ResultStore:
 
     # locks
     def lock_path(self, key: str) -> Path:
-        return self.root / ".locks" / (hashlib.md5(key.encode()).hexdigest() + ".lock")
+        return self.root / ".locks" / (md5(key.encode()).hexdigest() + ".lock")
 
     def key_lock(self, key: str) -> Any:
         """An exclusive lock on `key` between processes (`KeyLock`: a file under the path, or the remote

@@ -20,14 +20,17 @@ import json
 import math
 import os
 import re
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
+
+if TYPE_CHECKING:  # pathlib (with urllib.parse and ipaddress) is imported by the first setting read
+    from pathlib import Path
 
 PROFILE_FILE_NAME = "profile.env"
 
@@ -154,6 +157,8 @@ def _parse_broker_url(raw: str) -> str:
         raise ValueError("expected sqlite:////absolute/path/to/file.db, redis://host:port/db or "
                          "postgresql://user:password@host:5432/database")
     if url.startswith("sqlite:///"):
+        from pathlib import Path
+
         file = url[len("sqlite:///"):]
         if not Path(file).is_absolute():
             raise ValueError("expected sqlite:////absolute/path/to/file.db (sqlite:/// then an absolute "
@@ -240,6 +245,8 @@ _PATH_MAX = 4095
 def expand_home(raw: str | os.PathLike[str]) -> Path:
     """`raw` with a leading `~` or `~user` expanded; a user this machine does not know is a ValueError
     (pathlib raises RuntimeError)."""
+    from pathlib import Path
+
     try:
         return Path(raw).expanduser()
     except RuntimeError:
@@ -255,6 +262,8 @@ def _check_path(raw: str) -> Path:
         raise ValueError("expected an absolute directory path; it contains a NUL character")
     path = expand_home(raw)
     if not path.is_absolute():
+        from pathlib import Path
+
         raise ValueError("expected an absolute directory path (or one starting with ~); a relative path "
                          "would mean another directory for each current directory. Use "
                          f"{str(Path.cwd() / raw)!r} for this one")
@@ -380,6 +389,8 @@ def _home_default() -> Path:
     user_home = os.environ.get("HOME")
     cached = _default_home
     if cached is None or cached[0] != user_home:
+        from pathlib import Path
+
         cached = _default_home = (user_home, Path.home() / ".asyncflow")
     return cached[1]
 
@@ -785,4 +796,5 @@ def profile_error() -> str | None:
 
 
 def _show(value: Any) -> Any:
-    return str(value) if isinstance(value, Path) else value
+    pathlib = sys.modules.get("pathlib")  # (not imported: no value is a Path)
+    return str(value) if pathlib is not None and isinstance(value, pathlib.Path) else value

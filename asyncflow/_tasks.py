@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import inspect
 import re
 import string
@@ -26,6 +25,7 @@ from ._callables import (
     validate_hooks,
 )
 from ._context import current_run
+from ._digest import code_digest, md5
 from ._engine import generators, task_run
 from ._engine.bridge import AWAITING, BLOCKING
 from ._engine.calling import (
@@ -60,11 +60,9 @@ _NOTSET: Any = _NotSet()
 def _task_key(fn: Callable[..., Any], name: str) -> str:
     qualname = getattr(fn, "__qualname__", type(fn).__name__)
     code = getattr(fn, "__code__", None)
-    digest = hashlib.md5(f"{name}|{qualname}".encode())
+    digest = md5(f"{name}|{qualname}".encode())
     if code is not None:  # bytecode, constants and names, nested code included: bodies differ, keys differ
-        from ._caching import _code_digest
-
-        _code_digest(code, digest)
+        code_digest(code, digest)
     return f"{qualname.split('.')[-1]}-{digest.hexdigest()[:8]}"
 
 
@@ -150,7 +148,9 @@ class Task(Generic[P, R]):
                                        result_storage, result_serializer, result_storage_key, refresh_cache)
         # as Prefect resolves them at decoration; with_options starts again from what the user gave
         self._user_cache_policy, self._user_persist_result = cache_policy, persist_result
-        self.cache_policy, self.persist_result = self.caching.policy, self.caching.persist
+        if self.caching._policy is not _DEFAULT_POLICY:  # (the default policy is looked up when read: __getattr__)
+            self.cache_policy = self.caching.policy
+        self.persist_result = self.caching.persist
         # 0 means no timeout, as in Prefect (so `with_options(timeout_seconds=0)` removes one)
         self.timeout_seconds = (check_seconds(owner, "timeout_seconds", timeout_seconds, ONE_YEAR) or None
                                 if timeout_seconds is not None else None)
@@ -184,6 +184,14 @@ class Task(Generic[P, R]):
         self.__name__ = self.name
         self._unawaited_name = unawaited_name("task", self.name)
         self.__wrapped__ = fn
+
+    def __getattr__(self, name: str) -> Any:
+        """`cache_policy` of a task that sets no caching option: the default policy, looked up (and the
+        cache policies imported) when first read."""
+        if name == "cache_policy":
+            policy = self.__dict__["cache_policy"] = self.caching.policy
+            return policy
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- calling ---------------------------------------------------------------------------------
     # The overloads say what a call returns (docs/type-checking.md). The first ones keep the function's
@@ -440,17 +448,22 @@ def _check_key_fields(template: str, binder: Binder, option: str) -> None:
             _check_key_fields(spec, binder, option)
 
 
-class CachingOptions:
-    """A task's caching and result options, checked and resolved once, at decoration time."""
+_DEFAULT_POLICY: Any = object()  # stands for `_caching.DEFAULT` until a run or `task.cache_policy` reads it
 
-    __slots__ = ("policy", "settings", "explicit", "persist", "run_persist", "expiration", "storage", "serializer",
-                 "storage_key", "refresh", "persist_by_default")
+
+class CachingOptions:
+    """A task's caching and result options, checked and resolved once, at decoration time. A task that
+    sets none of them has the default policy, which is looked up when first read: defining and
+    running a task that persists nothing does not import the cache policies."""
+
+    __slots__ = ("_policy", "_key_settings", "explicit", "persist", "run_persist", "expiration", "storage",
+                 "serializer", "storage_key", "refresh", "persist_by_default")
 
     def __init__(self, policy: Any, settings: Any, explicit: bool, persist: bool | None, expiration: Any,
                  storage: Any, serializer: Any, storage_key: str | None, refresh: bool) -> None:
         self.persist_by_default = bool(_settings.RESULTS_PERSIST_BY_DEFAULT.value())  # read once, not per run
-        self.policy = policy  # what computes the key (None: no key, unless storage_key names one)
-        self.settings = settings  # whose key_storage, isolation_level and lock_manager apply
+        self._policy = policy  # what computes the key (None: no key, unless storage_key names one)
+        self._key_settings = settings  # whose key_storage, isolation_level and lock_manager apply
         self.explicit = explicit
         self.persist = persist  # what the task says (`task.persist_result`)
         # what its runs do before asking their flow: the task's word, else ASYNCFLOW_TASKS_DEFAULT_PERSIST_RESULT
@@ -460,6 +473,22 @@ class CachingOptions:
         self.serializer = serializer
         self.storage_key = storage_key
         self.refresh = refresh
+
+    @property
+    def policy(self) -> Any:
+        policy = self._policy
+        if policy is _DEFAULT_POLICY:
+            from ._caching import DEFAULT
+
+            policy = self._policy = DEFAULT
+        return policy
+
+    @property
+    def settings(self) -> Any:
+        settings = self._key_settings
+        if settings is _DEFAULT_POLICY:
+            settings = self._key_settings = self.policy
+        return settings
 
 
 def _reject_caching_of_generators(name: str, **options: Any) -> None:
@@ -478,6 +507,12 @@ def _reject_caching_of_generators(name: str, **options: Any) -> None:
 def resolve_caching(name: str, fn: Any, cache_policy: Any, cache_key_fn: Any, cache_expiration: Any,
                     persist_result: Any, result_storage: Any, result_serializer: Any, result_storage_key: Any,
                     refresh_cache: Any) -> CachingOptions:
+    if (cache_policy is _NOTSET and cache_key_fn is None and cache_expiration is None and persist_result is None
+            and result_storage is None and result_serializer is None and result_storage_key is None
+            and refresh_cache is None and not _settings.TASKS_DEFAULT_NO_CACHE.value()
+            and not _settings.TASKS_DISABLE_CACHING.value()):  # no option set: the default policy (as below)
+        return CachingOptions(_DEFAULT_POLICY, _DEFAULT_POLICY, False, None, None, None, None, None,
+                              bool(_settings.TASKS_REFRESH_CACHE.value()))
     from . import _caching, _results
 
     owner = f"task {name!r}"

@@ -23,12 +23,13 @@ import enum
 import inspect
 import threading
 from collections.abc import Callable
-from contextvars import ContextVar, Token
+from contextvars import Token
 from typing import Any, cast
 
 import anyio
 import anyio.to_thread
 
+from ._context import current_transaction as current_transaction  # (lives with the other contextvars)
 from ._engine.loop import context_for_another_thread, in_async_context, run_on_own_loop
 from ._logging import ERROR, INFO, log
 
@@ -52,9 +53,6 @@ class TransactionState(str, enum.Enum):
     STAGED = "STAGED"
     COMMITTED = "COMMITTED"
     ROLLED_BACK = "ROLLED_BACK"
-
-
-current_transaction: ContextVar[Transaction | None] = ContextVar("asyncflow_transaction", default=None)
 
 
 class TransactionRecord:

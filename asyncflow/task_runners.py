@@ -35,7 +35,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import anyio
-import anyio.to_thread
 import attrs
 
 from . import _settings
@@ -102,7 +101,9 @@ class TaskRunner:
                 if exc_info[0] is not None:
                     direct.cancel("ended with an error")
                 await direct.wait_all_async()
-                await anyio.to_thread.run_sync(direct.close)
+                from anyio import to_thread
+
+                await to_thread.run_sync(direct.close)
         finally:
             await self.shutdown()
 
@@ -186,11 +187,13 @@ class TaskRunner:
         another run (`future.result()`), the slot is handed back until the wait is over, so a
         bounded runner can never deadlock on nested submissions.
         """
+        from anyio import to_thread  # (a thread hop costs ~100 µs; this, well under 1)
+
         limiter = self._get_limiter()
         slot = ThreadSlot(limiter)
         await limiter.acquire_on_behalf_of(slot)
         try:
-            return await anyio.to_thread.run_sync(slot.run, fn, limiter=thread_limiter(), abandon_on_cancel=True)
+            return await to_thread.run_sync(slot.run, fn, limiter=thread_limiter(), abandon_on_cancel=True)
         finally:
             slot.close()  # (an abandoned thread that lent its slot must not take it again later: L4)
 

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 import anyio
+import anyio.lowlevel
 
 from . import _settings
 from ._clock import Clock, set_clock

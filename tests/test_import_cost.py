@@ -17,13 +17,23 @@ HEAVY = {
     "tempfile", "shutil", "bz2", "lzma", "cattrs",
     "asyncflow.client", "asyncflow.cli", "asyncflow.server", "asyncflow._store.memory", "asyncflow._store.reads",
     "asyncflow._store.sqlite", "asyncflow._runners.process", "asyncflow._caching", "asyncflow._results",
+    # concurrency limits (and sqlite3, which only they and the store need), transactions, OpenSSL's md5,
+    # and anyio's thread hops, portals and checkpoints (with concurrent.futures and typing_extensions)
+    "sqlite3", "asyncflow._limits", "asyncflow._transactions", "hashlib", "_hashlib", "anyio.to_thread",
+    "anyio.from_thread", "anyio.lowlevel", "concurrent.futures", "typing_extensions",
+    "pathlib",  # (with urllib.parse and ipaddress: the first setting read imports it)
 }
-# A sync flow calling a sync task on the SQLite store (the default) still needs none of these (defining
-# a task still imports the cache policies and result storage modules, but not their pickling or files).
+# A sync flow calling a sync task on the SQLite store (the default) still needs none of these: a task
+# that sets no caching option has the default policy, looked up when read, and persists nothing.
 NOT_FOR_A_SYNC_FLOW = {
     "asyncio", "ssl", "subprocess", "cloudpickle", "pickle", "ctypes", "tempfile", "shutil", "bz2", "lzma",
     "asyncflow.client", "asyncflow.cli", "asyncflow.server", "asyncflow._store.memory", "asyncflow._store.reads",
     "asyncflow._runners.process",
+    # a run without tags waits for no concurrency slot; no transaction encloses it; its task key and
+    # flow version are md5s without OpenSSL; a sync flow hops no thread and starts no loop
+    "asyncflow._limits.tags", "asyncflow._limits.acquire", "asyncflow._transactions", "hashlib", "_hashlib",
+    "anyio.to_thread", "anyio.from_thread", "anyio.lowlevel", "concurrent.futures",
+    "asyncflow._caching",  # (not _results: the store's background retention pass may prune lock files)
 }
 
 
@@ -69,11 +79,15 @@ def test_lazy_public_names_resolve_to_their_modules(tmp_path):
         from asyncflow._runners import process
         from asyncflow._store import MemoryStore
         from asyncflow._store.memory import MemoryStore as memory_store
+        from asyncflow import transaction
+        from asyncflow.transactions import transaction as transactions_transaction
+        assert transaction is transactions_transaction and asyncflow.transaction is transaction
         assert get_client is client_get_client and asyncflow.get_client is get_client
         assert ProcessPoolTaskRunner is process.ProcessPoolTaskRunner
         assert ProcessPoolOptions is process.ProcessPoolOptions
         assert MemoryStore is memory_store
-        assert "get_client" in dir(asyncflow) and "ProcessPoolTaskRunner" in dir(runners)
+        assert "transaction" in dir(asyncflow) and "get_client" in dir(asyncflow)
+        assert "ProcessPoolTaskRunner" in dir(runners)
         try:
             asyncflow.no_such_name
         except AttributeError as exc:
@@ -108,3 +122,35 @@ def test_an_asyncio_loop_started_after_import_is_seen(tmp_path):
         assert not in_async_context()
     """
     assert loaded_after(code, tmp_path, {"asyncio"}) == ["asyncio"]
+
+
+def test_task_keys_and_cache_keys_are_the_md5_digests_hashlib_gives():
+    """The built-in md5 that keeps OpenSSL off the import path gives hashlib's digests: task keys and
+    cache keys stay what earlier versions stored."""
+    import hashlib
+
+    from asyncflow._digest import md5
+
+    for data in (b"", b"hello|hello", "é|ü".encode() * 1000):
+        assert md5(data).hexdigest() == hashlib.md5(data).hexdigest()
+        digest, reference = md5(), hashlib.md5()
+        digest.update(data[:3]), reference.update(data[:3])
+        digest.update(data[3:]), reference.update(data[3:])
+        assert digest.digest() == reference.digest()
+
+
+def test_the_default_cache_policy_is_looked_up_when_read(tmp_path):
+    code = """
+        import sys
+        import asyncflow
+
+        @asyncflow.task
+        def plain():
+            return 1
+
+        assert "asyncflow._caching" not in sys.modules
+        from asyncflow.cache_policies import DEFAULT
+        assert plain.cache_policy is DEFAULT and plain.caching.policy is DEFAULT
+        assert plain.with_options(name="copy").cache_policy is DEFAULT
+    """
+    assert loaded_after(code, tmp_path, {"asyncflow._caching"}) == ["asyncflow._caching"]

@@ -318,16 +318,73 @@ def test_a_version_1_store_is_migrated_with_its_runs_states_and_logs(tmp_path):
         store.close()
 
 
-def test_a_store_newer_than_this_asyncflow_is_refused(tmp_path):
+@pytest.mark.parametrize("header", [99, 0], ids=["stamped", "table-only"])
+def test_a_store_newer_than_this_asyncflow_is_refused(tmp_path, header):
+    """Newer asyncflows stamp the version in the file header and the table; one that did not stamp
+    the header (as before it carried the version) is refused by the table."""
     path = tmp_path / "asyncflow.db"
     SQLiteStore(path).close()
     conn = sqlite3.connect(path)
     conn.execute("UPDATE schema_version SET version = 99")
+    conn.execute(f"PRAGMA user_version = {header}")
     conn.commit()
     conn.close()
     with pytest.raises(StoreError,
                        match=f"schema version 99, newer than this asyncflow understands \\({SCHEMA_VERSION}\\)"):
         SQLiteStore(path)
+
+
+class TracedStore(SQLiteStore):
+    """A SQLite store whose connections report every statement they run (the writer's too)."""
+
+    def __init__(self, path, statements, **kwargs):
+        self.statements = statements
+        super().__init__(path, **kwargs)
+
+    def _sqlite_connect(self):
+        conn = super()._sqlite_connect()
+        conn.set_trace_callback(self.statements.append)
+        return conn
+
+
+SCHEMA_WORDS = ("CREATE ", "ALTER ", "DROP ", "INSERT INTO SCHEMA_VERSION", "DELETE FROM SCHEMA_VERSION",
+                "SELECT VERSION FROM SCHEMA_VERSION", "PRAGMA USER_VERSION =")
+
+
+def schema_statements(statements):
+    return [s for s in statements if s.strip().upper().startswith(SCHEMA_WORDS)]
+
+
+def test_the_first_flow_on_an_up_to_date_store_runs_no_schema_statement(tmp_path):
+    path = tmp_path / "asyncflow.db"
+    created: list[str] = []
+    TracedStore(path, created).close()
+    assert schema_statements(created)  # the new file got its schema (the trace sees the statements)
+    statements: list[str] = []
+    store = TracedStore(path, statements)
+    with isolated_store(store):
+        assert doubling() == [0, 2, 4]
+    store.close()
+    assert "PRAGMA user_version" in statements  # its version was checked, by the file header
+    assert schema_statements(statements) == []
+    assert raw(store, "SELECT count(*) FROM task_runs") == [(3,)]
+
+
+def test_an_up_to_date_store_from_before_the_header_version_is_stamped_once(tmp_path):
+    path = tmp_path / "asyncflow.db"
+    SQLiteStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 0")  # as an earlier asyncflow left it: the version in the table only
+    conn.commit()
+    conn.close()
+    first: list[str] = []
+    TracedStore(path, first).close()
+    assert [s for s in schema_statements(first) if not s.startswith("SELECT")] == [
+        f"PRAGMA user_version = {SCHEMA_VERSION}"]
+    again: list[str] = []
+    TracedStore(path, again).close()
+    assert schema_statements(again) == []
+    assert raw(SQLiteStore(path, create=False), "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
 
 def hold_write_lock(path, until):

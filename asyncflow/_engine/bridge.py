@@ -22,7 +22,6 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.to_thread
 
 from .._callables import callable_name
 from .._logging import ERROR, log
@@ -164,23 +163,29 @@ class Awaiting(Bridge):
     async def call_user(self, fn: Callable[..., Any], *args: Any) -> Any:
         if inspect.iscoroutinefunction(fn):
             return await fn(*args)
-        value = await anyio.to_thread.run_sync(lambda: fn(*args))
+        from anyio import to_thread  # (not on the import path: a sync flow never needs it)
+
+        value = await to_thread.run_sync(lambda: fn(*args))
         return await value if inspect.isawaitable(value) else value
 
     async def call_sync(self, fn: Callable[[], Any], guard: UserCode | None = None,
                         runner: EngineRunner | None = None) -> Any:
+        from anyio import to_thread
+
         user = guard if guard is not None else UserCode()
         try:
             if runner is OWN_THREAD:  # not limited by anyio's default thread count (a flow body)
-                return await anyio.to_thread.run_sync(user.run, fn, limiter=anyio.CapacityLimiter(1),
+                return await to_thread.run_sync(user.run, fn, limiter=anyio.CapacityLimiter(1),
                                                       abandon_on_cancel=True)
-            return await anyio.to_thread.run_sync(user.run, fn, abandon_on_cancel=True)
+            return await to_thread.run_sync(user.run, fn, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():
             user.abort()  # cancelled: the thread stops at its next bytecode
             raise
 
     async def io(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await anyio.to_thread.run_sync(fn, *args)
+        from anyio import to_thread
+
+        return await to_thread.run_sync(fn, *args)
 
     async def lock(self, lock: Any) -> None:
         await lock.acquire_async()

@@ -8,19 +8,15 @@ import functools
 from typing import TYPE_CHECKING, Any
 
 from .._clock import get_clock
+from .._context import current_transaction
 from .._logging import WARNING, log
 from .._states import State, StateDetails, StateType
 from .._store import get_store
-from .._transactions import (
-    Transaction,
-    TransactionState,
-    current_transaction,
-    run_transaction_hooks,
-)
 from .bridge import Bridge
 
 if TYPE_CHECKING:
     from .. import _caching, _results
+    from .._transactions import Transaction
 else:  # imported by the first run that persists its result (`_load`): not on asyncflow's import path
     _caching = _results = None
 
@@ -148,6 +144,8 @@ def open_run_transaction(task: Any) -> Transaction | None:
     the run `get_transaction()` is it; its hooks get it, so they see the values the run set on it."""
     if current_transaction.get() is None and not (task.on_commit or task.on_rollback):
         return None
+    from .._transactions import Transaction  # (imported by the first transaction: off the import path)
+
     own = Transaction()
     own._prepare()  # (no key and no store: no lock, no read)
     return own
@@ -162,12 +160,16 @@ async def close_run_transaction(own: Transaction, bridge: Bridge) -> None:
     else:
         hooks = await bridge.io(own._settle, False)
     if hooks:
+        from .._transactions import run_transaction_hooks
+
         await run_transaction_hooks(hooks, bridge.blocking)
 
 
 def abandon_run_transaction(own: Transaction) -> None:
     """The run crashed or was cancelled: its transaction ends with nothing staged and no hooks."""
     own._leave()
+    from .._transactions import TransactionState
+
     own._open = False
     own.state = TransactionState.ROLLED_BACK
 

@@ -9,7 +9,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.to_thread
 
 from .. import _signals, _states
 from .._clock import get_clock

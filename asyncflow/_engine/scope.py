@@ -36,12 +36,9 @@ import time
 import types
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
-from anyio.abc import TaskGroup, TaskStatus
 
 from .._exceptions import ScopeClosedError
 
@@ -50,6 +47,9 @@ if sys.version_info >= (3, 11):
 else:
     from exceptiongroup import BaseExceptionGroup
 from .loop import context_for_another_thread, threadsafe_caller
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup, TaskStatus
 
 T = TypeVar("T")
 _YIELD_EVERY = 64  # a worker lets other tasks run at least this often
@@ -187,7 +187,9 @@ class Scope:
         with self._lock:
             if self._loop is not None:
                 return
-            self._portal_cm = anyio.from_thread.start_blocking_portal()
+            from anyio.from_thread import start_blocking_portal  # (a sync flow's helper loop: off the import path)
+
+            self._portal_cm = start_blocking_portal()
             self._portal = self._portal_cm.__enter__()
             _, (self._loop, self._stop) = self._portal.start_task(_serve, self)
 
@@ -328,7 +330,9 @@ class _LoopRuns:
                 await self._drive(context, fn(call))
                 done += 1
                 if done % _YIELD_EVERY == 0:
-                    await anyio.lowlevel.checkpoint()
+                    from anyio.lowlevel import checkpoint
+
+                    await checkpoint()
         except anyio.get_cancelled_exc_class():
             # the scope is cancelled: the runs still queued are resolved without starting
             self._drop(self._drain(), self.owner.cancelled or "was cancelled")

@@ -17,8 +17,6 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.lowlevel
-import anyio.to_thread
 
 from .. import _states
 from .._clock import get_clock
@@ -26,7 +24,6 @@ from .._context import FlowRunContext, RunContext, TaskRunContext, current_run, 
 from .._exceptions import TaskRunTimeoutError, UpstreamTaskError
 from .._futures import TaskRunFuture
 from .._ids import new_id
-from .._limits import tags as limit_tags
 from .._logging import ERROR, INFO, WARNING, ensure_print_capture, log, state_line
 from .._logging import flush as flush_logs
 from .._runners.work import Capabilities, WorkItem
@@ -373,7 +370,9 @@ async def _attempts(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, A
 
 def _awaiting_slot(call: TaskCall) -> Any:
     """How a run that waits for a tag limit's slot says so: its state (the store, the CLI, the UI show it)."""
-    return lambda message: set_state(call, _new_state(call, StateType.PENDING, limit_tags.WAITING_STATE, message))
+    from .._limits.tags import WAITING_STATE
+
+    return lambda message: set_state(call, _new_state(call, StateType.PENDING, WAITING_STATE, message))
 
 
 async def _free_slot(holder: list[Any], bridge: Bridge) -> None:
@@ -392,6 +391,8 @@ async def _attempt_loop(call: TaskCall, ctx: TaskRunContext, parameters: dict[st
         attempt += 1
         run.run_count = attempt
         if run.tags:  # a tag with a concurrency limit: wait for its slot (held while this attempt runs)
+            from .._limits import tags as limit_tags  # (concurrency limits: off the import path)
+
             holder[1] = await limit_tags.acquire_for_task(run, bridge, _awaiting_slot(call))
         if attempt == 1:
             running = set_state(call, _new_state(call, StateType.RUNNING, "Running"))
@@ -467,7 +468,9 @@ def _call_fn(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any], brid
 
 
 async def _after_checkpoint(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any], bridge: Bridge) -> Any:
-    await anyio.lowlevel.checkpoint()  # the backend delivers the cancellation: no user code after a deadline
+    from anyio.lowlevel import checkpoint
+
+    await checkpoint()  # the backend delivers the cancellation: no user code after a deadline
     return await _dispatch(call, args, kwargs, bridge)
 
 

@@ -6,6 +6,7 @@ import contextlib
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 from .._engine.loop import in_async_context, threadsafe_caller
 

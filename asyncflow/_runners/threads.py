@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
 
 from .._engine.threads import set_thread_slot
 
 R = TypeVar("R")
-_thread_limiter_var: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar("asyncflow_threads")
+# anyio's RunVar, made by the first submission to a thread (anyio.lowlevel is not on the import path)
+_thread_limiter_var: Any = None
 
 
 def thread_limiter() -> anyio.CapacityLimiter:
     """Threads themselves are not the scarce resource (runner slots are): allow plenty per event loop."""
+    global _thread_limiter_var
+    if _thread_limiter_var is None:
+        from anyio.lowlevel import RunVar
+
+        _thread_limiter_var = RunVar("asyncflow_threads")
     try:
         return _thread_limiter_var.get()
     except LookupError:
@@ -60,12 +64,16 @@ class ThreadSlot:
             if not self.held or self.closed:
                 return
             self.held = False
-        anyio.from_thread.run_sync(self.limiter.release_on_behalf_of, self)
+        from anyio import from_thread
+
+        from_thread.run_sync(self.limiter.release_on_behalf_of, self)
 
     def reacquire(self) -> None:
         if self.held or self.closed:
             return
-        anyio.from_thread.run(self._acquire_unless_closed)
+        from anyio import from_thread
+
+        from_thread.run(self._acquire_unless_closed)
 
     async def _acquire_unless_closed(self) -> None:
         """On the loop (where `close` runs too): take the slot back only if the run is still on."""

@@ -544,14 +544,23 @@ class SQLiteStore(SqlRunReads, BatchWriter):
     _read_only = False
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
-        """WAL mode, and the schema at this version (forward migrations, one transaction)."""
+        """WAL mode, and the schema at this version (forward migrations, one transaction).
+
+        The version is kept twice: in the `schema_version` table (what earlier asyncflow versions read
+        to refuse a newer store) and in the file header's `user_version`, which an up-to-date store is
+        checked by: two pragmas, no table read, no statement that writes."""
         if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
             conn.execute("PRAGMA journal_mode = WAL")
-        version = _schema_version(conn)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == SCHEMA_VERSION:
             return
+        if version == 0:  # a new file, or one whose header an earlier asyncflow did not stamp: the table says
+            version = _schema_version(conn)
         if version > SCHEMA_VERSION:
             raise StoreError(self._newer_message(version))
+        if version == SCHEMA_VERSION:  # up to date, written by an earlier asyncflow: stamp the header, once
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -563,6 +572,7 @@ class SQLiteStore(SqlRunReads, BatchWriter):
                     conn.execute(statement)
             conn.execute("DELETE FROM schema_version")
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")  # (in the transaction: both or neither)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

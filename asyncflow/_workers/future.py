@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import attrs
 import cloudpickle
 
