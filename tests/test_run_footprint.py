@@ -6,6 +6,7 @@ concurrent flows slow down faster than linearly."""
 from __future__ import annotations
 
 import gc
+import types
 import weakref
 
 import anyio
@@ -22,6 +23,19 @@ FLOWS = 200
 def _tracked() -> int:
     gc.collect()
     return len(gc.get_objects())
+
+
+def _tracked_from(root: object) -> int:
+    """The GC-tracked objects reachable from `root` (its own data: no classes, functions or modules)."""
+    gc.collect()
+    seen, stack = {id(root)}, [root]
+    skip = (type, types.FunctionType, types.ModuleType, types.BuiltinFunctionType, types.MethodType)
+    while stack:
+        for child in gc.get_referents(stack.pop()):
+            if id(child) not in seen and gc.is_tracked(child) and not isinstance(child, skip):
+                seen.add(id(child))
+                stack.append(child)
+    return len(seen) - 1
 
 
 async def _objects_per_waiting_flow(flows: int) -> float:
@@ -152,3 +166,36 @@ async def test_a_finished_runs_result_stays_readable_while_its_future_is_held():
     gc.collect()
     assert all(f.state.is_completed() for f in held)
     assert [type(await f) for f in held] == [_Big] * 3
+
+
+def test_a_bounded_memory_store_holds_few_gc_tracked_objects_after_a_long_flow():
+    """`MemoryStore(max_runs=...)` (the process's store with ASYNCFLOW_STORE=memory) keeps its newest
+    runs and a bounded change feed and log. What it keeps is walked by every full collection of the
+    cyclic GC, so a long flow slowed down as its store filled up: every task run's id stayed in its
+    flow's index, and each feed and log entry was ~3 GC-tracked objects (940,000 objects after 100,000
+    runs with max_runs=10,000). The feed and the log are now tuples of plain values (the GC stops
+    tracking them), and a forgotten run leaves its flow's index."""
+    from asyncflow._store.memory import MemoryStore
+    from asyncflow.testing import isolated_store
+
+    @af.task
+    def inc(x: int) -> int:
+        return x + 1
+
+    @af.flow
+    def long_flow(n: int) -> None:
+        for i in range(n):
+            inc(i)
+
+    with isolated_store(MemoryStore(max_runs=50)) as store:
+        long_flow(3000)
+        held = _tracked_from(store)  # (not the whole heap: pytest keeps the captured log lines)
+        changes, _ = store.read_changes(0, limit=100_000)
+        logs, _ = store.read_logs_since(0, limit=100_000)
+    # the newest 50 runs, the read API's order of runs (compacted once it exceeds 2 * 50 + 1024 entries,
+    # 2 objects each): 2,600 at most, against ~11,000 before
+    assert held < 3000, held
+    assert len(changes) == 20 * 50 and len(logs) == 10 * 50
+    assert changes[-1].state_type.value == "COMPLETED" and changes[-1].kind == "flow_run"
+    assert changes[-2].kind == "task_run" and changes[-2].flow_run_id == changes[-1].run_id
+    assert logs[-1].flow_run_id == str(changes[-1].run_id) and logs[-1].seq > logs[0].seq
