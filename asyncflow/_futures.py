@@ -25,7 +25,7 @@ class TaskRunFuture(Generic[R]):
     """The eventual state and result of a submitted task run."""
 
     __slots__ = ("task_run", "_final", "_settled", "_callbacks", "_events", "_thread_event", "_observed",
-                 "__weakref__")
+                 "_tracker", "__weakref__")
 
     def __init__(self, task_run: TaskRun) -> None:
         self.task_run = task_run
@@ -35,6 +35,7 @@ class TaskRunFuture(Generic[R]):
         self._events: list[tuple[int, anyio.Event, Callable[..., Any]]] | None = None  # one per awaiting loop
         self._thread_event: threading.Event | None = None
         self._observed = False
+        self._tracker: Any = None  # the children of the run that submitted it (told first, when it ends)
 
     # -- reading ---------------------------------------------------------------------------------
     @property
@@ -150,6 +151,9 @@ class TaskRunFuture(Generic[R]):
                 return
             self._final = state
             callbacks, self._callbacks = self._callbacks, None
+            tracker, self._tracker = self._tracker, None
+        if tracker is not None:  # (not a done callback: no list and no bound method per pending run)
+            tracker.finished(self)
         if callbacks:
             for fn in callbacks:
                 self._call_back(fn)

@@ -242,19 +242,15 @@ async def _one_attempt(call: FlowCall, ctx: FlowRunContext, parameters: dict[str
             scope.stop_helper_loop()
         _report_children(call, ctx)
         return _attempt_state(call, scope, state)
-    with anyio.CancelScope() as deadline:
-        if timeout:
-            deadline.deadline = anyio.current_time() + timeout
+    # a flow with no time limit needs no cancel scope of its own (one is five objects the GC walks)
+    limit = anyio.CancelScope(deadline=anyio.current_time() + timeout) if timeout else None
+    with limit or _NO_DEADLINE as deadline:
         scope = Scope(call.label, resolve_cancelled, None, time.monotonic() + timeout if timeout else None,
                       _parent_scope(call))
         try:
             async with anyio.create_task_group() as tg:
                 ctx.scope = scope.on_loop(tg)
-
-                def why(exc: BaseException) -> str:
-                    return "timed out" if timeout and anyio.current_time() >= deadline.deadline else why_ended(exc)
-
-                state = await owning(scope, _body(call, ctx, args, kwargs, bridge), why)
+                state = await owning(scope, _body(call, ctx, args, kwargs, bridge), why_ended, limit)
         except BaseExceptionGroup as group:
             raise_sole(group)
         finally:
@@ -264,6 +260,22 @@ async def _one_attempt(call: FlowCall, ctx: FlowRunContext, parameters: dict[str
         error = FlowRunTimeoutError(f"Flow run exceeded timeout of {timeout:g} second(s)")
         return State(StateType.FAILED, "TimedOut", str(error), error, call.details)
     return _attempt_state(call, scope, state)
+
+
+class _NoDeadline:
+    """Stands for the cancel scope of a flow with no time limit: it is never cancelled."""
+
+    __slots__ = ()
+    cancelled_caught = False
+
+    def __enter__(self) -> _NoDeadline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+_NO_DEADLINE = _NoDeadline()
 
 
 def _attempt_state(call: FlowCall, scope: Scope, state: State[Any] | None) -> State[Any]:

@@ -113,7 +113,8 @@ def context_for_another_thread() -> contextvars.Context:
 def threadsafe_caller() -> Callable[..., Any]:
     """A function that schedules `fn(*args)` on the current loop from any thread, without waiting.
 
-    The callback runs outside any task, so it declares the backend to sniffio (anyio needs it).
+    The callback runs outside any task, so it declares the backend to sniffio (anyio needs it). One
+    small object (no closures): every flow's scope and every awaited future makes one.
     """
     if sniffio.current_async_library() == "trio":
         import trio
@@ -121,13 +122,22 @@ def threadsafe_caller() -> Callable[..., Any]:
         return trio.lowlevel.current_trio_token().run_sync_soon
     import asyncio
 
-    call_soon = asyncio.get_running_loop().call_soon_threadsafe
+    return _AsyncioCaller(asyncio.get_running_loop())
 
-    def in_asyncio(fn: Callable[..., Any], *args: Any) -> None:
-        token = sniffio.current_async_library_cvar.set("asyncio")
-        try:
-            fn(*args)
-        finally:
-            sniffio.current_async_library_cvar.reset(token)
 
-    return lambda fn, *args: call_soon(in_asyncio, fn, *args)
+class _AsyncioCaller:
+    __slots__ = ("loop",)
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+
+    def __call__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.loop.call_soon_threadsafe(_in_asyncio, fn, *args)
+
+
+def _in_asyncio(fn: Callable[..., Any], *args: Any) -> None:
+    token = sniffio.current_async_library_cvar.set("asyncio")
+    try:
+        fn(*args)
+    finally:
+        sniffio.current_async_library_cvar.reset(token)

@@ -60,6 +60,10 @@ Finalize = Callable[[Any, str], None]  # resolve a run that will not run (or not
 class Scope:
     """Every run started by one flow attempt or root task run; see the module docstring."""
 
+    __slots__ = ("label", "wall_deadline", "closed", "cancelled", "by_parent", "_finalize", "_lock",
+                 "_children_changed", "_runs", "_loop", "_children", "_parent", "_portal_cm", "_portal", "_stop",
+                 "__weakref__")
+
     def __init__(self, label: str, finalize: Finalize, task_group: TaskGroup | None = None,
                  wall_deadline: float | None = None, parent: Scope | None = None) -> None:
         self.label = label  # "Flow run 'great-ammonite'": named in errors
@@ -69,7 +73,8 @@ class Scope:
         self.by_parent = False  # cancelled because the scope of the run its flow was called in was
         self._finalize = finalize
         self._lock = threading.Lock()
-        self._children_changed = threading.Condition(self._lock)
+        # made with the first child scope (most flows call none): a Condition is five objects the GC walks
+        self._children_changed: threading.Condition | None = None
         self._runs: dict[Any, None] = {}  # registered, not yet final
         self._loop: _LoopRuns | None = _LoopRuns(self, task_group) if task_group is not None else None
         self._children: dict[Scope, None] = {}  # scopes of flows called inside this scope's runs
@@ -112,6 +117,8 @@ class Scope:
         with self._lock:
             reason = self.cancelled
             if reason is None:
+                if self._children_changed is None:
+                    self._children_changed = threading.Condition(self._lock)
                 self._children[child] = None
         if reason is not None:
             child.cancel(f"was cancelled because {self.label} {reason}", by_parent=True)
@@ -153,7 +160,8 @@ class Scope:
         if parent is not None:
             with parent._lock:
                 parent._children.pop(self, None)
-                parent._children_changed.notify_all()
+                if parent._children_changed is not None:
+                    parent._children_changed.notify_all()
 
     def has_children(self) -> bool:
         return bool(self._children)
@@ -163,12 +171,13 @@ class Scope:
         returns the labels of those still going. (A stopped pool-thread run's subflow ends on its own
         thread, moments after the run was resolved.)"""
         deadline = time.monotonic() + timeout
-        with self._children_changed:
-            while self._children:
+        with self._lock:
+            changed = self._children_changed  # (made under the lock with the first child: None if none ever came)
+            while self._children and changed is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self._children_changed.wait(remaining)
+                changed.wait(remaining)
             return [child.label for child in self._children]
 
     def open_runs(self) -> int:
@@ -214,13 +223,16 @@ class Scope:
             portal_cm.__exit__(None, None, None)
 
 
-async def owning(scope: Scope, body: Coroutine[Any, Any, T], why: Callable[[BaseException], str]) -> T:
+async def owning(scope: Scope, body: Coroutine[Any, Any, T], why: Callable[[BaseException], str],
+                 deadline: anyio.CancelScope | None = None) -> T:
     """Await `body` as the owner of `scope`: whichever way it ends, the scope is closed, and on an
-    exception (a failure, a deadline, a cancellation, an interrupt) every run in it is stopped."""
+    exception (a failure, a deadline, a cancellation, an interrupt) every run in it is stopped. With
+    `deadline` (the owner's time limit), an exception once it has passed means the owner "timed out"."""
     try:
         return await body
     except BaseException as exc:
-        scope.cancel(why(exc))
+        timed_out = deadline is not None and anyio.current_time() >= deadline.deadline
+        scope.cancel("timed out" if timed_out else why(exc))
         raise
     finally:
         scope.close()
@@ -255,14 +267,18 @@ async def _serve(owner: Scope, *, task_status: TaskStatus[Any]) -> None:
 class _LoopRuns:
     """The runs of a scope that execute as tasks of one anyio task group, fed from any thread."""
 
+    __slots__ = ("owner", "task_group", "_thread", "_call_soon", "_queue", "_free", "_inbox", "_inbox_lock",
+                 "_inbox_scheduled", "_closed")
+
     def __init__(self, owner: Scope, task_group: TaskGroup) -> None:
         self.owner = owner
         self.task_group = task_group
         self._thread = threading.get_ident()
         self._call_soon = threadsafe_caller()
-        self._queue: deque[tuple[Callable[..., Coroutine[Any, Any, Any]], Any, contextvars.Context]] = deque()
+        # the queue and the inbox are made when first used: a flow that submits nothing has neither
+        self._queue: deque[tuple[Callable[..., Coroutine[Any, Any, Any]], Any, contextvars.Context]] | None = None
         self._free = 0  # workers that will take the next queued run without waiting for one to finish
-        self._inbox: list[Any] = []  # runs submitted from other threads, not yet queued
+        self._inbox: list[Any] | None = None  # runs submitted from other threads, not yet queued
         self._inbox_lock = threading.Lock()
         self._inbox_scheduled = False
         self._closed = False
@@ -282,6 +298,8 @@ class _LoopRuns:
                 closed = True
             else:
                 closed = False
+                if self._inbox is None:
+                    self._inbox = []
                 self._inbox.append(item)
                 if self._inbox_scheduled:
                     return
@@ -296,9 +314,9 @@ class _LoopRuns:
 
     def _take_all(self) -> list[Any]:
         with self._inbox_lock:
-            items, self._inbox = self._inbox, []
+            items, self._inbox = self._inbox, None
             self._inbox_scheduled = False
-        return items
+        return items or []
 
     def _take_inbox(self) -> None:
         """On the loop, outside any task: must never raise (trio would die of a TrioInternalError)."""
@@ -317,6 +335,8 @@ class _LoopRuns:
             self.owner._finalize(call, f"The run was cancelled before it started: its flow run {why}.")
 
     def _enqueue(self, item: Any) -> None:
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append(item)
         if self._free == 0:
             self._free += 1
@@ -325,7 +345,7 @@ class _LoopRuns:
     async def _worker(self) -> None:
         done = 0
         try:
-            while self._queue:
+            while self._queue:  # (not None once a run was queued)
                 fn, call, context = self._queue.popleft()
                 await self._drive(context, fn(call))
                 done += 1
@@ -341,6 +361,8 @@ class _LoopRuns:
             self._free -= 1
 
     def _drain(self) -> list[Any]:
+        if self._queue is None:
+            return []
         items = list(self._queue)
         self._queue.clear()
         return items

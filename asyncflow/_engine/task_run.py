@@ -53,6 +53,7 @@ _global_counters: dict[str, Any] = {}
 _PLAIN_RESULTS = frozenset({int, float, str, bytes, bool, type(None), dict, tuple})
 _ATOM_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
 _SMALL_TYPES = frozenset({int, float, bool, type(None)})
+_NO_IDS: dict[str, Any] = {}  # a run's ids until it starts (shared, never written to: one dict fewer per pending run)
 
 
 class TaskCall:
@@ -94,7 +95,7 @@ class TaskCall:
         self.future: TaskRunFuture[Any] | None = None
         self.submitted = submitted
         self.label = ""
-        self.ids: dict[str, Any] = {}
+        self.ids: dict[str, Any] = _NO_IDS  # its own once it starts (`_run`)
         self.ticket: object | None = None  # the runner's ticket, for runs a flow submits
         self.guard: UserCode | None = None  # set when the user code runs in a pool thread
         self.scope: Scope | None = None  # the owner of a submitted run
@@ -613,9 +614,8 @@ def start_submitted(call: TaskCall, scope: Scope, ticketed: bool) -> TaskRunFutu
     if parent is not None and parent.scope is scope:
         if parent.children is None:
             parent.children = ChildTracker()
-        tracker = parent.children
-        tracker.add(future)
-        future.add_done_callback(tracker.finished)
+        parent.children.add(future)
+        future._tracker = parent.children  # told when the run ends, before its done callbacks
     if ticketed and runner is not None:
         call.ticket = runner.ticket()
     if dispatcher is not None:

@@ -30,7 +30,9 @@ class MemoryStore:
         self._flow_runs: dict[uuid.UUID, FlowRun] = {}
         self._task_runs: dict[uuid.UUID, TaskRun] = {}
         self._states: dict[uuid.UUID, list[tuple[Any, ...]]] = {}
-        self._logs: deque[LogRecord] = deque(maxlen=10 * max_runs if max_runs else None)
+        # logs and the change feed are kept as tuples of plain values (a LogRecord, a Change when read):
+        # the cyclic GC stops tracking such tuples, so the store's bounded history costs no collection time
+        self._logs: deque[tuple[Any, ...]] = deque(maxlen=10 * max_runs if max_runs else None)
         # the read API: each run's (created, ref) as the SQLite store keeps them, and every state in the
         # order stored, numbered (the change feed); logs are numbered too
         self._positions: dict[uuid.UUID, tuple[float, int]] = {}
@@ -39,8 +41,10 @@ class MemoryStore:
         # nearly in order), so that a page walks from its cursor instead of sorting every run
         self._order: dict[int, list[tuple[float, int, uuid.UUID]]] = {_FLOW: [], _TASK: []}
         self._unsorted = {_FLOW: False, _TASK: False}
-        self._subflows: dict[uuid.UUID, list[uuid.UUID]] = {}  # flow run id -> its subflows' ids
-        self._tasks_of: dict[uuid.UUID, list[uuid.UUID]] = {}  # flow run id -> its task runs' ids
+        # flow run id -> its subflows' / its task runs' ids (dicts as ordered sets: a forgotten run leaves
+        # its flow's index, so a long flow's index keeps `max_runs` ids, not every run it ever had)
+        self._subflows: dict[uuid.UUID, dict[uuid.UUID, None]] = {}
+        self._tasks_of: dict[uuid.UUID, dict[uuid.UUID, None]] = {}
         self._feed: deque[tuple[Any, ...]] = deque(maxlen=20 * max_runs if max_runs else None)
         self._state_seq = 0
         self._log_seq = 0
@@ -73,7 +77,7 @@ class MemoryStore:
     def _append(self, record: tuple[Any, ...]) -> None:
         self._pending.append(record)
         self._since_fold += 1
-        if self.max_runs is not None and self._since_fold > 20 * self.max_runs:
+        if self.max_runs is not None and self._since_fold > self.max_runs:
             self._fold()  # nobody reads: keep the queue itself bounded
 
     # -- durability: nothing to write -------------------------------------------------------------
@@ -105,11 +109,13 @@ class MemoryStore:
                     else:
                         history.append(entry)
                     self._state_seq += 1
-                    self._feed.append((self._state_seq, record[1], self._owner(record[1]), entry))
+                    kind_of, flow_of = self._owner(record[1])
+                    flow_int = None if flow_of is None else flow_of.int
+                    self._feed.append((self._state_seq, record[1].int, kind_of, flow_int, entry[0].value, entry[1],
+                                       entry[2], entry[3]))
                 elif kind == _LOG:
                     self._log_seq += 1
-                    _, flow_run_id, task_run_id, level, message, ts = record
-                    self._logs.append(LogRecord(flow_run_id, task_run_id, level, message, ts, self._log_seq))
+                    self._logs.append((*record[1:], self._log_seq))  # LogRecord's fields, in its order
                 else:
                     run = record[1]
                     if run.id not in self._positions:  # recorded again (a background run): keeps its place
@@ -131,7 +137,7 @@ class MemoryStore:
         order.append((created, self._refs, run.id))
         parent = run.flow_run_id if kind == _TASK else run.parent_flow_run_id
         if parent is not None:
-            (self._tasks_of if kind == _TASK else self._subflows).setdefault(parent, []).append(run.id)
+            (self._tasks_of if kind == _TASK else self._subflows).setdefault(parent, {})[run.id] = None
 
     def _owner(self, run_id: uuid.UUID) -> tuple[str | None, uuid.UUID | None]:
         """(kind, flow run id) of a run, as the change feed says them (under the lock)."""
@@ -145,14 +151,19 @@ class MemoryStore:
     def _evict(self, runs: dict[uuid.UUID, Any]) -> None:
         if self.max_runs is None or len(runs) <= self.max_runs:
             return
+        tasks = runs is self._task_runs
         while len(runs) > self.max_runs:
             oldest = next(iter(runs))
-            runs.pop(oldest, None)
+            run = runs.pop(oldest)
+            parent = run.flow_run_id if tasks else run.parent_flow_run_id
+            siblings = (self._tasks_of if tasks else self._subflows).get(parent) if parent is not None else None
+            if siblings is not None:
+                siblings.pop(oldest, None)
             self._states.pop(oldest, None)
             self._positions.pop(oldest, None)
             self._subflows.pop(oldest, None)
             self._tasks_of.pop(oldest, None)
-        order = self._order[_TASK if runs is self._task_runs else _FLOW]
+        order = self._order[_TASK if tasks else _FLOW]
         if len(order) > 2 * len(runs) + 1024:  # forget the forgotten runs' places (amortised: seldom)
             positions = self._positions
             order[:] = [entry for entry in order if positions.get(entry[2]) == entry[:2]]
@@ -203,9 +214,8 @@ class MemoryStore:
         flow_key = str(as_uuid(flow_run_id, "flow_run_id")) if flow_run_id is not None else None
         task_key = str(as_uuid(task_run_id, "task_run_id")) if task_run_id is not None else None
         self._fold()
-        return [log for log in list(self._logs)
-                if (flow_key is None or log.flow_run_id == flow_key)
-                and (task_key is None or log.task_run_id == task_key)]
+        return [LogRecord(*log) for log in list(self._logs)
+                if (flow_key is None or log[0] == flow_key) and (task_key is None or log[1] == task_key)]
 
     # -- retention ----------------------------------------------------------------------------------
     def delete_flow_runs(self, ids: Any) -> dict[str, int]:
@@ -275,7 +285,7 @@ class MemoryStore:
                 return log.flow_run_id not in present_flows
             return log.task_run_id is None or log.task_run_id not in present_tasks
 
-        kept_logs = [log for log in list(self._logs) if not goes(log)]
+        kept_logs = [log for log in list(self._logs) if not goes(LogRecord(*log))]
         counts["logs"] = len(self._logs) - len(kept_logs)
         if not dry_run:
             for run_id in (*flows, *tasks):
@@ -327,7 +337,7 @@ class MemoryStore:
                     break
         return out
 
-    def _children_of(self, index: dict[uuid.UUID, list[uuid.UUID]],
+    def _children_of(self, index: dict[uuid.UUID, dict[uuid.UUID, None]],
                      parent: uuid.UUID) -> list[tuple[float, int, uuid.UUID]]:
         positions, out = self._positions, []
         with self._lock:
@@ -339,7 +349,7 @@ class MemoryStore:
         out.sort()
         return out
 
-    def _page(self, kind: int, runs: dict[uuid.UUID, Any], index: dict[uuid.UUID, list[uuid.UUID]],
+    def _page(self, kind: int, runs: dict[uuid.UUID, Any], index: dict[uuid.UUID, dict[uuid.UUID, None]],
               f: reads.RunFilter, matches: Any, limit: Any, cursor: Any, newest_first: bool) -> reads.Page[Any]:
         limit = reads.check_page_limit(limit)
         key = reads.query_key("flow_runs" if kind == _FLOW else "task_runs", f, newest_first)
@@ -375,11 +385,12 @@ class MemoryStore:
         self._fold()
         out = []
         feed = _after(self._feed, since, _first, self._lock)
-        for seq, run_id, (kind, flow_run_id), (type_, name, message, ts, _) in feed:
+        for seq, run_int, kind, flow_int, type_value, name, message, ts in feed:
+            run_id = uuid.UUID(int=run_int)
             run = (self._task_runs.get(run_id) if kind == "task_run" else
                    self._flow_runs.get(run_id) if kind == "flow_run" else None)
-            out.append(reads.Change(seq, run_id, kind, flow_run_id, run.name if run is not None else None, type_,
-                                    name, message, ts))
+            out.append(reads.Change(seq, run_id, kind, None if flow_int is None else uuid.UUID(int=flow_int),
+                                    run.name if run is not None else None, StateType(type_value), name, message, ts))
             if len(out) == limit:
                 break
         return out, (out[-1].seq if out else since)
@@ -391,7 +402,8 @@ class MemoryStore:
         task_key = str(as_uuid(task_run_id, "task_run_id")) if task_run_id is not None else None
         self._fold()
         out = []
-        for log in _after(self._logs, since, _seq, self._lock):
+        for entry in _after(self._logs, since, _seq, self._lock):
+            log = LogRecord(*entry)
             if ((flow_key is None or log.flow_run_id == flow_key) and (task_key is None or log.task_run_id == task_key)
                     and (levels is None or log.level in levels)):
                 out.append(log)
@@ -471,5 +483,5 @@ def _first(item: tuple[Any, ...]) -> int:
     return item[0]  # type: ignore[no-any-return]
 
 
-def _seq(item: LogRecord) -> int:
-    return item.seq  # type: ignore[return-value]
+def _seq(item: tuple[Any, ...]) -> int:
+    return item[5]  # type: ignore[no-any-return]  # (LogRecord's seq)

@@ -1,0 +1,201 @@
+"""What runs hold while they wait, and what finished runs let go of (issue 15: memory per submitted
+task, many flows at once). Objects are counted, never timed: every GC-tracked object a waiting run
+holds is one the cyclic GC walks at each full collection, so their number is what makes many
+concurrent flows slow down faster than linearly."""
+
+from __future__ import annotations
+
+import gc
+import types
+import weakref
+
+import anyio
+import pytest
+
+import asyncflow as af
+from asyncflow._futures import TaskRunFuture
+
+pytestmark = pytest.mark.anyio
+
+FLOWS = 200
+
+
+def _tracked() -> int:
+    gc.collect()
+    return len(gc.get_objects())
+
+
+def _tracked_from(root: object) -> int:
+    """The GC-tracked objects reachable from `root` (its own data: no classes, functions or modules)."""
+    gc.collect()
+    seen, stack = {id(root)}, [root]
+    skip = (type, types.FunctionType, types.ModuleType, types.BuiltinFunctionType, types.MethodType)
+    while stack:
+        for child in gc.get_referents(stack.pop()):
+            if id(child) not in seen and gc.is_tracked(child) and not isinstance(child, skip):
+                seen.add(id(child))
+                stack.append(child)
+    return len(seen) - 1
+
+
+async def _objects_per_waiting_flow(flows: int) -> float:
+    release = anyio.Event()
+    waiting = [0]
+
+    @af.task
+    async def wait_for_release() -> None:
+        waiting[0] += 1
+        await release.wait()
+
+    @af.flow
+    async def one() -> None:
+        await wait_for_release()
+
+    async def wait_until(count: int) -> None:
+        while waiting[0] < count:  # noqa: ASYNC110  (polls a count that many tasks raise)
+            await anyio.sleep(0.001)
+
+    async with anyio.create_task_group() as tg:  # one flow first: imports, caches, the store's indexes
+        tg.start_soon(one)
+        await wait_until(1)
+        release.set()
+    release, waiting[0] = anyio.Event(), 0
+    before = _tracked()
+    async with anyio.create_task_group() as tg:
+        for _ in range(flows):
+            tg.start_soon(one)
+        await wait_until(flows)
+        during = _tracked()
+        release.set()
+    return (during - before) / flows
+
+
+async def test_a_waiting_flow_run_holds_fewer_than_88_gc_tracked_objects():
+    # 99 on asyncio before: per flow a Condition (5 objects) for subflows it never called, a closure
+    # reaching its event loop from other threads (6), a cancel scope for a time limit it does not have
+    # (5), a `why` closure (3), an empty queue and inbox (2), its Scope's __dict__
+    per_flow = await _objects_per_waiting_flow(FLOWS)
+    assert per_flow < 88, f"{per_flow:.1f} GC-tracked objects per waiting flow run"
+
+
+async def test_flows_with_a_time_limit_or_subflows_still_end_and_time_out():
+    """The cancel scope and the Condition are made when a flow needs them."""
+    @af.task
+    async def slow() -> None:
+        await anyio.sleep(10)
+
+    @af.flow(timeout_seconds=0.05)
+    async def limited() -> None:
+        await slow()
+
+    @af.flow
+    async def child() -> int:
+        return 1
+
+    @af.flow
+    async def parent() -> int:
+        return await child() + await child()
+
+    state = await limited(return_state=True)
+    assert state.is_failed() and state.name == "TimedOut"
+    assert await parent() == 2
+
+
+async def _objects_per_pending_submitted_run(runs: int) -> float:
+    @af.task
+    async def inc(x: int) -> int:
+        return x + 1
+
+    per_run: list[float] = []
+
+    @af.flow
+    async def submit_many() -> None:
+        await inc.submit(0)  # the first run: imports and caches
+        before = _tracked()
+        futures = [inc.submit(i) for i in range(runs)]  # nothing runs until the flow's code awaits
+        per_run.append((_tracked() - before) / runs)
+        for future in futures:
+            await future
+
+    await submit_many()
+    return per_run[0]
+
+
+async def test_a_pending_submitted_run_holds_fewer_than_11_gc_tracked_objects():
+    # 12 before: a done-callback list and a bound method per future, to tell its flow it ended
+    per_run = await _objects_per_pending_submitted_run(500)
+    assert per_run < 11, f"{per_run:.1f} GC-tracked objects per pending submitted run"
+
+
+class _Big:
+    pass
+
+
+async def test_a_finished_runs_result_is_freed_once_nobody_holds_its_future():
+    @af.task
+    async def make() -> _Big:
+        return _Big()
+
+    refs: list[weakref.ref[_Big]] = []
+    futures: list[weakref.ref[TaskRunFuture[_Big]]] = []
+
+    @af.flow
+    async def main() -> bool:
+        future = make.submit()
+        refs.append(weakref.ref(await future))
+        futures.append(weakref.ref(future))
+        del future
+        gc.collect()
+        return refs[0]() is None and futures[0]() is None  # freed inside the still-running flow
+
+    assert await main() is True
+
+
+async def test_a_finished_runs_result_stays_readable_while_its_future_is_held():
+    @af.task
+    async def make() -> _Big:
+        return _Big()
+
+    held: list[TaskRunFuture[_Big]] = []
+
+    @af.flow
+    async def main() -> None:
+        held.extend(make.submit() for _ in range(3))
+
+    await main()  # (a flow's return value turns futures into states: these are kept outside it)
+    gc.collect()
+    assert all(f.state.is_completed() for f in held)
+    assert [type(await f) for f in held] == [_Big] * 3
+
+
+def test_a_bounded_memory_store_holds_few_gc_tracked_objects_after_a_long_flow():
+    """`MemoryStore(max_runs=...)` (the process's store with ASYNCFLOW_STORE=memory) keeps its newest
+    runs and a bounded change feed and log. What it keeps is walked by every full collection of the
+    cyclic GC, so a long flow slowed down as its store filled up: every task run's id stayed in its
+    flow's index, and each feed and log entry was ~3 GC-tracked objects (940,000 objects after 100,000
+    runs with max_runs=10,000). The feed and the log are now tuples of plain values (the GC stops
+    tracking them), and a forgotten run leaves its flow's index."""
+    from asyncflow._store.memory import MemoryStore
+    from asyncflow.testing import isolated_store
+
+    @af.task
+    def inc(x: int) -> int:
+        return x + 1
+
+    @af.flow
+    def long_flow(n: int) -> None:
+        for i in range(n):
+            inc(i)
+
+    with isolated_store(MemoryStore(max_runs=50)) as store:
+        long_flow(3000)
+        held = _tracked_from(store)  # (not the whole heap: pytest keeps the captured log lines)
+        changes, _ = store.read_changes(0, limit=100_000)
+        logs, _ = store.read_logs_since(0, limit=100_000)
+    # the newest 50 runs, the read API's order of runs (compacted once it exceeds 2 * 50 + 1024 entries,
+    # 2 objects each): 2,600 at most, against ~11,000 before
+    assert held < 3000, held
+    assert len(changes) == 20 * 50 and len(logs) == 10 * 50
+    assert changes[-1].state_type.value == "COMPLETED" and changes[-1].kind == "flow_run"
+    assert changes[-2].kind == "task_run" and changes[-2].flow_run_id == changes[-1].run_id
+    assert logs[-1].flow_run_id == str(changes[-1].run_id) and logs[-1].seq > logs[0].seq
