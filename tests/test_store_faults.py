@@ -315,6 +315,43 @@ def test_a_disk_that_fills_mid_run_degrades_to_memory_and_the_flow_completes(tmp
     assert "full" in err and "free space" in err and err.count("kept in memory only") == 1
 
 
+def test_a_run_already_in_the_file_when_the_disk_fills_is_still_read_whole_in_this_process(tmp_path, capfd):
+    """The flow run and its first task runs were committed before the store became unusable: the memory
+    store this process degrades to learns the runs still open, so the flow run reads back, Completed."""
+    store = SQLiteStore(tmp_path / "asyncflow.db")
+    connect = store._sqlite_connect
+
+    def small_disk():  # a real SQLITE_FULL: the database may not grow past its current size
+        conn = connect()
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        return conn
+
+    @task
+    def step(i: int) -> int:
+        if i == 3:
+            assert store.flush()  # the flow run and steps 0-2 are in the file now
+            store._sqlite_connect = small_disk
+            with store._lock:  # the writer is idle (flushed): its next batch opens a full disk
+                store._drop_connection()
+        return i
+
+    @flow
+    def steps() -> int:
+        return sum(step(i) for i in range(300))
+
+    with isolated_store(store):
+        state = steps(return_state=True)
+        assert state.is_completed() and state.result() == sum(range(300))
+        assert store.fallback is not None
+        run = store.read_flow_run(state.state_details.flow_run_id)
+        assert run.state.is_completed() and run.end_time is not None
+        names = {r.name for r in store.read_task_runs(flow_run_id=run.id)}  # (runs that ended while the
+        assert {f"step-{i}" for i in range(200, 300)} <= names  # file still took them are in the file only)
+    store.close()
+    assert capfd.readouterr().err.count("kept in memory only") == 1
+
+
 # -- a deleted home ------------------------------------------------------------------------------------
 def test_a_store_deleted_under_a_running_process_is_noticed_and_started_again(tmp_path, capfd):
     import shutil

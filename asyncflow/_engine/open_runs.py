@@ -26,6 +26,7 @@ from uuid import UUID
 from .. import _fork
 from .._states import FINAL_TYPES, State, StateType
 from .._store import flush, get_store
+from .._store.base import set_open_runs
 
 EXIT_MESSAGE = "The process exited while the run was still open."
 
@@ -52,6 +53,7 @@ class _Exiting(_Open):
 
 
 OPEN: dict[Any, Any] = _FirstOpen()  # run id -> run record (task runs and flow runs)
+set_open_runs(lambda: list(OPEN.values()))  # (a store that degrades to memory carries them over)
 
 _lock = threading.Lock()
 _ended: set[Any] = set()  # runs recorded Crashed at exit or on a signal: later non-final states are dropped

@@ -184,3 +184,18 @@ def check_limit(limit: Any) -> int | None:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise ValueError(f"limit must be an integer >= 0 or None; got {limit!r}.")
     return limit
+
+
+def _no_open_runs() -> list[Any]:
+    return []
+
+
+# The runs open in this process (flow and task runs), as the engine knows them: the engine sets it at
+# import (`_engine/open_runs.py`); a writer that degrades to memory asks it (services never import the engine).
+open_runs: Any = _no_open_runs
+
+
+def set_open_runs(source: Any) -> None:
+    global open_runs
+    open_runs = source
+

@@ -35,7 +35,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _fork
+from .._runs import FlowRun
 from .._states import FINAL_TYPES, State, StateType
+from . import base as _base
 from . import records as _records
 from .records import FLOW, LINE, LOG, MARK, NEW, STATE, TASK
 
@@ -361,9 +363,26 @@ class BatchWriter:
                f"process ends, its runs are kept in memory only (readable in this process; the CLI and "
                f"other processes will not see them).")
         fallback = MemoryStore(max_runs=10_000)
+        self._carry_open_runs(fallback)
         for name in READ_METHODS:
             setattr(self, name, getattr(fallback, name))
         self.fallback = fallback
+
+    def _carry_open_runs(self, fallback: Any) -> None:
+        """The runs open in this process when the store became unusable may have their record (and first
+        states) in the database already: the memory store learns each one, as it is now (its states
+        still queued are replayed after), so this process reads its open runs whole."""
+        runs = self._fallback_runs
+        for run in _base.open_runs():
+            if run.id in runs:
+                continue
+            record = _records.flow_run(run) if isinstance(run, FlowRun) else _records.task_run(run)
+            copy = runs[run.id] = _records.to_run(record)
+            state = run.state
+            copy.state = State(state.type, state.name, state.message, None, state.state_details, state.ts)
+            copy.run_count, copy.start_time = run.run_count, run.start_time
+            (fallback.record_flow_run if isinstance(run, FlowRun) else fallback.record_task_run)(copy)
+            fallback.record_state(run.id, copy.state)
 
     def _replay(self, batch: list[tuple[Any, ...]]) -> None:
         fallback, runs = self.fallback, self._fallback_runs
