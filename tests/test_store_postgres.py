@@ -458,7 +458,8 @@ def test_killing_the_database_mid_flow_degrades_to_memory_with_a_warning_and_the
             assert store.fallback is not None
             run = store.read_flow_run(state.state_details.flow_run_id)  # this process reads its memory
             assert run.state.is_completed()
-            assert len(store.read_task_runs(flow_run_id=run.id)) >= 20
+            names = {r.name for r in store.read_task_runs(flow_run_id=run.id)}  # every run after the kill (those
+            assert {f"step-{i}" for i in range(11, 30)} <= names  # the database took before it are there only)
             assert long_flow() == sum(range(30))  # and goes on recording there
         store.close()
         err = capfd.readouterr().err
