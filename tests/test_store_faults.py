@@ -14,6 +14,7 @@ import textwrap
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -294,17 +295,23 @@ def test_a_home_this_user_cannot_write_still_runs_the_flow(public_dir, where):
     assert result.stderr.count("kept in memory only") == 1
 
 
-def test_a_disk_that_fills_mid_run_degrades_to_memory_and_the_flow_completes(tmp_path, monkeypatch, capfd):
-    store = SQLiteStore(tmp_path / "asyncflow.db")
+def small_disk(store: SQLiteStore, spare_pages: int) -> Any:
+    """The store's connect, made to give a real SQLITE_FULL: the database may not grow more than
+    `spare_pages` past its size when connected."""
     connect = store._sqlite_connect
 
-    def small_disk():  # a real SQLITE_FULL: the database may not grow past its current size
+    def small() -> Any:
         conn = connect()
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+        conn.execute(f"PRAGMA max_page_count = {pages + spare_pages}")
         return conn
 
-    monkeypatch.setattr(store, "_sqlite_connect", small_disk)
+    return small
+
+
+def test_a_disk_that_fills_mid_run_degrades_to_memory_and_the_flow_completes(tmp_path, monkeypatch, capfd):
+    store = SQLiteStore(tmp_path / "asyncflow.db")
+    monkeypatch.setattr(store, "_sqlite_connect", small_disk(store, 2))
     store._drop_connection()
     with isolated_store(store):
         assert doubling(500) == [2 * i for i in range(500)]
@@ -319,19 +326,13 @@ def test_a_run_already_in_the_file_when_the_disk_fills_is_still_read_whole_in_th
     """The flow run and its first task runs were committed before the store became unusable: the memory
     store this process degrades to learns the runs still open, so the flow run reads back, Completed."""
     store = SQLiteStore(tmp_path / "asyncflow.db")
-    connect = store._sqlite_connect
-
-    def small_disk():  # a real SQLITE_FULL: the database may not grow past its current size
-        conn = connect()
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        conn.execute(f"PRAGMA max_page_count = {pages}")
-        return conn
+    full = small_disk(store, 0)
 
     @task
     def step(i: int) -> int:
         if i == 3:
             assert store.flush()  # the flow run and steps 0-2 are in the file now
-            store._sqlite_connect = small_disk
+            store._sqlite_connect = full
             with store._lock:  # the writer is idle (flushed): its next batch opens a full disk
                 store._drop_connection()
         return i
