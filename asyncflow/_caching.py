@@ -24,6 +24,7 @@ import attrs
 
 from ._digest import code_digest as _code_digest
 from ._digest import md5
+from ._values import Value
 
 
 class UnhashableKeyPart(Exception):
@@ -70,6 +71,9 @@ def _canonical(value: Any, what: str, depth: int = 0) -> Any:
         return ["dataclass", qualname, _canonical(fields, what, depth + 1)]
     if attrs.has(kind):
         fields = {a.name: getattr(value, a.name) for a in attrs.fields(kind)}
+        return ["attrs", qualname, _canonical(fields, what, depth + 1)]
+    if isinstance(value, Value):  # asyncflow's records (attrs classes before): the same keys
+        fields = dict(zip(kind._fields, kind._astuple(value), strict=True))
         return ["attrs", qualname, _canonical(fields, what, depth + 1)]
     if hasattr(value, "model_dump") and hasattr(kind, "model_fields"):
         return ["pydantic", qualname, _canonical(value.model_dump(), what, depth + 1)]

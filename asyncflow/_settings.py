@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import attrs
+from ._values import Frozen, ValueEq
 
 if TYPE_CHECKING:  # pathlib (with urllib.parse and ipaddress) is imported by the first setting read
     from pathlib import Path
@@ -301,14 +301,25 @@ def _parse_directory(raw: str) -> Path:
 
 
 # -- declarations ----------------------------------------------------------------------------------
-@attrs.frozen
-class Setting:
+class Setting(Frozen, ValueEq):
+    """One declared setting (frozen, compared by value)."""
+
+    __slots__ = ("name", "parse", "default", "help", "accepts", "in_profile")
     name: str
     parse: Callable[[str], Any]
     default: Any  # a value, or a function of nothing that computes it (defaults that depend on HOME)
     help: str
     accepts: str  # what a value may be, for `config view --show-defaults` and the docs
-    in_profile: bool = True  # False for ASYNCFLOW_HOME: the profile lives under it
+    in_profile: bool  # False for ASYNCFLOW_HOME: the profile lives under it
+
+    def __init__(self, name: str, parse: Callable[[str], Any], default: Any, help: str, accepts: str,
+                 in_profile: bool = True) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "parse", parse)
+        object.__setattr__(self, "default", default)
+        object.__setattr__(self, "help", help)
+        object.__setattr__(self, "accepts", accepts)
+        object.__setattr__(self, "in_profile", in_profile)
 
     def value(self) -> Any:
         """The current value: environment, else profile, else default. Raises SettingError (the first
@@ -713,12 +724,16 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 # -- the settings object ---------------------------------------------------------------------------
-@attrs.frozen
-class Settings:
+class Settings(Frozen, ValueEq):
     """Every setting's current value and where it came from ("environment", "profile", "default")."""
 
+    __slots__ = ("values", "sources")
     values: Mapping[str, Any]
     sources: Mapping[str, str]
+
+    def __init__(self, values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "sources", sources)
 
     def __getitem__(self, name: str) -> Any:
         return self.values[lookup(name).name]

@@ -35,26 +35,68 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import anyio
-import attrs
 
 from . import _settings
 from ._engine.interrupt import UserCode
 from ._engine.threads import ThreadDispatcher
 from ._runners.threads import ThreadSlot, thread_limiter
 from ._runners.work import Capabilities, Outcome, RunSnapshot, UnpicklableWorkError, WorkerDiedError, WorkItem
+from ._values import FrozenInstanceError
 
 R = TypeVar("R")
 
 
-@attrs.frozen
 class RunnerOptions:
-    """A runner's configuration (subclasses add fields). Frozen: `duplicate()` shares it safely."""
+    """A runner's configuration (subclasses add fields). Frozen: `duplicate()` shares it safely.
+
+    A subclass is a frozen attrs class (`@attrs.frozen class MyOptions(RunnerOptions): ...`), or a
+    hand-written one that lists its fields in `__slots__` and sets them with `object.__setattr__`
+    (as `ThreadPoolOptions` does, to keep attrs off asyncflow's import path). Equal by class and fields."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError()
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError()
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return option_values(self) == option_values(other)
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    def __hash__(self) -> int:
+        return hash((self.__class__, *(value for _, value in option_values(self))))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in option_values(self))
+        return f"{type(self).__qualname__}({fields})"
+
+
+
+def option_fields(kind: type) -> list[str]:
+    """The field names of an options class: attrs' fields, or the `__slots__` of a hand-written one."""
+    if hasattr(kind, "__attrs_attrs__"):
+        import attrs
+
+        return [field.name for field in attrs.fields(kind)]
+    return [name for klass in reversed(kind.__mro__) for name in klass.__dict__.get("__slots__", ())
+            if not name.startswith("__")]
+
+
+def option_values(options: Any) -> list[tuple[str, Any]]:
+    return [(name, getattr(options, name)) for name in option_fields(type(options))]
 
 
 class TaskRunner:
     """Base class: sync functions in worker threads (under the thread limit), coroutines on the loop.
 
-    Subclasses declare `capabilities`, keep configuration in `options` (a frozen attrs object) and
+    Subclasses declare `capabilities`, keep configuration in `options` (a frozen `RunnerOptions`) and
     per-run state in attributes set by `_reset()`. Each flow run works on its own `duplicate()`."""
 
     capabilities: ClassVar[Capabilities] = Capabilities()
@@ -237,7 +279,7 @@ class TaskRunner:
             return hash(type(self))
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{f.name}={getattr(self.options, f.name)!r}" for f in attrs.fields(type(self.options)))
+        fields = ", ".join(f"{name}={value!r}" for name, value in option_values(self.options))
         return f"{type(self).__name__}({fields})"
 
 
@@ -268,9 +310,23 @@ def _positive_or_none(_: Any, attribute: Any, value: Any) -> None:
         raise ValueError(f"{attribute.name} must be a positive integer or None; got {value!r}.")
 
 
-@attrs.frozen
+class _Field:  # what `_positive_or_none` is told (as attrs tells a validator the field)
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
 class ThreadPoolOptions(RunnerOptions):
-    max_workers: int | None = attrs.field(default=None, validator=_positive_or_none)
+    __slots__ = ("max_workers",)
+    max_workers: int | None
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        _positive_or_none(self, _Field("max_workers"), max_workers)
+        object.__setattr__(self, "max_workers", max_workers)
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.max_workers,))
 
 
 class ThreadPoolTaskRunner(TaskRunner):

@@ -1,6 +1,6 @@
 """`import asyncflow` loads what defining and running a flow needs, and nothing else: the client, the
-CLI, the process runner, the memory store, result persistence, pickling, ctypes and asyncio (with its
-ssl, socket and subprocess) are imported when first used. Checked in fresh interpreters, by module
+CLI, the process runner, the memory store, result persistence, pickling, ctypes, attrs and asyncio
+(with its ssl, socket and subprocess) are imported when first used. Checked in fresh interpreters, by module
 names, not by time."""
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ HEAVY = {
     "sqlite3", "asyncflow._limits", "asyncflow._transactions", "hashlib", "_hashlib", "anyio.to_thread",
     "anyio.from_thread", "anyio.lowlevel", "concurrent.futures", "typing_extensions",
     "pathlib",  # (with urllib.parse and ipaddress: the first setting read imports it)
+    # the records on the import path are hand-written slots classes; attrs is for the modules above
+    "attrs", "attr",
 }
 # A sync flow calling a sync task on the SQLite store (the default) still needs none of these: a task
 # that sets no caching option has the default policy, looked up when read, and persists nothing.
@@ -34,6 +36,7 @@ NOT_FOR_A_SYNC_FLOW = {
     "asyncflow._limits.tags", "asyncflow._limits.acquire", "asyncflow._transactions", "hashlib", "_hashlib",
     "anyio.to_thread", "anyio.from_thread", "anyio.lowlevel", "concurrent.futures",
     "asyncflow._caching",  # (not _results: the store's background retention pass may prune lock files)
+    "attrs", "attr",  # (parameters are searched for attrs instances by their class's `__attrs_attrs__`)
 }
 
 
@@ -154,3 +157,34 @@ def test_the_default_cache_policy_is_looked_up_when_read(tmp_path):
         assert plain.with_options(name="copy").cache_policy is DEFAULT
     """
     assert loaded_after(code, tmp_path, {"asyncflow._caching"}) == ["asyncflow._caching"]
+
+
+def test_an_attrs_parameter_is_resolved_with_attrs_imported_only_then(tmp_path):
+    """Parameters are searched for futures inside attrs instances without `import attrs` in asyncflow:
+    a class is recognised by its `__attrs_attrs__`, and attrs is imported when one is met."""
+    code = """
+        import sys
+        import asyncflow
+
+        @asyncflow.task
+        def one():
+            return 1
+
+        @asyncflow.task
+        def read(box):
+            return box.value
+
+        @asyncflow.flow
+        def main():
+            assert "attrs" not in sys.modules and "attr" not in sys.modules
+            import attrs
+
+            @attrs.frozen
+            class Box:
+                value: object
+
+            return read(Box(one.submit()))
+
+        assert main() == 1
+    """
+    assert loaded_after(code, tmp_path, {"attrs"}) == ["attrs"]

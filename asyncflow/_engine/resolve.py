@@ -11,14 +11,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, cast
 
-import attrs
-
 from .._annotations import BaseAnnotation, allow_failure, opaque, quote
 from .._exceptions import UpstreamTaskError
 from .._futures import TaskRunFuture
 from .._states import State
 
 _ATOMS = (int, float, str, bytes, bool, type(None), complex)
+
+
+def _is_attrs(value: Any) -> bool:
+    """An instance of an attrs class, known without importing attrs (imported only for such values)."""
+    return getattr(type(value), "__attrs_attrs__", None) is not None
 
 
 def _is_pydantic(value: Any) -> bool:
@@ -33,7 +36,9 @@ def _children(value: Any) -> Any:
         return [item for pair in value.items() for item in pair]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return [getattr(value, f.name) for f in dataclasses.fields(value) if f.init]
-    if attrs.has(type(value)):
+    if _is_attrs(value):
+        import attrs
+
         return [getattr(value, a.name) for a in attrs.fields(type(value)) if a.init]
     if _is_pydantic(value):
         return list(dict(value).values())
@@ -172,7 +177,9 @@ class Resolver:
             changes = self._changed_fields(value, [f.name for f in dataclasses.fields(value) if f.init],
                                            allow_failed, memo)
             return dataclasses.replace(value, **changes) if changes else value
-        if attrs.has(type(value)):
+        if _is_attrs(value):
+            import attrs
+
             changes = self._changed_fields(value, [a.name for a in attrs.fields(type(value)) if a.init],
                                            allow_failed, memo)
             return attrs.evolve(value, **{k.lstrip("_"): v for k, v in changes.items()}) if changes else value

@@ -7,9 +7,8 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import attrs
-
 from .._callables import ONE_DAY, _short, check_count, check_seconds
+from .._values import Frozen, Record, ValueEq
 
 MAX_DELAYS = 50
 
@@ -38,12 +37,21 @@ def clamped_poisson_interval(average: float, clamping_factor: float) -> float:
     return min(max(value, lower), upper)  # rounding must not step outside the window
 
 
-@attrs.frozen
-class RetryPolicy:
-    retries: int = 0
-    delays: tuple[float, ...] = ()
-    jitter_factor: float | None = None
-    condition_fn: Callable[..., Any] | None = None
+class RetryPolicy(Frozen, ValueEq, Record):
+    """A task's or flow's retry options, validated (`build_retry_policy`). Frozen, compared by value."""
+
+    __slots__ = ("retries", "delays", "jitter_factor", "condition_fn")
+    retries: int
+    delays: tuple[float, ...]
+    jitter_factor: float | None
+    condition_fn: Callable[..., Any] | None
+
+    def __init__(self, retries: int = 0, delays: tuple[float, ...] = (), jitter_factor: float | None = None,
+                 condition_fn: Callable[..., Any] | None = None) -> None:
+        object.__setattr__(self, "retries", retries)
+        object.__setattr__(self, "delays", delays)
+        object.__setattr__(self, "jitter_factor", jitter_factor)
+        object.__setattr__(self, "condition_fn", condition_fn)
 
     def delay_for(self, attempt_index: int) -> float:
         """Seconds to wait before retry number `attempt_index + 1` (the last delay repeats)."""

@@ -23,9 +23,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-import attrs
-
 from .._exceptions import AsyncflowError
+from .._values import Frozen, Record, ValueEq
 
 _perf = time.perf_counter
 _now = time.time
@@ -52,8 +51,7 @@ class RemoteTraceback(Exception):
         return f"\n\nThe exception was raised in a worker:\n{self.text}"
 
 
-@attrs.frozen
-class Capabilities:
+class Capabilities(Frozen, ValueEq, Record):
     """What a runner declares about itself; the engine reads these, never introspects methods.
 
     - `pool_threads`: submitted sync runs execute whole (engine and function) in one of the runner's
@@ -69,20 +67,33 @@ class Capabilities:
       otherwise the worker stops the call in its thread at the deadline (as the engine does locally).
     """
 
-    pool_threads: bool = False
-    slots: bool = False
-    async_tasks: bool = False
-    remote: bool = False
-    enforces_timeouts: bool = False
-    kills_at_deadline: bool = False
+    __slots__ = ("pool_threads", "slots", "async_tasks", "remote", "enforces_timeouts", "kills_at_deadline")
+    pool_threads: bool
+    slots: bool
+    async_tasks: bool
+    remote: bool
+    enforces_timeouts: bool
+    kills_at_deadline: bool
+
+    def __init__(self, pool_threads: bool = False, slots: bool = False, async_tasks: bool = False,
+                 remote: bool = False, enforces_timeouts: bool = False, kills_at_deadline: bool = False) -> None:
+        _set = object.__setattr__
+        _set(self, "pool_threads", pool_threads)
+        _set(self, "slots", slots)
+        _set(self, "async_tasks", async_tasks)
+        _set(self, "remote", remote)
+        _set(self, "enforces_timeouts", enforces_timeouts)
+        _set(self, "kills_at_deadline", kills_at_deadline)
 
 
-@attrs.frozen
-class RunSnapshot:
+class RunSnapshot(Frozen, ValueEq, Record):
     """The run context a worker needs, as primitives: `get_run_logger()`, `asyncflow.runtime` and
     `log_prints` work in the worker from this. Flow parameters are summarised (small plain values,
     else the type's name); the task run's own parameters are its arguments."""
 
+    __slots__ = ("flow_run_id", "flow_run_name", "flow_name", "flow_version", "flow_parameters", "flow_tags",
+                 "flow_run_count", "task_run_id", "task_run_name", "task_name", "task_key", "task_tags",
+                 "task_run_count", "parameters", "log_prints", "log_level")
     flow_run_id: str | None
     flow_run_name: str | None
     flow_name: str | None
@@ -100,8 +111,30 @@ class RunSnapshot:
     log_prints: bool
     log_level: int
 
-    def __reduce__(self) -> Any:  # a tuple of primitives: pickled at C speed, cloudpickle included
-        return (RunSnapshot, attrs.astuple(self, recurse=False))
+    def __init__(self, flow_run_id: str | None, flow_run_name: str | None, flow_name: str | None,
+                 flow_version: str | None, flow_parameters: dict[str, Any], flow_tags: tuple[str, ...],
+                 flow_run_count: int, task_run_id: str, task_run_name: str, task_name: str, task_key: str,
+                 task_tags: tuple[str, ...], task_run_count: int, parameters: dict[str, Any], log_prints: bool,
+                 log_level: int) -> None:
+        _set = object.__setattr__
+        _set(self, "flow_run_id", flow_run_id)
+        _set(self, "flow_run_name", flow_run_name)
+        _set(self, "flow_name", flow_name)
+        _set(self, "flow_version", flow_version)
+        _set(self, "flow_parameters", flow_parameters)
+        _set(self, "flow_tags", flow_tags)
+        _set(self, "flow_run_count", flow_run_count)
+        _set(self, "task_run_id", task_run_id)
+        _set(self, "task_run_name", task_run_name)
+        _set(self, "task_name", task_name)
+        _set(self, "task_key", task_key)
+        _set(self, "task_tags", task_tags)
+        _set(self, "task_run_count", task_run_count)
+        _set(self, "parameters", parameters)
+        _set(self, "log_prints", log_prints)
+        _set(self, "log_level", log_level)
+
+    # pickled by `Record.__reduce__`: a tuple of primitives, pickled at C speed, cloudpickle included
 
 
 class WorkItem:

@@ -7,10 +7,9 @@ import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-import attrs
-
 from .._runs import FlowRun, TaskRun
 from .._states import State, StateType
+from .._values import Frozen, Record, ValueEq, setters
 
 if TYPE_CHECKING:
     from .reads import Change, Page, RunFilter, StateCount, Timeline
@@ -37,34 +36,56 @@ class StoreNotFoundError(StoreError):
     """There is no store at this path yet (nothing has run with this ASYNCFLOW_HOME)."""
 
 
-@attrs.frozen(slots=True)
-class StateRecord:
+class StateRecord(Frozen, ValueEq, Record):
     """A state as the store keeps it: no result data, just what happened and when."""
 
+    __slots__ = ("run_id", "type", "name", "message", "ts")
     run_id: uuid.UUID
     type: StateType
     name: str
     message: str | None
     ts: float
 
+    def __init__(self, run_id: uuid.UUID, type: StateType, name: str, message: str | None, ts: float) -> None:
+        _r_run_id(self, run_id)
+        _r_type(self, type)
+        _r_name(self, name)
+        _r_message(self, message)
+        _r_ts(self, ts)
+
     def to_state(self) -> State[Any]:
         return State(self.type, name=self.name, message=self.message, ts=self.ts)
 
 
-@attrs.frozen(slots=True)
-class LogRecord:
-    """One log line of a run, as recorded."""
+class LogRecord(Frozen, ValueEq, Record):
+    """One log line of a run, as recorded. `seq` (the store's sequence number, for read_logs_since) is
+    not compared."""
 
+    __slots__ = ("flow_run_id", "task_run_id", "level", "message", "ts", "seq")
+    _eq_exclude = ("seq",)
     flow_run_id: str | None
     task_run_id: str | None
     level: str
     message: str
     ts: float
-    seq: int | None = attrs.field(default=None, eq=False)  # the store's sequence number (read_logs_since)
+    seq: int | None
+
+    def __init__(self, flow_run_id: str | None, task_run_id: str | None, level: str, message: str, ts: float,
+                 seq: int | None = None) -> None:
+        _l_flow_run_id(self, flow_run_id)
+        _l_task_run_id(self, task_run_id)
+        _l_level(self, level)
+        _l_message(self, message)
+        _l_ts(self, ts)
+        _l_seq(self, seq)
 
     @property
     def timestamp(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.ts, tz=dt.timezone.utc)
+
+
+_r_run_id, _r_type, _r_name, _r_message, _r_ts = setters(StateRecord)
+_l_flow_run_id, _l_task_run_id, _l_level, _l_message, _l_ts, _l_seq = setters(LogRecord)
 
 
 class RunStore(Protocol):

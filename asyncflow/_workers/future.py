@@ -27,7 +27,6 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import attrs
 import cloudpickle
 
 from .. import _fork, _settings
@@ -44,11 +43,18 @@ from .blob import DamagedBlob, seal, unseal
 from .broker import RunOutcome, get_broker
 
 
-@attrs.frozen(slots=True, repr=False, eq=False)
 class _UnloadableResult(State[Any]):
     """A run that completed in the worker whose value cannot be handed out here: `.result()` raises why."""
 
-    error: BaseException | None = None
+    __slots__ = ("error",)
+    error: BaseException | None
+
+    def __init__(self, type: StateType, name: str, message: str | None = None, data: Any = None,
+                 state_details: StateDetails | None = None, ts: float | None = None,
+                 error: BaseException | None = None) -> None:
+        super().__init__(type, name, message, data, StateDetails() if state_details is None else state_details,
+                         *(() if ts is None else (ts,)))
+        object.__setattr__(self, "error", error)
 
     def _result(self, raise_on_failure: bool = True) -> Any:  # (behind `result()` and `aresult()`)
         assert self.error is not None

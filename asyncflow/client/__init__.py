@@ -180,7 +180,7 @@ class _Reads:
 
 def _copy(run: Any) -> Any:
     """Runs from the memory store are the engine's own records: hand out copies."""
-    return attrs.evolve(run, parameters=dict(run.parameters))
+    return run.replace(parameters=dict(run.parameters))
 
 
 def _copied(page: Page[Any], cursor: Any) -> Any:
