@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from asyncflow import flow, task
+from asyncflow._runs import FlowRun
 from asyncflow._states import State, StateType
 from asyncflow._store import MemoryStore, get_store, set_store
 from asyncflow._store.sqlite import SQLiteStore
@@ -322,19 +323,36 @@ def test_a_disk_that_fills_mid_run_degrades_to_memory_and_the_flow_completes(tmp
     assert "full" in err and "free space" in err and err.count("kept in memory only") == 1
 
 
-def test_a_run_already_in_the_file_when_the_disk_fills_is_still_read_whole_in_this_process(tmp_path, capfd):
+def read_only(store: SQLiteStore) -> Any:
+    """The store's connect, made to refuse every write (SQLITE_READONLY, as a read-only file would)."""
+    connect = store._sqlite_connect
+
+    def refusing() -> Any:
+        conn = connect()
+        conn.execute("PRAGMA query_only = 1")
+        return conn
+
+    return refusing
+
+
+def break_after_flush(store: SQLiteStore) -> None:
+    """Commit what is queued, then make the store refuse its next batch."""
+    assert store.flush()
+    store._sqlite_connect = read_only(store)
+    with store._lock:  # the writer is idle (flushed): its next batch opens a connection that refuses
+        store._drop_connection()
+
+
+def test_a_flow_run_already_in_the_file_when_the_store_breaks_is_still_read_whole_in_this_process(tmp_path, capfd):
     """The flow run and its first task runs were committed before the store became unusable: the memory
-    store this process degrades to learns the runs still open, so the flow run reads back, Completed."""
+    store this process degrades to learns the runs then open, so the flow run reads back, Completed, with
+    every task run that came after."""
     store = SQLiteStore(tmp_path / "asyncflow.db")
-    full = small_disk(store, 0)
 
     @task
     def step(i: int) -> int:
         if i == 3:
-            assert store.flush()  # the flow run and steps 0-2 are in the file now
-            store._sqlite_connect = full
-            with store._lock:  # the writer is idle (flushed): its next batch opens a full disk
-                store._drop_connection()
+            break_after_flush(store)  # the flow run and steps 0-3 are in the file now
         return i
 
     @flow
@@ -347,8 +365,26 @@ def test_a_run_already_in_the_file_when_the_disk_fills_is_still_read_whole_in_th
         assert store.fallback is not None
         run = store.read_flow_run(state.state_details.flow_run_id)
         assert run.state.is_completed() and run.end_time is not None
-        names = {r.name for r in store.read_task_runs(flow_run_id=run.id)}  # (runs that ended while the
-        assert {f"step-{i}" for i in range(200, 300)} <= names  # file still took them are in the file only)
+        names = {r.name for r in store.read_task_runs(flow_run_id=run.id)}
+        assert {f"step-{i}" for i in range(4, 300)} <= names
+    store.close()
+    assert capfd.readouterr().err.count("kept in memory only") == 1
+
+
+def test_a_flow_run_that_ended_just_before_the_store_broke_reads_back_with_its_last_state(tmp_path, capfd):
+    """Its row is in the file, its final state was still queued when the store broke, and it is no longer
+    open: the degraded store makes it from the snapshot the writer kept of it."""
+    store = SQLiteStore(tmp_path / "asyncflow.db")
+    run = FlowRun(id=uuid.uuid4(), name="just-ended", flow_name="f", flow_version=None, parameters={}, tags=(),
+                  state=State(StateType.PENDING))
+    store.record_flow_run(run, run.state)
+    store.record_state(run.id, State(StateType.RUNNING))
+    break_after_flush(store)
+    store.record_state(run.id, State(StateType.COMPLETED))
+    store.flush()
+    assert store.fallback is not None
+    read = store.read_flow_run(run.id)
+    assert read.name == "just-ended" and read.state.is_completed() and read.end_time is not None
     store.close()
     assert capfd.readouterr().err.count("kept in memory only") == 1
 

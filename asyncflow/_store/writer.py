@@ -42,6 +42,7 @@ from . import records as _records
 from .records import FLOW, LINE, LOG, MARK, NEW, STATE, TASK
 
 BUSY, UNUSABLE, BAD_RECORD = "busy", "unusable", "bad record"  # what a write error means (`_classify`)
+RECENT_FLOWS = 1024  # flow runs whose snapshot a writer keeps for its degrade (a dict entry per flow run)
 READ_METHODS = ("read_flow_run", "read_task_run", "read_flow_runs", "read_task_runs", "read_states",
                 "read_logs")
 
@@ -96,6 +97,9 @@ class BatchWriter:
         self._committed = 0  # batches written (progress, for backpressure)
         self._unbounded = False  # the writer stalled: the queue grows past its bound until it drains
         self._fallback_runs: dict[Any, Any] = {}  # degraded: run id -> run object in the fallback
+        # the newest flow runs' snapshots (run id -> record): a flow run that ended just before the store
+        # became unusable may have its row in the database and its last states still queued (degrade)
+        self._recent_flows: dict[Any, tuple[Any, ...]] = {}
 
     def _reset_in_child(self) -> None:
         """After fork: the parent's writer thread does not exist here, its queue is the parent's to
@@ -133,6 +137,11 @@ class BatchWriter:
     def record_flow_run(self, run: Any, state: State[Any] | None = None) -> None:
         """With `state`: a new run and its first state, as one record (see records.NEW)."""
         record = _records.flow_run(run)
+        recent = self._recent_flows
+        recent[run.id] = record
+        if len(recent) > RECENT_FLOWS:
+            with contextlib.suppress(KeyError, RuntimeError):  # (another thread evicted it first)
+                del recent[next(iter(recent))]
         if state is not None:
             record = (NEW, record, _records.state(run.id, state))
         if len(self._queue) < self.queue_size:
@@ -390,6 +399,9 @@ class BatchWriter:
             kind = record[0]
             if kind == STATE:
                 run = runs.get(record[1])
+                if run is None and (snapshot := self._recent_flows.pop(record[1], None)) is not None:
+                    run = runs[record[1]] = _records.to_run(snapshot)  # its row went to the database
+                    fallback.record_flow_run(run)
                 state = _records.to_state(record)
                 if run is not None:
                     if run.state.ts <= state.ts:
