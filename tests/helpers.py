@@ -89,3 +89,13 @@ def add(a: int, b: int) -> int:
 async def add_async(a: int, b: int) -> int:
     await anyio.lowlevel.checkpoint()
     return a + b
+
+
+def build_schema(conn: Any, migrations: list[list[str]], version: int) -> None:
+    """Make on `conn` (sqlite3 or psycopg) the tables asyncflow wrote at schema `version`, from the
+    dialect's own migrations, and record that version (the file header stays as that version left it)."""
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for statements in migrations[:version]:
+        for statement in statements:
+            conn.execute(statement)
+    conn.execute(f"INSERT INTO schema_version VALUES ({int(version)})")

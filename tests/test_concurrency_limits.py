@@ -14,6 +14,7 @@ import uuid
 
 import anyio
 import pytest
+from helpers import build_schema
 
 from asyncflow import flow, task
 from asyncflow._limits import db as limits_db
@@ -484,11 +485,7 @@ def test_an_older_store_file_is_upgraded_with_the_limit_tables(tmp_path):
 
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    for statements in sqlite_module.MIGRATIONS[:5]:  # what asyncflow wrote at schema version 5
-        for statement in statements:
-            conn.execute(statement)
-    conn.execute("INSERT INTO schema_version VALUES (5)")
+    build_schema(conn, sqlite_module.MIGRATIONS, 5)  # what asyncflow wrote at schema version 5
     conn.close()
     store = SQLiteStore(path)
     try:

@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from helpers import build_schema
 
 from asyncflow import flow, get_run_logger, task
 from asyncflow._runs import TaskRun
@@ -235,11 +236,7 @@ def test_a_schema_6_store_is_upgraded_with_its_log_rows_and_one_sequence(tmp_pat
     path = tmp_path / "asyncflow.db"
     conn = sqlite3.connect(path, isolation_level=None)  # the tables of schema 6
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    conn.execute("INSERT INTO schema_version VALUES (6)")
-    for statements in sqlite_module.MIGRATIONS[:6]:
-        for statement in statements:
-            conn.execute(statement)
+    build_schema(conn, sqlite_module.MIGRATIONS, 6)
     flow_id = str(uuid.uuid4())
     conn.execute("DROP TABLE states")  # schema 6's states table, with a line stored as a log row
     conn.execute("DELETE FROM counters WHERE name = 'seq'")
@@ -297,11 +294,7 @@ def test_a_schema_2_postgres_store_is_upgraded_with_its_log_rows_and_one_sequenc
 
     flow_id = str(uuid.uuid4())
     with psycopg.connect(postgres_url, autocommit=True) as conn:  # what asyncflow wrote at schema version 2
-        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        for statements in pg_module.MIGRATIONS[:2]:
-            for statement in statements:
-                conn.execute(statement)
-        conn.execute("INSERT INTO schema_version VALUES (2)")
+        build_schema(conn, pg_module.MIGRATIONS, 2)
         conn.execute("INSERT INTO flow_runs (ref, id, name, flow_name, parameters, tags, created) "
                      "VALUES (1, %s, 'old-run', 'old', '{}', '[]', 1.0)", (flow_id,))
         conn.execute("UPDATE counters SET value = 1 WHERE name = 'ref'")

@@ -7,6 +7,7 @@ import sqlite3
 import uuid
 
 import pytest
+from helpers import build_schema
 
 from asyncflow import flow, task
 from asyncflow._runs import FlowRun, TaskRun
@@ -114,11 +115,7 @@ def test_a_flow_run_stored_after_its_task_runs_finds_them_on_postgres(postgres_u
 def _schema_7_store(path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    conn.execute("INSERT INTO schema_version VALUES (7)")
-    for statements in sqlite_module.MIGRATIONS[:7]:
-        for statement in statements:
-            conn.execute(statement)
+    build_schema(conn, sqlite_module.MIGRATIONS, 7)
     return conn
 
 
@@ -179,11 +176,7 @@ def test_a_schema_3_postgres_store_is_upgraded_with_its_task_runs_under_their_fl
     stored, never = str(uuid.uuid4()), str(uuid.uuid4())
     tasks = {ref: str(uuid.uuid4()) for ref in (2, 3)}
     with psycopg.connect(postgres_url, autocommit=True) as conn:  # what asyncflow wrote at schema version 3
-        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        for statements in pg_module.MIGRATIONS[:3]:
-            for statement in statements:
-                conn.execute(statement)
-        conn.execute("INSERT INTO schema_version VALUES (3)")
+        build_schema(conn, pg_module.MIGRATIONS, 3)
         conn.execute("INSERT INTO flow_runs (ref, id, name, flow_name, parameters, tags, created) "
                      "VALUES (1, %s, 'old-run', 'old', '{}', '[]', 1.0)", (stored,))
         for ref, flow_id in ((2, stored), (3, never)):
