@@ -11,8 +11,10 @@ import threading
 import time
 from typing import Any
 
+import anyio
 import pytest
 import runner_cases as cases
+from helpers import HANG_GUARD
 
 from asyncflow import flow, task
 from asyncflow.runtime import task_run
@@ -118,9 +120,8 @@ async def test_a_run_past_its_deadline_has_its_worker_killed_and_replaced(tmp_pa
             after = await cases.double_where.submit(1)
             return (state.name, state.message), stuck.task_run.id, after
 
-        started = time.monotonic()
-        (name, message), run_id, (_, next_pid) = await f()
-        assert time.monotonic() - started < 60
+        with anyio.fail_after(HANG_GUARD):  # a hang guard, not a speed check (the bench measures speed)
+            (name, message), run_id, (_, next_pid) = await f()
         killed = _pid_from(pidfile)
         assert name == "TimedOut"
         assert "killed at the deadline" in message and "hard limit" in message
