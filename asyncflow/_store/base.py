@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._runs import FlowRun, TaskRun
@@ -213,10 +213,9 @@ def _no_open_runs() -> list[Any]:
 
 # The runs open in this process (flow and task runs), as the engine knows them: the engine sets it at
 # import (`_engine/open_runs.py`); a writer that degrades to memory asks it (services never import the engine).
-open_runs: Any = _no_open_runs
+open_runs: Callable[[], list[Any]] = _no_open_runs
 
 
-def set_open_runs(source: Any) -> None:
+def set_open_runs(source: Callable[[], list[Any]]) -> None:
     global open_runs
     open_runs = source
-

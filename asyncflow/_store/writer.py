@@ -386,12 +386,17 @@ class BatchWriter:
             if run.id in runs:
                 continue
             record = _records.flow_run(run) if isinstance(run, FlowRun) else _records.task_run(run)
-            copy = runs[run.id] = _records.to_run(record)
+            copy = _records.to_run(record)
             state = run.state
             copy.state = State(state.type, state.name, state.message, None, state.state_details, state.ts)
             copy.run_count, copy.start_time = run.run_count, run.start_time
-            (fallback.record_flow_run if isinstance(run, FlowRun) else fallback.record_task_run)(copy)
+            self._adopt(fallback, record, copy)
             fallback.record_state(run.id, copy.state)
+
+    def _adopt(self, fallback: Any, record: tuple[Any, ...], run: Any) -> None:
+        """The fallback learns `run`, made from its snapshot `record` (FLOW or TASK); its states follow it."""
+        self._fallback_runs[run.id] = run
+        (fallback.record_flow_run if record[0] == FLOW else fallback.record_task_run)(run)
 
     def _replay(self, batch: list[tuple[Any, ...]]) -> None:
         fallback, runs = self.fallback, self._fallback_runs
@@ -400,8 +405,8 @@ class BatchWriter:
             if kind == STATE:
                 run = runs.get(record[1])
                 if run is None and (snapshot := self._recent_flows.pop(record[1], None)) is not None:
-                    run = runs[record[1]] = _records.to_run(snapshot)  # its row went to the database
-                    fallback.record_flow_run(run)
+                    run = _records.to_run(snapshot)  # its row went to the database
+                    self._adopt(fallback, snapshot, run)
                 state = _records.to_state(record)
                 if run is not None:
                     if run.state.ts <= state.ts:
@@ -421,8 +426,7 @@ class BatchWriter:
                 if known is not None:  # recorded again: a new name
                     known.name = record[2]
                     continue
-                run = runs[record[1]] = _records.to_run(record)
-                (fallback.record_flow_run if kind == FLOW else fallback.record_task_run)(run)
+                self._adopt(fallback, record, _records.to_run(record))
         while len(runs) > 100_000:  # runs that never end (their process's records stopped)
             del runs[next(iter(runs))]
 
