@@ -314,12 +314,7 @@ class Setting(Frozen, ValueEq):
 
     def __init__(self, name: str, parse: Callable[[str], Any], default: Any, help: str, accepts: str,
                  in_profile: bool = True) -> None:
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "parse", parse)
-        object.__setattr__(self, "default", default)
-        object.__setattr__(self, "help", help)
-        object.__setattr__(self, "accepts", accepts)
-        object.__setattr__(self, "in_profile", in_profile)
+        self._set_fields(name, parse, default, help, accepts, in_profile)
 
     def value(self) -> Any:
         """The current value: environment, else profile, else default. Raises SettingError (the first
@@ -732,8 +727,7 @@ class Settings(Frozen, ValueEq):
     sources: Mapping[str, str]
 
     def __init__(self, values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
-        object.__setattr__(self, "values", values)
-        object.__setattr__(self, "sources", sources)
+        self._set_fields(values, sources)
 
     def __getitem__(self, name: str) -> Any:
         return self.values[lookup(name).name]

@@ -103,6 +103,11 @@ class Frozen(Value):
     def __setattr__(self, name: str, value: Any) -> None:
         raise FrozenInstanceError()
 
+    def _set_fields(self, *values: Any) -> None:
+        """`__init__`'s assignment: every field, in order, its value (the hot records use `setters`)."""
+        for name, value in zip(self._fields, values, strict=True):
+            _object_setattr(self, name, value)
+
     def __delattr__(self, name: str) -> None:
         raise FrozenInstanceError()
 

@@ -48,10 +48,7 @@ class RetryPolicy(Frozen, ValueEq, Record):
 
     def __init__(self, retries: int = 0, delays: tuple[float, ...] = (), jitter_factor: float | None = None,
                  condition_fn: Callable[..., Any] | None = None) -> None:
-        object.__setattr__(self, "retries", retries)
-        object.__setattr__(self, "delays", delays)
-        object.__setattr__(self, "jitter_factor", jitter_factor)
-        object.__setattr__(self, "condition_fn", condition_fn)
+        self._set_fields(retries, delays, jitter_factor, condition_fn)
 
     def delay_for(self, attempt_index: int) -> float:
         """Seconds to wait before retry number `attempt_index + 1` (the last delay repeats)."""

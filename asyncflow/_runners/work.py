@@ -77,13 +77,7 @@ class Capabilities(Frozen, ValueEq, Record):
 
     def __init__(self, pool_threads: bool = False, slots: bool = False, async_tasks: bool = False,
                  remote: bool = False, enforces_timeouts: bool = False, kills_at_deadline: bool = False) -> None:
-        _set = object.__setattr__
-        _set(self, "pool_threads", pool_threads)
-        _set(self, "slots", slots)
-        _set(self, "async_tasks", async_tasks)
-        _set(self, "remote", remote)
-        _set(self, "enforces_timeouts", enforces_timeouts)
-        _set(self, "kills_at_deadline", kills_at_deadline)
+        self._set_fields(pool_threads, slots, async_tasks, remote, enforces_timeouts, kills_at_deadline)
 
 
 class RunSnapshot(Frozen, ValueEq, Record):
@@ -116,23 +110,9 @@ class RunSnapshot(Frozen, ValueEq, Record):
                  flow_run_count: int, task_run_id: str, task_run_name: str, task_name: str, task_key: str,
                  task_tags: tuple[str, ...], task_run_count: int, parameters: dict[str, Any], log_prints: bool,
                  log_level: int) -> None:
-        _set = object.__setattr__
-        _set(self, "flow_run_id", flow_run_id)
-        _set(self, "flow_run_name", flow_run_name)
-        _set(self, "flow_name", flow_name)
-        _set(self, "flow_version", flow_version)
-        _set(self, "flow_parameters", flow_parameters)
-        _set(self, "flow_tags", flow_tags)
-        _set(self, "flow_run_count", flow_run_count)
-        _set(self, "task_run_id", task_run_id)
-        _set(self, "task_run_name", task_run_name)
-        _set(self, "task_name", task_name)
-        _set(self, "task_key", task_key)
-        _set(self, "task_tags", task_tags)
-        _set(self, "task_run_count", task_run_count)
-        _set(self, "parameters", parameters)
-        _set(self, "log_prints", log_prints)
-        _set(self, "log_level", log_level)
+        self._set_fields(flow_run_id, flow_run_name, flow_name, flow_version, flow_parameters, flow_tags,
+                         flow_run_count, task_run_id, task_run_name, task_name, task_key, task_tags, task_run_count,
+                         parameters, log_prints, log_level)
 
     # pickled by `Record.__reduce__`: a tuple of primitives, pickled at C speed, cloudpickle included
 
