@@ -1,0 +1,333 @@
+"""The SQLite store's writer process: each batch's fold and SQL run off this process's GIL.
+
+The writer thread (writer.py) stays the one consumer of the queue: ordering, batching, flush marks,
+isolation of bad records and degrading to memory are its work as before. What changes is where a batch
+is written: the thread ships it (pickled) through a pipe to a child process, which runs the same fold
+and the same SQL on its own connection (writer_child.py), and waits for the answer (a blocking read:
+the GIL is free meanwhile). An error comes back as the exception it was (its class, message and SQLite
+code), so the thread classifies it as it would its own.
+
+- Started late: a process writes in its thread first. With `ASYNCFLOW_STORE_WRITER=auto` (the default)
+  the child is started once the thread has written START_AFTER records, in the background (the thread
+  goes on writing until the child is ready), and takes over between two batches: a short script never
+  pays a Python start. `process` starts it after the first batch and waits for it; `thread` never does.
+- The owner of the runs stays this process: the first batch (always written in the thread) registers
+  this process in `owners`, and the child writes under that row, so runs left open by a crash of this
+  process are marked Crashed at the next open (owners.py).
+- A child that dies (killed) loses and duplicates nothing: every batch carries a number that the child
+  writes in the same transaction (a row of `counters`, named by the child's token); the thread reads
+  it back to learn whether the batch it was waiting for was committed, writes it itself if not, and
+  from then on writes in its thread (one warning).
+- The child ignores SIGINT and SIGTERM, in a process group of its own (a Ctrl-C to the terminal does not
+  reach it): it exits when its input ends, when this process closes the pipe at exit or dies (SIGKILL
+  included), after deleting its `counters` row.
+- Fork: a forked child closes its copies of the pipes (so the writer process sees the end of its input
+  when this process ends) and writes in its own thread.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import os
+import pickle
+import select
+import sqlite3
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+from .base import StoreError
+from .writer import report
+
+START_AFTER = 4000  # records the thread writes before `auto` starts the writer process
+ANSWER_SECONDS = 120.0  # a batch the child has not answered by then: the child is stopped (as if it died)
+READY_SECONDS = 30.0  # `process`: how long the first batch waits for the child to start
+_ABANDONED: list[Any] = []  # a forked child's copies of its parent's writer processes (never waited for)
+
+
+class ChildGone(Exception):
+    """The writer process ended (or stopped answering) before it answered."""
+
+
+class Unshippable(Exception):
+    """A batch holds a value that does not pickle: the thread writes it itself."""
+
+
+def send(fd: int, message: Any) -> None:
+    """One message: its length (4 bytes) and its pickle."""
+    send_bytes(fd, pickle.dumps(message, 5))
+
+
+def send_bytes(fd: int, data: bytes) -> None:
+    view = memoryview(len(data).to_bytes(4, "little") + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def receive(fd: int) -> Any:
+    """The next message, or None at the end of the input."""
+    head = _read_exactly(fd, 4)
+    if head is None:
+        return None
+    data = _read_exactly(fd, int.from_bytes(head, "little"))
+    return None if data is None else pickle.loads(data)
+
+
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    chunks, left = [], size
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def error_info(exc: BaseException) -> tuple[Any, ...]:
+    """What the parent needs to make the exception again (`rebuild`)."""
+    return (type(exc).__module__, type(exc).__name__, str(exc), getattr(exc, "errno", None),
+            getattr(exc, "strerror", None), getattr(exc, "sqlite_errorcode", None),
+            getattr(exc, "sqlite_errorname", None))
+
+
+def rebuild(info: tuple[Any, ...]) -> Exception:
+    """The child's exception, as the writer thread's `_classify`, `_advice` and warnings read it."""
+    module, name, text, errno, strerror, code, code_name = info
+    if module == "sqlite3":
+        cls = getattr(sqlite3, name, sqlite3.DatabaseError)
+        exc = cls(text)
+        exc.sqlite_errorcode, exc.sqlite_errorname = code, code_name
+        return exc  # type: ignore[no-any-return]
+    if errno is not None and strerror is not None:
+        return OSError(errno, strerror)
+    if name in ("StoreError", "StoreNotFoundError"):
+        return StoreError(text)
+    builtin = getattr(builtins, name, None)
+    if isinstance(builtin, type) and issubclass(builtin, Exception):
+        with contextlib.suppress(Exception):
+            return builtin(text)
+    return RuntimeError(f"{name}: {text}")
+
+
+class WriterChild:
+    """One writer process and the two ends of its pipes (used under the store's write lock only)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.token = f"writer {uuid.uuid4().hex}"  # its row in `counters`: the last batch it committed
+        self.seq = 0  # the number of the last batch shipped
+        self.ready = False
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        code = f"import sys; sys.path.insert(0, {root!r}); from asyncflow._store.writer_child import main; main()"
+        group: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     bufsize=0, close_fds=True, **group)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._in, self._out = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        try:
+            send(self._in, ("start", 0, {**config, "token": self.token}))
+        except OSError:
+            pass  # it died already: the answer says so
+
+    def poll(self, timeout: float = 0.0) -> bool | None:
+        """Is it ready? True once it is, False if it could not start, None if not yet (after `timeout`)."""
+        if self.ready:
+            return True
+        if not select.select([self._out], [], [], timeout)[0]:
+            return None
+        try:
+            answer = receive(self._out)
+        except OSError:
+            answer = None
+        if answer is None or answer[1] is not None:
+            self.failure = "it ended" if answer is None else _text(answer[1])
+            return False
+        self.ready = True
+        return True
+
+    failure = ""
+
+    def call(self, op: str, payload: Any = None) -> None:
+        """Ship one message (`batch`: written in one transaction numbered `seq`); raises the child's error
+        as it was, or ChildGone."""
+        self.seq += 1
+        try:
+            data = pickle.dumps((op, self.seq, payload), 5)
+        except Exception as exc:
+            raise Unshippable from exc
+        try:
+            send_bytes(self._in, data)
+            if not select.select([self._out], [], [], ANSWER_SECONDS)[0]:
+                self.proc.kill()
+            answer = receive(self._out)
+        except OSError:
+            answer = None
+        if answer is None:
+            raise ChildGone
+        if answer[0] != "ok":
+            raise rebuild(answer[1])
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End its input: it deletes its `counters` row and exits (killed if it was still starting)."""
+        if not self.ready:
+            with contextlib.suppress(OSError):
+                self.proc.kill()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()  # type: ignore[union-attr]
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(1)
+
+    def reap(self) -> int | None:
+        """After it died: its exit code (it is killed first if it still runs, stuck)."""
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()  # type: ignore[union-attr]
+        try:
+            return self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def abandon(self) -> None:
+        """In a forked child: close this process's copies of the pipes, never wait for the process."""
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()  # type: ignore[union-attr]
+        _ABANDONED.append(self.proc)
+
+
+def _text(info: tuple[Any, ...]) -> str:
+    return f"{info[1]}: {info[2]}"
+
+
+class ProcessWriting:
+    """The SQLite store's side of the writer process (a mixin before BatchWriter: see the module's
+    docstring). `writer_mode` is "auto", "thread" or "process" (None: the setting)."""
+
+    writer_mode: str | None = None
+    label: str
+    path: Any
+    busy_timeout: float
+    privacy: Any
+    _owner: int | None
+    _open_runs: dict[int, list[Any]]
+
+    def _init_runtime(self) -> None:
+        super()._init_runtime()  # type: ignore[misc]
+        self._child: WriterChild | None = None
+        self._child_failed = False  # it died or could not start: this process writes in its thread
+        self._written = 0  # records written in the thread (`auto` starts the child after START_AFTER)
+
+    def _reset_in_child(self) -> None:
+        child = self._child
+        if child is not None:
+            child.abandon()
+        super()._reset_in_child()  # type: ignore[misc]
+
+    def _close_connections(self) -> None:
+        self._stop_child()
+        super()._close_connections()  # type: ignore[misc]
+
+    def _write(self, batch: list[tuple[Any, ...]]) -> None:
+        """Write one batch in one transaction: through the writer process when it is ready, else here."""
+        if self._owner is None:  # a new file (or the first batch): this process registers itself first
+            self._stop_child()
+        child = self._child
+        if child is None or not child.ready:
+            child = self._starting(child)
+        if child is not None:
+            try:
+                child.call("batch", batch)
+                return
+            except ChildGone:
+                if self._child_gone(child):
+                    return
+            except Unshippable:  # a value that does not pickle: written here
+                pass
+        self._write_batch(self._writer_conn(), batch)  # type: ignore[attr-defined]
+        self._written += len(batch)
+
+    def _starting(self, child: WriterChild | None) -> WriterChild | None:
+        """The writer process if it is ready now; starts it when it is time."""
+        if self._child_failed or self._owner is None:
+            return None
+        if child is None:
+            mode = self.writer_mode or _setting()
+            if mode == "thread" or (mode == "auto" and self._written < START_AFTER) or not sys.executable:
+                return None
+            try:
+                child = self._child = WriterChild({"path": str(self.path), "busy_timeout": self.busy_timeout,
+                                                   "privacy": self.privacy, "owner": self._owner})
+            except (OSError, subprocess.SubprocessError) as exc:
+                return self._give_up(f"{type(exc).__name__}: {exc}")
+            if mode == "auto":
+                return None  # it starts in the background: the thread writes meanwhile
+            ready = child.poll(READY_SECONDS)
+        else:
+            ready = child.poll()
+        if ready is None:
+            return None
+        if ready is False:
+            return self._give_up(child.failure)
+        self._open_runs.clear()  # the child keeps its own memory of open runs
+        return child
+
+    def _give_up(self, why: str) -> None:
+        child, self._child = self._child, None
+        self._child_failed = True
+        if child is not None:
+            child.reap()
+        report(f"could not start the writer process of {self.label} ({why}); this process writes its "
+               f"records itself.")
+        return None
+
+    def _child_gone(self, child: WriterChild) -> bool:
+        """The writer process died before it answered: was the batch it had committed? (Read back from
+        the batch number it writes with each batch.) This process writes in its thread from now on."""
+        self._child, self._child_failed = None, True
+        code = child.reap()
+        self._open_runs.clear()  # it may hold refs of runs this process has not seen numbered
+
+        def last() -> Any:
+            conn = self._writer_conn()  # type: ignore[attr-defined]
+            row = conn.execute("SELECT value FROM counters WHERE name = ?", (child.token,)).fetchone()
+            conn.execute("DELETE FROM counters WHERE name = ?", (child.token,))
+            return None if row is None else row[0]
+
+        import time
+
+        committed = self._with_retry(last, deadline=time.monotonic() + 30) == child.seq  # type: ignore[attr-defined]
+        report(f"the writer process of {self.label} ended (exit code {code}) before it answered; the batch it was "
+               f"writing {'was committed' if committed else 'is written again here'}, and this process writes "
+               f"its records itself from now on. Nothing is lost.")
+        return committed
+
+    def _stop_child(self) -> None:
+        child, self._child = self._child, None
+        if child is not None:
+            child.close()
+            self._open_runs.clear()
+
+    def _forget_in_child(self) -> None:
+        """Runs were deleted (retention): the writer process forgets the numbers it keeps of open runs.
+        Called under the write lock."""
+        child = self._child
+        if child is not None and child.ready:
+            try:
+                child.call("forget")
+            except ChildGone:
+                self._child_gone(child)
+
+
+def _setting() -> str:
+    from .. import _settings
+
+    return str(_settings.STORE_WRITER.value())
