@@ -119,8 +119,11 @@ class WriterChild:
         self.token = f"writer {uuid.uuid4().hex}"  # its row in `counters`: the last batch it committed
         self.seq = 0  # the number of the last batch shipped
         self.ready = False
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        code = f"import sys; sys.path.insert(0, {root!r}); from asyncflow._store.writer_child import main; main()"
+        package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        # the package without its __init__ (the engine and its imports: half the start): the writer needs
+        # the store's modules only, from this process's copy of asyncflow
+        code = (f"import sys, types; package = types.ModuleType('asyncflow'); package.__path__ = [{package!r}]; "
+                f"sys.modules['asyncflow'] = package; from asyncflow._store.writer_child import main; main()")
         group: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      bufsize=0, close_fds=True, **group)
