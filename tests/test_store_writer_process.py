@@ -90,8 +90,8 @@ def record_everything(store: SQLiteStore) -> None:
         run_id = uuid.UUID(int=100 + i)
         details = StateDetails(flow_run_id=flow_id, task_run_id=run_id, cache_key=f"key-{i}",
                                cache_expiration=dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc))
-        run = TaskRun(id=run_id, name=f"t-{i}", task_name="t", task_key="t-1", flow_run_id=flow_id if i else other_flow, parent_task_run_id=None,
-                      parameters={"i": i, "password": "hunter2"}, tags=("x",),
+        run = TaskRun(id=run_id, name=f"t-{i}", task_name="t", task_key="t-1", flow_run_id=flow_id if i else other_flow,
+                      parent_task_run_id=None, parameters={"i": i, "password": "hunter2"}, tags=("x",),
                       state=State(StateType.PENDING, state_details=details, ts=12.0 + i))
         store.record_task_run(run, run.state)
         store.record_state_line(run_id, 1, flow_id, flow_run_id=str(flow_id), task_run_id=str(run_id), level="INFO",

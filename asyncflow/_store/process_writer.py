@@ -97,8 +97,7 @@ def rebuild(info: tuple[Any, ...]) -> Exception:
     """The child's exception, as the writer thread's `_classify`, `_advice` and warnings read it."""
     module, name, text, errno, strerror, code, code_name = info
     if module == "sqlite3":
-        cls = getattr(sqlite3, name, sqlite3.DatabaseError)
-        exc = cls(text)
+        exc: Any = getattr(sqlite3, name, sqlite3.DatabaseError)(text)
         exc.sqlite_errorcode, exc.sqlite_errorname = code, code_name
         return exc  # type: ignore[no-any-return]
     if errno is not None and strerror is not None:
@@ -129,10 +128,8 @@ class WriterChild:
                                      bufsize=0, close_fds=True, **group)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._in, self._out = self.proc.stdin.fileno(), self.proc.stdout.fileno()
-        try:
+        with contextlib.suppress(OSError):  # it died already: the answer says so
             send(self._in, ("start", 0, {**config, "token": self.token}))
-        except OSError:
-            pass  # it died already: the answer says so
 
     def poll(self, timeout: float = 0.0) -> bool | None:
         """Is it ready? True once it is, False if it could not start, None if not yet (after `timeout`)."""
@@ -222,12 +219,16 @@ class ProcessWriting:
     privacy: Any
     _owner: int | None
     _open_runs: dict[int, list[Any]]
+    _closed: bool
 
     def _init_runtime(self) -> None:
         super()._init_runtime()  # type: ignore[misc]
         self._child: WriterChild | None = None
         self._child_failed = False  # it died or could not start: this process writes in its thread
         self._written = 0  # records written in the thread (`auto` starts the child after START_AFTER)
+        # (batch, child): a wait for the child's answer interrupted (Ctrl-C in a flushing main thread): the
+        # child is stopped and the batch's fate read back before the next write
+        self._interrupted: tuple[list[tuple[Any, ...]], WriterChild] | None = None
 
     def _reset_in_child(self) -> None:
         child = self._child
@@ -241,6 +242,11 @@ class ProcessWriting:
 
     def _write(self, batch: list[tuple[Any, ...]]) -> None:
         """Write one batch in one transaction: through the writer process when it is ready, else here."""
+        if self._interrupted is not None:
+            pending, gone = self._interrupted
+            self._interrupted = None
+            if self._child_gone(gone) and pending is batch:
+                return  # committed before its answer was read
         if self._owner is None:  # a new file (or the first batch): this process registers itself first
             self._stop_child()
         child = self._child
@@ -255,12 +261,15 @@ class ProcessWriting:
                     return
             except Unshippable:  # a value that does not pickle: written here
                 pass
+            except BaseException:  # interrupted while waiting: the answer is lost, the child out of step
+                self._interrupted = (batch, child)
+                raise
         self._write_batch(self._writer_conn(), batch)  # type: ignore[attr-defined]
         self._written += len(batch)
 
     def _starting(self, child: WriterChild | None) -> WriterChild | None:
         """The writer process if it is ready now; starts it when it is time."""
-        if self._child_failed or self._owner is None:
+        if self._child_failed or self._owner is None or self._closed:  # (at exit: records after close)
             return None
         if child is None:
             mode = self.writer_mode or _setting()
@@ -270,7 +279,8 @@ class ProcessWriting:
                 child = self._child = WriterChild({"path": str(self.path), "busy_timeout": self.busy_timeout,
                                                    "privacy": self.privacy, "owner": self._owner})
             except (OSError, subprocess.SubprocessError) as exc:
-                return self._give_up(f"{type(exc).__name__}: {exc}")
+                self._give_up(f"{type(exc).__name__}: {exc}")
+                return None
             if mode == "auto":
                 return None  # it starts in the background: the thread writes meanwhile
             ready = child.poll(READY_SECONDS)
@@ -279,7 +289,8 @@ class ProcessWriting:
         if ready is None:
             return None
         if ready is False:
-            return self._give_up(child.failure)
+            self._give_up(child.failure)
+            return None
         self._open_runs.clear()  # the child keeps its own memory of open runs
         return child
 
@@ -290,7 +301,6 @@ class ProcessWriting:
             child.reap()
         report(f"could not start the writer process of {self.label} ({why}); this process writes its "
                f"records itself.")
-        return None
 
     def _child_gone(self, child: WriterChild) -> bool:
         """The writer process died before it answered: was the batch it had committed? (Read back from
@@ -313,6 +323,10 @@ class ProcessWriting:
                f"its records itself from now on. Nothing is lost.")
         return committed
 
+    def _degrade(self, exc: BaseException, batch: list[tuple[Any, ...]] | None = None) -> None:
+        super()._degrade(exc, batch)  # type: ignore[misc]
+        self._stop_child()  # the process records into memory from now on
+
     def _stop_child(self) -> None:
         child, self._child = self._child, None
         if child is not None:
@@ -323,7 +337,7 @@ class ProcessWriting:
         """Runs were deleted (retention): the writer process forgets the numbers it keeps of open runs.
         Called under the write lock."""
         child = self._child
-        if child is not None and child.ready:
+        if child is not None and child.ready and self._interrupted is None:
             try:
                 child.call("forget")
             except ChildGone:

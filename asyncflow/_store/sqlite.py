@@ -46,8 +46,8 @@ from .base import (
     StoreNotFoundError,
 )
 from .fold import STATE_CODES, fold, merge_known
-from .records import Privacy, parameters_json, parameters_snapshot
 from .process_writer import ProcessWriting
+from .records import Privacy, parameters_json, parameters_snapshot
 from .sql_reads import SqlRunReads
 from .writer import BAD_RECORD, BUSY, UNUSABLE, BatchWriter, describe_error, report
 
@@ -450,6 +450,8 @@ class SQLiteStore(SqlRunReads, ProcessWriting, BatchWriter):
                  batch_size: int = 5000, busy_timeout: float = 1.0, recover: bool = True,
                  privacy: Privacy | None = None, writer: str | None = None) -> None:
         self.path = Path(path).expanduser().absolute()
+        if writer not in (None, "auto", "thread", "process"):
+            raise ValueError(f"writer must be 'auto', 'thread' or 'process'; got {writer!r}.")
         self.writer_mode = writer
         self.privacy = privacy or Privacy.from_settings()
         self.label = f"the store {self.path}"
