@@ -261,6 +261,8 @@ class ProcessWriting:
                     return
             except Unshippable:  # a value that does not pickle: written here
                 pass
+            except Exception:  # its answer: the batch's error, classified by the thread
+                raise
             except BaseException:  # interrupted while waiting: the answer is lost, the child out of step
                 self._interrupted = (batch, child)
                 raise
