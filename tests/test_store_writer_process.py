@@ -388,3 +388,39 @@ time.sleep(60)
             store.close()
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the forked child (the writer process is in a group of its own)
+
+
+def test_ctrl_c_while_a_flush_waits_for_the_writer_process_loses_and_duplicates_nothing(tmp_path):
+    """SIGINT reaches the main thread while it waits for the writer process's answer (the database held by
+    another connection meanwhile, then released: the batch is committed, its answer never read). The next
+    write reads the batch's fate back: written once."""
+    proc = run_script("""
+import os, signal, sqlite3, threading, time, uuid
+from asyncflow._states import State, StateType
+from asyncflow._store.sqlite import SQLiteStore
+
+store = SQLiteStore(os.environ["ASYNCFLOW_HOME"] + "/asyncflow.db", linger=3.0, busy_timeout=5.0)
+for _ in range(2):
+    store.record_state(uuid.uuid4(), State(StateType.RUNNING))
+    store.flush()
+assert store._child is not None
+holder = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+holder.execute("BEGIN IMMEDIATE")
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+threading.Timer(0.8, holder.execute, ("COMMIT",)).start()
+for _ in range(100):
+    store.record_state(uuid.uuid4(), State(StateType.COMPLETED))
+try:
+    store.flush()
+    print("not interrupted")
+except KeyboardInterrupt:
+    time.sleep(1.0)  # the writer process commits the batch meanwhile
+    assert store.flush()
+    print("interrupted", store._child is None)
+store.close()
+""", tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.split() == ["interrupted", "True"], out + err
+    assert "was committed" in err and "stayed busy" not in err
+    assert count(tmp_path / "asyncflow.db", "SELECT count(*) FROM states") == 102
