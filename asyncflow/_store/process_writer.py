@@ -30,14 +30,12 @@ from __future__ import annotations
 import builtins
 import contextlib
 import os
-import pickle
-import select
 import sqlite3
-import subprocess
 import sys
 import uuid
 from typing import Any
 
+# pickle, select and subprocess are imported when a writer process starts: a short script never pays for them
 from .base import StoreError
 from .writer import report
 
@@ -57,6 +55,8 @@ class Unshippable(Exception):
 
 def send(fd: int, message: Any) -> None:
     """One message: its length (4 bytes) and its pickle."""
+    import pickle
+
     send_bytes(fd, pickle.dumps(message, 5))
 
 
@@ -71,6 +71,8 @@ def receive(fd: int) -> Any:
     head = _read_exactly(fd, 4)
     if head is None:
         return None
+    import pickle
+
     data = _read_exactly(fd, int.from_bytes(head, "little"))
     return None if data is None else pickle.loads(data)
 
@@ -115,6 +117,8 @@ class WriterChild:
     """One writer process and the two ends of its pipes (used under the store's write lock only)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
+        import subprocess
+
         self.token = f"writer {uuid.uuid4().hex}"  # its row in `counters`: the last batch it committed
         self.seq = 0  # the number of the last batch shipped
         self.ready = False
@@ -133,6 +137,8 @@ class WriterChild:
 
     def poll(self, timeout: float = 0.0) -> bool | None:
         """Is it ready? True once it is, False if it could not start, None if not yet (after `timeout`)."""
+        import select
+
         if self.ready:
             return True
         if not select.select([self._out], [], [], timeout)[0]:
@@ -152,6 +158,9 @@ class WriterChild:
     def call(self, op: str, payload: Any = None) -> None:
         """Ship one message (`batch`: written in one transaction numbered `seq`); raises the child's error
         as it was, or ChildGone."""
+        import pickle
+        import select
+
         self.seq += 1
         try:
             data = pickle.dumps((op, self.seq, payload), 5)
@@ -177,6 +186,8 @@ class WriterChild:
         for pipe in (self.proc.stdin, self.proc.stdout):
             with contextlib.suppress(OSError):
                 pipe.close()  # type: ignore[union-attr]
+        import subprocess
+
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -191,6 +202,8 @@ class WriterChild:
         for pipe in (self.proc.stdin, self.proc.stdout):
             with contextlib.suppress(OSError):
                 pipe.close()  # type: ignore[union-attr]
+        import subprocess
+
         try:
             return self.proc.wait(5)
         except subprocess.TimeoutExpired:
@@ -275,8 +288,11 @@ class ProcessWriting:
             return None
         if child is None:
             mode = self.writer_mode or _setting()
-            if mode == "thread" or (mode == "auto" and self._written < START_AFTER) or not sys.executable:
+            if mode == "thread" or not sys.executable or (mode == "auto" and (self._written < START_AFTER
+                                                                               or _cpus() < 2)):
                 return None
+            import subprocess
+
             try:
                 child = self._child = WriterChild({"path": str(self.path), "busy_timeout": self.busy_timeout,
                                                    "privacy": self.privacy, "owner": self._owner})
@@ -344,6 +360,14 @@ class ProcessWriting:
                 child.call("forget")
             except ChildGone:
                 self._child_gone(child)
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on: with one, a writer process only adds its pickling and its start."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _setting() -> str:
