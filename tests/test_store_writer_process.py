@@ -424,3 +424,24 @@ store.close()
     assert out.split() == ["interrupted", "True"], out + err
     assert "was committed" in err and "stayed busy" not in err
     assert count(tmp_path / "asyncflow.db", "SELECT count(*) FROM states") == 102
+
+
+@pytest.mark.parametrize(("load", "starts"), [(0.0, True), (64.0, False)])
+def test_auto_starts_a_writer_process_after_a_few_thousand_records_when_a_cpu_is_idle(tmp_path, monkeypatch, load,
+                                                                                       starts):
+    from asyncflow._store import process_writer
+
+    monkeypatch.setattr(process_writer.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(process_writer.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    store = SQLiteStore(tmp_path / "asyncflow.db", writer="auto")
+    try:
+        with isolated_store(store):
+            doubling(100)  # 600 records: a short script never starts one
+            assert store._child is None and not store._no_child
+            deadline = time.monotonic() + 60
+            while not (store._no_child or (store._child and store._child.seq)) and time.monotonic() < deadline:
+                doubling(200)  # the thread writes while the writer process starts in the background
+        assert (store._child is not None) is starts and store._no_child is not starts
+        assert all(run.state.is_completed() for run in store.read_task_runs())
+    finally:
+        store.close()

@@ -237,7 +237,7 @@ class ProcessWriting:
     def _init_runtime(self) -> None:
         super()._init_runtime()  # type: ignore[misc]
         self._child: WriterChild | None = None
-        self._child_failed = False  # it died or could not start: this process writes in its thread
+        self._no_child = False  # this process writes in its thread (decided, or the child died or never started)
         self._written = 0  # records written in the thread (`auto` starts the child after START_AFTER)
         # (batch, child): a wait for the child's answer interrupted (Ctrl-C in a flushing main thread): the
         # child is stopped and the batch's fate read back before the next write
@@ -284,12 +284,14 @@ class ProcessWriting:
 
     def _starting(self, child: WriterChild | None) -> WriterChild | None:
         """The writer process if it is ready now; starts it when it is time."""
-        if self._child_failed or self._owner is None or self._closed:  # (at exit: records after close)
+        if self._no_child or self._owner is None or self._closed:  # (at exit: records after close)
             return None
         if child is None:
             mode = self.writer_mode or _setting()
-            if mode == "thread" or not sys.executable or (mode == "auto" and (self._written < START_AFTER
-                                                                               or _cpus() < 2)):
+            if mode == "auto" and self._written < START_AFTER:
+                return None
+            if mode == "thread" or not sys.executable or (mode == "auto" and not _idle_cpu()):
+                self._no_child = True  # decided once: this process writes in its thread
                 return None
             import subprocess
 
@@ -314,7 +316,7 @@ class ProcessWriting:
 
     def _give_up(self, why: str) -> None:
         child, self._child = self._child, None
-        self._child_failed = True
+        self._no_child = True
         if child is not None:
             child.reap()
         report(f"could not start the writer process of {self.label} ({why}); this process writes its "
@@ -323,7 +325,7 @@ class ProcessWriting:
     def _child_gone(self, child: WriterChild) -> bool:
         """The writer process died before it answered: was the batch it had committed? (Read back from
         the batch number it writes with each batch.) This process writes in its thread from now on."""
-        self._child, self._child_failed = None, True
+        self._child, self._no_child = None, True
         code = child.reap()
         self._open_runs.clear()  # it may hold refs of runs this process has not seen numbered
 
@@ -362,12 +364,20 @@ class ProcessWriting:
                 self._child_gone(child)
 
 
-def _cpus() -> int:
-    """The CPUs this process may run on: with one, a writer process only adds its pickling and its start."""
+def _idle_cpu() -> bool:
+    """Is there a CPU for a writer process? It gains the time of a CPU this process does not use, and costs
+    more CPU in all than the thread (each batch pickled here and unpickled there): on one CPU, or on a
+    machine whose CPUs are busy (the 1-minute load average within half a CPU of their number, measured
+    before this process's own load has moved it much), the thread is faster."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return cpus >= 2 and load < cpus - 0.5
 
 
 def _setting() -> str:
