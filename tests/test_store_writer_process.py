@@ -445,3 +445,28 @@ def test_auto_starts_a_writer_process_after_a_few_thousand_records_when_a_cpu_is
         assert all(run.state.is_completed() for run in store.read_task_runs())
     finally:
         store.close()
+
+
+def test_a_value_the_writer_process_cannot_unpickle_is_written_by_the_thread(tmp_path):
+    """A str subclass of the script's own `__main__` pickles here but not in the writer process: the
+    writer process says so and the thread writes the batch, nothing left out."""
+    proc = run_script("""
+import os, uuid
+from asyncflow._store.sqlite import SQLiteStore
+
+class Text(str):
+    pass
+
+store = SQLiteStore(os.environ["ASYNCFLOW_HOME"] + "/asyncflow.db")
+for message in ("first", "second"):
+    store.record_log(flow_run_id=None, task_run_id=None, level="INFO", message=message, ts=1.0)
+    assert store.flush()
+assert store._child is not None
+store.record_log(flow_run_id=None, task_run_id=None, level="INFO", message=Text("mine"), ts=2.0)
+assert store.flush() and store.lost == 0 and store._child is not None
+print([log.message for log in store.read_logs()])
+store.close()
+""", tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.strip() == "['first', 'second', 'mine']"

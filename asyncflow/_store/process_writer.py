@@ -68,13 +68,26 @@ def send_bytes(fd: int, data: bytes) -> None:
 
 def receive(fd: int) -> Any:
     """The next message, or None at the end of the input."""
-    head = _read_exactly(fd, 4)
-    if head is None:
-        return None
     import pickle
 
-    data = _read_exactly(fd, int.from_bytes(head, "little"))
+    data = receive_bytes(fd)
     return None if data is None else pickle.loads(data)
+
+
+def receive_bytes(fd: int) -> bytes | None:
+    head = _read_exactly(fd, 4)
+    return None if head is None else _read_exactly(fd, int.from_bytes(head, "little"))
+
+
+def readable(fd: int, timeout: float) -> bool:
+    """Has `fd` something to read (or its end) within `timeout` seconds? (poll: any fd number)"""
+    import select
+
+    if not hasattr(select, "poll"):
+        return bool(select.select([fd], [], [], timeout)[0])
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
 
 
 def _read_exactly(fd: int, size: int) -> bytes | None:
@@ -137,11 +150,9 @@ class WriterChild:
 
     def poll(self, timeout: float = 0.0) -> bool | None:
         """Is it ready? True once it is, False if it could not start, None if not yet (after `timeout`)."""
-        import select
-
         if self.ready:
             return True
-        if not select.select([self._out], [], [], timeout)[0]:
+        if not readable(self._out, timeout):
             return None
         try:
             answer = receive(self._out)
@@ -159,7 +170,6 @@ class WriterChild:
         """Ship one message (`batch`: written in one transaction numbered `seq`); raises the child's error
         as it was, or ChildGone."""
         import pickle
-        import select
 
         self.seq += 1
         try:
@@ -168,13 +178,15 @@ class WriterChild:
             raise Unshippable from exc
         try:
             send_bytes(self._in, data)
-            if not select.select([self._out], [], [], ANSWER_SECONDS)[0]:
+            if not readable(self._out, ANSWER_SECONDS):
                 self.proc.kill()
             answer = receive(self._out)
-        except OSError:
+        except Exception:  # a broken pipe, a garbled answer: as if it died (it is killed)
             answer = None
         if answer is None:
             raise ChildGone
+        if answer[0] == "unpickled":  # the writer process could not read the batch back
+            raise Unshippable
         if answer[0] != "ok":
             raise rebuild(answer[1])
 

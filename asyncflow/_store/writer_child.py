@@ -4,17 +4,19 @@ its input, writes each in one transaction with the store's own fold and SQL, ans
 Messages (process_writer.send): ("start", 0, config) first, answered ("ready", None or the error);
 then ("batch", n, records), written with the row ("counters", token) = n in the same transaction, and
 ("forget", n, None) (runs were deleted: forget the numbers kept of open runs), each answered ("ok",
-None) or ("error", the error). At the end of its input it deletes its `counters` row and exits.
+None), ("error", the error), or ("unpickled", None) for a message it could not unpickle (the parent
+writes that batch itself). At the end of its input it deletes its `counters` row and exits.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import signal
 from typing import Any
 
-from .process_writer import error_info, receive, send
+from .process_writer import error_info, receive, receive_bytes, send
 from .sqlite import SQLiteStore
 from .writer import _WRITERS
 
@@ -58,7 +60,12 @@ def _serve(inp: int, out: int) -> None:
     store._owner, store.token = config["owner"], config["token"]
     send(out, ("ready", None))
     try:
-        while (message := receive(inp)) is not None:
+        while (data := receive_bytes(inp)) is not None:
+            try:
+                message = pickle.loads(data)
+            except Exception:  # a value whose class this process cannot import: the parent writes it
+                send(out, ("unpickled", None))
+                continue
             send(out, _answer(store, *message))
     finally:
         with contextlib.suppress(Exception):
