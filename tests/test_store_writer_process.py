@@ -470,3 +470,18 @@ store.close()
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert out.strip() == "['first', 'second', 'mine']"
+
+
+def test_the_writer_process_outlives_ctrl_c_and_sigterm_and_is_not_in_the_callers_process_group(tmp_path):
+    store = started(SQLiteStore(tmp_path / "asyncflow.db", writer="process"))
+    try:
+        child = store._child
+        assert child is not None
+        assert os.getpgid(child.proc.pid) != os.getpgid(0)  # a Ctrl-C at the terminal does not reach it
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            os.kill(child.proc.pid, signum)
+        store.record_log(flow_run_id=None, task_run_id=None, level="INFO", message="after", ts=3.0)
+        assert store.flush() and store._child is child and child.proc.poll() is None
+    finally:
+        store.close()
+    assert child.proc.returncode == 0  # it ended when its input did
