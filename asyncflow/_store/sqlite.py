@@ -436,7 +436,8 @@ def _uuid_or_none(text: str | None) -> uuid.UUID | None:
 
 # -- the store -----------------------------------------------------------------------------------------
 class SQLiteStore(SqlRunReads, ProcessWriting, BatchWriter):
-    """Runs, states and logs in one SQLite file, written in batches by one writer thread.
+    """Runs, states and logs in one SQLite file, written in batches by one writer thread (which may ship
+    them to a writer process: process_writer.py).
 
     `create=False` opens an existing store only (for readers such as the CLI): a missing file raises
     `StoreNotFoundError`. `queue_size` bounds the records waiting for the writer (past it, recording
