@@ -16,9 +16,9 @@ import pickle
 import signal
 from typing import Any
 
-from .process_writer import error_info, receive, receive_bytes, send
 from .sqlite import SQLiteStore
 from .writer import _WRITERS
+from .writer_pipe import error_info, receive, receive_bytes, send
 
 _SET_LAST = ("INSERT INTO counters (name, value) VALUES (?, ?) "
              "ON CONFLICT (name) DO UPDATE SET value = excluded.value")
