@@ -147,11 +147,18 @@ async def _run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
         if ctx.scope is not None:  # the run has its final state: a flow it was called in may end now
             ctx.scope.detach()
         if parent is None:
-            flush_logs()  # a root run's lines are all out when the caller gets its result
-            if store_pending():  # and everything it recorded is in the store (the store bounds the wait)
-                await bridge.shielded(bridge.io(flush_store) if bridge.blocking else flush_on_loop(bridge),
-                                      STORE_FLUSH_SHIELD_SECONDS, f"{call.label}: writing its records to the store",
-                                      call.ids)
+            # a root run's lines are all out and everything it recorded is in the store when the caller
+            # gets its result (the store bounds the wait); on a loop, in rounds shared by the runs that
+            # end together (`flushing.py`), lines and records written by one worker-thread hop
+            if not store_pending():
+                flush_logs()
+            elif bridge.blocking:
+                flush_logs()
+                await bridge.shielded(bridge.io(flush_store), STORE_FLUSH_SHIELD_SECONDS,
+                                      f"{call.label}: writing its records to the store", call.ids)
+            else:
+                await flush_on_loop(bridge, STORE_FLUSH_SHIELD_SECONDS,
+                                    f"{call.label}: writing its records to the store", call.ids)
 
 
 async def _with_runner(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, Any], bridge: Bridge
