@@ -231,11 +231,18 @@ async def owning(scope: Scope, body: Coroutine[Any, Any, T], why: Callable[[Base
     try:
         return await body
     except BaseException as exc:
-        timed_out = deadline is not None and anyio.current_time() >= deadline.deadline
-        scope.cancel("timed out" if timed_out else why(exc))
+        stop_owned(scope, exc, why, deadline)
         raise
     finally:
         scope.close()
+
+
+def stop_owned(scope: Scope, exc: BaseException, why: Callable[[BaseException], str],
+               deadline: anyio.CancelScope | None = None) -> None:
+    """`owning`'s way out on an exception, for an owner that awaits its body inline (no coroutine of
+    its own): stop every run in `scope`, saying why. The owner closes the scope in its `finally`."""
+    timed_out = deadline is not None and anyio.current_time() >= deadline.deadline
+    scope.cancel("timed out" if timed_out else why(exc))
 
 
 def raise_sole(group: BaseExceptionGroup) -> NoReturn:  # type: ignore[type-arg]
