@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import sqlite3
 import sys
+import threading
 
 import anyio
 import pytest
@@ -98,3 +99,46 @@ async def test_a_cancelled_root_flow_has_its_lines_and_records_written_when_the_
         assert conn.execute("SELECT state_name FROM flow_runs").fetchall() == [("Cancelled",)]
     finally:
         conn.close()
+
+
+async def test_a_root_flow_cancelled_while_it_waits_for_a_shared_flush_returns_only_once_it_is_written(
+        db, monkeypatch):
+    from asyncflow._engine import flushing
+
+    entered, gate = threading.Event(), threading.Event()
+    real_flush = flushing.flush_store
+
+    def held_flush() -> object:  # the first round stays in flight until the test lets it go
+        entered.set()
+        gate.wait(10)
+        return real_flush()
+
+    monkeypatch.setattr(flushing, "flush_store", held_flush)
+    outcome: list[list[tuple[int]]] = []
+    scopes: list[anyio.CancelScope] = []
+
+    @flow
+    async def quick() -> int:
+        return 1
+
+    async def second() -> None:
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            await quick()
+        assert scope.cancelled_caught  # the cancellation got through, once the wait was over
+        conn = sqlite3.connect(db.path)
+        try:
+            outcome.append(conn.execute("SELECT count(*) FROM flow_runs WHERE state_name = 'Completed'").fetchall())
+        finally:
+            conn.close()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(quick)  # its round starts, and is held
+        await anyio.to_thread.run_sync(entered.wait, 10)
+        tg.start_soon(second)  # it ends while that round is in flight: it waits for the next one
+        await anyio.wait_all_tasks_blocked()
+        scopes[0].cancel()
+        await anyio.wait_all_tasks_blocked()
+        assert outcome == []  # cancelled, it still waits for its records
+        gate.set()
+    assert outcome == [[(2,)]]  # and when the cancellation reached its caller, its run was in the file

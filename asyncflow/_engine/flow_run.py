@@ -26,6 +26,7 @@ from .._store import flush as flush_store
 from .._store import get_store
 from .._store import pending as store_pending
 from .._store.records import redact
+from ..task_runners import TaskRunner
 from . import reuse
 from .bridge import OWN_THREAD, Bridge, run_hooks
 from .common import exception_message, log_final_state
@@ -205,8 +206,20 @@ async def _with_runner(call: FlowCall, ctx: FlowRunContext, parameters: dict[str
             get_store().record_state(run.id, state)
             return state
     finally:
-        await bridge.shielded(_shutdown(runner, call), RUNNER_SHUTDOWN_SECONDS,
-                              f"{call.label}: shutting down its task runner", call.ids)
+        if _stops_at_once(runner):  # it cannot be interrupted: nothing in it waits
+            await _shutdown(runner, call)
+        else:
+            await bridge.shielded(_shutdown(runner, call), RUNNER_SHUTDOWN_SECONDS,
+                                  f"{call.label}: shutting down its task runner", call.ids)
+
+
+def _stops_at_once(runner: Any) -> bool:
+    """Does the runner's `async with` exit without waiting? (The default runner's does: no `shutdown`
+    of its own, no runs used by hand.) Then it needs no shielded, time-limited scope around it, which
+    costs a flow run more than the rest of its runner's lifecycle."""
+    cls = type(runner)
+    return (cls.shutdown is TaskRunner.shutdown and cls.__aexit__ is TaskRunner.__aexit__
+            and getattr(runner, "_direct", True) is None)
 
 
 async def _await_retry(call: FlowCall, failed: State[Any], bridge: Bridge) -> None:

@@ -55,20 +55,31 @@ async def flush_on_loop(bridge: Any, seconds: float, label: str, ids: dict[str, 
     if group is None:
         group = _groups[threading.get_ident()] = _Group()
     need = group.started + 1  # a round that starts from now on covers what this run queued
-    with anyio.CancelScope(shield=True):
-        while group.finished < need:
-            if group.running:
-                await group.done.wait()
-                continue
-            group.running = True
-            group.started += 1
-            this, group.done = group.started, anyio.Event()
-            try:
-                await bridge.shielded(bridge.io(_write_out), seconds, label, ids)
-            finally:
-                group.running = False
-                group.finished = this
-                group.done.set()
+    try:
+        await _wait_for_round(group, need, bridge, seconds, label, ids)
+    except anyio.get_cancelled_exc_class():
+        # cancelled while waiting: wait on, shielded, then let the cancellation through (a shielded
+        # scope for every waiter would cost each ending flow more than its share of the round)
+        with anyio.CancelScope(shield=True):
+            await _wait_for_round(group, need, bridge, seconds, label, ids)
+        raise
+
+
+async def _wait_for_round(group: _Group, need: int, bridge: Any, seconds: float, label: str,
+                          ids: dict[str, Any]) -> None:
+    while group.finished < need:
+        if group.running:
+            await group.done.wait()
+            continue
+        group.running = True
+        group.started += 1
+        this, group.done = group.started, anyio.Event()
+        try:
+            await bridge.shielded(bridge.io(_write_out), seconds, label, ids)
+        finally:
+            group.running = False
+            group.finished = this
+            group.done.set()
 
 
 def _reset_in_child() -> None:
