@@ -218,8 +218,8 @@ def _stops_at_once(runner: Any) -> bool:
     of its own, no runs used by hand.) Then it needs no shielded, time-limited scope around it, which
     costs a flow run more than the rest of its runner's lifecycle."""
     cls = type(runner)
-    return (cls.shutdown is TaskRunner.shutdown and cls.__aexit__ is TaskRunner.__aexit__
-            and getattr(runner, "_direct", True) is None)
+    return (getattr(cls, "shutdown", None) is TaskRunner.shutdown
+            and getattr(cls, "__aexit__", None) is TaskRunner.__aexit__ and getattr(runner, "_direct", True) is None)
 
 
 async def _await_retry(call: FlowCall, failed: State[Any], bridge: Bridge) -> None:
