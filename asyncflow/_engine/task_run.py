@@ -53,6 +53,7 @@ _global_counters: dict[str, Any] = {}
 _PLAIN_RESULTS = frozenset({int, float, str, bytes, bool, type(None), dict, tuple})
 _ATOM_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
 _SMALL_TYPES = frozenset({int, float, bool, type(None)})
+_MAX_SMALL_INT = 2**63
 _NO_IDS: dict[str, Any] = {}  # a run's ids until it starts (shared, never written to: one dict fewer per pending run)
 
 
@@ -227,9 +228,18 @@ def _after_final(call: TaskCall, state: State[Any]) -> None:
     run = call.run
     OPEN.pop(run.id, None)
     run.end_time = state.ts
-    if state.data is not None:
+    if not _small(state.data):  # (a small immutable result costs less to keep than a result-less copy)
         run.state = State(state.type, state.name, state.message, None, state.state_details, state.ts)
     run.parameters = summarise_parameters(run.parameters)
+
+
+def _small(value: Any) -> bool:
+    """None, a bool or float, an int of at most 64 bits, a str or bytes of at most 64 characters: values
+    no bigger than a `State`, which a finished run's record may keep."""
+    kind = type(value)
+    if kind in _SMALL_TYPES:
+        return kind is not int or -_MAX_SMALL_INT <= value <= _MAX_SMALL_INT
+    return (kind is str or kind is bytes) and len(value) <= 64
 
 
 # -- the engine ----------------------------------------------------------------------------------
