@@ -440,3 +440,36 @@ def test_a_run_that_opens_while_the_interpreter_exits_is_recorded_crashed_and_st
     message = "The process exited while the run was still open."
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
         "flow": ["Crashed", message], "task": ["Crashed", message]}
+
+
+def test_a_submitted_run_still_queued_when_the_interpreter_exits_is_recorded_crashed(tmp_path):
+    """A queued run has no run record of its own yet (it is made when the run starts): the exit handler
+    still finds it open and records it Crashed, after the Pending the store saw at submit."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        import json
+        import anyio
+        from asyncflow import flow, task
+        from asyncflow._engine import open_runs
+        from asyncflow._store import get_store
+
+        @task
+        async def quick(i):
+            return i
+
+        @flow
+        async def main():
+            futures = [quick.submit(i) for i in range(2)]  # queued: nothing runs until the flow awaits
+            open_runs._record_open_runs_crashed()  # the interpreter is exiting: atexit has called it
+            store = get_store()
+            store.flush()
+            print(json.dumps([[[s.name for s in store.read_states(f.task_run_id)],
+                               store.read_task_run(f.task_run_id).state.message, f.state.name] for f in futures]))
+
+        anyio.run(main)
+    """), encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(script)], env=env_for(tmp_path), capture_output=True, text=True,
+                          timeout=BOUND)
+    assert proc.returncode == 0, proc.stderr
+    message = "The process exited while the run was still open."
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [[["Pending", "Crashed"], message, "Crashed"]] * 2
