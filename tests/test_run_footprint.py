@@ -201,3 +201,38 @@ def test_a_bounded_memory_store_holds_few_gc_tracked_objects_after_a_long_flow()
     assert changes[-1].state_type.value == "COMPLETED" and changes[-1].kind == "flow_run"
     assert changes[-2].kind == "task_run" and changes[-2].flow_run_id == changes[-1].run_id
     assert logs[-1].flow_run_id == str(changes[-1].run_id) and logs[-1].seq > logs[0].seq
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def recorded(request, store):
+    """The store runs are recorded in: a real SQLite file, and the memory store."""
+    if request.param == "memory":
+        yield store
+        return
+    from asyncflow.testing import isolated_home
+
+    with isolated_home() as sqlite_store:
+        yield sqlite_store
+
+
+async def test_a_finished_run_keeps_a_small_result_on_its_record_and_lets_a_big_one_go(recorded):
+    @af.task
+    async def small() -> int:
+        return 7
+
+    @af.task
+    async def big() -> _Big:
+        return _Big()
+
+    @af.flow
+    async def main() -> tuple[object, object]:
+        a, b = small.submit(), big.submit()
+        await a
+        await b
+        return a.task_run.state.data, b.task_run.state.data
+
+    assert await main() == (7, None)  # (the future's own state has the result: `await b` above)
+
+
+class _Big:
+    pass
