@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._states import FINAL_TYPES, StateType
+from . import history
 from .records import FLOW, LINE, LOG, STATE, TASK, details_json
 
 # a state row's type, as a number (fixed: stored): one byte instead of the type's name (SQLite 8, PostgreSQL 4)
@@ -48,7 +49,7 @@ class Folded:
     """The rows of one batch (see the module's docstring)."""
 
     __slots__ = ("flows", "flow_runs", "task_runs", "renames", "states", "logs", "flow_updates", "task_updates",
-                 "next_ref", "next_seq")
+                 "next_ref", "next_seq", "packed", "appends", "history_updates")
 
     def __init__(self, next_ref: int, next_seq: int) -> None:
         self.flows: dict[str, tuple[Any, ...]] = {}  # flow name -> (name, version, created): once per batch
@@ -65,12 +66,18 @@ class Folded:
         self.task_updates: list[list[Any]] = []
         self.next_ref = next_ref
         self.next_seq = next_seq  # the last number given to a state or a log line (one sequence: lines.py)
+        # packing (history.py): the task runs' states of this batch, per run: [ref, created, states ([seq, code,
+        # name, message, ts, details, line]), new (its row is in task_runs: the history is in it)], the rows of
+        # `appends` ((last seq, ref, back)) and the appends to rows of earlier batches ((append JSON, ref))
+        self.packed: list[list[Any]] = []
+        self.appends: list[tuple[int, int, int]] = []
+        self.history_updates: list[tuple[str, int]] = []
 
 
 def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: int, open_runs: dict[int, list[Any]],
          find_ref: Callable[[Any], list[Any] | None], parameters_json: Callable[[Any], str],
          clean: Callable[[Any], Any] = _same, find_flow_ref: Callable[[Any], list[Any] | None] = _none,
-         find_given: Callable[[Any], int | None] = _none) -> Folded:
+         find_given: Callable[[Any], int | None] = _none, pack: bool = False) -> Folded:
     """Fold `batch`. States and log lines are numbered after `next_seq`, in the order they were
     recorded; an engine line (LINE) marks the state it is about when that state is in this batch (its
     run's last one, with the line's time), else it becomes a log row (lines.py). `open_runs` (the
@@ -82,13 +89,16 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
     background run's caller, in another process) is given its number ahead of its row, and the task run
     keeps the flow run's id as text too; the flow run takes that number when it arrives.
     `find_flow_ref(flow_id)` is the number of a flow run stored or given ahead, `find_given(flow_id)` the
-    number given ahead only."""
+    number given ahead only.
+
+    `pack`: a task run's states go into its row's history instead of `states` rows (history.py), and
+    `open_runs` and `find_ref` give a task run as [ref, False, created, its flow run's id int or None]."""
     out = Folded(next_ref, next_seq)
     seq = next_seq
     states, logs, renames = out.states, out.logs, out.renames
     # per run seen in this batch (by its id's int): [ref, id text, row holding its state columns, where
-    # they start, index of its last state in `states`]; parent ids as text (a batch's task runs mostly
-    # share their flow run)
+    # they start, index of its last state in `states`, its packed states (or None: its states are rows),
+    # its flow run's id int]; parent ids as text (a batch's task runs mostly share their flow run)
     seen: dict[int, list[Any]] = {}
     # the flow runs of this batch's task runs, by their id's int: (number, id text if given ahead else None)
     flows_of_tasks: dict[int, tuple[int, str | None]] = {}
@@ -108,26 +118,33 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
                 if known is None:
                     known = find_ref(run_id)
                 if known is None:  # its run record never arrived: keep the state (and its run's id) anyway
-                    entry = seen[rid] = [None, str(run_id), [None, None, None, None, 0, None, None, owner], 0, None]
+                    entry = seen[rid] = [None, str(run_id), [None, None, None, None, 0, None, None, owner], 0, None,
+                                         None, None]
                 else:
                     row = [None, None, None, None, 0, None, None, owner, known[0]]
                     (out.flow_updates if known[1] else out.task_updates).append(row)
-                    entry = seen[rid] = [known[0], None, row, 0, None]
-            ref, key, row, offset, _ = entry
+                    packed = None
+                    if pack and not known[1]:
+                        packed = []
+                        out.packed.append([known[0], known[2], packed, False])
+                    entry = seen[rid] = [known[0], None, row, 0, None, packed, None if known[1] else known[3]]
+            ref, key, row, offset, _, packed, _ = entry
             type_text = type_._value_  # not `.value`: a descriptor written in Python
             code = STATE_CODES[type_text]
             if cleaning:
                 name, message = clean(name), clean(message)
             stored_name = None if name == PLAIN_NAMES[type_text] else name  # read back as the type's own name
             seq += 1
-            entry[4] = len(states)
             if details is not last_details:  # a run's states mostly share theirs
                 last_details, details_text = details, details_json(details)
-            if message is None and details_text is None and ref is not None:
+            if packed is not None:
+                packed.append([seq, code, stored_name, message, ts, details_text, None])
+            elif message is None and details_text is None and ref is not None:
                 states.append((ref, code, stored_name, None, None, ts, seq))
             else:
                 states.append((ref, key if ref is None else None, code, stored_name, message, details_text, None,
                                None, ts, seq))
+            entry[4] = len(states) - 1
             current = row[offset + 3]
             if current is None or current <= ts:  # the newest state by time is the current one
                 row[offset] = type_text
@@ -148,7 +165,13 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
         elif kind == LINE:
             _, flow_run_id, task_run_id, level, message, ts, run_id, code, flow_id = record
             entry = seen.get(run_id.int)
-            if entry is not None and entry[4] is not None:
+            packed = None if entry is None else entry[5]
+            if packed:  # a task run's packed states: its flow run is the line's (the line is read back with it)
+                last = packed[-1]
+                if last[4] == ts and last[6] is None and (None if flow_id is None else flow_id.int) == entry[6]:
+                    last[6] = code
+                    continue
+            elif entry is not None and entry[4] is not None:
                 index = entry[4]
                 state = states[index]
                 if state[-2] == ts and state[-4] is None and state[0] is not None:  # the run's last state: the line's
@@ -197,8 +220,14 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
                    None if parent_task_run_id is None else str(parent_task_run_id), text, tags_text, created,
                    None, None, None, None, 0, None, None, owner]
             out.task_runs.append(row)
-            open_runs[rid] = [out.next_ref, False]
-            seen[rid] = [out.next_ref, key, row, TASK_STATE_COLUMN, None]
+            flow_int = None if flow_run_id is None else flow_run_id.int
+            open_runs[rid] = [out.next_ref, False, created, flow_int]
+            packed = None
+            if pack:
+                packed = []
+                out.packed.append([out.next_ref, created, packed, True])
+                row.append(None)  # its history (the end of fold)
+            seen[rid] = [out.next_ref, key, row, TASK_STATE_COLUMN, None, packed, flow_int]
         elif kind == FLOW:
             (_, run_id, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id,
              created) = record
@@ -219,11 +248,29 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
                    None, None, None, None, 0, None, None, owner]
             out.flow_runs.append(row)
             open_runs[rid] = [ref, True]
-            seen[rid] = [ref, key, row, FLOW_STATE_COLUMN, None]
+            seen[rid] = [ref, key, row, FLOW_STATE_COLUMN, None, None, None]
     out.next_seq = seq
+    if pack:
+        _pack(out, next_seq + 1, seen)
     while len(open_runs) > OPEN_RUNS_KEPT:  # runs that never end (NotReady...) are looked up if needed
         del open_runs[next(iter(open_runs))]
     return out
+
+
+def _pack(out: Folded, batch_start: int, seen: dict[int, list[Any]]) -> None:
+    """The packed states of the batch as histories: in the new rows, else as appends to earlier rows."""
+    rows = {entry[0]: entry[2] for entry in seen.values() if entry[5] is not None}
+    appends, updates = out.appends, out.history_updates
+    for ref, created, states, new in out.packed:
+        if not states:
+            continue
+        text = history.append(states, created)
+        if new:
+            rows[ref][-1] = f"[{text}]"
+        else:
+            updates.append((text, ref))
+        last = states[-1][0]
+        appends.append((last, ref, last - batch_start))
 
 
 def _flow_of_task(flow_id: Any, seen: dict[int, list[Any]], open_runs: dict[int, list[Any]],
@@ -268,5 +315,5 @@ def merge_known(task_runs: list[list[Any]], existing: dict[str, int], open_runs:
         renames.append((row[2], ref))
         state = row[TASK_STATE_COLUMN:TASK_STATE_COLUMN + 7]
         if state[0] is not None:  # [type, name, message, ts, run_count, start, end]: written by the caller
-            task_updates.append([*state, row[-1], ref])
+            task_updates.append([*state, row[TASK_STATE_COLUMN + 7], ref])
     return remap
