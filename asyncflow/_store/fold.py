@@ -107,6 +107,7 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
     details_text: str | None = None
     running, final_ids = StateType.RUNNING, _FINAL_IDS
     cleaning = clean is not _same  # SQLite stores any text: no call per value there
+    packed: list[list[Any]] | None
     for record in batch:
         kind = record[0]
         if kind == STATE:
@@ -168,7 +169,7 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
             packed = None if entry is None else entry[5]
             if packed:  # a task run's packed states: its flow run is the line's (the line is read back with it)
                 last = packed[-1]
-                if last[4] == ts and last[6] is None and (None if flow_id is None else flow_id.int) == entry[6]:
+                if last[4] == ts and last[6] is None and (None if flow_id is None else flow_id.int) == entry[6]:  # type: ignore[index]
                     last[6] = code
                     continue
             elif entry is not None and entry[4] is not None:
@@ -317,3 +318,22 @@ def merge_known(task_runs: list[list[Any]], existing: dict[str, int], open_runs:
         if state[0] is not None:  # [type, name, message, ts, run_count, start, end]: written by the caller
             task_updates.append([*state, row[TASK_STATE_COLUMN + 7], ref])
     return remap
+
+
+def repack(out: Folded, remap: dict[int, int], created: dict[int, float], open_runs: dict[int, list[Any]]) -> None:
+    """The packed states of task runs another writer stored first (`remap`, from `merge_known`: the ref
+    this batch gave them -> the existing row's; `created`: that row's creation time, by its ref): appended
+    to that row, their times counted from its creation, as later batches' states will be."""
+    import uuid
+
+    for ref, _, states, new in out.packed:
+        target = remap.get(ref)
+        if target is not None and new and states:
+            out.history_updates.append((history.append(states, created[target]), target))
+    out.appends = [(seq, remap.get(ref, ref), back) for seq, ref, back in out.appends]
+    for row in out.task_runs:
+        target = remap.get(row[0])
+        if target is not None:
+            known = open_runs.get(uuid.UUID(row[1]).int)
+            if known is not None:
+                known[2] = created[target]

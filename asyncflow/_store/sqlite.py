@@ -45,8 +45,7 @@ from .base import (
     StoreError,
     StoreNotFoundError,
 )
-from . import history as _history
-from .fold import STATE_CODES, fold, merge_known
+from .fold import STATE_CODES, fold, merge_known, repack
 from .history import TICKS
 from .records import Privacy, parameters_json, parameters_snapshot
 from .sql_reads import SqlRunReads
@@ -755,16 +754,17 @@ class SQLiteStore(SqlRunReads, BatchWriter):
                 existing: dict[str, int] = {}
                 created: dict[int, float] = {}
                 keys = [row[1] for row in task_runs]
-                for start in range(0, len(keys), _MAX_VARIABLES // 2):
-                    chunk = keys[start:start + _MAX_VARIABLES // 2]
-                    for key, ref, when in conn.execute(
-                            f"SELECT id, ref, created FROM task_runs WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                for start in range(0, len(keys), _MAX_VARIABLES):
+                    chunk = keys[start:start + _MAX_VARIABLES]
+                    marks = ",".join("?" * len(chunk))
+                    for key, ref, when in conn.execute(f"SELECT id, ref, created FROM task_runs WHERE id IN ({marks})",
+                                                       chunk):
                         existing[key], created[ref] = ref, when
                 remap = merge_known(task_runs, existing, self._open_runs, rows.task_updates, renames)
                 states = [(remap.get(state[0], state[0]), *state[1:]) for state in states]
                 renames = [(name, remap.get(ref, ref)) for name, ref in renames]
                 if remap:
-                    self._repack(rows, remap, created)
+                    repack(rows, remap, created, self._open_runs)
         if renames:
             conn.executemany("UPDATE task_runs SET name = ? WHERE ref = ?", renames)
         for table, updates in (("task_runs", rows.task_updates), ("flow_runs", rows.flow_updates)):
@@ -782,21 +782,6 @@ class SQLiteStore(SqlRunReads, BatchWriter):
                 _insert(conn, f"INSERT INTO states ({STATE_COLUMNS})", 10, [row for row in states if len(row) == 10])
         if rows.logs:
             _insert(conn, "INSERT INTO logs (flow_run_id, task_run_id, level, message, ts, seq)", 6, rows.logs)
-
-    def _repack(self, rows: Any, remap: dict[int, int], created: dict[int, float]) -> None:
-        """The packed states of task runs another writer stored first (`remap`: the ref this batch gave
-        them -> the row's): appended to that row, their times counted from its creation; later batches
-        append there too."""
-        for ref, _, states, new in rows.packed:
-            target = remap.get(ref)
-            if target is not None and new and states:
-                rows.history_updates.append((_history.append(states, created[target]), target))
-        rows.appends = [(seq, remap.get(ref, ref), back) for seq, ref, back in rows.appends]
-        for row in rows.task_runs:
-            target = remap.get(row[0])
-            known = None if target is None else self._open_runs.get(uuid.UUID(row[1]).int)
-            if known is not None:
-                known[2] = created[target]
 
     def _find_ref(self, conn: sqlite3.Connection, run_id: uuid.UUID) -> list[Any] | None:
         """[ref, is a flow run] of a run written earlier (a task run: [ref, False, created, its flow run's
