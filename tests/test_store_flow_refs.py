@@ -12,6 +12,7 @@ from helpers import all_states, build_schema
 from asyncflow import flow, task
 from asyncflow._runs import FlowRun, TaskRun
 from asyncflow._states import State, StateType
+from asyncflow._store import history
 from asyncflow._store import sqlite as sqlite_module
 from asyncflow._store.fold import STATE_CODES
 from asyncflow._store.reads import RunFilter
@@ -190,7 +191,8 @@ def test_a_schema_3_postgres_store_is_upgraded_with_its_task_runs_under_their_fl
         assert [r.name for r in store.read_task_runs(flow_run_id=stored)] == ["t-2"]
         assert [str(r.flow_run_id) for r in store.read_task_runs(flow_run_id=never)] == [never]
         assert [s.type for s in store.read_states(tasks[2])] == [StateType.COMPLETED]
-        assert store._query("SELECT type FROM states") == [(STATE_CODES["COMPLETED"],)]
+        [(packed, created)] = store._query("SELECT history, created FROM task_runs WHERE ref = 2")  # moved there
+        assert [state[1] for state in history.decode(packed, created)] == [STATE_CODES["COMPLETED"]]
         assert store._query("SELECT value FROM counters WHERE name = 'ref'") == [(4,)]
     finally:
         store.close()

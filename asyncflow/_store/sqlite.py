@@ -359,8 +359,8 @@ _TASK_RUN_COLUMNS = "ref, " + _V2_TASK_RUN_COLUMNS.replace(
 _FLOW_RUN_INSERT = _FLOW_RUN_COLUMNS + ", owner"  # the order of a run row the writer builds
 TASK_RUN_INSERT = "ref, " + _V2_TASK_RUN_COLUMNS.replace("flow_run_id,", "flow_ref, flow_run_id,") + ", owner"
 # a packed append to the history of a run written by an earlier batch (history.py)
-_APPEND_HISTORY = ("UPDATE task_runs SET history = CASE WHEN history IS NULL THEN '[' || ?1 || ']' "
-                   "ELSE substr(history, 1, length(history) - 1) || ',' || ?1 || ']' END WHERE ref = ?2")
+_APPEND_HISTORY = ("UPDATE task_runs SET history = coalesce(substr(history, 1, length(history) - 1) || ',', '[') "
+                   "|| ? || ']' WHERE ref = ?")
 _COUNTERS = "SELECT (SELECT value FROM counters WHERE name = 'ref'), (SELECT value FROM counters WHERE name = 'seq')"
 SET_COUNTERS = "UPDATE counters SET value = CASE name WHEN 'ref' THEN ? ELSE ? END WHERE name IN ('ref', 'seq')"
 # a state written to a run of an earlier batch: the newest state by time is the run's current state

@@ -370,8 +370,9 @@ def timeline(query: Query, flow_run_id: Any, where: str, dialect: Dialect = SQLI
     states: dict[int, list[State[Any]]] = {ref: [] for ref in convert.details}
     rows = []
     for ref, type_, name, message, ts, details, seq, packed in query(  # the states rows, then the packed ones
-            f"SELECT run_ref, type, name, message, ts, details, seq, NULL FROM states WHERE run_ref IN ({dialect.refs}) "
-            "UNION ALL SELECT ref, NULL, NULL, NULL, created, NULL, NULL, history FROM task_runs "
+            "SELECT run_ref, type, name, message, ts, details, seq, NULL FROM states "
+            f"WHERE run_ref IN ({dialect.refs}) UNION ALL "
+            "SELECT ref, NULL, NULL, NULL, created, NULL, NULL, history FROM task_runs "
             f"WHERE ref IN ({dialect.refs}) AND history IS NOT NULL", (json.dumps(list(states)),) * 2):
         if packed is None:
             rows.append((ref, type_, name, message, ts, details, seq))
