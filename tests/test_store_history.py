@@ -290,6 +290,6 @@ def test_a_time_that_does_not_pack_as_ticks_is_kept_whole():
     states = [[10, 2, None, None, created + 0.25, None, None], [11, 3, None, None, 0.1, None, 2],
               [15, 4, "Oops", None, 1e-300, '{"cache_key": "x"}', None]]
     text = "[" + history.append(states, created) + "]"
-    assert text == '[[[10,2,1048576],[1,3,0.1,2],[4,4,1e-300,0,"Oops",null,"{\\"cache_key\\": \\"x\\"}"]]]'
+    assert text == '[[10,2,1048576,0,1,3,0.1,2,4,4,1e-300,[0,"Oops",null,"{\\"cache_key\\": \\"x\\"}"]]]'
     assert history.decode(text, created) == [tuple(s) for s in states]
     assert history.append_keys(text) == [15] and history.count(text) == (3, 1)

@@ -15,6 +15,7 @@ from typing import Any
 
 from .._states import FINAL_TYPES, StateType
 from . import history
+from .history import TICKS
 from .records import FLOW, LINE, LOG, STATE, TASK, details_json
 
 # a state row's type, as a number (fixed: stored): one byte instead of the type's name (SQLite 8, PostgreSQL 4)
@@ -66,8 +67,8 @@ class Folded:
         self.task_updates: list[list[Any]] = []
         self.next_ref = next_ref
         self.next_seq = next_seq  # the last number given to a state or a log line (one sequence: lines.py)
-        # packing (history.py): the task runs' states of this batch, per run: [ref, created, states ([seq, code,
-        # name, message, ts, details, line]), new (its row is in task_runs: the history is in it)], the rows of
+        # packing (history.py): the task runs' states of this batch, per run: [ref, created, its states (see `_pack`,
+        # then the append's JSON), new (its row is in task_runs: the history is in it), that row], the rows of
         # `appends` ((last seq, ref, back)) and the appends to rows of earlier batches ((append JSON, ref))
         self.packed: list[list[Any]] = []
         self.appends: list[tuple[int, int, int]] = []
@@ -107,7 +108,7 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
     details_text: str | None = None
     running, final_ids = StateType.RUNNING, _FINAL_IDS
     cleaning = clean is not _same  # SQLite stores any text: no call per value there
-    packed: list[list[Any]] | None
+    packed: list[Any] | None
     for record in batch:
         kind = record[0]
         if kind == STATE:
@@ -126,8 +127,8 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
                     (out.flow_updates if known[1] else out.task_updates).append(row)
                     packed = None
                     if pack and not known[1]:
-                        packed = []
-                        out.packed.append([known[0], known[2], packed, False])
+                        packed = [0, known[2], None]  # see _pack
+                        out.packed.append([known[0], known[2], packed, False, None])
                     entry = seen[rid] = [known[0], None, row, 0, None, packed, None if known[1] else known[3]]
             ref, key, row, offset, _, packed, _ = entry
             type_text = type_._value_  # not `.value`: a descriptor written in Python
@@ -138,8 +139,16 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
             seq += 1
             if details is not last_details:  # a run's states mostly share theirs
                 last_details, details_text = details, details_json(details)
-            if packed is not None:
-                packed.append([seq, code, stored_name, message, ts, details_text, None])
+            if packed is not None:  # numbers in the run's list: no object per state for the cyclic GC to count
+                created = packed[1]
+                ticks = round((ts - created) * TICKS)
+                add = packed.append
+                add(seq - packed[0])
+                add(code)
+                add(ticks if created + ticks / TICKS == ts else float(ts))
+                add(0 if stored_name is None and message is None and details_text is None else
+                    [0, stored_name, message, details_text])
+                packed[0], packed[2] = seq, ts
             elif message is None and details_text is None and ref is not None:
                 states.append((ref, code, stored_name, None, None, ts, seq))
             else:
@@ -167,10 +176,15 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
             _, flow_run_id, task_run_id, level, message, ts, run_id, code, flow_id = record
             entry = seen.get(run_id.int)
             packed = None if entry is None else entry[5]
-            if packed:  # a task run's packed states: its flow run is the line's (the line is read back with it)
-                last = packed[-1]
-                if last[4] == ts and last[6] is None and (None if flow_id is None else flow_id.int) == entry[6]:  # type: ignore[index]
-                    last[6] = code
+            if packed is not None and len(packed) > 3:  # a task run's last packed state: the line is read back
+                # with it, in its task run's flow run
+                more = packed[-1]
+                if packed[2] == ts and not (more if type(more) is int else more[0]) and (
+                        None if flow_id is None else flow_id.int) == entry[6]:  # type: ignore[index]
+                    if type(more) is int:
+                        packed[-1] = code
+                    else:
+                        more[0] = code
                     continue
             elif entry is not None and entry[4] is not None:
                 index = entry[4]
@@ -225,8 +239,8 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
             open_runs[rid] = [out.next_ref, False, created, flow_int]
             packed = None
             if pack:
-                packed = []
-                out.packed.append([out.next_ref, created, packed, True])
+                packed = [0, created, None]  # see _pack
+                out.packed.append([out.next_ref, created, packed, True, row])
                 row.append(None)  # its history (the end of fold)
             seen[rid] = [out.next_ref, key, row, TASK_STATE_COLUMN, None, packed, flow_int]
         elif kind == FLOW:
@@ -252,26 +266,30 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
             seen[rid] = [ref, key, row, FLOW_STATE_COLUMN, None, None, None]
     out.next_seq = seq
     if pack:
-        _pack(out, next_seq + 1, seen)
+        _pack(out, next_seq + 1)
     while len(open_runs) > OPEN_RUNS_KEPT:  # runs that never end (NotReady...) are looked up if needed
         del open_runs[next(iter(open_runs))]
     return out
 
 
-def _pack(out: Folded, batch_start: int, seen: dict[int, list[Any]]) -> None:
-    """The packed states of the batch as histories: in the new rows, else as appends to earlier rows."""
-    rows = {entry[0]: entry[2] for entry in seen.values() if entry[5] is not None}
+def _pack(out: Folded, batch_start: int) -> None:
+    """The packed states of the batch as histories: in the new rows, else as appends to earlier rows.
+
+    A run's packing is one list: [its last state's number, the run's creation time, its last state's time,
+    then four values per state as history.py stores them]."""
     appends, updates = out.appends, out.history_updates
-    for ref, created, states, new in out.packed:
-        if not states:
+    encode = history.encode
+    for entry in out.packed:
+        ref, _, packing, new, row = entry
+        if len(packing) == 3:  # no state in this batch
+            entry[2] = None
             continue
-        text = history.append(states, created)
+        text = entry[2] = encode(packing[3:])
         if new:
-            rows[ref][-1] = f"[{text}]"
+            row[-1] = f"[{text}]"
         else:
             updates.append((text, ref))
-        last = states[-1][0]
-        appends.append((last, ref, last - batch_start))
+        appends.append((packing[0], ref, packing[0] - batch_start))
 
 
 def _flow_of_task(flow_id: Any, seen: dict[int, list[Any]], open_runs: dict[int, list[Any]],
@@ -326,9 +344,10 @@ def repack(out: Folded, remap: dict[int, int], created: dict[int, float], open_r
     to that row, their times counted from its creation, as later batches' states will be."""
     import uuid
 
-    for ref, _, states, new in out.packed:
+    for ref, first, text, new, _ in out.packed:
         target = remap.get(ref)
-        if target is not None and new and states:
+        if target is not None and new and text is not None:  # the same states, their times from the row's creation
+            states = history.decode(f"[{text}]", first)
             out.history_updates.append((history.append(states, created[target]), target))
     out.appends = [(seq, remap.get(ref, ref), back) for seq, ref, back in out.appends]
     for row in out.task_runs:

@@ -1,33 +1,35 @@
-"""A task run's states packed in its row (SQLite: `task_runs.history`), instead of one `states` row each.
+"""A task run's states packed in its row (`task_runs.history`), instead of one `states` row each.
 
 The history is compact JSON: a list of *appends* (the states one batch wrote for the run: its INSERT
-when the run is new in the batch, else one UPDATE that adds an append at the end), each a list of
-states in the order they were numbered:
+when the run is new in the batch, else one UPDATE that adds an append at the end), each a flat list of
+four values per state, in the order they were numbered:
 
-    [[[seq, code, dt, line, name, message, details], [dseq, code, dt], ...], [...]]
+    [[seq, code, dt, line, dseq, code, dt, [line, name, message, details], ...], [...]]
 
 - `seq`: the state's number (from the counter states and log lines share; lines.py); in an append, the
   first state's is given whole and the next ones as the difference to the previous one;
-- `code`: its type (fold.STATE_CODES); `name` only when it is not its type's own (as in `states`);
+- `code`: its type (fold.STATE_CODES);
 - `dt`: its time, as an integer number of 2**-22 s after the run's `created` (exact: the decoder computes
   `created + dt / 2**22`, and the encoder keeps that form only when it gives back the same float), else
   the time itself as a float (JSON keeps the two apart: `840` and `840.0`);
-- `line`: the engine line marked on it (lines.py; 0: none) and the message and details (as in `states`);
-  trailing empty values are left out: a plain state is three numbers.
+- the engine line marked on it (lines.py; 0: none), or, when the state has a name of its own (not its
+  type's), a message or details (as in `states`), [line, name, message, details].
 
-Each append has a row in `appends` (its last state's number, its run, and how far back its batch
-started): the change feeds find the states after a number through it (`after`). An append's states all
-lie in its batch's numbers, and batches' numbers never overlap, so the states after `since` up to the
-end of some batch are exactly those of the appends up to the end of that batch.
+A plain state is four numbers (`[0,1,0,1,1,2,210,0,1,3,840,2]`: ~30 bytes for a task run's three
+states, against ~140 as rows). Each append has a row in `appends` (its last state's number, its run, and
+how far back its batch started): the change feeds find the states after a number through it (`after`).
+An append's states all lie in its batch's numbers, and batches' numbers never overlap, so the states
+after `since` up to the end of some batch are exactly those of the appends up to the end of that batch.
 
-JSON because Python's C encoder and decoder make and read it at about a microsecond a run, and SQL can
-still measure it (`json_array_length`); 3 plain states take ~40 bytes, against ~140 as rows.
+JSON because Python's C encoder and decoder make and read it in about a microsecond a run (the writer
+builds a flat list of numbers per run: nothing per state for the cyclic GC to count), and SQL can build
+it (the migrations) and `json.loads` reads it back exactly.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 TICKS = 4194304.0  # 2**22 ticks a second: a time since 2004 is a whole number of them (its float's precision)
@@ -53,23 +55,27 @@ def _make_encoder() -> Callable[[Any], str]:
 encode = _make_encoder()
 
 
-def append(states: list[list[Any]], created: float) -> str:
-    """One append's JSON, from its states in number order: [seq, code, name, message, ts, details, line]."""
-    parts = []
+def stored_time(ts: float, created: float) -> int | float:
+    """A state's time as stored: ticks after `created` when they give `ts` back exactly, else `ts`."""
+    ticks = round((ts - created) * TICKS)
+    return ticks if created + ticks / TICKS == ts else float(ts)
+
+
+def rest(line: int | None, name: str | None, message: str | None, details: str | None) -> Any:
+    """A state's fourth value: its line code (0: none), or [line, name, message, details]."""
+    if name is None and message is None and details is None:
+        return line or 0
+    return [line or 0, name, message, details]
+
+
+def append(states: Iterable[Sequence[Any]], created: float) -> str:
+    """One append's JSON, from its states in number order: (seq, code, name, message, ts, details, line)."""
+    flat: list[Any] = []
     previous = 0
     for seq, code, name, message, ts, details, line in states:
-        ticks = round((ts - created) * TICKS)
-        stored = ticks if created + ticks / TICKS == ts else repr(float(ts))  # (a float's repr is its JSON)
-        if details is not None or message is not None or name is not None:
-            tail = [name] if message is None and details is None else [name, message] if details is None else [
-                name, message, details]
-            parts.append(f"[{seq - previous},{code},{stored},{line or 0},{encode(tail)[1:]}")
-        elif line:
-            parts.append(f"[{seq - previous},{code},{stored},{line}]")
-        else:
-            parts.append(f"[{seq - previous},{code},{stored}]")
+        flat += (seq - previous, code, stored_time(ts, created), rest(line, name, message, details))
         previous = seq
-    return f"[{','.join(parts)}]"
+    return encode(flat)
 
 
 def decode(history: str | None, created: float) -> list[Entry]:
@@ -79,30 +85,28 @@ def decode(history: str | None, created: float) -> list[Entry]:
     out: list[Entry] = []
     for group in json.loads(history):
         seq = 0
-        for entry in group:
-            seq += entry[0]
-            size = len(entry)
-            stored = entry[2]
-            out.append((seq, entry[1], entry[4] if size > 4 else None, entry[5] if size > 5 else None,
-                        created + stored / TICKS if type(stored) is int else stored,
-                        entry[6] if size > 6 else None, (entry[3] or None) if size > 3 else None))
+        for at in range(0, len(group), 4):
+            seq += group[at]
+            stored, more = group[at + 2], group[at + 3]
+            ts = created + stored / TICKS if type(stored) is int else stored
+            if type(more) is int:
+                out.append((seq, group[at + 1], None, None, ts, None, more or None))
+            else:
+                out.append((seq, group[at + 1], more[1], more[2], ts, more[3], more[0] or None))
     return out
 
 
 def append_keys(history: str | None) -> list[int]:
     """The number of each append's last state: the keys of the run's rows in `appends`."""
-    keys = []
-    for group in json.loads(history) if history else ():
-        keys.append(sum(entry[0] for entry in group))
-    return keys
+    return [sum(group[0::4]) for group in json.loads(history)] if history else []
 
 
 def count(history: str | None) -> tuple[int, int]:
     """(states, engine lines marked on them) in a history."""
     states = lines = 0
     for group in json.loads(history) if history else ():
-        states += len(group)
-        lines += sum(1 for entry in group if len(entry) > 3 and entry[3])
+        states += len(group) // 4
+        lines += sum(1 for more in group[3::4] if (more if type(more) is int else more[0]))
     return states, lines
 
 

@@ -149,9 +149,11 @@ MIGRATIONS: list[list[str]] = [
        # numbers in `appends`; existing states move when their time packs exactly, each an append of its own
         "ALTER TABLE task_runs ADD COLUMN history TEXT",
         "CREATE TABLE appends (seq BIGINT PRIMARY KEY, run_ref BIGINT NOT NULL, back BIGINT NOT NULL)",
-        f"CREATE TEMPORARY TABLE asyncflow_moved ON COMMIT DROP AS SELECT s.seq, s.run_ref, '[' || json_build_array("
-        f"s.seq, s.type, round((s.ts - t.created) * {TICKS}::float8)::bigint, coalesce(s.line, 0), s.name, s.message, "
-        f"s.details)::text || ']' AS packed FROM states s JOIN task_runs t ON t.ref = s.run_ref "
+        f"CREATE TEMPORARY TABLE asyncflow_moved ON COMMIT DROP AS SELECT s.seq, s.run_ref, '[' || s.seq || ',' "
+        f"|| s.type || ',' || round((s.ts - t.created) * {TICKS}::float8)::bigint || ',' || CASE WHEN s.name IS NULL "
+        "AND s.message IS NULL AND s.details IS NULL THEN coalesce(s.line, 0)::text ELSE json_build_array("
+        "coalesce(s.line, 0), s.name, s.message, s.details)::text END || ']' AS packed "
+        "FROM states s JOIN task_runs t ON t.ref = s.run_ref "
         f"WHERE t.created + round((s.ts - t.created) * {TICKS}::float8) / {TICKS}::float8 = s.ts "
         "AND (s.line IS NULL OR s.flow_ref IS NOT DISTINCT FROM t.flow_ref)",
         "UPDATE task_runs t SET history = m.history FROM (SELECT run_ref, '[' || string_agg(packed, ',' ORDER BY seq) "

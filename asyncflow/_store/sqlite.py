@@ -333,9 +333,10 @@ MIGRATIONS: list[list[str]] = [
        # as an append of its own (its batch is itself).
         "ALTER TABLE task_runs ADD COLUMN history TEXT",
         "CREATE TABLE appends (seq INTEGER PRIMARY KEY, run_ref INTEGER NOT NULL, back INTEGER NOT NULL)",
-        f"CREATE TEMPORARY TABLE asyncflow_moved AS SELECT s.seq, s.run_ref, '[' || json_array(s.seq, s.type, "
-        f"CAST(round((s.ts - t.created) * {TICKS}) AS INTEGER), coalesce(s.line, 0), s.name, s.message, s.details) "
-        f"|| ']' AS packed FROM states s JOIN task_runs t ON t.ref = s.run_ref "
+        f"CREATE TEMPORARY TABLE asyncflow_moved AS SELECT s.seq, s.run_ref, '[' || s.seq || ',' || json_quote(s.type) "
+        f"|| ',' || CAST(round((s.ts - t.created) * {TICKS}) AS INTEGER) || ',' || CASE WHEN s.name IS NULL AND "
+        "s.message IS NULL AND s.details IS NULL THEN coalesce(s.line, 0) ELSE json_array(coalesce(s.line, 0), s.name, "
+        "s.message, s.details) END || ']' AS packed FROM states s JOIN task_runs t ON t.ref = s.run_ref "
         f"WHERE t.created + round((s.ts - t.created) * {TICKS}) / {TICKS} = s.ts AND (s.line IS NULL OR s.flow_ref IS "
         "t.flow_ref)",
         "UPDATE task_runs SET history = (SELECT '[' || group_concat(packed, ',') || ']' FROM (SELECT packed FROM "
