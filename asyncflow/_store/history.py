@@ -114,16 +114,17 @@ Query = Callable[[str, Any], list[tuple[Any, ...]]]
 _CHUNK = 500
 
 
-def after(query: Query, since: int, columns: str = "") -> Iterator[tuple[Entry, tuple[Any, ...]]]:
+def after(query: Query, since: int, columns: str = "", chunk: int = _CHUNK) -> Iterator[tuple[Entry, tuple[Any, ...]]]:
     """The packed states numbered after `since`, in number order, lazily: (state, (ref, created,
-    *columns of its task run)). `columns` names more of the task run's columns (`t.` prefixed).
+    *columns of its task run)). `columns` names more of the task run's columns (`t.` prefixed); `chunk`:
+    appends read at a time (a reader that wants a few states asks for few).
 
     Reads `appends` a chunk at a time, always to the end of a batch (see the module's docstring), and
     the histories of their runs; a run deleted since (its appends are left for the prune) is skipped."""
     position = since
     while True:
         rows = query("SELECT seq, run_ref, back FROM appends WHERE seq > ? ORDER BY seq LIMIT ?",
-                     (position, _CHUNK))
+                     (position, max(1, min(chunk, _CHUNK))))
         if not rows:
             return
         batch = rows[-1][0] - rows[-1][2]  # where the last append's batch starts: read to its end
@@ -138,9 +139,9 @@ def after(query: Query, since: int, columns: str = "") -> Iterator[tuple[Entry, 
         refs = sorted({row[1] for row in rows})
         found: list[tuple[Entry, tuple[Any, ...]]] = []
         for start in range(0, len(refs), _CHUNK):
-            chunk = refs[start:start + _CHUNK]
+            some = refs[start:start + _CHUNK]
             for run in query(f"SELECT t.ref, t.created, t.history{', ' + columns if columns else ''} FROM task_runs t "
-                             f"WHERE t.ref IN ({', '.join('?' * len(chunk))})", chunk):
+                             f"WHERE t.ref IN ({', '.join('?' * len(some))})", some):
                 info = (run[0], run[1], *run[3:])
                 found += [(state, info) for state in decode(run[2], run[1]) if position < state[0] <= end]
         found.sort(key=_by_seq)

@@ -217,7 +217,7 @@ def changes(query: Query, since: Any, limit: Any) -> tuple[list[Change], int]:
         "FROM states s LEFT JOIN task_runs t ON t.ref = s.run_ref LEFT JOIN flow_runs f ON f.ref = s.run_ref "
         "WHERE s.seq > ? ORDER BY s.seq LIMIT ?", (since, limit))
     packed = ((state[0], run[2], "task_run", run[3], run[4], state[1], state[2], state[3], state[4])
-              for state, run in history.after(query, since, f"t.id, {FLOW_ID_OF_TASK.format(t='t')}, t.name"))
+              for state, run in history.after(query, since, f"t.id, {FLOW_ID_OF_TASK.format(t='t')}, t.name", limit))
     ids = _Rows()
     out = [Change(seq, uuid.UUID(run_id), kind, ids.uuid(flow_run_id), name, STORED_TYPES[type_],
                   PLAIN_NAMES[type_] if state_name is None else state_name, message, ts)
