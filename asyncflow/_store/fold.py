@@ -141,14 +141,12 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
                 last_details, details_text = details, details_json(details)
             if packed is not None:  # numbers in the run's list: no object per state for the cyclic GC to count
                 created = packed[1]
-                ticks = round((ts - created) * TICKS)
-                add = packed.append
-                add(seq - packed[0])
-                add(code)
-                add(ticks if created + ticks / TICKS == ts else float(ts))
-                add(0 if stored_name is None and message is None and details_text is None else
-                    [0, stored_name, message, details_text])
-                packed[0], packed[2] = seq, ts
+                ticks = int((ts - created) * TICKS)  # (whole when it packs: the check below says)
+                packed.extend((seq - packed[0], code, ticks if created + ticks / TICKS == ts else float(ts),
+                               0 if stored_name is None and message is None and details_text is None else
+                               [0, stored_name, message, details_text]))
+                packed[0] = seq
+                packed[2] = ts
             elif message is None and details_text is None and ref is not None:
                 states.append((ref, code, stored_name, None, None, ts, seq))
             else:

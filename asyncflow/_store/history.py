@@ -57,7 +57,7 @@ encode = _make_encoder()
 
 def stored_time(ts: float, created: float) -> int | float:
     """A state's time as stored: ticks after `created` when they give `ts` back exactly, else `ts`."""
-    ticks = round((ts - created) * TICKS)
+    ticks = int((ts - created) * TICKS)  # (whole when it packs: the check says)
     return ticks if created + ticks / TICKS == ts else float(ts)
 
 
