@@ -3,7 +3,8 @@
 New runs get numbers (`ref`, from the store's counter) and rows; a run's current state, attempt
 count and timing are folded from its states: into the run's new row when the run is new in this
 batch, else into one update row per run (`[type, name, message, ts, attempts, start, end, owner,
-ref]`, applied by the dialect so that the newest state by time wins). A run recorded again (a
+ref]`, and for a task run the JSON of its states to append to its history (history.py), applied by the
+dialect so that the newest state by time wins). A run recorded again (a
 rendered task-run name) becomes a rename. The dialect then inserts and updates the rows its own way.
 """
 
@@ -69,7 +70,8 @@ class Folded:
         self.next_seq = next_seq  # the last number given to a state or a log line (one sequence: lines.py)
         # packing (history.py): the task runs' states of this batch, per run: [ref, created, its states (see `_pack`,
         # then the append's JSON), new (its row is in task_runs: the history is in it), that row], the rows of
-        # `appends` ((last seq, ref, back)) and the appends to rows of earlier batches ((append JSON, ref))
+        # `appends` ((last seq, ref, back)) and the appends to rows another writer stored ((append JSON, ref):
+        # an earlier batch's rows get theirs as the last value of their `task_updates` row)
         self.packed: list[list[Any]] = []
         self.appends: list[tuple[int, int, int]] = []
         self.history_updates: list[tuple[str, int]] = []
@@ -78,7 +80,7 @@ class Folded:
 def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: int, open_runs: dict[int, list[Any]],
          find_ref: Callable[[Any], list[Any] | None], parameters_json: Callable[[Any], str],
          clean: Callable[[Any], Any] = _same, find_flow_ref: Callable[[Any], list[Any] | None] = _none,
-         find_given: Callable[[Any], int | None] = _none, pack: bool = False) -> Folded:
+         find_given: Callable[[Any], int | None] = _none) -> Folded:
     """Fold `batch`. States and log lines are numbered after `next_seq`, in the order they were
     recorded; an engine line (LINE) marks the state it is about when that state is in this batch (its
     run's last one, with the line's time), else it becomes a log row (lines.py). `open_runs` (the
@@ -92,8 +94,8 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
     `find_flow_ref(flow_id)` is the number of a flow run stored or given ahead, `find_given(flow_id)` the
     number given ahead only.
 
-    `pack`: a task run's states go into its row's history instead of `states` rows (history.py), and
-    `open_runs` and `find_ref` give a task run as [ref, False, created, its flow run's id int or None]."""
+    A task run's states go into its row's history instead of `states` rows (history.py): `open_runs` and
+    `find_ref` give a task run as [ref, False, created, its flow run's id int or None]."""
     out = Folded(next_ref, next_seq)
     seq = next_seq
     states, logs, renames = out.states, out.logs, out.renames
@@ -126,9 +128,9 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
                     row = [None, None, None, None, 0, None, None, owner, known[0]]
                     (out.flow_updates if known[1] else out.task_updates).append(row)
                     packed = None
-                    if pack and not known[1]:
+                    if not known[1]:
                         packed = [0, known[2], None]  # see _pack
-                        out.packed.append([known[0], known[2], packed, False, None])
+                        out.packed.append([known[0], known[2], packed, False, row])  # (its update row)
                     entry = seen[rid] = [known[0], None, row, 0, None, packed, None if known[1] else known[3]]
             ref, key, row, offset, _, packed, _ = entry
             type_text = type_._value_  # not `.value`: a descriptor written in Python
@@ -235,11 +237,9 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
             out.task_runs.append(row)
             flow_int = None if flow_run_id is None else flow_run_id.int
             open_runs[rid] = [out.next_ref, False, created, flow_int]
-            packed = None
-            if pack:
-                packed = [0, created, None]  # see _pack
-                out.packed.append([out.next_ref, created, packed, True, row])
-                row.append(None)  # its history (the end of fold)
+            packed = [0, created, None]  # see _pack
+            out.packed.append([out.next_ref, created, packed, True, row])
+            row.append(None)  # its history (the end of fold)
             seen[rid] = [out.next_ref, key, row, TASK_STATE_COLUMN, None, packed, flow_int]
         elif kind == FLOW:
             (_, run_id, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id,
@@ -263,8 +263,7 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
             open_runs[rid] = [ref, True]
             seen[rid] = [ref, key, row, FLOW_STATE_COLUMN, None, None, None]
     out.next_seq = seq
-    if pack:
-        _pack(out, next_seq + 1)
+    _pack(out, next_seq + 1)
     while len(open_runs) > OPEN_RUNS_KEPT:  # runs that never end (NotReady...) are looked up if needed
         del open_runs[next(iter(open_runs))]
     return out
@@ -275,18 +274,20 @@ def _pack(out: Folded, batch_start: int) -> None:
 
     A run's packing is one list: [its last state's number, the run's creation time, its last state's time,
     then four values per state as history.py stores them]."""
-    appends, updates = out.appends, out.history_updates
+    appends = out.appends
     encode = history.encode
     for entry in out.packed:
         ref, _, packing, new, row = entry
         if len(packing) == 3:  # no state in this batch
             entry[2] = None
+            if not new:
+                row.append(None)
             continue
         text = entry[2] = encode(packing[3:])
         if new:
             row[-1] = f"[{text}]"
-        else:
-            updates.append((text, ref))
+        else:  # appended by the run's update row (its last value)
+            row.append(text)
         appends.append((packing[0], ref, packing[0] - batch_start))
 
 
@@ -332,7 +333,7 @@ def merge_known(task_runs: list[list[Any]], existing: dict[str, int], open_runs:
         renames.append((row[2], ref))
         state = row[TASK_STATE_COLUMN:TASK_STATE_COLUMN + 7]
         if state[0] is not None:  # [type, name, message, ts, run_count, start, end]: written by the caller
-            task_updates.append([*state, row[TASK_STATE_COLUMN + 7], ref])
+            task_updates.append([*state, row[TASK_STATE_COLUMN + 7], ref, None])  # (no packed states: see repack)
     return remap
 
 

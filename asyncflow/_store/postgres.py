@@ -183,6 +183,11 @@ _UPDATE_RUN = """UPDATE {table} AS r SET
     FROM (SELECT %s::text AS type, %s::text AS name, %s::text AS message, %s::float8 AS ts, %s::int4 AS n,
           %s::float8 AS start_time, %s::float8 AS end_time, %s::bigint AS owner, %s::bigint AS ref) AS v
     WHERE r.ref = v.ref"""
+# and a task run's: with its packed states appended (the append's JSON, or NULL; history.py)
+_UPDATE_TASK_RUN = _UPDATE_RUN.format(table="task_runs").replace(
+    " AS ref) AS v", " AS ref, %s::text AS history) AS v").replace(
+    "owner = v.owner\n", "owner = v.owner,\n    history = CASE WHEN v.history IS NULL THEN r.history ELSE "
+    "coalesce(left(r.history, -1) || ',', '[') || v.history || ']' END\n")
 
 
 # -- the store -------------------------------------------------------------------------------------------
@@ -400,7 +405,7 @@ class PostgresStore(SqlRunReads, BatchWriter):
                     open_runs=self._open_runs, find_ref=lambda run_id: self._find_ref(conn, run_id),
                     parameters_json=self.privacy.json, clean=_clean,
                     find_flow_ref=lambda flow_id: _find_flow_ref(conn, flow_id),
-                    find_given=lambda flow_id: _find_given(conn, flow_id), pack=True)
+                    find_given=lambda flow_id: _find_given(conn, flow_id))
         if rows.next_ref != first_ref or rows.next_seq != first_seq:
             conn.execute(_SET_COUNTERS, (rows.next_ref, rows.next_seq))
         states, renames, task_runs = rows.states, rows.renames, rows.task_runs
@@ -424,9 +429,10 @@ class PostgresStore(SqlRunReads, BatchWriter):
                         repack(rows, remap, {ref: created for _, ref, created in found}, self._open_runs)
             if renames:
                 cur.executemany("UPDATE task_runs SET name = %s WHERE ref = %s", renames)
-            for table, updates in (("task_runs", rows.task_updates), ("flow_runs", rows.flow_updates)):
-                if updates:
-                    cur.executemany(_UPDATE_RUN.format(table=table), updates)
+            if rows.task_updates:
+                cur.executemany(_UPDATE_TASK_RUN, rows.task_updates)
+            if rows.flow_updates:
+                cur.executemany(_UPDATE_RUN.format(table="flow_runs"), rows.flow_updates)
             if rows.history_updates:
                 cur.executemany(_APPEND_HISTORY, rows.history_updates)
             if rows.appends:

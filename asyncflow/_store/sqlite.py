@@ -372,6 +372,10 @@ _UPDATE_RUN = """UPDATE {table} SET
     state_ts = CASE WHEN state_ts IS NULL OR state_ts <= ?4 THEN ?4 ELSE state_ts END,
     end_time = CASE WHEN state_ts IS NULL OR state_ts <= ?4 THEN ?7 ELSE end_time END,
     run_count = run_count + ?5, start_time = coalesce(start_time, ?6), owner = ?8 WHERE ref = ?9"""
+# and a task run's: with its packed states appended (?10: the append's JSON, or NULL; history.py)
+_UPDATE_TASK_RUN = _UPDATE_RUN.format(table="task_runs").replace(" WHERE ref = ?9", (
+    ", history = CASE WHEN ?10 IS NULL THEN history ELSE coalesce(substr(history, 1, length(history) - 1) || ',', "
+    "'[') || ?10 || ']' END WHERE ref = ?9"))
 
 
 PLAIN_STATE_COLUMNS = "run_ref, type, name, line, flow_ref, ts, seq"  # the two shapes of a state row (fold.py)
@@ -737,7 +741,7 @@ class SQLiteStore(SqlRunReads, BatchWriter):
         rows = fold(batch, next_ref=first_ref, next_seq=first_seq, owner=self._owner_id(conn),
                     open_runs=self._open_runs, find_ref=lambda run_id: self._find_ref(conn, run_id),
                     parameters_json=self.privacy.json, find_flow_ref=lambda flow_id: _find_flow_ref(conn, flow_id),
-                    find_given=lambda flow_id: _find_given(conn, flow_id), pack=True)
+                    find_given=lambda flow_id: _find_given(conn, flow_id))
         if rows.next_ref != first_ref or rows.next_seq != first_seq:
             conn.execute(SET_COUNTERS, (rows.next_ref, rows.next_seq))
         states, renames = rows.states, rows.renames
@@ -768,9 +772,10 @@ class SQLiteStore(SqlRunReads, BatchWriter):
                     repack(rows, remap, created, self._open_runs)
         if renames:
             conn.executemany("UPDATE task_runs SET name = ? WHERE ref = ?", renames)
-        for table, updates in (("task_runs", rows.task_updates), ("flow_runs", rows.flow_updates)):
-            if updates:
-                conn.executemany(_UPDATE_RUN.format(table=table), updates)
+        if rows.task_updates:
+            conn.executemany(_UPDATE_TASK_RUN, rows.task_updates)
+        if rows.flow_updates:
+            conn.executemany(_UPDATE_RUN.format(table="flow_runs"), rows.flow_updates)
         if rows.history_updates:
             conn.executemany(_APPEND_HISTORY, rows.history_updates)
         if rows.appends:
