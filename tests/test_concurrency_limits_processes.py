@@ -144,8 +144,9 @@ def waiting_states(home: Path, url: str | None) -> int:
         with psycopg.connect(url) as conn:
             rows = int(conn.execute(query.replace("%", "%%"), ()).fetchone()[0])
             histories = conn.execute(packed).fetchall()
-    return rows + sum(1 for text, created in histories for _, code, name, message, *_ in history.decode(text, created)
-                      if code == STATE_CODES["PENDING"] and name == "AwaitingConcurrencySlot" and "tag:io" in (message or ""))
+    waiting = [state for text, created in histories for state in history.decode(text, created)
+               if state[1] == STATE_CODES["PENDING"] and state[2] == "AwaitingConcurrencySlot"]
+    return rows + sum(1 for state in waiting if "tag:io" in (state[3] or ""))
 
 
 def spans(log: Path) -> list[tuple[float, float]]:
