@@ -297,7 +297,7 @@ def log_lines(query: Query, lookup: Query, since: int, flow_run_id: Any, task_ru
         return list(records)
     wanted = lines.codes_for(levels)
     packed = _packed_lines(query, since, flow_key if task_key is None else None, task_key,
-                           set(wanted) if wanted is not None else None)
+                           set(wanted) if wanted is not None else None, limit or 500)
     return list(itertools.islice(heapq.merge(records, packed, key=_seq), limit))
 
 
@@ -310,12 +310,12 @@ _LINE_OF = f"t.id, {FLOW_ID_OF_TASK.format(t='t')}, t.name, t.task_name"
 
 
 def _packed_lines(query: Query, since: int, flow_key: str | None, task_key: str | None,
-                  codes: set[int] | None) -> Iterator[LogRecord]:
+                  codes: set[int] | None, chunk: int) -> Iterator[LogRecord]:
     """The engine's lines marked on task runs' packed states (history.py), after `since`, in order: of one
     task run (`task_key`: its finished line; its created line is its flow run's), of one flow run's task
     runs, or of all (through `appends`)."""
     if task_key is None and flow_key is None:
-        states: Iterator[tuple[Any, ...]] = history.after(query, since, _LINE_OF)
+        states: Iterator[tuple[Any, ...]] = history.after(query, since, _LINE_OF, chunk)
     else:
         params: list[Any]
         if task_key is not None:
