@@ -57,7 +57,7 @@ class FlowRunContext(RunContext):
                  "completed_subflows")
 
     def __init__(self, flow: Any, flow_run: FlowRun, parent: RunContext | None, log_prints: bool,
-                 scope: Scope | None, task_runner: EngineRunner | None) -> None:
+                 scope: Scope | None, task_runner: EngineRunner | None, ids: dict[str, Any] | None = None) -> None:
         super().__init__(parent, log_prints, scope)
         self.flow_context = self
         self.flow = flow
@@ -65,7 +65,8 @@ class FlowRunContext(RunContext):
         self.task_runner = task_runner  # None only in a task worker's copy of its flow's context
         self.run_counters: dict[str, Any] = {}  # task key -> itertools.count
         self.label = f"Flow run '{flow_run.name}'"  # set again once the run is named
-        self.ids = {"flow_run_id": str(flow_run.id)}
+        # the run's ids for its log lines (the engine passes the dict its flow call already made)
+        self.ids = ids if ids is not None else {"flow_run_id": str(flow_run.id)}
         # a flow with retries: its subflow calls in this attempt, and the subflows that completed in its
         # attempts so far (`_engine/reuse.py`)
         self.subflow_calls: dict[Any, Any] | None = None

@@ -95,6 +95,7 @@ class Flow(Generic[P, R]):
                                    f"contain any of: {' '.join(_BANNED_NAME_CHARACTERS)} (rename the flow).")
         self.name = name
         self._version = version
+        self._source_path: str | None = None  # the file that defines the flow ("" if none), once looked up
         self.description = description if description is not None else inspect.getdoc(fn)
         if flow_run_name is not None and not isinstance(flow_run_name, str) and not callable(flow_run_name):
             raise TypeError(f"Expected string or callable for 'flow_run_name'; "
@@ -151,10 +152,13 @@ class Flow(Generic[P, R]):
         """The given version, else a hash of the file that defines the flow (None if unknown)."""
         if self._version is not None:
             return self._version
-        try:
-            path = inspect.getsourcefile(self.fn)
-        except TypeError:
-            path = None
+        path = self._source_path
+        if path is None:  # once per flow: `inspect.getsourcefile` costs more than the rest of a call
+            try:
+                path = inspect.getsourcefile(self.fn) or ""
+            except TypeError:
+                path = ""
+            self._source_path = path
         return _file_hash(path)
 
     @staticmethod

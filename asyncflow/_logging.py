@@ -46,6 +46,7 @@ _LEVELS = {"debug": "DEBUG", "info": "INFO", "warning": "WARNING", "warn": "WARN
            "critical": "CRITICAL", "exception": "ERROR", "fatal": "CRITICAL", "msg": "INFO"}
 DEBUG, INFO, WARNING, ERROR = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
 _NAMES = {DEBUG: "DEBUG", INFO: "INFO", WARNING: "WARNING", ERROR: "ERROR", logging.CRITICAL: "CRITICAL"}
+_PADDED = {level: f"{name:<7}" for level, name in _NAMES.items()}  # as the console line shows them
 
 
 def _exc_text(exc_info: Any) -> str | None:
@@ -74,8 +75,9 @@ class Sink:
     def __init__(self) -> None:
         self.level = getattr(logging, _settings.LOGGING_LEVEL.value())
         self.json = _settings.LOGGING_FORMAT.value() == "json"
-        self._second = -1
-        self._stamp = ""
+        self._second = (-1, "")  # the second of the last line's time, and it as "%H:%M:%S"
+        self._last = (-1, "")  # the millisecond of the last line's time, and that time as text (one
+        # attribute: lines are made in several threads)
         self._atexit = False
         self._init_runtime()
         _SINKS.add(self)
@@ -184,11 +186,17 @@ class Sink:
             self.flush()
 
     def _time(self, ts: float) -> str:
-        second = int(ts)
-        if second != self._second:  # one strftime per second, not per line
-            self._stamp = time.strftime("%H:%M:%S", time.localtime(second))
-            self._second = second
-        return f"{self._stamp}.{int((ts - second) * 1000):03d}"
+        milli = int(ts * 1000)  # the text is a function of the millisecond alone
+        last = self._last
+        if milli == last[0]:  # lines come in bursts: many in the same millisecond
+            return last[1]
+        second, fraction = divmod(milli, 1000)
+        cached = self._second
+        if second != cached[0]:  # one strftime per second, not per line
+            cached = self._second = (second, time.strftime("%H:%M:%S", time.localtime(second)))
+        text = f"{cached[1]}.{fraction:03d}"
+        self._last = (milli, text)
+        return text
 
     def emit(self, level: int, where: str, message: str, flow_run_id: str | None = None,
              task_run_id: str | None = None, exc_info: Any = None, extra: Mapping[str, Any] | None = None,
@@ -210,7 +218,7 @@ class Sink:
         if ts is None:
             ts = time.time()
         levelname = _NAMES.get(level, "INFO")
-        exc = exc_text if exc_text is not None else _exc_text(exc_info)
+        exc = exc_text if exc_text is not None else _exc_text(exc_info) if exc_info else None
         if flow_run_id is not None or task_run_id is not None:  # the stored line keeps the traceback (the UI shows it)
             if line_of is None or exc:
                 _store.get_store().record_log(flow_run_id=flow_run_id, task_run_id=task_run_id, level=levelname,
@@ -233,7 +241,7 @@ class Sink:
                 record["exception"] = exc
             line = json.dumps(record, ensure_ascii=False)
         else:
-            line = f"{self._time(ts)} | {levelname:<7} | {where} - {message}"
+            line = f"{self._time(ts)} | {_PADDED.get(level) or f'{levelname:<7}'} | {where} - {message}"
             if exc:
                 line = f"{line}\n{exc}"
         self.write(line, level >= WARNING)
@@ -261,6 +269,20 @@ def _may_handle(logger: logging.Logger, level: int) -> bool:
     return False
 
 
+_loggers: dict[str, logging.Logger] = {}
+
+
+def _named_logger(name: str) -> logging.Logger:
+    """`logging.getLogger(name)` without its module-wide lock for names seen before (a logger, once
+    made, is the same object for the life of the process)."""
+    logger = _loggers.get(name)
+    if logger is None:
+        logger = logging.getLogger(name)
+        if len(_loggers) < 1000:
+            _loggers[name] = logger
+    return logger
+
+
 def _to_stdlib(logger: logging.Logger | None, level: int, where: str, message: str, flow_run_id: str | None,
                task_run_id: str | None, exc_info: Any, exc_text: str | None, extra: Mapping[str, Any] | None,
                ts: float) -> None:
@@ -270,7 +292,7 @@ def _to_stdlib(logger: logging.Logger | None, level: int, where: str, message: s
         elif where.startswith("Flow run '"):
             logger = _FLOW_RUNS
         else:
-            logger = logging.getLogger(where or "asyncflow")
+            logger = _named_logger(where or "asyncflow")
     if not _may_handle(logger, level):
         return
     fields: dict[str, Any] = dict(extra) if extra else {}

@@ -424,6 +424,12 @@ STORE_QUEUE_SIZE = _declare(
     "ASYNCFLOW_STORE_QUEUE_SIZE", _parse_int(1), 100_000,
     "Records (runs, states, log lines) that may wait for the SQLite writer. When it is full, recording "
     "waits for room (backpressure) while the writer makes progress; nothing is ever dropped.", "an integer >= 1")
+STORE_WRITER = _declare(
+    "ASYNCFLOW_STORE_WRITER", _parse_choice("auto", "thread", "process"), "auto",
+    "Where the SQLite store's writer folds and writes its batches: `thread` (a thread of this process), "
+    "`process` (a writer process of its own, fed through a pipe, so the writing does not take this process's "
+    "GIL), or `auto` (a thread at first, a writer process once this process has recorded a few thousand "
+    "records, if a CPU is idle). The PostgreSQL store always writes in a thread.", "auto, thread or process")
 STORE_FLUSH_TIMEOUT_SECONDS = _declare(
     "ASYNCFLOW_STORE_FLUSH_TIMEOUT_SECONDS", _parse_seconds, 10.0,
     "How long a flush (the end of an outermost flow run, process exit) waits for the database, e.g. while "

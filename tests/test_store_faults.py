@@ -311,7 +311,7 @@ def small_disk(store: SQLiteStore, spare_pages: int) -> Any:
 
 
 def test_a_disk_that_fills_mid_run_degrades_to_memory_and_the_flow_completes(tmp_path, monkeypatch, capfd):
-    store = SQLiteStore(tmp_path / "asyncflow.db")
+    store = SQLiteStore(tmp_path / "asyncflow.db", writer="thread")  # faults made in this process's connection
     monkeypatch.setattr(store, "_sqlite_connect", small_disk(store, 2))
     store._drop_connection()
     with isolated_store(store):
@@ -347,7 +347,7 @@ def test_a_flow_run_already_in_the_file_when_the_store_breaks_is_still_read_whol
     """The flow run and its first task runs were committed before the store became unusable: the memory
     store this process degrades to learns the runs then open, so the flow run reads back, Completed, with
     every task run that came after."""
-    store = SQLiteStore(tmp_path / "asyncflow.db")
+    store = SQLiteStore(tmp_path / "asyncflow.db", writer="thread")  # faults made in this process's connection
 
     @task
     def step(i: int) -> int:
@@ -374,7 +374,7 @@ def test_a_flow_run_already_in_the_file_when_the_store_breaks_is_still_read_whol
 def test_a_flow_run_that_ended_just_before_the_store_broke_reads_back_with_its_last_state(tmp_path, capfd):
     """Its row is in the file, its final state was still queued when the store broke, and it is no longer
     open: the degraded store makes it from the snapshot the writer kept of it."""
-    store = SQLiteStore(tmp_path / "asyncflow.db")
+    store = SQLiteStore(tmp_path / "asyncflow.db", writer="thread")  # faults made in this process's connection
     run = FlowRun(id=uuid.uuid4(), name="just-ended", flow_name="f", flow_version=None, parameters={}, tags=(),
                   state=State(StateType.PENDING))
     store.record_flow_run(run, run.state)

@@ -498,6 +498,30 @@ def test_the_read_queries_use_indexes(sqlite_store, monkeypatch):
         conn.close()
 
 
+def test_the_memory_store_forgets_its_oldest_runs_first_after_deletes_and_a_run_recorded_again():
+    store = MemoryStore(max_runs=10)
+    base = time.time()
+    runs = [add_flow_run(store, base + i) for i in range(12)]
+    store.delete_flow_runs([runs[3].id, runs[5].id])  # gone before they are the oldest
+    store.record_flow_run(runs[2])  # recorded again (a new name): keeps its place
+    runs += [add_flow_run(store, base + 12 + i) for i in range(4)]
+    kept = ids(runs[6:])
+    assert ids(store.read_flow_runs()) == kept[::-1]
+    for forgotten in runs[:6]:
+        with pytest.raises(ObjectNotFound):
+            store.read_flow_run(forgotten.id)
+
+
+def test_the_memory_store_keeps_its_arrival_order_bounded_when_runs_are_deleted_under_its_limit():
+    store = MemoryStore(max_runs=100)
+    base = time.time()
+    for i in range(5000):
+        run = add_flow_run(store, base + i)
+        store.delete_flow_runs([run.id])
+    store.read_flow_runs()
+    assert len(store._arrivals[0]) + len(store._arrivals[1]) <= 2 * 100 + 1024
+
+
 def test_the_memory_store_pages_only_the_runs_it_still_keeps():
     store = MemoryStore(max_runs=10)
     base = time.time()

@@ -25,22 +25,29 @@ class ChildTracker:
             self.failed[future] = None
         self.pending.pop(future, None)  # after recording: nobody sees it gone but its failure unrecorded
 
-    def _next_pending(self) -> TaskRunFuture[Any] | None:
+    def _waiting(self) -> list[TaskRunFuture[Any]]:
+        """The futures still pending, oldest first: waited for in one pass, then again for those
+        submitted meanwhile. (Not the first key of `pending` each time: a dict emptied from its front
+        walks every deleted slot to find it, which made a flow's end quadratic in its pending runs.)"""
         while True:
             try:
-                return next(iter(self.pending), None)
+                return list(self.pending)
             except RuntimeError:  # resized by another thread while we looked
                 continue
 
     async def wait_all(self) -> None:
-        while (future := self._next_pending()) is not None:
-            await future.wait_async(settled=True)  # a run has ended when its done callbacks have run
-            self.finished(future)
+        while waiting := self._waiting():
+            for future in waiting:
+                if future in self.pending:
+                    await future.wait_async(settled=True)  # a run has ended when its done callbacks have run
+                    self.finished(future)
 
     def wait_all_blocking(self) -> None:
-        while (future := self._next_pending()) is not None:
-            future._block(None, "wait", settled=True)
-            self.finished(future)
+        while waiting := self._waiting():
+            for future in waiting:
+                if future in self.pending:
+                    future._block(None, "wait", settled=True)
+                    self.finished(future)
 
     def unobserved_failures(self) -> list[TaskRunFuture[Any]]:
         return [f for f in self.failed if not f._observed]

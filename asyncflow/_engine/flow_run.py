@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -25,6 +26,7 @@ from .._store import flush as flush_store
 from .._store import get_store
 from .._store import pending as store_pending
 from .._store.records import redact
+from ..task_runners import TaskRunner
 from . import reuse
 from .bridge import OWN_THREAD, Bridge, run_hooks
 from .common import exception_message, log_final_state
@@ -32,7 +34,7 @@ from .flushing import flush_on_loop
 from .interrupt import SyncRunAborted
 from .open_runs import OPEN
 from .resolve import Resolver, unfinished_in
-from .scope import BaseExceptionGroup, Scope, owning, raise_sole
+from .scope import BaseExceptionGroup, Scope, owning, raise_sole, stop_owned
 from .task_run import _ATOM_TYPES, report_unobserved, resolve_cancelled, why_ended
 
 if TYPE_CHECKING:
@@ -76,10 +78,16 @@ def _set(call: FlowCall, type_: StateType, name: str, message: str | None = None
     return state
 
 
-async def run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
+def run_flow(call: FlowCall, bridge: Bridge) -> Coroutine[Any, Any, State[Any]]:
+    """The flow run's coroutine (awaited by the caller: no wrapper coroutine unless the run may be
+    reused from an earlier attempt of its parent flow)."""
     parent_flow = reuse.parent_flow(call)  # None unless this is a subflow of a flow with retries
     if parent_flow is None:
-        return await _run_flow(call, bridge)
+        return _run_flow(call, bridge)
+    return _run_or_reuse(call, parent_flow, bridge)
+
+
+async def _run_or_reuse(call: FlowCall, parent_flow: Any, bridge: Bridge) -> State[Any]:
     identity, earlier = await reuse.find_earlier(call, parent_flow, bridge)
     if earlier is not None:  # it completed in an earlier attempt of the parent: not run again
         return earlier
@@ -97,13 +105,12 @@ async def _run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
         parent.log_prints if parent is not None else flow.default_log_prints())
     if log_prints:
         ensure_print_capture()
-    ctx = FlowRunContext(flow, run, parent, log_prints, None, flow.task_runner.duplicate())
+    ctx = FlowRunContext(flow, run, parent, log_prints, None, flow.task_runner.duplicate(), call.ids)
     token = current_run.set(ctx)
     state: State[Any] | None = None
     try:
         run.name = flow.render_run_name(call.parameters) if flow.flow_run_name is not None else generate_flow_run_name()
         call.label = ctx.label = f"Flow run '{run.name}'"
-        ctx.ids = call.ids
         store.record_flow_run(run, run.state)
         OPEN[run.id] = run
         if parent is None:  # on the main thread: no signal waits for the main thread (`_signals.watch`)
@@ -147,17 +154,25 @@ async def _run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
         if ctx.scope is not None:  # the run has its final state: a flow it was called in may end now
             ctx.scope.detach()
         if parent is None:
-            flush_logs()  # a root run's lines are all out when the caller gets its result
-            if store_pending():  # and everything it recorded is in the store (the store bounds the wait)
-                await bridge.shielded(bridge.io(flush_store) if bridge.blocking else flush_on_loop(bridge),
-                                      STORE_FLUSH_SHIELD_SECONDS, f"{call.label}: writing its records to the store",
-                                      call.ids)
+            # a root run's lines are all out and everything it recorded is in the store when the caller
+            # gets its result (the store bounds the wait); on a loop, in rounds shared by the runs that
+            # end together (`flushing.py`), lines and records written by one worker-thread hop
+            if not store_pending():
+                flush_logs()
+            elif bridge.blocking:
+                flush_logs()
+                await bridge.shielded(bridge.io(flush_store), STORE_FLUSH_SHIELD_SECONDS,
+                                      f"{call.label}: writing its records to the store", call.ids)
+            else:
+                await flush_on_loop(bridge, STORE_FLUSH_SHIELD_SECONDS,
+                                    f"{call.label}: writing its records to the store", call.ids)
 
 
 async def _with_runner(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, Any], bridge: Bridge
                        ) -> State[Any]:
     """The flow run's attempts inside its task runner's lifecycle (`async with runner:`): the runner
-    starts or connects once per flow run, and shuts down once every run of the flow is final."""
+    starts or connects once per flow run, and shuts down once every run of the flow is final. (The
+    attempts loop is here, not in a coroutine of its own: a waiting flow holds one coroutine fewer.)"""
     runner = ctx.task_runner
     assert runner is not None  # a flow run's own context always has one
     try:
@@ -167,11 +182,56 @@ async def _with_runner(call: FlowCall, ctx: FlowRunContext, parameters: dict[str
                      f"Its task runner {runner!r} could not start: {type(exc).__name__}: {exc}", exc)
         log(ERROR, call.label, f"The task runner {runner!r} could not start", call.ids, exc_info=exc)
         return state
+    flow, run = call.flow, call.run
+    attempt = 0
     try:
-        return await _attempts(call, ctx, parameters, bridge)
+        while True:
+            attempt += 1
+            run.run_count = attempt
+            ctx.children = None
+            ctx.subflow_calls = None  # each attempt counts its subflow calls from the first
+            if ctx.scope is not None:  # the previous attempt's scope: this run goes on in a new one
+                ctx.scope.detach()
+            running = _set(call, StateType.RUNNING, "Running" if attempt == 1 else "Retrying")
+            if attempt == 1:
+                run.start_time = running.ts
+            if flow.on_running:
+                await run_hooks(bridge, flow.on_running, flow, run, running, call.label, call.ids)
+            state = await _one_attempt(call, ctx, parameters, bridge)
+            if state.type is StateType.FAILED and attempt <= flow.retries:
+                await _await_retry(call, state, bridge)
+                continue
+            run.end_time = state.ts
+            call.run.state = state
+            get_store().record_state(run.id, state)
+            return state
     finally:
-        await bridge.shielded(_shutdown(runner, call), RUNNER_SHUTDOWN_SECONDS,
-                              f"{call.label}: shutting down its task runner", call.ids)
+        if _stops_at_once(runner):  # it cannot be interrupted: nothing in it waits
+            await _shutdown(runner, call)
+        else:
+            await bridge.shielded(_shutdown(runner, call), RUNNER_SHUTDOWN_SECONDS,
+                                  f"{call.label}: shutting down its task runner", call.ids)
+
+
+def _stops_at_once(runner: Any) -> bool:
+    """Does the runner's `async with` exit without waiting? (The default runner's does: no `shutdown`
+    of its own, no runs used by hand.) Then it needs no shielded, time-limited scope around it, which
+    costs a flow run more than the rest of its runner's lifecycle."""
+    cls = type(runner)
+    return (getattr(cls, "shutdown", None) is TaskRunner.shutdown
+            and getattr(cls, "__aexit__", None) is TaskRunner.__aexit__ and getattr(runner, "_direct", True) is None)
+
+
+async def _await_retry(call: FlowCall, failed: State[Any], bridge: Bridge) -> None:
+    """A failed attempt with retries left: AwaitingRetry until the retry delay has passed."""
+    delay = call.flow.retry_delay_seconds
+    log(INFO, call.label, "Received non-final state 'AwaitingRetry' when proposing final state "
+        f"{failed.name!r} and will attempt to run again...", call.ids)
+    clock = get_clock()
+    when = dt.datetime.fromtimestamp(clock.time() + delay, tz=dt.timezone.utc)
+    _set(call, StateType.SCHEDULED, "AwaitingRetry", details=StateDetails(flow_run_id=call.run.id, scheduled_time=when))
+    if delay > 0:
+        await bridge.sleep(clock, delay)
 
 
 async def _shutdown(runner: EngineRunner, call: FlowCall) -> None:
@@ -189,39 +249,6 @@ async def _wait_for_upstream(call: FlowCall, bridge: Bridge) -> None:
     if call.wait_for:
         resolver.resolve(list(call.wait_for))
     call.parameters = {name: resolver.resolve(value) for name, value in call.parameters.items()}
-
-
-async def _attempts(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, Any], bridge: Bridge) -> State[Any]:
-    flow, run = call.flow, call.run
-    attempt = 0
-    while True:
-        attempt += 1
-        run.run_count = attempt
-        ctx.children = None
-        ctx.subflow_calls = None  # each attempt counts its subflow calls from the first
-        if ctx.scope is not None:  # the previous attempt's scope: this run goes on in a new one
-            ctx.scope.detach()
-        running = _set(call, StateType.RUNNING, "Running" if attempt == 1 else "Retrying")
-        if attempt == 1:
-            run.start_time = running.ts
-        if flow.on_running:
-            await run_hooks(bridge, flow.on_running, flow, run, running, call.label, call.ids)
-        state = await _one_attempt(call, ctx, parameters, bridge)
-        if state.type is StateType.FAILED and attempt <= flow.retries:
-            delay = flow.retry_delay_seconds
-            log(INFO, call.label, "Received non-final state 'AwaitingRetry' when proposing final state "
-                f"{state.name!r} and will attempt to run again...", call.ids)
-            clock = get_clock()
-            when = dt.datetime.fromtimestamp(clock.time() + delay, tz=dt.timezone.utc)
-            _set(call, StateType.SCHEDULED, "AwaitingRetry",
-                 details=StateDetails(flow_run_id=run.id, scheduled_time=when))
-            if delay > 0:
-                await bridge.sleep(clock, delay)
-            continue
-        run.end_time = state.ts
-        call.run.state = state
-        get_store().record_state(run.id, state)
-        return state
 
 
 async def _one_attempt(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, Any], bridge: Bridge) -> State[Any]:
@@ -250,7 +277,13 @@ async def _one_attempt(call: FlowCall, ctx: FlowRunContext, parameters: dict[str
         try:
             async with anyio.create_task_group() as tg:
                 ctx.scope = scope.on_loop(tg)
-                state = await owning(scope, _body(call, ctx, args, kwargs, bridge), why_ended, limit)
+                try:  # `owning(scope, ...)` inline: a waiting flow holds one coroutine fewer
+                    state = await _body(call, ctx, args, kwargs, bridge)
+                except BaseException as exc:
+                    stop_owned(scope, exc, why_ended, limit)
+                    raise
+                finally:
+                    scope.close()
         except BaseExceptionGroup as group:
             raise_sole(group)
         finally:

@@ -132,10 +132,11 @@ class _AsyncioCaller:
         self.loop = loop
 
     def __call__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self.loop.call_soon_threadsafe(_in_asyncio, fn, *args)
+        self.loop.call_soon_threadsafe(in_asyncio, fn, *args)
 
 
-def _in_asyncio(fn: Callable[..., Any], *args: Any) -> None:
+def in_asyncio(fn: Callable[..., Any], *args: Any) -> None:
+    """Run `fn(*args)` as an asyncio loop callback, declaring the backend to sniffio (anyio needs it)."""
     token = sniffio.current_async_library_cvar.set("asyncio")
     try:
         fn(*args)

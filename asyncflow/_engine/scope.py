@@ -39,6 +39,7 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import anyio
+import sniffio
 
 from .._exceptions import ScopeClosedError
 
@@ -46,7 +47,7 @@ if sys.version_info >= (3, 11):
     from builtins import BaseExceptionGroup
 else:
     from exceptiongroup import BaseExceptionGroup
-from .loop import context_for_another_thread, threadsafe_caller
+from .loop import context_for_another_thread, in_asyncio
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
@@ -231,11 +232,18 @@ async def owning(scope: Scope, body: Coroutine[Any, Any, T], why: Callable[[Base
     try:
         return await body
     except BaseException as exc:
-        timed_out = deadline is not None and anyio.current_time() >= deadline.deadline
-        scope.cancel("timed out" if timed_out else why(exc))
+        stop_owned(scope, exc, why, deadline)
         raise
     finally:
         scope.close()
+
+
+def stop_owned(scope: Scope, exc: BaseException, why: Callable[[BaseException], str],
+               deadline: anyio.CancelScope | None = None) -> None:
+    """`owning`'s way out on an exception, for an owner that awaits its body inline (no coroutine of
+    its own): stop every run in `scope`, saying why. The owner closes the scope in its `finally`."""
+    timed_out = deadline is not None and anyio.current_time() >= deadline.deadline
+    scope.cancel("timed out" if timed_out else why(exc))
 
 
 def raise_sole(group: BaseExceptionGroup) -> NoReturn:  # type: ignore[type-arg]
@@ -264,22 +272,31 @@ async def _serve(owner: Scope, *, task_status: TaskStatus[Any]) -> None:
         tg.cancel_scope.cancel()  # only reached after every child finished
 
 
+def _current_loop_handle() -> Any:
+    """The running loop's asyncio loop or trio token (its module is loaded: it runs)."""
+    if sniffio.current_async_library() == "trio":
+        return sys.modules["trio"].lowlevel.current_trio_token()
+    return sys.modules["asyncio"].get_running_loop()
+
+
 class _LoopRuns:
     """The runs of a scope that execute as tasks of one anyio task group, fed from any thread."""
 
-    __slots__ = ("owner", "task_group", "_thread", "_call_soon", "_queue", "_free", "_inbox", "_inbox_lock",
+    __slots__ = ("owner", "task_group", "_thread", "_loop_handle", "_queue", "_free", "_inbox", "_inbox_lock",
                  "_inbox_scheduled", "_closed")
 
     def __init__(self, owner: Scope, task_group: TaskGroup) -> None:
         self.owner = owner
         self.task_group = task_group
         self._thread = threading.get_ident()
-        self._call_soon = threadsafe_caller()
+        # the loop's own object that takes callbacks from other threads (asyncio's loop, trio's token):
+        # it exists already, so a scope allocates nothing to be reachable from other threads
+        self._loop_handle = _current_loop_handle()
         # the queue and the inbox are made when first used: a flow that submits nothing has neither
         self._queue: deque[tuple[Callable[..., Coroutine[Any, Any, Any]], Any, contextvars.Context]] | None = None
         self._free = 0  # workers that will take the next queued run without waiting for one to finish
         self._inbox: list[Any] | None = None  # runs submitted from other threads, not yet queued
-        self._inbox_lock = threading.Lock()
+        self._inbox_lock = owner._lock  # (never held while calling out, as the owner's own uses)
         self._inbox_scheduled = False
         self._closed = False
 
@@ -311,6 +328,14 @@ class _LoopRuns:
             self._call_soon(self._take_inbox)
         except Exception:  # the loop is gone (closed, finished): nothing will ever take them
             self._drop(self._take_all(), "ended")
+
+    def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Schedule `fn(*args)` on the loop from any thread, without waiting (raises once it is closed)."""
+        handle = self._loop_handle
+        if hasattr(handle, "call_soon_threadsafe"):  # asyncio's loop
+            handle.call_soon_threadsafe(in_asyncio, fn, *args)
+        else:  # trio's token
+            handle.run_sync_soon(fn, *args)
 
     def _take_all(self) -> list[Any]:
         with self._inbox_lock:

@@ -47,6 +47,7 @@ from .base import (
 )
 from .fold import STATE_CODES, fold, merge_known, repack
 from .history import TICKS
+from .process_writer import ProcessWriting
 from .records import Privacy, parameters_json, parameters_snapshot
 from .sql_reads import SqlRunReads
 from .writer import BAD_RECORD, BUSY, UNUSABLE, BatchWriter, describe_error, report
@@ -462,20 +463,25 @@ def _uuid_or_none(text: str | None) -> uuid.UUID | None:
 
 
 # -- the store -----------------------------------------------------------------------------------------
-class SQLiteStore(SqlRunReads, BatchWriter):
-    """Runs, states and logs in one SQLite file, written in batches by one writer thread.
+class SQLiteStore(SqlRunReads, ProcessWriting, BatchWriter):
+    """Runs, states and logs in one SQLite file, written in batches by one writer thread (which may ship
+    them to a writer process: process_writer.py).
 
     `create=False` opens an existing store only (for readers such as the CLI): a missing file raises
     `StoreNotFoundError`. `queue_size` bounds the records waiting for the writer (past it, recording
     waits: backpressure); `stall_seconds` is how long it waits for a writer that makes no progress
     before the queue grows past the bound; `flush_timeout` bounds a flush; `linger` is how long the
-    writer lets a burst gather before it writes."""
+    writer lets a burst gather before it writes; `writer` is where batches are written ("auto", "thread" or
+    "process", see process_writer.py; None: the setting ASYNCFLOW_STORE_WRITER)."""
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True, queue_size: int = 100_000,
                  stall_seconds: float = 10.0, flush_timeout: float = 10.0, linger: float = 0.005,
                  batch_size: int = 5000, busy_timeout: float = 1.0, recover: bool = True,
-                 privacy: Privacy | None = None) -> None:
+                 privacy: Privacy | None = None, writer: str | None = None) -> None:
         self.path = Path(path).expanduser().absolute()
+        if writer not in (None, "auto", "thread", "process"):
+            raise ValueError(f"writer must be 'auto', 'thread' or 'process'; got {writer!r}.")
+        self.writer_mode = writer
         self.privacy = privacy or Privacy.from_settings()
         self.label = f"the store {self.path}"
         self.busy_timeout = busy_timeout
@@ -888,6 +894,7 @@ class SQLiteStore(SqlRunReads, BatchWriter):
         from . import retention
 
         with self._lock:
+            self._forget_in_child()
             if ids is None:
                 cached = [str(uuid.UUID(int=key)) for key in list(self._open_runs)]
                 if not cached or self._closed:

@@ -294,7 +294,7 @@ class BatchWriter:
             if self.fallback is None:
                 try:
                     self._check_target()
-                    self._write_batch(self._writer_conn(), batch)
+                    self._write(batch)
                 except Exception as exc:
                     kind = self._classify(exc)
                     if kind == BUSY:
@@ -316,6 +316,10 @@ class BatchWriter:
             self._writing = False
             self._lock.release()
 
+    def _write(self, batch: list[tuple[Any, ...]]) -> None:
+        """Write one batch in one transaction (the SQLite store may ship it to its writer process)."""
+        self._write_batch(self._writer_conn(), batch)
+
     def _writer_conn(self) -> Any:
         if self._conn is None:
             self._conn = self._connect()
@@ -336,7 +340,7 @@ class BatchWriter:
             deadline = time.monotonic() + self.flush_timeout
             while True:
                 try:
-                    self._write_batch(self._writer_conn(), part)
+                    self._write(part)
                     break
                 except Exception as exc:
                     kind = self._classify(exc)

@@ -1,0 +1,203 @@
+"""The SQLite store's writer process: each batch's fold and SQL run off this process's GIL.
+
+The writer thread (writer.py) stays the one consumer of the queue: ordering, batching, flush marks,
+isolation of bad records and degrading to memory are its work as before. What changes is where a batch
+is written: the thread ships it (pickled) through a pipe to a child process, which runs the same fold
+and the same SQL on its own connection (writer_child.py), and waits for the answer (a blocking read:
+the GIL is free meanwhile). An error comes back as the exception it was (its class, message and SQLite
+code), so the thread classifies it as it would its own.
+
+- Started late: a process writes in its thread first. With `ASYNCFLOW_STORE_WRITER=auto` (the default)
+  the child is started once the thread has written START_AFTER records, in the background (the thread
+  goes on writing until the child is ready), and takes over between two batches: a short script never
+  pays a Python start. `process` starts it after the first batch and waits for it; `thread` never does.
+- The owner of the runs stays this process: the first batch (always written in the thread) registers
+  this process in `owners`, and the child writes under that row, so runs left open by a crash of this
+  process are marked Crashed at the next open (owners.py).
+- A child that dies (killed) loses and duplicates nothing: every batch carries a number that the child
+  writes in the same transaction (a row of `counters`, named by the child's token); the thread reads
+  it back to learn whether the batch it was waiting for was committed, writes it itself if not, and
+  from then on writes in its thread (one warning).
+- The child ignores SIGINT and SIGTERM, in a process group of its own (a Ctrl-C to the terminal does not
+  reach it): it exits when its input ends, when this process closes the pipe at exit or dies (SIGKILL
+  included), after deleting its `counters` row.
+- Fork: a forked child closes its copies of the pipes (so the writer process sees the end of its input
+  when this process ends) and writes in its own thread.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from .writer import report
+from .writer_pipe import ChildGone, Unshippable, WriterChild
+
+START_AFTER = 4000  # records the thread writes before `auto` starts the writer process
+READY_SECONDS = 30.0  # `process`: how long the first batch waits for the child to start
+
+
+class ProcessWriting:
+    """The SQLite store's side of the writer process (a mixin before BatchWriter: see the module's
+    docstring). `writer_mode` is "auto", "thread" or "process" (None: the setting)."""
+
+    writer_mode: str | None = None
+    label: str
+    path: Any
+    busy_timeout: float
+    privacy: Any
+    _owner: int | None
+    _open_runs: dict[int, list[Any]]
+    _closed: bool
+
+    def _init_runtime(self) -> None:
+        super()._init_runtime()  # type: ignore[misc]
+        self._child: WriterChild | None = None
+        self._no_child = False  # this process writes in its thread (decided, or the child died or never started)
+        self._written = 0  # records written in the thread (`auto` starts the child after START_AFTER)
+        # (batch, child): a wait for the child's answer interrupted (Ctrl-C in a flushing main thread): the
+        # child is stopped and the batch's fate read back before the next write
+        self._interrupted: tuple[list[tuple[Any, ...]], WriterChild] | None = None
+
+    def _reset_in_child(self) -> None:
+        child = self._child
+        if child is not None:
+            child.abandon()
+        super()._reset_in_child()  # type: ignore[misc]
+
+    def _close_connections(self) -> None:
+        self._stop_child()
+        super()._close_connections()  # type: ignore[misc]
+
+    def _write(self, batch: list[tuple[Any, ...]]) -> None:
+        """Write one batch in one transaction: through the writer process when it is ready, else here."""
+        if self._interrupted is not None:
+            pending, gone = self._interrupted
+            self._interrupted = None
+            if self._child_gone(gone) and pending is batch:
+                return  # committed before its answer was read
+        if self._owner is None:  # a new file (or the first batch): this process registers itself first
+            self._stop_child()
+        child = self._child
+        if child is None or not child.ready:
+            child = self._starting(child)
+        if child is not None:
+            try:
+                child.call("batch", batch)
+                return
+            except ChildGone:
+                if self._child_gone(child):
+                    return
+            except Unshippable:  # a value that does not pickle: written here
+                pass
+            except Exception:  # its answer: the batch's error, classified by the thread
+                raise
+            except BaseException:  # interrupted while waiting: the answer is lost, the child out of step
+                self._interrupted = (batch, child)
+                raise
+        self._write_batch(self._writer_conn(), batch)  # type: ignore[attr-defined]
+        self._written += len(batch)
+
+    def _starting(self, child: WriterChild | None) -> WriterChild | None:
+        """The writer process if it is ready now; starts it when it is time."""
+        if self._no_child or self._owner is None or self._closed:  # (at exit: records after close)
+            return None
+        if child is None:
+            mode = self.writer_mode or _setting()
+            if mode == "auto" and self._written < START_AFTER:
+                return None
+            if mode == "thread" or not sys.executable or (mode == "auto" and not _idle_cpu()):
+                self._no_child = True  # decided once: this process writes in its thread
+                return None
+            import subprocess
+
+            try:
+                child = self._child = WriterChild({"path": str(self.path), "busy_timeout": self.busy_timeout,
+                                                   "privacy": self.privacy, "owner": self._owner})
+            except (OSError, subprocess.SubprocessError) as exc:
+                self._give_up(f"{type(exc).__name__}: {exc}")
+                return None
+            if mode == "auto":
+                return None  # it starts in the background: the thread writes meanwhile
+            ready = child.poll(READY_SECONDS)
+        else:
+            ready = child.poll()
+        if ready is None:
+            return None
+        if ready is False:
+            self._give_up(child.failure)
+            return None
+        self._open_runs.clear()  # the child keeps its own memory of open runs
+        return child
+
+    def _give_up(self, why: str) -> None:
+        child, self._child = self._child, None
+        self._no_child = True
+        if child is not None:
+            child.reap()
+        report(f"could not start the writer process of {self.label} ({why}); this process writes its "
+               f"records itself.")
+
+    def _child_gone(self, child: WriterChild) -> bool:
+        """The writer process died before it answered: was the batch it had committed? (Read back from
+        the batch number it writes with each batch.) This process writes in its thread from now on."""
+        self._child, self._no_child = None, True
+        code = child.reap()
+        self._open_runs.clear()  # it may hold refs of runs this process has not seen numbered
+
+        def last() -> Any:
+            conn = self._writer_conn()  # type: ignore[attr-defined]
+            row = conn.execute("SELECT value FROM counters WHERE name = ?", (child.token,)).fetchone()
+            conn.execute("DELETE FROM counters WHERE name = ?", (child.token,))
+            return None if row is None else row[0]
+
+        import time
+
+        committed = self._with_retry(last, deadline=time.monotonic() + 30) == child.seq  # type: ignore[attr-defined]
+        report(f"the writer process of {self.label} ended (exit code {code}) before it answered; the batch it was "
+               f"writing {'was committed' if committed else 'is written again here'}, and this process writes "
+               f"its records itself from now on. Nothing is lost.")
+        return committed
+
+    def _degrade(self, exc: BaseException, batch: list[tuple[Any, ...]] | None = None) -> None:
+        super()._degrade(exc, batch)  # type: ignore[misc]
+        self._stop_child()  # the process records into memory from now on
+
+    def _stop_child(self) -> None:
+        child, self._child = self._child, None
+        if child is not None:
+            child.close()
+            self._open_runs.clear()
+
+    def _forget_in_child(self) -> None:
+        """Runs were deleted (retention): the writer process forgets the numbers it keeps of open runs.
+        Called under the write lock."""
+        child = self._child
+        if child is not None and child.ready and self._interrupted is None:
+            try:
+                child.call("forget")
+            except ChildGone:
+                self._child_gone(child)
+
+
+def _idle_cpu() -> bool:
+    """Is there a CPU for a writer process? It gains the time of a CPU this process does not use, and costs
+    more CPU in all than the thread (each batch pickled here and unpickled there): on one CPU, or on a
+    machine whose CPUs are busy (the 1-minute load average within half a CPU of their number, measured
+    before this process's own load has moved it much), the thread is faster."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return cpus >= 2 and load < cpus - 0.5
+
+
+def _setting() -> str:
+    from .. import _settings
+
+    return str(_settings.STORE_WRITER.value())
