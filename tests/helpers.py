@@ -99,3 +99,24 @@ def build_schema(conn: Any, migrations: list[list[str]], version: int) -> None:
         for statement in statements:
             conn.execute(statement)
     conn.execute(f"INSERT INTO schema_version VALUES ({int(version)})")
+
+
+def all_states(db: Any) -> list[tuple[Any, ...]]:
+    """Every state an SQLite store's file holds, in number order: (seq, run_ref, type, name, message, ts,
+    details, line), from the `states` rows and from the task runs' packed histories (`_store/history.py`).
+    `db`: a path, a store (its `path`), or a sqlite3 connection."""
+    import sqlite3
+
+    from asyncflow._store import history
+
+    conn = db if isinstance(db, sqlite3.Connection) else sqlite3.connect(getattr(db, "path", db))
+    try:
+        rows = conn.execute("SELECT seq, run_ref, type, name, message, ts, details, line FROM states").fetchall()
+        for ref, created, packed in conn.execute("SELECT ref, created, history FROM task_runs "
+                                                 "WHERE history IS NOT NULL"):
+            rows += [(seq, ref, code, name, message, ts, details, line)
+                     for seq, code, name, message, ts, details, line in history.decode(packed, created)]
+    finally:
+        if conn is not db:
+            conn.close()
+    return sorted(rows)

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from asyncflow._store import history
 from asyncflow._store.fold import STATE_CODES
 from asyncflow.cli import main
 from asyncflow.testing import isolated_home, isolated_store
@@ -129,16 +130,23 @@ def this_process_on(home: Path, url: str | None) -> Iterator[Any]:
 
 
 def waiting_states(home: Path, url: str | None) -> int:
-    """How many `AwaitingConcurrencySlot` states for the tag limit `io` the shared store recorded."""
+    """How many `AwaitingConcurrencySlot` states for the tag limit `io` the shared store recorded (rows of
+    `states`, and task runs' states packed in their rows: `_store/history.py`)."""
     query = (f"SELECT count(*) FROM states WHERE type = {STATE_CODES['PENDING']} AND name = 'AwaitingConcurrencySlot' "
              "AND message LIKE '%tag:io%'")
+    packed = "SELECT history, created FROM task_runs WHERE history IS NOT NULL"
     if url is None:
         with sqlite3.connect(home / "asyncflow.db") as conn:
-            return int(conn.execute(query).fetchone()[0])
-    import psycopg
+            rows, histories = int(conn.execute(query).fetchone()[0]), conn.execute(packed).fetchall()
+    else:
+        import psycopg
 
-    with psycopg.connect(url) as conn:
-        return int(conn.execute(query.replace("%", "%%"), ()).fetchone()[0])
+        with psycopg.connect(url) as conn:
+            rows = int(conn.execute(query.replace("%", "%%"), ()).fetchone()[0])
+            histories = conn.execute(packed).fetchall()
+    waiting = [state for text, created in histories for state in history.decode(text, created)
+               if state[1] == STATE_CODES["PENDING"] and state[2] == "AwaitingConcurrencySlot"]
+    return rows + sum(1 for state in waiting if "tag:io" in (state[3] or ""))
 
 
 def spans(log: Path) -> list[tuple[float, float]]:

@@ -6,6 +6,7 @@ on a real SQLite file and a real PostgreSQL database, recording into the memory 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import sqlite3
 import uuid
@@ -14,7 +15,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from helpers import build_schema
+from helpers import all_states, build_schema
 
 from asyncflow import flow, get_run_logger, task
 from asyncflow._runs import TaskRun
@@ -195,11 +196,11 @@ def test_the_engine_lines_are_marked_on_states_not_stored_as_log_rows(tmp_path):
         try:
             assert [m for (m,) in conn.execute("SELECT message FROM logs ORDER BY seq")] == [
                 "step 0", "step 1", "step 2"]
-            marked = conn.execute("SELECT line, count(*) FROM states WHERE line IS NOT NULL GROUP BY line").fetchall()
-            assert sorted(marked) == [(lines_module.CREATED, 3), (lines_module.FINISHED_INFO, 4)]
+            marked = collections.Counter(state[-1] for state in all_states(conn) if state[-1] is not None)
+            assert sorted(marked.items()) == [(lines_module.CREATED, 3), (lines_module.FINISHED_INFO, 4)]
             # a state keeps its run's id only when its run's number is not known
             assert conn.execute("SELECT count(*) FROM states WHERE run_id IS NOT NULL").fetchone() == (0,)
-            seqs = [s for (s,) in conn.execute("SELECT seq FROM states UNION ALL SELECT seq FROM logs ORDER BY 1")]
+            seqs = [state[0] for state in all_states(conn)] + [s for (s,) in conn.execute("SELECT seq FROM logs")]
             assert len(set(seqs)) == len(seqs)  # one sequence for both
         finally:
             conn.close()

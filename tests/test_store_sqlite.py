@@ -17,6 +17,7 @@ import uuid
 import anyio
 import anyio.lowlevel
 import pytest
+from helpers import all_states
 
 from asyncflow import flow, tags, task
 from asyncflow._states import State, StateType
@@ -61,14 +62,14 @@ def test_a_flow_is_on_disk_when_it_returns(db):
         (db.read_flow_run(flow_run_id).name, "doubling", "Completed", 1)]
     assert raw(db, "SELECT t.name FROM task_runs t JOIN flow_runs f ON f.ref = t.flow_ref WHERE f.id = ? "
                    "ORDER BY t.created", flow_run_id) == [("double-0",), ("double-1",), ("double-2",)]
-    assert raw(db, "SELECT count(*) FROM states") == [(4 * 3,)]  # 3 per task run, 3 for the flow run
+    assert len(all_states(db)) == 4 * 3  # 3 per task run, 3 for the flow run
     assert raw(db, "SELECT name FROM flows") == [("doubling",)]
     messages = [line.message for line in db.read_logs(flow_run_id=flow_run_id)]
     assert "Created task run 'double-0' for task 'double'" in messages
     assert messages[-1] == "Finished in state Completed()"
     # the engine's lines are marked on their states, not stored as log rows (lines.py)
     assert raw(db, "SELECT count(*) FROM logs") == [(0,)]
-    assert raw(db, "SELECT count(*) FROM states WHERE line IS NOT NULL") == [(3 * 2 + 1,)]
+    assert len([state for state in all_states(db) if state[-1] is not None]) == 3 * 2 + 1
 
 
 @pytest.mark.anyio
@@ -518,7 +519,7 @@ def test_one_writer_thread_per_store_and_it_stops_on_close(tmp_path):
 def test_records_are_written_soon_without_a_flush(db):
     double(21)  # a task outside any flow: nothing waits for its records, the writer takes them
     deadline = time.monotonic() + 5
-    while raw(db, "SELECT count(*) FROM states") != [(3,)]:
+    while len(all_states(db)) != 3:
         assert time.monotonic() < deadline, "the writer did not write within 5 s"
         time.sleep(0.01)
 

@@ -3,7 +3,8 @@
 New runs get numbers (`ref`, from the store's counter) and rows; a run's current state, attempt
 count and timing are folded from its states: into the run's new row when the run is new in this
 batch, else into one update row per run (`[type, name, message, ts, attempts, start, end, owner,
-ref]`, applied by the dialect so that the newest state by time wins). A run recorded again (a
+ref]`, and for a task run the JSON of its states to append to its history (history.py), applied by the
+dialect so that the newest state by time wins). A run recorded again (a
 rendered task-run name) becomes a rename. The dialect then inserts and updates the rows its own way.
 """
 
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .._states import FINAL_TYPES, StateType
+from . import history
+from .history import TICKS
 from .records import FLOW, LINE, LOG, STATE, TASK, details_json
 
 # a state row's type, as a number (fixed: stored): one byte instead of the type's name (SQLite 8, PostgreSQL 4)
@@ -48,7 +51,7 @@ class Folded:
     """The rows of one batch (see the module's docstring)."""
 
     __slots__ = ("flows", "flow_runs", "task_runs", "renames", "states", "logs", "flow_updates", "task_updates",
-                 "next_ref", "next_seq")
+                 "next_ref", "next_seq", "packed", "appends", "history_updates")
 
     def __init__(self, next_ref: int, next_seq: int) -> None:
         self.flows: dict[str, tuple[Any, ...]] = {}  # flow name -> (name, version, created): once per batch
@@ -65,6 +68,13 @@ class Folded:
         self.task_updates: list[list[Any]] = []
         self.next_ref = next_ref
         self.next_seq = next_seq  # the last number given to a state or a log line (one sequence: lines.py)
+        # packing (history.py): the task runs' states of this batch, per run: [ref, created, its states (see `_pack`,
+        # then the append's JSON), new (its row is in task_runs: the history is in it), that row], the rows of
+        # `appends` ((last seq, ref, back)) and the appends to rows another writer stored ((append JSON, ref):
+        # an earlier batch's rows get theirs as the last value of their `task_updates` row)
+        self.packed: list[list[Any]] = []
+        self.appends: list[tuple[int, int, int]] = []
+        self.history_updates: list[tuple[str, int]] = []
 
 
 def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: int, open_runs: dict[int, list[Any]],
@@ -82,13 +92,16 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
     background run's caller, in another process) is given its number ahead of its row, and the task run
     keeps the flow run's id as text too; the flow run takes that number when it arrives.
     `find_flow_ref(flow_id)` is the number of a flow run stored or given ahead, `find_given(flow_id)` the
-    number given ahead only."""
+    number given ahead only.
+
+    A task run's states go into its row's history instead of `states` rows (history.py): `open_runs` and
+    `find_ref` give a task run as [ref, False, created, its flow run's id int or None]."""
     out = Folded(next_ref, next_seq)
     seq = next_seq
     states, logs, renames = out.states, out.logs, out.renames
     # per run seen in this batch (by its id's int): [ref, id text, row holding its state columns, where
-    # they start, index of its last state in `states`]; parent ids as text (a batch's task runs mostly
-    # share their flow run)
+    # they start, index of its last state in `states`, its packed states (or None: its states are rows),
+    # its flow run's id int]; parent ids as text (a batch's task runs mostly share their flow run)
     seen: dict[int, list[Any]] = {}
     # the flow runs of this batch's task runs, by their id's int: (number, id text if given ahead else None)
     flows_of_tasks: dict[int, tuple[int, str | None]] = {}
@@ -97,6 +110,7 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
     details_text: str | None = None
     running, final_ids = StateType.RUNNING, _FINAL_IDS
     cleaning = clean is not _same  # SQLite stores any text: no call per value there
+    packed: list[Any] | None
     for record in batch:
         kind = record[0]
         if kind == STATE:
@@ -108,26 +122,39 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
                 if known is None:
                     known = find_ref(run_id)
                 if known is None:  # its run record never arrived: keep the state (and its run's id) anyway
-                    entry = seen[rid] = [None, str(run_id), [None, None, None, None, 0, None, None, owner], 0, None]
+                    entry = seen[rid] = [None, str(run_id), [None, None, None, None, 0, None, None, owner], 0, None,
+                                         None, None]
                 else:
                     row = [None, None, None, None, 0, None, None, owner, known[0]]
                     (out.flow_updates if known[1] else out.task_updates).append(row)
-                    entry = seen[rid] = [known[0], None, row, 0, None]
-            ref, key, row, offset, _ = entry
+                    packed = None
+                    if not known[1]:
+                        packed = [0, known[2], None]  # see _pack
+                        out.packed.append([known[0], known[2], packed, False, row])  # (its update row)
+                    entry = seen[rid] = [known[0], None, row, 0, None, packed, None if known[1] else known[3]]
+            ref, key, row, offset, _, packed, _ = entry
             type_text = type_._value_  # not `.value`: a descriptor written in Python
             code = STATE_CODES[type_text]
             if cleaning:
                 name, message = clean(name), clean(message)
             stored_name = None if name == PLAIN_NAMES[type_text] else name  # read back as the type's own name
             seq += 1
-            entry[4] = len(states)
             if details is not last_details:  # a run's states mostly share theirs
                 last_details, details_text = details, details_json(details)
-            if message is None and details_text is None and ref is not None:
+            if packed is not None:  # numbers in the run's list: no object per state for the cyclic GC to count
+                created = packed[1]
+                ticks = int((ts - created) * TICKS)  # (whole when it packs: the check below says)
+                packed.extend((seq - packed[0], code, ticks if created + ticks / TICKS == ts else float(ts),
+                               0 if stored_name is None and message is None and details_text is None else
+                               [0, stored_name, message, details_text]))
+                packed[0] = seq
+                packed[2] = ts
+            elif message is None and details_text is None and ref is not None:
                 states.append((ref, code, stored_name, None, None, ts, seq))
             else:
                 states.append((ref, key if ref is None else None, code, stored_name, message, details_text, None,
                                None, ts, seq))
+            entry[4] = len(states) - 1
             current = row[offset + 3]
             if current is None or current <= ts:  # the newest state by time is the current one
                 row[offset] = type_text
@@ -148,7 +175,18 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
         elif kind == LINE:
             _, flow_run_id, task_run_id, level, message, ts, run_id, code, flow_id = record
             entry = seen.get(run_id.int)
-            if entry is not None and entry[4] is not None:
+            packed = None if entry is None else entry[5]
+            if packed is not None and len(packed) > 3:  # a task run's last packed state: the line is read back
+                # with it, in its task run's flow run
+                more = packed[-1]
+                if packed[2] == ts and not (more if type(more) is int else more[0]) and (
+                        None if flow_id is None else flow_id.int) == entry[6]:  # type: ignore[index]
+                    if type(more) is int:
+                        packed[-1] = code
+                    else:
+                        more[0] = code
+                    continue
+            elif entry is not None and entry[4] is not None:
                 index = entry[4]
                 state = states[index]
                 if state[-2] == ts and state[-4] is None and state[0] is not None:  # the run's last state: the line's
@@ -197,8 +235,12 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
                    None if parent_task_run_id is None else str(parent_task_run_id), text, tags_text, created,
                    None, None, None, None, 0, None, None, owner]
             out.task_runs.append(row)
-            open_runs[rid] = [out.next_ref, False]
-            seen[rid] = [out.next_ref, key, row, TASK_STATE_COLUMN, None]
+            flow_int = None if flow_run_id is None else flow_run_id.int
+            open_runs[rid] = [out.next_ref, False, created, flow_int]
+            packed = [0, created, None]  # see _pack
+            out.packed.append([out.next_ref, created, packed, True, row])
+            row.append(None)  # its history (the end of fold)
+            seen[rid] = [out.next_ref, key, row, TASK_STATE_COLUMN, None, packed, flow_int]
         elif kind == FLOW:
             (_, run_id, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id,
              created) = record
@@ -219,11 +261,34 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
                    None, None, None, None, 0, None, None, owner]
             out.flow_runs.append(row)
             open_runs[rid] = [ref, True]
-            seen[rid] = [ref, key, row, FLOW_STATE_COLUMN, None]
+            seen[rid] = [ref, key, row, FLOW_STATE_COLUMN, None, None, None]
     out.next_seq = seq
+    _pack(out, next_seq + 1)
     while len(open_runs) > OPEN_RUNS_KEPT:  # runs that never end (NotReady...) are looked up if needed
         del open_runs[next(iter(open_runs))]
     return out
+
+
+def _pack(out: Folded, batch_start: int) -> None:
+    """The packed states of the batch as histories: in the new rows, else as appends to earlier rows.
+
+    A run's packing is one list: [its last state's number, the run's creation time, its last state's time,
+    then four values per state as history.py stores them]."""
+    appends = out.appends
+    encode = history.encode
+    for entry in out.packed:
+        ref, _, packing, new, row = entry
+        if len(packing) == 3:  # no state in this batch
+            entry[2] = None
+            if not new:
+                row.append(None)
+            continue
+        text = entry[2] = encode(packing[3:])
+        if new:
+            row[-1] = f"[{text}]"
+        else:  # appended by the run's update row (its last value)
+            row.append(text)
+        appends.append((packing[0], ref, packing[0] - batch_start))
 
 
 def _flow_of_task(flow_id: Any, seen: dict[int, list[Any]], open_runs: dict[int, list[Any]],
@@ -268,5 +333,25 @@ def merge_known(task_runs: list[list[Any]], existing: dict[str, int], open_runs:
         renames.append((row[2], ref))
         state = row[TASK_STATE_COLUMN:TASK_STATE_COLUMN + 7]
         if state[0] is not None:  # [type, name, message, ts, run_count, start, end]: written by the caller
-            task_updates.append([*state, row[-1], ref])
+            task_updates.append([*state, row[TASK_STATE_COLUMN + 7], ref, None])  # (no packed states: see repack)
     return remap
+
+
+def repack(out: Folded, remap: dict[int, int], created: dict[int, float], open_runs: dict[int, list[Any]]) -> None:
+    """The packed states of task runs another writer stored first (`remap`, from `merge_known`: the ref
+    this batch gave them -> the existing row's; `created`: that row's creation time, by its ref): appended
+    to that row, their times counted from its creation, as later batches' states will be."""
+    import uuid
+
+    for ref, first, text, new, _ in out.packed:
+        target = remap.get(ref)
+        if target is not None and new and text is not None:  # the same states, their times from the row's creation
+            states = history.decode(f"[{text}]", first)
+            out.history_updates.append((history.append(states, created[target]), target))
+    out.appends = [(seq, remap.get(ref, ref), back) for seq, ref, back in out.appends]
+    for row in out.task_runs:
+        target = remap.get(row[0])
+        if target is not None:
+            known = open_runs.get(uuid.UUID(row[1]).int)
+            if known is not None:
+                known[2] = created[target]

@@ -38,7 +38,8 @@ from .base import (
     StoreError,
     StoreNotFoundError,
 )
-from .fold import fold, merge_known
+from .fold import fold, merge_known, repack
+from .history import TICKS
 from .postgres_base import (
     POSTGRES,
     Shared,
@@ -54,7 +55,15 @@ from .postgres_base import (
 )
 from .records import Privacy
 from .sql_reads import SqlRunReads
-from .sqlite import CODE_OF_TYPE, FIND_FLOW_REF, FIND_GIVEN, PLAIN_STATE_COLUMNS, STATE_COLUMNS, TASK_RUN_INSERT
+from .sqlite import (
+    CODE_OF_TYPE,
+    FIND_FLOW_REF,
+    FIND_GIVEN,
+    FLOW_ID_OF_TASK,
+    PLAIN_STATE_COLUMNS,
+    STATE_COLUMNS,
+    TASK_RUN_INSERT,
+)
 from .writer import BUSY, UNUSABLE, BatchWriter, report
 
 _MIGRATION_LOCK = 0x6173796E63666C6F  # pg_advisory_xact_lock key while the schema is created or upgraded
@@ -136,11 +145,29 @@ MIGRATIONS: list[list[str]] = [
         # and a state row's type is a number (fold.STATE_CODES)
         f"ALTER TABLE states ALTER COLUMN type TYPE SMALLINT USING ({CODE_OF_TYPE} END)::smallint",
     ],
+    [  # version 5 (the SQLite store's 9): a task run's states packed in its row (`history`, history.py), their
+       # numbers in `appends`; existing states move when their time packs exactly, each an append of its own
+        "ALTER TABLE task_runs ADD COLUMN history TEXT",
+        "CREATE TABLE appends (seq BIGINT PRIMARY KEY, run_ref BIGINT NOT NULL, back BIGINT NOT NULL)",
+        f"CREATE TEMPORARY TABLE asyncflow_moved ON COMMIT DROP AS SELECT s.seq, s.run_ref, '[' || s.seq || ',' "
+        f"|| s.type || ',' || round((s.ts - t.created) * {TICKS}::float8)::bigint || ',' || CASE WHEN s.name IS NULL "
+        "AND s.message IS NULL AND s.details IS NULL THEN coalesce(s.line, 0)::text ELSE json_build_array("
+        "coalesce(s.line, 0), s.name, s.message, s.details)::text END || ']' AS packed "
+        "FROM states s JOIN task_runs t ON t.ref = s.run_ref "
+        f"WHERE t.created + round((s.ts - t.created) * {TICKS}::float8) / {TICKS}::float8 = s.ts "
+        "AND (s.line IS NULL OR s.flow_ref IS NOT DISTINCT FROM t.flow_ref)",
+        "UPDATE task_runs t SET history = m.history FROM (SELECT run_ref, '[' || string_agg(packed, ',' ORDER BY seq) "
+        "|| ']' AS history FROM asyncflow_moved GROUP BY run_ref) m WHERE t.ref = m.run_ref",
+        "INSERT INTO appends (seq, run_ref, back) SELECT seq, run_ref, 0 FROM asyncflow_moved",
+        "DELETE FROM states WHERE seq IN (SELECT seq FROM asyncflow_moved)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _FLOW_RUN_COLUMNS = sqlite_reads._FLOW_RUN_COLUMNS  # what reads select (`sqlite._flow_run` unpacks it)
 _TASK_RUN_COLUMNS = sqlite_reads._TASK_RUN_COLUMNS
+# a packed append to the history of a run written by an earlier batch (history.py)
+_APPEND_HISTORY = "UPDATE task_runs SET history = coalesce(left(history, -1) || ',', '[') || %s || ']' WHERE ref = %s"
 _LOCK_COUNTER = "SELECT value FROM counters WHERE name = 'ref' FOR UPDATE"
 _SEQ = "SELECT value FROM counters WHERE name = 'seq'"  # read after the lock (READ COMMITTED: a fresh snapshot)
 _SET_COUNTERS = ("UPDATE counters SET value = CASE name WHEN 'ref' THEN %s::bigint ELSE %s::bigint END "
@@ -156,6 +183,11 @@ _UPDATE_RUN = """UPDATE {table} AS r SET
     FROM (SELECT %s::text AS type, %s::text AS name, %s::text AS message, %s::float8 AS ts, %s::int4 AS n,
           %s::float8 AS start_time, %s::float8 AS end_time, %s::bigint AS owner, %s::bigint AS ref) AS v
     WHERE r.ref = v.ref"""
+# and a task run's: with its packed states appended (the append's JSON, or NULL; history.py)
+_UPDATE_TASK_RUN = _UPDATE_RUN.format(table="task_runs").replace(
+    " AS ref) AS v", " AS ref, %s::text AS history) AS v").replace(
+    "owner = v.owner\n", "owner = v.owner,\n    history = CASE WHEN v.history IS NULL THEN r.history ELSE "
+    "coalesce(left(r.history, -1) || ',', '[') || v.history || ']' END\n")
 
 
 # -- the store -------------------------------------------------------------------------------------------
@@ -385,18 +417,26 @@ class PostgresStore(SqlRunReads, BatchWriter):
             if rows.flow_runs:
                 _insert_runs(cur, "flow_runs", _FLOW_RUN_COLUMNS + ", owner", rows.flow_runs)
             if task_runs:
-                written = _insert_runs(cur, "task_runs", TASK_RUN_INSERT, task_runs)
+                written = _insert_runs(cur, "task_runs", TASK_RUN_INSERT + ", history", task_runs)
                 if written < len(task_runs):  # some were written already (by another process: a background run)
-                    existing = dict(cur.execute("SELECT id, ref FROM task_runs WHERE id = ANY(%s)",
-                                                ([row[1] for row in task_runs],)).fetchall())
+                    found = cur.execute("SELECT id, ref, created FROM task_runs WHERE id = ANY(%s)",
+                                        ([row[1] for row in task_runs],)).fetchall()
+                    existing = {key: ref for key, ref, _ in found}
                     remap = merge_known(task_runs, existing, self._open_runs, rows.task_updates, renames)
                     states = [(remap.get(state[0], state[0]), *state[1:]) for state in states]
                     renames = [(name, remap.get(ref, ref)) for name, ref in renames]
+                    if remap:
+                        repack(rows, remap, {ref: created for _, ref, created in found}, self._open_runs)
             if renames:
                 cur.executemany("UPDATE task_runs SET name = %s WHERE ref = %s", renames)
-            for table, updates in (("task_runs", rows.task_updates), ("flow_runs", rows.flow_updates)):
-                if updates:
-                    cur.executemany(_UPDATE_RUN.format(table=table), updates)
+            if rows.task_updates:
+                cur.executemany(_UPDATE_TASK_RUN, rows.task_updates)
+            if rows.flow_updates:
+                cur.executemany(_UPDATE_RUN.format(table="flow_runs"), rows.flow_updates)
+            if rows.history_updates:
+                cur.executemany(_APPEND_HISTORY, rows.history_updates)
+            if rows.appends:
+                _copy(cur, "COPY appends (seq, run_ref, back) FROM STDIN", rows.appends)
             if states:
                 plain = [state for state in states if len(state) == 7]  # the two shapes of a state row (fold.py)
                 if plain:
@@ -407,9 +447,13 @@ class PostgresStore(SqlRunReads, BatchWriter):
                 _copy(cur, "COPY logs (flow_run_id, task_run_id, level, message, ts, seq) FROM STDIN", rows.logs)
 
     def _find_ref(self, conn: Any, run_id: uuid.UUID) -> list[Any] | None:
-        row = conn.execute("SELECT ref, 0 FROM task_runs WHERE id = %(id)s UNION ALL "
-                           "SELECT ref, 1 FROM flow_runs WHERE id = %(id)s", {"id": str(run_id)}).fetchone()
-        return None if row is None else [row[0], bool(row[1])]
+        """As the SQLite store's: a task run is [ref, False, created, its flow run's id int or None]."""
+        row = conn.execute(f"SELECT ref, 0, created, {FLOW_ID_OF_TASK.format(t='task_runs')} FROM task_runs "
+                           "WHERE id = %(id)s UNION ALL SELECT ref, 1, created, NULL FROM flow_runs WHERE id = %(id)s",
+                           {"id": str(run_id)}).fetchone()
+        if row is None:
+            return None
+        return [row[0], True] if row[1] else [row[0], False, row[2], None if row[3] is None else uuid.UUID(row[3]).int]
 
     # -- reading ---------------------------------------------------------------------------------------------
     def _read(self, fn: Any, flush: bool = True) -> Any:

@@ -10,7 +10,8 @@ What a prune removes, for a cutoff time:
 
 - flow runs in a final state (COMPLETED, FAILED, CRASHED, CANCELLED: `Cached`, `TimedOut`... are
   names of those types) whose end time (else the time of their last state) is before the cutoff,
-  with their states, their log lines and all their task runs (open or not: they go with their flow);
+  with their states, their log lines and all their task runs (open or not: they go with their flow); a
+  task run's packed states (history.py) go with its row, and their rows in `appends` with them;
 - task runs outside any flow run (or whose flow run is gone) under the same rule;
 - states and log lines older than the cutoff whose run is not in the store (orphans);
 - `flows` rows with no run left.
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .._states import FINAL_TYPES
+from . import history
 from .base import as_uuid
 
 TABLES = ("flow_runs", "task_runs", "states", "logs", "flows")
@@ -94,6 +96,7 @@ def delete_flow_runs(conn: sqlite3.Connection, ids: Iterable[Any], gone: set[str
             gone.update(row[0] for row in conn.execute(
                 f"SELECT id FROM task_runs WHERE flow_ref IN {_flows(marks)}", chunk))
         counts["logs"] += conn.execute(f"DELETE FROM logs WHERE flow_run_id IN ({marks})", chunk).rowcount
+        _packed(conn, counts, f"flow_ref IN {_flows(marks)}", chunk, dry_run=False)
         where = (f"run_ref IN (SELECT ref FROM task_runs WHERE flow_ref IN {_flows(marks)} "
                  f"UNION ALL SELECT ref FROM flow_runs WHERE id IN ({marks}))")
         counts["logs"] += _lines_in(conn, where, chunk + chunk)
@@ -157,6 +160,7 @@ def prune_batch(conn: sqlite3.Connection, before_ts: float, cursor: Cursor = STA
         for chunk in _chunks(refs):
             counts["logs"] += _lines_in(conn, f"run_ref IN ({_marks(chunk)})", chunk)
             counts["states"] += _delete_or_count(conn, dry_run, "states", f"run_ref IN ({_marks(chunk)})", chunk)
+            _packed(conn, counts, f"ref IN ({_marks(chunk)})", chunk, dry_run)
             if not dry_run:
                 counts["task_runs"] += conn.execute(
                     f"DELETE FROM task_runs WHERE ref IN ({_marks(chunk)})", chunk).rowcount
@@ -184,6 +188,7 @@ def prune_batch(conn: sqlite3.Connection, before_ts: float, cursor: Cursor = STA
             for chunk in _chunks(ids):  # task runs recorded since the task-run phase looked
                 marks = _marks(chunk)
                 where = f"run_ref IN (SELECT ref FROM task_runs WHERE flow_ref IN {_flows(marks)})"
+                _packed(conn, counts, f"flow_ref IN {_flows(marks)}", chunk, dry_run=False)
                 counts["logs"] += _lines_in(conn, where, chunk)
                 counts["states"] += conn.execute(f"DELETE FROM states WHERE {where}", chunk).rowcount
                 counts["task_runs"] += conn.execute(
@@ -235,6 +240,20 @@ def prune_batch(conn: sqlite3.Connection, before_ts: float, cursor: Cursor = STA
 def _lines_in(conn: sqlite3.Connection, where: str, params: list[Any]) -> int:
     """The engine's lines marked on the states `where` selects (lines.py): log lines that go with them."""
     return int(conn.execute(f"SELECT count(*) FROM states WHERE line IS NOT NULL AND {where}", params).fetchone()[0])
+
+
+def _packed(conn: sqlite3.Connection, counts: dict[str, int], where: str, params: list[Any], dry_run: bool) -> None:
+    """The packed states (and the engine's lines marked on them) of the task runs `where` selects, counted
+    (they go with their rows); their rows in `appends` are deleted unless `dry_run` (history.py)."""
+    keys: list[int] = []
+    for (packed,) in conn.execute(f"SELECT history FROM task_runs WHERE history IS NOT NULL AND {where}", params):
+        states, lines = history.count(packed)
+        counts["states"] += states
+        counts["logs"] += lines
+        keys += history.append_keys(packed)
+    if not dry_run:
+        for chunk in _chunks(keys):
+            conn.execute(f"DELETE FROM appends WHERE seq IN ({_marks(chunk)})", chunk)
 
 
 def _delete_or_count(conn: sqlite3.Connection, dry_run: bool, table: str, where: str, params: list[Any]) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 from .._runs import FlowRun, TaskRun
 from .._states import State
+from . import history
 from .base import LogRecord, ObjectNotFound, as_uuid, check_limit, state_filter
 from .fold import PLAIN_NAMES, STORED_TYPES
 
@@ -84,27 +85,32 @@ class SqlRunReads:
         return [_task_run(row) for row in self._shared_query(sql, params)]
 
     def read_states(self, run_id: uuid.UUID) -> list[State[Any]]:
-        """A run's states by time (then by the order they were stored)."""
+        """A run's states by time (then by the order they were stored): a task run's packed ones
+        (history.py) and those in `states` rows."""
         from .sqlite import FLOW_ID_OF_TASK, _details_from, _uuid_or_none
 
         key = str(as_uuid(run_id))
-        owner = self._shared_query(f"SELECT ref, {FLOW_ID_OF_TASK.format(t='task_runs')}, 0 FROM task_runs "
-                                   "WHERE id = ? UNION ALL "
-                                   "SELECT ref, NULL, 1 FROM flow_runs WHERE id = ?", (key, key))
+        owner = self._shared_query(f"SELECT ref, {FLOW_ID_OF_TASK.format(t='task_runs')}, 0, created, history "
+                                   "FROM task_runs WHERE id = ? UNION ALL "
+                                   "SELECT ref, NULL, 1, created, NULL FROM flow_runs WHERE id = ?", (key, key))
         if not owner:
             return []
-        ref, flow_run_text, is_flow = owner[0]
+        ref, flow_run_text, is_flow, created, packed = owner[0]
         flow_run_id: uuid.UUID | None
         task_run_id: uuid.UUID | None
         if is_flow:
             flow_run_id, task_run_id = uuid.UUID(key), None
         else:
             flow_run_id, task_run_id = _uuid_or_none(flow_run_text), uuid.UUID(key)
-        rows = self._shared_query("SELECT type, name, message, ts, details FROM states WHERE run_ref = ? "
-                                  "ORDER BY ts, seq", (ref,), flush=False)
+        rows = self._shared_query("SELECT seq, type, name, message, ts, details FROM states WHERE run_ref = ?",
+                                  (ref,), flush=False)
+        if packed:
+            rows += [(seq, code, name, message, ts, details)
+                     for seq, code, name, message, ts, details, _ in history.decode(packed, created)]
+        rows.sort(key=_time_then_number)
         return [State(STORED_TYPES[type_], PLAIN_NAMES[type_] if name is None else name, message, None,
                       _details_from(details, flow_run_id, task_run_id), ts)
-                for type_, name, message, ts, details in rows]
+                for _, type_, name, message, ts, details in rows]
 
     def read_logs(self, *, flow_run_id: str | None = None, task_run_id: str | None = None) -> list[LogRecord]:
         """In the order they were recorded, the engine's lines derived from states included (lines.py)."""
@@ -140,4 +146,12 @@ class SqlRunReads:
         counts = {table: self._shared_query(f"SELECT count(*) FROM {table}")[0][0]
                   for table in ("flows", "flow_runs", "task_runs", "states", "logs")}
         counts["logs"] += self._shared_query("SELECT count(*) FROM states WHERE line IS NOT NULL", flush=False)[0][0]
+        for (packed,) in self._shared_query("SELECT history FROM task_runs WHERE history IS NOT NULL", flush=False):
+            states, lines = history.count(packed)
+            counts["states"] += states
+            counts["logs"] += lines
         return counts
+
+
+def _time_then_number(row: tuple[Any, ...]) -> tuple[float, int]:
+    return row[4], row[0]

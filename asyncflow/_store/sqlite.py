@@ -45,7 +45,8 @@ from .base import (
     StoreError,
     StoreNotFoundError,
 )
-from .fold import STATE_CODES, fold, merge_known
+from .fold import STATE_CODES, fold, merge_known, repack
+from .history import TICKS
 from .process_writer import ProcessWriting
 from .records import Privacy, parameters_json, parameters_snapshot
 from .sql_reads import SqlRunReads
@@ -326,6 +327,26 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX states_by_run ON states (run_ref)",
         "CREATE INDEX states_lines_by_flow ON states (flow_ref) WHERE flow_ref IS NOT NULL",
     ],
+    [  # version 9: a task run's states are packed in its row (`history`, history.py) instead of a row each
+       # (~40 bytes instead of ~140 for three states), and `appends` numbers them for the change feeds. The
+       # `states` table keeps flow runs' states, the Crashed states owners.py writes and states whose run was not
+       # stored; readers merge both. Existing states move when their time packs exactly (else they stay), each
+       # as an append of its own (its batch is itself).
+        "ALTER TABLE task_runs ADD COLUMN history TEXT",
+        "CREATE TABLE appends (seq INTEGER PRIMARY KEY, run_ref INTEGER NOT NULL, back INTEGER NOT NULL)",
+        f"CREATE TEMPORARY TABLE asyncflow_moved AS SELECT s.seq, s.run_ref, '[' || s.seq || ',' || json_quote(s.type) "
+        f"|| ',' || CAST(round((s.ts - t.created) * {TICKS}) AS INTEGER) || ',' || CASE WHEN s.name IS NULL AND "
+        "s.message IS NULL AND s.details IS NULL THEN coalesce(s.line, 0) ELSE json_array(coalesce(s.line, 0), s.name, "
+        "s.message, s.details) END || ']' AS packed FROM states s JOIN task_runs t ON t.ref = s.run_ref "
+        f"WHERE t.created + round((s.ts - t.created) * {TICKS}) / {TICKS} = s.ts AND (s.line IS NULL OR s.flow_ref IS "
+        "t.flow_ref)",
+        "UPDATE task_runs SET history = (SELECT '[' || group_concat(packed, ',') || ']' FROM (SELECT packed FROM "
+        "asyncflow_moved m WHERE m.run_ref = task_runs.ref ORDER BY m.seq)) "
+        "WHERE ref IN (SELECT run_ref FROM asyncflow_moved)",
+        "INSERT INTO appends (seq, run_ref, back) SELECT seq, run_ref, 0 FROM asyncflow_moved",
+        "DELETE FROM states WHERE seq IN (SELECT seq FROM asyncflow_moved)",
+        "DROP TABLE asyncflow_moved",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -339,6 +360,9 @@ _TASK_RUN_COLUMNS = "ref, " + _V2_TASK_RUN_COLUMNS.replace(
     "flow_run_id,", FLOW_ID_OF_TASK.format(t="task_runs") + " AS flow_run_id,")
 _FLOW_RUN_INSERT = _FLOW_RUN_COLUMNS + ", owner"  # the order of a run row the writer builds
 TASK_RUN_INSERT = "ref, " + _V2_TASK_RUN_COLUMNS.replace("flow_run_id,", "flow_ref, flow_run_id,") + ", owner"
+# a packed append to the history of a run written by an earlier batch (history.py)
+_APPEND_HISTORY = ("UPDATE task_runs SET history = coalesce(substr(history, 1, length(history) - 1) || ',', '[') "
+                   "|| ? || ']' WHERE ref = ?")
 _COUNTERS = "SELECT (SELECT value FROM counters WHERE name = 'ref'), (SELECT value FROM counters WHERE name = 'seq')"
 SET_COUNTERS = "UPDATE counters SET value = CASE name WHEN 'ref' THEN ? ELSE ? END WHERE name IN ('ref', 'seq')"
 # a state written to a run of an earlier batch: the newest state by time is the run's current state
@@ -349,6 +373,10 @@ _UPDATE_RUN = """UPDATE {table} SET
     state_ts = CASE WHEN state_ts IS NULL OR state_ts <= ?4 THEN ?4 ELSE state_ts END,
     end_time = CASE WHEN state_ts IS NULL OR state_ts <= ?4 THEN ?7 ELSE end_time END,
     run_count = run_count + ?5, start_time = coalesce(start_time, ?6), owner = ?8 WHERE ref = ?9"""
+# and a task run's: with its packed states appended (?10: the append's JSON, or NULL; history.py)
+_UPDATE_TASK_RUN = _UPDATE_RUN.format(table="task_runs").replace(" WHERE ref = ?9", (
+    ", history = CASE WHEN ?10 IS NULL THEN history ELSE coalesce(substr(history, 1, length(history) - 1) || ',', "
+    "'[') || ?10 || ']' END WHERE ref = ?9"))
 
 
 PLAIN_STATE_COLUMNS = "run_ref, type, name, line, flow_ref, ts, seq"  # the two shapes of a state row (fold.py)
@@ -735,19 +763,29 @@ class SQLiteStore(SqlRunReads, ProcessWriting, BatchWriter):
             _insert_task_runs(conn, task_runs, self._owner_id(conn))
             if conn.total_changes - before < len(task_runs):  # some were written already (by another writer)
                 existing: dict[str, int] = {}
+                created: dict[int, float] = {}
                 keys = [row[1] for row in task_runs]
                 for start in range(0, len(keys), _MAX_VARIABLES):
                     chunk = keys[start:start + _MAX_VARIABLES]
-                    existing.update(conn.execute(
-                        f"SELECT id, ref FROM task_runs WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+                    marks = ",".join("?" * len(chunk))
+                    for key, ref, when in conn.execute(f"SELECT id, ref, created FROM task_runs WHERE id IN ({marks})",
+                                                       chunk):
+                        existing[key], created[ref] = ref, when
                 remap = merge_known(task_runs, existing, self._open_runs, rows.task_updates, renames)
                 states = [(remap.get(state[0], state[0]), *state[1:]) for state in states]
                 renames = [(name, remap.get(ref, ref)) for name, ref in renames]
+                if remap:
+                    repack(rows, remap, created, self._open_runs)
         if renames:
             conn.executemany("UPDATE task_runs SET name = ? WHERE ref = ?", renames)
-        for table, updates in (("task_runs", rows.task_updates), ("flow_runs", rows.flow_updates)):
-            if updates:
-                conn.executemany(_UPDATE_RUN.format(table=table), updates)
+        if rows.task_updates:
+            conn.executemany(_UPDATE_TASK_RUN, rows.task_updates)
+        if rows.flow_updates:
+            conn.executemany(_UPDATE_RUN.format(table="flow_runs"), rows.flow_updates)
+        if rows.history_updates:
+            conn.executemany(_APPEND_HISTORY, rows.history_updates)
+        if rows.appends:
+            _insert(conn, "INSERT INTO appends (seq, run_ref, back)", 3, rows.appends)
         if states:  # plain states (7 values) and the others (10): see fold.Folded
             plain = [state for state in states if len(state) == 7]
             if plain:
@@ -758,10 +796,14 @@ class SQLiteStore(SqlRunReads, ProcessWriting, BatchWriter):
             _insert(conn, "INSERT INTO logs (flow_run_id, task_run_id, level, message, ts, seq)", 6, rows.logs)
 
     def _find_ref(self, conn: sqlite3.Connection, run_id: uuid.UUID) -> list[Any] | None:
-        """[ref, is a flow run] of a run written earlier, or None if it is not in the database."""
-        row = conn.execute("SELECT ref, 0 FROM task_runs WHERE id = ?1 UNION ALL SELECT ref, 1 FROM flow_runs "
+        """[ref, is a flow run] of a run written earlier (a task run: [ref, False, created, its flow run's
+        id int or None], fold.py), or None if it is not in the database."""
+        row = conn.execute(f"SELECT ref, 0, created, {FLOW_ID_OF_TASK.format(t='task_runs')} FROM task_runs "
+                           "WHERE id = ?1 UNION ALL SELECT ref, 1, created, NULL FROM flow_runs "
                            "WHERE id = ?1", (str(run_id),)).fetchone()
-        return None if row is None else [row[0], bool(row[1])]
+        if row is None:
+            return None
+        return [row[0], True] if row[1] else [row[0], False, row[2], None if row[3] is None else uuid.UUID(row[3]).int]
 
     # -- reading -------------------------------------------------------------------------------------
     def _read(self, fn: Any, flush: bool = True) -> Any:
@@ -911,20 +953,20 @@ def _find_given(conn: sqlite3.Connection, flow_id: uuid.UUID) -> int | None:
 
 
 _PLAIN_TASK_RUN = ("ref, id, name, task_name, task_key, flow_ref, parameters, tags, created, state_type, "
-                   "state_name, state_ts, run_count, start_time, end_time")
+                   "state_name, state_ts, run_count, start_time, end_time, history")
 
 
 def _insert_task_runs(conn: sqlite3.Connection, rows: list[list[Any]], owner: int) -> None:
-    """Task run rows (fold.py's layout): most have no version, no flow run id text, no parent task run and
-    no state message (and all the writer's owner): those are written with 15 values instead of 20, the rest
-    as they are."""
-    plain = [(r[0], r[1], r[2], r[3], r[4], r[6], r[9], r[10], r[11], r[12], r[13], r[15], r[16], r[17], r[18])
-             for r in rows if r[5] is None and r[7] is None and r[8] is None and r[14] is None]
+    """Task run rows (fold.py's layout, with the history last): most have no version, no flow run id text,
+    no parent task run and no state message (and all the writer's owner): those are written with 16 values
+    instead of 21, the rest as they are."""
+    plain = [(r[0], r[1], r[2], r[3], r[4], r[6], r[9], r[10], r[11], r[12], r[13], r[15], r[16], r[17], r[18],
+              r[20]) for r in rows if r[5] is None and r[7] is None and r[8] is None and r[14] is None]
     if plain:
-        _insert(conn, f"INSERT INTO task_runs ({_PLAIN_TASK_RUN}, owner)", 15, plain,
+        _insert(conn, f"INSERT INTO task_runs ({_PLAIN_TASK_RUN}, owner)", 16, plain,
                 " ON CONFLICT (id) DO NOTHING", f"{int(owner)}")
     if len(plain) < len(rows):
-        _insert(conn, f"INSERT INTO task_runs ({TASK_RUN_INSERT})", 20,
+        _insert(conn, f"INSERT INTO task_runs ({TASK_RUN_INSERT}, history)", 21,
                 [r for r in rows if r[5] is not None or r[7] is not None or r[8] is not None or r[14] is not None],
                 " ON CONFLICT (id) DO NOTHING")
 

@@ -6,21 +6,24 @@ writer: a UI polls) and runs a fixed number of statements, whatever the size of 
 - pages: one statement, keyset on (created, ref) with `LIMIT n + 1`, served by the indexes on
   flow_runs (created), (flow_name, created), (parent_flow_run_id, created) and task_runs
   (flow_ref, created) (each also holds `ref`, the rowid);
-- changes and logs since a sequence number: one range on the `seq` primary key;
+- changes and logs since a sequence number: one range on the `seq` primary key of `states` (and `logs`),
+  merged with the task runs' packed states after that number (history.py: `appends`, a chunk at a time);
 - a timeline: one statement for the runs (the subflow tree by a recursive CTE, their task runs)
-  and one for all their states (by run_ref, through a JSON array of refs).
+  and one for all their states (by run_ref, through a JSON array of refs), one for their packed states.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .._runs import FlowRun, TaskRun
 from .._states import State, StateDetails, StateType
-from . import lines
+from . import history, lines
 from .base import LogRecord, ObjectNotFound, as_uuid
 from .fold import PLAIN_NAMES, STORED_TYPES
 from .reads import (
@@ -213,11 +216,18 @@ def changes(query: Query, since: Any, limit: Any) -> tuple[list[Change], int]:
         "s.type, s.name, s.message, s.ts "
         "FROM states s LEFT JOIN task_runs t ON t.ref = s.run_ref LEFT JOIN flow_runs f ON f.ref = s.run_ref "
         "WHERE s.seq > ? ORDER BY s.seq LIMIT ?", (since, limit))
+    packed = ((state[0], run[2], "task_run", run[3], run[4], state[1], state[2], state[3], state[4])
+              for state, run in history.after(query, since, f"t.id, {FLOW_ID_OF_TASK.format(t='t')}, t.name", limit))
     ids = _Rows()
     out = [Change(seq, uuid.UUID(run_id), kind, ids.uuid(flow_run_id), name, STORED_TYPES[type_],
                   PLAIN_NAMES[type_] if state_name is None else state_name, message, ts)
-           for seq, run_id, kind, flow_run_id, name, type_, state_name, message, ts in rows]
+           for seq, run_id, kind, flow_run_id, name, type_, state_name, message, ts
+           in itertools.islice(heapq.merge(rows, packed, key=_first), limit)]
     return out, (out[-1].seq if out else since)
+
+
+def _first(row: tuple[Any, ...]) -> Any:
+    return row[0]
 
 
 _LOG_COLUMNS = ("flow_run_id, task_run_id, level, message, ts, seq, CAST(NULL AS INTEGER) AS line, "
@@ -281,8 +291,51 @@ def log_lines(query: Query, lookup: Query, since: int, flow_run_id: Any, task_ru
         sql += " LIMIT ?"
         params.append(limit)
     line_row = lines.row
-    return [LogRecord(*row[:6]) if row[6] is None else LogRecord(*line_row(*row[:2], *row[6:10], *row[4:6], *row[10:]))
-            for row in query(sql, params)]
+    records = (LogRecord(*row[:6]) if row[6] is None else LogRecord(*line_row(*row[:2], *row[6:10], *row[4:6],
+                                                                             *row[10:])) for row in query(sql, params))
+    if derived is None:
+        return list(records)
+    wanted = lines.codes_for(levels)
+    packed = _packed_lines(query, since, flow_key if task_key is None else None, task_key,
+                           set(wanted) if wanted is not None else None, limit or 500)
+    return list(itertools.islice(heapq.merge(records, packed, key=_seq), limit))
+
+
+def _seq(record: LogRecord) -> Any:
+    return record.seq
+
+
+# a packed state's line: its task run's id, flow run id, name and task name (history.after's columns)
+_LINE_OF = f"t.id, {FLOW_ID_OF_TASK.format(t='t')}, t.name, t.task_name"
+
+
+def _packed_lines(query: Query, since: int, flow_key: str | None, task_key: str | None,
+                  codes: set[int] | None, chunk: int) -> Iterator[LogRecord]:
+    """The engine's lines marked on task runs' packed states (history.py), after `since`, in order: of one
+    task run (`task_key`: its finished line; its created line is its flow run's), of one flow run's task
+    runs, or of all (through `appends`)."""
+    if task_key is None and flow_key is None:
+        states: Iterator[tuple[Any, ...]] = history.after(query, since, _LINE_OF, chunk)
+    else:
+        params: list[Any]
+        if task_key is not None:
+            where, params = "t.id = ?", [task_key]
+        else:
+            where, params = IN_FLOW, [flow_key, flow_key]
+        found = [(state, (run[0], run[1], *run[3:])) for run in query(
+            f"SELECT t.ref, t.created, t.history, {_LINE_OF} FROM task_runs t WHERE {where}", params)
+            for state in history.decode(run[2], run[1]) if state[0] > since and state[6]]
+        found.sort(key=_state_seq)
+        states = iter(found)
+    for (seq, code, name, message, ts, _, line), (_, _, run_id, flow_id, run_name, task_name) in states:
+        if not line or (codes is not None and line not in codes) or (task_key is not None and line == lines.CREATED):
+            continue
+        yield LogRecord(*lines.row(flow_id, None if line == lines.CREATED else run_id, line, code, name, message,
+                                   ts, seq, run_name, task_name))
+
+
+def _state_seq(item: tuple[Any, ...]) -> Any:
+    return item[0][0]
 
 
 def logs_since(query: Query, since: Any, flow_run_id: Any, task_run_id: Any, level: Any,
@@ -315,14 +368,28 @@ def timeline(query: Query, flow_run_id: Any, where: str, dialect: Dialect = SQLI
     if not flow_rows or all(r[2].id != root for r in flow_rows):
         raise ObjectNotFound(f"No flow run with id {root} in {where}.")
     states: dict[int, list[State[Any]]] = {ref: [] for ref in convert.details}
+    rows = []
+    for ref, type_, name, message, ts, details, seq, packed in query(  # the states rows, then the packed ones
+            "SELECT run_ref, type, name, message, ts, details, seq, NULL FROM states "
+            f"WHERE run_ref IN ({dialect.refs}) UNION ALL "
+            "SELECT ref, NULL, NULL, NULL, created, NULL, NULL, history FROM task_runs "
+            f"WHERE ref IN ({dialect.refs}) AND history IS NOT NULL", (json.dumps(list(states)),) * 2):
+        if packed is None:
+            rows.append((ref, type_, name, message, ts, details, seq))
+        else:
+            rows += [(ref, code, name, message, ts, details, seq)
+                     for seq, code, name, message, ts, details, _ in history.decode(packed, ts)]
+    rows.sort(key=_run_then_number)
     state = convert.state
-    for ref, type_, name, message, ts, details in query(
-            "SELECT run_ref, type, name, message, ts, details FROM states "
-            f"WHERE run_ref IN ({dialect.refs}) ORDER BY run_ref, seq", (json.dumps(list(states)),)):
+    for ref, type_, name, message, ts, details, _ in rows:
         states[ref].append(state(ref, type_, name, message, ts, details))
     found = build_timeline(root, flow_rows, task_rows, states)
     assert found is not None
     return found
+
+
+def _run_then_number(row: tuple[Any, ...]) -> tuple[int, int]:
+    return row[0], row[6]
 
 
 def count_by_state(query: Query, filter: Any, bucket_seconds: Any, dialect: Dialect = SQLITE) -> list[StateCount]:
