@@ -644,3 +644,21 @@ def test_a_run_recorded_again_by_another_writer_keeps_its_row_and_loses_nothing(
     finally:
         caller.close()
         worker.close()
+
+
+def test_runs_the_writer_stopped_remembering_still_get_their_later_states(db, monkeypatch):
+    from asyncflow._runs import TaskRun
+    from asyncflow._store import fold
+
+    monkeypatch.setattr(fold, "OPEN_RUNS_KEPT", 10)
+    runs = [TaskRun(id=uuid.uuid4(), name=f"t-{i}", task_name="t", task_key="t", flow_run_id=None,
+                    parent_task_run_id=None, tags=(), parameters={}, state=State(StateType.PENDING, "Pending"),
+                    task_version=None) for i in range(45)]
+    for run in runs:
+        db.record_task_run(run, run.state)
+        db.flush()  # one batch each: the writer's memory of open runs overflows many times
+    for run in runs:
+        db.record_state(run.id, State(StateType.COMPLETED, "Completed"))
+    db.flush()
+    assert {db.read_task_run(run.id).state.name for run in runs} == {"Completed"}
+    assert len(db._open_runs) <= 10

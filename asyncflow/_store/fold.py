@@ -264,8 +264,12 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
             seen[rid] = [ref, key, row, FLOW_STATE_COLUMN, None, None, None]
     out.next_seq = seq
     _pack(out, next_seq + 1)
-    while len(open_runs) > OPEN_RUNS_KEPT:  # runs that never end (NotReady...) are looked up if needed
-        del open_runs[next(iter(open_runs))]
+    if len(open_runs) > OPEN_RUNS_KEPT:  # runs that never end (NotReady...), or very many pending: the
+        # older half is forgotten at once (looked up if needed). (Not the first key, one at a time: a dict
+        # emptied from its front walks every deleted slot to find it: ~40 µs per run at 100,000.)
+        newest = list(open_runs.items())[-(OPEN_RUNS_KEPT // 2):]
+        open_runs.clear()
+        open_runs.update(newest)
     return out
 
 
