@@ -1,8 +1,18 @@
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from asyncflow.testing import isolated_store
+
+# The suite signals the processes it starts (Ctrl-C, hang-up) and checks how they end, so they must start
+# with the default dispositions whatever launched the suite: a shell's background job ignores SIGINT and
+# `nohup` ignores SIGHUP, and an ignored signal stays ignored in every child (asyncflow then leaves it so).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 @pytest.fixture(params=["asyncio", "trio"])
