@@ -170,42 +170,40 @@ class WriterChild:
             raise rebuild(answer[1])
 
     def close(self, timeout: float = 5.0) -> None:
-        """End its input: it deletes its `counters` row and exits (killed if it was still starting)."""
-        if not self.ready:
+        """End its input: it deletes its `counters` row and exits (killed if it was still starting, or
+        if it has not exited after `timeout`)."""
+        if self._end(kill=not self.ready, timeout=timeout) is None:
             with contextlib.suppress(OSError):
                 self.proc.kill()
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            with contextlib.suppress(OSError):
-                pipe.close()  # type: ignore[union-attr]
-        import subprocess
-
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(1)
+            self._end(kill=False, timeout=1)
 
     def reap(self) -> int | None:
         """After it died: its exit code (it is killed first if it still runs, stuck)."""
-        with contextlib.suppress(OSError):
-            self.proc.kill()
-        for pipe in (self.proc.stdin, self.proc.stdout):
+        return self._end(kill=True, timeout=5)
+
+    def _end(self, kill: bool, timeout: float) -> int | None:
+        """Kill it if asked, close this process's ends of the pipes, wait up to `timeout`: its exit code,
+        or None if it still runs."""
+        if kill:
             with contextlib.suppress(OSError):
-                pipe.close()  # type: ignore[union-attr]
+                self.proc.kill()
+        self._close_pipes()
         import subprocess
 
         try:
-            return self.proc.wait(5)
+            return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
 
     def abandon(self) -> None:
         """In a forked child: close this process's copies of the pipes, never wait for the process."""
+        self._close_pipes()
+        _ABANDONED.append(self.proc)
+
+    def _close_pipes(self) -> None:
         for pipe in (self.proc.stdin, self.proc.stdout):
             with contextlib.suppress(OSError):
                 pipe.close()  # type: ignore[union-attr]
-        _ABANDONED.append(self.proc)
 
 
 def _text(info: tuple[Any, ...]) -> str:
