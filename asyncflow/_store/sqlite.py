@@ -340,6 +340,8 @@ MIGRATIONS: list[list[str]] = [
         "s.message, s.details) END || ']' AS packed FROM states s JOIN task_runs t ON t.ref = s.run_ref "
         f"WHERE t.created + round((s.ts - t.created) * {TICKS}) / {TICKS} = s.ts AND (s.line IS NULL OR s.flow_ref IS "
         "t.flow_ref)",
+        # (indexed: the UPDATE below looks up each run's states; unindexed it scanned them all per run)
+        "CREATE INDEX temp.asyncflow_moved_runs ON asyncflow_moved (run_ref, seq)",
         "UPDATE task_runs SET history = (SELECT '[' || group_concat(packed, ',') || ']' FROM (SELECT packed FROM "
         "asyncflow_moved m WHERE m.run_ref = task_runs.ref ORDER BY m.seq)) "
         "WHERE ref IN (SELECT run_ref FROM asyncflow_moved)",
