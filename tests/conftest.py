@@ -4,6 +4,7 @@ import signal
 
 import pytest
 
+from asyncflow._store.sqlite import SQLiteStore
 from asyncflow.testing import isolated_store
 
 # The suite signals the processes it starts (Ctrl-C, hang-up) and checks how they end, so they must start
@@ -43,6 +44,15 @@ def store(tmp_path, monkeypatch):
     with isolated_store() as store:
         yield store
 
+
+
+@pytest.fixture
+def db(tmp_path):
+    """A real SQLite store file, the store of the test."""
+    store = SQLiteStore(tmp_path / "asyncflow.db")
+    with isolated_store(store):
+        yield store
+    store.close()
 
 
 @pytest.fixture(scope="session")

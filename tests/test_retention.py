@@ -24,20 +24,11 @@ from asyncflow._settings import SettingError, parse_duration
 from asyncflow._states import State, StateType
 from asyncflow._store import MemoryStore, retention
 from asyncflow._store.sqlite import SQLiteStore
-from asyncflow.testing import isolated_store
 
 DAY = 86400.0
 NOW = time.time()
 OLD = NOW - 40 * DAY  # older than the cutoff used below (30 days)
 RECENT = NOW - 1 * DAY
-
-
-@pytest.fixture
-def db(tmp_path):
-    store = SQLiteStore(tmp_path / "asyncflow.db")
-    with isolated_store(store):
-        yield store
-    store.close()
 
 
 def raw(store: SQLiteStore, sql: str, *params):

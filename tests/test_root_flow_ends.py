@@ -15,7 +15,6 @@ import pytest
 
 from asyncflow import flow, task
 from asyncflow._store.sqlite import SQLiteStore
-from asyncflow.testing import isolated_store
 
 pytestmark = pytest.mark.anyio
 
@@ -32,14 +31,6 @@ class _CountingStream(io.StringIO):
     def write(self, text: str) -> int:
         self.writes += 1
         return super().write(text)
-
-
-@pytest.fixture
-def db(tmp_path):
-    store = SQLiteStore(tmp_path / "asyncflow.db")
-    with isolated_store(store):
-        yield store
-    store.close()
 
 
 def _state_on_disk(store: SQLiteStore, flow_run_id: str) -> list[tuple[str]]:

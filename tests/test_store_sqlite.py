@@ -28,14 +28,6 @@ from asyncflow._store.sqlite import SCHEMA_VERSION, SQLiteStore
 from asyncflow.testing import isolated_store
 
 
-@pytest.fixture
-def db(tmp_path):
-    store = SQLiteStore(tmp_path / "asyncflow.db")
-    with isolated_store(store):
-        yield store
-    store.close()
-
-
 def raw(store: SQLiteStore, sql: str, *params):
     """Read the file as another process would: a connection of its own, no flush."""
     conn = sqlite3.connect(store.path)
