@@ -128,6 +128,76 @@ def test_the_writer_process_stores_exactly_what_the_writer_thread_stores(tmp_pat
     assert len(stored["thread"]["task_runs"]) == 20 and len(stored["thread"]["logs"]) == 23
 
 
+def record_subflow_and_strays(store: SQLiteStore) -> None:
+    """A subflow run (parent flow and task run ids), a state pointing at it (child flow run details), a
+    scheduled state, a task run with a parent task run, and a state whose run was never recorded."""
+    parent, child, caller, nested = (uuid.UUID(int=n) for n in (7, 8, 9, 10))
+    when = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    parent_run = FlowRun(id=parent, name="big-owl", flow_name="parent", flow_version=None, parameters={},
+                         tags=(), state=State(StateType.PENDING, ts=50.0))
+    store.record_flow_run(parent_run, parent_run.state)
+    for run_id, parent_task, ts in ((caller, None, 51.0), (nested, caller, 51.5)):
+        run = TaskRun(id=run_id, name=f"t-{ts}", task_name="t", task_key="t-1", flow_run_id=parent,
+                      parent_task_run_id=parent_task, parameters={"f": 1.5, "none": None}, tags=(),
+                      state=State(StateType.SCHEDULED, state_details=StateDetails(scheduled_time=when), ts=ts))
+        store.record_task_run(run, run.state)
+    child_run = FlowRun(id=child, name="small-owl", flow_name="child", flow_version="2", parameters={"x": "y"},
+                        tags=("t",), state=State(StateType.PENDING, ts=52.0), parent_flow_run_id=parent,
+                        parent_task_run_id=caller)
+    store.record_flow_run(child_run, child_run.state)
+    store.record_state(caller, State(StateType.RUNNING, state_details=StateDetails(child_flow_run_id=child), ts=53.0))
+    store.record_state(uuid.UUID(int=99), State(StateType.FAILED, message="lost", ts=54.0))
+    assert store.flush()
+
+
+def test_subflows_details_and_unknown_runs_are_stored_alike_by_the_writer_process_and_thread(tmp_path):
+    stored = {}
+    for mode in ("thread", "process"):
+        store = SQLiteStore(tmp_path / mode / "asyncflow.db", writer=mode)
+        try:
+            started(store) if mode == "process" else record_two_logs(store)
+            record_subflow_and_strays(store)
+            if mode == "process":
+                assert store._child is not None and store._child.seq >= 2
+        finally:
+            store.close()
+        stored[mode] = rows(store.path)
+    assert stored["process"] == stored["thread"]
+    assert len(stored["thread"]["flow_runs"]) == 2 and len(stored["thread"]["task_runs"]) == 2
+
+
+def test_a_batch_goes_to_the_writer_process_as_plain_values(tmp_path):
+    """Ids as ints, a state's type as its name, details as their JSON or None: nothing for the writer
+    process to rebuild with Python code (UUID, Enum, StateDetails)."""
+    import pickle
+
+    from asyncflow._store.writer_pipe import dumps_wired
+
+    store = SQLiteStore(tmp_path / "asyncflow.db", writer="thread")
+    batch: list[tuple[Any, ...]] = []
+    store._write = batch.extend  # type: ignore[method-assign]  # what the writer thread would ship
+    try:
+        record_everything(store)
+        record_subflow_and_strays(store)
+    finally:
+        store.close()
+    plain = (int, float, str, type(None), tuple, list, dict, bool)
+
+    def values(value: Any) -> list[Any]:
+        if isinstance(value, (tuple, list)):
+            return [v for item in value for v in values(item)]
+        if isinstance(value, dict):
+            return [v for item in value.items() for v in values(item)]
+        return [value]
+
+    shipped = pickle.loads(dumps_wired(("batch", 1, batch)))[2]
+    assert all(type(value) in plain for value in values(shipped))
+    done = [record for record in shipped if record[0] == 2 and record[3] == "Done"]  # (STATE, id, type, name, ...)
+    assert len(done) == 20
+    assert all(100 <= r[1] < 120 and r[2] == "COMPLETED" and '"cache_key": "key-' in r[6] for r in done)
+    assert next(r for r in shipped if r[0] == 2 and r[1] == 7)[6] is None  # a Pending with no details
+
+
 def record_two_logs(store: SQLiteStore) -> None:
     for message, ts in (("first", 1.0), ("second", 2.0)):
         store.record_log(flow_run_id=None, task_run_id=None, level="INFO", message=message, ts=ts)

@@ -17,7 +17,7 @@ from typing import Any
 from .._states import FINAL_TYPES, StateType
 from . import history
 from .history import TICKS
-from .records import FLOW, LINE, LOG, STATE, TASK, details_json
+from .records import FLOW, LINE, LOG, STATE, TASK, details_json, id_text
 
 # a state row's type, as a number (fixed: stored): one byte instead of the type's name (SQLite 8, PostgreSQL 4)
 STATE_CODES = {"SCHEDULED": 0, "PENDING": 1, "RUNNING": 2, "COMPLETED": 3, "FAILED": 4, "CANCELLED": 5, "CRASHED": 6,
@@ -28,7 +28,8 @@ STORED_TYPES: dict[Any, StateType] = {**{t.value: t for t in StateType},
 PLAIN_NAMES = {key: t.value.capitalize() for key, t in STORED_TYPES.items()}  # a state's name when it is its type's own
 TASK_STATE_COLUMN, FLOW_STATE_COLUMN = 12, 10  # where the state columns start in a run row
 OPEN_RUNS_KEPT = 100_000  # runs a writer remembers (their ref) until their final state
-_FINAL_IDS = frozenset(id(t) for t in FINAL_TYPES)  # identity checks: an Enum's hash runs Python code
+_FINAL_CODES = frozenset(STATE_CODES[t.value] for t in FINAL_TYPES)
+_RUNNING_CODE = STATE_CODES["RUNNING"]
 
 
 def _same(value: Any) -> Any:
@@ -39,8 +40,8 @@ def _none(run_id: Any) -> Any:
     return None
 
 
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
+def _text(number: int | None) -> str | None:
+    return None if number is None else id_text(number)
 
 
 def _tags(tags: Any) -> str:
@@ -80,13 +81,15 @@ class Folded:
 def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: int, open_runs: dict[int, list[Any]],
          find_ref: Callable[[Any], list[Any] | None], parameters_json: Callable[[Any], str],
          clean: Callable[[Any], Any] = _same, find_flow_ref: Callable[[Any], list[Any] | None] = _none,
-         find_given: Callable[[Any], int | None] = _none) -> Folded:
-    """Fold `batch`. States and log lines are numbered after `next_seq`, in the order they were
-    recorded; an engine line (LINE) marks the state it is about when that state is in this batch (its
-    run's last one, with the line's time), else it becomes a log row (lines.py). `open_runs` (the
-    writer's memory of runs written and not yet final, by their id's int: a UUID's hash runs Python
-    code) is updated; `find_ref(run_id)` looks up a run written before
-    it; `clean` makes a text storable (PostgreSQL refuses NUL characters).
+         find_given: Callable[[Any], int | None] = _none, wired: bool = False) -> Folded:
+    """Fold `batch`: records as recorded, or as they arrive through the writer process's pipe when `wired`
+    (writer_pipe.py: a run id as its int, a state's type as its name, its details as their JSON). States
+    and log lines are numbered after `next_seq`, in the order they were recorded; an engine line (LINE)
+    marks the state it is about when that state is in this batch (its run's last one, with the line's
+    time), else it becomes a log row (lines.py). `open_runs` (the writer's memory of runs written and not
+    yet final, by their id's int) is updated; `find_ref(run_id)` looks up a run written before it (by its
+    id's text, as `find_flow_ref` and `find_given` do); `clean` makes a text storable (PostgreSQL refuses
+    NUL characters).
 
     A task run points at its flow run by number (`flow_ref`). A flow run that is not stored yet (a
     background run's caller, in another process) is given its number ahead of its row, and the task run
@@ -108,21 +111,26 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
     flow_refs: dict[int, int] = {}  # flow runs' refs, by their id's int, for the lines of this batch
     last_details: Any = None
     details_text: str | None = None
-    running, final_ids = StateType.RUNNING, _FINAL_IDS
+    running, final_codes = _RUNNING_CODE, _FINAL_CODES
     cleaning = clean is not _same  # SQLite stores any text: no call per value there
     packed: list[Any] | None
     for record in batch:
         kind = record[0]
         if kind == STATE:
-            _, run_id, type_, name, message, ts, details = record
-            rid = run_id.int
+            _, rid, type_text, name, message, ts, details = record
+            if wired:
+                details_text = details
+            else:
+                rid, type_text = rid.int, type_text._value_  # not `.value`: a descriptor written in Python
+                if details is not last_details:  # a run's states mostly share theirs
+                    last_details, details_text = details, details_json(details)
             entry = seen.get(rid)
             if entry is None:  # a run written by an earlier batch
                 known = open_runs.get(rid)
                 if known is None:
-                    known = find_ref(run_id)
+                    known = find_ref(id_text(rid))
                 if known is None:  # its run record never arrived: keep the state (and its run's id) anyway
-                    entry = seen[rid] = [None, str(run_id), [None, None, None, None, 0, None, None, owner], 0, None,
+                    entry = seen[rid] = [None, id_text(rid), [None, None, None, None, 0, None, None, owner], 0, None,
                                          None, None]
                 else:
                     row = [None, None, None, None, 0, None, None, owner, known[0]]
@@ -133,14 +141,11 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
                         out.packed.append([known[0], known[2], packed, False, row])  # (its update row)
                     entry = seen[rid] = [known[0], None, row, 0, None, packed, None if known[1] else known[3]]
             ref, key, row, offset, _, packed, _ = entry
-            type_text = type_._value_  # not `.value`: a descriptor written in Python
             code = STATE_CODES[type_text]
             if cleaning:
                 name, message = clean(name), clean(message)
             stored_name = None if name == PLAIN_NAMES[type_text] else name  # read back as the type's own name
             seq += 1
-            if details is not last_details:  # a run's states mostly share theirs
-                last_details, details_text = details, details_json(details)
             if packed is not None:  # numbers in the run's list: no object per state for the cyclic GC to count
                 created = packed[1]
                 ticks = int((ts - created) * TICKS)  # (whole when it packs: the check below says)
@@ -161,11 +166,11 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
                 row[offset + 1] = name
                 row[offset + 2] = message
                 row[offset + 3] = ts
-            if type_ is running:
+            if code == running:
                 row[offset + 4] += 1
                 if row[offset + 5] is None:
                     row[offset + 5] = ts
-            elif id(type_) in final_ids:
+            elif code in final_codes:
                 row[offset + 6] = ts
                 open_runs.pop(rid, None)
         elif kind == LOG:
@@ -174,13 +179,14 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
             logs.append((flow_run_id, task_run_id, level, clean(message) if cleaning else message, ts, seq))
         elif kind == LINE:
             _, flow_run_id, task_run_id, level, message, ts, run_id, code, flow_id = record
-            entry = seen.get(run_id.int)
+            if not wired:
+                run_id, flow_id = run_id.int, None if flow_id is None else flow_id.int
+            entry = seen.get(run_id)
             packed = None if entry is None else entry[5]
             if packed is not None and len(packed) > 3:  # a task run's last packed state: the line is read back
                 # with it, in its task run's flow run
                 more = packed[-1]
-                if packed[2] == ts and not (more if type(more) is int else more[0]) and (
-                        None if flow_id is None else flow_id.int) == entry[6]:  # type: ignore[index]
+                if packed[2] == ts and not (more if type(more) is int else more[0]) and flow_id == entry[6]:  # type: ignore[index]
                     if type(more) is int:
                         packed[-1] = code
                     else:
@@ -193,10 +199,10 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
                     if flow_id is None:  # a task run outside any flow
                         flow_ref = None
                     else:
-                        flow_ref = flow_refs.get(flow_id.int)
+                        flow_ref = flow_refs.get(flow_id)
                         if flow_ref is None:
-                            flow = seen.get(flow_id.int) or open_runs.get(flow_id.int) or find_ref(flow_id)
-                            flow_ref = None if flow is None else flow_refs.setdefault(flow_id.int, flow[0])
+                            flow = seen.get(flow_id) or open_runs.get(flow_id) or find_ref(id_text(flow_id))
+                            flow_ref = None if flow is None else flow_refs.setdefault(flow_id, flow[0])
                     if flow_id is None or flow_ref is not None:
                         if len(state) == 7:  # plain: (ref, type, name, line, flow ref, ts, seq)
                             states[index] = (state[0], state[1], state[2], code, flow_ref, state[5], state[6])
@@ -206,9 +212,12 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
             seq += 1
             logs.append((flow_run_id, task_run_id, level, clean(message) if cleaning else message, ts, seq))
         elif kind == TASK:
-            (_, run_id, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters,
+            (_, rid, name, task_name, task_key, task_version, flow_run_id, parent_task_run_id, parameters,
              tags, created) = record
-            rid = run_id.int
+            if not wired:
+                rid = rid.int
+                flow_run_id = None if flow_run_id is None else flow_run_id.int
+                parent_task_run_id = None if parent_task_run_id is None else parent_task_run_id.int
             if cleaning:
                 name = clean(name)
             entry = seen.get(rid)
@@ -222,38 +231,40 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
             if flow_run_id is None:
                 flow_ref = flow_text = None
             else:
-                flow_ref, flow_text = flows_of_tasks.get(flow_run_id.int) or _flow_of_task(
+                flow_ref, flow_text = flows_of_tasks.get(flow_run_id) or _flow_of_task(
                     flow_run_id, seen, open_runs, find_flow_ref, flows_of_tasks, out)
             out.next_ref += 1
-            key = str(run_id)
+            key = id_text(rid)
             if cleaning:
                 task_name, task_key, task_version = clean(task_name), clean(task_key), clean(task_version)
                 text, tags_text = clean(parameters_json(parameters)), clean(_tags(tags))
             else:
                 text, tags_text = parameters_json(parameters), _tags(tags)
             row = [out.next_ref, key, name, task_name, task_key, task_version, flow_ref, flow_text,
-                   None if parent_task_run_id is None else str(parent_task_run_id), text, tags_text, created,
+                   _text(parent_task_run_id), text, tags_text, created,
                    None, None, None, None, 0, None, None, owner]
             out.task_runs.append(row)
-            flow_int = None if flow_run_id is None else flow_run_id.int
-            open_runs[rid] = [out.next_ref, False, created, flow_int]
+            open_runs[rid] = [out.next_ref, False, created, flow_run_id]
             packed = [0, created, None]  # see _pack
             out.packed.append([out.next_ref, created, packed, True, row])
             row.append(None)  # its history (the end of fold)
-            seen[rid] = [out.next_ref, key, row, TASK_STATE_COLUMN, None, packed, flow_int]
+            seen[rid] = [out.next_ref, key, row, TASK_STATE_COLUMN, None, packed, flow_run_id]
         elif kind == FLOW:
-            (_, run_id, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id,
+            (_, rid, name, flow_name, flow_version, parameters, tags, parent_flow_run_id, parent_task_run_id,
              created) = record
-            rid = run_id.int
+            if not wired:
+                rid = rid.int
+                parent_flow_run_id = None if parent_flow_run_id is None else parent_flow_run_id.int
+                parent_task_run_id = None if parent_task_run_id is None else parent_task_run_id.int
             if rid in seen or rid in open_runs:
                 continue
             given = flows_of_tasks.get(rid)  # its number, given ahead to its task runs (this batch or before)
-            ref = given[0] if given is not None and given[1] is not None else find_given(run_id)
+            key = id_text(rid)
+            ref = given[0] if given is not None and given[1] is not None else find_given(key)
             if ref is None:
                 out.next_ref += 1
                 ref = out.next_ref
             flows_of_tasks[rid] = (ref, None)
-            key = str(run_id)
             flow_name = clean(flow_name)
             out.flows[flow_name] = (flow_name, clean(flow_version), created)
             row = [ref, key, clean(name), flow_name, clean(flow_version), clean(parameters_json(parameters)),
@@ -295,23 +306,23 @@ def _pack(out: Folded, batch_start: int) -> None:
         appends.append((packing[0], ref, packing[0] - batch_start))
 
 
-def _flow_of_task(flow_id: Any, seen: dict[int, list[Any]], open_runs: dict[int, list[Any]],
+def _flow_of_task(fid: int, seen: dict[int, list[Any]], open_runs: dict[int, list[Any]],
                   find_flow_ref: Callable[[Any], list[Any] | None], flows_of_tasks: dict[int, tuple[int, str | None]],
                   out: Folded) -> tuple[int, str | None]:
     """(number, id text or None) of a task run's flow run: written (this batch or before: its number), or
     not stored yet: the number given ahead of its row (by an earlier batch, or now), with its id as text."""
-    fid = flow_id.int
     flow = seen.get(fid) or open_runs.get(fid)
     found: tuple[int, str | None]
     if flow is not None:
         found = (flow[0], None)
     else:
+        flow_id = id_text(fid)
         known = find_flow_ref(flow_id)  # [number, stored] or None
         if known is None:
             out.next_ref += 1
-            found = (out.next_ref, str(flow_id))
+            found = (out.next_ref, flow_id)
         else:
-            found = (known[0], None if known[1] else str(flow_id))
+            found = (known[0], None if known[1] else flow_id)
     flows_of_tasks[fid] = found
     return found
 

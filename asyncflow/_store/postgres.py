@@ -446,7 +446,7 @@ class PostgresStore(SqlRunReads, BatchWriter):
             if rows.logs:
                 _copy(cur, "COPY logs (flow_run_id, task_run_id, level, message, ts, seq) FROM STDIN", rows.logs)
 
-    def _find_ref(self, conn: Any, run_id: uuid.UUID) -> list[Any] | None:
+    def _find_ref(self, conn: Any, run_id: str) -> list[Any] | None:
         """As the SQLite store's: a task run is [ref, False, created, its flow run's id int or None]."""
         row = conn.execute(f"SELECT ref, 0, created, {FLOW_ID_OF_TASK.format(t='task_runs')} FROM task_runs "
                            "WHERE id = %(id)s UNION ALL SELECT ref, 1, created, NULL FROM flow_runs WHERE id = %(id)s",
@@ -598,13 +598,13 @@ def _schema_version(conn: Any) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
-def _find_flow_ref(conn: Any, flow_id: uuid.UUID) -> list[Any] | None:
+def _find_flow_ref(conn: Any, flow_id: str) -> list[Any] | None:
     key = str(flow_id)
     row = conn.execute(FIND_FLOW_REF.replace("?", "%s"), (key, key)).fetchone()
     return None if row is None else [row[0], bool(row[1])]
 
 
-def _find_given(conn: Any, flow_id: uuid.UUID) -> int | None:
+def _find_given(conn: Any, flow_id: str) -> int | None:
     row = conn.execute(FIND_GIVEN.replace("?", "%s"), (str(flow_id),)).fetchone()
     return None if row is None else row[0]
 

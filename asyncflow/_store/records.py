@@ -193,6 +193,12 @@ def details_json(details: StateDetails) -> str | None:
     return json.dumps(out)
 
 
+def id_text(number: int) -> str:
+    """A run id's text from its int (`str(uuid.UUID(int=number))`)."""
+    h = f"{number:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def to_run(record: tuple[Any, ...]) -> FlowRun | TaskRun:
     """A run object made from its snapshot (Pending until its states are replayed)."""
     from .._states import StateType

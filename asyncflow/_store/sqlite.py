@@ -492,6 +492,8 @@ class SQLiteStore(SqlRunReads, ProcessWriting, BatchWriter):
                          batch_size=batch_size, stall_seconds=stall_seconds)
         self._open(create, recover)
 
+    _wired = False  # its batches come as `records.wire` makes them (the writer process's), else as recorded
+
     def _init_runtime(self) -> None:
         super()._init_runtime()
         self._reader: sqlite3.Connection | None = None
@@ -749,7 +751,7 @@ class SQLiteStore(SqlRunReads, ProcessWriting, BatchWriter):
         rows = fold(batch, next_ref=first_ref, next_seq=first_seq, owner=self._owner_id(conn),
                     open_runs=self._open_runs, find_ref=lambda run_id: self._find_ref(conn, run_id),
                     parameters_json=self.privacy.json, find_flow_ref=lambda flow_id: _find_flow_ref(conn, flow_id),
-                    find_given=lambda flow_id: _find_given(conn, flow_id))
+                    find_given=lambda flow_id: _find_given(conn, flow_id), wired=self._wired)
         if rows.next_ref != first_ref or rows.next_seq != first_seq:
             conn.execute(SET_COUNTERS, (rows.next_ref, rows.next_seq))
         states, renames = rows.states, rows.renames
@@ -797,12 +799,12 @@ class SQLiteStore(SqlRunReads, ProcessWriting, BatchWriter):
         if rows.logs:
             _insert(conn, "INSERT INTO logs (flow_run_id, task_run_id, level, message, ts, seq)", 6, rows.logs)
 
-    def _find_ref(self, conn: sqlite3.Connection, run_id: uuid.UUID) -> list[Any] | None:
-        """[ref, is a flow run] of a run written earlier (a task run: [ref, False, created, its flow run's
-        id int or None], fold.py), or None if it is not in the database."""
+    def _find_ref(self, conn: sqlite3.Connection, run_id: str) -> list[Any] | None:
+        """[ref, is a flow run] of the run `run_id` (its id's text) written earlier (a task run: [ref, False,
+        created, its flow run's id int or None], fold.py), or None if it is not in the database."""
         row = conn.execute(f"SELECT ref, 0, created, {FLOW_ID_OF_TASK.format(t='task_runs')} FROM task_runs "
                            "WHERE id = ?1 UNION ALL SELECT ref, 1, created, NULL FROM flow_runs "
-                           "WHERE id = ?1", (str(run_id),)).fetchone()
+                           "WHERE id = ?1", (run_id,)).fetchone()
         if row is None:
             return None
         return [row[0], True] if row[1] else [row[0], False, row[2], None if row[3] is None else uuid.UUID(row[3]).int]
@@ -943,14 +945,13 @@ FIND_FLOW_REF = ("SELECT ref, 1 FROM flow_runs WHERE id = ? UNION ALL "
 FIND_GIVEN = "SELECT flow_ref FROM task_runs WHERE flow_run_id = ? LIMIT 1"
 
 
-def _find_flow_ref(conn: sqlite3.Connection, flow_id: uuid.UUID) -> list[Any] | None:
-    key = str(flow_id)
-    row = conn.execute(FIND_FLOW_REF, (key, key)).fetchone()
+def _find_flow_ref(conn: sqlite3.Connection, flow_id: str) -> list[Any] | None:
+    row = conn.execute(FIND_FLOW_REF, (flow_id, flow_id)).fetchone()
     return None if row is None else [row[0], bool(row[1])]
 
 
-def _find_given(conn: sqlite3.Connection, flow_id: uuid.UUID) -> int | None:
-    row = conn.execute(FIND_GIVEN, (str(flow_id),)).fetchone()
+def _find_given(conn: sqlite3.Connection, flow_id: str) -> int | None:
+    row = conn.execute(FIND_GIVEN, (flow_id,)).fetchone()
     return None if row is None else row[0]
 
 
