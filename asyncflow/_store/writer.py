@@ -286,10 +286,15 @@ class BatchWriter:
                 if not take:
                     return True
                 popleft = queue.popleft
-                batch = [popleft() for _ in range(take)]
-                if any(record[0] == NEW for record in batch):  # unpack: a new run, then its first state
-                    batch = [part for record in batch
-                             for part in (record[1:] if record[0] == NEW else (record,))]
+                batch = []
+                append = batch.append
+                for _ in range(take):  # one pass (a comprehension, then a check and an unpack, took three)
+                    record = popleft()
+                    if record[0] == NEW:  # unpacked: a new run, then its first state
+                        append(record[1])
+                        append(record[2])
+                    else:
+                        append(record)
                 self._batch = batch
             if self.fallback is None:
                 try:
