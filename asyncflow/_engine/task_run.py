@@ -82,13 +82,12 @@ class TaskCall:
         n = next(counter)  # atomic: runs created in several threads get distinct names
         run_id = run_id or new_id()  # a background run arrives with the id its future knows
         self.details = StateDetails(flow_run_id=flow_run_id, task_run_id=run_id)
-        self.run = TaskRun(
-            id=run_id, name=f"{task.name}-{n}", task_name=task.name, task_key=key, flow_run_id=flow_run_id,
-            parent_task_run_id=parent.task_run.id if isinstance(parent, TaskRunContext) else None,
-            tags=tuple(sorted(tags)) if tags else (),
-            parameters=redact(parameters, task.redact_parameters) if task.redact_parameters else parameters,
-            state=State(StateType.PENDING, "Pending", None, None, self.details),
-            task_version=task.version)
+        self.run = TaskRun(  # (positional: a class called with keywords builds a dict of them each time)
+            run_id, f"{task.name}-{n}", task.name, key, flow_run_id,
+            parent.task_run.id if isinstance(parent, TaskRunContext) else None,
+            tuple(sorted(tags)) if tags else (),
+            redact(parameters, task.redact_parameters) if task.redact_parameters else parameters,
+            State(StateType.PENDING, "Pending", None, None, self.details), task.version)
         self.task = task
         self.parameters = parameters
         self.wait_for = wait_for
@@ -153,17 +152,23 @@ def why_ended(exc: BaseException) -> str:
     return f"ended with {type(exc).__name__}"
 
 
-async def run_submitted(call: TaskCall) -> None:
-    """Body of a submitted run inside its scope's task group. A run whose scope was cancelled, or
-    whose deadline passed, before it got to start never starts: it is resolved Cancelled."""
+def run_submitted(call: TaskCall) -> Coroutine[Any, Any, Any]:
+    """The coroutine of a submitted run, made by the worker that takes it from its scope's queue right
+    before driving it (a function, not a coroutine of its own: one object fewer per waiting run). A run
+    whose scope was cancelled, or whose deadline passed, before it got to start never starts: it is
+    resolved Cancelled here, and the coroutine returned does nothing."""
     scope = call.scope
     assert scope is not None
     if not scope.claim_start(call):
-        return
+        return _not_started()
     if deadline_passed():  # a deadline whose timer has not fired yet (asyncio): nothing starts after it
         resolve_cancelled(call, f"The run was cancelled before it started: {scope.label} timed out or was cancelled.")
-        return
-    await run_task(call, AWAITING)
+        return _not_started()
+    return run_task(call, AWAITING)
+
+
+async def _not_started() -> None:
+    return None
 
 
 def deadline_passed() -> bool:
@@ -420,7 +425,13 @@ async def _attempt_loop(call: TaskCall, ctx: TaskRunContext, parameters: dict[st
                     if holder[1] is not None:
                         await _free_slot(holder, bridge)
                     return set_state(call, cached)
-        state = await _one_attempt(call, args, kwargs, bridge)
+        try:  # (inline, not a coroutine of its own: one object fewer per waiting run, one frame fewer per resumption)
+            value = await _call_fn(call, args, kwargs, bridge)
+            if type(value) not in _PLAIN_RESULTS and inspect.isasyncgen(value):
+                value = [item async for item in value]
+            state = _returned_state(call, value)
+        except Exception as exc:
+            state = _failed_attempt(call, exc)
         if holder[1] is not None:
             await _free_slot(holder, bridge)
         if state.type is StateType.COMPLETED:
@@ -442,26 +453,26 @@ async def _attempt_loop(call: TaskCall, ctx: TaskRunContext, parameters: dict[st
         return set_state(call, state)
 
 
-async def _one_attempt(call: TaskCall, args: tuple[Any, ...], kwargs: dict[str, Any], bridge: Bridge) -> State[Any]:
-    try:
-        value = await _call_fn(call, args, kwargs, bridge)
-        if type(value) not in _PLAIN_RESULTS:
-            if inspect.isgenerator(value):
-                value = list(value)
-            elif inspect.isasyncgen(value):
-                value = [item async for item in value]
-            elif isinstance(value, State) or _states.is_state_iterable(value):
-                state = _states.return_value_to_state(value)
-                if state.state_details.task_run_id is None:
-                    state = State(state.type, state.name, state.message, state.data, call.details, state.ts)
-                return state
-        return State(StateType.COMPLETED, "Completed", None, value, call.details)
-    except TaskRunTimeoutError as exc:
+def _returned_state(call: TaskCall, value: Any) -> State[Any]:
+    """The state an attempt ends in when the function returned `value` (a generator's items are
+    collected, a returned state is the run's state)."""
+    if type(value) not in _PLAIN_RESULTS:
+        if inspect.isgenerator(value):
+            value = list(value)
+        elif isinstance(value, State) or _states.is_state_iterable(value):
+            state = _states.return_value_to_state(value)
+            if state.state_details.task_run_id is None:
+                state = State(state.type, state.name, state.message, state.data, call.details, state.ts)
+            return state
+    return State(StateType.COMPLETED, "Completed", None, value, call.details)
+
+
+def _failed_attempt(call: TaskCall, exc: Exception) -> State[Any]:
+    if isinstance(exc, TaskRunTimeoutError):
         return _new_state(call, StateType.FAILED, "TimedOut", str(exc), exc)
-    except TimeoutError as exc:
+    if isinstance(exc, TimeoutError):
         return _new_state(call, StateType.FAILED, "TimedOut", f"Task run failed due to timeout: {exc!r}", exc)
-    except Exception as exc:
-        return _new_state(call, StateType.FAILED, "Failed", exception_message("Task", exc), exc)
+    return _new_state(call, StateType.FAILED, "Failed", exception_message("Task", exc), exc)
 
 
 _LOCAL = Capabilities()
