@@ -367,20 +367,24 @@ def _resolve_wait_for(resolver: Resolver, wait_for: Any) -> None:
     resolver.resolve(list(wait_for))
 
 
-async def _attempts(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, Any], bridge: Bridge) -> State[Any]:
-    holder: list[Any] = [None, None]  # [the cache plan (its key lock), the tag limits' lease]
-    own = caching.open_run_transaction(call.task)  # None unless a transaction encloses it, or it has hooks
+def _attempts(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, Any], bridge: Bridge
+              ) -> Coroutine[Any, Any, State[Any]]:
+    """The run's attempts: the loop's own coroutine, unless a transaction encloses the run or it has
+    hooks (then the loop runs in the run's own transaction). No coroutine of its own in the common
+    case: one object fewer per waiting run, one frame fewer per resumption."""
+    own = caching.open_run_transaction(call.task)
+    if own is None:
+        return _attempt_loop(call, ctx, parameters, bridge)
+    return _in_run_transaction(own, _attempt_loop(call, ctx, parameters, bridge), bridge)
+
+
+async def _in_run_transaction(own: Any, attempts: Coroutine[Any, Any, State[Any]], bridge: Bridge) -> State[Any]:
     try:
-        state = await _attempt_loop(call, ctx, parameters, bridge, holder)
-    except BaseException:  # cancelled or crashed: a SERIALIZABLE key lock, a slot must not outlive the run
-        for held in holder:
-            if held is not None:
-                held.release()
-        if own is not None:
-            caching.abandon_run_transaction(own)
+        state = await attempts
+    except BaseException:  # cancelled or crashed: the transaction is abandoned
+        caching.abandon_run_transaction(own)
         raise
-    if own is not None:
-        await caching.close_run_transaction(own, bridge)
+    await caching.close_run_transaction(own, bridge)
     return state
 
 
@@ -396,61 +400,69 @@ async def _free_slot(holder: list[Any], bridge: Bridge) -> None:
     await lease.free(bridge)  # before the run goes on: its slot is free once its attempt has ended
 
 
-async def _attempt_loop(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, Any], bridge: Bridge,
-                        holder: list[Any]) -> State[Any]:
+async def _attempt_loop(call: TaskCall, ctx: TaskRunContext, parameters: dict[str, Any], bridge: Bridge
+                        ) -> State[Any]:
     task, run = call.task, call.run
     policy = task.retry_policy
     args, kwargs = task.binder.to_call(parameters)
+    holder: list[Any] = [None, None]  # [the cache plan (its key lock), the tag limits' lease]
     plan: Any = None
     attempt = 0
-    while True:
-        attempt += 1
-        run.run_count = attempt
-        if run.tags:  # a tag with a concurrency limit: wait for its slot (held while this attempt runs)
-            from .._limits import tags as limit_tags  # (concurrency limits: off the import path)
+    try:
+        while True:
+            attempt += 1
+            run.run_count = attempt
+            if run.tags:  # a tag with a concurrency limit: wait for its slot (held while this attempt runs)
+                from .._limits import tags as limit_tags  # (concurrency limits: off the import path)
 
-            holder[1] = await limit_tags.acquire_for_task(run, bridge, _awaiting_slot(call))
-        if attempt == 1:
-            running = set_state(call, _new_state(call, StateType.RUNNING, "Running"))
-            run.start_time = running.ts
-        else:
-            running = set_state(call, _new_state(call, StateType.RUNNING, "Retrying"))
-        if task.on_running:
-            await run_hooks(bridge, task.on_running, task, run, running, call.label, call.ids)
-        if attempt == 1 and not call.streaming:  # (a generator's values are streamed, never cached)
-            plan = holder[0] = await caching.plan(call, ctx, parameters, bridge)
-            if plan is not None:
-                cached = await plan.lookup(bridge)
-                if cached is not None:
-                    if holder[1] is not None:
-                        await _free_slot(holder, bridge)
-                    return set_state(call, cached)
-        try:  # (inline, not a coroutine of its own: one object fewer per waiting run, one frame fewer per resumption)
-            value = await _call_fn(call, args, kwargs, bridge)
-            if type(value) not in _PLAIN_RESULTS and inspect.isasyncgen(value):
-                value = [item async for item in value]
-            state = _returned_state(call, value)
-        except Exception as exc:
-            state = _failed_attempt(call, exc)
-        if holder[1] is not None:
-            await _free_slot(holder, bridge)
-        if state.type is StateType.COMPLETED:
-            state = await caching.completed(call, plan, state, bridge)
-        if state.type is StateType.FAILED and attempt <= policy.retries and await _should_retry(call, state, bridge):
-            delay = policy.delay_for(attempt - 1)
-            _log_retry(call, state, attempt, policy.retries, delay)
-            clock = get_clock()  # every retry is AwaitingRetry (until its scheduled time), then Retrying
-            when = dt.datetime.fromtimestamp(clock.time() + delay, tz=dt.timezone.utc)
-            details = StateDetails(flow_run_id=run.flow_run_id, task_run_id=run.id, scheduled_time=when)
-            set_state(call, State(StateType.SCHEDULED, "AwaitingRetry", None, None, details))
-            if delay > 0:
-                await bridge.sleep(clock, delay)
-            continue
-        if plan is not None and state.type is not StateType.COMPLETED:
-            plan.release()  # a SERIALIZABLE key lock ends with the run, whatever its final state
-        if state.type is StateType.FAILED:
-            _log_failure(call, state, policy.retries)
-        return set_state(call, state)
+                holder[1] = await limit_tags.acquire_for_task(run, bridge, _awaiting_slot(call))
+            if attempt == 1:
+                running = set_state(call, _new_state(call, StateType.RUNNING, "Running"))
+                run.start_time = running.ts
+            else:
+                running = set_state(call, _new_state(call, StateType.RUNNING, "Retrying"))
+            if task.on_running:
+                await run_hooks(bridge, task.on_running, task, run, running, call.label, call.ids)
+            if attempt == 1 and not call.streaming:  # (a generator's values are streamed, never cached)
+                plan = holder[0] = await caching.plan(call, ctx, parameters, bridge)
+                if plan is not None:
+                    cached = await plan.lookup(bridge)
+                    if cached is not None:
+                        if holder[1] is not None:
+                            await _free_slot(holder, bridge)
+                        return set_state(call, cached)
+            try:  # (inline, no coroutine of its own: one object fewer per waiting run)
+                value = await _call_fn(call, args, kwargs, bridge)
+                if type(value) not in _PLAIN_RESULTS and inspect.isasyncgen(value):
+                    value = [item async for item in value]
+                state = _returned_state(call, value)
+            except Exception as exc:
+                state = _failed_attempt(call, exc)
+            if holder[1] is not None:
+                await _free_slot(holder, bridge)
+            if state.type is StateType.COMPLETED:
+                state = await caching.completed(call, plan, state, bridge)
+            if (state.type is StateType.FAILED and attempt <= policy.retries
+                    and await _should_retry(call, state, bridge)):
+                delay = policy.delay_for(attempt - 1)
+                _log_retry(call, state, attempt, policy.retries, delay)
+                clock = get_clock()  # every retry is AwaitingRetry (until its scheduled time), then Retrying
+                when = dt.datetime.fromtimestamp(clock.time() + delay, tz=dt.timezone.utc)
+                details = StateDetails(flow_run_id=run.flow_run_id, task_run_id=run.id, scheduled_time=when)
+                set_state(call, State(StateType.SCHEDULED, "AwaitingRetry", None, None, details))
+                if delay > 0:
+                    await bridge.sleep(clock, delay)
+                continue
+            if plan is not None and state.type is not StateType.COMPLETED:
+                plan.release()  # a SERIALIZABLE key lock ends with the run, whatever its final state
+            if state.type is StateType.FAILED:
+                _log_failure(call, state, policy.retries)
+            return set_state(call, state)
+    except BaseException:  # cancelled or crashed: a SERIALIZABLE key lock, a slot must not outlive the run
+        for held in holder:
+            if held is not None:
+                held.release()
+        raise
 
 
 def _returned_state(call: TaskCall, value: Any) -> State[Any]:
