@@ -204,7 +204,7 @@ class Flow(Generic[P, R]):
         frame = _getframe(1)  # the calling rule, inlined: this is every call's path
         code = frame.f_code
         if self.isasync or code.co_flags & ASYNC_FLAGS or (code.co_name in SEE_THROUGH and is_async_frame(frame)):
-            pending = _await_flow(call, return_state)  # type: ignore[arg-type]
+            pending = run_flow(call, AWAITING, not return_state)
             pending.__qualname__ = self._unawaited_name  # type: ignore[attr-defined]
             return pending  # type: ignore[return-value]
         state = drive_here(run_flow(call, BLOCKING))
@@ -292,13 +292,6 @@ def _build_validator(fn: Callable[..., Any]) -> Any:
         return out
 
     return validate
-
-
-async def _await_flow(call: Any, return_state: bool) -> Any:
-    from ._engine.flow_run import run_flow
-
-    state = await run_flow(call, AWAITING)
-    return state if return_state else state._result()
 
 
 @overload

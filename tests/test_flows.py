@@ -366,3 +366,26 @@ def test_flow_result_options_are_checked_at_decoration():
         flow(result_serializer="yaml")(lambda: None)
     with pytest.raises(TypeError, match="persist_result must be True, False or None"):
         flow(persist_result="yes")(lambda: None)
+
+
+@pytest.mark.anyio
+async def test_an_awaited_flow_returns_its_result_or_raises_its_error_and_records_failed_not_crashed(db):
+    # `await my_flow()` gets the run's result (or its exception) from the run's own coroutine, after the
+    # run's final state and records are written; a flow's exception is the run's failure, not a crash
+    @flow
+    async def ok(x: int) -> int:
+        return x + 1
+
+    @flow
+    async def fails() -> None:
+        raise KeyError("boom")
+
+    assert await ok(1) == 2
+    assert await (await ok(2, return_state=True)).aresult() == 3
+    with pytest.raises(KeyError, match="boom"):
+        await fails()
+    runs = {run.flow_name: [] for run in db.read_flow_runs()}
+    for run in db.read_flow_runs():
+        runs[run.flow_name].append(state_names(db, run.id)[-1])
+    assert sorted(runs["ok"]) == ["Completed", "Completed"]
+    assert runs["fails"] == ["Failed"]

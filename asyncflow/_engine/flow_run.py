@@ -78,26 +78,28 @@ def _set(call: FlowCall, type_: StateType, name: str, message: str | None = None
     return state
 
 
-def run_flow(call: FlowCall, bridge: Bridge) -> Coroutine[Any, Any, State[Any]]:
+def run_flow(call: FlowCall, bridge: Bridge, unwrap: bool = False) -> Coroutine[Any, Any, Any]:
     """The flow run's coroutine (awaited by the caller: no wrapper coroutine unless the run may be
-    reused from an earlier attempt of its parent flow)."""
+    reused from an earlier attempt of its parent flow). It returns the final state, or with `unwrap`
+    the state's result (raising its exception), as `await my_flow()` does: an awaited flow call holds
+    no coroutine of its own around the run's."""
     parent_flow = reuse.parent_flow(call)  # None unless this is a subflow of a flow with retries
     if parent_flow is None:
-        return _run_flow(call, bridge)
-    return _run_or_reuse(call, parent_flow, bridge)
+        return _run_flow(call, bridge, unwrap)
+    return _run_or_reuse(call, parent_flow, bridge, unwrap)
 
 
-async def _run_or_reuse(call: FlowCall, parent_flow: Any, bridge: Bridge) -> State[Any]:
+async def _run_or_reuse(call: FlowCall, parent_flow: Any, bridge: Bridge, unwrap: bool) -> Any:
     identity, earlier = await reuse.find_earlier(call, parent_flow, bridge)
     if earlier is not None:  # it completed in an earlier attempt of the parent: not run again
-        return earlier
+        return earlier._result() if unwrap else earlier
     state = await _run_flow(call, bridge)
     if identity is not None:
         reuse.remember(parent_flow, identity, call.run.name, state)
-    return state
+    return state._result() if unwrap else state
 
 
-async def _run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
+async def _run_flow(call: FlowCall, bridge: Bridge, unwrap: bool = False) -> Any:
     flow, run = call.flow, call.run
     store = get_store()
     parent = call.parent
@@ -116,25 +118,27 @@ async def _run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
         if parent is None:  # on the main thread: no signal waits for the main thread (`_signals.watch`)
             _signals.watch()
         log(INFO, "asyncflow.engine", f"Created flow run '{run.name}' for flow '{flow.name}'")
+        ready = True
         if call.wait_for or not all(type(value) in _ATOM_TYPES for value in call.parameters.values()):
             try:
                 await _wait_for_upstream(call, bridge)
             except UpstreamTaskError as exc:
+                ready = False
                 state = _set(call, StateType.PENDING, "NotReady", str(exc))
-                log_final_state(state, call.label, call.ids, call.run)
-                return state
-        try:
-            parameters = flow.validate(call.parameters)
-        except Exception as exc:
-            state = _set(call, StateType.FAILED, "Failed",
-                         f"Validation of flow parameters failed with error: {type(exc).__name__}: {exc}", exc)
-            log(ERROR, call.label, f"Parameter validation failed for flow {flow.name!r}: {exc}", call.ids)
-        else:
-            run.parameters = redact(parameters, flow.redact_parameters) if flow.redact_parameters else parameters
-            state = await _with_runner(call, ctx, parameters, bridge)
+        if ready:
+            try:
+                parameters = flow.validate(call.parameters)
+            except Exception as exc:
+                state = _set(call, StateType.FAILED, "Failed",
+                             f"Validation of flow parameters failed with error: {type(exc).__name__}: {exc}", exc)
+                log(ERROR, call.label, f"Parameter validation failed for flow {flow.name!r}: {exc}", call.ids)
+            else:
+                run.parameters = redact(parameters, flow.redact_parameters) if flow.redact_parameters else parameters
+                state = await _with_runner(call, ctx, parameters, bridge)
+        assert state is not None
         log_final_state(state, call.label, call.ids, call.run)
-        await _final_hooks(call, state, bridge)
-        return state
+        if ready:  # (a run whose upstream failed never ran: no hooks)
+            await _final_hooks(call, state, bridge)
     except BaseException as exc:
         if bridge.is_cancellation(exc) or isinstance(exc, SyncRunAborted):
             scope = ctx.scope
@@ -166,6 +170,8 @@ async def _run_flow(call: FlowCall, bridge: Bridge) -> State[Any]:
             else:
                 await flush_on_loop(bridge, STORE_FLUSH_SHIELD_SECONDS,
                                     f"{call.label}: writing its records to the store", call.ids)
+    # (outside the `try`: a failed run's exception, raised for its caller, is not a crash of the run)
+    return state._result() if unwrap else state
 
 
 async def _with_runner(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, Any], bridge: Bridge
@@ -296,7 +302,9 @@ async def _one_attempt(call: FlowCall, ctx: FlowRunContext, parameters: dict[str
 
 
 class _NoDeadline:
-    """Stands for the cancel scope of a flow with no time limit: it is never cancelled."""
+    """Stands for the cancel scope of a flow with no time limit: it is never cancelled. (`__exit__` is a
+    static method: a `with` block keeps its `__exit__` while the body runs, and a bound method would be
+    one more object per waiting flow for the GC to walk.)"""
 
     __slots__ = ()
     cancelled_caught = False
@@ -304,7 +312,8 @@ class _NoDeadline:
     def __enter__(self) -> _NoDeadline:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    @staticmethod
+    def __exit__(*exc_info: object) -> None:
         return None
 
 
