@@ -110,18 +110,24 @@ def record_everything(store: SQLiteStore) -> None:
     assert store.flush()
 
 
-def test_the_writer_process_stores_exactly_what_the_writer_thread_stores(tmp_path):
+def stored_by_thread_and_process(tmp_path, record) -> dict[str, Any]:
+    """The rows `record(store)` leaves with the writer thread and with the writer process."""
     stored = {}
     for mode in ("thread", "process"):
         store = SQLiteStore(tmp_path / mode / "asyncflow.db", writer=mode)
         try:
             started(store) if mode == "process" else record_two_logs(store)
-            record_everything(store)
+            record(store)
             if mode == "process":
                 assert store._child is not None and store._child.seq >= 2  # the batches went through it
         finally:
             store.close()
         stored[mode] = rows(store.path)
+    return stored
+
+
+def test_the_writer_process_stores_exactly_what_the_writer_thread_stores(tmp_path):
+    stored = stored_by_thread_and_process(tmp_path, record_everything)
     assert stored["process"] == stored["thread"]
     # 20 user lines, 2 of no run, and the created line of the task run recorded in another flow run than its
     # line's: a packed state's line is read back in its task run's flow run, so that one is a log row
@@ -151,17 +157,7 @@ def record_subflow_and_strays(store: SQLiteStore) -> None:
 
 
 def test_subflows_details_and_unknown_runs_are_stored_alike_by_the_writer_process_and_thread(tmp_path):
-    stored = {}
-    for mode in ("thread", "process"):
-        store = SQLiteStore(tmp_path / mode / "asyncflow.db", writer=mode)
-        try:
-            started(store) if mode == "process" else record_two_logs(store)
-            record_subflow_and_strays(store)
-            if mode == "process":
-                assert store._child is not None and store._child.seq >= 2
-        finally:
-            store.close()
-        stored[mode] = rows(store.path)
+    stored = stored_by_thread_and_process(tmp_path, record_subflow_and_strays)
     assert stored["process"] == stored["thread"]
     assert len(stored["thread"]["flow_runs"]) == 2 and len(stored["thread"]["task_runs"]) == 2
 
