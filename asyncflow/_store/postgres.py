@@ -450,7 +450,7 @@ class PostgresStore(SqlRunReads, BatchWriter):
         """As the SQLite store's: a task run is [ref, False, created, its flow run's id int or None]."""
         row = conn.execute(f"SELECT ref, 0, created, {FLOW_ID_OF_TASK.format(t='task_runs')} FROM task_runs "
                            "WHERE id = %(id)s UNION ALL SELECT ref, 1, created, NULL FROM flow_runs WHERE id = %(id)s",
-                           {"id": str(run_id)}).fetchone()
+                           {"id": run_id}).fetchone()
         if row is None:
             return None
         return [row[0], True] if row[1] else [row[0], False, row[2], None if row[3] is None else uuid.UUID(row[3]).int]
@@ -599,13 +599,12 @@ def _schema_version(conn: Any) -> int:
 
 
 def _find_flow_ref(conn: Any, flow_id: str) -> list[Any] | None:
-    key = str(flow_id)
-    row = conn.execute(FIND_FLOW_REF.replace("?", "%s"), (key, key)).fetchone()
+    row = conn.execute(FIND_FLOW_REF.replace("?", "%s"), (flow_id, flow_id)).fetchone()
     return None if row is None else [row[0], bool(row[1])]
 
 
 def _find_given(conn: Any, flow_id: str) -> int | None:
-    row = conn.execute(FIND_GIVEN.replace("?", "%s"), (str(flow_id),)).fetchone()
+    row = conn.execute(FIND_GIVEN.replace("?", "%s"), (flow_id,)).fetchone()
     return None if row is None else row[0]
 
 

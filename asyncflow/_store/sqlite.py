@@ -492,7 +492,7 @@ class SQLiteStore(SqlRunReads, ProcessWriting, BatchWriter):
                          batch_size=batch_size, stall_seconds=stall_seconds)
         self._open(create, recover)
 
-    _wired = False  # its batches come as `records.wire` makes them (the writer process's), else as recorded
+    _wired = False  # its batches come in writer_pipe's wire form (the writer process's), else as recorded
 
     def _init_runtime(self) -> None:
         super()._init_runtime()

@@ -29,7 +29,7 @@ class ChildStore(SQLiteStore):
     batch in its transaction."""
 
     token = ""
-    _wired = True  # the batches come through the pipe as records.wire made them
+    _wired = True  # the batches come through the pipe in writer_pipe's wire form (fold reads it `wired`)
     batch = 0  # the number of the batch being written
 
     def _write_in_transaction(self, conn: Any, batch: list[tuple[Any, ...]]) -> None:
