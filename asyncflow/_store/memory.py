@@ -114,8 +114,8 @@ class MemoryStore:
                     if last[0] is not details:  # (a run's states share one details object)
                         last = self._details = (details, _compact(details))
                     type_ = record[2]
-                    entry = (type_.value if type(type_) is StateType else type_, record[3], record[4], record[5],
-                             last[1])
+                    entry = (type_._value_ if type(type_) is StateType else type_, record[3], record[4], record[5],
+                             last[1])  # (`_value_`: the enum's `.value` is a Python-level property)
                     history = self._states.get(record[1])
                     self._states[record[1]] = (entry,) if history is None else (*history, entry)
                     self._state_seq += 1
@@ -175,8 +175,9 @@ class MemoryStore:
                 siblings.pop(oldest, None)
             self._states.pop(oldest, None)
             self._positions.pop(oldest, None)
-            self._subflows.pop(oldest, None)
-            self._tasks_of.pop(oldest, None)
+            if not tasks:  # (only flow runs have subflows and task runs)
+                self._subflows.pop(oldest, None)
+                self._tasks_of.pop(oldest, None)
         order = self._order[kind]
         if len(order) > 2 * len(runs) + 1024:  # forget the forgotten runs' places (amortised: seldom)
             positions = self._positions
