@@ -307,3 +307,54 @@ def test_a_memory_store_keeps_each_run_s_state_history_out_of_the_cyclic_gc():
     assert all(type(s.type) is StateType for s in states)
     assert states[-1].state_details == StateDetails(flow_run_id=runs[-1].flow_run_id, task_run_id=runs[-1].id)
     assert states[-1].ts == runs[-1].state.ts
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_long_flow_keeps_nothing_per_finished_task_run(db, kind):
+    """Scenario r: a flow's own bookkeeping (its run context, the process's open runs, its scope) must not
+    grow with the task runs it has finished, or each run costs more than the one before. Counted after
+    50 runs and again after 550: the same objects (a finished run nobody holds can never be read again
+    through the flow)."""
+    from asyncflow._context import current_run
+    from asyncflow._engine.open_runs import OPEN
+
+    @af.task
+    def inc(x: int) -> int:
+        return x + 1
+
+    @af.task
+    async def ainc(x: int) -> int:
+        return x + 1
+
+    counts: list[tuple[int, int]] = []
+
+    def count() -> None:
+        ctx = current_run.get()
+        assert ctx is not None
+        counts.append((_tracked_from(ctx), len(OPEN)))
+
+    @af.flow
+    def sync_flow() -> None:
+        done = 0
+        for stop in (50, 550):
+            while done < stop:
+                inc(done)
+                done += 1
+            count()
+
+    @af.flow
+    async def async_flow() -> None:
+        done = 0
+        for stop in (50, 550):
+            while done < stop:
+                await ainc(done)
+                done += 1
+            count()
+
+    if kind == "sync":
+        await anyio.to_thread.run_sync(sync_flow)
+    else:
+        await async_flow()
+    (objects_50, open_50), (objects_550, open_550) = counts
+    assert open_550 == open_50, (open_50, open_550)
+    assert objects_550 == objects_50 > 0, (objects_50, objects_550)
