@@ -358,3 +358,40 @@ async def test_a_long_flow_keeps_nothing_per_finished_task_run(db, kind):
     (objects_50, open_50), (objects_550, open_550) = counts
     assert open_550 == open_50, (open_50, open_550)
     assert objects_550 == objects_50 > 0, (objects_50, objects_550)
+
+
+async def test_a_finished_run_held_by_its_future_keeps_no_call_arguments_context_or_frames(db):
+    """Scenario h keeps 100,000 futures: what each finished run still holds through its future is memory
+    per task. Only its record (id, name, summarised parameters, final state) and its result stay: not its
+    TaskCall, not its arguments, not its run context, no coroutine or frame."""
+    from asyncflow._context import RunContext
+    from asyncflow._engine.task_run import TaskCall
+
+    @af.task
+    async def use(big: _Big, n: int) -> int:
+        return n + 1
+
+    bigs: list[weakref.ref[_Big]] = []
+    futures: list[TaskRunFuture[int]] = []  # (a flow's return value turns futures into states)
+
+    @af.flow
+    async def main() -> None:
+        big = _Big()
+        bigs.append(weakref.ref(big))
+        futures.extend(use.submit(big, n) for n in range(3))
+        del big
+        assert [await f for f in futures] == [1, 2, 3]
+
+    await main()
+    gc.collect()
+    assert bigs[0]() is None  # the argument is gone although the futures are held
+    kinds = (TaskCall, RunContext, types.CoroutineType, types.FrameType, _Big)
+    for future in futures:
+        seen, stack = {id(future)}, [future]
+        while stack:
+            for child in gc.get_referents(stack.pop()):
+                assert not isinstance(child, kinds), (future, child)
+                if id(child) not in seen and not isinstance(child, (type, types.ModuleType, types.FunctionType)):
+                    seen.add(id(child))
+                    stack.append(child)
+        assert future.task_run.parameters == {"big": "<_Big>", "n": future.result() - 1}
