@@ -157,10 +157,10 @@ class TaskRunFuture(Generic[R]):
         if callbacks:
             for fn in callbacks:
                 self._call_back(fn)
-        with _lock:
+        with _lock:  # (the waiters hold their events: a finished future keeps neither them nor their loops)
             self._settled = True
-            thread_event = self._thread_event
-            events = self._events
+            thread_event, self._thread_event = self._thread_event, None
+            events, self._events = self._events, None
         if thread_event is not None:
             thread_event.set()
         if events:

@@ -274,3 +274,124 @@ async def test_a_finished_run_keeps_a_small_result_on_its_record_and_lets_a_big_
 
 class _Big:
     pass
+
+
+def test_a_memory_store_keeps_each_run_s_state_history_out_of_the_cyclic_gc():
+    """Every run the memory store keeps is walked by each full collection of the cyclic GC, so the
+    objects it keeps per run are what made a long flow's later task runs cost more than its first ones
+    (scenario r). A run's history was a list of tuples that held the state's enum type and its details
+    object (5 GC-tracked objects per task run, 9 in all); it is now a tuple of plain values, which the GC
+    stops tracking. What is left per run: the run record, its id, its state, the state's details and its
+    place in the read order."""
+    from asyncflow._states import StateDetails, StateType
+    from asyncflow._store.memory import MemoryStore
+    from asyncflow.testing import isolated_store
+
+    @af.task
+    def inc(x: int) -> int:
+        return x + 1
+
+    @af.flow
+    def long_flow(n: int) -> None:
+        for i in range(n):
+            inc(i)
+
+    with isolated_store(MemoryStore(max_runs=1000)) as store:
+        long_flow(999)
+        runs = store.read_task_runs()
+        per_run = _tracked_from(store) / 1000
+        states = store.read_states(runs[-1].id)
+    assert per_run < 6, per_run  # 9.0 before
+    assert [(s.type, s.name) for s in states] == [(StateType.PENDING, "Pending"), (StateType.RUNNING, "Running"),
+                                                  (StateType.COMPLETED, "Completed")]
+    assert all(type(s.type) is StateType for s in states)
+    assert states[-1].state_details == StateDetails(flow_run_id=runs[-1].flow_run_id, task_run_id=runs[-1].id)
+    assert states[-1].ts == runs[-1].state.ts
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_long_flow_keeps_nothing_per_finished_task_run(db, kind):
+    """Scenario r: a flow's own bookkeeping (its run context, the process's open runs, its scope) must not
+    grow with the task runs it has finished, or each run costs more than the one before. Counted after
+    50 runs and again after 550: the same objects (a finished run nobody holds can never be read again
+    through the flow)."""
+    from asyncflow._context import current_run
+    from asyncflow._engine.open_runs import OPEN
+
+    @af.task
+    def inc(x: int) -> int:
+        return x + 1
+
+    @af.task
+    async def ainc(x: int) -> int:
+        return x + 1
+
+    counts: list[tuple[int, int]] = []
+
+    def count() -> None:
+        ctx = current_run.get()
+        assert ctx is not None
+        counts.append((_tracked_from(ctx), len(OPEN)))
+
+    @af.flow
+    def sync_flow() -> None:
+        done = 0
+        for stop in (50, 550):
+            while done < stop:
+                inc(done)
+                done += 1
+            count()
+
+    @af.flow
+    async def async_flow() -> None:
+        done = 0
+        for stop in (50, 550):
+            while done < stop:
+                await ainc(done)
+                done += 1
+            count()
+
+    if kind == "sync":
+        await anyio.to_thread.run_sync(sync_flow)
+    else:
+        await async_flow()
+    (objects_50, open_50), (objects_550, open_550) = counts
+    assert open_550 == open_50, (open_50, open_550)
+    assert objects_550 == objects_50 > 0, (objects_50, objects_550)
+
+
+async def test_a_finished_run_held_by_its_future_keeps_no_call_arguments_context_or_frames(db):
+    """Scenario h keeps 100,000 futures: what each finished run still holds through its future is memory
+    per task. Only its record (id, name, summarised parameters, final state) and its result stay: not its
+    TaskCall, not its arguments, not its run context, no coroutine or frame."""
+    from asyncflow._context import RunContext
+    from asyncflow._engine.task_run import TaskCall
+
+    @af.task
+    async def use(big: _Big, n: int) -> int:
+        return n + 1
+
+    bigs: list[weakref.ref[_Big]] = []
+    futures: list[TaskRunFuture[int]] = []  # (a flow's return value turns futures into states)
+
+    @af.flow
+    async def main() -> None:
+        big = _Big()
+        bigs.append(weakref.ref(big))
+        futures.extend(use.submit(big, n) for n in range(3))
+        del big
+        assert [await f for f in futures] == [1, 2, 3]
+
+    await main()
+    gc.collect()
+    assert bigs[0]() is None  # the argument is gone although the futures are held
+    kinds = (TaskCall, RunContext, types.CoroutineType, types.FrameType, _Big)
+    for future in futures:
+        seen, stack = {id(future)}, [future]
+        while stack:
+            for child in gc.get_referents(stack.pop()):
+                assert not isinstance(child, kinds), (future, child)
+                if id(child) not in seen and not isinstance(child, (type, types.ModuleType, types.FunctionType)):
+                    seen.add(id(child))
+                    stack.append(child)
+        assert future.task_run.parameters == {"big": "<_Big>", "n": future.result() - 1}

@@ -81,7 +81,7 @@ class TaskCall:
             counter = counters.setdefault(key, itertools.count())
         n = next(counter)  # atomic: runs created in several threads get distinct names
         run_id = run_id or new_id()  # a background run arrives with the id its future knows
-        self.details = StateDetails(flow_run_id=flow_run_id, task_run_id=run_id)
+        self.details = StateDetails(flow_run_id, run_id)  # (positional: no dict of keywords per run)
         self.run = TaskRun(  # (positional: a class called with keywords builds a dict of them each time)
             run_id, f"{task.name}-{n}", task.name, key, flow_run_id,
             parent.task_run.id if isinstance(parent, TaskRunContext) else None,

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .._runs import FlowRun, TaskRun
-from .._states import FINAL_TYPES, State, StateType
+from .._states import FINAL_TYPES, State, StateDetails, StateType
 from . import reads
 from .base import LogRecord, ObjectNotFound, as_uuid, check_limit, state_filter, state_matches
 
@@ -29,7 +29,10 @@ class MemoryStore:
         self._pending: deque[tuple[Any, ...]] = deque()
         self._flow_runs: dict[uuid.UUID, FlowRun] = {}
         self._task_runs: dict[uuid.UUID, TaskRun] = {}
-        self._states: dict[uuid.UUID, list[tuple[Any, ...]]] = {}
+        # run id -> its states, oldest first: a tuple of tuples of plain values (the type's value, the
+        # details as their two ids' ints when that is all they say), which the cyclic GC stops tracking
+        self._states: dict[uuid.UUID, tuple[tuple[Any, ...], ...]] = {}
+        self._details: tuple[Any, Any] = (None, None)  # the last details compacted, and their compact form
         # logs and the change feed are kept as tuples of plain values (a LogRecord, a Change when read):
         # the cyclic GC stops tracking such tuples, so the store's bounded history costs no collection time
         self._logs: deque[tuple[Any, ...]] = deque(maxlen=10 * max_runs if max_runs else None)
@@ -106,16 +109,19 @@ class MemoryStore:
                     break
                 kind = record[0]
                 if kind == _STATE:
-                    entry = record[2:]
+                    details = record[6]
+                    last = self._details
+                    if last[0] is not details:  # (a run's states share one details object)
+                        last = self._details = (details, _compact(details))
+                    type_ = record[2]
+                    entry = (type_._value_ if type(type_) is StateType else type_, record[3], record[4], record[5],
+                             last[1])  # (`_value_`: the enum's `.value` is a Python-level property)
                     history = self._states.get(record[1])
-                    if history is None:
-                        self._states[record[1]] = [entry]
-                    else:
-                        history.append(entry)
+                    self._states[record[1]] = (entry,) if history is None else (*history, entry)
                     self._state_seq += 1
                     kind_of, flow_of = self._owner(record[1])
                     flow_int = None if flow_of is None else flow_of.int
-                    self._feed.append((self._state_seq, record[1].int, kind_of, flow_int, entry[0].value, entry[1],
+                    self._feed.append((self._state_seq, record[1].int, kind_of, flow_int, entry[0], entry[1],
                                        entry[2], entry[3]))
                 elif kind == _LOG:
                     self._log_seq += 1
@@ -169,8 +175,9 @@ class MemoryStore:
                 siblings.pop(oldest, None)
             self._states.pop(oldest, None)
             self._positions.pop(oldest, None)
-            self._subflows.pop(oldest, None)
-            self._tasks_of.pop(oldest, None)
+            if not tasks:  # (only flow runs have subflows and task runs)
+                self._subflows.pop(oldest, None)
+                self._tasks_of.pop(oldest, None)
         order = self._order[kind]
         if len(order) > 2 * len(runs) + 1024:  # forget the forgotten runs' places (amortised: seldom)
             positions = self._positions
@@ -274,7 +281,7 @@ class MemoryStore:
                 if not dry_run:
                     del self._states[run_id]
             elif orphans_before is not None and run_id not in self._flow_runs and run_id not in self._task_runs:
-                kept = [state for state in history if state[3] >= orphans_before]
+                kept = tuple(state for state in history if state[3] >= orphans_before)
                 counts["states"] += len(history) - len(kept)
                 if not dry_run:
                     self._states[run_id] = kept
@@ -464,7 +471,25 @@ class MemoryStore:
 
 def _state(record: tuple[Any, ...]) -> State[Any]:
     type_, name, message, ts, details = record
-    return State(type_, name, message, None, details, ts)
+    if type(details) is tuple:
+        flow_int, task_int = details
+        details = StateDetails(None if flow_int is None else uuid.UUID(int=flow_int),
+                               None if task_int is None else uuid.UUID(int=task_int))
+    return State(_TYPES.get(type_, type_), name, message, None, details, ts)
+
+
+_TYPES = {t.value: t for t in StateType}
+
+
+def _compact(details: Any) -> Any:
+    """A state's details as the history keeps them: the two ids' ints when the details say nothing
+    else (ints, unlike `UUID`s and `StateDetails`, are not tracked by the cyclic GC), else as they are."""
+    if (type(details) is StateDetails and details.child_flow_run_id is None and details.cache_key is None
+            and details.cache_expiration is None and details.scheduled_time is None):
+        flow_id, task_id = details.flow_run_id, details.task_run_id
+        if (flow_id is None or type(flow_id) is uuid.UUID) and (task_id is None or type(task_id) is uuid.UUID):
+            return (None if flow_id is None else flow_id.int, None if task_id is None else task_id.int)
+    return details
 
 
 def _after(items: deque[Any], since: int, seq_of: Any, lock: threading.Lock) -> Iterator[Any]:
