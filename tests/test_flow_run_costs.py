@@ -182,3 +182,31 @@ def test_a_setting_read_sees_the_environment_as_os_environ_does(monkeypatch):
     assert _settings._getenv(name) == os.environ.get(name) == "é\udcff"
     monkeypatch.delenv(name)
     assert _settings._getenv(name) is None
+
+
+def test_a_flow_runs_copy_of_its_task_runner_has_the_same_options_and_fresh_state():
+    from asyncflow.task_runners import ConcurrentTaskRunner, SequentialTaskRunner
+
+    runner = ConcurrentTaskRunner(max_workers=3)
+    runner._tickets = 5
+    clone = runner.duplicate()
+    assert type(clone) is ConcurrentTaskRunner and clone is not runner
+    assert clone.options == runner.options and clone._tickets == 0 and runner._tickets == 5
+    sequential = SequentialTaskRunner()
+    assert sequential.duplicate()._lock is not sequential._lock  # per-run state is never shared
+
+
+def test_a_task_runner_with_its_own_copy_hook_is_copied_by_it():
+    from asyncflow.task_runners import ConcurrentTaskRunner
+
+    copies: list[object] = []
+
+    class Counted(ConcurrentTaskRunner):
+        def __copy__(self) -> Counted:
+            copies.append(self)
+            clone = Counted()
+            clone.options = self.options
+            return clone
+
+    runner = Counted()
+    assert type(runner.duplicate()) is Counted and copies == [runner]
