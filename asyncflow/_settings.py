@@ -300,6 +300,29 @@ def _parse_directory(raw: str) -> Path:
     return path
 
 
+# -- reading the environment ------------------------------------------------------------------------
+# `os.environ.get` encodes the name and decodes the value on every call (three reads per setting read:
+# ~1 µs each on a loaded machine, ~4 µs of every root flow run). On POSIX the environment's own dict is
+# read with the name encoded once: the same values, changes made through `os.environ` (or
+# `monkeypatch.setenv`) seen at once, as `os.environ.get` sees them.
+_ENVIRON = os.environ
+_ENV_DATA: dict[bytes, bytes] | None = getattr(os.environ, "_data", None) if os.name == "posix" else None
+_ENV_KEYS: dict[str, bytes] = {}
+_FS_ENCODING = sys.getfilesystemencoding()
+
+
+def _getenv(name: str) -> str | None:
+    """`os.environ.get(name)`, cheaper."""
+    data = _ENV_DATA
+    if data is None or os.environ is not _ENVIRON or type(data) is not dict:
+        return os.environ.get(name)
+    key = _ENV_KEYS.get(name)
+    if key is None:
+        key = _ENV_KEYS[name] = name.encode(_FS_ENCODING, "surrogateescape")
+    raw = data.get(key)
+    return None if raw is None else raw.decode(_FS_ENCODING, "surrogateescape")
+
+
 # -- declarations ----------------------------------------------------------------------------------
 class Setting(Frozen, ValueEq):
     """One declared setting (frozen, compared by value)."""
@@ -325,7 +348,7 @@ class Setting(Frozen, ValueEq):
 
     def resolve(self) -> Any:
         """The current value, checking this setting only."""
-        raw = os.environ.get(self.name)
+        raw = _getenv(self.name)
         if raw:
             return self._parse(raw, "environment")
         if self.in_profile:
@@ -584,8 +607,7 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 
 def _profile() -> _Profile:
     global _profile_cache
-    environ = os.environ
-    key = (environ.get("ASYNCFLOW_HOME"), environ.get("HOME"))
+    key = (_getenv("ASYNCFLOW_HOME"), _getenv("HOME"))
     cached = _profile_cache
     now = time.monotonic()
     if cached is not None and cached.key == key and now - cached.checked < _PROFILE_RECHECK_SECONDS:

@@ -134,7 +134,41 @@ async def _run_flow(call: FlowCall, bridge: Bridge, unwrap: bool = False) -> Any
                 log(ERROR, call.label, f"Parameter validation failed for flow {flow.name!r}: {exc}", call.ids)
             else:
                 run.parameters = redact(parameters, flow.redact_parameters) if flow.redact_parameters else parameters
-                state = await _with_runner(call, ctx, parameters, bridge)
+                # the attempts inside the task runner's lifecycle (`async with runner:`), inline (not in
+                # a coroutine of their own: a waiting flow holds one coroutine fewer): the runner starts
+                # or connects once per flow run, and shuts down once every run of the flow is final
+                runner = ctx.task_runner
+                assert runner is not None  # a flow run's own context always has one
+                state = await _start_runner(call, runner)
+                if state is None:
+                    try:
+                        attempt = 0
+                        while True:
+                            attempt += 1
+                            run.run_count = attempt
+                            ctx.children = None
+                            ctx.subflow_calls = None  # each attempt counts its subflow calls from the first
+                            if ctx.scope is not None:  # the previous attempt's scope: this one has a new one
+                                ctx.scope.detach()
+                            running = _set(call, StateType.RUNNING, "Running" if attempt == 1 else "Retrying")
+                            if attempt == 1:
+                                run.start_time = running.ts
+                            if flow.on_running:
+                                await run_hooks(bridge, flow.on_running, flow, run, running, call.label, call.ids)
+                            state = await _one_attempt(call, ctx, parameters, bridge)
+                            if state.type is StateType.FAILED and attempt <= flow.retries:
+                                await _await_retry(call, state, bridge)
+                                continue
+                            run.end_time = state.ts
+                            run.state = state
+                            get_store().record_state(run.id, state)
+                            break
+                    finally:
+                        if _stops_at_once(runner):  # it cannot be interrupted: nothing in it waits
+                            await _shutdown(runner, call)
+                        else:
+                            await bridge.shielded(_shutdown(runner, call), RUNNER_SHUTDOWN_SECONDS,
+                                                  f"{call.label}: shutting down its task runner", call.ids)
         assert state is not None
         log_final_state(state, call.label, call.ids, call.run)
         if ready:  # (a run whose upstream failed never ran: no hooks)
@@ -174,13 +208,8 @@ async def _run_flow(call: FlowCall, bridge: Bridge, unwrap: bool = False) -> Any
     return state._result() if unwrap else state
 
 
-async def _with_runner(call: FlowCall, ctx: FlowRunContext, parameters: dict[str, Any], bridge: Bridge
-                       ) -> State[Any]:
-    """The flow run's attempts inside its task runner's lifecycle (`async with runner:`): the runner
-    starts or connects once per flow run, and shuts down once every run of the flow is final. (The
-    attempts loop is here, not in a coroutine of its own: a waiting flow holds one coroutine fewer.)"""
-    runner = ctx.task_runner
-    assert runner is not None  # a flow run's own context always has one
+async def _start_runner(call: FlowCall, runner: EngineRunner) -> State[Any] | None:
+    """Start (or connect) the flow run's task runner: None, or the run's Failed state if it cannot."""
     try:
         await runner.__aenter__()
     except Exception as exc:
@@ -188,35 +217,7 @@ async def _with_runner(call: FlowCall, ctx: FlowRunContext, parameters: dict[str
                      f"Its task runner {runner!r} could not start: {type(exc).__name__}: {exc}", exc)
         log(ERROR, call.label, f"The task runner {runner!r} could not start", call.ids, exc_info=exc)
         return state
-    flow, run = call.flow, call.run
-    attempt = 0
-    try:
-        while True:
-            attempt += 1
-            run.run_count = attempt
-            ctx.children = None
-            ctx.subflow_calls = None  # each attempt counts its subflow calls from the first
-            if ctx.scope is not None:  # the previous attempt's scope: this run goes on in a new one
-                ctx.scope.detach()
-            running = _set(call, StateType.RUNNING, "Running" if attempt == 1 else "Retrying")
-            if attempt == 1:
-                run.start_time = running.ts
-            if flow.on_running:
-                await run_hooks(bridge, flow.on_running, flow, run, running, call.label, call.ids)
-            state = await _one_attempt(call, ctx, parameters, bridge)
-            if state.type is StateType.FAILED and attempt <= flow.retries:
-                await _await_retry(call, state, bridge)
-                continue
-            run.end_time = state.ts
-            call.run.state = state
-            get_store().record_state(run.id, state)
-            return state
-    finally:
-        if _stops_at_once(runner):  # it cannot be interrupted: nothing in it waits
-            await _shutdown(runner, call)
-        else:
-            await bridge.shielded(_shutdown(runner, call), RUNNER_SHUTDOWN_SECONDS,
-                                  f"{call.label}: shutting down its task runner", call.ids)
+    return None
 
 
 def _stops_at_once(runner: Any) -> bool:
@@ -284,7 +285,17 @@ async def _one_attempt(call: FlowCall, ctx: FlowRunContext, parameters: dict[str
             async with anyio.create_task_group() as tg:
                 ctx.scope = scope.on_loop(tg)
                 try:  # `owning(scope, ...)` inline: a waiting flow holds one coroutine fewer
-                    state = await _body(call, ctx, args, kwargs, bridge)
+                    if flow.isasync:  # `_body` inline too: one coroutine fewer again
+                        try:
+                            value = await flow.fn(*args, **kwargs)
+                            if type(value) not in _ATOM_TYPES:  # (no futures in None, a number, a str)
+                                value = await _futures_to_states(value, bridge)
+                        except Exception as exc:
+                            state = await _body_failed(call, ctx, exc, bridge)
+                        else:
+                            state = await _body_ended(call, ctx, value, bridge)
+                    else:
+                        state = await _body(call, ctx, args, kwargs, bridge)
                 except BaseException as exc:
                     stop_owned(scope, exc, why_ended, limit)
                     raise
@@ -374,9 +385,19 @@ async def _body(call: FlowCall, ctx: FlowRunContext, args: tuple[Any, ...], kwar
             value = await bridge.call_sync(functools.partial(flow.fn, *args, **kwargs), runner=OWN_THREAD)
         value = await _futures_to_states(value, bridge)
     except Exception as exc:
-        log(ERROR, call.label, f"Encountered exception during execution: {exc!r}", call.ids, exc_info=exc)
-        await _stop_children(ctx, bridge, "failed")  # a failure ends the scope: its runs stop
-        return State(StateType.FAILED, "Failed", exception_message("Flow", exc), exc, call.details)
+        return await _body_failed(call, ctx, exc, bridge)
+    return await _body_ended(call, ctx, value, bridge)
+
+
+async def _body_failed(call: FlowCall, ctx: FlowRunContext, exc: Exception, bridge: Bridge) -> State[Any]:
+    """The flow's code raised: the attempt failed, and the runs it started stop."""
+    log(ERROR, call.label, f"Encountered exception during execution: {exc!r}", call.ids, exc_info=exc)
+    await _stop_children(ctx, bridge, "failed")  # a failure ends the scope: its runs stop
+    return State(StateType.FAILED, "Failed", exception_message("Flow", exc), exc, call.details)
+
+
+async def _body_ended(call: FlowCall, ctx: FlowRunContext, value: Any, bridge: Bridge) -> State[Any]:
+    """The flow's code returned `value`: the attempt's state, once every run it started has ended."""
     if ctx.children is not None:  # the flow ends when every run it started has ended
         await bridge.wait_children(ctx.children)
     state = _states.return_value_to_state(value)
