@@ -9,8 +9,9 @@ code), so the thread classifies it as it would its own.
 
 - Started late: a process writes in its thread first. With `ASYNCFLOW_STORE_WRITER=auto` (the default)
   the child is started once the thread has written START_AFTER records, in the background (the thread
-  goes on writing until the child is ready), and takes over between two batches: a short script never
-  pays a Python start. `process` starts it after the first batch and waits for it; `thread` never does.
+  goes on writing, in batches of at most STARTING_BATCH records, until the child is ready), and takes over
+  between two batches: a short script never pays a Python start. `process` starts it after the first
+  batch and waits for it; `thread` never does.
 - The owner of the runs stays this process: the first batch (always written in the thread) registers
   this process in `owners`, and the child writes under that row, so runs left open by a crash of this
   process are marked Crashed at the next open (owners.py).
@@ -34,7 +35,10 @@ from typing import Any
 from .writer import report
 from .writer_pipe import ChildGone, Unshippable, WriterChild
 
-START_AFTER = 4000  # records the thread writes before `auto` starts the writer process
+START_AFTER = 1000  # records the thread writes before `auto` starts the writer process (~170 task runs)
+# the thread's largest batch while the writer process starts: it takes over at the next batch once ready (a
+# full batch, 5,000 records, is ~40-100 ms of the thread's writing: most of a benchmark-sized flow)
+STARTING_BATCH = 500
 READY_SECONDS = 30.0  # `process`: how long the first batch waits for the child to start
 
 
@@ -98,6 +102,13 @@ class ProcessWriting:
                 raise
         self._write_batch(self._writer_conn(), batch)  # type: ignore[attr-defined]
         self._written += len(batch)
+
+    def _batch_limit(self) -> int:
+        """While the writer process starts, small batches: it takes over at the first one after it is ready."""
+        child = self._child
+        if child is not None and not child.ready:
+            return min(self.batch_size, STARTING_BATCH)  # type: ignore[attr-defined, no-any-return]
+        return self.batch_size  # type: ignore[attr-defined, no-any-return]
 
     def _starting(self, child: WriterChild | None) -> WriterChild | None:
         """The writer process if it is ready now; starts it when it is time."""

@@ -282,7 +282,7 @@ class BatchWriter:
             batch = self._batch
             if not batch:
                 queue = self._queue
-                take = min(len(queue), self.batch_size)
+                take = min(len(queue), self._batch_limit())
                 if not take:
                     return True
                 popleft = queue.popleft
@@ -320,6 +320,11 @@ class BatchWriter:
         finally:
             self._writing = False
             self._lock.release()
+
+    def _batch_limit(self) -> int:
+        """The most records the next batch takes off the queue (the SQLite store's may be fewer while its
+        writer process starts)."""
+        return self.batch_size
 
     def _write(self, batch: list[tuple[Any, ...]]) -> None:
         """Write one batch in one transaction (the SQLite store may ship it to its writer process)."""
