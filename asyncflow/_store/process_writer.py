@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 from .writer import report
@@ -39,6 +40,11 @@ START_AFTER = 1000  # records the thread writes before `auto` starts the writer 
 # the thread's largest batch while the writer process starts: it takes over at the next batch once ready (a
 # full batch, 5,000 records, is ~40-100 ms of the thread's writing: most of a benchmark-sized flow)
 STARTING_BATCH = 500
+# `auto`, with a CPU idle: how long the writer thread leaves the records queued for the starting writer process
+# instead of writing them itself (taking the GIL from the engine for the fold and the SQL), and at most how full
+# the queue may grow meanwhile (a fraction of its bound). A flush writes at once, whatever this says.
+HOLD_SECONDS = 2.0
+HOLD_QUEUE = 0.25
 READY_SECONDS = 30.0  # `process`: how long the first batch waits for the child to start
 
 
@@ -54,12 +60,15 @@ class ProcessWriting:
     _owner: int | None
     _open_runs: dict[int, list[Any]]
     _closed: bool
+    _queue: Any
+    queue_size: int
 
     def _init_runtime(self) -> None:
         super()._init_runtime()  # type: ignore[misc]
         self._child: WriterChild | None = None
         self._no_child = False  # this process writes in its thread (decided, or the child died or never started)
         self._written = 0  # records written in the thread (`auto` starts the child after START_AFTER)
+        self._hold_until = 0.0  # `auto`: the writer thread leaves the queue to the starting child until then
         # (batch, child): a wait for the child's answer interrupted (Ctrl-C in a flushing main thread): the
         # child is stopped and the batch's fate read back before the next write
         self._interrupted: tuple[list[tuple[Any, ...]], WriterChild] | None = None
@@ -103,6 +112,16 @@ class ProcessWriting:
         self._write_batch(self._writer_conn(), batch)  # type: ignore[attr-defined]
         self._written += len(batch)
 
+    def _hold(self) -> bool:
+        """While the writer process starts (`auto`): the writer thread waits a moment for it (the GIL free)
+        and leaves the queue to it, within HOLD_SECONDS and a HOLD_QUEUE share of the queue's bound."""
+        child = self._child
+        if child is None or child.ready or time.monotonic() >= self._hold_until:
+            return False
+        if len(self._queue) >= self.queue_size * HOLD_QUEUE:
+            return False
+        return not child.readable(0.01)  # (it answered, ready or failed: the next batch reads the answer)
+
     def _batch_limit(self) -> int:
         """While the writer process starts, small batches: it takes over at the first one after it is ready."""
         child = self._child
@@ -130,7 +149,8 @@ class ProcessWriting:
                 self._give_up(f"{type(exc).__name__}: {exc}")
                 return None
             if mode == "auto":
-                return None  # it starts in the background: the thread writes meanwhile
+                self._hold_until = time.monotonic() + HOLD_SECONDS
+                return None  # it starts in the background: the queue waits for it (`_hold`), a flush writes
             ready = child.poll(READY_SECONDS)
         else:
             ready = child.poll()
