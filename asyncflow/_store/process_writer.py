@@ -62,6 +62,7 @@ class ProcessWriting:
     _closed: bool
     _queue: Any
     queue_size: int
+    batch_size: int
 
     def _init_runtime(self) -> None:
         super()._init_runtime()  # type: ignore[misc]
@@ -126,8 +127,8 @@ class ProcessWriting:
         """While the writer process starts, small batches: it takes over at the first one after it is ready."""
         child = self._child
         if child is not None and not child.ready:
-            return min(self.batch_size, STARTING_BATCH)  # type: ignore[attr-defined, no-any-return]
-        return self.batch_size  # type: ignore[attr-defined, no-any-return]
+            return min(self.batch_size, STARTING_BATCH)
+        return self.batch_size
 
     def _starting(self, child: WriterChild | None) -> WriterChild | None:
         """The writer process if it is ready now; starts it when it is time."""
