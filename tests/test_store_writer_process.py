@@ -517,6 +517,96 @@ def test_auto_starts_a_writer_process_after_a_few_thousand_records_when_a_cpu_is
         store.close()
 
 
+def test_auto_starts_the_writer_process_after_a_thousand_records_and_the_thread_takes_small_batches_meanwhile(
+        tmp_path, monkeypatch):
+    """A benchmark-sized flow (a few thousand task runs, a fraction of a second) gets the writer process
+    for most of its run: it starts after ~170 task runs, and while it starts (a Python start, ~0.1-0.4 s)
+    the thread writes in batches small enough for it to take over soon after it is ready."""
+    from asyncflow._store import process_writer
+
+    monkeypatch.setattr(process_writer, "_idle_cpu", lambda: True)
+    store = SQLiteStore(tmp_path / "asyncflow.db", writer="auto")
+    sizes: list[tuple[int, bool]] = []
+    write = SQLiteStore._write_batch
+
+    def spy(self: SQLiteStore, conn: Any, batch: list[Any]) -> None:
+        sizes.append((len(batch), self._child is not None))
+        write(self, conn, batch)
+
+    monkeypatch.setattr(SQLiteStore, "_write_batch", spy)
+    try:
+        calls = 0
+        with isolated_store(store):
+            doubling(200)  # ~1,200 records, then ~1,200 more: it starts with the first batch past START_AFTER
+            doubling(200)
+            calls += 400
+            assert store.flush()
+            assert store._child is not None and not store._no_child
+            deadline = time.monotonic() + 60
+            while not store._child.ready and time.monotonic() < deadline:
+                doubling(200)  # the thread writes while the writer process starts in the background
+                calls += 200
+            doubling(50)
+            calls += 50
+            assert store.flush()
+            assert store._child is not None and store._child.seq  # the rest went through it
+        starting = [size for size, child in sizes if child][1:]  # (the first: the batch that started it)
+        # (a new run and its first state are one record on the queue: up to two rows' records each)
+        assert starting and max(starting) <= 2 * process_writer.STARTING_BATCH
+        runs = store.read_task_runs(limit=1_000_000)
+        assert len(runs) == calls and all(run.state.is_completed() for run in runs)
+    finally:
+        store.close()
+
+
+def test_while_the_writer_process_starts_the_writer_thread_leaves_the_records_to_it_and_a_flush_writes_at_once(
+        tmp_path, monkeypatch):
+    """`auto`: the writer thread would compete with the engine for the GIL to write records the writer
+    process is about to take over; it leaves them queued (a bounded time and queue) and the writer process
+    writes them once ready. A flush meanwhile writes in its own thread, at once: it never waits for it."""
+    from asyncflow._store import process_writer
+
+    monkeypatch.setattr(process_writer, "_idle_cpu", lambda: True)
+    store = SQLiteStore(tmp_path / "asyncflow.db", writer="auto")
+    writers: list[str] = []
+    write = SQLiteStore._write_batch
+
+    def spy(self: SQLiteStore, conn: Any, batch: list[Any]) -> None:
+        if self._child is not None and not self._child.ready:
+            writers.append(threading.current_thread().name)
+        write(self, conn, batch)
+
+    monkeypatch.setattr(SQLiteStore, "_write_batch", spy)
+    try:
+        with isolated_store(store):
+            doubling(200)
+            doubling(200)  # past START_AFTER: the writer process starts
+            assert store.flush()
+            assert store._child is not None
+            writers.clear()
+            calls = 400
+            if not store._child.ready:
+                doubling(30)
+                calls += 30
+                time.sleep(0.05)  # the writer thread would have written them by now
+                held = not store._child.ready
+                assert store.flush()  # written here, at once
+                if held:
+                    assert writers and set(writers) == {threading.current_thread().name}
+            deadline = time.monotonic() + 60
+            while not store._child.ready and time.monotonic() < deadline:
+                doubling(20)
+                calls += 20
+                time.sleep(0.01)
+            doubling(20)
+            calls += 20
+            assert store.flush() and store._child.seq
+        runs = store.read_task_runs(limit=1_000_000)
+        assert len(runs) == calls and all(run.state.is_completed() for run in runs)
+    finally:
+        store.close()
+
+
 def test_a_value_the_writer_process_cannot_unpickle_is_written_by_the_thread(tmp_path):
     """A str subclass of the script's own `__main__` pickles here but not in the writer process: the
     writer process says so and the thread writes the batch, nothing left out."""

@@ -239,7 +239,7 @@ def fold(batch: list[tuple[Any, ...]], *, next_ref: int, next_seq: int, owner: i
                 task_name, task_key, task_version = clean(task_name), clean(task_key), clean(task_version)
                 text, tags_text = clean(parameters_json(parameters)), clean(_tags(tags))
             else:
-                text, tags_text = parameters_json(parameters), _tags(tags)
+                text, tags_text = parameters_json(parameters), _tags(tags) if tags else "[]"
             row = [out.next_ref, key, name, task_name, task_key, task_version, flow_ref, flow_text,
                    _text(parent_task_run_id), text, tags_text, created,
                    None, None, None, None, 0, None, None, owner]

@@ -9,8 +9,9 @@ code), so the thread classifies it as it would its own.
 
 - Started late: a process writes in its thread first. With `ASYNCFLOW_STORE_WRITER=auto` (the default)
   the child is started once the thread has written START_AFTER records, in the background (the thread
-  goes on writing until the child is ready), and takes over between two batches: a short script never
-  pays a Python start. `process` starts it after the first batch and waits for it; `thread` never does.
+  goes on writing, in batches of at most STARTING_BATCH records, until the child is ready), and takes over
+  between two batches: a short script never pays a Python start. `process` starts it after the first
+  batch and waits for it; `thread` never does.
 - The owner of the runs stays this process: the first batch (always written in the thread) registers
   this process in `owners`, and the child writes under that row, so runs left open by a crash of this
   process are marked Crashed at the next open (owners.py).
@@ -29,12 +30,21 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 from .writer import report
 from .writer_pipe import ChildGone, Unshippable, WriterChild
 
-START_AFTER = 4000  # records the thread writes before `auto` starts the writer process
+START_AFTER = 1000  # records the thread writes before `auto` starts the writer process (~170 task runs)
+# the thread's largest batch while the writer process starts: it takes over at the next batch once ready (a
+# full batch, 5,000 records, is ~40-100 ms of the thread's writing: most of a benchmark-sized flow)
+STARTING_BATCH = 500
+# `auto`, with a CPU idle: how long the writer thread leaves the records queued for the starting writer process
+# instead of writing them itself (taking the GIL from the engine for the fold and the SQL), and at most how full
+# the queue may grow meanwhile (a fraction of its bound). A flush writes at once, whatever this says.
+HOLD_SECONDS = 2.0
+HOLD_QUEUE = 0.25
 READY_SECONDS = 30.0  # `process`: how long the first batch waits for the child to start
 
 
@@ -50,12 +60,16 @@ class ProcessWriting:
     _owner: int | None
     _open_runs: dict[int, list[Any]]
     _closed: bool
+    _queue: Any
+    queue_size: int
+    batch_size: int
 
     def _init_runtime(self) -> None:
         super()._init_runtime()  # type: ignore[misc]
         self._child: WriterChild | None = None
         self._no_child = False  # this process writes in its thread (decided, or the child died or never started)
         self._written = 0  # records written in the thread (`auto` starts the child after START_AFTER)
+        self._hold_until = 0.0  # `auto`: the writer thread leaves the queue to the starting child until then
         # (batch, child): a wait for the child's answer interrupted (Ctrl-C in a flushing main thread): the
         # child is stopped and the batch's fate read back before the next write
         self._interrupted: tuple[list[tuple[Any, ...]], WriterChild] | None = None
@@ -99,6 +113,23 @@ class ProcessWriting:
         self._write_batch(self._writer_conn(), batch)  # type: ignore[attr-defined]
         self._written += len(batch)
 
+    def _hold(self) -> bool:
+        """While the writer process starts (`auto`): the writer thread waits a moment for it (the GIL free)
+        and leaves the queue to it, within HOLD_SECONDS and a HOLD_QUEUE share of the queue's bound."""
+        child = self._child
+        if child is None or child.ready or time.monotonic() >= self._hold_until:
+            return False
+        if len(self._queue) >= self.queue_size * HOLD_QUEUE:
+            return False
+        return not child.readable(0.01)  # (it answered, ready or failed: the next batch reads the answer)
+
+    def _batch_limit(self) -> int:
+        """While the writer process starts, small batches: it takes over at the first one after it is ready."""
+        child = self._child
+        if child is not None and not child.ready:
+            return min(self.batch_size, STARTING_BATCH)
+        return self.batch_size
+
     def _starting(self, child: WriterChild | None) -> WriterChild | None:
         """The writer process if it is ready now; starts it when it is time."""
         if self._no_child or self._owner is None or self._closed:  # (at exit: records after close)
@@ -119,7 +150,8 @@ class ProcessWriting:
                 self._give_up(f"{type(exc).__name__}: {exc}")
                 return None
             if mode == "auto":
-                return None  # it starts in the background: the thread writes meanwhile
+                self._hold_until = time.monotonic() + HOLD_SECONDS
+                return None  # it starts in the background: the queue waits for it (`_hold`), a flush writes
             ready = child.poll(READY_SECONDS)
         else:
             ready = child.poll()

@@ -258,6 +258,8 @@ class BatchWriter:
                 if self._closed:
                     break
                 time.sleep(self.linger)  # let a burst gather into one transaction
+            if not self._batch and self._hold():
+                continue
             try:
                 written = self._write_once()
             except Exception as exc:  # never let the writer die: report and go on
@@ -282,7 +284,7 @@ class BatchWriter:
             batch = self._batch
             if not batch:
                 queue = self._queue
-                take = min(len(queue), self.batch_size)
+                take = min(len(queue), self._batch_limit())
                 if not take:
                     return True
                 popleft = queue.popleft
@@ -320,6 +322,16 @@ class BatchWriter:
         finally:
             self._writing = False
             self._lock.release()
+
+    def _hold(self) -> bool:
+        """Should the writer thread leave the queue for now? (It has waited a moment first; the SQLite store's
+        does while its writer process starts.) A flush, or a recording thread waiting for room, writes anyway."""
+        return False
+
+    def _batch_limit(self) -> int:
+        """The most records the next batch takes off the queue (the SQLite store's may be fewer while its
+        writer process starts)."""
+        return self.batch_size
 
     def _write(self, batch: list[tuple[Any, ...]]) -> None:
         """Write one batch in one transaction (the SQLite store may ship it to its writer process)."""

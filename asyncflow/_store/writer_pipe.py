@@ -179,6 +179,13 @@ class WriterChild:
 
     failure = ""
 
+    def readable(self, timeout: float) -> bool:
+        """Has it answered within `timeout` seconds? (Reads nothing: safe outside the write lock.)"""
+        try:
+            return readable(self._out, timeout)
+        except (OSError, ValueError):  # its pipe closed meanwhile
+            return True
+
     def call(self, op: str, payload: Any = None) -> None:
         """Ship one message (`batch`: written in one transaction numbered `seq`); raises the child's error
         as it was, or ChildGone."""
