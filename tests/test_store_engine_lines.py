@@ -143,8 +143,10 @@ def everything(key):
     shout(2)
     with contextlib.suppress(ValueError):
         broken()
-    future = load.submit(3)  # a submitted run: its Created line is stored as a log row
+    future = load.submit(3)  # submitted, its name rendered when it starts: its Created line is a log row
     future.result()
+    shout.submit(6).result()  # submitted: its Created line is its first state's
+    shout.map([7, 8]).result()
     child(4)
     return "done"
 
@@ -184,8 +186,9 @@ def test_the_engine_lines_are_marked_on_states_not_stored_as_log_rows(tmp_path):
 
     @flow
     def steps():
-        for i in range(3):
-            step(i)
+        step(0)
+        step.submit(1).result()  # a submitted run and mapped runs say Created with their first state too
+        step.map([2]).result()
 
     store = SQLiteStore(tmp_path / "asyncflow.db")
     try:

@@ -285,7 +285,8 @@ async def _run(call: TaskCall, bridge: Bridge, scope: Scope | None) -> State[Any
         flow_ctx = parent.flow_context if parent is not None else None
         call.ids = {"task_run_id": str(run.id),
                     "flow_run_id": flow_ctx.ids["flow_run_id"] if flow_ctx is not None else None}
-        _log_created(call)
+        if not call.submitted or task.task_run_name is not None:  # (else said when it was submitted)
+            _log_created(call, first_state=not call.submitted)
         try:
             parameters = await resolve_inputs(call, bridge)
         except UpstreamTaskError as exc:
@@ -332,11 +333,14 @@ async def _run(call: TaskCall, bridge: Bridge, scope: Scope | None) -> State[Any
             _release(call, state)
 
 
-def _log_created(call: TaskCall) -> None:
+def _log_created(call: TaskCall, first_state: bool) -> None:
+    """Say the run was created: when it starts, or when it is submitted (unless its name is rendered when it
+    starts). Said with its first state, just recorded, a database store derives the line from that state
+    instead of storing a log row (`_store/lines.py`)."""
     parent = call.parent
     message = f"Created task run '{call.run.name}' for task '{call.task.name}'"
     flow_ctx = parent.flow_context if parent is not None else None
-    if flow_ctx is not None and not call.submitted:  # the line is the run's first state, just recorded
+    if flow_ctx is not None and first_state:
         state_line(INFO, flow_ctx.label, message, flow_ctx.ids, call.run.id, CREATED, call.run.flow_run_id,
                    call.run.state.ts)
     elif flow_ctx is not None:
@@ -642,6 +646,8 @@ def start_submitted(call: TaskCall, scope: Scope, ticketed: bool) -> TaskRunFutu
     scope.register(call)  # a scope that has ended refuses it, with a clear error
     get_store().record_task_run(call.run, call.run.state)
     OPEN[call.run.id] = call.run
+    if task.task_run_name is None:  # (a rendered name is known when the run starts: it says so then)
+        _log_created(call, first_state=True)
     future: TaskRunFuture[Any] = TaskRunFuture(call.run)
     call.future = future
     if parent is not None and parent.scope is scope:
