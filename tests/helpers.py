@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from typing import Any
 
@@ -10,7 +11,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
-from asyncflow import task
+from asyncflow import flow, task
 
 HANG_GUARD = 60.0  # seconds: only a broken test waits this long
 
@@ -120,3 +121,43 @@ def all_states(db: Any) -> list[tuple[Any, ...]]:
         if conn is not db:
             conn.close()
     return sorted(rows)
+
+
+def tracked_objects() -> int:
+    """The objects the cyclic GC tracks, after a collection."""
+    gc.collect()
+    return len(gc.get_objects())
+
+
+async def objects_per_waiting_flow(flows: int) -> float:
+    """GC-tracked objects per async flow run waiting on its one task (after one flow first: imports,
+    caches, the store's indexes)."""
+    release = anyio.Event()
+    waiting = [0]
+
+    @task
+    async def wait_for_release() -> None:
+        waiting[0] += 1
+        await release.wait()
+
+    @flow
+    async def one() -> None:
+        await wait_for_release()
+
+    async def wait_until(count: int) -> None:
+        while waiting[0] < count:  # noqa: ASYNC110  (polls a count that many tasks raise)
+            await anyio.sleep(0.001)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one)
+        await wait_until(1)
+        release.set()
+    release, waiting[0] = anyio.Event(), 0
+    before = tracked_objects()
+    async with anyio.create_task_group() as tg:
+        for _ in range(flows):
+            tg.start_soon(one)
+        await wait_until(flows)
+        during = tracked_objects()
+        release.set()
+    return (during - before) / flows

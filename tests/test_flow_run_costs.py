@@ -4,11 +4,11 @@ attempts run inline in the flow run's coroutine; settings read from the environm
 
 from __future__ import annotations
 
-import gc
 import os
 
 import anyio
 import pytest
+from helpers import objects_per_waiting_flow
 
 import asyncflow as af
 from asyncflow import _settings
@@ -19,48 +19,11 @@ pytestmark = pytest.mark.anyio
 FLOWS = 200
 
 
-def _tracked() -> int:
-    gc.collect()
-    return len(gc.get_objects())
-
-
-async def _objects_per_waiting_flow(flows: int) -> float:
-    release = anyio.Event()
-    waiting = [0]
-
-    @af.task
-    async def wait_for_release() -> None:
-        waiting[0] += 1
-        await release.wait()
-
-    @af.flow
-    async def one() -> None:
-        await wait_for_release()
-
-    async def wait_until(count: int) -> None:
-        while waiting[0] < count:  # noqa: ASYNC110  (polls a count that many tasks raise)
-            await anyio.sleep(0.001)
-
-    async with anyio.create_task_group() as tg:  # one flow first: imports, caches, the store's indexes
-        tg.start_soon(one)
-        await wait_until(1)
-        release.set()
-    release, waiting[0] = anyio.Event(), 0
-    before = _tracked()
-    async with anyio.create_task_group() as tg:
-        for _ in range(flows):
-            tg.start_soon(one)
-        await wait_until(flows)
-        during = _tracked()
-        release.set()
-    return (during - before) / flows
-
-
 async def test_a_waiting_flow_run_holds_two_engine_coroutines_fewer(anyio_backend):
     # 72.9 GC-tracked objects on asyncio and 76.1 on trio before, 70.9 and 74.1 now (per flow, with
     # its waiting task run, the test's own spawn and pytest's log capture): the flow's body and its
     # attempts loop had a coroutine each
-    per_flow = await _objects_per_waiting_flow(FLOWS)
+    per_flow = await objects_per_waiting_flow(FLOWS)
     cap = 71.5 if anyio_backend == "asyncio" else 74.5
     assert per_flow < cap, f"{per_flow:.1f} GC-tracked objects per waiting flow run"
 

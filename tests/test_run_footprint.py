@@ -6,11 +6,13 @@ concurrent flows slow down faster than linearly."""
 from __future__ import annotations
 
 import gc
+import logging
 import types
 import weakref
 
 import anyio
 import pytest
+from helpers import objects_per_waiting_flow, tracked_objects
 
 import asyncflow as af
 from asyncflow._futures import TaskRunFuture
@@ -18,11 +20,6 @@ from asyncflow._futures import TaskRunFuture
 pytestmark = pytest.mark.anyio
 
 FLOWS = 200
-
-
-def _tracked() -> int:
-    gc.collect()
-    return len(gc.get_objects())
 
 
 def _tracked_from(root: object) -> int:
@@ -38,45 +35,13 @@ def _tracked_from(root: object) -> int:
     return len(seen) - 1
 
 
-async def _objects_per_waiting_flow(flows: int) -> float:
-    release = anyio.Event()
-    waiting = [0]
-
-    @af.task
-    async def wait_for_release() -> None:
-        waiting[0] += 1
-        await release.wait()
-
-    @af.flow
-    async def one() -> None:
-        await wait_for_release()
-
-    async def wait_until(count: int) -> None:
-        while waiting[0] < count:  # noqa: ASYNC110  (polls a count that many tasks raise)
-            await anyio.sleep(0.001)
-
-    async with anyio.create_task_group() as tg:  # one flow first: imports, caches, the store's indexes
-        tg.start_soon(one)
-        await wait_until(1)
-        release.set()
-    release, waiting[0] = anyio.Event(), 0
-    before = _tracked()
-    async with anyio.create_task_group() as tg:
-        for _ in range(flows):
-            tg.start_soon(one)
-        await wait_until(flows)
-        during = _tracked()
-        release.set()
-    return (during - before) / flows
-
-
 async def test_a_waiting_flow_run_holds_fewer_than_81_gc_tracked_objects():
     # 99 on asyncio before: per flow a Condition (5 objects) for subflows it never called, a closure
     # reaching its event loop from other threads (6), a cancel scope for a time limit it does not have
     # (5), a `why` closure (3), an empty queue and inbox (2), its Scope's __dict__. Then 82 (asyncio)
     # and 85 (trio): three engine coroutines (run_flow's wrapper, the attempts loop, `owning`), a
     # second lock and an object to reach the loop from other threads; now 77 and 80.
-    per_flow = await _objects_per_waiting_flow(FLOWS)
+    per_flow = await objects_per_waiting_flow(FLOWS)
     assert per_flow < 81, f"{per_flow:.1f} GC-tracked objects per waiting flow run"
 
 
@@ -113,13 +78,18 @@ async def _objects_per_pending_submitted_run(runs: int) -> float:
     @af.flow
     async def submit_many() -> None:
         await inc.submit(0)  # the first run: imports and caches
-        before = _tracked()
+        before = tracked_objects()
         futures = [inc.submit(i) for i in range(runs)]  # nothing runs until the flow's code awaits
-        per_run.append((_tracked() - before) / runs)
+        per_run.append((tracked_objects() - before) / runs)
         for future in futures:
             await future
 
-    await submit_many()
+    root = logging.getLogger()
+    handlers, root.handlers = root.handlers, []  # (pytest's log capture keeps each run's Created line)
+    try:
+        await submit_many()
+    finally:
+        root.handlers = handlers
     return per_run[0]
 
 
@@ -146,11 +116,11 @@ async def _objects_per_waiting_submitted_run(runs: int) -> float:
         first = wait_for_release.submit()  # the first run: imports and caches
         while waiting[0] < 1:  # noqa: ASYNC110  (polls a count that the runs raise)
             await anyio.sleep(0.001)
-        before = _tracked()
+        before = tracked_objects()
         futures = [wait_for_release.submit() for _ in range(runs)]
         while waiting[0] < runs + 1:  # noqa: ASYNC110
             await anyio.sleep(0.001)
-        per_run.append((_tracked() - before) / runs)
+        per_run.append((tracked_objects() - before) / runs)
         release.set()
         for future in [first, *futures]:
             await future
