@@ -224,8 +224,9 @@ class Sink:
                 _store.get_store().record_log(flow_run_id=flow_run_id, task_run_id=task_run_id, level=levelname,
                                               message=f"{message}\n{exc}" if exc else message, ts=ts)
             else:
-                _store.get_store().record_state_line(*line_of, flow_run_id=flow_run_id, task_run_id=task_run_id,
-                                                     level=levelname, message=message, ts=ts)
+                run_id, code, flow_id = line_of  # (positional: a call with keywords costs ~1 µs more)
+                _store.get_store().record_state_line(run_id, code, flow_id, flow_run_id, task_run_id, levelname,
+                                                     message, ts)
         if forward:  # to the standard library's loggers, if a handler is attached up their hierarchy
             std = _TASK_RUNS if task_run_id is not None else _FLOW_RUNS if flow_run_id is not None else None
             if std is None or std.handlers or _ASYNCFLOW.handlers or _ROOT.handlers:  # (cheap, for run lines)

@@ -104,9 +104,10 @@ class _GuardedStore:
             return
         self.inner.record_log(flow_run_id=flow_run_id, task_run_id=task_run_id, **fields)
 
-    def record_state_line(self, run_id: Any, code: int, flow_id: Any, **fields: Any) -> None:
+    def record_state_line(self, run_id: Any, code: int, flow_id: Any, flow_run_id: Any, task_run_id: Any,
+                          level: str, message: str, ts: float) -> None:
         """Stored as a plain log line here: the state it is about may have been filtered out."""
-        self.record_log(**fields)
+        self.record_log(flow_run_id=flow_run_id, task_run_id=task_run_id, level=level, message=message, ts=ts)
 
     def record_task_run(self, run: Any, state: State[Any] | None = None) -> None:
         if run.id not in _foreign:

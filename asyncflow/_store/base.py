@@ -102,7 +102,7 @@ class RunStore(Protocol):
     def record_log(self, *, flow_run_id: str | None, task_run_id: str | None, level: str, message: str,
                    ts: float) -> None: ...
 
-    def record_state_line(self, run_id: uuid.UUID, code: int, flow_id: uuid.UUID | None, *, flow_run_id: str | None,
+    def record_state_line(self, run_id: uuid.UUID, code: int, flow_id: uuid.UUID | None, flow_run_id: str | None,
                           task_run_id: str | None, level: str, message: str, ts: float) -> None:
         """An engine line that says what the state of `run_id` recorded just before says (`lines.py`;
         `ts` is that state's), in the flow run `flow_id` (None: a task run outside flows). Read back

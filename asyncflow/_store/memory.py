@@ -76,7 +76,7 @@ class MemoryStore:
                    ts: float) -> None:
         self._append((_LOG, flow_run_id, task_run_id, level, message, ts))
 
-    def record_state_line(self, run_id: uuid.UUID, code: int, flow_id: uuid.UUID | None, *, flow_run_id: str | None,
+    def record_state_line(self, run_id: uuid.UUID, code: int, flow_id: uuid.UUID | None, flow_run_id: str | None,
                           task_run_id: str | None, level: str, message: str, ts: float) -> None:
         """Kept as the log line it is (lines.py)."""
         self._append((_LOG, flow_run_id, task_run_id, level, message, ts))

@@ -183,7 +183,7 @@ class BatchWriter:
         if self._sleeping:
             self._wake()
 
-    def record_state_line(self, run_id: Any, code: int, flow_id: Any, *, flow_run_id: str | None,
+    def record_state_line(self, run_id: Any, code: int, flow_id: Any, flow_run_id: str | None,
                           task_run_id: str | None, level: str, message: str, ts: float) -> None:
         """An engine line that says what the state of `run_id` recorded just before says (lines.py), in
         the flow run `flow_id` (a UUID, None for a task run outside flows): stored as a mark on that
