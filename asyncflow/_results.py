@@ -132,7 +132,7 @@ def storage_root(result_storage: Any) -> Any:
     """Where results live: a `Path` (a directory on this machine, or one every machine mounts) or a remote
     result storage (`PostgresResults`: small records in a PostgreSQL database, one per URL and process)."""
     if result_storage is None:  # the settings' default, resolved once per environment
-        env = tuple(os.environ.get(name) for name in _ENVIRONMENT)
+        env = _settings.env_snapshot(_ENVIRONMENT)
         root = _default_roots.get(env)
         if root is None:
             root = _default_roots[env] = _default_root()

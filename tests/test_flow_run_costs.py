@@ -147,6 +147,30 @@ def test_a_setting_read_sees_the_environment_as_os_environ_does(monkeypatch):
     assert _settings._getenv(name) is None
 
 
+def test_a_cached_tasks_results_go_where_the_environment_says_at_each_call(monkeypatch, tmp_path):
+    # the default result location is cached per snapshot of its five variables (raw, not decoded)
+    calls = []
+
+    @af.task(cache_key_fn=lambda ctx, params: "same-key", persist_result=True)
+    def remember() -> int:
+        calls.append(1)
+        return len(calls)
+
+    @af.flow
+    def uses_it() -> int:
+        return remember()
+
+    monkeypatch.setenv("ASYNCFLOW_LOCAL_STORAGE_PATH", str(tmp_path / "one"))
+    assert uses_it() == 1 and uses_it() == 1  # the second call is a cache hit in "one"
+    monkeypatch.setenv("ASYNCFLOW_LOCAL_STORAGE_PATH", str(tmp_path / "two"))
+    assert uses_it() == 2  # a new location: no record there yet
+    assert {p.parent.name for p in tmp_path.rglob("*") if p.is_file()} >= {"one", "two"}
+    names = ("ASYNCFLOW_TEST_ÿ_VALUE", "ASYNCFLOW_HOME")
+    before = _settings.env_snapshot(names)
+    monkeypatch.setenv(names[0], "é\udcff")
+    assert _settings.env_snapshot(names) != before and _settings.env_snapshot(names)[1] == before[1]
+
+
 def test_a_flow_runs_copy_of_its_task_runner_has_the_same_options_and_fresh_state():
     from asyncflow.task_runners import ConcurrentTaskRunner, SequentialTaskRunner
 
