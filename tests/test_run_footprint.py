@@ -178,6 +178,17 @@ async def test_a_finished_runs_result_stays_readable_while_its_future_is_held():
     assert [type(await f) for f in held] == [_Big] * 3
 
 
+@af.task
+def inc(x: int) -> int:
+    return x + 1
+
+
+@af.flow
+def long_flow(n: int) -> None:  # one sequential sync task call after another
+    for i in range(n):
+        inc(i)
+
+
 def test_a_bounded_memory_store_holds_few_gc_tracked_objects_after_a_long_flow():
     """`MemoryStore(max_runs=...)` (the process's store with ASYNCFLOW_STORE=memory) keeps its newest
     runs and a bounded change feed and log. What it keeps is walked by every full collection of the
@@ -187,15 +198,6 @@ def test_a_bounded_memory_store_holds_few_gc_tracked_objects_after_a_long_flow()
     tracking them), and a forgotten run leaves its flow's index."""
     from asyncflow._store.memory import MemoryStore
     from asyncflow.testing import isolated_store
-
-    @af.task
-    def inc(x: int) -> int:
-        return x + 1
-
-    @af.flow
-    def long_flow(n: int) -> None:
-        for i in range(n):
-            inc(i)
 
     with isolated_store(MemoryStore(max_runs=50)) as store:
         long_flow(3000)
@@ -256,15 +258,6 @@ def test_a_memory_store_keeps_each_run_s_state_history_out_of_the_cyclic_gc():
     from asyncflow._states import StateDetails, StateType
     from asyncflow._store.memory import MemoryStore
     from asyncflow.testing import isolated_store
-
-    @af.task
-    def inc(x: int) -> int:
-        return x + 1
-
-    @af.flow
-    def long_flow(n: int) -> None:
-        for i in range(n):
-            inc(i)
 
     with isolated_store(MemoryStore(max_runs=1000)) as store:
         long_flow(999)
