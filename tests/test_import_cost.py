@@ -73,6 +73,21 @@ def test_a_sync_flow_on_the_default_store_loads_no_heavy_module(tmp_path):
     assert loaded_after(code, tmp_path, NOT_FOR_A_SYNC_FLOW) == []
 
 
+def test_the_store_writer_process_imports_the_store_and_not_the_engine(tmp_path):
+    # the writer process starts the way writer_pipe.WriterChild starts it: the package without its
+    # __init__; what it imports is most of its start (~40 ms before it can take over the writing)
+    package = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "asyncflow")
+    code = f"""
+        import sys, types
+        package = types.ModuleType("asyncflow"); package.__path__ = [{package!r}]
+        sys.modules["asyncflow"] = package
+        from asyncflow._store.writer_child import main
+    """
+    engine = {"inspect", "random", "asyncio", "anyio", "asyncflow._flows", "asyncflow._tasks",
+              "asyncflow._engine.task_run", "asyncflow._logging", "asyncflow._settings"}
+    assert loaded_after(code, tmp_path, engine | {"asyncflow._store.sqlite"}) == ["asyncflow._store.sqlite"]
+
+
 def test_lazy_public_names_resolve_to_their_modules(tmp_path):
     code = """
         import asyncflow, asyncflow.task_runners as runners, asyncflow._store as store

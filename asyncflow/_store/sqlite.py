@@ -28,7 +28,6 @@ import errno as _errno
 import functools
 import json
 import os
-import random
 import re
 import sqlite3
 import time
@@ -50,7 +49,7 @@ from .history import TICKS
 from .process_writer import ProcessWriting
 from .records import Privacy, parameters_json, parameters_snapshot
 from .sql_reads import SqlRunReads
-from .writer import BAD_RECORD, BUSY, UNUSABLE, BatchWriter, describe_error, report
+from .writer import BAD_RECORD, BUSY, UNUSABLE, BatchWriter, describe_error, jitter, report
 
 DB_FILE_NAME = "asyncflow.db"
 _BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (extended codes keep them in the low byte)
@@ -629,7 +628,7 @@ class SQLiteStore(SqlRunReads, ProcessWriting, BatchWriter):
             except sqlite3.OperationalError as exc:
                 if not is_busy(exc) or (deadline is not None and time.monotonic() >= deadline):
                     raise
-            time.sleep(delay * (0.5 + random.random()))
+            time.sleep(delay * jitter())
             delay = min(delay * 2, 0.25)
 
     # -- crash recovery ----------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import random
 import sys
 import threading
 import time
@@ -57,6 +56,14 @@ def report(message: str) -> None:
     except (OSError, ValueError, AttributeError):  # stderr closed at exit
         pass
 
+
+
+def jitter() -> float:
+    """A factor between 0.5 and 1.5 for a retry's sleep, so processes that collided do not collide
+    again (`random` is imported when first needed: not on the writer process's start)."""
+    import random
+
+    return 0.5 + random.random()
 
 class BatchWriter:
     """The writer half of a database store (see the module's docstring). Subclasses implement
@@ -216,7 +223,7 @@ class BatchWriter:
                     if self._lock.acquire(timeout=0.05):
                         self._lock.release()
                 elif written is False:  # busy
-                    time.sleep(0.002 * (0.5 + random.random()))
+                    time.sleep(0.002 * jitter())
                 if self._committed != seen:
                     seen, since = self._committed, time.monotonic()
                 elif time.monotonic() - since >= self.stall_seconds:
@@ -270,7 +277,7 @@ class BatchWriter:
                 if self._unbounded and len(self._queue) < self.queue_size // 2:
                     self._unbounded = False
             else:  # busy: another process holds the database; back off, keep the batch
-                time.sleep(delay * (0.5 + random.random()))
+                time.sleep(delay * jitter())
                 delay = min(delay * 2, 0.5)
 
     def _write_once(self, blocking: bool = True) -> bool | None:
@@ -363,7 +370,7 @@ class BatchWriter:
                     kind = self._classify(exc)
                     self._drop_connection()
                     if kind == BUSY and time.monotonic() < deadline:
-                        time.sleep(0.01 * (0.5 + random.random()))
+                        time.sleep(0.01 * jitter())
                         continue
                     if kind == UNUSABLE:
                         self._degrade(exc, [r for p in (part, *reversed(parts)) for r in p])
@@ -476,7 +483,7 @@ class BatchWriter:
                 if self._sleeping:
                     self._wake()
                 return False
-            time.sleep(delay * (0.5 + random.random()))
+            time.sleep(delay * jitter())
             delay = min(delay * 2, 0.25)
         return True
 
