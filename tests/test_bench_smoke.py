@@ -61,3 +61,15 @@ def test_the_benchmark_sets_each_store_side_by_side_and_prints_the_issue_targets
     for row in ("default store ÷ memory store", "bytes in the store per task run", "last tenth ÷ first tenth",
                 "10×N vs N concurrent flows"):
         assert row in result.stdout
+
+
+def test_the_cold_start_benchmark_reports_each_start_over_import_anyio_timed_in_turn(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "-s", "g", "-r", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    ours = json.loads(out.read_text())["scenarios"]["g"]["asyncflow"]
+    assert ours["import_over_anyio"]["median"] > 0 and ours["script_over_anyio"]["median"] > 0
+    assert "import asyncflow ÷ import anyio (g)" in result.stdout
+    assert "one-flow script, wall, ÷ import anyio (g)" in result.stdout
