@@ -11,6 +11,7 @@ import gc
 import importlib
 import os
 import resource
+import statistics
 import sys
 import time
 from typing import Any
@@ -286,34 +287,40 @@ def _wall_of(argv: list[str], env: dict[str, str] | None = None) -> float:
     return time.perf_counter() - start
 
 
-def _best_cold_ms(argvs: dict[str, list[str]], rounds: int = 5) -> dict[str, float]:
-    """The best of `rounds` starts of each command, the commands taking turns (so a burst of load on
-    this machine hits them alike), after one start each that writes the bytecode caches (not timed)."""
+def _cold_starts(argvs: dict[str, list[str]], rounds: int = 9) -> dict[str, list[float]]:
+    """`rounds` starts of each command in ms, the commands taking turns (a burst of load on this machine
+    then hits them alike), after one start each that writes the bytecode caches (not timed)."""
     for argv in argvs.values():
         _wall_of(argv)
-    best = dict.fromkeys(argvs, float("inf"))
+    times: dict[str, list[float]] = {key: [] for key in argvs}
     for _ in range(rounds):
         for key, argv in argvs.items():
-            best[key] = min(best[key], _wall_of(argv))
-    return {key: seconds * 1e3 for key, seconds in best.items()}
+            times[key].append(_wall_of(argv) * 1e3)
+    return times
+
+
+def _over(times: list[float], reference: list[float]) -> float:
+    """The median of the rounds' ratios: this machine's speed drifts by ±30 % over seconds, and a ratio of
+    two starts made one after the other is steadier than a ratio of two best-of figures."""
+    return statistics.median(t / r for t, r in zip(times, reference, strict=True))
 
 
 def g_cold_start(lib: Any, n: int) -> dict[str, float]:
-    """`import_ms` and `one_flow_script_ms`, and each ÷ `import anyio` timed in turn with them (the
-    target rows use these ratios: measured seconds apart, two best-of figures moved by ±20 %)."""
+    """`import_ms` and `one_flow_script_ms` (the best of 9), and each ÷ `import anyio` timed in turn with
+    them (the target rows use these ratios)."""
     name = lib.__name__
-    ms = _best_cold_ms({"import_ms": [sys.executable, "-c", f"import {name}"],
-                        "one_flow_script_ms": [sys.executable, "-c", _ONE_FLOW.format(lib=name)],
-                        "anyio": [sys.executable, "-c", "import anyio"]})
-    anyio_ms = ms.pop("anyio")
-    return {**ms, "import_over_anyio": ms["import_ms"] / anyio_ms,
-            "script_over_anyio": ms["one_flow_script_ms"] / anyio_ms}
+    times = _cold_starts({"import": [sys.executable, "-c", f"import {name}"],
+                          "script": [sys.executable, "-c", _ONE_FLOW.format(lib=name)],
+                          "anyio": [sys.executable, "-c", "import anyio"]})
+    return {"import_ms": min(times["import"]), "one_flow_script_ms": min(times["script"]),
+            "import_over_anyio": _over(times["import"], times["anyio"]),
+            "script_over_anyio": _over(times["script"], times["anyio"])}
 
 
 def g_cold_start_baseline(n: int) -> dict[str, float]:
-    ms = _best_cold_ms({"import_ms": [sys.executable, "-c", "import anyio"],
-                        "one_flow_script_ms": [sys.executable, "-c", "pass"]})
-    return {**ms, "import_over_anyio": 1.0, "script_over_anyio": ms["one_flow_script_ms"] / ms["import_ms"]}
+    times = _cold_starts({"anyio": [sys.executable, "-c", "import anyio"], "python": [sys.executable, "-c", "pass"]})
+    return {"import_ms": min(times["anyio"]), "one_flow_script_ms": min(times["python"]), "import_over_anyio": 1.0,
+            "script_over_anyio": _over(times["python"], times["anyio"])}
 
 
 # -- h. memory ------------------------------------------------------------------------------------
