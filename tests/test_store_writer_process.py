@@ -496,13 +496,22 @@ store.close()
     assert len(all_states(tmp_path / "asyncflow.db")) == 102
 
 
-@pytest.mark.parametrize(("load", "starts"), [(0.0, True), (64.0, False)])
+@pytest.mark.parametrize(("load", "idle_share", "starts"), [(0.0, 0.0, True), (64.0, 0.0, False), (64.0, 0.8, True)])
 def test_auto_starts_a_writer_process_after_a_few_thousand_records_when_a_cpu_is_idle(tmp_path, monkeypatch, load,
-                                                                                       starts):
+                                                                                       idle_share, starts):
+    # (a load average of 64 on 2 CPUs says busy; the CPUs' counters then say whether they are busy now)
     from asyncflow._store import process_writer
+
+    ticks = iter(range(0, 10**9, 100))
+
+    def sample() -> tuple[float, int, int]:
+        total = next(ticks)
+        return time.monotonic(), int(total * idle_share), total
 
     monkeypatch.setattr(process_writer.os, "getloadavg", lambda: (load, load, load))
     monkeypatch.setattr(process_writer.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(process_writer.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(process_writer, "cpu_sample", sample)
     store = SQLiteStore(tmp_path / "asyncflow.db", writer="auto")
     try:
         with isolated_store(store):
@@ -524,7 +533,7 @@ def test_auto_starts_the_writer_process_after_a_thousand_records_and_the_thread_
     the thread writes in batches small enough for it to take over soon after it is ready."""
     from asyncflow._store import process_writer
 
-    monkeypatch.setattr(process_writer, "_idle_cpu", lambda: True)
+    monkeypatch.setattr(process_writer, "_idle_cpu", lambda since=None: True)
     store = SQLiteStore(tmp_path / "asyncflow.db", writer="auto")
     sizes: list[tuple[int, bool]] = []
     write = SQLiteStore._write_batch
@@ -566,7 +575,7 @@ def test_while_the_writer_process_starts_the_writer_thread_leaves_the_records_to
     writes them once ready. A flush meanwhile writes in its own thread, at once: it never waits for it."""
     from asyncflow._store import process_writer
 
-    monkeypatch.setattr(process_writer, "_idle_cpu", lambda: True)
+    monkeypatch.setattr(process_writer, "_idle_cpu", lambda since=None: True)
     store = SQLiteStore(tmp_path / "asyncflow.db", writer="auto")
     writers: list[str] = []
     write = SQLiteStore._write_batch
@@ -645,3 +654,108 @@ def test_the_writer_process_outlives_ctrl_c_and_sigterm_and_is_not_in_the_caller
     finally:
         store.close()
     assert child.proc.returncode == 0  # it ended when its input did
+
+
+class TestAutoLooksAtTheCpus:
+    """`auto` starts the writer process when a CPU is idle: the 1-minute load average says so at once;
+    when it says the CPUs are busy (it still counts what ran up to a minute ago), the idle share is
+    measured over the last tenth of a second from the kernel's counters."""
+
+    @pytest.fixture
+    def cpus(self, monkeypatch):
+        from asyncflow._store import process_writer
+
+        state = {"load": 0.0, "samples": [], "slept": []}
+        monkeypatch.setattr(process_writer.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+        monkeypatch.setattr(process_writer.os, "cpu_count", lambda: 2)
+        monkeypatch.setattr(process_writer.os, "getloadavg", lambda: (state["load"], 0.0, 0.0))
+        monkeypatch.setattr(process_writer, "cpu_sample", lambda: state["samples"].pop(0))
+        monkeypatch.setattr(process_writer.time, "sleep", lambda seconds: state["slept"].append(seconds))
+        return state
+
+    def test_a_low_load_average_is_enough(self, cpus):
+        from asyncflow._store.process_writer import _idle_cpu
+
+        cpus["load"] = 1.2
+        assert _idle_cpu(None) and cpus["slept"] == []  # (no sample read: none was given)
+
+    def test_a_high_load_average_from_earlier_work_is_measured_again_now(self, cpus):
+        from asyncflow._store.process_writer import _idle_cpu
+
+        cpus["load"] = 1.9
+        # 0.1 s on 2 CPUs (20 ticks), 12 of them idle: 1.2 CPUs idle
+        cpus["samples"] = [(10.0, 500, 1000), (10.1, 512, 1020)]
+        assert _idle_cpu(None) and cpus["slept"] == [0.1]
+        cpus["samples"] = [(10.0, 500, 1000), (10.1, 504, 1020)]  # 0.4 CPUs idle: busy
+        assert not _idle_cpu(None)
+
+    def test_the_time_since_the_store_opened_is_the_window_when_it_is_recent_enough(self, cpus):
+        from asyncflow._store.process_writer import _idle_cpu
+
+        cpus["load"] = 1.9
+        opened = (10.0, 500, 1000)
+        cpus["samples"] = [(10.5, 560, 1100)]  # half a second: 60 of 100 ticks idle, 1.2 CPUs
+        assert _idle_cpu(opened) and cpus["slept"] == []
+        cpus["samples"] = [(60.0, 5000, 11000), (60.1, 5001, 11020)]  # opened long ago: a fresh window, busy
+        assert not _idle_cpu(opened) and cpus["slept"] == [0.1]
+
+    def test_one_cpu_never_has_one_to_spare(self, cpus, monkeypatch):
+        from asyncflow._store import process_writer
+
+        monkeypatch.setattr(process_writer.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+        assert not process_writer._idle_cpu(None)
+
+
+def test_the_kernels_cpu_counters_are_read_and_move_forward():
+    from asyncflow._store.process_writer import cpu_sample, idle_cpus
+
+    first = cpu_sample()
+    if first is None:
+        pytest.skip("no /proc/stat here: auto uses the load average alone")
+    deadline = time.monotonic() + 5
+    second = cpu_sample()
+    while second is not None and second[2] == first[2] and time.monotonic() < deadline:
+        time.sleep(0.01)
+        second = cpu_sample()
+    assert second is not None and second[2] > first[2] and second[1] >= first[1]
+    idle = idle_cpus(first, second, os.cpu_count() or 1)
+    assert idle is not None and 0 <= idle <= (os.cpu_count() or 1)
+
+
+def test_a_holding_writer_thread_does_not_take_over_when_a_flush_is_writing(tmp_path, monkeypatch):
+    """While the writer process starts, the writer thread leaves the queue alone (`_hold`). A flush in
+    another thread writes meanwhile; the writer thread saw that flush's batch in flight, took it for its
+    own batch to retry, skipped its hold and, once the flush was done, wrote what had been recorded since
+    (a flake of the test above, about one run in ten)."""
+    store = SQLiteStore(tmp_path / "asyncflow.db", writer="thread")
+    writers: list[str] = []
+    write = SQLiteStore._write_batch
+
+    def slow_in_the_flushing_thread(self: SQLiteStore, conn: Any, batch: list[Any]) -> None:
+        writers.append(threading.current_thread().name)
+        if threading.current_thread() is threading.main_thread():
+            time.sleep(0.3)
+        write(self, conn, batch)
+
+    def log(message: str) -> None:
+        store.record_log(flow_run_id=None, task_run_id=None, level="INFO", message=message, ts=1.0)
+
+    try:
+        log("first")
+        assert store.flush()  # (the first batch registers this process: written before any hold)
+        monkeypatch.setattr(store, "_hold", lambda: time.sleep(0.005) or True)
+        monkeypatch.setattr(SQLiteStore, "_write_batch", slow_in_the_flushing_thread)
+        writers.clear()
+        for i in range(10):
+            log(f"before {i}")
+        later = threading.Timer(0.1, lambda: [log(f"during {i}") for i in range(5)])
+        later.start()
+        assert store.flush()  # writes the ten in this thread, for 0.3 s
+        later.join()
+        time.sleep(0.1)  # the writer thread, holding, writes nothing
+        assert writers == ["MainThread"]
+        monkeypatch.setattr(store, "_hold", lambda: False)
+        assert store.flush()
+        assert len(store.read_logs()) == 16
+    finally:
+        store.close()

@@ -70,6 +70,7 @@ class ProcessWriting:
         self._no_child = False  # this process writes in its thread (decided, or the child died or never started)
         self._written = 0  # records written in the thread (`auto` starts the child after START_AFTER)
         self._hold_until = 0.0  # `auto`: the writer thread leaves the queue to the starting child until then
+        self._cpu_since = cpu_sample()  # `auto` looks at how idle the CPUs were since (`_idle_cpu`)
         # (batch, child): a wait for the child's answer interrupted (Ctrl-C in a flushing main thread): the
         # child is stopped and the batch's fate read back before the next write
         self._interrupted: tuple[list[tuple[Any, ...]], WriterChild] | None = None
@@ -138,7 +139,7 @@ class ProcessWriting:
             mode = self.writer_mode or _setting()
             if mode == "auto" and self._written < START_AFTER:
                 return None
-            if mode == "thread" or not sys.executable or (mode == "auto" and not _idle_cpu()):
+            if mode == "thread" or not sys.executable or (mode == "auto" and not _idle_cpu(self._cpu_since)):
                 self._no_child = True  # decided once: this process writes in its thread
                 return None
             import subprocess
@@ -213,20 +214,61 @@ class ProcessWriting:
                 self._child_gone(child)
 
 
-def _idle_cpu() -> bool:
+# `auto`'s look at the CPUs. The 1-minute load average first (no wait); when it says they are busy, it
+# may still count what ran a minute ago (the benchmark's scenarios before this one), so the share of CPUs
+# idle is then measured from the kernel's counters (/proc/stat) over IDLE_WINDOW seconds or more: the time
+# since the store opened when that is between IDLE_WINDOW and IDLE_RECENT seconds (no wait), else a fresh
+# window, the writer thread sleeping meanwhile (the engine goes on; its records queue).
+IDLE_WINDOW = 0.1
+IDLE_RECENT = 2.0
+IDLE_NEEDED = 0.5  # CPUs: about what a writer process uses while it keeps up with a busy engine
+
+
+def cpu_sample() -> tuple[float, int, int] | None:
+    """(monotonic time, idle ticks, all ticks) of every CPU together, or None where /proc/stat is not."""
+    try:
+        with open("/proc/stat", "rb") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 5 or fields[0] != b"cpu":
+        return None
+    ticks = [int(field) for field in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return time.monotonic(), ticks[3] + ticks[4], sum(ticks)
+
+
+def idle_cpus(before: tuple[float, int, int], after: tuple[float, int, int], cpus: int) -> float | None:
+    """How many of `cpus` were idle between two samples, on average (None: no ticks between them)."""
+    ticks = after[2] - before[2]
+    return None if ticks <= 0 else cpus * (after[1] - before[1]) / ticks
+
+
+def _idle_cpu(since: tuple[float, int, int] | None = None) -> bool:
     """Is there a CPU for a writer process? It gains the time of a CPU this process does not use, and costs
     more CPU in all than the thread (each batch pickled here and unpickled there): on one CPU, or on a
-    machine whose CPUs are busy (the 1-minute load average within half a CPU of their number, measured
-    before this process's own load has moved it much), the thread is faster."""
+    machine whose CPUs are busy (this process's own work counts), the thread is faster."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
+    if cpus < 2:
+        return False
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
         load = 0.0
-    return cpus >= 2 and load < cpus - 0.5
+    if load < cpus - IDLE_NEEDED:
+        return True
+    now = cpu_sample()
+    if now is None:
+        return False
+    if since is None or not IDLE_WINDOW <= now[0] - since[0] <= IDLE_RECENT:
+        since = now
+        time.sleep(IDLE_WINDOW)
+        now = cpu_sample()
+    every = os.cpu_count() or cpus  # /proc/stat counts every CPU; this process may run on fewer of them
+    idle = None if now is None else idle_cpus(since, now, every)
+    return idle is not None and idle * cpus / every >= IDLE_NEEDED
 
 
 def _setting() -> str:

@@ -265,7 +265,8 @@ class BatchWriter:
                 if self._closed:
                     break
                 time.sleep(self.linger)  # let a burst gather into one transaction
-            if not self._batch and self._hold():
+            # (a batch in flight is retried at once, unless another thread is writing it: a flush)
+            if (not self._batch or self._writing) and self._hold():
                 continue
             try:
                 written = self._write_once()
