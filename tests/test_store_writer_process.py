@@ -743,6 +743,10 @@ def test_a_holding_writer_thread_does_not_take_over_when_a_flush_is_writing(tmp_
     try:
         log("first")
         assert store.flush()  # (the first batch registers this process: written before any hold)
+        deadline = time.monotonic() + 10
+        while not store._sleeping and time.monotonic() < deadline:  # its next turn will see the hold
+            time.sleep(0.001)
+        assert store._sleeping
         monkeypatch.setattr(store, "_hold", lambda: time.sleep(0.005) or True)
         monkeypatch.setattr(SQLiteStore, "_write_batch", slow_in_the_flushing_thread)
         writers.clear()
