@@ -5,16 +5,13 @@ concurrent flows slow down faster than linearly."""
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import logging
 import types
 import weakref
-from collections.abc import Iterator
 
 import anyio
 import pytest
-from helpers import objects_per_waiting_flow, tracked_objects
+from helpers import objects_per_waiting_flow, tracked_objects, without_log_capture
 
 import asyncflow as af
 from asyncflow._futures import TaskRunFuture
@@ -70,17 +67,6 @@ async def test_flows_with_a_time_limit_or_subflows_still_end_and_time_out():
     assert await parent() == 2
 
 
-@contextlib.contextmanager
-def _without_log_capture() -> Iterator[None]:
-    """What a run holds, not what pytest's log capture keeps of it (a record per `Created task run` line)."""
-    root = logging.getLogger()
-    handlers, root.handlers = root.handlers, []
-    try:
-        yield
-    finally:
-        root.handlers = handlers
-
-
 async def _objects_per_pending_submitted_run(runs: int) -> float:
     @af.task
     async def inc(x: int) -> int:
@@ -97,7 +83,7 @@ async def _objects_per_pending_submitted_run(runs: int) -> float:
         for future in futures:
             await future
 
-    with _without_log_capture():
+    with without_log_capture():
         await submit_many()
     return per_run[0]
 
@@ -134,7 +120,7 @@ async def _objects_per_waiting_submitted_run(runs: int) -> float:
         for future in [first, *futures]:
             await future
 
-    with _without_log_capture():
+    with without_log_capture():
         await submit_many()
     return per_run[0]
 
