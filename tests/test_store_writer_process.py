@@ -763,3 +763,47 @@ def test_a_holding_writer_thread_does_not_take_over_when_a_flush_is_writing(tmp_
         assert len(store.read_logs()) == 16
     finally:
         store.close()
+
+
+def test_a_writer_thread_waiting_behind_a_flush_that_starts_the_hold_leaves_the_queue(tmp_path, monkeypatch):
+    """The writer thread looked at its hold (none yet), then waited for the write lock behind a flush; the
+    flush started the writer process (the hold began), and the writer thread, once it had the lock, wrote
+    what had been recorded meanwhile itself (the same test's other flake). It looks again under the lock."""
+    store = SQLiteStore(tmp_path / "asyncflow.db", writer="thread")
+    writers: list[str] = []
+    holding = [False]
+    write = SQLiteStore._write_batch
+
+    def flush_that_starts_the_hold(self: SQLiteStore, conn: Any, batch: list[Any]) -> None:
+        writers.append(threading.current_thread().name)
+        write(self, conn, batch)
+        if threading.current_thread() is threading.main_thread():
+            time.sleep(0.3)  # the writer thread, woken meanwhile, waits for the lock
+            holding[0] = True
+
+    def log(message: str) -> None:
+        store.record_log(flow_run_id=None, task_run_id=None, level="INFO", message=message, ts=1.0)
+
+    try:
+        log("first")
+        assert store.flush()
+        deadline = time.monotonic() + 10
+        while not store._sleeping and time.monotonic() < deadline:
+            time.sleep(0.001)
+        monkeypatch.setattr(store, "_hold", lambda: holding[0] and (time.sleep(0.005) or True))
+        monkeypatch.setattr(store, "_held", lambda: holding[0], raising=False)
+        monkeypatch.setattr(SQLiteStore, "_write_batch", flush_that_starts_the_hold)
+        writers.clear()
+        for i in range(10):
+            log(f"before {i}")
+        later = threading.Timer(0.1, lambda: [log(f"during {i}") for i in range(5)])
+        later.start()
+        assert store.flush()
+        later.join()
+        time.sleep(0.1)
+        assert writers == ["MainThread"]
+        holding[0] = False
+        assert store.flush()
+        assert len(store.read_logs()) == 16
+    finally:
+        store.close()

@@ -118,11 +118,14 @@ class ProcessWriting:
         """While the writer process starts (`auto`): the writer thread waits a moment for it (the GIL free)
         and leaves the queue to it, within HOLD_SECONDS and a HOLD_QUEUE share of the queue's bound."""
         child = self._child
-        if child is None or child.ready or time.monotonic() >= self._hold_until:
-            return False
-        if len(self._queue) >= self.queue_size * HOLD_QUEUE:
+        if child is None or not self._held():
             return False
         return not child.readable(0.01)  # (it answered, ready or failed: the next batch reads the answer)
+
+    def _held(self) -> bool:
+        child = self._child
+        return (child is not None and not child.ready and time.monotonic() < self._hold_until
+                and len(self._queue) < self.queue_size * HOLD_QUEUE)
 
     def _batch_limit(self) -> int:
         """While the writer process starts, small batches: it takes over at the first one after it is ready."""

@@ -269,7 +269,7 @@ class BatchWriter:
             if (not self._batch or self._writing) and self._hold():
                 continue
             try:
-                written = self._write_once()
+                written = self._write_once(by_writer=True)
             except Exception as exc:  # never let the writer die: report and go on
                 report(f"the store writer hit an unexpected error: {type(exc).__name__}: {exc}")
                 written = True
@@ -281,15 +281,18 @@ class BatchWriter:
                 time.sleep(delay * jitter())
                 delay = min(delay * 2, 0.5)
 
-    def _write_once(self, blocking: bool = True) -> bool | None:
+    def _write_once(self, blocking: bool = True, by_writer: bool = False) -> bool | None:
         """Write one batch (the one in flight, else the next off the queue). False if the database was
         busy (the batch stays in flight, in order, for the next attempt); None if `blocking` is False
-        and another thread is writing."""
+        and another thread is writing. The writer thread (`by_writer`) looks at its hold again once it
+        has the lock: a flush it waited for may have started the writer process meanwhile."""
         if not self._lock.acquire(blocking):
             return None
         self._writing = True
         try:
             batch = self._batch
+            if not batch and by_writer and self._held():
+                return True
             if not batch:
                 queue = self._queue
                 take = min(len(queue), self._batch_limit())
@@ -334,6 +337,10 @@ class BatchWriter:
     def _hold(self) -> bool:
         """Should the writer thread leave the queue for now? (It has waited a moment first; the SQLite store's
         does while its writer process starts.) A flush, or a recording thread waiting for room, writes anyway."""
+        return False
+
+    def _held(self) -> bool:
+        """`_hold` without its wait (looked at under the write lock)."""
         return False
 
     def _batch_limit(self) -> int:
