@@ -722,20 +722,22 @@ def test_the_kernels_cpu_counters_are_read_and_move_forward():
     assert idle is not None and 0 <= idle <= (os.cpu_count() or 1)
 
 
-def test_a_holding_writer_thread_does_not_take_over_when_a_flush_is_writing(tmp_path, monkeypatch):
-    """While the writer process starts, the writer thread leaves the queue alone (`_hold`). A flush in
-    another thread writes meanwhile; the writer thread saw that flush's batch in flight, took it for its
-    own batch to retry, skipped its hold and, once the flush was done, wrote what had been recorded since
-    (a flake of the test above, about one run in ten)."""
+def _writer_thread_beside_a_slow_flush(tmp_path: Any, monkeypatch: Any, hold_begins_in_the_flush: bool
+                                       ) -> list[str]:
+    """A flush in the main thread writes ten records for 0.3 s while five more arrive; the writer thread is
+    holding all along, or from the moment the flush has written (as when that flush starts the writer
+    process). Returns the threads that wrote, until the hold ends; then everything must be stored."""
     store = SQLiteStore(tmp_path / "asyncflow.db", writer="thread")
     writers: list[str] = []
+    holding = [not hold_begins_in_the_flush]
     write = SQLiteStore._write_batch
 
     def slow_in_the_flushing_thread(self: SQLiteStore, conn: Any, batch: list[Any]) -> None:
         writers.append(threading.current_thread().name)
-        if threading.current_thread() is threading.main_thread():
-            time.sleep(0.3)
         write(self, conn, batch)
+        if threading.current_thread() is threading.main_thread():
+            time.sleep(0.3)  # the writer thread, woken by the records arriving meanwhile, looks on
+            holding[0] = True
 
     def log(message: str) -> None:
         store.record_log(flow_run_id=None, task_run_id=None, level="INFO", message=message, ts=1.0)
@@ -747,63 +749,38 @@ def test_a_holding_writer_thread_does_not_take_over_when_a_flush_is_writing(tmp_
         while not store._sleeping and time.monotonic() < deadline:  # its next turn will see the hold
             time.sleep(0.001)
         assert store._sleeping
-        monkeypatch.setattr(store, "_hold", lambda: time.sleep(0.005) or True)
+        monkeypatch.setattr(store, "_hold", lambda: holding[0] and (time.sleep(0.005) or True))
+        monkeypatch.setattr(store, "_held", lambda: holding[0], raising=False)
         monkeypatch.setattr(SQLiteStore, "_write_batch", slow_in_the_flushing_thread)
         writers.clear()
         for i in range(10):
             log(f"before {i}")
         later = threading.Timer(0.1, lambda: [log(f"during {i}") for i in range(5)])
         later.start()
-        assert store.flush()  # writes the ten in this thread, for 0.3 s
+        assert store.flush()
         later.join()
         time.sleep(0.1)  # the writer thread, holding, writes nothing
-        assert writers == ["MainThread"]
+        seen = list(writers)
         monkeypatch.setattr(store, "_hold", lambda: False)
+        monkeypatch.setattr(store, "_held", lambda: False, raising=False)
         assert store.flush()
         assert len(store.read_logs()) == 16
+        return seen
     finally:
         store.close()
+
+
+def test_a_holding_writer_thread_does_not_take_over_when_a_flush_is_writing(tmp_path, monkeypatch):
+    """While the writer process starts, the writer thread leaves the queue alone (`_hold`). It saw a
+    flush's batch in flight, took it for its own batch to retry, skipped its hold and, once the flush was
+    done, wrote what had been recorded since (a flake of the test above, about one run in ten)."""
+    assert _writer_thread_beside_a_slow_flush(tmp_path, monkeypatch, hold_begins_in_the_flush=False) == [
+        "MainThread"]
 
 
 def test_a_writer_thread_waiting_behind_a_flush_that_starts_the_hold_leaves_the_queue(tmp_path, monkeypatch):
     """The writer thread looked at its hold (none yet), then waited for the write lock behind a flush; the
     flush started the writer process (the hold began), and the writer thread, once it had the lock, wrote
     what had been recorded meanwhile itself (the same test's other flake). It looks again under the lock."""
-    store = SQLiteStore(tmp_path / "asyncflow.db", writer="thread")
-    writers: list[str] = []
-    holding = [False]
-    write = SQLiteStore._write_batch
-
-    def flush_that_starts_the_hold(self: SQLiteStore, conn: Any, batch: list[Any]) -> None:
-        writers.append(threading.current_thread().name)
-        write(self, conn, batch)
-        if threading.current_thread() is threading.main_thread():
-            time.sleep(0.3)  # the writer thread, woken meanwhile, waits for the lock
-            holding[0] = True
-
-    def log(message: str) -> None:
-        store.record_log(flow_run_id=None, task_run_id=None, level="INFO", message=message, ts=1.0)
-
-    try:
-        log("first")
-        assert store.flush()
-        deadline = time.monotonic() + 10
-        while not store._sleeping and time.monotonic() < deadline:
-            time.sleep(0.001)
-        monkeypatch.setattr(store, "_hold", lambda: holding[0] and (time.sleep(0.005) or True))
-        monkeypatch.setattr(store, "_held", lambda: holding[0], raising=False)
-        monkeypatch.setattr(SQLiteStore, "_write_batch", flush_that_starts_the_hold)
-        writers.clear()
-        for i in range(10):
-            log(f"before {i}")
-        later = threading.Timer(0.1, lambda: [log(f"during {i}") for i in range(5)])
-        later.start()
-        assert store.flush()
-        later.join()
-        time.sleep(0.1)
-        assert writers == ["MainThread"]
-        holding[0] = False
-        assert store.flush()
-        assert len(store.read_logs()) == 16
-    finally:
-        store.close()
+    assert _writer_thread_beside_a_slow_flush(tmp_path, monkeypatch, hold_begins_in_the_flush=True) == [
+        "MainThread"]
