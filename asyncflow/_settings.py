@@ -311,28 +311,36 @@ _ENV_KEYS: dict[str, bytes] = {}
 _FS_ENCODING = sys.getfilesystemencoding()
 
 
-def _getenv(name: str) -> str | None:
-    """`os.environ.get(name)`, cheaper."""
+def _env_data() -> dict[bytes, bytes] | None:
+    """The environment's own dict, when it can be read directly (else `os.environ.get` must be used:
+    not POSIX, or `os.environ` replaced)."""
     data = _ENV_DATA
-    if data is None or os.environ is not _ENVIRON or type(data) is not dict:
-        return os.environ.get(name)
+    return data if data is not None and os.environ is _ENVIRON and type(data) is dict else None
+
+
+def _env_key(name: str) -> bytes:
     key = _ENV_KEYS.get(name)
     if key is None:
         key = _ENV_KEYS[name] = name.encode(_FS_ENCODING, "surrogateescape")
-    raw = data.get(key)
+    return key
+
+
+def _getenv(name: str) -> str | None:
+    """`os.environ.get(name)`, cheaper."""
+    data = _env_data()
+    if data is None:
+        return os.environ.get(name)
+    raw = data.get(_env_key(name))
     return None if raw is None else raw.decode(_FS_ENCODING, "surrogateescape")
 
 
 def env_snapshot(names: tuple[str, ...]) -> tuple[Any, ...]:
     """The current values of these variables, as a key for a cache of what they decide (raw bytes on
     POSIX, not decoded: ~0.3 µs for five names where `os.environ.get` takes ~2 µs each)."""
-    data = _ENV_DATA
-    if data is None or os.environ is not _ENVIRON or type(data) is not dict:
+    data = _env_data()
+    if data is None:
         return tuple(os.environ.get(name) for name in names)
-    keys = _ENV_KEYS
-    encoded = [keys.get(name) or keys.setdefault(name, name.encode(_FS_ENCODING, "surrogateescape"))
-               for name in names]
-    return tuple(map(data.get, encoded))
+    return tuple(map(data.get, map(_env_key, names)))
 
 
 # -- declarations ----------------------------------------------------------------------------------
