@@ -285,7 +285,7 @@ async def _run(call: TaskCall, bridge: Bridge, scope: Scope | None) -> State[Any
         flow_ctx = parent.flow_context if parent is not None else None
         call.ids = {"task_run_id": str(run.id),
                     "flow_run_id": flow_ctx.ids["flow_run_id"] if flow_ctx is not None else None}
-        if not call.submitted or task.task_run_name is not None:  # (else said when it was submitted)
+        if not (call.submitted and _created_when_submitted(task)):
             _log_created(call, first_state=not call.submitted)
         try:
             parameters = await resolve_inputs(call, bridge)
@@ -331,6 +331,12 @@ async def _run(call: TaskCall, bridge: Bridge, scope: Scope | None) -> State[Any
         current_run.reset(token)
         if state is not None:
             _release(call, state)
+
+
+def _created_when_submitted(task: Any) -> bool:
+    """Does a submitted run of `task` say it was created when it is submitted? Yes, unless its name is
+    rendered from a template when it starts: it says so then, with that name."""
+    return task.task_run_name is None
 
 
 def _log_created(call: TaskCall, first_state: bool) -> None:
@@ -646,7 +652,7 @@ def start_submitted(call: TaskCall, scope: Scope, ticketed: bool) -> TaskRunFutu
     scope.register(call)  # a scope that has ended refuses it, with a clear error
     get_store().record_task_run(call.run, call.run.state)
     OPEN[call.run.id] = call.run
-    if task.task_run_name is None:  # (a rendered name is known when the run starts: it says so then)
+    if _created_when_submitted(task):
         _log_created(call, first_state=True)
     future: TaskRunFuture[Any] = TaskRunFuture(call.run)
     call.future = future
