@@ -57,13 +57,13 @@ def report(message: str) -> None:
         pass
 
 
-
 def jitter() -> float:
     """A factor between 0.5 and 1.5 for a retry's sleep, so processes that collided do not collide
     again (`random` is imported when first needed: not on the writer process's start)."""
     import random
 
     return 0.5 + random.random()
+
 
 class BatchWriter:
     """The writer half of a database store (see the module's docstring). Subclasses implement
